@@ -1,0 +1,102 @@
+"""Starting, watching and cancelling runs from application code.
+
+``Client`` is the one implementation (blocking, safe to share between threads); ``AsyncClient``
+derives every method from it by running it in a thread, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from tideflow.errors import RunTimeoutError, TideflowError
+from tideflow.flows.dsl import Flow, is_flow_class
+from tideflow.flows.registry import FlowRegistry
+from tideflow.jsonutil import dumps
+from tideflow.storage.contract import RUN_FINAL, FlowStore, RunRecord
+from tideflow.storage.engine import new_run_id
+
+RUN_STATUSES = ("started", "completed", "failed", "cancelled")
+
+
+class InvalidArgumentError(TideflowError, ValueError):
+    """An argument to a client call is malformed (a run id, a status filter, a limit)."""
+
+
+class Client:
+    def __init__(self, store: FlowStore, registry: FlowRegistry) -> None:
+        self.store = store
+        self.registry = registry
+
+    def start_flow(self, flow: type[Flow] | str, input: Any = None, *,
+                   run_id: str | None = None) -> str:
+        """Start a run and return its id. Nothing is written when the flow is unknown, the
+        input is not JSON-serialisable or ``run_id`` is taken."""
+        cls = flow if is_flow_class(flow) else self.registry.get(flow)
+        definition = cls.definition  # type: ignore[union-attr]
+        input_json = dumps(input, what=f"run input of flow {definition.slug!r}")
+        if run_id is None:
+            run_id = new_run_id()
+        elif not isinstance(run_id, str) or not run_id or len(run_id) > 200:
+            raise InvalidArgumentError(f"run_id must be a non-empty str of at most 200 "
+                                       f"characters, got {run_id!r}")
+        self.store.start_run(definition, run_id, input_json)
+        return run_id
+
+    def get_run(self, run_id: str) -> RunRecord:
+        return self.store.get_run(run_id)
+
+    def wait_for_run(self, run_id: str, timeout: float | None = None) -> RunRecord:
+        """Block until the run completes, fails or is cancelled; ``RunTimeoutError`` after
+        ``timeout`` seconds. Polls the run's status row, quickly at first, then backing off."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.002
+        while True:
+            run = self.store.get_run(run_id, with_steps=False)
+            if run.status in RUN_FINAL:
+                return self.store.get_run(run_id)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise RunTimeoutError(
+                    f"run {run_id} of flow {run.flow_slug!r} is still {run.status} after "
+                    f"{timeout:g}s; is a worker running for this flow?"
+                )
+            pause = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
+            time.sleep(pause)
+            delay = min(delay * 1.5, 0.1)
+
+    def cancel_run(self, run_id: str) -> bool:
+        return self.store.cancel_run(run_id)
+
+    def list_runs(self, *, flow: type[Flow] | str | None = None, status: str | None = None,
+                  limit: int = 50, offset: int = 0) -> list[RunRecord]:
+        if status is not None and status not in RUN_STATUSES:
+            raise InvalidArgumentError(
+                f"unknown run status {status!r}; use one of {', '.join(RUN_STATUSES)}")
+        if limit < 1 or offset < 0:
+            raise InvalidArgumentError("limit must be >= 1 and offset >= 0")
+        slug = flow.slug if is_flow_class(flow) else flow  # type: ignore[union-attr]
+        return self.store.list_runs(flow_slug=slug, status=status, limit=limit, offset=offset)
+
+
+class AsyncClient:
+    """The same calls as ``Client``, awaitable; each runs the blocking call in a thread."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    async def start_flow(self, flow: type[Flow] | str, input: Any = None, *,
+                         run_id: str | None = None) -> str:
+        return await asyncio.to_thread(self._client.start_flow, flow, input, run_id=run_id)
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        return await asyncio.to_thread(self._client.get_run, run_id)
+
+    async def wait_for_run(self, run_id: str, timeout: float | None = None) -> RunRecord:
+        return await asyncio.to_thread(self._client.wait_for_run, run_id, timeout)
+
+    async def cancel_run(self, run_id: str) -> bool:
+        return await asyncio.to_thread(self._client.cancel_run, run_id)
+
+    async def list_runs(self, **filters: Any) -> list[RunRecord]:
+        return await asyncio.to_thread(lambda: self._client.list_runs(**filters))

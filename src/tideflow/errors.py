@@ -1,0 +1,122 @@
+"""Every exception tideflow raises on purpose.
+
+Errors are part of the API: each one names the thing that is wrong and how to fix it, and the
+operation that raised it has written nothing. Callers catch the family they care about
+(``FlowDefinitionError`` while declaring flows, ``RegistryError`` while wiring an app, ...) or
+``TideflowError`` for all of them.
+"""
+
+from __future__ import annotations
+
+
+class TideflowError(Exception):
+    """Base class of every error tideflow raises deliberately."""
+
+
+# --- step outcomes --------------------------------------------------------------------------------
+
+
+class NonRetryableError(Exception):
+    """Raise from a step to fail its task at once, skipping any remaining attempts.
+
+    It does not derive from ``TideflowError`` on purpose: it is raised by user code, and users
+    subclass it for their own domain failures (``class CardDeclined(NonRetryableError)``).
+    """
+
+
+class StepTimeoutError(TideflowError):
+    """A step ran longer than its timeout; the worker cancelled it."""
+
+
+# --- flow definitions -----------------------------------------------------------------------------
+
+
+class FlowDefinitionError(TideflowError):
+    """A flow class is malformed; raised when the class statement runs, before anything is stored."""
+
+    def __init__(self, flow: str, message: str, step: str | None = None) -> None:
+        self.flow = flow
+        self.step = step
+        where = f"flow {flow!r}" + (f", step {step!r}" if step else "")
+        super().__init__(f"{where}: {message}")
+
+
+class InvalidSlugError(FlowDefinitionError):
+    """A flow or step slug does not match ``^[a-z][a-z0-9_]*$``, is too long, or is reserved."""
+
+
+class UnknownDependencyError(FlowDefinitionError):
+    """A step depends on a step the flow does not declare."""
+
+
+class CycleError(FlowDefinitionError):
+    """The steps' dependencies form a cycle, so no step of the cycle could ever start."""
+
+
+class DuplicateStepError(FlowDefinitionError):
+    """Two steps of one flow share a slug."""
+
+
+class MapSourceError(FlowDefinitionError):
+    """A map step names more than one source array."""
+
+
+# --- registry -------------------------------------------------------------------------------------
+
+
+class RegistryError(TideflowError):
+    """Base class of FlowRegistry failures."""
+
+
+class FlowNotFoundError(RegistryError, LookupError):
+    """No flow is registered under this class or slug."""
+
+
+class FlowImportError(RegistryError):
+    """An import path ``"package.module:Class"`` could not be loaded."""
+
+
+class NotAFlowError(RegistryError, TypeError):
+    """The object given to the registry is not a ``tideflow.Flow`` subclass."""
+
+
+class SlugConflictError(RegistryError):
+    """A different class already holds this slug; tideflow refuses to overwrite it silently."""
+
+
+# --- running --------------------------------------------------------------------------------------
+
+
+class InputNotSerializableError(TideflowError, TypeError):
+    """A run input (or step output) cannot be encoded as JSON."""
+
+
+class RunNotFoundError(TideflowError, LookupError):
+    """No run has this id."""
+
+
+class RunAlreadyExistsError(TideflowError):
+    """``start_flow`` was given a ``run_id`` that another run already uses."""
+
+
+class RunTimeoutError(TideflowError, TimeoutError):
+    """``wait_for_run`` gave up before the run reached a final state."""
+
+
+class RunFailedError(TideflowError):
+    """Raised by helpers that expect a run to complete when it failed or was cancelled."""
+
+
+# --- storage --------------------------------------------------------------------------------------
+
+
+class StorageError(TideflowError):
+    """The database could not be reached or refused an operation."""
+
+
+class UnsupportedDatabaseURLError(StorageError, ValueError):
+    """The database URL names a scheme tideflow has no backend for."""
+
+
+class SchemaNotReadyError(StorageError):
+    """The database schema is older than this version of tideflow; run ``tideflow migrate``."""

@@ -1,0 +1,124 @@
+"""The shape of a flow as data: what the database stores and the engine schedules from.
+
+A ``FlowDefinition`` is built once, when a ``Flow`` class statement runs, and never changes. Its
+``version`` is a hash of the *shape* only (step slugs, dependencies, kinds): changing a retry
+option does not strand in-flight runs on an old version, while adding, removing or rewiring a step
+does, so runs already started finish on the graph they started with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from tideflow.errors import InvalidSlugError
+
+SLUG_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+MAX_SLUG_LENGTH = 128
+#: Words a step cannot be called: dependency outputs are passed as keyword arguments next to
+#: ``input`` and ``ctx``, and the rest would read ambiguously in SQL and the CLI.
+RESERVED_SLUGS = frozenset({"input", "ctx", "self", "run", "flow", "step", "output", "run_id"})
+
+StepKind = Literal["single", "map"]
+
+
+def check_slug(slug: object, *, flow: str, step: str | None = None) -> str:
+    """Validate a flow or step slug, raising ``InvalidSlugError`` that says what would be valid."""
+    what = "step" if step is not None else "flow"
+    if not isinstance(slug, str):
+        raise InvalidSlugError(flow, f"{what} slug must be a str, got {type(slug).__name__}", step)
+    if not SLUG_RE.match(slug):
+        raise InvalidSlugError(
+            flow,
+            f"{what} slug {slug!r} is invalid: use lowercase letters, digits and underscores, "
+            "starting with a letter (^[a-z][a-z0-9_]*$)",
+            step,
+        )
+    if len(slug) > MAX_SLUG_LENGTH:
+        raise InvalidSlugError(
+            flow, f"{what} slug is {len(slug)} characters; at most {MAX_SLUG_LENGTH}", step
+        )
+    if slug in RESERVED_SLUGS:
+        raise InvalidSlugError(
+            flow, f"{what} slug {slug!r} is reserved ({', '.join(sorted(RESERVED_SLUGS))})", step
+        )
+    return slug
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a task is tried and how long to wait between tries.
+
+    Delay before attempt n+1 = min(max_delay, base_delay * 2**(n-1)), with up to 25% jitter
+    removed so that a burst of failures does not retry in lock-step.
+    """
+
+    max_attempts: int = 3
+    base_delay: float = 1.0
+    max_delay: float = 300.0
+
+
+@dataclass(frozen=True)
+class StepDefinition:
+    slug: str
+    index: int
+    depends_on: tuple[str, ...]
+    kind: StepKind
+    retry: RetryPolicy
+    timeout: float | None
+    start_delay: float
+    method: str
+    wants_ctx: bool
+
+    @property
+    def is_root(self) -> bool:
+        return not self.depends_on
+
+    def shape(self) -> dict[str, Any]:
+        return {"slug": self.slug, "depends_on": sorted(self.depends_on), "kind": self.kind}
+
+    def options(self) -> dict[str, Any]:
+        """Per-step settings copied onto each run's step row, so a run keeps the settings it
+        started with even if the code changes them later."""
+        return {
+            "max_attempts": self.retry.max_attempts,
+            "base_delay": self.retry.base_delay,
+            "max_delay": self.retry.max_delay,
+            "timeout": self.timeout,
+            "start_delay": self.start_delay,
+        }
+
+
+@dataclass(frozen=True)
+class FlowDefinition:
+    slug: str
+    steps: tuple[StepDefinition, ...]  # topological order, ties in declaration order
+    retry: RetryPolicy
+    timeout: float | None
+    version: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "version", version_of(self.shape()))
+
+    def shape(self) -> dict[str, Any]:
+        return {"slug": self.slug, "steps": sorted((s.shape() for s in self.steps),
+                                                   key=lambda s: s["slug"])}
+
+    def step(self, slug: str) -> StepDefinition:
+        for s in self.steps:
+            if s.slug == slug:
+                return s
+        raise KeyError(slug)
+
+    @property
+    def leaves(self) -> tuple[str, ...]:
+        needed = {d for s in self.steps for d in s.depends_on}
+        return tuple(s.slug for s in self.steps if s.slug not in needed)
+
+
+def version_of(shape: dict[str, Any]) -> str:
+    canonical = json.dumps(shape, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]

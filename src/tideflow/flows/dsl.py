@@ -1,0 +1,321 @@
+"""Declaring flows as Python classes.
+
+    class Checkout(Flow, slug="checkout", max_attempts=5):
+        @step()
+        def reserve(self, input): ...
+
+        @step(depends_on=["reserve"], timeout=30)
+        async def charge(self, reserve, ctx): ...
+
+Everything is checked when the ``class`` statement runs, so a broken flow never reaches a worker or
+the database: bad slugs, unknown dependencies, cycles, duplicate step slugs, a map step with more
+than one source, and step signatures that could not receive their inputs.
+
+Calling convention, fixed so that a step reads like the data it gets:
+
+* a root step is called with the run input: ``def first(self, input)``;
+* a dependent step gets each dependency's output as a keyword argument named after it;
+* a map step is called once per element of its source array: ``def each(self, item)``;
+* any step that declares a parameter named ``ctx`` also gets a :class:`StepContext`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar, overload
+
+from tideflow.errors import (
+    CycleError,
+    DuplicateStepError,
+    FlowDefinitionError,
+    MapSourceError,
+    UnknownDependencyError,
+)
+from tideflow.flows.definition import (
+    FlowDefinition,
+    RetryPolicy,
+    StepDefinition,
+    check_slug,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_STEP_ATTR = "__tideflow_step__"
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a step can know about where it runs, beyond its input."""
+
+    run_id: str
+    flow_slug: str
+    flow_version: str
+    step_slug: str
+    task_index: int
+    attempt: int
+    run_input: Any
+
+
+@dataclass(frozen=True)
+class _StepSpec:
+    slug: str | None
+    depends_on: tuple[str, ...]
+    map: bool
+    max_attempts: int | None
+    base_delay: float | None
+    max_delay: float | None
+    timeout: float | None
+    start_delay: float
+
+
+@overload
+def step(func: F, /) -> F: ...
+@overload
+def step(
+    *,
+    depends_on: Iterable[str] = (),
+    map: bool = False,
+    slug: str | None = None,
+    max_attempts: int | None = None,
+    base_delay: float | None = None,
+    max_delay: float | None = None,
+    timeout: float | None = None,
+    start_delay: float = 0.0,
+) -> Callable[[F], F]: ...
+
+
+def step(
+    func: F | None = None,
+    /,
+    *,
+    depends_on: Iterable[str] = (),
+    map: bool = False,
+    slug: str | None = None,
+    max_attempts: int | None = None,
+    base_delay: float | None = None,
+    max_delay: float | None = None,
+    timeout: float | None = None,
+    start_delay: float = 0.0,
+) -> F | Callable[[F], F]:
+    """Mark a method of a ``Flow`` as a step.
+
+    ``map=True`` fans out: one task per element of the source array (the run input for a root
+    step, else the single dependency's output); the step's output is the list of results in
+    element order. Unset retry options and timeout fall back to the flow's.
+    """
+    if isinstance(depends_on, str):
+        depends_on = (depends_on,)
+    spec = _StepSpec(
+        slug=slug,
+        depends_on=tuple(depends_on),
+        map=map,
+        max_attempts=max_attempts,
+        base_delay=base_delay,
+        max_delay=max_delay,
+        timeout=timeout,
+        start_delay=start_delay,
+    )
+
+    def mark(fn: F) -> F:
+        setattr(fn, _STEP_ATTR, spec)
+        return fn
+
+    return mark(func) if func is not None else mark
+
+
+def _default_slug(class_name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", class_name).lower()
+
+
+class Flow:
+    """Base class of every flow. Subclass it with class keywords for flow options:
+
+    ``class Import(Flow, slug="import", max_attempts=3, base_delay=1, max_delay=300, timeout=60)``.
+    """
+
+    definition: ClassVar[FlowDefinition]
+    slug: ClassVar[str]
+
+    def __init_subclass__(
+        cls,
+        *,
+        slug: str | None = None,
+        max_attempts: int = 3,
+        base_delay: float = 1.0,
+        max_delay: float = 300.0,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        flow_slug = slug if slug is not None else _default_slug(cls.__name__)
+        check_slug(flow_slug, flow=str(flow_slug))
+        _check_options(flow_slug, None, max_attempts, base_delay, max_delay, timeout, 0.0)
+        retry = RetryPolicy(max_attempts, float(base_delay), float(max_delay))
+        cls.slug = flow_slug
+        cls.definition = _build_definition(cls, flow_slug, retry, timeout)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} flow {self.slug!r} v{self.definition.version}>"
+
+
+def is_flow_class(obj: object) -> bool:
+    return isinstance(obj, type) and issubclass(obj, Flow) and obj is not Flow
+
+
+def _check_options(
+    flow: str,
+    step_slug: str | None,
+    max_attempts: int | None,
+    base_delay: float | None,
+    max_delay: float | None,
+    timeout: float | None,
+    start_delay: float,
+) -> None:
+    def bad(msg: str) -> FlowDefinitionError:
+        return FlowDefinitionError(flow, msg, step_slug)
+
+    if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
+        raise bad(f"max_attempts must be an int >= 1, got {max_attempts!r}")
+    for name, value in (("base_delay", base_delay), ("max_delay", max_delay)):
+        if value is not None and (not isinstance(value, int | float) or value < 0):
+            raise bad(f"{name} must be a number >= 0, got {value!r}")
+    if timeout is not None and (not isinstance(timeout, int | float) or timeout <= 0):
+        raise bad(f"timeout must be a number of seconds > 0 or None, got {timeout!r}")
+    if not isinstance(start_delay, int | float) or start_delay < 0:
+        raise bad(f"start_delay must be a number of seconds >= 0, got {start_delay!r}")
+
+
+def _build_definition(
+    cls: type, flow_slug: str, retry: RetryPolicy, flow_timeout: float | None
+) -> FlowDefinition:
+    specs: dict[str, tuple[str, Callable[..., Any], _StepSpec]] = {}
+    for klass in reversed(cls.__mro__):  # subclasses may override or add steps
+        for attr, value in vars(klass).items():
+            spec = getattr(value, _STEP_ATTR, None)
+            if not isinstance(spec, _StepSpec):
+                continue
+            step_slug = spec.slug or attr
+            check_slug(step_slug, flow=flow_slug, step=step_slug)
+            if step_slug in specs and specs[step_slug][0] != attr:
+                raise DuplicateStepError(
+                    flow_slug,
+                    f"methods {specs[step_slug][0]!r} and {attr!r} both declare this step slug; "
+                    "give one of them another slug",
+                    step_slug,
+                )
+            specs[step_slug] = (attr, value, spec)
+    if not specs:
+        raise FlowDefinitionError(flow_slug, "declares no steps; mark methods with @step")
+
+    for step_slug, (_, _, spec) in specs.items():
+        for dep in spec.depends_on:
+            if dep not in specs:
+                raise UnknownDependencyError(
+                    flow_slug,
+                    f"depends on unknown step {dep!r}; known steps: {', '.join(sorted(specs))}",
+                    step_slug,
+                )
+            if dep == step_slug:
+                raise CycleError(flow_slug, "depends on itself", step_slug)
+        if len(set(spec.depends_on)) != len(spec.depends_on):
+            raise FlowDefinitionError(flow_slug, "lists a dependency twice", step_slug)
+        if spec.map and len(spec.depends_on) > 1:
+            raise MapSourceError(
+                flow_slug,
+                f"a map step fans out over exactly one array, but this one depends on "
+                f"{list(spec.depends_on)}; map over one step (or the run input) and join the "
+                "others in a later step",
+                step_slug,
+            )
+
+    order = _topological_order(flow_slug, {s: sp.depends_on for s, (_, _, sp) in specs.items()})
+    steps = []
+    for index, step_slug in enumerate(order):
+        attr, fn, spec = specs[step_slug]
+        _check_options(flow_slug, step_slug, spec.max_attempts, spec.base_delay, spec.max_delay,
+                       spec.timeout, spec.start_delay)
+        wants_ctx = _check_signature(flow_slug, step_slug, fn, spec)
+        steps.append(
+            StepDefinition(
+                slug=step_slug,
+                index=index,
+                depends_on=spec.depends_on,
+                kind="map" if spec.map else "single",
+                retry=RetryPolicy(
+                    spec.max_attempts if spec.max_attempts is not None else retry.max_attempts,
+                    float(spec.base_delay if spec.base_delay is not None else retry.base_delay),
+                    float(spec.max_delay if spec.max_delay is not None else retry.max_delay),
+                ),
+                timeout=spec.timeout if spec.timeout is not None else flow_timeout,
+                start_delay=float(spec.start_delay),
+                method=attr,
+                wants_ctx=wants_ctx,
+            )
+        )
+    return FlowDefinition(slug=flow_slug, steps=tuple(steps), retry=retry, timeout=flow_timeout)
+
+
+def _topological_order(flow_slug: str, deps: dict[str, tuple[str, ...]]) -> list[str]:
+    """Kahn's algorithm, keeping declaration order among steps that are ready together."""
+    remaining = {s: set(d) for s, d in deps.items()}
+    order: list[str] = []
+    while remaining:
+        ready = [s for s, d in remaining.items() if not d]
+        if not ready:
+            cycle = _find_cycle(remaining)
+            raise CycleError(
+                flow_slug,
+                "dependencies form a cycle " + " -> ".join(cycle)
+                + "; remove one of these depends_on entries",
+                cycle[0],
+            )
+        for s in ready:
+            order.append(s)
+            del remaining[s]
+        for d in remaining.values():
+            d.difference_update(ready)
+    return order
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    start = next(iter(graph))
+    path: list[str] = []
+    node = start
+    while node not in path:
+        path.append(node)
+        node = next(iter(graph[node]))
+    return [*path[path.index(node):], node]
+
+
+def _check_signature(flow_slug: str, step_slug: str, fn: Callable[..., Any],
+                     spec: _StepSpec) -> bool:
+    """Refuse a method that could not be called with the inputs its position in the DAG gives."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # pragma: no cover - builtins and C callables
+        return False
+    params = list(sig.parameters.values())[1:]  # drop self
+    names = {p.name for p in params}
+    has_var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
+    wants_ctx = "ctx" in names or has_var_kw
+    positional = [p for p in params if p.name != "ctx" and p.kind in
+                  (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if spec.map or not spec.depends_on:
+        what = "each array element" if spec.map else "the run input"
+        if not positional and not any(p.kind is p.VAR_POSITIONAL for p in params):
+            raise FlowDefinitionError(
+                flow_slug, f"must take one positional parameter for {what}, e.g. "
+                f"def {fn.__name__}(self, {'item' if spec.map else 'input'})", step_slug)
+    else:
+        missing = [d for d in spec.depends_on if d not in names]
+        if missing and not has_var_kw:
+            raise FlowDefinitionError(
+                flow_slug,
+                f"receives its dependencies' outputs as keyword arguments but has no parameter "
+                f"named {', '.join(missing)}; add them (or **outputs)",
+                step_slug,
+            )
+    return wants_ctx

@@ -1,0 +1,39 @@
+"""Storage: the contract (``contract``), the shared run state machine (``engine``) and one
+package per backend. ``open_store`` picks the backend from a database URL."""
+
+from __future__ import annotations
+
+import os
+
+from tideflow.clock import Clock
+from tideflow.errors import UnsupportedDatabaseURLError
+from tideflow.storage.contract import FlowStore
+
+DEFAULT_URL = "sqlite:///tideflow.db"
+URL_ENV = "TIDEFLOW_DATABASE_URL"
+
+
+def resolve_url(url: str | None) -> str:
+    """The URL to use: the one given, else ``$TIDEFLOW_DATABASE_URL``, else a SQLite file
+    ``tideflow.db`` in the working directory."""
+    return url or os.environ.get(URL_ENV) or DEFAULT_URL
+
+
+def open_store(url: str | None = None, *, clock: Clock | None = None) -> FlowStore:
+    url = resolve_url(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        from tideflow.storage.postgres import PostgresStore
+
+        return PostgresStore(url, clock)
+    if url.startswith("sqlite://"):
+        from tideflow.storage.sqlite import SQLiteStore
+
+        path = url.removeprefix("sqlite://").removeprefix("/") or ":memory:"
+        return SQLiteStore(path, clock)
+    raise UnsupportedDatabaseURLError(
+        f"unsupported database URL {url.split('://')[0]!r}://...: use postgresql://user@host/db "
+        "or sqlite:///path/to/file.db"
+    )
+
+
+__all__ = ["DEFAULT_URL", "URL_ENV", "FlowStore", "open_store", "resolve_url"]

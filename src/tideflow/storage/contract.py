@@ -1,0 +1,220 @@
+"""The storage contract: the engine operations every backend provides.
+
+The worker and the client talk only to a ``FlowStore``; they never see SQL. Each operation is one
+database transaction, so a crash at any instant leaves either the state before it or the state
+after it. Two implementations live beside this module: ``sqlite`` (embedded default) and
+``postgres`` (production, many workers). Both are held to the same conformance suite
+(``tests/conformance``), so what one does the other does.
+
+Timestamps come from the ``Clock`` the store was built with (see ``tideflow.clock``), never from
+the database, so that tests can move time.
+
+JSON crosses this boundary as *text*: the client encodes inputs once (and refuses what it cannot
+encode), the engine stores and concatenates them without re-parsing, and readers decode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from tideflow.flows.definition import FlowDefinition
+
+RunStatus = Literal["started", "completed", "failed", "cancelled"]
+StepStatus = Literal["created", "started", "completed", "failed", "skipped"]
+TaskStatus = Literal["queued", "started", "completed", "failed", "cancelled"]
+
+RUN_FINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class TaskKey:
+    run_id: str
+    step_slug: str
+    task_index: int
+
+
+@dataclass(frozen=True)
+class ClaimedTask:
+    """A task a worker now holds under lease, with everything needed to run it."""
+
+    key: TaskKey
+    flow_slug: str
+    flow_version: str
+    step_kind: str
+    depends_on: tuple[str, ...]
+    attempt: int
+    input_json: str
+    run_input_json: str
+    timeout: float | None
+    lease_expires_at: datetime
+
+
+@dataclass(frozen=True)
+class TaskCompletion:
+    key: TaskKey
+    attempt: int
+    output_json: str
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    key: TaskKey
+    attempt: int
+    error: str
+    retryable: bool = True
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    step_slug: str
+    task_index: int
+    status: TaskStatus
+    attempts: int
+    error: str | None
+    output: Any
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    visible_at: datetime | None
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    step_slug: str
+    step_index: int
+    kind: str
+    depends_on: list[str]
+    status: StepStatus
+    output: Any
+    error: str | None
+    initial_tasks: int | None
+    remaining_tasks: int | None
+    created_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    tasks: list[TaskRecord] = field(default_factory=list)
+
+    @property
+    def attempts(self) -> int:
+        """Total attempts over all of this step's tasks."""
+        return sum(t.attempts for t in self.tasks)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    flow_slug: str
+    flow_version: str
+    status: RunStatus
+    input: Any
+    output: Any
+    error: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    steps: list[StepRecord] = field(default_factory=list)
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in RUN_FINAL
+
+    @property
+    def duration(self) -> float | None:
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+    def step(self, slug: str) -> StepRecord:
+        for s in self.steps:
+            if s.step_slug == slug:
+                return s
+        raise KeyError(slug)
+
+
+@dataclass(frozen=True)
+class FlowVersionRecord:
+    flow_slug: str
+    version: str
+    shape: dict[str, Any]
+    created_at: datetime
+
+
+class FlowStore(Protocol):
+    """Engine operations on runs, steps and tasks. Every method is one transaction."""
+
+    url: str
+
+    def migrate(self) -> list[str]:
+        """Apply pending schema migrations under a lock; return the versions applied."""
+        ...
+
+    def close(self) -> None: ...
+
+    # --- flows --------------------------------------------------------------------------------
+    def ensure_flow(self, definition: FlowDefinition) -> None:
+        """Record the flow's shape under its version (no-op when already recorded)."""
+        ...
+
+    def list_flows(self) -> list[FlowVersionRecord]: ...
+
+    # --- runs ---------------------------------------------------------------------------------
+    def start_run(self, definition: FlowDefinition, run_id: str, input_json: str) -> None:
+        """Create the run, its steps and the tasks of its root steps; completes empty map steps
+        at once. Raises ``RunAlreadyExistsError`` if ``run_id`` is taken (writing nothing)."""
+        ...
+
+    def get_run(self, run_id: str, *, with_steps: bool = True) -> RunRecord:
+        """The run with its steps and their tasks; ``RunNotFoundError`` if unknown."""
+        ...
+
+    def list_runs(
+        self, *, flow_slug: str | None = None, status: str | None = None, limit: int = 50,
+        offset: int = 0,
+    ) -> list[RunRecord]:
+        """Runs newest first, without steps."""
+        ...
+
+    def cancel_run(self, run_id: str) -> bool:
+        """Cancel a started run: queued and started tasks become cancelled, unfinished steps
+        skipped. Returns False when the run had already reached a final state."""
+        ...
+
+    # --- tasks (the worker's side) ------------------------------------------------------------
+    def claim_tasks(
+        self, worker_id: str, flow_slugs: Sequence[str], limit: int, lease_margin: float
+    ) -> list[ClaimedTask]:
+        """Atomically take up to ``limit`` visible queued tasks of these flows, counting an
+        attempt and setting a lease of (timeout + lease_margin). No two callers get the same
+        task attempt."""
+        ...
+
+    def complete_tasks(self, worker_id: str, completions: Sequence[TaskCompletion]) -> None:
+        """Record outputs of several tasks in one transaction, advancing steps and runs.
+        A completion whose task is no longer this worker's started attempt is ignored."""
+        ...
+
+    def fail_task(self, worker_id: str, failure: TaskFailure) -> None:
+        """Retry the task after backoff, or, when it is not retryable or out of attempts, fail
+        it, its step and its run, and cancel every other unfinished task of the run."""
+        ...
+
+    def extend_leases(self, worker_id: str, keys: Sequence[TaskKey], lease_margin: float) -> None:
+        """Heartbeat: push the lease of these started tasks forward."""
+        ...
+
+    def release_tasks(self, worker_id: str, keys: Sequence[TaskKey]) -> None:
+        """Give back tasks this worker claimed but will not run (shutdown): they are queued
+        again at once and the attempt is not counted."""
+        ...
+
+    def requeue_stalled(self) -> int:
+        """Find started tasks whose lease expired (their worker died) and retry or fail them
+        like any failure. Returns how many were handled."""
+        ...
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` (from any thread) when new tasks may be ready. Returns a function
+        that unsubscribes. Delivery is best effort: workers also poll."""
+        ...

@@ -1,0 +1,153 @@
+"""PostgreSQL backend: production, many workers on many machines.
+
+Connections come from a psycopg_pool pool; each engine operation borrows one for one transaction.
+JSON columns are read back as text (a loader registered per connection) because the engine moves
+JSON between rows without looking inside it. Workers wake on ``NOTIFY tideflow_tasks``, sent in the
+same transaction that makes tasks visible, so a notification never arrives before the rows do.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.rows import dict_row
+from psycopg.types.string import TextLoader
+from psycopg_pool import ConnectionPool
+
+from tideflow.clock import Clock
+from tideflow.errors import RunAlreadyExistsError, SchemaNotReadyError, StorageError
+from tideflow.storage.engine import Row, SqlEngine
+from tideflow.storage.sqlfile import load_migrations, load_queries
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "tideflow_tasks"
+_QUERIES = load_queries("tideflow.storage.postgres")
+#: Any constant works; it only has to be the same for every tideflow process.
+_MIGRATION_LOCK = 0x7469_6465_666C  # "tidefl"
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    conn.adapters.register_loader("jsonb", TextLoader)
+    conn.adapters.register_loader("json", TextLoader)
+
+
+class _PgTx:
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self.notify = False
+
+    def _execute(self, name: str, params: dict[str, Any]) -> psycopg.Cursor[Row]:
+        cur = self.conn.cursor(row_factory=dict_row)
+        try:
+            return cur.execute(_QUERIES[name], params)
+        except pg_errors.UniqueViolation as exc:
+            if name == "insert_run":
+                raise RunAlreadyExistsError(
+                    f"a run with id {params['run_id']!r} already exists; pass another run_id "
+                    "or none to get a fresh one"
+                ) from exc
+            raise
+        except pg_errors.UndefinedTable as exc:
+            raise SchemaNotReadyError(
+                "the tideflow schema is missing from this database; run `tideflow migrate` "
+                "(or App(..., migrate=True))"
+            ) from exc
+
+    def rows(self, name: str, **params: Any) -> list[Row]:
+        return self._execute(name, params).fetchall()
+
+    def run(self, name: str, **params: Any) -> int:
+        return self._execute(name, params).rowcount
+
+
+class PostgresStore(SqlEngine):
+    def __init__(self, url: str, clock: Clock | None = None, *, pool_size: int = 8) -> None:
+        super().__init__(clock)
+        self.url = url
+        try:
+            self._pool = ConnectionPool(
+                url, min_size=1, max_size=pool_size, open=True, configure=_configure,
+                kwargs={"autocommit": True}, name="tideflow",
+            )
+            self._pool.wait(timeout=10.0)
+        except Exception as exc:
+            raise StorageError(f"cannot connect to PostgreSQL at {_redact(url)}: {exc}") from exc
+        self._listener: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    @contextmanager
+    def _tx(self) -> Iterator[_PgTx]:
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                tx = _PgTx(conn)
+                yield tx
+                if tx.notify:
+                    conn.execute(f"NOTIFY {CHANNEL}")
+        except psycopg.OperationalError as exc:
+            raise StorageError(f"PostgreSQL operation failed: {exc}") from exc
+        if tx.notify:
+            self._notify_local()
+
+    def migrate(self) -> list[str]:
+        applied: list[str] = []
+        with self._pool.connection() as conn, conn.transaction():
+            # Transaction-scoped advisory lock: concurrent `migrate` calls (several workers
+            # starting at once) queue here and find the work done.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute("CREATE SCHEMA IF NOT EXISTS tideflow")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS tideflow.schema_migrations (version integer PRIMARY "
+                "KEY, name text NOT NULL, applied_at timestamptz NOT NULL)"
+            )
+            done = {r[0] for r in conn.execute("SELECT version FROM tideflow.schema_migrations")}
+            for m in load_migrations("tideflow.storage.postgres"):
+                if m.version in done:
+                    continue
+                conn.execute(m.sql.encode())  # no parameters: may hold several statements
+                conn.execute("INSERT INTO tideflow.schema_migrations VALUES (%s, %s, %s)",
+                             (m.version, m.name, self.clock.now()))
+                applied.append(f"{m.version:04d}_{m.name}")
+        return applied
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        unsubscribe = super().subscribe(callback)
+        if self._listener is None:
+            self._listener = threading.Thread(target=self._listen, name="tideflow-listen",
+                                              daemon=True)
+            self._listener.start()
+        return unsubscribe
+
+    def _listen(self) -> None:
+        """Forward NOTIFYs from other processes to subscribers; reconnect on failure."""
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self.url, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    while not self._stopping.is_set():
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            self._notify_local()
+            except psycopg.Error as exc:  # pragma: no cover - needs a server restart
+                log.warning("LISTEN connection lost (%s); workers poll until it is back", exc)
+                self._stopping.wait(1.0)
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self._listener is not None:
+            self._listener.join(timeout=2.0)
+        self._pool.close()
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a URL before it reaches an error message or a log."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"

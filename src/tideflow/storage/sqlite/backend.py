@@ -1,0 +1,152 @@
+"""SQLite backend: the embedded default, no server needed.
+
+One connection per store, shared by the threads of this process under a lock; other processes
+(a CLI, a second worker) coordinate through SQLite's own database lock. Every write transaction
+starts with ``BEGIN IMMEDIATE`` so that it takes the write lock up front: a deferred transaction
+that reads and then writes can fail with SQLITE_BUSY half way, which would turn a claim into an
+error instead of a short wait. WAL mode lets readers run while a writer holds the lock.
+
+Cross-process wake-ups do not exist in SQLite, so workers in other processes rely on their poll
+interval; a worker in the same process as the client is woken at once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tideflow.clock import Clock
+from tideflow.errors import RunAlreadyExistsError, StorageError
+from tideflow.storage.engine import Row, SqlEngine
+from tideflow.storage.sqlfile import load_migrations, load_queries
+
+_PARAM = re.compile(r"%\((\w+)\)s")
+_QUERIES = {name: _PARAM.sub(r":\1", sql)
+            for name, sql in load_queries("tideflow.storage.sqlite").items()}
+
+
+def _param(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, list | tuple):
+        return json.dumps(list(value))
+    return value
+
+
+def _column(name: str, value: Any) -> Any:
+    if name.endswith("_at") and value is not None:
+        return datetime.fromtimestamp(value, UTC)
+    return value
+
+
+class _SQLiteTx:
+    notify = False
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.notify = False
+
+    def _execute(self, name: str, params: dict[str, Any]) -> sqlite3.Cursor:
+        try:
+            return self.conn.execute(_QUERIES[name], {k: _param(v) for k, v in params.items()})
+        except sqlite3.IntegrityError as exc:
+            if name == "insert_run":
+                raise RunAlreadyExistsError(
+                    f"a run with id {params['run_id']!r} already exists; pass another run_id "
+                    "or none to get a fresh one"
+                ) from exc
+            raise
+
+    def rows(self, name: str, **params: Any) -> list[Row]:
+        cur = self._execute(name, params)
+        names = [d[0] for d in cur.description or ()]
+        return [{n: _column(n, v) for n, v in zip(names, row, strict=True)}
+                for row in cur.fetchall()]
+
+    def run(self, name: str, **params: Any) -> int:
+        return self._execute(name, params).rowcount
+
+
+class SQLiteStore(SqlEngine):
+    def __init__(self, path: str | Path, clock: Clock | None = None) -> None:
+        super().__init__(clock)
+        self.path = str(path)
+        self.url = "sqlite:///" + self.path
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                     timeout=30.0)
+        self._lock = threading.RLock()
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._conn.execute("PRAGMA busy_timeout=30000")
+
+    @contextmanager
+    def _tx(self) -> Iterator[_SQLiteTx]:
+        with self._lock:
+            tx = _SQLiteTx(self._conn)
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StorageError(f"SQLite database {self.path!r} is unavailable: {exc}") from exc
+            try:
+                yield tx
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        if tx.notify:
+            self._notify_local()
+
+    def migrate(self) -> list[str]:
+        applied: list[str] = []
+        with self._lock:
+            self._conn.execute("BEGIN EXCLUSIVE")
+            try:
+                self._conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+                    "name TEXT NOT NULL, applied_at REAL NOT NULL)"
+                )
+                done = {r[0] for r in self._conn.execute("SELECT version FROM schema_migrations")}
+                for m in load_migrations("tideflow.storage.sqlite"):
+                    if m.version in done:
+                        continue
+                    for statement in _statements(m.sql):
+                        self._conn.execute(statement)
+                    self._conn.execute(
+                        "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                        (m.version, m.name, self.clock.now().timestamp()),
+                    )
+                    applied.append(f"{m.version:04d}_{m.name}")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        return applied
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+def _statements(script: str) -> Iterator[str]:
+    """Split a migration into statements (executescript would commit our transaction)."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        if not buffer and (not line.strip() or line.lstrip().startswith("--")):
+            continue
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            yield buffer
+            buffer = ""
+    if buffer.strip():  # pragma: no cover - a migration missing its last semicolon
+        raise ValueError(f"incomplete SQL statement in migration: {buffer[:80]!r}")

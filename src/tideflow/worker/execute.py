@@ -1,0 +1,89 @@
+"""Running one claimed task: find the step's code, call it the way its place in the DAG says,
+enforce its timeout, and turn the outcome into a completion or a failure.
+
+Calls are made from the *stored* shape of the run's flow version (kind, dependencies), not from
+the class as it is now, so a run started on an older version still gets its inputs in the shape it
+was promised. If the step no longer exists in the code, the task fails without retry and says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+from concurrent.futures import Executor
+from typing import Any
+
+from tideflow.errors import InputNotSerializableError, NonRetryableError, StepTimeoutError
+from tideflow.flows.dsl import Flow, StepContext
+from tideflow.jsonutil import dumps
+from tideflow.storage.contract import ClaimedTask, TaskCompletion, TaskFailure
+
+
+class StepGone(NonRetryableError):
+    """The run's flow version has a step the current code no longer defines."""
+
+
+async def execute(task: ClaimedTask, flow: Flow, executor: Executor) -> TaskCompletion | TaskFailure:
+    key = task.key
+    try:
+        output = await _call(task, flow, executor)
+        return TaskCompletion(key, task.attempt, dumps(
+            output, what=f"output of step {key.step_slug!r} of flow {task.flow_slug!r}"))
+    except asyncio.CancelledError:
+        raise
+    except StepTimeoutError as exc:
+        return TaskFailure(key, task.attempt, str(exc), retryable=True)
+    except InputNotSerializableError as exc:
+        return TaskFailure(key, task.attempt, str(exc), retryable=False)
+    except NonRetryableError as exc:
+        return TaskFailure(key, task.attempt, _describe(exc), retryable=False)
+    except Exception as exc:
+        return TaskFailure(key, task.attempt, _describe(exc), retryable=True)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def _call(task: ClaimedTask, flow: Flow, executor: Executor) -> Any:
+    definition = flow.definition
+    try:
+        step = definition.step(task.key.step_slug)
+    except KeyError:
+        raise StepGone(
+            f"flow {task.flow_slug!r} version {task.flow_version} has step "
+            f"{task.key.step_slug!r}, but the code registered in this worker (version "
+            f"{definition.version}) does not define it; deploy code that still has the step "
+            "until runs of the old version finish"
+        ) from None
+    fn = getattr(flow, step.method)
+    value = json.loads(task.input_json)
+    kwargs: dict[str, Any] = {}
+    args: tuple[Any, ...] = ()
+    if task.step_kind == "map" or not task.depends_on:
+        args = (value,)
+    else:
+        kwargs = dict(value)
+    if step.wants_ctx:
+        kwargs["ctx"] = StepContext(
+            run_id=task.key.run_id, flow_slug=task.flow_slug, flow_version=task.flow_version,
+            step_slug=task.key.step_slug, task_index=task.key.task_index, attempt=task.attempt,
+            run_input=json.loads(task.run_input_json),
+        )
+    if inspect.iscoroutinefunction(fn):
+        coro = fn(*args, **kwargs)
+    else:
+        loop = asyncio.get_running_loop()
+        coro = loop.run_in_executor(executor, lambda: fn(*args, **kwargs))
+    if task.timeout is None:
+        return await coro
+    try:
+        return await asyncio.wait_for(coro, task.timeout)
+    except TimeoutError:
+        # A sync step's thread cannot be killed; its eventual result is discarded.
+        raise StepTimeoutError(
+            f"step {task.key.step_slug!r} of flow {task.flow_slug!r} timed out after "
+            f"{task.timeout:g}s"
+        ) from None
