@@ -200,6 +200,10 @@ class FlowStore(Protocol):
         it, its step and its run, and cancel every other unfinished task of the run."""
         ...
 
+    def count_queued(self, flow_slugs: Sequence[str]) -> int:
+        """Queued tasks of these flows, visible now or later (retries waiting out a backoff)."""
+        ...
+
     def extend_leases(self, worker_id: str, keys: Sequence[TaskKey], lease_margin: float) -> None:
         """Heartbeat: push the lease of these started tasks forward."""
         ...

@@ -341,6 +341,10 @@ class SqlEngine:
         self._fail_run(tx, task["run_id"], task["step_slug"], now,
                        f"step {task['step_slug']!r}{index} {why}: {error}")
 
+    def count_queued(self, flow_slugs: Sequence[str]) -> int:
+        with self._tx() as tx:
+            return int(tx.rows("count_queued", flow_slugs=list(flow_slugs))[0]["n"])
+
     def extend_leases(self, worker_id: str, keys: Sequence[TaskKey], lease_margin: float) -> None:
         if not keys:
             return

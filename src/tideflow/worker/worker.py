@@ -78,8 +78,9 @@ class Worker:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     async def run(self, *, until_idle: bool = False) -> None:
-        """Run until ``stop()``; with ``until_idle``, return once nothing is claimable or running
-        (handy in tests, scripts and the demo)."""
+        """Run until ``stop()``; with ``until_idle``, return once no task of this worker's flows
+        is queued (including retries waiting out their backoff) or running - handy in tests,
+        scripts and the demo."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._has_pending = asyncio.Event()
@@ -131,7 +132,9 @@ class Worker:
             if claimed and len(claimed) == free:
                 continue  # there may be more: claim again as soon as a slot frees
             if until_idle and not claimed and not self._running and not self._pending:
-                return
+                queued = await asyncio.to_thread(self.store.count_queued, self.registry.slugs())
+                if not queued:
+                    return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), opts.poll_interval)
 

@@ -108,8 +108,8 @@ FROM tideflow.tasks WHERE run_id = %(run_id)s ORDER BY step_slug, task_index
 -- name: list_runs
 SELECT run_id, flow_slug, flow_version, status, input, output, error, started_at, finished_at
 FROM tideflow.runs
-WHERE (%(flow_slug)s IS NULL OR flow_slug = %(flow_slug)s)
-  AND (%(status)s IS NULL OR status = %(status)s)
+WHERE (%(flow_slug)s::text IS NULL OR flow_slug = %(flow_slug)s::text)
+  AND (%(status)s::text IS NULL OR status = %(status)s::text)
 ORDER BY started_at DESC, run_id
 LIMIT %(limit)s OFFSET %(offset)s
 
@@ -131,6 +131,9 @@ WHERE t.run_id = picked.run_id AND t.step_slug = picked.step_slug
   AND t.task_index = picked.task_index
 RETURNING t.run_id, t.step_slug, t.task_index, t.flow_slug, t.attempts, t.input, t.timeout,
           t.lease_expires_at
+
+-- name: count_queued
+SELECT count(*) AS n FROM tideflow.tasks WHERE status = 'queued' AND flow_slug = ANY(%(flow_slugs)s)
 
 -- name: get_runs_context
 SELECT run_id, input, flow_version FROM tideflow.runs

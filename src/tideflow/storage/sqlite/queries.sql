@@ -128,6 +128,9 @@ WHERE rowid IN (
 )
 RETURNING run_id, step_slug, task_index, flow_slug, attempts, input, timeout, lease_expires_at
 
+-- name: count_queued
+SELECT count(*) AS n FROM tasks WHERE status = 'queued' AND flow_slug IN (SELECT value FROM json_each(%(flow_slugs)s))
+
 -- name: get_runs_context
 SELECT run_id, input, flow_version FROM runs
 WHERE run_id IN (SELECT value FROM json_each(%(run_ids)s))

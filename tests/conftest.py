@@ -1,0 +1,110 @@
+"""Shared fixtures: every behavioural test runs against both backends.
+
+PostgreSQL: one database per test session, created from the server at $TIDEFLOW_TEST_PG (default
+postgresql://postgres@127.0.0.1:5432/postgres) and dropped at the end; tables are emptied between
+tests. Without a server the PostgreSQL variants are skipped - except under CI=true, where they
+fail, so a missing server can never pass for green.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tideflow.app import App
+from tideflow.clock import ManualClock
+from tideflow.storage.postgres import PostgresStore
+from tideflow.storage.sqlite import SQLiteStore
+
+ADMIN_URL = os.environ.get("TIDEFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+BACKENDS = ["sqlite", "postgres"]
+
+
+def _with_db(url: str, dbname: str) -> str:
+    base = url.rsplit("/", 1)[0]
+    return f"{base}/{dbname}"
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, migrated once."""
+    try:
+        admin = psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL is required under CI=true and is not reachable: {exc}")
+        pytest.skip(f"PostgreSQL not reachable at {ADMIN_URL}: {exc}")
+    name = f"tideflow_test_{uuid.uuid4().hex[:10]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = _with_db(ADMIN_URL, name)
+    store = PostgresStore(url)
+    store.migrate()
+    store.close()
+    try:
+        yield url
+    finally:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _truncate(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
+            "WHERE schemaname = 'tideflow' AND tablename <> 'schema_migrations'")]
+        if tables:
+            conn.execute(f"TRUNCATE {', '.join(tables)} CASCADE")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A database URL of the parametrized backend, empty and migrated."""
+    if backend == "postgres":
+        url: str = request.getfixturevalue("pg_url")
+        _truncate(url)
+        return url
+    return f"sqlite:///{tmp_path / 'tideflow.db'}"
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def store(db_url: str, clock: ManualClock) -> Iterator[SQLiteStore | PostgresStore]:
+    s: SQLiteStore | PostgresStore
+    if db_url.startswith("sqlite"):
+        s = SQLiteStore(db_url.removeprefix("sqlite:///"), clock)
+    else:
+        s = PostgresStore(db_url, clock)
+    s.migrate()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def app(db_url: str) -> Iterator[App]:
+    """An App on the parametrized backend with the wall clock."""
+    a = App(db_url)
+    yield a
+    a.close()
+
+
+@pytest.fixture
+def clocked_app(db_url: str, clock: ManualClock) -> Iterator[App]:
+    """An App whose storage reads time from ``clock`` (move it with clock.advance)."""
+    a = App(db_url, clock=clock)
+    yield a
+    a.close()

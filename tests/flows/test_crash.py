@@ -1,0 +1,79 @@
+"""Real worker processes, really killed: nothing is lost, no task attempt runs twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tideflow import App
+from tests.flows.flows_for_tests import ALL_FLOWS, Recorder, Sleeper
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def spawn_worker(db_url: str, lease_margin: float) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.flows.worker_process", db_url, str(lease_margin)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.02)
+
+
+def test_sigkilled_worker_task_is_finished_by_another_worker(db_url: str, tmp_path: Path) -> None:
+    app = App(db_url, flows=ALL_FLOWS)
+    run_id = app.start_flow(Sleeper, {"dir": str(tmp_path), "seconds": 1.0})
+    first = spawn_worker(db_url, lease_margin=1.0)
+    try:
+        wait_for(lambda: list(tmp_path.glob("started-*")))
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+    finally:
+        first.kill()
+    assert not list(tmp_path.glob("done-*")), "the killed worker must not have finished"
+    second = spawn_worker(db_url, lease_margin=1.0)
+    try:
+        run = app.wait_for_run(run_id, timeout=30)
+    finally:
+        second.terminate()
+        second.wait(timeout=30)
+    assert run.status == "completed"
+    assert run.output == {"nap": second.pid}
+    task = run.step("nap").tasks[0]
+    assert task.attempts == 2  # the killed attempt counts
+    assert len(list(tmp_path.glob("done-*"))) == 1
+    app.close()
+
+
+def test_two_worker_processes_never_run_the_same_task_attempt(db_url: str,
+                                                               tmp_path: Path) -> None:
+    app = App(db_url, flows=ALL_FLOWS)
+    items = [{"dir": str(tmp_path)}] * 60
+    run_ids = [app.start_flow(Recorder, items) for _ in range(3)]
+    workers = [spawn_worker(db_url, lease_margin=30.0) for _ in range(2)]
+    try:
+        runs = [app.wait_for_run(r, timeout=60) for r in run_ids]
+    finally:
+        for w in workers:
+            w.send_signal(signal.SIGTERM)
+        for w in workers:
+            w.wait(timeout=30)
+    assert all(r.status == "completed" for r in runs)
+    assert all(w.returncode == 0 for w in workers), [w.returncode for w in workers]
+    markers = [p.name.split("-") for p in tmp_path.glob("exec-*")]
+    # 3 runs x 60 elements; every execution was attempt 1 and no (run, index) ran twice
+    assert len(markers) == 180
+    assert {m[2] for m in markers} == {"1"}
+    pids = {m[3] for m in markers}
+    assert len(pids) == 2, "both workers should have taken part"
+    app.close()

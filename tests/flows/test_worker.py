@@ -1,0 +1,204 @@
+"""Flows run end to end by a real worker (asyncio loop, thread pool), on both backends."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tideflow import (
+    App,
+    FlowNotFoundError,
+    InputNotSerializableError,
+    RunTimeoutError,
+)
+from tests.flows.flows_for_tests import (
+    ALL_FLOWS,
+    BadOutput,
+    Chain,
+    Diamond,
+    FanFail,
+    Fatal,
+    Flaky,
+    MapFlow,
+    RootMap,
+    Sleeper,
+    Slow,
+)
+
+FAST = {"poll_interval": 0.02, "reap_interval": 0.2}
+
+
+@pytest.fixture
+def flows_app(app: App) -> App:
+    for flow in ALL_FLOWS:
+        app.register(flow)
+    return app
+
+
+def drain(app: App, **options: object) -> None:
+    app.run_worker(until_idle=True, **{**FAST, **options})
+
+
+def test_chain_diamond_and_map_complete(flows_app: App) -> None:
+    a = flows_app.start_flow(Chain, {"n": 1})
+    b = flows_app.start_flow("diamond", "x")
+    c = flows_app.start_flow(MapFlow, [1, 2, 3])
+    d = flows_app.start_flow(RootMap, [5, 6])
+    drain(flows_app)
+    assert flows_app.get_run(a).output == {"third": {"value": 20, "run_input": {"n": 1}}}
+    assert flows_app.get_run(b).output == {"join": "LxRx"}
+    assert flows_app.get_run(c).output == {"total": 14}
+    assert flows_app.get_run(d).output == {"double": [{"i": 0, "v": 10}, {"i": 1, "v": 12}]}
+    run = flows_app.get_run(c)
+    assert run.step("square").output == [1, 4, 9]
+    assert all(s.started_at and s.finished_at for s in run.steps)
+
+
+def test_retries_until_success(flows_app: App, tmp_path: Path) -> None:
+    counter = tmp_path / "calls"
+    run_id = flows_app.start_flow(Flaky, {"counter": str(counter), "fail_times": 2})
+    drain(flows_app)
+    run = flows_app.get_run(run_id)
+    assert run.status == "completed" and run.output == {"flaky": 3}
+    assert run.step("flaky").attempts == 3
+    assert counter.read_text() == "3"
+
+
+def test_retries_exhausted_fail_the_run(flows_app: App, tmp_path: Path) -> None:
+    counter = tmp_path / "calls"
+    run_id = flows_app.start_flow(Flaky, {"counter": str(counter), "fail_times": 10})
+    drain(flows_app)
+    run = flows_app.get_run(run_id)
+    assert run.status == "failed" and counter.read_text() == "3"
+    assert "RuntimeError: transient failure #3" in (run.error or "")
+
+
+def test_non_retryable_error_subclass_fails_at_once(flows_app: App) -> None:
+    run_id = flows_app.start_flow(Fatal, {})
+    drain(flows_app)
+    run = flows_app.get_run(run_id)
+    assert run.status == "failed" and run.step("charge").attempts == 1
+    assert "Declined: card declined" in (run.error or "")
+
+
+def test_timeout_cancels_the_step_and_retries_then_fails(flows_app: App) -> None:
+    run_id = flows_app.start_flow(Slow, {"seconds": 5})
+    started = time.monotonic()
+    drain(flows_app)
+    assert time.monotonic() - started < 4
+    run = flows_app.get_run(run_id)
+    assert run.status == "failed"
+    assert "timed out after 0.2s" in (run.error or "")
+    assert run.step("sleepy").attempts == 2
+
+
+def test_sync_step_timeout(flows_app: App) -> None:
+    run_id = flows_app.start_flow(Slow, {"seconds": 0, "sync_seconds": 1})
+    drain(flows_app)
+    run = flows_app.get_run(run_id)
+    assert run.status == "failed" and "sync_sleepy" in (run.error or "")
+
+
+def test_output_that_is_not_json_fails_without_retry(flows_app: App) -> None:
+    run_id = flows_app.start_flow(BadOutput, None)
+    drain(flows_app)
+    run = flows_app.get_run(run_id)
+    assert run.status == "failed" and run.step("make").attempts == 1
+    assert "output of step 'make'" in (run.error or "") and "dict" in (run.error or "")
+
+
+def test_failure_cancels_running_and_queued_siblings(flows_app: App) -> None:
+    run_id = flows_app.start_flow(FanFail, ["a", "b", "boom", "c", "d"])
+    drain(flows_app, concurrency=3)
+    run = flows_app.get_run(run_id)
+    assert run.status == "failed"
+    statuses = [t.status for t in run.step("work").tasks]
+    assert statuses[2] == "failed"
+    assert "queued" not in statuses and "started" not in statuses
+    assert "cancelled" in statuses
+    assert run.step("after").status == "skipped"
+
+
+def test_input_that_is_not_json_is_refused_and_nothing_written(flows_app: App) -> None:
+    with pytest.raises(InputNotSerializableError, match="chain"):
+        flows_app.start_flow(Chain, {"when": object()})
+    with pytest.raises(InputNotSerializableError):
+        flows_app.start_flow(Chain, {"nan": float("nan")})
+    assert flows_app.list_runs() == []
+
+
+def test_unknown_flow_is_refused_and_nothing_written(flows_app: App) -> None:
+    with pytest.raises(FlowNotFoundError, match="nope"):
+        flows_app.start_flow("nope", {})
+    assert flows_app.list_runs() == []
+
+
+def test_wait_for_run(flows_app: App) -> None:
+    run_id = flows_app.start_flow(Chain, {"n": 2})
+    with pytest.raises(RunTimeoutError, match=run_id):
+        flows_app.wait_for_run(run_id, timeout=0.05)
+    worker = flows_app.worker(**FAST)
+    thread = threading.Thread(target=lambda: asyncio.run(worker.run()))
+    thread.start()
+    try:
+        run = flows_app.wait_for_run(run_id, timeout=10)
+    finally:
+        worker.stop()
+        thread.join()
+    assert run.status == "completed" and run.output["third"]["value"] == 30
+
+
+async def test_async_client(flows_app: App) -> None:
+    client = flows_app.aio
+    run_id = await client.start_flow("diamond", "y")
+    await asyncio.to_thread(drain, flows_app)
+    run = await client.wait_for_run(run_id, timeout=5)
+    assert run.output == {"join": "LyRy"}
+    assert [r.run_id for r in await client.list_runs(flow="diamond")] == [run_id]
+    assert await client.cancel_run(run_id) is False
+
+
+def test_graceful_shutdown_finishes_running_tasks(flows_app: App, tmp_path: Path) -> None:
+    run_id = flows_app.start_flow(Sleeper, {"dir": str(tmp_path), "seconds": 0.5})
+    worker = flows_app.worker(**FAST, shutdown_grace=10)
+    thread = threading.Thread(target=lambda: asyncio.run(worker.run()))
+    thread.start()
+    _wait_for(lambda: list(tmp_path.glob("started-*")))
+    worker.stop()
+    thread.join(timeout=10)
+    run = flows_app.get_run(run_id)
+    assert run.status == "completed" and run.step("nap").attempts == 1
+
+
+def test_shutdown_past_grace_releases_tasks_without_counting_attempts(flows_app: App,
+                                                                      tmp_path: Path) -> None:
+    run_id = flows_app.start_flow(Sleeper, {"dir": str(tmp_path), "seconds": 3})
+    worker = flows_app.worker(**FAST, shutdown_grace=0.1)
+    thread = threading.Thread(target=lambda: asyncio.run(worker.run()))
+    thread.start()
+    _wait_for(lambda: list(tmp_path.glob("started-*")))
+    worker.stop()
+    thread.join(timeout=10)
+    task = flows_app.get_run(run_id).step("nap").tasks[0]
+    assert task.status == "queued" and task.attempts == 0
+
+
+def test_list_runs_validates_filters(flows_app: App) -> None:
+    with pytest.raises(ValueError, match="unknown run status"):
+        flows_app.list_runs(status="done")
+
+
+def _wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
+
+
+def test_diamond_registered_by_slug(flows_app: App) -> None:
+    assert flows_app.registry.get("diamond") is Diamond

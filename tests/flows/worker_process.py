@@ -1,0 +1,16 @@
+"""A worker process for crash tests: python -m tests.flows.worker_process URL [LEASE_MARGIN]."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from tideflow import App
+from tests.flows.flows_for_tests import ALL_FLOWS
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    margin = float(sys.argv[2]) if len(sys.argv) > 2 else 30.0
+    app = App(sys.argv[1], flows=ALL_FLOWS)
+    print("worker ready", flush=True)
+    app.run_worker(lease_margin=margin, reap_interval=0.2, poll_interval=0.05, concurrency=4)
