@@ -50,8 +50,8 @@ class Client:
     def wait_for_run(self, run_id: str, timeout: float | None = None) -> RunRecord:
         """Block until the run completes, fails or is cancelled; ``RunTimeoutError`` after
         ``timeout`` seconds. Polls the run's status row, quickly at first, then backing off."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.002
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
         while True:
             run = self.store.get_run(run_id, with_steps=False)
             if run.status in RUN_FINAL:
@@ -61,9 +61,13 @@ class Client:
                     f"run {run_id} of flow {run.flow_slug!r} is still {run.status} after "
                     f"{timeout:g}s; is a worker running for this flow?"
                 )
-            pause = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
+            # Poll every few ms at first (a status lookup by primary key is cheap), then back
+            # off in proportion to the time already waited: at most ~10% late, at most 0.5 s.
+            now = time.monotonic()
+            pause = min(0.002 + 0.1 * (now - started), 0.5)
+            if deadline is not None:
+                pause = min(pause, max(0.0, deadline - now))
             time.sleep(pause)
-            delay = min(delay * 1.5, 0.1)
 
     def cancel_run(self, run_id: str) -> bool:
         return self.store.cancel_run(run_id)

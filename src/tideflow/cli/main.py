@@ -1,3 +1,296 @@
-"""Placeholder replaced below."""
+"""The ``tideflow`` command: run workers, start and inspect runs, try the demo.
+
+Each command is a thin shell over the public ``App`` API - the CLI can do nothing application code
+cannot - and leaves the drawing to ``render`` and ``dag`` and the finding of user code to
+``loading``. Errors are handled once, in ``_Group.invoke``, so no command can forget to.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.json import JSON
+from rich.logging import RichHandler
+from rich.rule import Rule
+from rich.text import Text
+from typer.core import TyperGroup
+
+from tideflow import __version__
+from tideflow.cli.dag import nodes_from_definition, nodes_from_run, render_dag
+from tideflow.cli.demo import run_demo
+from tideflow.cli.errors import CliUsageError, CommandFailed, reporting
+from tideflow.cli.live import watch_runs
+from tideflow.cli.loading import APP_ENV, APP_FORMS, DATABASE_HELP, build_app, redact
+from tideflow.cli.render import (
+    definition_table,
+    run_header,
+    runs_table,
+    steps_table,
+    stored_flows_table,
+    tasks_table,
+)
+
+#: Output that is not a terminal (a pipe, a file, a test) gets this width instead of Rich's 80,
+#: so that tables are not squeezed into truncated run ids that a script cannot use.
+PIPE_WIDTH = 160
+
+
+class _Group(TyperGroup):
+    def invoke(self, ctx: Any) -> Any:
+        with reporting(bool(ctx.params.get("debug"))):
+            return super().invoke(ctx)
+
+
+cli = typer.Typer(
+    cls=_Group,
+    name="tideflow",
+    help="Durable DAG workflows on PostgreSQL or SQLite. New here? Run: tideflow demo",
+    epilog="Exit codes: 0 success; 1 failure (a run failed, a database error, an unknown run); "
+           "2 the command line is wrong (bad JSON, unknown flow, an --app that does not load).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+DatabaseOpt = Annotated[str | None, typer.Option(
+    "--database-url", "-d", help=DATABASE_HELP, show_default=False)]
+AppOpt = Annotated[str | None, typer.Option(
+    "--app", "-a", envvar=APP_ENV, show_default=False,
+    help=f"Your flows: module:attr naming {APP_FORMS}, or a module (its 'app', else all "
+         f"its flow classes). A file path works too: examples/order_pipeline.py")]
+FlowOpt = Annotated[list[str] | None, typer.Option(
+    "--flow", "-f", show_default=False, help="One more flow class, module:Class (repeatable).")]
+
+
+def _console(stderr: bool = False) -> Console:
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=stderr, highlight=False, width=PIPE_WIDTH)
+    return console
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tideflow {__version__}")
+        raise typer.Exit()
+
+
+@cli.callback()
+def _root(
+    debug: Annotated[bool, typer.Option(
+        "--debug", help="Show full tracebacks and debug logs instead of one-line errors.")] = False,
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    if debug:
+        logging.basicConfig(level=logging.DEBUG)
+
+
+@cli.command()
+def worker(
+    app_path: AppOpt = None,
+    flows: FlowOpt = None,
+    database_url: DatabaseOpt = None,
+    concurrency: Annotated[int, typer.Option(
+        help="Tasks run at once by this worker.", min=1)] = 10,
+    poll_interval: Annotated[float, typer.Option(
+        help="Seconds between checks for due tasks when no wake-up arrives.", min=0.01)] = 1.0,
+    until_idle: Annotated[bool, typer.Option(
+        help="Exit once no task of these flows is queued or running.")] = False,
+) -> None:
+    """Run a worker for your flows until Ctrl-C or SIGTERM (running tasks finish first)."""
+    with build_app(database_url, app_path, flows or [], need_flows=True) as app:
+        _setup_logging()
+        _console(stderr=True).print(Text.assemble(
+            "worker for ", (", ".join(app.registry.slugs()), "bold"), " on ",
+            (redact(app.database_url), "cyan"), f", concurrency {concurrency}",
+            "" if until_idle else "; Ctrl-C to stop"), soft_wrap=True)
+        app.run_worker(until_idle=until_idle, concurrency=concurrency,
+                       poll_interval=poll_interval)
+
+
+def _setup_logging() -> None:
+    """Show the worker's own log lines (started, recovered stalled tasks, failures)."""
+    logger = logging.getLogger("tideflow")
+    if not logger.handlers:
+        handler = RichHandler(console=_console(stderr=True), show_path=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+
+
+def parse_input(text: str) -> Any:
+    """The run input: JSON text, ``@path`` to read it from a file, or ``-`` for stdin."""
+    if text == "-":
+        text = sys.stdin.read()
+    elif text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as exc:
+            raise CliUsageError(f"cannot read --input file {text[1:]!r}: {exc.strerror}") from exc
+    return json.loads(text)
+
+
+@cli.command()
+def start(
+    flow: Annotated[str, typer.Argument(
+        metavar="FLOW", help="Slug of the flow to run.", show_default=False)],
+    input: Annotated[str, typer.Option(
+        "--input", "-i", help="Run input as JSON, @file.json, or - for stdin.")] = "null",
+    run_id: Annotated[str | None, typer.Option(
+        help="Your own run id (e.g. an idempotency key); default: a new UUID.",
+        show_default=False)] = None,
+    wait: Annotated[bool, typer.Option(
+        "--wait", "-w", help="Show progress until the run finishes; exit 1 unless it "
+                             "completed.")] = False,
+    timeout: Annotated[float | None, typer.Option(
+        help="With --wait: give up waiting after this many seconds (the run goes on).",
+        show_default=False)] = None,
+    app_path: AppOpt = None,
+    flows: FlowOpt = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Start a run and print its id; with --wait, follow it to the end."""
+    value = parse_input(input)
+    with build_app(database_url, app_path, flows or [], need_flows=True) as app:
+        new_id = app.start_flow(app.registry.get(flow), value, run_id=run_id)
+        if not wait:
+            typer.echo(new_id)
+            return
+        out = _console()
+        out.print(Text.assemble("started run ", (new_id, "bold"), f" of flow {flow}"),
+                  soft_wrap=True)
+        try:
+            [run] = watch_runs(app, [new_id], out, timeout=timeout)
+        except KeyboardInterrupt:
+            _console(stderr=True).print(
+                f"stopped watching; run {new_id} goes on (tideflow run {new_id})",
+                soft_wrap=True)
+            raise typer.Exit(130) from None
+        if run.status == "completed":
+            out.print(Text("output", style="bold green"))
+            out.print(JSON.from_data(run.output, ensure_ascii=False))
+            return
+        out.print(Text.assemble(("run " + run.status, "bold red"),
+                                f": {run.error}" if run.error else ""), soft_wrap=True)
+        raise typer.Exit(1)
+
+
+@cli.command("runs")
+def list_runs(
+    flow: Annotated[str | None, typer.Option(
+        "--flow", "-f", help="Only runs of this flow (slug).", show_default=False)] = None,
+    status: Annotated[str | None, typer.Option(
+        "--status", "-s", help="Only runs in this status: started, completed, failed, "
+                               "cancelled.", show_default=False)] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many.")] = 20,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """List runs, newest first."""
+    with build_app(database_url) as app:
+        records = app.list_runs(flow=flow, status=status, limit=limit)
+        out = _console()
+        if not records:
+            out.print(Text("no runs" + (" match" if flow or status else " yet"), style="dim"))
+            return
+        out.print(runs_table(records))
+
+
+@cli.command("run")
+def show_run(
+    run_id: Annotated[str, typer.Argument(
+        metavar="RUN_ID", help="The run's id.", show_default=False)],
+    tasks: Annotated[bool, typer.Option(
+        "--tasks", "-t", help="Also list every task (one per map element).")] = False,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Show one run: status, input, output or error, its steps, and its DAG."""
+    with build_app(database_url) as app:
+        run = app.get_run(run_id)
+        out = _console()
+        out.print(run_header(run))
+        out.print(steps_table(run, always_errors=True))
+        if tasks:
+            out.print(tasks_table(run))
+        out.print()
+        out.print(render_dag(nodes_from_run(run), max_width=out.width))
+
+
+@cli.command("flows")
+def list_flows(
+    app_path: AppOpt = None,
+    flows: FlowOpt = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """List the flow versions stored in the database and, with --app, the flows in your code."""
+    with build_app(database_url, app_path, flows or []) as app:
+        out = _console()
+        stored = app.store.list_flows()
+        registered = {f.slug: f.definition.version for f in app.registry}
+        out.print(Rule("stored flow versions", align="left"))
+        if stored:
+            out.print(stored_flows_table(stored, registered if registered else None))
+        else:
+            out.print(Text("none yet: a version is stored when a worker starts or a run starts",
+                           style="dim"))
+        for cls in app.registry:
+            out.print(Rule(f"{cls.slug}  version {cls.definition.version}  "
+                           f"({cls.__module__}.{cls.__qualname__})", align="left"))
+            out.print(definition_table(cls.definition))
+            out.print(render_dag(nodes_from_definition(cls.definition), max_width=out.width))
+
+
+@cli.command()
+def cancel(
+    run_id: Annotated[str, typer.Argument(
+        metavar="RUN_ID", help="The run's id.", show_default=False)],
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Cancel a run: its queued and running tasks are cancelled, its unfinished steps skipped."""
+    with build_app(database_url) as app:
+        if not app.cancel_run(run_id):
+            status = app.store.get_run(run_id, with_steps=False).status
+            raise CommandFailed(f"run {run_id} has already {status}; nothing to cancel")
+        _console().print(Text.assemble("cancelled run ", (run_id, "bold")), soft_wrap=True)
+
+
+@cli.command()
+def migrate(database_url: DatabaseOpt = None) -> None:
+    """Apply pending schema migrations (safe to run from many places at once)."""
+    with build_app(database_url, migrate=False) as app:
+        applied = app.migrate()
+        out = _console()
+        for name in applied:
+            out.print(Text.assemble("applied ", (name, "green")))
+        if not applied:
+            out.print(f"schema is up to date on {redact(app.database_url)}", soft_wrap=True)
+
+
+@cli.command()
+def demo(
+    database_url: Annotated[str | None, typer.Option(
+        "--database-url", "-d", show_default=False,
+        help="Where to run the demo (default: a fresh ./tideflow-demo.db; "
+             "$TIDEFLOW_DATABASE_URL is deliberately ignored, so a demo never lands in a "
+             "real database by accident)")] = None,
+) -> None:
+    """Run the example flows - a fork/join, a map step, retries, a permanent failure - with a
+    worker in this process and live progress. Needs no setup."""
+    run_demo(_console(), database_url)
+
+
 def main() -> None:
-    pass
+    cli(prog_name="tideflow")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -61,7 +61,8 @@ class Worker:
         self.options = options or WorkerOptions()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._running: dict[TaskKey, asyncio.Task[None]] = {}
-        self._pending: list[tuple[TaskCompletion, asyncio.Future[None]]] = []
+        self._pending: list[TaskCompletion] = []  # completed, waiting for the next flush
+        self._flushing: list[TaskCompletion] = []  # completed, being committed now
         self._has_pending = asyncio.Event()
         self._instances: dict[type[Flow], Flow] = {}
         self._stopping = False
@@ -98,14 +99,15 @@ class Worker:
         try:
             await self._reap()
             await self._claim_loop(executor, until_idle)
-            await self._drain()
         finally:
-            unsubscribe()
             self._stopping = True
-            for t in [*background, flusher]:
+            unsubscribe()
+            await self._drain()
+            for t in background:
                 t.cancel()
-            await asyncio.gather(*background, flusher, return_exceptions=True)
-            await self._flush()
+            await asyncio.gather(*background, return_exceptions=True)
+            self._has_pending.set()  # let the flusher commit what is left and exit
+            await flusher
             executor.shutdown(wait=False, cancel_futures=True)
             log.info("worker %s stopped", self.worker_id)
 
@@ -121,7 +123,8 @@ class Worker:
         opts = self.options
         while not self._stopping:
             self._wake.clear()
-            free = min(opts.concurrency - len(self._running), opts.max_batch)
+            busy = len(self._running) + len(self._pending) + len(self._flushing)
+            free = min(opts.concurrency - busy, opts.max_batch)
             claimed: list[ClaimedTask] = []
             if free > 0:
                 claimed = await asyncio.to_thread(
@@ -131,7 +134,7 @@ class Worker:
                     self._running[task.key] = asyncio.create_task(self._run_task(task, executor))
             if claimed and len(claimed) == free:
                 continue  # there may be more: claim again as soon as a slot frees
-            if until_idle and not claimed and not self._running and not self._pending:
+            if until_idle and not claimed and not busy:
                 queued = await asyncio.to_thread(self.store.count_queued, self.registry.slugs())
                 if not queued:
                     return
@@ -146,11 +149,11 @@ class Worker:
                 instance = self._instances[flow_cls] = flow_cls()
             outcome = await execute(task, instance, executor)
             if isinstance(outcome, TaskCompletion):
-                # Hold the slot until the completion is committed, so a crash cannot lose it.
-                ack = asyncio.get_running_loop().create_future()
-                self._pending.append((outcome, ack))
+                # Handed to the flusher; the task stays 'started' in the database until the
+                # batch commits, so a crash before then re-runs it (after its lease) - never
+                # loses it. Uncommitted completions still count against the concurrency limit.
+                self._pending.append(outcome)
                 self._has_pending.set()
-                await ack
             else:
                 await asyncio.to_thread(self.store.fail_task, self.worker_id, outcome)
                 self.failed += 1
@@ -165,23 +168,24 @@ class Worker:
             await self._has_pending.wait()
             self._has_pending.clear()
             await self._flush()
+            if self._stopping and not self._running and not self._pending:
+                return
 
     async def _flush(self) -> None:
         """Commit every completion gathered so far in one transaction."""
         if not self._pending:
             return
-        batch, self._pending = self._pending, []
+        self._flushing, self._pending = self._pending, []
         try:
-            await asyncio.to_thread(self.store.complete_tasks, self.worker_id,
-                                    [c for c, _ in batch])
-            self.completed += len(batch)
+            await asyncio.to_thread(self.store.complete_tasks, self.worker_id, self._flushing)
+            self.completed += len(self._flushing)
         except Exception:
             log.exception("committing %d completions failed; their leases will expire and the "
-                          "tasks run again", len(batch))
+                          "tasks run again", len(self._flushing))
         finally:
-            for _, ack in batch:
-                if not ack.done():
-                    ack.set_result(None)
+            self._flushing = []
+            if self._wake is not None:
+                self._wake.set()  # their slots are free now
 
     async def _drain(self) -> None:
         """Graceful shutdown: wait for running tasks, then cancel and release stragglers."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,7 +22,11 @@ from psycopg_pool import ConnectionPool
 
 from tideflow.clock import Clock
 from tideflow.errors import RunAlreadyExistsError, SchemaNotReadyError, StorageError
-from tideflow.storage.engine import Row, SqlEngine
+from tideflow.flows.definition import FlowDefinition
+from tideflow.storage.contract import TaskCompletion
+from tideflow.storage.engine import SqlEngine, step_rows
+from tideflow.storage.rows import batch
+from tideflow.storage.rows import Row
 from tideflow.storage.sqlfile import load_migrations, load_queries
 
 log = logging.getLogger(__name__)
@@ -48,7 +52,7 @@ class _PgTx:
         try:
             return cur.execute(_QUERIES[name], params)
         except pg_errors.UniqueViolation as exc:
-            if name == "insert_run":
+            if name in ("insert_run", "start_run"):
                 raise RunAlreadyExistsError(
                     f"a run with id {params['run_id']!r} already exists; pass another run_id "
                     "or none to get a fresh one"
@@ -94,6 +98,26 @@ class PostgresStore(SqlEngine):
             raise StorageError(f"PostgreSQL operation failed: {exc}") from exc
         if tx.notify:
             self._notify_local()
+
+    # start_run and complete_tasks run as PL/pgSQL functions: one round trip instead of a dozen.
+    def start_run(self, definition: FlowDefinition, run_id: str, input_json: str) -> None:
+        with self._tx() as tx:
+            self._ensure_flow(tx, definition)
+            tx.notify = bool(tx.rows(
+                "start_run", run_id=run_id, flow_slug=definition.slug,
+                flow_version=definition.version, input=input_json,
+                steps=step_rows(definition), now=self.clock.now())[0]["notify"])
+
+    def complete_tasks(self, worker_id: str, completions: Sequence[TaskCompletion]) -> None:
+        if not completions:
+            return
+        with self._tx() as tx:
+            tx.notify = bool(tx.rows(
+                "complete_tasks_batch", worker_id=worker_id, now=self.clock.now(), rows=batch(
+                    {"run_id": c.key.run_id, "step_slug": c.key.step_slug,
+                     "task_index": c.key.task_index, "attempt": c.attempt,
+                     "output": c.output_json}
+                    for c in completions))[0]["notify"])
 
     def migrate(self) -> list[str]:
         applied: list[str] = []

@@ -1,6 +1,12 @@
--- Named queries of the PostgreSQL backend. See tideflow/storage/engine.py for when each runs.
--- Parameters are %(name)s; list parameters arrive as arrays; timestamps are timestamptz.
--- Lock order in every transaction that changes a run: runs -> run_steps -> tasks (lock_runs).
+-- Named queries of the PostgreSQL backend; tideflow/storage/engine.py says when each runs.
+--
+-- Parameters are %(name)s. A `rows` parameter is a batch: a JSON array of objects unpacked with
+-- jsonb_to_recordset; `*_ids`/`flow_slugs` parameters are text arrays. JSON values travel as text
+-- and are cast to jsonb where stored.
+--
+-- Lock order in every transaction that changes a run: the runs rows first, in run_id order
+-- (lock_runs), then run_steps, then tasks. The claim touches only queued tasks and skips locked
+-- ones, so it never waits on a transaction that holds a run.
 
 -- name: insert_flow
 INSERT INTO tideflow.flows (flow_slug, version, shape, created_at)
@@ -8,68 +14,106 @@ VALUES (%(flow_slug)s, %(version)s, %(shape)s, %(created_at)s)
 ON CONFLICT (flow_slug, version) DO NOTHING
 
 -- name: list_flows
-SELECT flow_slug, version, shape, created_at FROM tideflow.flows ORDER BY flow_slug, created_at DESC
+SELECT flow_slug, version, shape, created_at FROM tideflow.flows
+ORDER BY flow_slug, created_at DESC
 
 -- name: get_flow
 SELECT shape FROM tideflow.flows WHERE flow_slug = %(flow_slug)s AND version = %(version)s
 
 -- name: insert_run
-INSERT INTO tideflow.runs (run_id, flow_slug, flow_version, status, input, remaining_steps, started_at)
+INSERT INTO tideflow.runs (run_id, flow_slug, flow_version, status, input, remaining_steps,
+                           started_at)
 VALUES (%(run_id)s, %(flow_slug)s, %(flow_version)s, 'started', %(input)s, %(remaining_steps)s,
         %(started_at)s)
 
--- name: insert_step
-INSERT INTO tideflow.run_steps (run_id, step_slug, step_index, kind, depends_on, status, remaining_deps,
-                       max_attempts, base_delay, max_delay, timeout, start_delay, created_at)
-VALUES (%(run_id)s, %(step_slug)s, %(step_index)s, %(kind)s, %(depends_on)s, 'created',
-        %(remaining_deps)s, %(max_attempts)s, %(base_delay)s, %(max_delay)s, %(timeout)s,
-        %(start_delay)s, %(created_at)s)
+-- name: insert_steps
+INSERT INTO tideflow.run_steps (run_id, step_slug, step_index, kind, depends_on, dependents,
+                                status, remaining_deps, max_attempts, base_delay, max_delay,
+                                timeout, start_delay, created_at)
+SELECT b.run_id, b.step_slug, b.step_index, b.kind, b.depends_on::jsonb, b.dependents::jsonb,
+       'created',
+       b.remaining_deps, b.max_attempts, b.base_delay, b.max_delay, b.timeout, b.start_delay,
+       %(created_at)s
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(
+    run_id text, step_slug text, step_index integer, kind text, depends_on text,
+    dependents text, remaining_deps integer, max_attempts integer, base_delay double precision,
+    max_delay double precision, timeout double precision, start_delay double precision)
 
--- name: get_run_status
-SELECT status FROM tideflow.runs WHERE run_id = %(run_id)s
-
--- name: get_run_input
-SELECT input FROM tideflow.runs WHERE run_id = %(run_id)s
-
--- name: get_step
-SELECT depends_on, kind, start_delay, timeout FROM tideflow.run_steps
-WHERE run_id = %(run_id)s AND step_slug = %(step_slug)s
+-- name: get_steps
+SELECT s.run_id, s.step_slug, s.step_index, s.kind, s.depends_on, s.start_delay, s.timeout,
+       r.flow_slug
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(run_id text, step_slug text)
+JOIN tideflow.run_steps s ON s.run_id = b.run_id AND s.step_slug = b.step_slug
+JOIN tideflow.runs r ON r.run_id = s.run_id
 
 -- name: get_step_outputs
-SELECT step_slug, output FROM tideflow.run_steps
-WHERE run_id = %(run_id)s AND step_slug = ANY(%(step_slugs)s)
+SELECT s.run_id, s.step_slug, s.output
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(run_id text, step_slug text)
+JOIN tideflow.run_steps s ON s.run_id = b.run_id AND s.step_slug = b.step_slug
 
--- name: start_step
-UPDATE tideflow.run_steps
-SET status = 'started', initial_tasks = %(initial_tasks)s, remaining_tasks = %(initial_tasks)s,
-    started_at = %(started_at)s
-WHERE run_id = %(run_id)s AND step_slug = %(step_slug)s
+-- name: start_steps
+UPDATE tideflow.run_steps s
+SET status = 'started', initial_tasks = b.n, remaining_tasks = b.n, started_at = %(started_at)s
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(run_id text, step_slug text, n integer)
+WHERE s.run_id = b.run_id AND s.step_slug = b.step_slug
 
 -- name: insert_tasks
 INSERT INTO tideflow.tasks (run_id, step_slug, task_index, flow_slug, status, input, timeout,
                             queued_at, visible_at)
-SELECT %(run_id)s, %(step_slug)s, (u.ordinality - 1)::integer, %(flow_slug)s, 'queued',
-       u.input::jsonb, %(timeout)s, %(queued_at)s, %(visible_at)s
-FROM unnest(%(inputs)s::text[]) WITH ORDINALITY AS u(input, ordinality)
+SELECT b.run_id, b.step_slug, b.task_index, b.flow_slug, 'queued', b.input::jsonb, b.timeout,
+       %(now)s, %(now)s + make_interval(secs => b.start_delay)
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(
+    run_id text, step_slug text, task_index integer, flow_slug text, input text,
+    timeout double precision, start_delay double precision)
 
--- name: complete_step
-UPDATE tideflow.run_steps
-SET status = 'completed', output = %(output)s, remaining_tasks = 0, finished_at = %(finished_at)s
-WHERE run_id = %(run_id)s AND step_slug = %(step_slug)s
+-- name: complete_tasks
+-- Only the worker's own started attempt completes: a late answer from an attempt whose lease
+-- expired (or from a run that failed or was cancelled meanwhile) changes nothing.
+UPDATE tideflow.tasks t
+SET status = 'completed', output = b.output::jsonb, finished_at = %(finished_at)s,
+    lease_expires_at = NULL
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(
+    run_id text, step_slug text, task_index integer, attempt integer, output text)
+WHERE t.run_id = b.run_id AND t.step_slug = b.step_slug AND t.task_index = b.task_index
+  AND t.attempts = b.attempt AND t.status = 'started' AND t.worker_id = %(worker_id)s
+RETURNING t.run_id, t.step_slug, t.task_index
+
+-- name: decrement_step_tasks
+UPDATE tideflow.run_steps s SET remaining_tasks = s.remaining_tasks - b.n
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(run_id text, step_slug text, n integer)
+WHERE s.run_id = b.run_id AND s.step_slug = b.step_slug
+RETURNING s.run_id, s.step_slug, s.remaining_tasks, s.kind
+
+-- name: get_map_outputs
+SELECT t.run_id, t.step_slug, t.output
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(run_id text, step_slug text)
+JOIN tideflow.tasks t ON t.run_id = b.run_id AND t.step_slug = b.step_slug
+ORDER BY t.run_id, t.step_slug, t.task_index
+
+-- name: complete_steps
+UPDATE tideflow.run_steps s
+SET status = 'completed', output = b.output::jsonb, remaining_tasks = 0,
+    finished_at = %(finished_at)s
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(run_id text, step_slug text, output text)
+WHERE s.run_id = b.run_id AND s.step_slug = b.step_slug
 
 -- name: decrement_run_steps
-UPDATE tideflow.runs SET remaining_steps = remaining_steps - 1
-WHERE run_id = %(run_id)s
-RETURNING remaining_steps, flow_version, input
+UPDATE tideflow.runs r SET remaining_steps = r.remaining_steps - b.n
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(run_id text, n integer)
+WHERE r.run_id = b.run_id
+RETURNING r.run_id, r.remaining_steps, r.flow_slug, r.flow_version
 
 -- name: decrement_deps
-UPDATE tideflow.run_steps SET remaining_deps = remaining_deps - 1
-WHERE run_id = %(run_id)s AND step_slug = ANY(%(step_slugs)s)
-RETURNING step_slug, step_index, remaining_deps
+UPDATE tideflow.run_steps s SET remaining_deps = s.remaining_deps - b.n
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(run_id text, step_slug text, n integer)
+WHERE s.run_id = b.run_id AND s.step_slug = b.step_slug
+RETURNING s.run_id, s.step_slug, s.remaining_deps
 
--- name: complete_run
-UPDATE tideflow.runs SET status = 'completed', output = %(output)s, finished_at = %(finished_at)s
-WHERE run_id = %(run_id)s AND status = 'started'
+-- name: complete_runs
+UPDATE tideflow.runs r
+SET status = 'completed', output = b.output::jsonb, finished_at = %(finished_at)s
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(run_id text, output text)
+WHERE r.run_id = b.run_id AND r.status = 'started'
 
 -- name: fail_step
 UPDATE tideflow.run_steps SET status = 'failed', error = %(error)s, finished_at = %(finished_at)s
@@ -84,7 +128,8 @@ UPDATE tideflow.runs SET status = 'cancelled', error = 'cancelled', finished_at 
 WHERE run_id = %(run_id)s AND status = 'started'
 
 -- name: cancel_run_tasks
-UPDATE tideflow.tasks SET status = 'cancelled', finished_at = %(finished_at)s, lease_expires_at = NULL
+UPDATE tideflow.tasks
+SET status = 'cancelled', finished_at = %(finished_at)s, lease_expires_at = NULL
 WHERE run_id = %(run_id)s AND status IN ('queued', 'started')
 
 -- name: skip_run_steps
@@ -116,51 +161,45 @@ LIMIT %(limit)s OFFSET %(offset)s
 -- name: claim_tasks
 -- One statement picks and takes the batch. SKIP LOCKED lets concurrent workers pass over rows
 -- another claim holds instead of queueing behind it, so no task attempt goes to two workers.
-UPDATE tideflow.tasks t
-SET status = 'started', attempts = t.attempts + 1, worker_id = %(worker_id)s,
-    started_at = %(now)s,
-    lease_expires_at = %(now)s + make_interval(secs => COALESCE(t.timeout, 0) + %(margin)s)
-FROM (
-    SELECT run_id, step_slug, task_index FROM tideflow.tasks
-    WHERE status = 'queued' AND visible_at <= %(now)s AND flow_slug = ANY(%(flow_slugs)s)
-    ORDER BY visible_at
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-) picked
-WHERE t.run_id = picked.run_id AND t.step_slug = picked.step_slug
-  AND t.task_index = picked.task_index
-RETURNING t.run_id, t.step_slug, t.task_index, t.flow_slug, t.attempts, t.input, t.timeout,
-          t.lease_expires_at
-
--- name: count_queued
-SELECT count(*) AS n FROM tideflow.tasks WHERE status = 'queued' AND flow_slug = ANY(%(flow_slugs)s)
+-- It also returns each task's run input and flow version, saving the engine a round trip.
+WITH claimed AS (
+    UPDATE tideflow.tasks t
+    SET status = 'started', attempts = t.attempts + 1, worker_id = %(worker_id)s,
+        started_at = %(now)s,
+        lease_expires_at = %(now)s + make_interval(secs => COALESCE(t.timeout, 0) + %(margin)s)
+    FROM (
+        SELECT run_id, step_slug, task_index FROM tideflow.tasks
+        WHERE status = 'queued' AND visible_at <= %(now)s AND flow_slug = ANY(%(flow_slugs)s)
+        ORDER BY visible_at
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) picked
+    WHERE t.run_id = picked.run_id AND t.step_slug = picked.step_slug
+      AND t.task_index = picked.task_index
+    RETURNING t.run_id, t.step_slug, t.task_index, t.flow_slug, t.attempts, t.input, t.timeout,
+              t.lease_expires_at
+)
+SELECT c.*, r.input AS run_input, r.flow_version
+FROM claimed c JOIN tideflow.runs r ON r.run_id = c.run_id
 
 -- name: get_runs_context
-SELECT run_id, input, flow_version FROM tideflow.runs
-WHERE run_id = ANY(%(run_ids)s)
+SELECT run_id, input, flow_version FROM tideflow.runs WHERE run_id = ANY(%(run_ids)s)
 
--- name: complete_task
-UPDATE tideflow.tasks
-SET status = 'completed', output = %(output)s, finished_at = %(finished_at)s,
-    lease_expires_at = NULL
-WHERE run_id = %(run_id)s AND step_slug = %(step_slug)s AND task_index = %(task_index)s
-  AND status = 'started' AND attempts = %(attempt)s AND worker_id = %(worker_id)s
-RETURNING flow_slug
+-- name: count_queued
+SELECT count(*) AS n FROM tideflow.tasks
+WHERE status = 'queued' AND flow_slug = ANY(%(flow_slugs)s)
 
--- name: decrement_step_tasks
-UPDATE tideflow.run_steps SET remaining_tasks = remaining_tasks - 1
-WHERE run_id = %(run_id)s AND step_slug = %(step_slug)s
-RETURNING remaining_tasks, kind
-
--- name: get_task_outputs
-SELECT output FROM tideflow.tasks
-WHERE run_id = %(run_id)s AND step_slug = %(step_slug)s
-ORDER BY task_index
+-- name: lock_runs
+-- Taken first by every transaction that changes a run, in run_id order (see header).
+SELECT run_id, status FROM tideflow.runs WHERE run_id = ANY(%(run_ids)s)
+ORDER BY run_id
+FOR UPDATE
 
 -- name: get_started_task
 SELECT t.run_id, t.step_slug, t.task_index, t.attempts, s.max_attempts, s.base_delay,
        s.max_delay, s.kind
-FROM tideflow.tasks t JOIN tideflow.run_steps s ON s.run_id = t.run_id AND s.step_slug = t.step_slug
+FROM tideflow.tasks t
+JOIN tideflow.run_steps s ON s.run_id = t.run_id AND s.step_slug = t.step_slug
 WHERE t.run_id = %(run_id)s AND t.step_slug = %(step_slug)s AND t.task_index = %(task_index)s
   AND t.status = 'started' AND t.attempts = %(attempt)s AND t.worker_id = %(worker_id)s
 
@@ -174,15 +213,10 @@ LIMIT 100
 -- name: get_stalled_task
 SELECT t.run_id, t.step_slug, t.task_index, t.attempts, s.max_attempts, s.base_delay,
        s.max_delay, s.kind
-FROM tideflow.tasks t JOIN tideflow.run_steps s ON s.run_id = t.run_id AND s.step_slug = t.step_slug
+FROM tideflow.tasks t
+JOIN tideflow.run_steps s ON s.run_id = t.run_id AND s.step_slug = t.step_slug
 WHERE t.run_id = %(run_id)s AND t.step_slug = %(step_slug)s AND t.task_index = %(task_index)s
   AND t.status = 'started' AND t.lease_expires_at < %(now)s
-
--- name: lock_runs
--- Taken first by every transaction that changes a run, in run_id order (see header).
-SELECT run_id, status FROM tideflow.runs WHERE run_id = ANY(%(run_ids)s)
-ORDER BY run_id
-FOR UPDATE
 
 -- name: retry_task
 UPDATE tideflow.tasks
@@ -196,15 +230,25 @@ SET status = 'failed', error = %(error)s, finished_at = %(finished_at)s, lease_e
 WHERE run_id = %(run_id)s AND step_slug = %(step_slug)s AND task_index = %(task_index)s
 
 -- name: extend_leases
-UPDATE tideflow.tasks SET lease_expires_at = %(now)s + make_interval(secs => COALESCE(timeout, 0) + %(margin)s)
-WHERE worker_id = %(worker_id)s AND status = 'started'
-  AND (run_id, step_slug, task_index) IN (
-      SELECT * FROM unnest(%(run_ids)s::text[], %(step_slugs)s::text[], %(task_indexes)s::int[]))
+UPDATE tideflow.tasks t
+SET lease_expires_at = %(now)s + make_interval(secs => COALESCE(t.timeout, 0) + %(margin)s)
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(run_id text, step_slug text, task_index integer)
+WHERE t.run_id = b.run_id AND t.step_slug = b.step_slug AND t.task_index = b.task_index
+  AND t.worker_id = %(worker_id)s AND t.status = 'started'
 
 -- name: release_tasks
-UPDATE tideflow.tasks
-SET status = 'queued', attempts = attempts - 1, worker_id = NULL, lease_expires_at = NULL,
+UPDATE tideflow.tasks t
+SET status = 'queued', attempts = t.attempts - 1, worker_id = NULL, lease_expires_at = NULL,
     started_at = NULL, visible_at = %(now)s
-WHERE worker_id = %(worker_id)s AND status = 'started'
-  AND (run_id, step_slug, task_index) IN (
-      SELECT * FROM unnest(%(run_ids)s::text[], %(step_slugs)s::text[], %(task_indexes)s::int[]))
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(run_id text, step_slug text, task_index integer)
+WHERE t.run_id = b.run_id AND t.step_slug = b.step_slug AND t.task_index = b.task_index
+  AND t.worker_id = %(worker_id)s AND t.status = 'started'
+
+-- name: start_run
+-- PL/pgSQL (migration 0001): the whole start in one round trip.
+SELECT tideflow.start_run_v1(%(run_id)s, %(flow_slug)s, %(flow_version)s, %(input)s::jsonb,
+                             %(steps)s::jsonb, %(now)s) AS notify
+
+-- name: complete_tasks_batch
+-- PL/pgSQL (migration 0001): a whole batch of completions in one round trip.
+SELECT tideflow.complete_tasks_v1(%(worker_id)s, %(rows)s::jsonb, %(now)s) AS notify

@@ -24,7 +24,8 @@ from typing import Any
 
 from tideflow.clock import Clock
 from tideflow.errors import RunAlreadyExistsError, StorageError
-from tideflow.storage.engine import Row, SqlEngine
+from tideflow.storage.engine import SqlEngine
+from tideflow.storage.rows import Row
 from tideflow.storage.sqlfile import load_migrations, load_queries
 
 _PARAM = re.compile(r"%\((\w+)\)s")

@@ -1,6 +1,9 @@
--- Named queries of the SQLite backend. See tideflow/storage/engine.py for when each runs.
--- Parameters are %(name)s (rewritten to :name at load); list parameters arrive as JSON arrays
--- and are read with json_each; timestamps are REAL epoch seconds.
+-- Named queries of the SQLite backend; tideflow/storage/engine.py says when each runs.
+--
+-- Parameters are %(name)s (rewritten to :name at load). A `rows` parameter is a batch: a JSON
+-- array of objects unpacked with json_each; an `*_ids`/`flow_slugs` parameter is a JSON array of
+-- strings. Timestamps are REAL epoch seconds. Every statement runs inside BEGIN IMMEDIATE: SQLite
+-- has one writer at a time, so no statement here needs row locks.
 
 -- name: insert_flow
 INSERT INTO flows (flow_slug, version, shape, created_at)
@@ -18,58 +21,100 @@ INSERT INTO runs (run_id, flow_slug, flow_version, status, input, remaining_step
 VALUES (%(run_id)s, %(flow_slug)s, %(flow_version)s, 'started', %(input)s, %(remaining_steps)s,
         %(started_at)s)
 
--- name: insert_step
-INSERT INTO run_steps (run_id, step_slug, step_index, kind, depends_on, status, remaining_deps,
-                       max_attempts, base_delay, max_delay, timeout, start_delay, created_at)
-VALUES (%(run_id)s, %(step_slug)s, %(step_index)s, %(kind)s, %(depends_on)s, 'created',
-        %(remaining_deps)s, %(max_attempts)s, %(base_delay)s, %(max_delay)s, %(timeout)s,
-        %(start_delay)s, %(created_at)s)
+-- name: insert_steps
+INSERT INTO run_steps (run_id, step_slug, step_index, kind, depends_on, dependents, status,
+                       remaining_deps, max_attempts, base_delay, max_delay, timeout, start_delay,
+                       created_at)
+SELECT value ->> 'run_id', value ->> 'step_slug', value ->> 'step_index', value ->> 'kind',
+       value ->> 'depends_on', value ->> 'dependents', 'created', value ->> 'remaining_deps', value ->> 'max_attempts',
+       value ->> 'base_delay', value ->> 'max_delay', value ->> 'timeout', value ->> 'start_delay',
+       %(created_at)s
+FROM json_each(%(rows)s)
 
--- name: get_run_status
-SELECT status FROM runs WHERE run_id = %(run_id)s
-
--- name: get_run_input
-SELECT input FROM runs WHERE run_id = %(run_id)s
-
--- name: get_step
-SELECT depends_on, kind, start_delay, timeout FROM run_steps
-WHERE run_id = %(run_id)s AND step_slug = %(step_slug)s
+-- name: get_steps
+SELECT s.run_id, s.step_slug, s.step_index, s.kind, s.depends_on, s.start_delay, s.timeout,
+       r.flow_slug
+FROM run_steps s JOIN runs r ON r.run_id = s.run_id
+WHERE (s.run_id, s.step_slug) IN (
+    SELECT value ->> 'run_id', value ->> 'step_slug' FROM json_each(%(rows)s))
 
 -- name: get_step_outputs
-SELECT step_slug, output FROM run_steps
-WHERE run_id = %(run_id)s AND step_slug IN (SELECT value FROM json_each(%(step_slugs)s))
+SELECT run_id, step_slug, output FROM run_steps
+WHERE (run_id, step_slug) IN (
+    SELECT value ->> 'run_id', value ->> 'step_slug' FROM json_each(%(rows)s))
 
--- name: start_step
+-- name: start_steps
 UPDATE run_steps
-SET status = 'started', initial_tasks = %(initial_tasks)s, remaining_tasks = %(initial_tasks)s,
-    started_at = %(started_at)s
-WHERE run_id = %(run_id)s AND step_slug = %(step_slug)s
+SET status = 'started', initial_tasks = b.n, remaining_tasks = b.n, started_at = %(started_at)s
+FROM (SELECT value ->> 'run_id' AS run_id, value ->> 'step_slug' AS step_slug,
+             value ->> 'n' AS n
+      FROM json_each(%(rows)s)) AS b
+WHERE run_steps.run_id = b.run_id AND run_steps.step_slug = b.step_slug
 
 -- name: insert_tasks
 INSERT INTO tasks (run_id, step_slug, task_index, flow_slug, status, input, timeout, queued_at,
                    visible_at)
-SELECT %(run_id)s, %(step_slug)s, CAST(j.key AS INTEGER), %(flow_slug)s, 'queued', j.value,
-       %(timeout)s, %(queued_at)s, %(visible_at)s
-FROM json_each(%(inputs)s) AS j
+SELECT value ->> 'run_id', value ->> 'step_slug', value ->> 'task_index', value ->> 'flow_slug',
+       'queued', value ->> 'input', value ->> 'timeout', %(now)s,
+       %(now)s + (value ->> 'start_delay')
+FROM json_each(%(rows)s)
 
--- name: complete_step
+-- name: complete_tasks
+-- Only the worker's own started attempt completes: a late answer from an attempt whose lease
+-- expired (or from a run that failed or was cancelled meanwhile) changes nothing.
+UPDATE tasks
+SET status = 'completed', output = b.output, finished_at = %(finished_at)s,
+    lease_expires_at = NULL
+FROM (SELECT value ->> 'run_id' AS run_id, value ->> 'step_slug' AS step_slug,
+             value ->> 'task_index' AS task_index, value ->> 'attempt' AS attempt,
+             value ->> 'output' AS output
+      FROM json_each(%(rows)s)) AS b
+WHERE tasks.run_id = b.run_id AND tasks.step_slug = b.step_slug
+  AND tasks.task_index = b.task_index AND tasks.attempts = b.attempt
+  AND tasks.status = 'started' AND tasks.worker_id = %(worker_id)s
+RETURNING run_id, step_slug, task_index
+
+-- name: decrement_step_tasks
+UPDATE run_steps SET remaining_tasks = remaining_tasks - b.n
+FROM (SELECT value ->> 'run_id' AS run_id, value ->> 'step_slug' AS step_slug,
+             value ->> 'n' AS n
+      FROM json_each(%(rows)s)) AS b
+WHERE run_steps.run_id = b.run_id AND run_steps.step_slug = b.step_slug
+RETURNING run_id, step_slug, remaining_tasks, kind
+
+-- name: get_map_outputs
+SELECT run_id, step_slug, output FROM tasks
+WHERE (run_id, step_slug) IN (
+    SELECT value ->> 'run_id', value ->> 'step_slug' FROM json_each(%(rows)s))
+ORDER BY run_id, step_slug, task_index
+
+-- name: complete_steps
 UPDATE run_steps
-SET status = 'completed', output = %(output)s, remaining_tasks = 0, finished_at = %(finished_at)s
-WHERE run_id = %(run_id)s AND step_slug = %(step_slug)s
+SET status = 'completed', output = b.output, remaining_tasks = 0, finished_at = %(finished_at)s
+FROM (SELECT value ->> 'run_id' AS run_id, value ->> 'step_slug' AS step_slug,
+             value ->> 'output' AS output
+      FROM json_each(%(rows)s)) AS b
+WHERE run_steps.run_id = b.run_id AND run_steps.step_slug = b.step_slug
 
 -- name: decrement_run_steps
-UPDATE runs SET remaining_steps = remaining_steps - 1
-WHERE run_id = %(run_id)s
-RETURNING remaining_steps, flow_version, input
+UPDATE runs SET remaining_steps = remaining_steps - b.n
+FROM (SELECT value ->> 'run_id' AS run_id, value ->> 'n' AS n FROM json_each(%(rows)s)) AS b
+WHERE runs.run_id = b.run_id
+RETURNING run_id, remaining_steps, flow_slug, flow_version
 
 -- name: decrement_deps
-UPDATE run_steps SET remaining_deps = remaining_deps - 1
-WHERE run_id = %(run_id)s AND step_slug IN (SELECT value FROM json_each(%(step_slugs)s))
-RETURNING step_slug, step_index, remaining_deps
+UPDATE run_steps SET remaining_deps = remaining_deps - b.n
+FROM (SELECT value ->> 'run_id' AS run_id, value ->> 'step_slug' AS step_slug,
+             value ->> 'n' AS n
+      FROM json_each(%(rows)s)) AS b
+WHERE run_steps.run_id = b.run_id AND run_steps.step_slug = b.step_slug
+RETURNING run_id, step_slug, remaining_deps
 
--- name: complete_run
-UPDATE runs SET status = 'completed', output = %(output)s, finished_at = %(finished_at)s
-WHERE run_id = %(run_id)s AND status = 'started'
+-- name: complete_runs
+UPDATE runs SET status = 'completed', output = b.output, finished_at = %(finished_at)s
+FROM (SELECT value ->> 'run_id' AS run_id, value ->> 'output' AS output
+      FROM json_each(%(rows)s)) AS b
+WHERE runs.run_id = b.run_id AND runs.status = 'started'
 
 -- name: fail_step
 UPDATE run_steps SET status = 'failed', error = %(error)s, finished_at = %(finished_at)s
@@ -114,8 +159,6 @@ ORDER BY started_at DESC, run_id
 LIMIT %(limit)s OFFSET %(offset)s
 
 -- name: claim_tasks
--- Runs inside BEGIN IMMEDIATE: SQLite has one writer at a time, so selecting and updating in
--- one statement is enough to hand each task attempt to exactly one worker.
 UPDATE tasks
 SET status = 'started', attempts = attempts + 1, worker_id = %(worker_id)s,
     started_at = %(now)s, lease_expires_at = %(now)s + COALESCE(timeout, 0) + %(margin)s
@@ -128,30 +171,18 @@ WHERE rowid IN (
 )
 RETURNING run_id, step_slug, task_index, flow_slug, attempts, input, timeout, lease_expires_at
 
--- name: count_queued
-SELECT count(*) AS n FROM tasks WHERE status = 'queued' AND flow_slug IN (SELECT value FROM json_each(%(flow_slugs)s))
-
 -- name: get_runs_context
 SELECT run_id, input, flow_version FROM runs
 WHERE run_id IN (SELECT value FROM json_each(%(run_ids)s))
 
--- name: complete_task
-UPDATE tasks
-SET status = 'completed', output = %(output)s, finished_at = %(finished_at)s,
-    lease_expires_at = NULL
-WHERE run_id = %(run_id)s AND step_slug = %(step_slug)s AND task_index = %(task_index)s
-  AND status = 'started' AND attempts = %(attempt)s AND worker_id = %(worker_id)s
-RETURNING flow_slug
+-- name: count_queued
+SELECT count(*) AS n FROM tasks
+WHERE status = 'queued' AND flow_slug IN (SELECT value FROM json_each(%(flow_slugs)s))
 
--- name: decrement_step_tasks
-UPDATE run_steps SET remaining_tasks = remaining_tasks - 1
-WHERE run_id = %(run_id)s AND step_slug = %(step_slug)s
-RETURNING remaining_tasks, kind
-
--- name: get_task_outputs
-SELECT output FROM tasks
-WHERE run_id = %(run_id)s AND step_slug = %(step_slug)s
-ORDER BY task_index
+-- name: lock_runs
+-- Nothing to lock row by row under SQLite's single writer; the rows tell the caller which runs
+-- exist.
+SELECT run_id, status FROM runs WHERE run_id IN (SELECT value FROM json_each(%(run_ids)s))
 
 -- name: get_started_task
 SELECT t.run_id, t.step_slug, t.task_index, t.attempts, s.max_attempts, s.base_delay,
@@ -173,10 +204,6 @@ FROM tasks t JOIN run_steps s ON s.run_id = t.run_id AND s.step_slug = t.step_sl
 WHERE t.run_id = %(run_id)s AND t.step_slug = %(step_slug)s AND t.task_index = %(task_index)s
   AND t.status = 'started' AND t.lease_expires_at < %(now)s
 
--- name: lock_runs
--- SQLite has one writer at a time (BEGIN IMMEDIATE), so there is nothing to lock row by row.
-SELECT run_id, status FROM runs WHERE run_id IN (SELECT value FROM json_each(%(run_ids)s))
-
 -- name: retry_task
 UPDATE tasks
 SET status = 'queued', error = %(error)s, visible_at = %(visible_at)s, worker_id = NULL,
@@ -192,10 +219,8 @@ WHERE run_id = %(run_id)s AND step_slug = %(step_slug)s AND task_index = %(task_
 UPDATE tasks SET lease_expires_at = %(now)s + COALESCE(timeout, 0) + %(margin)s
 WHERE worker_id = %(worker_id)s AND status = 'started'
   AND (run_id, step_slug, task_index) IN (
-      SELECT r.value, s.value, i.value
-      FROM json_each(%(run_ids)s) r
-      JOIN json_each(%(step_slugs)s) s ON s.key = r.key
-      JOIN json_each(%(task_indexes)s) i ON i.key = r.key)
+      SELECT value ->> 'run_id', value ->> 'step_slug', value ->> 'task_index'
+      FROM json_each(%(rows)s))
 
 -- name: release_tasks
 UPDATE tasks
@@ -203,7 +228,5 @@ SET status = 'queued', attempts = attempts - 1, worker_id = NULL, lease_expires_
     started_at = NULL, visible_at = %(now)s
 WHERE worker_id = %(worker_id)s AND status = 'started'
   AND (run_id, step_slug, task_index) IN (
-      SELECT r.value, s.value, i.value
-      FROM json_each(%(run_ids)s) r
-      JOIN json_each(%(step_slugs)s) s ON s.key = r.key
-      JOIN json_each(%(task_indexes)s) i ON i.key = r.key)
+      SELECT value ->> 'run_id', value ->> 'step_slug', value ->> 'task_index'
+      FROM json_each(%(rows)s))

@@ -35,6 +35,7 @@ CREATE TABLE run_steps (
     step_index      INTEGER NOT NULL,
     kind            TEXT NOT NULL CHECK (kind IN ('single', 'map')),
     depends_on      TEXT NOT NULL,
+    dependents      TEXT NOT NULL, -- steps that depend on this one; '[]' for leaves
     status          TEXT NOT NULL
                     CHECK (status IN ('created', 'started', 'completed', 'failed', 'skipped')),
     remaining_deps  INTEGER NOT NULL,

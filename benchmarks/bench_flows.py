@@ -1,0 +1,155 @@
+"""Flow engine benchmarks: python benchmarks/bench_flows.py [--backend sqlite|postgres|all].
+
+Prints, per backend:
+  (a) single-step no-op runs/s, 10,000 runs drained by one worker process
+  (b) 3-step chain runs/s
+  (c) wall time of one 1,000-element map step
+  (d) start-to-completion latency p50/p99 of a 3-step flow on an idle system
+
+Runs are started before the clock starts for (a)-(c); the worker is a separate process, as in
+production. PostgreSQL figures use a database created for the run and dropped after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import psycopg  # noqa: E402
+
+from bench_flows_defs import FLOWS, Chain3, MapThousand, NoOp  # noqa: E402
+from tideflow import App  # noqa: E402
+
+PG_ADMIN = os.environ.get("TIDEFLOW_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def worker_main(url: str, until_idle: bool, concurrency: int, results: mp.Queue | None) -> None:
+    app = App(url, flows=FLOWS)
+    _ = app.store  # connect and migrate before the clock starts
+    t0 = time.perf_counter()
+    app.run_worker(until_idle=until_idle, concurrency=concurrency, poll_interval=0.05)
+    if results is not None:
+        results.put(time.perf_counter() - t0)
+
+
+def drain_in_worker_process(url: str, concurrency: int = 256) -> float:
+    """Seconds a fresh worker process takes to drain everything queued, from its first claim."""
+    ctx = mp.get_context("spawn")
+    results: mp.Queue = ctx.Queue()
+    p = ctx.Process(target=worker_main, args=(url, True, concurrency, results))
+    p.start()
+    elapsed = float(results.get(timeout=600))
+    p.join()
+    return elapsed
+
+
+def start_many(app: App, flow: type, n: int, value: object) -> list[str]:
+    return [app.start_flow(flow, value) for _ in range(n)]
+
+
+def bench_throughput(url: str, flow: type, n: int) -> tuple[float, float]:
+    app = App(url, flows=FLOWS)
+    t0 = time.perf_counter()
+    ids = start_many(app, flow, n, {"x": 1})
+    start_rate = n / (time.perf_counter() - t0)
+    elapsed = drain_in_worker_process(url)
+    done = len(app.list_runs(status="completed", flow=flow.slug, limit=n + 10))
+    assert done == len(ids), f"only {done} of {len(ids)} runs completed"
+    app.close()
+    return n / elapsed, start_rate
+
+
+def bench_map(url: str) -> float:
+    app = App(url, flows=FLOWS)
+    run_id = app.start_flow(MapThousand, list(range(1000)))
+    elapsed = drain_in_worker_process(url)
+    assert app.get_run(run_id).status == "completed"
+    app.close()
+    return elapsed
+
+
+def bench_latency(url: str, n: int = 200) -> tuple[float, float]:
+    app = App(url, flows=FLOWS)
+    ctx = mp.get_context("spawn")
+    p = ctx.Process(target=worker_main, args=(url, False, 8, None))
+    p.start()
+    try:
+        app.wait_for_run(app.start_flow(Chain3, {"x": 1}), timeout=30)  # warm-up
+        samples = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            run_id = app.start_flow(Chain3, {"x": 1})
+            app.wait_for_run(run_id, timeout=30)
+            samples.append((time.perf_counter() - t0) * 1000)
+            time.sleep(0.005)
+    finally:
+        p.terminate()
+        p.join()
+    app.close()
+    samples.sort()
+    return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
+
+
+def pg_database() -> tuple[str, str]:
+    name = f"tideflow_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return PG_ADMIN.rsplit("/", 1)[0] + "/" + name, name
+
+
+def drop_pg(name: str) -> None:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def run_backend(backend: str, runs: int) -> dict[str, str]:
+    if backend == "postgres":
+        url, name = pg_database()
+    else:
+        tmp = tempfile.mkdtemp()
+        url, name = f"sqlite:///{tmp}/bench.db", ""
+    try:
+        App(url).migrate()
+        a, _ = bench_throughput(url, NoOp, runs)
+        b, _ = bench_throughput(url, Chain3, runs // 5)
+        c = bench_map(url)
+        p50, p99 = bench_latency(url)
+    finally:
+        if name:
+            drop_pg(name)
+    return {
+        "backend": backend,
+        "(a) no-op runs/s": f"{a:,.0f}",
+        "(b) 3-step runs/s": f"{b:,.0f}",
+        "(c) 1,000-map wall s": f"{c:.2f}",
+        "(d) latency p50 ms": f"{p50:.1f}",
+        "(d) latency p99 ms": f"{p99:.1f}",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
+    parser.add_argument("--runs", type=int, default=10_000)
+    args = parser.parse_args()
+    backends = ["sqlite", "postgres"] if args.backend == "all" else [args.backend]
+    rows = [run_backend(b, args.runs) for b in backends]
+    keys = list(rows[0])
+    widths = [max(len(k), *(len(r[k]) for r in rows)) for k in keys]
+    print(" | ".join(k.ljust(w) for k, w in zip(keys, widths)))
+    print("-+-".join("-" * w for w in widths))
+    for r in rows:
+        print(" | ".join(r[k].ljust(w) for k, w in zip(keys, widths)))
+
+
+if __name__ == "__main__":
+    main()

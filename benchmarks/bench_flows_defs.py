@@ -1,0 +1,32 @@
+"""Flows measured by bench_flows.py (a module of their own so worker processes can import it)."""
+
+from tideflow import Flow, step
+
+
+class NoOp(Flow, slug="bench_noop"):
+    @step()
+    async def only(self, input):
+        return None
+
+
+class Chain3(Flow, slug="bench_chain3"):
+    @step()
+    async def one(self, input):
+        return 1
+
+    @step(depends_on=["one"])
+    async def two(self, one):
+        return one + 1
+
+    @step(depends_on=["two"])
+    async def three(self, two):
+        return two + 1
+
+
+class MapThousand(Flow, slug="bench_map"):
+    @step(map=True)
+    async def each(self, item):
+        return item
+
+
+FLOWS = [NoOp, Chain3, MapThousand]

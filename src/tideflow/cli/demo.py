@@ -1,0 +1,117 @@
+"""``tideflow demo``: the first thing a new user runs, so it must need nothing.
+
+No server, no configuration, no project: a SQLite file in the working directory (recreated each
+time, and left behind on purpose so that ``tideflow runs`` and ``tideflow run`` have something to
+show afterwards), the example flows from the package, and a worker in a thread of this process.
+It finishes in about a second, and checks its own results: a demo that "succeeds" while a run
+ended in the wrong state would teach the wrong thing, so that is an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.text import Text
+
+from tideflow.app import App
+from tideflow.cli.demo_flows import DEMO_FLOWS, DEMO_RUNS
+from tideflow.cli.errors import CommandFailed
+from tideflow.cli.live import watch_runs
+from tideflow.cli.loading import check_reachable, redact
+from tideflow.cli.render import compact_json, fmt_duration, status_style, steps_table
+from tideflow.storage.contract import RunRecord
+from tideflow.worker import Worker
+
+DEMO_FILE = "tideflow-demo.db"
+DEMO_TIMEOUT = 60.0
+SUMMARY_WIDTH = 100
+
+
+def fresh_sqlite_url() -> str:
+    """Remove the previous demo database (and its WAL files) so every demo starts empty. The
+    URL stays relative, so the commands the demo suggests afterwards are short to type."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            Path(DEMO_FILE + suffix).unlink()
+    return f"sqlite:///{DEMO_FILE}"
+
+
+def run_demo(console: Console, database_url: str | None) -> list[RunRecord]:
+    url = database_url or fresh_sqlite_url()
+    check_reachable(url)
+    console.print(Text.assemble(("tideflow demo", "bold"), "  database ", (redact(url), "cyan"),
+                                "" if database_url else " (recreated)"))
+    with App(url, flows=DEMO_FLOWS) as app:
+        captions: dict[str, str] = {}
+        expected: dict[str, str] = {}
+        for flow, run_input, caption, status in DEMO_RUNS:
+            run_id = app.start_flow(flow, run_input)
+            captions[run_id] = caption
+            expected[run_id] = status
+        worker = app.worker(concurrency=8, poll_interval=0.05, reap_interval=1.0)
+        failure: list[BaseException] = []
+        thread = threading.Thread(target=_work, args=(worker, failure), name="tideflow-demo",
+                                  daemon=True)
+        thread.start()
+        try:
+            runs = watch_runs(app, list(captions), console, timeout=DEMO_TIMEOUT, interval=0.1,
+                              captions=captions, keep_going=thread.is_alive,
+                              display=console.is_terminal)
+        finally:
+            if thread.is_alive():
+                # stop() raises once the worker's loop has closed, which can happen between
+                # the check and the call when the worker finishes on its own.
+                with contextlib.suppress(RuntimeError):
+                    worker.stop()
+            thread.join(timeout=10)
+        if failure:
+            raise failure[0]
+        console.print()
+        for run in runs:
+            console.print(_summary(run, captions[run.run_id], expected[run.run_id],
+                                   min(SUMMARY_WIDTH, console.width)))
+        wrong = [r for r in runs if r.status != expected[r.run_id]]
+        if wrong:
+            raise CommandFailed(
+                f"demo run {wrong[0].run_id} ({wrong[0].flow_slug}) ended {wrong[0].status}, "
+                f"expected {expected[wrong[0].run_id]}; this installation is not working")
+        _next_steps(console, url, runs)
+        return runs
+
+
+def _work(worker: Worker, failure: list[BaseException]) -> None:
+    try:
+        asyncio.run(worker.run(until_idle=True))
+    except BaseException as exc:  # reported by the main thread, which owns the terminal
+        failure.append(exc)
+
+
+def _summary(run: RunRecord, caption: str, expected: str, width: int) -> Panel:
+    title = Text.assemble((run.flow_slug, "bold"), "  ",
+                          (run.status, status_style(run.status)),
+                          f" in {fmt_duration(run.duration)}")
+    if run.status == expected:
+        verdict = Text(f"as expected: {caption}", style="dim")
+    else:
+        verdict = Text(f"expected {expected}: {caption}", style="bold red")
+    detail = (Text(f"output: {compact_json(run.output, 2000)}", no_wrap=True,
+                   overflow="ellipsis") if run.status == "completed"
+              else Text(f"error: {run.error}", style="red"))
+    return Panel(Group(steps_table(run, error_width=50), detail, verdict), title=title,
+                 subtitle=Text(run.run_id, style="dim"), title_align="left",
+                 subtitle_align="right", width=width)
+
+
+def _next_steps(console: Console, url: str, runs: list[RunRecord]) -> None:
+    flag = f" -d {redact(url)}"
+    failed = next((r for r in runs if r.status == "failed"), runs[0])
+    console.print(Text("next:", style="bold"))
+    for command in (f"tideflow runs{flag}",
+                    f"tideflow run {failed.run_id}{flag}",
+                    "tideflow worker --app examples.order_pipeline   # from a clone of the repo"):
+        console.print(Text(f"  {command}", style="cyan"), soft_wrap=True)

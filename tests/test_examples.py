@@ -1,0 +1,125 @@
+"""The runnable examples work, and say the same thing as the demo's copies of them.
+
+``examples/`` is not installed with the package, so ``tideflow demo`` carries its own copies
+(``tideflow.cli.demo_flows``). These tests keep the two honest: same shape and settings, same
+inputs, same results.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tideflow import App, Flow, RunRecord
+from tideflow.cli import demo_flows
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+# example file -> (flow class name, [(module constant holding an input, demo input)])
+PAIRS: dict[str, tuple[str, list[tuple[str, dict[str, Any]]]]] = {
+    "order_pipeline": ("OrderPipeline", [("ORDER", demo_flows.ORDER_INPUT)]),
+    "image_thumbnails": ("ImageThumbnails", [("IMAGES", demo_flows.IMAGES_INPUT)]),
+    "flaky_payment": ("FlakyPayment", [("PAYMENT", demo_flows.PAYMENT_INPUT),
+                                       ("DECLINED", demo_flows.DECLINED_INPUT)]),
+}
+
+
+def load_example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"tideflow_example_{name}",
+                                                  EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_example_is_covered() -> None:
+    assert sorted(p.stem for p in EXAMPLES.glob("*.py")) == sorted(PAIRS)
+
+
+def test_order_pipeline_main(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    [run] = load_example("order_pipeline").main(db_url)
+    assert run.status == "completed"
+    assert run.output == {"send_confirmation": "mailed ada@example.com: parcel TRK-1001"}
+    assert run.step("price_order").output == {"subtotal_cents": 2100, "shipping_cents": 0,
+                                              "total_cents": 2100}
+    # the fork really ran in parallel: price_order started before reserve_stock finished
+    reserve, price = run.step("reserve_stock"), run.step("price_order")
+    assert price.started_at is not None and reserve.finished_at is not None
+    assert price.started_at < reserve.finished_at
+    assert "completed" in capsys.readouterr().out
+
+
+def test_image_thumbnails_main(db_url: str) -> None:
+    [run] = load_example("image_thumbnails").main(db_url)
+    assert run.status == "completed"
+    thumbnails = run.step("thumbnail")
+    assert thumbnails.kind == "map"
+    assert len(thumbnails.tasks) == 5  # notes.txt is not an image
+    assert thumbnails.output[0] == {"name": "beach.thumb.jpg", "width": 160, "height": 120}
+    assert run.output["publish_gallery"]["count"] == 5
+
+
+def test_flaky_payment_main(db_url: str) -> None:
+    ok, declined = load_example("flaky_payment").main(db_url)
+    assert ok.status == "completed"
+    assert ok.step("authorize").attempts == 3  # two gateway timeouts, then success
+    assert ok.output == {"receipt": "order 1001: paid 25.95 (AUTH-1001)"}
+    assert declined.status == "failed"
+    assert declined.step("authorize").attempts == 1  # NonRetryableError: no second attempt
+    assert "CardDeclined: card ending in 0002 was declined" in (declined.error or "")
+    assert [s.status for s in declined.steps] == ["failed", "skipped", "skipped"]
+
+
+@pytest.mark.parametrize("name", sorted(PAIRS))
+def test_example_runs_as_a_script(name: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / f"{name}.py"), f"sqlite:///{tmp_path / 'ex.db'}"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "completed" in result.stdout
+
+
+def _outcome(run: RunRecord) -> dict[str, Any]:
+    """What a run did, without what differs between any two runs (ids, times)."""
+    return {
+        "status": run.status, "output": run.output, "error": run.error,
+        "steps": [(s.step_slug, s.kind, s.status, s.attempts, s.output, s.error)
+                  for s in run.steps],
+    }
+
+
+def _run_all(flow: type[Flow], inputs: list[dict[str, Any]], url: str) -> list[dict[str, Any]]:
+    with App(url, flows=[flow]) as app:
+        ids = [app.start_flow(flow, value) for value in inputs]
+        app.run_worker(until_idle=True, poll_interval=0.02)
+        return [_outcome(app.get_run(i)) for i in ids]
+
+
+@pytest.mark.parametrize("name", sorted(PAIRS))
+def test_demo_flows_match_the_examples(name: str, tmp_path: Path) -> None:
+    class_name, inputs = PAIRS[name]
+    example = getattr(load_example(name), class_name)
+    demo = getattr(demo_flows, class_name)
+    assert example.slug == demo.slug
+    assert example.definition.version == demo.definition.version
+    assert [(s.slug, s.retry, s.timeout, s.start_delay, s.wants_ctx)
+            for s in example.definition.steps] == \
+           [(s.slug, s.retry, s.timeout, s.start_delay, s.wants_ctx)
+            for s in demo.definition.steps]
+    module = load_example(name)
+    for constant, demo_input in inputs:
+        assert getattr(module, constant) == demo_input
+    values = [v for _, v in inputs]
+    assert values == [v for flow, v, _, _ in demo_flows.DEMO_RUNS if flow is demo]
+    outcomes = _run_all(demo, values, f"sqlite:///{tmp_path / 'demo.db'}")
+    assert _run_all(example, values, f"sqlite:///{tmp_path / 'example.db'}") == outcomes
+    expected = [status for flow, _, _, status in demo_flows.DEMO_RUNS if flow is demo]
+    assert [o["status"] for o in outcomes] == expected
