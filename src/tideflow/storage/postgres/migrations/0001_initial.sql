@@ -123,114 +123,118 @@ CREATE FUNCTION tideflow._json_type_v1(p jsonb) RETURNS text LANGUAGE sql IMMUTA
            WHEN 'number' THEN 'a number' WHEN 'boolean' THEN 'a boolean' ELSE 'null' END
 $$;
 
--- Queue the tasks of a step whose dependencies have all completed. Returns true when tasks were
--- queued (the caller sends NOTIFY). Mutually recursive with _step_completed_v1: an empty map step
--- completes at once, which may start its dependents.
-CREATE FUNCTION tideflow._start_step_v1(p_run text, p_step text, p_now timestamptz)
-RETURNS boolean LANGUAGE plpgsql AS $$
+-- Queue the tasks of a ready step (s: its run_steps row). p_run_input is the run input for a
+-- root step, NULL otherwise (the input is then built from the dependencies' outputs). Returns 1
+-- when tasks were queued (the caller sends NOTIFY), 0 when none were (an empty map step, which
+-- completes at once), -1 when the run failed (a map source that is not an array).
+CREATE FUNCTION tideflow._queue_step_v1(p_run text, p_flow text, s tideflow.run_steps,
+                                        p_run_input jsonb, p_now timestamptz)
+RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
-    v record;
-    v_deps text[];
     v_source jsonb;
     v_origin text;
-    v_input jsonb;
     v_n integer;
 BEGIN
-    SELECT s.kind, s.depends_on, s.dependents, s.start_delay, s.timeout, r.flow_slug, r.input
-    INTO v
-    FROM tideflow.run_steps s JOIN tideflow.runs r ON r.run_id = s.run_id
-    WHERE s.run_id = p_run AND s.step_slug = p_step;
-    v_deps := ARRAY(SELECT jsonb_array_elements_text(v.depends_on));
-
-    IF v.kind = 'map' THEN
-        IF cardinality(v_deps) = 0 THEN
-            v_source := v.input;
+    IF s.kind = 'map' THEN
+        IF s.depends_on = '[]'::jsonb THEN
+            v_source := p_run_input;
             v_origin := 'the run input';
         ELSE
             SELECT output INTO v_source FROM tideflow.run_steps
-            WHERE run_id = p_run AND step_slug = v_deps[1];
-            v_origin := format('step %L', v_deps[1]);
+            WHERE run_id = p_run AND step_slug = s.depends_on ->> 0;
+            v_origin := format('step %L', s.depends_on ->> 0);
         END IF;
         IF jsonb_typeof(v_source) IS DISTINCT FROM 'array' THEN
-            PERFORM tideflow._fail_run_v1(p_run, p_step, format(
+            PERFORM tideflow._fail_run_v1(p_run, s.step_slug, format(
                 'map step %L needs a list from %s, got %s; make %s a JSON array',
-                p_step, v_origin, tideflow._json_type_v1(v_source), v_origin), p_now);
-            RETURN false;
+                s.step_slug, v_origin, tideflow._json_type_v1(v_source), v_origin), p_now);
+            RETURN -1;
         END IF;
         v_n := jsonb_array_length(v_source);
         IF v_n = 0 THEN
             UPDATE tideflow.run_steps
             SET status = 'completed', initial_tasks = 0, remaining_tasks = 0, output = '[]',
                 started_at = p_now, finished_at = p_now
-            WHERE run_id = p_run AND step_slug = p_step;
-            RETURN tideflow._step_completed_v1(p_run, v.dependents, p_now);
+            WHERE run_id = p_run AND step_slug = s.step_slug;
+            RETURN tideflow._step_completed_v1(p_run, p_flow, s.dependents, p_now);
         END IF;
         UPDATE tideflow.run_steps
         SET status = 'started', initial_tasks = v_n, remaining_tasks = v_n, started_at = p_now
-        WHERE run_id = p_run AND step_slug = p_step;
+        WHERE run_id = p_run AND step_slug = s.step_slug;
         INSERT INTO tideflow.tasks (run_id, step_slug, task_index, flow_slug, status, input,
                                     timeout, queued_at, visible_at)
-        SELECT p_run, p_step, (e.ord - 1)::integer, v.flow_slug, 'queued', e.value, v.timeout,
-               p_now, p_now + make_interval(secs => v.start_delay)
+        SELECT p_run, s.step_slug, (e.ord - 1)::integer, p_flow, 'queued', e.value, s.timeout,
+               p_now, p_now + make_interval(secs => s.start_delay)
         FROM jsonb_array_elements(v_source) WITH ORDINALITY AS e(value, ord);
-        RETURN true;
+        RETURN 1;
     END IF;
 
-    IF cardinality(v_deps) = 0 THEN
-        v_input := v.input;
-    ELSE
-        SELECT jsonb_object_agg(step_slug, output) INTO v_input FROM tideflow.run_steps
-        WHERE run_id = p_run AND step_slug = ANY (v_deps);
+    IF s.status <> 'started' THEN  -- roots; a dependent was marked by _step_completed_v1
+        UPDATE tideflow.run_steps
+        SET status = 'started', initial_tasks = 1, remaining_tasks = 1, started_at = p_now
+        WHERE run_id = p_run AND step_slug = s.step_slug;
     END IF;
-    UPDATE tideflow.run_steps
-    SET status = 'started', initial_tasks = 1, remaining_tasks = 1, started_at = p_now
-    WHERE run_id = p_run AND step_slug = p_step;
     INSERT INTO tideflow.tasks (run_id, step_slug, task_index, flow_slug, status, input, timeout,
                                 queued_at, visible_at)
-    VALUES (p_run, p_step, 0, v.flow_slug, 'queued', v_input, v.timeout, p_now,
-            p_now + make_interval(secs => v.start_delay));
-    RETURN true;
+    VALUES (p_run, s.step_slug, 0, p_flow, 'queued',
+            CASE WHEN s.depends_on = '[]'::jsonb THEN p_run_input ELSE (
+                SELECT jsonb_object_agg(d.step_slug, d.output) FROM tideflow.run_steps d
+                WHERE d.run_id = p_run
+                  AND d.step_slug IN (SELECT jsonb_array_elements_text(s.depends_on))) END,
+            s.timeout, p_now, p_now + make_interval(secs => s.start_delay));
+    RETURN 1;
 END $$;
 
 -- A step of the run has just been marked completed (its row already holds its output): count
 -- it off the run - completing the run with its leaf steps' outputs after the last step - and
 -- start the dependents it was the last dependency of. One UPDATE of the runs row does both the
--- count and the completion; the leaves' outputs are only gathered when it is the last step.
-CREATE FUNCTION tideflow._step_completed_v1(p_run text, p_dependents jsonb, p_now timestamptz)
-RETURNS boolean LANGUAGE plpgsql AS $$
+-- count and the completion (the leaves' outputs are only gathered for the last step); one
+-- UPDATE of the dependents both counts the dependency off and marks a ready single step
+-- started. Returns as _queue_step_v1 does.
+CREATE FUNCTION tideflow._step_completed_v1(p_run text, p_flow text, p_dependents jsonb,
+                                            p_now timestamptz)
+RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     v_remaining integer;
-    v_ready text[];
-    v_next text;
-    v_notify boolean := false;
+    r tideflow.run_steps;
+    v integer;
+    v_result integer := 0;
 BEGIN
     UPDATE tideflow.runs
     SET remaining_steps = remaining_steps - 1,
         status = CASE WHEN remaining_steps = 1 THEN 'completed' ELSE status END,
         finished_at = CASE WHEN remaining_steps = 1 THEN p_now ELSE finished_at END,
         output = CASE WHEN remaining_steps = 1 THEN (
-            SELECT jsonb_object_agg(s.step_slug, s.output) FROM tideflow.run_steps s
-            WHERE s.run_id = p_run AND s.dependents = '[]'::jsonb) ELSE output END
+            SELECT jsonb_object_agg(l.step_slug, l.output) FROM tideflow.run_steps l
+            WHERE l.run_id = p_run AND l.dependents = '[]'::jsonb) ELSE output END
     WHERE run_id = p_run AND status = 'started'
     RETURNING remaining_steps INTO v_remaining;
     IF v_remaining IS NULL OR v_remaining = 0 OR p_dependents = '[]'::jsonb THEN
-        RETURN false;
+        RETURN 0;
     END IF;
-
-    WITH counted AS (
-        UPDATE tideflow.run_steps SET remaining_deps = remaining_deps - 1
+    FOR r IN
+        UPDATE tideflow.run_steps
+        SET remaining_deps = remaining_deps - 1,
+            status = CASE WHEN remaining_deps = 1 AND kind = 'single' THEN 'started'
+                          ELSE status END,
+            initial_tasks = CASE WHEN remaining_deps = 1 AND kind = 'single' THEN 1
+                                 ELSE initial_tasks END,
+            remaining_tasks = CASE WHEN remaining_deps = 1 AND kind = 'single' THEN 1
+                                   ELSE remaining_tasks END,
+            started_at = CASE WHEN remaining_deps = 1 AND kind = 'single' THEN p_now
+                              ELSE started_at END
         WHERE run_id = p_run
           AND step_slug IN (SELECT jsonb_array_elements_text(p_dependents))
-        RETURNING step_slug, step_index, remaining_deps
-    )
-    SELECT array_agg(step_slug ORDER BY step_index) INTO v_ready
-    FROM counted WHERE remaining_deps = 0;
-
-    FOREACH v_next IN ARRAY coalesce(v_ready, '{}') LOOP
-        v_notify := tideflow._start_step_v1(p_run, v_next, p_now) OR v_notify;
-        EXIT WHEN (SELECT status FROM tideflow.runs WHERE run_id = p_run) <> 'started';
+        RETURNING *
+    LOOP
+        CONTINUE WHEN r.remaining_deps <> 0;
+        v := tideflow._queue_step_v1(p_run, p_flow, r, NULL, p_now);
+        IF v < 0 THEN
+            RETURN -1;  -- the run failed; its other steps were skipped
+        END IF;
+        v_result := greatest(v_result, v);
     END LOOP;
-    RETURN v_notify;
+    RETURN v_result;
 END $$;
 
 -- Start a run: the run row, one row per step (p_steps: a JSON array of step rows, as built by
@@ -239,7 +243,8 @@ CREATE FUNCTION tideflow.start_run_v1(p_run text, p_flow text, p_version text, p
                                       p_steps jsonb, p_now timestamptz)
 RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
-    v_root text;
+    r tideflow.run_steps;
+    v integer;
     v_notify boolean := false;
 BEGIN
     INSERT INTO tideflow.runs (run_id, flow_slug, flow_version, status, input, remaining_steps,
@@ -253,16 +258,15 @@ BEGIN
            b.start_delay, p_now
     FROM jsonb_to_recordset(p_steps) AS b(
         step_slug text, step_index integer, kind text, depends_on text, dependents text,
-        remaining_deps integer,
-        max_attempts integer, base_delay double precision, max_delay double precision,
-        timeout double precision, start_delay double precision);
-    FOR v_root IN
-        SELECT b.step_slug FROM jsonb_to_recordset(p_steps)
-            AS b(step_slug text, step_index integer, remaining_deps integer)
-        WHERE b.remaining_deps = 0 ORDER BY b.step_index
+        remaining_deps integer, max_attempts integer, base_delay double precision,
+        max_delay double precision, timeout double precision, start_delay double precision);
+    FOR r IN
+        SELECT * FROM tideflow.run_steps
+        WHERE run_id = p_run AND remaining_deps = 0 ORDER BY step_index
     LOOP
-        v_notify := tideflow._start_step_v1(p_run, v_root, p_now) OR v_notify;
-        EXIT WHEN (SELECT status FROM tideflow.runs WHERE run_id = p_run) <> 'started';
+        v := tideflow._queue_step_v1(p_run, p_flow, r, p_input, p_now);
+        EXIT WHEN v < 0;
+        v_notify := v_notify OR v > 0;
     END LOOP;
     RETURN v_notify;
 END $$;
@@ -277,6 +281,7 @@ DECLARE
     v_left integer;
     v_kind text;
     v_dependents jsonb;
+    v_flow text;
     v_notify boolean := false;
 BEGIN
     PERFORM 1 FROM tideflow.runs
@@ -291,7 +296,8 @@ BEGIN
         SET status = 'completed', output = c.output::jsonb, finished_at = p_now,
             lease_expires_at = NULL
         WHERE run_id = c.run_id AND step_slug = c.step_slug AND task_index = c.task_index
-          AND attempts = c.attempt AND status = 'started' AND worker_id = p_worker;
+          AND attempts = c.attempt AND status = 'started' AND worker_id = p_worker
+        RETURNING flow_slug INTO v_flow;
         CONTINUE WHEN NOT FOUND;
         -- Count the task off its step and, when it was the last one, complete the step in the
         -- same UPDATE (a single step's output is this task's; a map's is gathered below).
@@ -310,7 +316,8 @@ BEGIN
                 WHERE t.run_id = c.run_id AND t.step_slug = c.step_slug)
             WHERE run_id = c.run_id AND step_slug = c.step_slug;
         END IF;
-        v_notify := tideflow._step_completed_v1(c.run_id, v_dependents, p_now) OR v_notify;
+        v_notify := tideflow._step_completed_v1(c.run_id, v_flow, v_dependents, p_now) > 0
+                    OR v_notify;
     END LOOP;
     RETURN v_notify;
 END $$;
