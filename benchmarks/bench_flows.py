@@ -24,10 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import psycopg  # noqa: E402
+import psycopg
+from bench_flows_defs import FLOWS, Chain3, MapThousand, NoOp
 
-from bench_flows_defs import FLOWS, Chain3, MapThousand, NoOp  # noqa: E402
-from tideflow import App  # noqa: E402
+from tideflow import App
 
 PG_ADMIN = os.environ.get("TIDEFLOW_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -145,10 +145,10 @@ def main() -> None:
     rows = [run_backend(b, args.runs) for b in backends]
     keys = list(rows[0])
     widths = [max(len(k), *(len(r[k]) for r in rows)) for k in keys]
-    print(" | ".join(k.ljust(w) for k, w in zip(keys, widths)))
+    print(" | ".join(k.ljust(w) for k, w in zip(keys, widths, strict=True)))
     print("-+-".join("-" * w for w in widths))
     for r in rows:
-        print(" | ".join(r[k].ljust(w) for k, w in zip(keys, widths)))
+        print(" | ".join(r[k].ljust(w) for k, w in zip(keys, widths, strict=True)))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ With no URL it uses ``$TIDEFLOW_DATABASE_URL``, else a SQLite file ``tideflow.db
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Iterable
 from typing import Any, TypeVar
@@ -94,10 +95,9 @@ class App:
         async def main() -> None:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
-                try:
+                # Not possible outside the main thread; the caller then stops the worker itself.
+                with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, worker.stop)
-                except (NotImplementedError, RuntimeError):  # not the main thread
-                    pass
             await worker.run(until_idle=until_idle)
 
         asyncio.run(main())

@@ -34,7 +34,7 @@ class Client:
         """Start a run and return its id. Nothing is written when the flow is unknown, the
         input is not JSON-serialisable or ``run_id`` is taken."""
         cls = flow if is_flow_class(flow) else self.registry.get(flow)
-        definition = cls.definition  # type: ignore[union-attr]
+        definition = cls.definition
         input_json = dumps(input, what=f"run input of flow {definition.slug!r}")
         if run_id is None:
             run_id = new_run_id()
@@ -79,7 +79,8 @@ class Client:
                 f"unknown run status {status!r}; use one of {', '.join(RUN_STATUSES)}")
         if limit < 1 or offset < 0:
             raise InvalidArgumentError("limit must be >= 1 and offset >= 0")
-        slug = flow.slug if is_flow_class(flow) else flow  # type: ignore[union-attr]
+        slug = flow.slug if is_flow_class(flow) else flow
+        assert slug is None or isinstance(slug, str)
         return self.store.list_runs(flow_slug=slug, status=status, limit=limit, offset=offset)
 
 

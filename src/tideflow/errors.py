@@ -32,7 +32,8 @@ class StepTimeoutError(TideflowError):
 
 
 class FlowDefinitionError(TideflowError):
-    """A flow class is malformed; raised when the class statement runs, before anything is stored."""
+    """A flow class is malformed; raised when its class statement runs, before anything is
+    stored."""
 
     def __init__(self, flow: str, message: str, step: str | None = None) -> None:
         self.flow = flow

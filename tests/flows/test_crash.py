@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from tideflow import App
 from tests.flows.flows_for_tests import ALL_FLOWS, Recorder, Sleeper
+from tideflow import App
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -12,10 +12,10 @@ from datetime import timedelta
 
 import pytest
 
+from tests.flows.flows_for_tests import Chain, Diamond, MapFlow, RootMap
 from tideflow import Flow, RunAlreadyExistsError, RunNotFoundError, step
 from tideflow.clock import ManualClock
 from tideflow.storage.contract import FlowStore, TaskCompletion, TaskFailure
-from tests.flows.flows_for_tests import Chain, Diamond, MapFlow, RootMap
 
 W = "worker-a"
 

@@ -9,12 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from tideflow import (
-    App,
-    FlowNotFoundError,
-    InputNotSerializableError,
-    RunTimeoutError,
-)
 from tests.flows.flows_for_tests import (
     ALL_FLOWS,
     BadOutput,
@@ -27,6 +21,12 @@ from tests.flows.flows_for_tests import (
     RootMap,
     Sleeper,
     Slow,
+)
+from tideflow import (
+    App,
+    FlowNotFoundError,
+    InputNotSerializableError,
+    RunTimeoutError,
 )
 
 FAST = {"poll_interval": 0.02, "reap_interval": 0.2}

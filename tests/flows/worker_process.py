@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
-from tideflow import App
 from tests.flows.flows_for_tests import ALL_FLOWS
+from tideflow import App
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)

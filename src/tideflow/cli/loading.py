@@ -15,7 +15,6 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
-from typing import cast
 
 from tideflow.app import App
 from tideflow.cli.errors import CliUsageError
@@ -107,7 +106,7 @@ def _flows_of(obj: object, path: str) -> tuple[App | None, list[type[Flow]]]:
     if isinstance(obj, FlowRegistry):
         return None, obj.list()
     if is_flow_class(obj):
-        return None, [cast("type[Flow]", obj)]
+        return None, [obj]
     if isinstance(obj, ModuleType):
         return _flows_of_module(obj)
     raise NotAFlowError(f"{path!r} is a {type(obj).__name__}; it must name {APP_FORMS}")

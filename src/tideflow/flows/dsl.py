@@ -25,7 +25,7 @@ import inspect
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar, overload
+from typing import Any, ClassVar, TypeGuard, TypeVar, overload
 
 from tideflow.errors import (
     CycleError,
@@ -161,7 +161,7 @@ class Flow:
         return f"<{type(self).__name__} flow {self.slug!r} v{self.definition.version}>"
 
 
-def is_flow_class(obj: object) -> bool:
+def is_flow_class(obj: object) -> TypeGuard[type[Flow]]:
     return isinstance(obj, type) and issubclass(obj, Flow) and obj is not Flow
 
 

@@ -12,6 +12,7 @@ read an immutable dict that writers replace wholesale under a lock (copy-on-writ
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import threading
 from collections.abc import Iterator
@@ -70,7 +71,7 @@ class FlowRegistry:
             )
         return found
 
-    def list(self) -> list[type[Flow]]:
+    def list(self) -> builtins.list[type[Flow]]:
         """All registered flows, ordered by slug."""
         snapshot = self._by_slug
         return [snapshot[s] for s in sorted(snapshot)]
@@ -84,13 +85,13 @@ class FlowRegistry:
                 return
             self._by_slug = {k: v for k, v in self._by_slug.items() if k != slug}
 
-    def slugs(self) -> list[str]:
+    def slugs(self) -> builtins.list[str]:
         return sorted(self._by_slug)
 
     def __contains__(self, flow: object) -> bool:
         if isinstance(flow, str):
             return flow in self._by_slug
-        return is_flow_class(flow) and self._by_slug.get(flow.slug) is flow  # type: ignore[attr-defined]
+        return is_flow_class(flow) and self._by_slug.get(flow.slug) is flow
 
     def __iter__(self) -> Iterator[type[Flow]]:
         return iter(self.list())

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from tideflow.clock import Clock
 from tideflow.flows.definition import FlowDefinition
 
 RunStatus = Literal["started", "completed", "failed", "cancelled"]
@@ -145,6 +146,7 @@ class FlowStore(Protocol):
     """Engine operations on runs, steps and tasks. Every method is one transaction."""
 
     url: str
+    clock: Clock
 
     def migrate(self) -> list[str]:
         """Apply pending schema migrations under a lock; return the versions applied."""
@@ -195,9 +197,10 @@ class FlowStore(Protocol):
         A completion whose task is no longer this worker's started attempt is ignored."""
         ...
 
-    def fail_task(self, worker_id: str, failure: TaskFailure) -> None:
+    def fail_task(self, worker_id: str, failure: TaskFailure) -> datetime | None:
         """Retry the task after backoff, or, when it is not retryable or out of attempts, fail
-        it, its step and its run, and cancel every other unfinished task of the run."""
+        it, its step and its run, and cancel every other unfinished task of the run. Returns
+        when the retry becomes visible, or None when there is no retry."""
         ...
 
     def count_queued(self, flow_slugs: Sequence[str]) -> int:

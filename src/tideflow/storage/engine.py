@@ -97,7 +97,7 @@ class SqlEngine:
 
         return unsubscribe
 
-    # --- flows --------------------------------------------------------------------------------------
+    # --- flows -----------------------------------------------------------------------------------
     def ensure_flow(self, definition: FlowDefinition) -> None:
         if (definition.slug, definition.version) not in self._known_versions:
             with self._tx() as tx:
@@ -127,7 +127,7 @@ class SqlEngine:
             shape = self._shapes[key] = _with_dependents(json.loads(found[0]["shape"]))
         return shape
 
-    # --- starting runs and steps --------------------------------------------------------------------
+    # --- starting runs and steps -----------------------------------------------------------------
     def start_run(self, definition: FlowDefinition, run_id: str, input_json: str) -> None:
         with self._tx() as tx:
             self._ensure_flow(tx, definition)
@@ -258,31 +258,36 @@ class SqlEngine:
                 for run_id in done))
         self._start_steps(tx, ready, now, {})
 
-    # --- failing and cancelling ---------------------------------------------------------------------
-    def fail_task(self, worker_id: str, failure: TaskFailure) -> None:
+    # --- failing and cancelling ------------------------------------------------------------------
+    def fail_task(self, worker_id: str, failure: TaskFailure) -> datetime | None:
         key = failure.key
         with self._tx() as tx:
             tx.rows("lock_runs", run_ids=[key.run_id])
             task = tx.rows("get_started_task", run_id=key.run_id, step_slug=key.step_slug,
                            task_index=key.task_index, attempt=failure.attempt,
                            worker_id=worker_id)
-            if task:
-                self._fail_task(tx, task[0], failure.error, failure.retryable, self.clock.now())
+            if not task:
+                return None  # stale: lease lost, or run failed or cancelled meanwhile
+            return self._fail_task(tx, task[0], failure.error, failure.retryable,
+                                   self.clock.now())
 
-    def _fail_task(self, tx: Tx, task: Row, error: str, retryable: bool, now: datetime) -> None:
+    def _fail_task(self, tx: Tx, task: Row, error: str, retryable: bool,
+                   now: datetime) -> datetime | None:
         key = {"run_id": task["run_id"], "step_slug": task["step_slug"],
                "task_index": task["task_index"]}
         attempts, max_attempts = task["attempts"], task["max_attempts"]
         if retryable and attempts < max_attempts:
-            delay = backoff_delay(attempts, task["base_delay"], task["max_delay"])
-            tx.run("retry_task", **key, error=error, visible_at=now + timedelta(seconds=delay))
+            visible_at = now + timedelta(seconds=backoff_delay(
+                attempts, task["base_delay"], task["max_delay"]))
+            tx.run("retry_task", **key, error=error, visible_at=visible_at)
             tx.notify = True
-            return
+            return visible_at
         tx.run("fail_task", **key, error=error, finished_at=now)
         why = "failed" if not retryable else f"failed after {attempts} attempt(s)"
         index = f"[{task['task_index']}]" if task["kind"] == "map" else ""
         self._fail_run(tx, task["run_id"], task["step_slug"], now,
                        f"step {task['step_slug']!r}{index} {why}: {error}")
+        return None
 
     def _fail_run(self, tx: Tx, run_id: str, step_slug: str, now: datetime, error: str) -> None:
         tx.run("fail_step", run_id=run_id, step_slug=step_slug, error=error, finished_at=now)
@@ -301,7 +306,7 @@ class SqlEngine:
             tx.run("skip_run_steps", run_id=run_id, finished_at=now)
             return True
 
-    # --- reading --------------------------------------------------------------------------------------
+    # --- reading ---------------------------------------------------------------------------------
     def get_run(self, run_id: str, *, with_steps: bool = True) -> RunRecord:
         with self._tx() as tx:
             found = tx.rows("get_run", run_id=run_id)
@@ -323,7 +328,7 @@ class SqlEngine:
             return [run_record(r, []) for r in tx.rows(
                 "list_runs", flow_slug=flow_slug, status=status, limit=limit, offset=offset)]
 
-    # --- the worker's side ----------------------------------------------------------------------------
+    # --- the worker's side -----------------------------------------------------------------------
     def claim_tasks(self, worker_id: str, flow_slugs: Sequence[str], limit: int,
                     lease_margin: float) -> list[ClaimedTask]:
         if not flow_slugs or limit <= 0:
@@ -396,7 +401,8 @@ def step_rows(definition: FlowDefinition, run_id: str | None = None) -> str:
             dependents[d].append(s.slug)
     return batch(
         {"run_id": run_id, "step_slug": s.slug, "step_index": s.index, "kind": s.kind,
-         "depends_on": json.dumps(list(s.depends_on)), "dependents": json.dumps(dependents[s.slug]),
+         "depends_on": json.dumps(list(s.depends_on)),
+         "dependents": json.dumps(dependents[s.slug]),
          "remaining_deps": len(s.depends_on), **s.options()}
         for s in definition.steps)
 

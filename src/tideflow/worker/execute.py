@@ -24,7 +24,8 @@ class StepGone(NonRetryableError):
     """The run's flow version has a step the current code no longer defines."""
 
 
-async def execute(task: ClaimedTask, flow: Flow, executor: Executor) -> TaskCompletion | TaskFailure:
+async def execute(task: ClaimedTask, flow: Flow,
+                  executor: Executor) -> TaskCompletion | TaskFailure:
     key = task.key
     try:
         output = await _call(task, flow, executor)

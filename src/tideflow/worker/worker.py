@@ -75,8 +75,7 @@ class Worker:
     def stop(self) -> None:
         """Ask the worker to shut down gracefully; safe to call from any thread or signal."""
         self._stopping = True
-        if self._loop is not None and self._wake is not None:
-            self._loop.call_soon_threadsafe(self._wake.set)
+        self._wake_threadsafe()
 
     async def run(self, *, until_idle: bool = False) -> None:
         """Run until ``stop()``; with ``until_idle``, return once no task of this worker's flows
@@ -155,8 +154,13 @@ class Worker:
                 self._pending.append(outcome)
                 self._has_pending.set()
             else:
-                await asyncio.to_thread(self.store.fail_task, self.worker_id, outcome)
+                retry_at = await asyncio.to_thread(self.store.fail_task, self.worker_id, outcome)
                 self.failed += 1
+                if retry_at is not None:
+                    # Wake when the retry becomes visible instead of at the next poll.
+                    delay = (retry_at - self.store.clock.now()).total_seconds()
+                    loop = asyncio.get_running_loop()
+                    loop.call_later(max(0.0, delay), self._wake_threadsafe)
                 log.info("task %s attempt %d failed: %s", task.key, task.attempt, outcome.error)
         finally:
             self._running.pop(task.key, None)

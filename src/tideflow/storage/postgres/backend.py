@@ -25,8 +25,7 @@ from tideflow.errors import RunAlreadyExistsError, SchemaNotReadyError, StorageE
 from tideflow.flows.definition import FlowDefinition
 from tideflow.storage.contract import TaskCompletion
 from tideflow.storage.engine import SqlEngine, step_rows
-from tideflow.storage.rows import batch
-from tideflow.storage.rows import Row
+from tideflow.storage.rows import Row, batch
 from tideflow.storage.sqlfile import load_migrations, load_queries
 
 log = logging.getLogger(__name__)
@@ -75,6 +74,12 @@ class PostgresStore(SqlEngine):
     def __init__(self, url: str, clock: Clock | None = None, *, pool_size: int = 8) -> None:
         super().__init__(clock)
         self.url = url
+        try:
+            # One direct attempt first: a pool retries until its timeout, which would turn
+            # "server down" or "no such database" into a ten-second hang.
+            psycopg.connect(url, connect_timeout=5).close()
+        except psycopg.Error as exc:
+            raise StorageError(f"cannot connect to PostgreSQL at {_redact(url)}: {exc}") from exc
         try:
             self._pool = ConnectionPool(
                 url, min_size=1, max_size=pool_size, open=True, configure=_configure,

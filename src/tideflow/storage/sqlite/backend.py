@@ -80,16 +80,21 @@ class SQLiteStore(SqlEngine):
         super().__init__(clock)
         self.path = str(path)
         self.url = "sqlite:///" + self.path
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                     timeout=30.0)
         self._lock = threading.RLock()
-        with self._lock:
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(self.path, isolation_level=None,
+                                         check_same_thread=False, timeout=30.0)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._conn.execute("PRAGMA busy_timeout=30000")
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(
+                f"cannot open SQLite database {self.path!r}: {exc}; check that the directory "
+                "exists and is writable, or pass another sqlite:/// URL"
+            ) from exc
 
     @contextmanager
     def _tx(self) -> Iterator[_SQLiteTx]:
