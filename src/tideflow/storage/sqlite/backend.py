@@ -6,8 +6,10 @@ starts with ``BEGIN IMMEDIATE`` so that it takes the write lock up front: a defe
 that reads and then writes can fail with SQLITE_BUSY half way, which would turn a claim into an
 error instead of a short wait. WAL mode lets readers run while a writer holds the lock.
 
-Cross-process wake-ups do not exist in SQLite, so workers in other processes rely on their poll
-interval; a worker in the same process as the client is woken at once.
+SQLite has no NOTIFY. A worker in the same process as the client is woken at once; to hear of
+commits from other processes, a subscriber starts a watcher thread that reads ``PRAGMA
+data_version`` every few milliseconds - a check of the shared WAL index, no disk read - and wakes
+the worker when another connection has committed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 import re
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +30,8 @@ from tideflow.storage.engine import SqlEngine
 from tideflow.storage.rows import Row
 from tideflow.storage.sqlfile import load_migrations, load_queries
 
+#: How often a subscribed store checks whether another process committed.
+WATCH_INTERVAL = 0.005
 _PARAM = re.compile(r"%\((\w+)\)s")
 _QUERIES = {name: _PARAM.sub(r":\1", sql)
             for name, sql in load_queries("tideflow.storage.sqlite").items()}
@@ -81,6 +85,8 @@ class SQLiteStore(SqlEngine):
         self.path = str(path)
         self.url = "sqlite:///" + self.path
         self._lock = threading.RLock()
+        self._watcher: threading.Thread | None = None
+        self._closing = threading.Event()
         try:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -113,6 +119,28 @@ class SQLiteStore(SqlEngine):
         if tx.notify:
             self._notify_local()
 
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        unsubscribe = super().subscribe(callback)
+        if self._watcher is None and self.path != ":memory:":
+            self._watcher = threading.Thread(target=self._watch, name="tideflow-sqlite-watch",
+                                             daemon=True)
+            self._watcher.start()
+        return unsubscribe
+
+    def _watch(self) -> None:
+        conn = sqlite3.connect(self.path, check_same_thread=False)
+        try:
+            last = conn.execute("PRAGMA data_version").fetchone()[0]
+            while not self._closing.wait(WATCH_INTERVAL):
+                version = conn.execute("PRAGMA data_version").fetchone()[0]
+                if version != last:
+                    last = version
+                    self._notify_local()
+        except sqlite3.Error:  # pragma: no cover - the file went away; workers still poll
+            pass
+        finally:
+            conn.close()
+
     def migrate(self) -> list[str]:
         applied: list[str] = []
         with self._lock:
@@ -140,6 +168,9 @@ class SQLiteStore(SqlEngine):
         return applied
 
     def close(self) -> None:
+        self._closing.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=1.0)
         with self._lock:
             self._conn.close()
 
