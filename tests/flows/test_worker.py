@@ -202,3 +202,64 @@ def _wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-unty
 
 def test_diamond_registered_by_slug(flows_app: App) -> None:
     assert flows_app.registry.get("diamond") is Diamond
+
+
+def test_in_flight_run_finishes_on_its_version_after_the_shape_changes(app: App) -> None:
+    from tideflow import Flow, step
+
+    class ShipV1(Flow, slug="ship"):
+        @step()
+        def pack(self, input):
+            return "box"
+
+        @step(depends_on=["pack"])
+        def send(self, pack):
+            return f"sent {pack}"
+
+    class ShipV2(Flow, slug="ship"):
+        @step()
+        def pack(self, input):
+            return "box"
+
+        @step(depends_on=["pack"])
+        def send(self, pack):
+            return f"sent {pack}"
+
+        @step(depends_on=["pack"])
+        def notify(self, pack):
+            return "mailed"
+
+    old = app.start_flow(ShipV1, {})  # started by code that still had the old shape
+    app.register(ShipV2)  # the worker runs the new code
+    new = app.start_flow("ship", {})
+    drain(app)
+    old_run, new_run = app.get_run(old), app.get_run(new)
+    assert old_run.flow_version == ShipV1.definition.version
+    assert old_run.status == "completed" and old_run.output == {"send": "sent box"}
+    assert new_run.output == {"send": "sent box", "notify": "mailed"}
+
+
+def test_step_removed_from_the_code_fails_the_old_run_clearly(app: App) -> None:
+    from tideflow import Flow, step
+
+    class Old(Flow, slug="shrinking"):
+        @step()
+        def a(self, input):
+            return 1
+
+        @step(depends_on=["a"])
+        def gone(self, a):
+            return 2
+
+    class New(Flow, slug="shrinking"):
+        @step()
+        def a(self, input):
+            return 1
+
+    run_id = app.start_flow(Old, {})
+    app.register(New)
+    drain(app)
+    run = app.get_run(run_id)
+    assert run.status == "failed"
+    assert "'gone'" in (run.error or "") and "does not define it" in (run.error or "")
+    assert run.step("gone").attempts == 1
