@@ -18,10 +18,10 @@ from types import ModuleType
 
 from tideflow.app import App
 from tideflow.cli.errors import CliUsageError
-from tideflow.errors import FlowImportError, NotAFlowError, StorageError
+from tideflow.errors import FlowImportError, NotAFlowError
 from tideflow.flows.dsl import Flow, is_flow_class
 from tideflow.flows.registry import FlowRegistry
-from tideflow.storage import URL_ENV, resolve_url
+from tideflow.storage import URL_ENV, redact_url, resolve_url
 
 APP_ENV = "TIDEFLOW_APP"
 APP_FORMS = "an App, a FlowRegistry or a Flow class"
@@ -143,17 +143,12 @@ def build_app(database_url: str | None, app_path: str | None = None,
 
 
 def check_reachable(url: str) -> None:
-    """Fail in a moment, not after the connection pool's ten-second wait, when a PostgreSQL
-    server is down or the URL is wrong: at a terminal, a fast clear error beats a silent stall."""
-    if not url.startswith(("postgresql://", "postgres://")):
-        return
-    import psycopg
+    """Fail in a moment with one clear line when a PostgreSQL server is down or the URL is
+    wrong, before anything else is printed (the App itself connects lazily)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from tideflow.storage.postgres.backend import check_connection
 
-    try:
-        psycopg.connect(url, connect_timeout=5).close()
-    except psycopg.Error as exc:
-        detail = one_line(str(exc)) or type(exc).__name__
-        raise StorageError(f"cannot connect to PostgreSQL at {redact(url)}: {detail}") from exc
+        check_connection(url)
 
 
 def one_line(text: str) -> str:
@@ -161,13 +156,7 @@ def one_line(text: str) -> str:
     return "; ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
-def redact(url: str) -> str:
-    """The URL with any password replaced, fit for an error message."""
-    scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
+redact = redact_url
 
 
 DATABASE_HELP = (f"Database URL: postgresql://user@host/db or sqlite:///path.db "

@@ -3,20 +3,10 @@ package per backend. ``open_store`` picks the backend from a database URL."""
 
 from __future__ import annotations
 
-import os
-
 from tideflow.clock import Clock
 from tideflow.errors import UnsupportedDatabaseURLError
 from tideflow.storage.contract import FlowStore
-
-DEFAULT_URL = "sqlite:///tideflow.db"
-URL_ENV = "TIDEFLOW_DATABASE_URL"
-
-
-def resolve_url(url: str | None) -> str:
-    """The URL to use: the one given, else ``$TIDEFLOW_DATABASE_URL``, else a SQLite file
-    ``tideflow.db`` in the working directory."""
-    return url or os.environ.get(URL_ENV) or DEFAULT_URL
+from tideflow.storage.urls import DEFAULT_URL, URL_ENV, redact_url, resolve_url
 
 
 def open_store(url: str | None = None, *, clock: Clock | None = None) -> FlowStore:
@@ -36,4 +26,4 @@ def open_store(url: str | None = None, *, clock: Clock | None = None) -> FlowSto
     )
 
 
-__all__ = ["DEFAULT_URL", "URL_ENV", "FlowStore", "open_store", "resolve_url"]
+__all__ = ["DEFAULT_URL", "URL_ENV", "FlowStore", "open_store", "redact_url", "resolve_url"]

@@ -27,6 +27,7 @@ from tideflow.storage.contract import TaskCompletion
 from tideflow.storage.engine import SqlEngine, step_rows
 from tideflow.storage.rows import Row, batch
 from tideflow.storage.sqlfile import load_migrations, load_queries
+from tideflow.storage.urls import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,18 @@ _MIGRATION_LOCK = 0x7469_6465_666C  # "tidefl"
 def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.adapters.register_loader("jsonb", TextLoader)
     conn.adapters.register_loader("json", TextLoader)
+
+
+def check_connection(url: str) -> None:
+    """One direct connection attempt, failing in moments with a one-line ``StorageError``: a
+    pool retries until its timeout, which would turn "server down" or "no such database" into
+    a silent ten-second stall."""
+    try:
+        psycopg.connect(url, connect_timeout=5).close()
+    except psycopg.Error as exc:
+        detail = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise StorageError(f"cannot connect to PostgreSQL at {redact_url(url)}: "
+                           f"{detail or type(exc).__name__}") from exc
 
 
 class _PgTx:
@@ -74,12 +87,7 @@ class PostgresStore(SqlEngine):
     def __init__(self, url: str, clock: Clock | None = None, *, pool_size: int = 8) -> None:
         super().__init__(clock)
         self.url = url
-        try:
-            # One direct attempt first: a pool retries until its timeout, which would turn
-            # "server down" or "no such database" into a ten-second hang.
-            psycopg.connect(url, connect_timeout=5).close()
-        except psycopg.Error as exc:
-            raise StorageError(f"cannot connect to PostgreSQL at {_redact(url)}: {exc}") from exc
+        check_connection(url)
         try:
             self._pool = ConnectionPool(
                 url, min_size=1, max_size=pool_size, open=True, configure=_configure,
@@ -87,7 +95,7 @@ class PostgresStore(SqlEngine):
             )
             self._pool.wait(timeout=10.0)
         except Exception as exc:
-            raise StorageError(f"cannot connect to PostgreSQL at {_redact(url)}: {exc}") from exc
+            raise StorageError(f"cannot connect to PostgreSQL at {redact_url(url)}: {exc}") from exc
         self._listener: threading.Thread | None = None
         self._stopping = threading.Event()
 
@@ -171,12 +179,3 @@ class PostgresStore(SqlEngine):
         if self._listener is not None:
             self._listener.join(timeout=2.0)
         self._pool.close()
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a URL before it reaches an error message or a log."""
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    if not at or ":" not in creds:
-        return url
-    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
