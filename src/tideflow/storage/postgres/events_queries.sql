@@ -1,0 +1,98 @@
+-- Named queries of the PostgreSQL event store (tideflow/storage/postgres/event_store.py).
+-- Parameters are %(name)s. The append and the safe horizon are functions of migration 0002; its
+-- header explains why read_all must call event_horizon_v1 in a statement of its own, before the
+-- statement that reads events. JSON columns are read as text and decoded in Python.
+
+-- name: append
+SELECT first_version, positions
+FROM tideflow.append_events_v1(%(stream_id)s, %(expected_kind)s, %(expected_number)s,
+                               %(events)s::json, %(recorded_at)s, %(idempotency_key)s,
+                               %(result_json)s)
+
+-- name: horizon
+SELECT tideflow.event_horizon_v1()
+
+-- name: read_stream_forwards
+SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
+       correlation_id, recorded_at, data::text, metadata::text
+FROM tideflow.events
+WHERE stream_id = %(stream_id)s AND version >= %(from_version)s
+ORDER BY version
+LIMIT %(limit)s
+
+-- name: read_stream_backwards
+SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
+       correlation_id, recorded_at, data::text, metadata::text
+FROM tideflow.events
+WHERE stream_id = %(stream_id)s AND version <= %(from_version)s
+ORDER BY version DESC
+LIMIT %(limit)s
+
+-- name: read_all
+SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
+       correlation_id, recorded_at, data::text, metadata::text
+FROM tideflow.events
+WHERE position > %(after)s AND position <= %(until)s
+ORDER BY position
+LIMIT %(limit)s
+
+-- name: read_all_of_types
+-- A scan of the position index that filters types: cheap when the types are common; a handler of
+-- rare types pays one pass over the log per catch-up and then follows from its checkpoint.
+SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
+       correlation_id, recorded_at, data::text, metadata::text
+FROM tideflow.events
+WHERE position > %(after)s AND position <= %(until)s AND event_type = ANY(%(event_types)s::text[])
+ORDER BY position
+LIMIT %(limit)s
+
+-- name: stream_version
+SELECT version FROM tideflow.streams WHERE stream_id = %(stream_id)s
+
+-- name: save_snapshot
+-- One statement: store the snapshot if the stream has reached its version (and it is not older
+-- than the stored one), and report the stream's version so the caller can refuse the rest.
+WITH stream AS (
+    SELECT version FROM tideflow.streams WHERE stream_id = %(stream_id)s
+), saved AS (
+    INSERT INTO tideflow.snapshots AS s (stream_id, version, snapshot_type, schema_version,
+                                         state, taken_at)
+    SELECT %(stream_id)s, %(version)s, %(snapshot_type)s, %(schema_version)s,
+           %(state)s::json, %(taken_at)s
+    FROM stream WHERE stream.version >= %(version)s
+    ON CONFLICT (stream_id) DO UPDATE
+    SET version = EXCLUDED.version, snapshot_type = EXCLUDED.snapshot_type,
+        schema_version = EXCLUDED.schema_version, state = EXCLUDED.state,
+        taken_at = EXCLUDED.taken_at
+    WHERE s.version <= EXCLUDED.version
+    RETURNING 1
+)
+SELECT coalesce((SELECT version FROM stream), 0) AS stream_version
+
+-- name: load_snapshot
+SELECT stream_id, version, state::text, snapshot_type, schema_version, taken_at
+FROM tideflow.snapshots WHERE stream_id = %(stream_id)s
+
+-- name: get_idempotent_result
+SELECT key, stream_id, result::text, recorded_at
+FROM tideflow.idempotency_keys WHERE key = %(key)s
+
+-- name: get_checkpoint
+SELECT position FROM tideflow.handler_checkpoints WHERE name = %(name)s
+
+-- name: lock_checkpoint
+-- Creates the row at 0 if needed and locks it either way (DO UPDATE locks the existing row and
+-- returns it unchanged), so concurrent instances of one handler queue here.
+INSERT INTO tideflow.handler_checkpoints AS c (name, position, updated_at)
+VALUES (%(name)s, 0, %(updated_at)s)
+ON CONFLICT (name) DO UPDATE SET position = c.position
+RETURNING position
+
+-- name: set_checkpoint
+UPDATE tideflow.handler_checkpoints SET position = %(position)s, updated_at = %(updated_at)s
+WHERE name = %(name)s
+
+-- name: reset_checkpoint
+INSERT INTO tideflow.handler_checkpoints AS c (name, position, updated_at)
+VALUES (%(name)s, %(position)s, %(updated_at)s)
+ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at

@@ -1,0 +1,95 @@
+-- Named queries of the SQLite event store (tideflow/storage/sqlite/event_store.py).
+-- Parameters are %(name)s (rewritten to :name at load); list parameters arrive as JSON arrays
+-- read with json_each; timestamps are REAL epoch seconds; UUIDs are text.
+-- An append is several statements inside one BEGIN IMMEDIATE transaction (or a savepoint of
+-- store.transaction()): SQLite runs in-process, so round trips cost nothing.
+
+-- name: insert_idempotency_key
+INSERT INTO idempotency_keys (key, stream_id, result, recorded_at)
+VALUES (%(key)s, %(stream_id)s, %(result)s, %(recorded_at)s)
+ON CONFLICT (key) DO NOTHING
+
+-- name: stream_version
+SELECT version FROM streams WHERE stream_id = %(stream_id)s
+
+-- name: insert_event
+INSERT INTO events (version, schema_version, stream_id, event_id, event_type, causation_id,
+                    correlation_id, recorded_at, data, metadata)
+VALUES (%(version)s, %(schema_version)s, %(stream_id)s, %(event_id)s, %(event_type)s,
+        %(causation_id)s, %(correlation_id)s, %(recorded_at)s, %(data)s, %(metadata)s)
+RETURNING position
+
+-- name: set_stream_version
+INSERT INTO streams (stream_id, version) VALUES (%(stream_id)s, %(version)s)
+ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version
+
+-- name: read_stream_forwards
+SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
+       correlation_id, recorded_at, data, metadata
+FROM events
+WHERE stream_id = %(stream_id)s AND version >= %(from_version)s
+ORDER BY version
+LIMIT %(limit)s
+
+-- name: read_stream_backwards
+SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
+       correlation_id, recorded_at, data, metadata
+FROM events
+WHERE stream_id = %(stream_id)s AND version <= %(from_version)s
+ORDER BY version DESC
+LIMIT %(limit)s
+
+-- name: read_all
+SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
+       correlation_id, recorded_at, data, metadata
+FROM events
+WHERE position > %(after)s AND position <= %(until)s
+ORDER BY position
+LIMIT %(limit)s
+
+-- name: read_all_of_types
+SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
+       correlation_id, recorded_at, data, metadata
+FROM events
+WHERE position > %(after)s AND position <= %(until)s
+  AND event_type IN (SELECT value FROM json_each(%(event_types)s))
+ORDER BY position
+LIMIT %(limit)s
+
+-- name: horizon
+-- One writer at a time: everything committed is settled, so the horizon is the last position.
+SELECT coalesce(max(position), 0) FROM events
+
+-- name: save_snapshot
+INSERT INTO snapshots (stream_id, version, snapshot_type, schema_version, state, taken_at)
+VALUES (%(stream_id)s, %(version)s, %(snapshot_type)s, %(schema_version)s, %(state)s,
+        %(taken_at)s)
+ON CONFLICT (stream_id) DO UPDATE
+SET version = excluded.version, snapshot_type = excluded.snapshot_type,
+    schema_version = excluded.schema_version, state = excluded.state,
+    taken_at = excluded.taken_at
+WHERE snapshots.version <= excluded.version
+
+-- name: load_snapshot
+SELECT stream_id, version, state, snapshot_type, schema_version, taken_at
+FROM snapshots WHERE stream_id = %(stream_id)s
+
+-- name: get_idempotent_result
+SELECT key, stream_id, result, recorded_at FROM idempotency_keys WHERE key = %(key)s
+
+-- name: get_checkpoint
+SELECT position FROM handler_checkpoints WHERE name = %(name)s
+
+-- name: ensure_checkpoint
+INSERT INTO handler_checkpoints (name, position, updated_at)
+VALUES (%(name)s, 0, %(updated_at)s)
+ON CONFLICT (name) DO NOTHING
+
+-- name: set_checkpoint
+UPDATE handler_checkpoints SET position = %(position)s, updated_at = %(updated_at)s
+WHERE name = %(name)s
+
+-- name: reset_checkpoint
+INSERT INTO handler_checkpoints (name, position, updated_at)
+VALUES (%(name)s, %(position)s, %(updated_at)s)
+ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at

@@ -1,0 +1,888 @@
+"""The event store's behaviour, held against both backends (SQLite and PostgreSQL).
+
+Concurrency tests use one store per thread, each with its own connection(s), like separate
+processes. Tests that need a writer to be *blocked* (PostgreSQL row locks, SQLite's write lock)
+hold a transaction open in the test thread and check that the other writer is still waiting.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+
+from tideflow.clock import ManualClock
+from tideflow.errors import SchemaNotReadyError, UnsupportedDatabaseURLError
+from tideflow.events import (
+    ANY,
+    EXISTS,
+    MAX_ID_LENGTH,
+    NO_STREAM,
+    CheckpointConflictError,
+    DuplicateEventIdError,
+    DuplicateIdempotencyKeyError,
+    EventNotSerializableError,
+    EventStoreError,
+    ExpectedVersion,
+    InvalidCheckpointError,
+    InvalidEventError,
+    InvalidIdempotencyKeyError,
+    InvalidSnapshotError,
+    InvalidStreamIdError,
+    InvalidUpcasterError,
+    NewEvent,
+    RecordedEvent,
+    Upcasters,
+    UpcastingError,
+    WrongExpectedVersionError,
+)
+from tideflow.storage.event_contract import EventStore, open_event_store
+from tideflow.storage.postgres import PostgresStore
+from tideflow.storage.postgres.event_store import PostgresEventStore
+from tideflow.storage.sqlite import SQLiteStore
+from tideflow.storage.sqlite.event_store import SQLiteEventStore
+
+from .conftest import OpenStore
+
+GATE_KEY = 0x746667617465  # the reader gate of migration 0002
+
+
+def ev(event_type: str = "Happened", **data: Any) -> NewEvent:
+    return NewEvent(event_type, data)
+
+
+def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    """Run ``fn`` in a thread; the dict gets its "value" or "error"."""
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["value"] = fn()
+        except BaseException as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def assert_blocked(thread: threading.Thread) -> None:
+    thread.join(0.3)
+    assert thread.is_alive(), "the second writer should be waiting for the first"
+
+
+def everything(store: EventStore) -> list[RecordedEvent]:
+    return list(store.read_all())
+
+
+# --- expected versions ---------------------------------------------------------------------------
+
+
+def test_append_numbers_versions_and_positions(events: EventStore, clock: ManualClock) -> None:
+    first = events.append("order-1", [ev(n=1), ev(n=2)], NO_STREAM)
+    second = events.append("order-2", [ev(n=3)], NO_STREAM)
+    third = events.append("order-1", [ev(n=4)], 2)
+    assert [(e.stream_id, e.version) for e in first + second + third] == [
+        ("order-1", 1), ("order-1", 2), ("order-2", 1), ("order-1", 3)]
+    positions = [e.position for e in first + second + third]
+    assert positions == sorted(positions) and len(set(positions)) == 4
+    assert all(e.recorded_at == clock.now() for e in first)
+    assert everything(events) == first + second + third  # what append returns is what is read
+
+
+def test_any_appends_to_new_and_existing_streams(events: EventStore) -> None:
+    assert [e.version for e in events.append("s", [ev()], ANY)] == [1]
+    assert [e.version for e in events.append("s", [ev(), ev()], ExpectedVersion.ANY)] == [2, 3]
+
+
+def test_no_stream_creates_but_refuses_an_existing_stream(events: EventStore) -> None:
+    events.append("s", [ev()], NO_STREAM)
+    with pytest.raises(WrongExpectedVersionError) as caught:
+        events.append("s", [ev()], NO_STREAM)
+    assert (caught.value.stream_id, caught.value.expected, caught.value.actual) == (
+        "s", NO_STREAM, 1)
+    assert "'s' is at version 1" in str(caught.value)
+    assert events.stream_version("s") == 1
+
+
+def test_exists_refuses_a_new_stream_and_appends_to_an_existing_one(events: EventStore) -> None:
+    with pytest.raises(WrongExpectedVersionError) as caught:
+        events.append("s", [ev()], EXISTS)
+    assert caught.value.actual == 0 and "does not exist" in str(caught.value)
+    assert events.stream_version("s") == 0 and everything(events) == []
+    events.append("s", [ev()], ANY)
+    assert [e.version for e in events.append("s", [ev()], EXISTS)] == [2]
+
+
+def test_exact_version_right_and_wrong(events: EventStore) -> None:
+    events.append("s", [ev(), ev(), ev()], 0)  # 0 is the version of a stream with no events
+    with pytest.raises(WrongExpectedVersionError) as caught:
+        events.append("s", [ev()], 2)
+    assert (caught.value.expected, caught.value.actual) == (2, 3)
+    with pytest.raises(WrongExpectedVersionError):
+        events.append("s", [ev()], 4)
+    with pytest.raises(WrongExpectedVersionError):
+        events.append("s", [ev()], 0)
+    with pytest.raises(WrongExpectedVersionError):
+        events.append("new", [ev()], 1)
+    assert [e.version for e in events.append("s", [ev()], 3)] == [4]
+    assert len(everything(events)) == 4
+
+
+def test_empty_append_checks_the_expectation_only(events: EventStore) -> None:
+    assert events.append("s", [], NO_STREAM) == []
+    events.append("s", [ev()], NO_STREAM)
+    assert events.append("s", [], 1) == []
+    with pytest.raises(WrongExpectedVersionError):
+        events.append("s", [], 0)
+    assert events.stream_version("s") == 1
+
+
+@pytest.mark.parametrize("expected", [-1, True, "1", 1.0, None])
+def test_invalid_expected_version_is_refused(events: EventStore, expected: Any) -> None:
+    with pytest.raises(InvalidEventError, match="expected_version"):
+        events.append("s", [ev()], expected)
+
+
+# --- atomicity -----------------------------------------------------------------------------------
+
+
+def test_a_failure_in_the_middle_of_an_append_writes_nothing(events: EventStore) -> None:
+    taken = events.append("a", [ev()], NO_STREAM)[0].event_id
+    head = events.head_position()
+    batch = [ev(n=1), NewEvent("Happened", {"n": 2}, event_id=taken), ev(n=3)]
+    with pytest.raises(DuplicateEventIdError, match="already recorded"):
+        events.append("b", batch, NO_STREAM)
+    assert events.stream_version("b") == 0
+    assert list(events.read_stream("b")) == []
+    assert [e.stream_id for e in everything(events)] == ["a"]
+    later = events.append("b", [ev()], NO_STREAM)  # the stream is untouched: it starts at 1
+    assert later[0].version == 1 and later[0].position > head
+
+
+def test_unserialisable_data_in_the_middle_writes_nothing(events: EventStore) -> None:
+    batch = [ev(n=1), ev(when=datetime(2030, 1, 1)), ev(n=3)]
+    with pytest.raises(EventNotSerializableError, match=r"event #1 \('Happened'\)"):
+        events.append("s", batch, NO_STREAM)
+    assert events.stream_version("s") == 0 and everything(events) == []
+
+
+def test_a_refused_append_inside_a_transaction_leaves_it_usable(events: EventStore) -> None:
+    events.append("s", [ev()], NO_STREAM)
+    with events.transaction() as tx:
+        tx.append("t", [ev()], NO_STREAM)
+        with pytest.raises(WrongExpectedVersionError):
+            tx.append("s", [ev()], NO_STREAM)
+        with pytest.raises(DuplicateEventIdError):
+            tx.append("u", [ev(), NewEvent("X", event_id=everything(events)[0].event_id)], ANY)
+        tx.append("s", [ev()], 1)
+    assert {e.stream_id: e.version for e in everything(events)} == {"s": 2, "t": 1}
+    assert events.stream_version("u") == 0
+
+
+def test_a_transaction_that_raises_writes_nothing(events: EventStore) -> None:
+    with pytest.raises(RuntimeError), events.transaction() as tx:
+        tx.append("s", [ev()], NO_STREAM)
+        tx.advance_checkpoint("projection", 1)
+        raise RuntimeError("the handler failed")
+    assert everything(events) == [] and events.get_checkpoint("projection") == 0
+
+
+# --- concurrent writers --------------------------------------------------------------------------
+
+
+def test_concurrent_appenders_with_one_expected_version_exactly_one_wins(
+        events: EventStore, open_events: OpenStore) -> None:
+    events.append("s", [ev()], NO_STREAM)
+    writers = [open_events() for _ in range(4)]
+    barrier = threading.Barrier(len(writers))
+
+    def append(store: EventStore) -> Callable[[], Any]:
+        def run() -> Any:
+            barrier.wait()
+            return store.append("s", [ev()], 1)
+        return run
+
+    threads = [in_thread(append(store)) for store in writers]
+    for thread, _ in threads:
+        thread.join(20)
+    outcomes = [result.get("value", result.get("error")) for _, result in threads]
+    won = [o for o in outcomes if isinstance(o, list)]
+    lost = [o for o in outcomes if isinstance(o, WrongExpectedVersionError)]
+    assert len(won) == 1 and len(lost) == 3, outcomes
+    assert all(e.actual == 2 for e in lost)
+    assert events.stream_version("s") == 2
+
+
+def test_a_waiting_appender_sees_the_version_the_first_one_committed(
+        events: EventStore, open_events: OpenStore) -> None:
+    events.append("s", [ev()], NO_STREAM)
+    other = open_events()
+    with events.transaction() as tx:
+        tx.append("s", [ev()], 1)
+        thread, result = in_thread(lambda: other.append("s", [ev()], 1))
+        assert_blocked(thread)  # PostgreSQL: the stream row; SQLite: the write lock
+    thread.join(10)
+    assert isinstance(result["error"], WrongExpectedVersionError)
+    assert result["error"].actual == 2
+
+
+def test_concurrent_creators_of_a_stream(events: EventStore, open_events: OpenStore) -> None:
+    other = open_events()
+    with events.transaction() as tx:
+        tx.append("new", [ev()], NO_STREAM)
+        refused, refused_result = in_thread(lambda: other.append("new", [ev()], NO_STREAM))
+        assert_blocked(refused)
+    refused.join(10)
+    assert isinstance(refused_result["error"], WrongExpectedVersionError)
+    assert refused_result["error"].actual == 1
+
+    with events.transaction() as tx:
+        tx.append("other", [ev()], ANY)
+        accepted, accepted_result = in_thread(lambda: other.append("other", [ev()], ANY))
+        assert_blocked(accepted)
+    accepted.join(10)
+    assert [e.version for e in accepted_result["value"]] == [2]
+
+
+# --- reading a stream ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ten(open_events: OpenStore) -> EventStore:
+    """A store with a page size of 3 holding stream "s" with n = 1..10 (and noise around it)."""
+    store = open_events(page_size=3)
+    store.migrate()
+    store.append("noise", [ev()], ANY)
+    for n in range(1, 11):
+        store.append("s", [ev(n=n)], n - 1)
+    store.append("noise", [ev()], ANY)
+    return store
+
+
+def ns(events: Iterator[RecordedEvent]) -> list[int]:
+    return [e.data["n"] for e in events]
+
+
+def test_read_stream_forwards_backwards_from_and_limit(ten: EventStore) -> None:
+    assert ns(ten.read_stream("s")) == list(range(1, 11))
+    assert [e.version for e in ten.read_stream("s")] == list(range(1, 11))
+    assert ns(ten.read_stream("s", 4)) == list(range(4, 11))
+    assert ns(ten.read_stream("s", 4, 5)) == [4, 5, 6, 7, 8]
+    assert ns(ten.read_stream("s", limit=3)) == [1, 2, 3]
+    assert ns(ten.read_stream("s", backwards=True)) == list(range(10, 0, -1))
+    assert ns(ten.read_stream("s", 7, backwards=True)) == [7, 6, 5, 4, 3, 2, 1]
+    assert ns(ten.read_stream("s", 7, 4, backwards=True)) == [7, 6, 5, 4]
+    assert ns(ten.read_stream("s", 11)) == []
+    assert ns(ten.read_stream("s", limit=0)) == []
+    assert ns(ten.read_stream("missing")) == []
+    assert ns(ten.read_stream("missing", backwards=True)) == []
+
+
+def test_read_stream_pages_lazily(ten: EventStore) -> None:
+    iterator = ten.read_stream("s")
+    assert next(iterator).data == {"n": 1}
+    ten.append("s", [ev(n=11)], 10)  # lands on a later page: still delivered
+    assert ns(iterator) == list(range(2, 12))
+
+
+@pytest.mark.parametrize("args", [{"from_version": 0}, {"limit": -1}, {"from_version": "2"}])
+def test_read_stream_checks_arguments_when_called(ten: EventStore, args: dict[str, Any]) -> None:
+    with pytest.raises(InvalidEventError):
+        ten.read_stream("s", **args)  # no next(): refused before iterating
+
+
+# --- reading everything --------------------------------------------------------------------------
+
+
+def test_read_all_in_position_order_from_a_position(ten: EventStore) -> None:
+    all_events = list(ten.read_all())
+    assert len(all_events) == 12
+    positions = [e.position for e in all_events]
+    assert positions == sorted(set(positions))
+    assert list(ten.read_all(positions[4])) == all_events[5:]
+    assert list(ten.read_all(positions[4], limit=4)) == all_events[5:9]
+    assert list(ten.read_all(to_position=positions[6])) == all_events[:7]
+    assert list(ten.read_all(positions[-1])) == []
+    assert ten.head_position() == positions[-1]
+
+
+def test_read_all_filters_event_types_across_pages(events: EventStore,
+                                                   open_events: OpenStore) -> None:
+    paged = open_events(page_size=4)
+    for i in range(30):
+        events.append(f"s{i % 3}", [ev("Even" if i % 2 == 0 else "Odd", i=i),
+                                    ev("Rare", i=i) if i % 10 == 0 else ev("Odd", i=i)], ANY)
+    evens = list(paged.read_all(event_types=["Even"]))
+    assert [e.data["i"] for e in evens] == list(range(0, 30, 2))
+    rare_or_even = list(paged.read_all(event_types=("Rare", "Even"), limit=5))
+    assert [(e.event_type, e.data["i"]) for e in rare_or_even] == [
+        ("Even", 0), ("Rare", 0), ("Even", 2), ("Even", 4), ("Even", 6)]
+    assert list(paged.read_all(event_types=[])) == []
+    assert len(list(paged.read_all())) == 60  # 15 pages of 4
+    with pytest.raises(InvalidEventError, match="pass \\['Even'\\]"):
+        paged.read_all(event_types="Even")
+
+
+def test_read_all_arguments_are_checked(events: EventStore) -> None:
+    for bad in ({"from_position": -1}, {"limit": -2}, {"to_position": -1},
+                {"from_position": 1.5}):
+        with pytest.raises(InvalidEventError):
+            events.read_all(**bad)
+
+
+# --- no reader ever misses an event --------------------------------------------------------------
+
+
+def test_a_tailing_reader_sees_every_committed_event_once_in_order(
+        events: EventStore, open_events: OpenStore) -> None:
+    """8 writers append in transactions that sleep at random before committing (so positions
+    commit out of order) and sometimes roll back (gaps); a reader tails read_all from the last
+    position it saw. It must see exactly the committed events, each once, positions strictly
+    increasing."""
+    writers, duration = 8, 1.2
+    committed: list[uuid.UUID] = []
+    committed_lock = threading.Lock()
+    stop = threading.Event()
+    seen: list[RecordedEvent] = []
+    failures: list[BaseException] = []
+
+    def write(store: EventStore, n: int) -> None:
+        rng = random.Random(n)
+        deadline = time.monotonic() + duration
+        try:
+            while time.monotonic() < deadline:
+                try:
+                    with store.transaction() as tx:
+                        recorded = tx.append(f"w{n}", [ev(w=n), ev(w=n)][:rng.randint(1, 2)],
+                                             ANY)
+                        time.sleep(rng.uniform(0, 0.003))
+                        if rng.random() < 0.1:
+                            raise KeyError("roll back")
+                except KeyError:
+                    continue
+                with committed_lock:
+                    committed.extend(e.event_id for e in recorded)
+        except BaseException as exc:  # pragma: no cover - reported below
+            failures.append(exc)
+
+    def read(store: EventStore) -> None:
+        last = 0
+        try:
+            while True:
+                done = stop.is_set()  # read once more after the writers stopped
+                for event in store.read_all(last):
+                    assert event.position > last, (event.position, last)
+                    last = event.position
+                    seen.append(event)
+                if done:
+                    return
+                time.sleep(0.0005)
+        except BaseException as exc:  # pragma: no cover - reported below
+            failures.append(exc)
+
+    reader = threading.Thread(target=read, args=(open_events(),))
+    threads = [threading.Thread(target=write, args=(open_events(), n)) for n in range(writers)]
+    reader.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    stop.set()
+    reader.join(30)
+    assert not failures, failures
+    seen_ids = [e.event_id for e in seen]
+    assert len(seen_ids) == len(set(seen_ids)), "an event was delivered twice"
+    assert set(seen_ids) == set(committed), "the reader missed events (or saw rolled-back ones)"
+    assert len(committed) > 40  # the writers really ran concurrently for a while
+    assert [e.event_id for e in everything(events)] == seen_ids
+
+
+def test_a_rolled_back_append_does_not_stall_readers(events: EventStore) -> None:
+    events.append("s", [ev(n=1)], NO_STREAM)
+    with pytest.raises(ZeroDivisionError), events.transaction() as tx:
+        tx.append("s", [ev(n=2)], 1)
+        _ = 1 / 0
+    after = events.append("s", [ev(n=3)], 1)
+    assert events.head_position() == after[0].position
+    assert ns(events.read_all()) == [1, 3]
+
+
+def test_read_all_stops_below_an_append_still_in_flight(
+        events: EventStore, open_events: OpenStore, backend: str) -> None:
+    """PostgreSQL: a later position committed while an earlier one is in flight stays invisible
+    to read_all until the earlier one commits, so a reader never steps over it."""
+    if backend == "sqlite":
+        pytest.skip("SQLite has one writer at a time: the later append would wait for the "
+                    "earlier one, positions are handed out in commit order")
+    before = events.append("s", [ev(n=0)], NO_STREAM)[0].position
+    other = open_events()
+    with events.transaction() as tx:
+        slow = tx.append("slow", [ev(n=1)], NO_STREAM)[0].position
+        fast = other.append("fast", [ev(n=2)], NO_STREAM)[0].position  # commits at once
+        assert fast > slow
+        assert events.head_position() == slow - 1
+        assert ns(events.read_all()) == [0]
+        assert ns(events.read_all(before)) == []
+        assert ns(other.read_stream("fast")) == [2]  # stream reads need no horizon
+    assert ns(events.read_all(before)) == [1, 2]
+    assert events.head_position() == fast
+
+
+def test_the_horizon_waits_for_an_appender_between_drawing_and_announcing(
+        events: EventStore, backend: str, db_url: str) -> None:
+    """The race the gate closes, played step by step with the appender's protocol (migration
+    0002): a position drawn but not yet announced by its lock must not count as settled."""
+    if backend == "sqlite":
+        pytest.skip("SQLite needs no horizon: positions are handed out in commit order")
+    events.append("s", [ev()], NO_STREAM)
+    with psycopg.connect(db_url, autocommit=True) as appender:
+        appender.execute("SELECT pg_advisory_lock_shared(%s)", (GATE_KEY,))
+        row = appender.execute("SELECT nextval('tideflow.event_position_seq')").fetchone()
+        assert row is not None
+        drawn = row[0]
+        thread, result = in_thread(events.head_position)
+        assert_blocked(thread)  # a reader now would count `drawn` as settled: it must wait
+        with appender.transaction():
+            appender.execute("SELECT pg_advisory_xact_lock_shared(%s)",
+                             ((0x7466 << 48) | drawn,))
+            appender.execute("SELECT pg_advisory_unlock_shared(%s)", (GATE_KEY,))
+            thread.join(5)
+            assert result["value"] == drawn - 1  # announced and in flight: below it only
+    assert events.head_position() == drawn  # ended without rows: a gap, passed over
+
+
+def test_failed_appends_do_not_leave_the_reader_gate_held(
+        events: EventStore, open_events: OpenStore, backend: str, db_url: str) -> None:
+    taken = events.append("s", [ev()], NO_STREAM)[0].event_id
+    for _ in range(3):  # fails after drawing positions, inside the gate's error handling
+        with pytest.raises(DuplicateEventIdError):
+            events.append("t", [NewEvent("X", event_id=taken)], ANY)
+    thread, result = in_thread(open_events().head_position)
+    thread.join(5)
+    assert result.get("value", 0) >= 1
+    if backend == "postgres":
+        with psycopg.connect(db_url) as conn:
+            held = conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 "
+                "AND ((classid::bigint << 32) | objid::bigint) = %s", (GATE_KEY,)).fetchone()
+        assert held == (0,)
+
+
+# --- upcasting -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def upcasters() -> Upcasters:
+    up = Upcasters()
+
+    @up.upcaster("NameSet", from_version=1)
+    def split(data: dict[str, Any]) -> dict[str, Any]:
+        first, _, last = data.pop("name").partition(" ")
+        return {**data, "first": first, "last": last}
+
+    up.register("NameSet", 2, lambda d: {**d, "title": d.get("title", "")})
+    up.register("Legacy", 1, lambda d: {"value": d["v"]}, rename_to="Modern")
+    up.register_snapshot("Person", 1, lambda s: {"names": [s.pop("name")], **s})
+    return up
+
+
+def test_upcasters_apply_on_every_read_path(open_events: OpenStore,
+                                            upcasters: Upcasters) -> None:
+    store = open_events(upcasters=upcasters, page_size=2)
+    store.migrate()
+    returned = store.append("p", [
+        NewEvent("NameSet", {"name": "Ada Lovelace"}, schema_version=1),
+        NewEvent("NameSet", {"first": "Ada", "last": "L"}, schema_version=2),
+        NewEvent("NameSet", {"first": "A", "last": "B", "title": "Dr"}),  # current: 3
+        NewEvent("Legacy", {"v": 7}),
+        NewEvent("Modern", {"value": 8}),
+    ], NO_STREAM)
+    expected = [
+        ("NameSet", 3, {"first": "Ada", "last": "Lovelace", "title": ""}),
+        ("NameSet", 3, {"first": "Ada", "last": "L", "title": ""}),
+        ("NameSet", 3, {"first": "A", "last": "B", "title": "Dr"}),
+        ("Modern", 2, {"value": 7}),
+        ("Modern", 2, {"value": 8}),
+    ]
+    for read in (returned, list(store.read_stream("p")), list(store.read_all()),
+                 list(store.read_stream("p", backwards=True))[::-1]):
+        assert [(e.event_type, e.schema_version, e.data) for e in read] == expected
+    assert [e.event_type for e in store.read_all(event_types=["Legacy"])] == ["Modern"]
+    plain = open_events()  # without upcasters the stored shapes are unchanged
+    assert [(e.event_type, e.schema_version) for e in plain.read_stream("p")] == [
+        ("NameSet", 1), ("NameSet", 2), ("NameSet", 3), ("Legacy", 1), ("Modern", 2)]
+    assert next(plain.read_stream("p")).data == {"name": "Ada Lovelace"}
+
+
+def test_upcaster_registration_and_failures(events: EventStore,
+                                            open_events: OpenStore) -> None:
+    up = Upcasters()
+    up.register("E", 1, lambda d: {**d, "b": 1})
+    with pytest.raises(UpcastingError, match="already registered"):
+        up.register("E", 1, lambda d: d)
+    with pytest.raises(InvalidUpcasterError):
+        up.register("E", 0, lambda d: d)
+    with pytest.raises(InvalidUpcasterError):
+        up.register("", 1, lambda d: d)
+    up.register("E", 3, lambda d: d)  # no upcaster from 2: events at 1 or 2 cannot be read
+    up.register("Broken", 1, lambda d: d["missing"])
+    up.register("NotADict", 1, lambda d: [d])  # type: ignore[arg-type,return-value]
+    assert up.current_version("E") == 4 and up.current_version("Unknown") == 1
+    store = open_events(upcasters=up)
+    # Appending an event that no reader could read is refused before anything is written...
+    with pytest.raises(UpcastingError, match=r"no upcaster from version 2 .*\('E', 2\)"):
+        store.append("s", [NewEvent("E", {"a": 1}, schema_version=1)], ANY)
+    with pytest.raises(UpcastingError, match="failed on event #0"):
+        store.append("b", [NewEvent("Broken", schema_version=1)], ANY)
+    assert everything(events) == []
+    # ... and events recorded before the upcasters were reads fail on, naming the event.
+    events.append("s", [NewEvent("E", {"a": 1}, schema_version=1)], ANY)
+    events.append("b", [NewEvent("Broken", schema_version=1)], ANY)
+    events.append("n", [NewEvent("NotADict", schema_version=1)], ANY)
+    with pytest.raises(UpcastingError, match="at position"):
+        list(store.read_all())
+    with pytest.raises(UpcastingError, match="failed on event at position"):
+        list(store.read_stream("b"))
+    with pytest.raises(UpcastingError, match="returned list"):
+        list(store.read_stream("n"))
+
+
+# --- snapshots -----------------------------------------------------------------------------------
+
+
+def test_snapshots_save_and_load(events: EventStore, clock: ManualClock) -> None:
+    assert events.load_snapshot("s") is None
+    events.append("s", [ev(), ev(), ev()], NO_STREAM)
+    events.save_snapshot("s", 2, {"total": 2, "items": ("a", "b")})
+    snap = events.load_snapshot("s")
+    assert snap is not None
+    assert (snap.stream_id, snap.version, snap.state) == ("s", 2, {"total": 2, "items": ["a", "b"]})
+    assert (snap.snapshot_type, snap.schema_version, snap.taken_at) == ("snapshot", 1, clock.now())
+    events.save_snapshot("s", 3, {"total": 3})
+    events.save_snapshot("s", 1, {"total": 1})  # older than the stored one: ignored
+    snap = events.load_snapshot("s")
+    assert snap is not None and (snap.version, snap.state) == (3, {"total": 3})
+    assert ns(events.read_stream("s", snap.version + 1)) == []
+
+
+def test_snapshot_of_a_version_the_stream_has_not_reached_is_refused(events: EventStore) -> None:
+    with pytest.raises(InvalidSnapshotError, match="is at version 0"):
+        events.save_snapshot("s", 1, {})
+    events.append("s", [ev()], NO_STREAM)
+    with pytest.raises(InvalidSnapshotError, match="is at version 1"):
+        events.save_snapshot("s", 2, {})
+    with pytest.raises(InvalidSnapshotError):
+        events.save_snapshot("s", 0, {})
+    with pytest.raises(EventNotSerializableError):
+        events.save_snapshot("s", 1, {"at": datetime(2030, 1, 1)})
+    assert events.load_snapshot("s") is None
+
+
+def test_versioned_snapshots_are_upcast_on_load(open_events: OpenStore,
+                                                upcasters: Upcasters) -> None:
+    store = open_events(upcasters=upcasters)
+    store.migrate()
+    store.append("p", [ev()], NO_STREAM)
+    store.save_snapshot("p", 1, {"name": "Ada"}, snapshot_type="Person", schema_version=1)
+    snap = store.load_snapshot("p")
+    assert snap is not None and (snap.schema_version, snap.state) == (2, {"names": ["Ada"]})
+    store.save_snapshot("p", 1, {"names": ["Grace"]}, snapshot_type="Person")  # current: 2
+    snap = store.load_snapshot("p")
+    assert snap is not None and (snap.schema_version, snap.state) == (2, {"names": ["Grace"]})
+
+
+# --- what may be appended ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data", [{"at": datetime(2030, 1, 1)}, {"n": Decimal("1.5")},
+                                  {"tags": {"a"}}, {"x": math.nan}, {"id": uuid.uuid4()}])
+def test_data_that_is_not_json_is_refused_and_nothing_written(events: EventStore,
+                                                              data: dict[str, Any]) -> None:
+    with pytest.raises(EventNotSerializableError, match="not JSON-serialisable") as caught:
+        events.append("s", [NewEvent("E", data)], ANY)
+    assert isinstance(caught.value, EventStoreError) and isinstance(caught.value, TypeError)
+    with pytest.raises(EventNotSerializableError, match="metadata"):
+        events.append("s", [NewEvent("E", {}, {"at": datetime(2030, 1, 1)})], ANY)
+    assert everything(events) == [] and events.stream_version("s") == 0
+
+
+def test_json_comes_back_as_json_with_its_key_order(events: EventStore) -> None:
+    data = {"z": 1, "a": [1, 2.5, None, True, 10**20], "m": {"y": "é🎉\x00\\\"", "b": ("t",)}}
+    returned = events.append("s", [NewEvent("E", data, {"trace": "t-1"})], ANY)[0]
+    read = next(events.read_stream("s"))
+    expected = {"z": 1, "a": [1, 2.5, None, True, 10**20],
+                "m": {"y": "é🎉\x00\\\"", "b": ["t"]}}
+    assert returned.data == read.data == expected
+    assert list(read.data) == ["z", "a", "m"] and read.metadata == {"trace": "t-1"}
+    assert returned == read
+
+
+def test_malformed_events_are_refused(events: EventStore) -> None:
+    with pytest.raises(InvalidEventError, match="must be a dict"):
+        NewEvent("E", [1, 2])  # type: ignore[arg-type]
+    with pytest.raises(InvalidEventError, match="event_type"):
+        NewEvent("")
+    with pytest.raises(InvalidEventError, match=r"uuid\.UUID"):
+        NewEvent("E", event_id="not-a-uuid")  # type: ignore[arg-type]
+    with pytest.raises(InvalidEventError, match="schema_version"):
+        NewEvent("E", schema_version=0)
+    with pytest.raises(InvalidEventError, match="wrap a single event in a list"):
+        events.append("s", NewEvent("E"), ANY)  # type: ignore[arg-type]
+    same = NewEvent("E")
+    with pytest.raises(InvalidEventError, match="repeat an event_id"):
+        events.append("s", [same, same], ANY)
+    assert everything(events) == []
+
+
+def test_causation_and_correlation_are_recorded(events: EventStore) -> None:
+    cause = events.append("a", [ev()], ANY)[0]
+    effect = events.append("b", [ev().caused_by(cause)], ANY)[0]
+    after = events.append("c", [ev().caused_by(effect)], ANY)[0]
+    read = {e.stream_id: e for e in events.read_all()}
+    assert (read["b"].causation_id, read["b"].correlation_id) == (cause.event_id, cause.event_id)
+    assert (read["c"].causation_id, read["c"].correlation_id) == (effect.event_id,
+                                                                 cause.event_id)
+    assert read["c"] == after and read["a"].causation_id is None
+
+
+@pytest.mark.parametrize("stream_id", ["", "x" * (MAX_ID_LENGTH + 1), "a\x00b", 42, None])
+def test_invalid_stream_ids_are_refused(events: EventStore, stream_id: Any) -> None:
+    with pytest.raises(InvalidStreamIdError, match="stream_id") as caught:
+        events.append(stream_id, [ev()], ANY)
+    assert isinstance(caught.value, ValueError)
+    for call in (lambda: events.read_stream(stream_id), lambda: events.stream_version(stream_id),
+                 lambda: events.load_snapshot(stream_id),
+                 lambda: events.save_snapshot(stream_id, 1, {})):
+        with pytest.raises(InvalidStreamIdError):
+            call()
+    assert everything(events) == []
+
+
+def test_the_longest_stream_id_is_accepted(events: EventStore) -> None:
+    long_id = "é" * MAX_ID_LENGTH
+    events.append(long_id, [ev()], NO_STREAM)
+    assert events.stream_version(long_id) == 1
+
+
+# --- idempotency ---------------------------------------------------------------------------------
+
+
+def test_idempotency_key_is_recorded_with_the_events(events: EventStore,
+                                                     clock: ManualClock) -> None:
+    assert events.get_idempotent_result("cmd-1") is None
+    events.append("s", [ev()], NO_STREAM, idempotency_key="cmd-1", result_json='{"id": 7}')
+    record = events.get_idempotent_result("cmd-1")
+    assert record is not None
+    assert (record.key, record.stream_id, record.result_json, record.recorded_at) == (
+        "cmd-1", "s", '{"id": 7}', clock.now())
+    with pytest.raises(DuplicateIdempotencyKeyError) as caught:
+        events.append("s", [ev()], 1, idempotency_key="cmd-1", result_json='{"id": 8}')
+    assert (caught.value.key, caught.value.result_json) == ("cmd-1", '{"id": 7}')
+    assert events.stream_version("s") == 1
+    # The duplicate is reported even when the retry would also have a stale version.
+    with pytest.raises(DuplicateIdempotencyKeyError):
+        events.append("s", [ev()], NO_STREAM, idempotency_key="cmd-1")
+
+
+def test_an_append_that_fails_does_not_record_its_key(events: EventStore) -> None:
+    events.append("s", [ev()], NO_STREAM)
+    with pytest.raises(WrongExpectedVersionError):
+        events.append("s", [ev()], NO_STREAM, idempotency_key="cmd-2", result_json="1")
+    assert events.get_idempotent_result("cmd-2") is None
+    events.append("s", [ev()], 1, idempotency_key="cmd-2")
+    record = events.get_idempotent_result("cmd-2")
+    assert record is not None and record.result_json is None
+
+
+def test_a_command_without_events_can_record_its_key(events: EventStore) -> None:
+    assert events.append("s", [], ANY, idempotency_key="noop", result_json='"nothing"') == []
+    record = events.get_idempotent_result("noop")
+    assert record is not None and record.result_json == '"nothing"'
+
+
+def test_idempotency_arguments_are_checked(events: EventStore) -> None:
+    with pytest.raises(InvalidIdempotencyKeyError, match="without an idempotency_key"):
+        events.append("s", [ev()], ANY, result_json="{}")
+    with pytest.raises(InvalidIdempotencyKeyError):
+        events.append("s", [ev()], ANY, idempotency_key="")
+    with pytest.raises(EventNotSerializableError, match="not valid JSON"):
+        events.append("s", [ev()], ANY, idempotency_key="k", result_json="{oops")
+    with pytest.raises(InvalidIdempotencyKeyError):
+        events.get_idempotent_result("")
+    assert everything(events) == [] and events.get_idempotent_result("k") is None
+
+
+def test_a_concurrent_retry_of_a_command_waits_and_is_reported_as_duplicate(
+        events: EventStore, open_events: OpenStore) -> None:
+    other = open_events()
+    with events.transaction() as tx:
+        tx.append("s", [ev()], NO_STREAM, idempotency_key="cmd", result_json='"first"')
+        thread, result = in_thread(lambda: other.append(
+            "s", [ev()], NO_STREAM, idempotency_key="cmd", result_json='"second"'))
+        assert_blocked(thread)
+    thread.join(10)
+    assert isinstance(result["error"], DuplicateIdempotencyKeyError)
+    assert result["error"].result_json == '"first"'
+
+    with pytest.raises(RuntimeError), events.transaction() as tx:  # first attempt rolls back
+        tx.append("t", [ev()], NO_STREAM, idempotency_key="cmd-2")
+        thread, result = in_thread(lambda: other.append(
+            "t", [ev()], NO_STREAM, idempotency_key="cmd-2"))
+        assert_blocked(thread)
+        raise RuntimeError
+    thread.join(10)
+    assert [e.version for e in result["value"]] == [1]
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+def test_checkpoints_advance_forward_only(events: EventStore) -> None:
+    assert events.get_checkpoint("projection") == 0
+    events.advance_checkpoint("projection", 5)
+    events.advance_checkpoint("projection", 5)  # where it is: nothing to do
+    events.advance_checkpoint("projection", 9, expected=5)
+    assert events.get_checkpoint("projection") == 9
+    with pytest.raises(CheckpointConflictError, match="only move forward") as caught:
+        events.advance_checkpoint("projection", 3)
+    assert (caught.value.name, caught.value.actual) == ("projection", 9)
+    with pytest.raises(CheckpointConflictError, match="expected it at 7"):
+        events.advance_checkpoint("projection", 12, expected=7)
+    assert events.get_checkpoint("projection") == 9
+    events.reset_checkpoint("projection")
+    assert events.get_checkpoint("projection") == 0
+    events.reset_checkpoint("other", 4)
+    assert events.get_checkpoint("other") == 4
+    with pytest.raises(InvalidCheckpointError):
+        events.advance_checkpoint("projection", -1)
+    with pytest.raises(InvalidCheckpointError):
+        events.get_checkpoint("")
+
+
+def _sql(backend: str, text: str) -> str:
+    return text.replace("%s", "?") if backend == "sqlite" else text
+
+
+@pytest.fixture
+def projection_table(events: EventStore, backend: str) -> Iterator[str]:
+    """A user table, as a projection would keep, in the same database."""
+    name = f"totals_{uuid.uuid4().hex[:8]}"
+    with events.transaction() as tx:
+        tx.connection.execute(f"CREATE TABLE {name} (stream_id TEXT PRIMARY KEY, n INTEGER)")
+    yield name
+    with events.transaction() as tx:
+        tx.connection.execute(f"DROP TABLE {name}")
+
+
+def test_a_projection_commits_its_rows_with_its_checkpoint(
+        events: EventStore, backend: str, projection_table: str) -> None:
+    for i in range(3):
+        events.append(f"s{i}", [ev(n=i), ev(n=i)], NO_STREAM)
+
+    def project(fail: bool) -> None:
+        with events.transaction() as tx:
+            position = tx.lock_checkpoint("totals")
+            for event in events.read_all(position):
+                tx.connection.execute(
+                    _sql(backend, f"INSERT INTO {projection_table} (stream_id, n) VALUES (%s, 1) "
+                                  "ON CONFLICT (stream_id) DO UPDATE SET n = "
+                                  f"{projection_table}.n + 1"), (event.stream_id,))
+                tx.advance_checkpoint("totals", event.position)
+            if fail:
+                raise RuntimeError("crash before commit")
+
+    def totals() -> list[tuple[Any, ...]]:
+        with events.transaction() as tx:
+            return [tuple(r) for r in tx.connection.execute(
+                f"SELECT stream_id, n FROM {projection_table} ORDER BY stream_id").fetchall()]
+
+    with pytest.raises(RuntimeError):
+        project(fail=True)
+    assert totals() == [] and events.get_checkpoint("totals") == 0
+    project(fail=False)
+    assert totals() == [("s0", 2), ("s1", 2), ("s2", 2)]
+    assert events.get_checkpoint("totals") == events.head_position()
+    project(fail=False)  # nothing new: the checkpoint says so
+    assert totals() == [("s0", 2), ("s1", 2), ("s2", 2)]
+
+
+def test_a_checkpoint_lock_makes_a_second_handler_instance_wait(
+        events: EventStore, open_events: OpenStore) -> None:
+    other = open_events()
+
+    def second_instance() -> int:
+        with other.transaction() as tx:
+            return tx.lock_checkpoint("handler")
+
+    with events.transaction() as tx:
+        assert tx.lock_checkpoint("handler") == 0
+        thread, result = in_thread(second_instance)
+        assert_blocked(thread)
+        tx.advance_checkpoint("handler", 42)
+    thread.join(10)
+    assert result["value"] == 42
+
+
+def test_a_handler_appends_new_events_with_its_checkpoint(events: EventStore) -> None:
+    placed = events.append("order-1", [ev("OrderPlaced")], NO_STREAM)[0]
+    with events.transaction() as tx:
+        for event in events.read_all(tx.lock_checkpoint("shipping")):
+            tx.append("shipment-1", [ev("ShipmentRequested").caused_by(event)], NO_STREAM)
+            tx.advance_checkpoint("shipping", event.position)
+        with pytest.raises(CheckpointConflictError):
+            tx.advance_checkpoint("shipping", 0)
+    shipment = next(events.read_stream("shipment-1"))
+    assert shipment.causation_id == placed.event_id
+    assert events.get_checkpoint("shipping") == placed.position
+
+
+# --- wiring --------------------------------------------------------------------------------------
+
+
+def test_migrate_is_idempotent_and_the_schema_is_required(events: EventStore, backend: str,
+                                                          tmp_path: Any) -> None:
+    assert events.migrate() == []
+    if backend == "sqlite":
+        bare = open_event_store(f"sqlite:///{tmp_path / 'bare.db'}")
+        try:
+            with pytest.raises(SchemaNotReadyError, match="tideflow migrate"):
+                bare.append("s", [ev()], ANY)
+            with pytest.raises(SchemaNotReadyError):
+                list(bare.read_all())
+        finally:
+            bare.close()
+
+
+def test_event_stores_can_share_a_flow_stores_connections(db_url: str, backend: str,
+                                                          clock: ManualClock) -> None:
+    flows: SQLiteStore | PostgresStore
+    shared: SQLiteEventStore | PostgresEventStore
+    if backend == "sqlite":
+        flows = SQLiteStore(db_url.removeprefix("sqlite:///"), clock)
+        shared = SQLiteEventStore.sharing(flows)
+    else:
+        flows = PostgresStore(db_url, clock)
+        shared = PostgresEventStore.sharing(flows)
+    try:
+        shared.migrate()
+        recorded = shared.append("s", [ev()], NO_STREAM)
+        assert recorded[0].recorded_at == clock.now()
+        shared.close()  # leaves the flow store's connections open
+        assert flows.migrate() == []
+    finally:
+        flows.close()
+
+
+def test_unsupported_urls_are_refused() -> None:
+    with pytest.raises(UnsupportedDatabaseURLError, match="postgresql://"):
+        open_event_store("mysql://localhost/db")
