@@ -99,6 +99,11 @@ class PostgresStore(SqlEngine):
         self._listener: threading.Thread | None = None
         self._stopping = threading.Event()
 
+    @property
+    def pool(self) -> ConnectionPool[psycopg.Connection[Any]]:
+        """The connection pool, shared by the event and handler stores opened on this store."""
+        return self._pool
+
     @contextmanager
     def _tx(self) -> Iterator[_PgTx]:
         try:

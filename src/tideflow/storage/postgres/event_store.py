@@ -142,7 +142,7 @@ class PostgresEventStore:
                page_size: int) -> None:
         self._flows = flows
         self._owns_flows = owns
-        self._pool: ConnectionPool[Conn] = flows._pool
+        self._pool: ConnectionPool[Conn] = flows.pool
         self.url = flows.url
         self.clock = flows.clock
         self.upcasters = upcasters if upcasters is not None else Upcasters()

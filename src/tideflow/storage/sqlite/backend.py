@@ -102,6 +102,16 @@ class SQLiteStore(SqlEngine):
                 "exists and is writable, or pass another sqlite:/// URL"
             ) from exc
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The one connection, shared by the event and handler stores opened on this store;
+        hold ``lock`` while using it."""
+        return self._conn
+
+    @property
+    def lock(self) -> threading.RLock:
+        return self._lock
+
     @contextmanager
     def _tx(self) -> Iterator[_SQLiteTx]:
         with self._lock:

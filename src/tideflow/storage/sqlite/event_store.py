@@ -113,8 +113,8 @@ class SQLiteEventStore:
                page_size: int) -> None:
         self._flows = flows
         self._owns_flows = owns
-        self._conn: sqlite3.Connection = flows._conn
-        self._lock: threading.RLock = flows._lock
+        self._conn: sqlite3.Connection = flows.connection
+        self._lock: threading.RLock = flows.lock
         self.url = flows.url
         self.clock = flows.clock
         self.upcasters = upcasters if upcasters is not None else Upcasters()
