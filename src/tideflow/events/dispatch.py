@@ -1,0 +1,449 @@
+"""Dispatching commands: route, load, decide, append - exactly once per idempotency key.
+
+    dispatcher = CommandDispatcher(store, aggregates=[Inventory], middleware=[Audit()])
+    result = dispatcher.dispatch(Command("AddStock", "sku-1", {"qty": 3}, idempotency_key="r-1"))
+    result.events, result.version, result.replayed
+
+What one ``dispatch`` does, in order:
+
+1. **route** the command by ``command_type`` to the one aggregate that handles it
+   (``UnknownCommandError`` otherwise, before anything else runs);
+2. run the middleware's ``before_dispatch`` hooks (``tideflow.events.middleware``);
+3. **load** the aggregate's state: its latest snapshot if it takes them, then the events after
+   it, folded with ``apply`` (the store upcasts old event shapes on the way);
+4. **decide**: the aggregate's ``execute`` returns the new events, or raises a ``DomainError``,
+   which is re-raised unchanged with nothing written;
+5. **append** them with ``expected_version`` = the version loaded (``NO_STREAM`` for a new
+   stream). Each event's ``causation_id`` is the command's id and its ``correlation_id`` the
+   command's; its metadata is the command's, plus ``command_type`` and ``aggregate_type``.
+   If another writer appended in between (``WrongExpectedVersionError``), go back to 3 - the
+   decision is taken again on the new state - at most ``max_conflict_retries`` times, then
+   raise ``ConcurrencyRetriesExhaustedError``;
+6. take a **snapshot** if the stream crossed a multiple of ``snapshot_every`` (a failure is
+   logged, never raised: the command has committed and snapshots are only an optimisation);
+7. run the ``after_dispatch`` (or ``after_failure``) hooks.
+
+**Idempotency.** A command with an ``idempotency_key`` is recorded under that key by the same
+append - one transaction - as its events, so the key exists if and only if the events do, in the
+database itself: it survives restarts and holds across every dispatcher on every machine. The
+record holds the ids and versions of the events (the result) plus a fingerprint of the command;
+dispatching the key again returns the original result - the same events, read back from the
+stream - with ``replayed=True``, and writes nothing. Two dispatchers racing with one key cannot
+both append: the store inserts the key first, so the second waits for the first to commit and is
+told the key is taken (``DuplicateIdempotencyKeyError``), whereupon it returns the first one's
+result. The key is not looked up before deciding - that would cost every command a round trip -
+but whenever deciding fails, since a command that already happened may well be refused now
+("already shipped") when the right answer is its original result. A key reused for a different
+command (type, aggregate or payload) is refused with ``IdempotencyKeyConflictError``. A command
+refused by a ``DomainError`` records nothing, so sending it again decides again.
+
+Why a plain ``store.append`` and not ``store.transaction()``: the contract's ``append`` with
+``idempotency_key`` and ``result_json`` is already one transaction holding both; on PostgreSQL it
+is one statement in autocommit, where an explicit transaction would add four round trips
+(BEGIN, SAVEPOINT, RELEASE, COMMIT) to every command.
+
+``CommandDispatcher`` is the one implementation, blocking and safe to share between threads
+(register aggregates before sharing it); ``AsyncCommandDispatcher`` (``dispatcher.aio``) runs
+it in a thread, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+from uuid import UUID
+
+from tideflow.events.aggregate import (
+    Aggregate,
+    AggregateDefinitionError,
+    apply_event,
+    as_aggregate,
+    decide,
+    evolve,
+)
+from tideflow.events.commands import (
+    Command,
+    CommandError,
+    DispatchResult,
+    InvalidCommandError,
+    UnknownCommandError,
+)
+from tideflow.events.errors import (
+    DuplicateIdempotencyKeyError,
+    UpcastingError,
+    WrongExpectedVersionError,
+)
+from tideflow.events.middleware import DispatchContext, Middleware, log, run_pipeline
+from tideflow.events.model import MAX_ID_LENGTH, NO_STREAM, NewEvent, RecordedEvent
+
+if TYPE_CHECKING:  # the store is passed in: this module needs its type, not the storage layer
+    from tideflow.storage.event_contract import EventStore
+
+A = TypeVar("A", bound="type[Aggregate] | Aggregate")
+
+#: Version of the JSON a dispatcher records under an idempotency key (``_record``).
+RESULT_FORMAT = 1
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+class DispatcherConfigurationError(CommandError, ValueError):
+    """The dispatcher was built or wired wrongly (an argument, an aggregate, a middleware)."""
+
+
+class DuplicateCommandHandlerError(DispatcherConfigurationError):
+    """Two aggregates claim one command type (or one ``aggregate_type``, whose streams would
+    mix); raised when the second is registered."""
+
+
+class ConcurrencyRetriesExhaustedError(CommandError):
+    """Other writers appended to the aggregate's stream between every load and append, more
+    than ``max_conflict_retries`` times in a row; nothing was written.
+
+    ``command``, ``stream_id`` and ``attempts`` say which; the last ``WrongExpectedVersionError``
+    is the ``__cause__``."""
+
+    def __init__(self, command: Command, stream_id: str, attempts: int) -> None:
+        self.command = command
+        self.stream_id = stream_id
+        self.attempts = attempts
+        super().__init__(
+            f"command {command.command_type!r} (id {command.command_id}) lost the race for "
+            f"stream {stream_id!r} to other writers {attempts} times in a row "
+            f"(max_conflict_retries={attempts - 1}); nothing was written. The aggregate is "
+            "too busy for optimistic concurrency: raise max_conflict_retries, send its commands "
+            "through one worker, or split it into smaller aggregates.")
+
+
+class UnknownAggregateError(CommandError, LookupError):
+    """``load`` was asked for an aggregate type that is not registered."""
+
+
+class IdempotencyKeyConflictError(CommandError):
+    """An idempotency key was already used for a different command, or by something other than
+    a dispatcher; the command was not run and nothing was written."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        super().__init__(f"idempotency key {key!r} {problem}; nothing was written. Use one key "
+                         "per distinct command (e.g. a uuid made when the request is created)")
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedAggregate:
+    """An aggregate's state as the dispatcher loads it before deciding."""
+
+    state: Any
+    version: int
+    """The stream's version the state includes (0: no events)."""
+    snapshot_version: int
+    """The version of the snapshot loading started from; 0 if it replayed from the start."""
+    events_replayed: int
+    """How many events were read and applied on top of the snapshot (or initial state)."""
+
+
+def _fingerprint(command: Command) -> str:
+    """What must match for a repeated key to be the same command: its payload, canonically."""
+    text = json.dumps(command.payload, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _record(command: Command, stream_id: str, first_version: int,
+            events: Sequence[NewEvent]) -> str:
+    """The JSON recorded under the command's idempotency key: enough to rebuild the result (the
+    events themselves are read back from the stream) and to recognise the same command again.
+    The versions are known before the append: it succeeds at exactly ``first_version`` or not
+    at all."""
+    return json.dumps({
+        "format": RESULT_FORMAT, "command_id": command.command_id,
+        "command_type": command.command_type, "stream_id": stream_id,
+        "first_version": first_version, "event_ids": [str(e.event_id) for e in events],
+        "payload_sha256": _fingerprint(command),
+    }, separators=(",", ":"))
+
+
+def stamp_events(events: list[NewEvent], command: Command,
+                 aggregate: Aggregate) -> list[NewEvent]:
+    """The events as recorded: caused by the command, in its correlation, carrying its
+    metadata (the event's own metadata wins over the command's, the dispatcher's keys -
+    ``command_type``, ``aggregate_type``, ``command_causation_id`` - over both)."""
+    causation = UUID(command.command_id)
+    correlation = UUID(command.correlation_id or command.command_id)
+    stamp = {"command_type": command.command_type, "aggregate_type": aggregate.aggregate_type}
+    if command.causation_id is not None:
+        stamp["command_causation_id"] = command.causation_id
+    return [NewEvent(e.event_type, e.data, {**command.metadata, **e.metadata, **stamp},
+                     e.event_id, causation, correlation, e.schema_version)
+            for e in events]
+
+
+class CommandDispatcher:
+    """Routes commands to aggregates and records their events; see the module docstring."""
+
+    def __init__(self, event_store: EventStore,
+                 aggregates: Iterable[type[Aggregate] | Aggregate] = (), *,
+                 middleware: Iterable[Middleware] = (), max_conflict_retries: int = 5) -> None:
+        if type(max_conflict_retries) is not int or max_conflict_retries < 0:
+            raise DispatcherConfigurationError(
+                f"max_conflict_retries must be an int >= 0 (0: fail at the first version "
+                f"conflict), got {max_conflict_retries!r}")
+        self.store = event_store
+        self.max_conflict_retries = max_conflict_retries
+        self.middleware: list[Middleware] = []
+        for m in middleware:
+            missing = [hook for hook in ("before_dispatch", "after_dispatch", "after_failure")
+                       if not callable(getattr(m, hook, None))]
+            if missing:
+                raise DispatcherConfigurationError(
+                    f"middleware {m!r} has no {', '.join(missing)}; subclass "
+                    "tideflow.events.middleware.Middleware and override the hooks you need")
+            self.middleware.append(m)
+        self._routes: dict[str, Aggregate] = {}
+        self._aggregates: dict[str, Aggregate] = {}
+        for aggregate in aggregates:
+            self.register(aggregate)
+
+    def register(self, aggregate: A) -> A:
+        """Route the aggregate's command types to it (a class is instantiated without
+        arguments). Returns its argument, so it also works as a class decorator. Raises
+        ``DuplicateCommandHandlerError`` if another aggregate already has one of its command
+        types or its ``aggregate_type``."""
+        instance = as_aggregate(aggregate)
+        name = type(instance).__name__
+        if not instance.command_types:
+            raise AggregateDefinitionError(
+                f"aggregate {name} handles no command type: mark a method @handles('...')")
+        other = self._aggregates.get(instance.aggregate_type)
+        if other is not None:
+            raise DuplicateCommandHandlerError(
+                f"aggregate {name} has aggregate_type {instance.aggregate_type!r}, already used "
+                f"by {type(other).__name__}: their streams would mix. Give one of them another "
+                "aggregate_type")
+        for command_type in sorted(instance.command_types):
+            if command_type in self._routes:
+                raise DuplicateCommandHandlerError(
+                    f"command type {command_type!r} is handled by both "
+                    f"{type(self._routes[command_type]).__name__} and {name}; a command changes "
+                    "exactly one aggregate, so keep the handler in one of them")
+        self._aggregates[instance.aggregate_type] = instance
+        self._routes.update(dict.fromkeys(instance.command_types, instance))
+        return aggregate
+
+    @property
+    def command_types(self) -> list[str]:
+        """The command types this dispatcher routes, sorted."""
+        return sorted(self._routes)
+
+    @property
+    def aggregates(self) -> dict[str, Aggregate]:
+        """The registered aggregates by ``aggregate_type``."""
+        return dict(self._aggregates)
+
+    @property
+    def aio(self) -> AsyncCommandDispatcher:
+        """The same dispatcher, awaitable: ``await dispatcher.aio.dispatch(command)``."""
+        return AsyncCommandDispatcher(self)
+
+    # --- dispatching ----------------------------------------------------------------------------
+
+    def dispatch(self, command: Command) -> DispatchResult:
+        """Dispatch ``command`` and return what it recorded; see the module docstring.
+
+        Raises, having written nothing: ``UnknownCommandError``, ``InvalidCommandError``, the
+        aggregate's ``DomainError`` (unchanged), ``ConcurrencyRetriesExhaustedError``,
+        ``IdempotencyKeyConflictError``, a middleware's refusal, or the event store's errors
+        (``EventNotSerializableError`` for event data that is not JSON...).
+        """
+        if not isinstance(command, Command):
+            raise InvalidCommandError(f"dispatch() takes a tideflow.events.commands.Command, got "
+                                      f"{type(command).__name__}: wrap it, e.g. "
+                                      "Command('AddStock', 'sku-1', {'qty': 3})")
+        aggregate = self._route(command)
+        ctx = DispatchContext(command, aggregate, aggregate.stream_id(command.aggregate_id))
+        return run_pipeline(self.middleware, ctx, self._dispatch)
+
+    def _route(self, command: Command) -> Aggregate:
+        aggregate = self._routes.get(command.command_type)
+        if aggregate is None:
+            raise UnknownCommandError(command.command_type, list(self._routes))
+        expected = command.aggregate_type
+        if expected is not None and expected != aggregate.aggregate_type:
+            raise InvalidCommandError(
+                f"command {command.command_type!r} says aggregate_type {expected!r}, but it is "
+                f"handled by aggregate {aggregate.aggregate_type!r}; fix the command's "
+                "aggregate_type (or leave it out)", "aggregate_type")
+        room = MAX_ID_LENGTH - len(aggregate.aggregate_type) - 1
+        if len(command.aggregate_id) > room:
+            raise InvalidCommandError(
+                f"aggregate_id {command.aggregate_id[:40]!r}... of command "
+                f"{command.command_type!r} is {len(command.aggregate_id)} characters; with the "
+                f"aggregate_type prefix at most {room} fit in a stream id: use a shorter id "
+                "(a uuid, a hash)", "aggregate_id")
+        return aggregate
+
+    def _dispatch(self, ctx: DispatchContext) -> DispatchResult:
+        """Steps 3 to 6, inside the middleware."""
+        command = ctx.command
+        aggregate, stream_id = ctx.aggregate, ctx.stream_id
+        if (self._route(command) is not aggregate
+                or aggregate.stream_id(command.aggregate_id) != stream_id):
+            raise InvalidCommandError(
+                f"a middleware replaced command {command.command_type!r} with one for another "
+                f"aggregate (stream {aggregate.stream_id(command.aggregate_id)!r} instead of "
+                f"{stream_id!r}); middleware may change metadata, not the target: dispatch a "
+                "new command instead", "command_type")
+        key = command.idempotency_key
+        conflict: WrongExpectedVersionError | None = None
+        for attempt in range(1, self.max_conflict_retries + 2):
+            ctx.attempts = attempt
+            loaded = self._load(aggregate, stream_id, command.aggregate_id)
+            try:
+                decided = decide(aggregate, loaded.state, command)
+            except Exception:
+                # A repeat of a command that already happened may be refused by the state it
+                # produced; its key - committed with its events - says so, then replay it.
+                record = None if key is None else self.store.get_idempotent_result(key)
+                if record is None:
+                    raise
+                assert key is not None
+                return self._replay(command, aggregate, stream_id, key, record.result_json)
+            events = stamp_events(decided, command, aggregate)
+            if not events and key is None:
+                return DispatchResult(command.command_id, command.command_type,
+                                      aggregate.aggregate_type, command.aggregate_id, stream_id,
+                                      (), loaded.version)
+            result_json = (None if key is None
+                           else _record(command, stream_id, loaded.version + 1, events))
+            try:
+                recorded = self.store.append(
+                    stream_id, events, loaded.version or NO_STREAM, idempotency_key=key,
+                    result_json=result_json)
+            except DuplicateIdempotencyKeyError as exc:
+                return self._replay(command, aggregate, stream_id, exc.key, exc.result_json)
+            except WrongExpectedVersionError as exc:
+                conflict = exc
+                continue
+            if recorded:
+                self._snapshot_if_due(aggregate, stream_id, loaded, recorded)
+            return DispatchResult(command.command_id, command.command_type,
+                                  aggregate.aggregate_type, command.aggregate_id, stream_id,
+                                  tuple(recorded), loaded.version + len(recorded))
+        raise ConcurrencyRetriesExhaustedError(command, stream_id, ctx.attempts) from conflict
+
+    def _replay(self, command: Command, aggregate: Aggregate, stream_id: str, key: str,
+                result_json: str | None) -> DispatchResult:
+        """The result recorded under ``key`` the first time, its events read back."""
+        try:
+            record = json.loads(result_json) if result_json else None
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or record.get("format") != RESULT_FORMAT:
+            raise IdempotencyKeyConflictError(
+                key, "is recorded, but not by a command dispatcher (an append made with it "
+                "directly?), so there is no command result to return")
+        if (record["command_type"], record["stream_id"]) != (command.command_type, stream_id):
+            raise IdempotencyKeyConflictError(
+                key, f"was already used by command {record['command_type']!r} for stream "
+                f"{record['stream_id']!r}, not {command.command_type!r} for {stream_id!r}")
+        if record["payload_sha256"] != _fingerprint(command):
+            raise IdempotencyKeyConflictError(
+                key, f"was already used by command {command.command_type!r} for stream "
+                f"{stream_id!r} with a different payload")
+        ids: list[str] = record["event_ids"]
+        first: int = record["first_version"]
+        events = tuple(self.store.read_stream(stream_id, first, limit=len(ids))) if ids else ()
+        if [str(e.event_id) for e in events] != ids:
+            raise CommandError(
+                f"idempotency key {key!r} records events {ids} at version {first} of stream "
+                f"{stream_id!r}, but the stream holds others there: was the stream deleted or "
+                "rewritten? Events are meant to be immutable")
+        return DispatchResult(record["command_id"], command.command_type,
+                              aggregate.aggregate_type, command.aggregate_id, stream_id, events,
+                              first - 1 + len(ids), replayed=True)
+
+    # --- loading and snapshots ------------------------------------------------------------------
+
+    def load(self, aggregate: type[Aggregate] | str, aggregate_id: str) -> LoadedAggregate:
+        """The current state of a registered aggregate (by class or ``aggregate_type``), loaded
+        the way ``dispatch`` loads it before deciding: for queries, tests and debugging."""
+        name = aggregate if isinstance(aggregate, str) else aggregate.aggregate_type
+        instance = self._aggregates.get(name)
+        if instance is None:
+            known = ", ".join(repr(t) for t in sorted(self._aggregates)) or "none"
+            raise UnknownAggregateError(f"no aggregate of type {name!r} is registered (known: "
+                                        f"{known}); register it with the dispatcher first")
+        return self._load(instance, instance.stream_id(aggregate_id), aggregate_id)
+
+    def _load(self, aggregate: Aggregate, stream_id: str, aggregate_id: str) -> LoadedAggregate:
+        snapshot = self._load_snapshot(aggregate, stream_id) if aggregate.snapshot_every else None
+        if snapshot is None:
+            state, version = aggregate.initial_state(aggregate_id), 0
+        else:
+            state, version = snapshot
+        start, replayed = version, 0
+        for event in self.store.read_stream(stream_id, version + 1):
+            state = apply_event(aggregate, state, event)
+            version = event.version
+            replayed += 1
+        return LoadedAggregate(state, version, start, replayed)
+
+    def _load_snapshot(self, aggregate: Aggregate, stream_id: str) -> tuple[Any, int] | None:
+        """The state and version of the stream's snapshot, or None to replay from the start:
+        when there is none, it is of another shape (``snapshot_version``) or it cannot be read
+        - a snapshot is only a shortcut, never a reason to fail a command."""
+        try:
+            snapshot = self.store.load_snapshot(stream_id)
+        except UpcastingError:
+            log.warning("the snapshot of %r cannot be upcast; replaying the stream instead",
+                        stream_id, exc_info=True)
+            return None
+        if (snapshot is None or snapshot.snapshot_type != aggregate.aggregate_type
+                or snapshot.schema_version != aggregate.snapshot_version):
+            return None
+        try:
+            return aggregate.from_snapshot(snapshot.state), snapshot.version
+        except Exception:
+            log.warning("%s.from_snapshot failed on the snapshot of %r at version %d; replaying "
+                        "the stream instead", type(aggregate).__name__, stream_id,
+                        snapshot.version, exc_info=True)
+            return None
+
+    def _snapshot_if_due(self, aggregate: Aggregate, stream_id: str, loaded: LoadedAggregate,
+                         recorded: list[RecordedEvent]) -> None:
+        """Save the state after ``recorded`` if the stream just crossed a multiple of
+        ``snapshot_every``. After the commit, and never raising: the events are what counts."""
+        every = aggregate.snapshot_every
+        version = recorded[-1].version
+        if every is None or version // every == loaded.version // every:
+            return
+        try:
+            state = evolve(aggregate, loaded.state, recorded)
+            self.store.save_snapshot(stream_id, version, aggregate.to_snapshot(state),
+                                     snapshot_type=aggregate.aggregate_type,
+                                     schema_version=aggregate.snapshot_version)
+        except Exception:
+            log.warning("could not snapshot %r at version %d; the command stands, the next "
+                        "snapshot will be tried %d events later", stream_id, version, every,
+                        exc_info=True)
+
+
+class AsyncCommandDispatcher:
+    """``CommandDispatcher.dispatch``, awaitable: each call runs the blocking one in a thread
+    (``asyncio.to_thread``), so an event loop never waits on the database."""
+
+    def __init__(self, dispatcher: CommandDispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    async def dispatch(self, command: Command) -> DispatchResult:
+        return await asyncio.to_thread(self.dispatcher.dispatch, command)
+
+    async def load(self, aggregate: type[Aggregate] | str, aggregate_id: str) -> LoadedAggregate:
+        return await asyncio.to_thread(self.dispatcher.load, aggregate, aggregate_id)
