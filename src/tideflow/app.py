@@ -1,10 +1,12 @@
-"""The App wires a database, a flow registry, a client and workers together.
+"""The App wires a database, flows, aggregates, a client and workers together.
 
-    app = App("postgresql://localhost/mydb", flows=[Checkout])
+    app = App("postgresql://localhost/mydb", flows=[Checkout], aggregates=[Inventory])
     run_id = app.start_flow("checkout", {"order": 42})
+    app.dispatch(Command("AddStock", "sku-1", {"qty": 5}))
     app.run_worker()            # or: tideflow worker --app myproject.flows:app
 
-With no URL it uses ``$TIDEFLOW_DATABASE_URL``, else a SQLite file ``tideflow.db``.
+With no URL it uses ``$TIDEFLOW_DATABASE_URL``, else a SQLite file ``tideflow.db``. Flows and
+events share one database and, within a process, one connection pool.
 """
 
 from __future__ import annotations
@@ -17,27 +19,53 @@ from typing import Any, TypeVar
 
 from tideflow.client import AsyncClient, Client
 from tideflow.clock import Clock
+from tideflow.events.aggregate import Aggregate
+from tideflow.events.commands import Command, DispatchResult
+from tideflow.events.dispatch import CommandDispatcher
+from tideflow.events.middleware import Middleware
+from tideflow.events.upcasting import Upcasters
 from tideflow.flows.dsl import Flow
 from tideflow.flows.registry import FlowRegistry
-from tideflow.storage import open_store, resolve_url
+from tideflow.storage import EventStore, open_event_store_on, open_store, resolve_url
 from tideflow.storage.contract import FlowStore, RunRecord
 from tideflow.worker import Worker, WorkerOptions
 
 FlowT = TypeVar("FlowT", bound=type[Flow])
+AggregateT = TypeVar("AggregateT", bound=type[Aggregate])
+
+
+class AsyncApp(AsyncClient):
+    """``app.aio``: the client's calls and ``dispatch``, awaitable (each runs the blocking call
+    in a thread, so an event loop never waits on the database)."""
+
+    def __init__(self, app: App) -> None:
+        super().__init__(app.client)
+        self._app = app
+
+    async def dispatch(self, command: Command) -> DispatchResult:
+        return await asyncio.to_thread(self._app.dispatch, command)
 
 
 class App:
     def __init__(self, database_url: str | None = None, *,
-                 flows: Iterable[type[Flow] | str] = (), migrate: bool = True,
-                 clock: Clock | None = None) -> None:
+                 flows: Iterable[type[Flow] | str] = (),
+                 aggregates: Iterable[type[Aggregate]] = (),
+                 command_middleware: Iterable[Middleware] = (),
+                 upcasters: Upcasters | None = None,
+                 migrate: bool = True, clock: Clock | None = None) -> None:
         """``migrate`` applies pending schema migrations when the database is first used (under
         a lock, so many workers starting at once are fine); pass False to manage the schema
         with ``tideflow migrate`` instead."""
         self.database_url = resolve_url(database_url)
         self.registry = FlowRegistry(list(flows))
+        self.upcasters = upcasters or Upcasters()
+        self._aggregates: list[type[Aggregate]] = list(aggregates)
+        self._middleware = list(command_middleware)
         self._migrate = migrate
         self._clock = clock
         self._store: FlowStore | None = None
+        self._event_store: EventStore | None = None
+        self._dispatcher: CommandDispatcher | None = None
 
     @property
     def store(self) -> FlowStore:
@@ -47,6 +75,34 @@ class App:
                 store.migrate()
             self._store = store
         return self._store
+
+    @property
+    def event_store(self) -> EventStore:
+        """The event store, on the same connections as the flow store."""
+        if self._event_store is None:
+            self._event_store = open_event_store_on(self.store, upcasters=self.upcasters)
+        return self._event_store
+
+    @property
+    def dispatcher(self) -> CommandDispatcher:
+        """The command dispatcher, built once (it checks every aggregate when built)."""
+        if self._dispatcher is None:
+            self._dispatcher = CommandDispatcher(self.event_store, self._aggregates,
+                                                 middleware=self._middleware)
+        return self._dispatcher
+
+    def aggregate(self, cls: AggregateT) -> AggregateT:
+        """Register an aggregate; usable as a class decorator. Register every aggregate
+        before the app serves commands from several threads."""
+        self._aggregates.append(cls)
+        if self._dispatcher is not None:
+            self._dispatcher.register(cls)
+        return cls
+
+    def dispatch(self, command: Command) -> DispatchResult:
+        """Route a command to its aggregate, record the resulting events (see
+        ``CommandDispatcher.dispatch``)."""
+        return self.dispatcher.dispatch(command)
 
     def register(self, flow: FlowT) -> FlowT:
         """Register a flow; usable as a class decorator."""
@@ -58,9 +114,9 @@ class App:
         return Client(self.store, self.registry)
 
     @property
-    def aio(self) -> AsyncClient:
-        """Async versions of the client calls: ``await app.aio.start_flow(...)``."""
-        return AsyncClient(self.client)
+    def aio(self) -> AsyncApp:
+        """Awaitable client calls and ``dispatch``: ``await app.aio.start_flow(...)``."""
+        return AsyncApp(self)
 
     # Shortcuts to the client, the calls most code makes.
     def start_flow(self, flow: type[Flow] | str, input: Any = None, *,
@@ -103,6 +159,10 @@ class App:
         asyncio.run(main())
 
     def close(self) -> None:
+        if self._event_store is not None:
+            self._event_store.close()
+            self._event_store = None
+            self._dispatcher = None
         if self._store is not None:
             self._store.close()
             self._store = None

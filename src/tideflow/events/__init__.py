@@ -9,10 +9,46 @@
     for event in store.read_stream("order-42"):
         ...
 
-This package is the domain layer: it imports nothing from storage. The store itself - the
-``EventStore`` contract, its backends and ``open_event_store`` - lives in ``tideflow.storage``.
+Commands go to aggregates through a ``CommandDispatcher`` (or ``App.dispatch``):
+
+    class Inventory(Aggregate):
+        @handles("AddStock")
+        def add(self, state, command): return [("StockAdded", command.payload)]
+
+        @applies("StockAdded")
+        def added(self, state, event): return {"qty": state.get("qty", 0) + event.data["qty"]}
+
+This package is the domain layer: it imports nothing from storage at run time. The store itself
+- the ``EventStore`` contract, its backends and ``open_event_store`` - lives in
+``tideflow.storage``.
 """
 
+from tideflow.events.aggregate import (
+    Aggregate,
+    AggregateDefinitionError,
+    AggregateError,
+    DomainError,
+    InvalidDecisionError,
+    applies,
+    handles,
+)
+from tideflow.events.commands import (
+    Command,
+    CommandError,
+    CommandNotSerializableError,
+    DispatchResult,
+    InvalidCommandError,
+    UnknownCommandError,
+)
+from tideflow.events.dispatch import (
+    AsyncCommandDispatcher,
+    CommandDispatcher,
+    ConcurrencyRetriesExhaustedError,
+    DispatcherConfigurationError,
+    DuplicateCommandHandlerError,
+    IdempotencyKeyConflictError,
+    UnknownAggregateError,
+)
 from tideflow.events.errors import (
     CheckpointConflictError,
     CheckpointError,
@@ -29,6 +65,7 @@ from tideflow.events.errors import (
     UpcastingError,
     WrongExpectedVersionError,
 )
+from tideflow.events.middleware import CommandRejectedError, DispatchContext, Middleware
 from tideflow.events.model import (
     ANY,
     EXISTS,
@@ -48,26 +85,49 @@ __all__ = [
     "EXISTS",
     "MAX_ID_LENGTH",
     "NO_STREAM",
+    "Aggregate",
+    "AggregateDefinitionError",
+    "AggregateError",
+    "AsyncCommandDispatcher",
     "CheckpointConflictError",
     "CheckpointError",
+    "Command",
+    "CommandDispatcher",
+    "CommandError",
+    "CommandNotSerializableError",
+    "CommandRejectedError",
+    "ConcurrencyRetriesExhaustedError",
+    "DispatchContext",
+    "DispatchResult",
+    "DispatcherConfigurationError",
+    "DomainError",
+    "DuplicateCommandHandlerError",
     "DuplicateEventIdError",
     "DuplicateIdempotencyKeyError",
     "Event",
     "EventNotSerializableError",
     "EventStoreError",
     "ExpectedVersion",
+    "IdempotencyKeyConflictError",
     "IdempotencyRecord",
     "InvalidCheckpointError",
+    "InvalidCommandError",
+    "InvalidDecisionError",
     "InvalidEventError",
     "InvalidIdempotencyKeyError",
     "InvalidSnapshotError",
     "InvalidStreamIdError",
     "InvalidUpcasterError",
+    "Middleware",
     "NewEvent",
     "RecordedEvent",
     "Snapshot",
+    "UnknownAggregateError",
+    "UnknownCommandError",
     "UpcastFn",
     "Upcasters",
     "UpcastingError",
     "WrongExpectedVersionError",
+    "applies",
+    "handles",
 ]

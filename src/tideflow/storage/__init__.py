@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from tideflow.clock import Clock
 from tideflow.errors import UnsupportedDatabaseURLError
+from tideflow.events.upcasting import Upcasters
 from tideflow.storage.contract import FlowStore
+from tideflow.storage.event_contract import EventStore
 from tideflow.storage.urls import DEFAULT_URL, URL_ENV, redact_url, resolve_url
 
 
@@ -26,4 +28,30 @@ def open_store(url: str | None = None, *, clock: Clock | None = None) -> FlowSto
     )
 
 
-__all__ = ["DEFAULT_URL", "URL_ENV", "FlowStore", "open_store", "redact_url", "resolve_url"]
+def open_event_store_on(flow_store: FlowStore, *, upcasters: Upcasters | None = None) -> EventStore:
+    """An event store sharing ``flow_store``'s connections and clock, so that one process opens
+    one pool (PostgreSQL) or one connection (SQLite) for flows and events alike."""
+    from tideflow.storage.postgres import PostgresStore
+    from tideflow.storage.sqlite import SQLiteStore
+
+    if isinstance(flow_store, PostgresStore):
+        from tideflow.storage.postgres.event_store import PostgresEventStore
+
+        return PostgresEventStore.sharing(flow_store, upcasters=upcasters)
+    if isinstance(flow_store, SQLiteStore):
+        from tideflow.storage.sqlite.event_store import SQLiteEventStore
+
+        return SQLiteEventStore.sharing(flow_store, upcasters=upcasters)
+    raise TypeError(f"no event store for {type(flow_store).__name__}")
+
+
+__all__ = [
+    "DEFAULT_URL",
+    "URL_ENV",
+    "EventStore",
+    "FlowStore",
+    "open_event_store_on",
+    "open_store",
+    "redact_url",
+    "resolve_url",
+]
