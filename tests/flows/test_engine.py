@@ -314,3 +314,21 @@ def test_concurrent_claimers_never_share_a_task_attempt(store: FlowStore) -> Non
     for t in threads:
         t.join()
     assert len(seen) == 300 and len(set(seen)) == 300
+
+
+def test_complete_and_claim_takes_the_next_step_in_the_same_transaction(
+        store: FlowStore) -> None:
+    from tideflow.storage.contract import ClaimRequest
+
+    start(store, Chain, {"n": 1})
+    (first,) = claim(store, ["chain"])
+    request = ClaimRequest(("chain",), 10, 30.0)
+    (second,) = store.complete_tasks(
+        W, [TaskCompletion(first.key, first.attempt, "2")], request)
+    assert second.key.step_slug == "second" and second.attempt == 1
+    assert json.loads(second.input_json) == {"first": 2}
+    assert claim(store, ["chain"], worker="other") == []  # already ours
+    # a completion that queues nothing claims nothing (no extra query on the hot path)
+    start(store, RootMap, [1], "r2")
+    (only,) = claim(store, ["root_map"])
+    assert store.complete_tasks(W, [TaskCompletion(only.key, only.attempt, "1")], request) == []

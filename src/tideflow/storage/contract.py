@@ -61,6 +61,17 @@ class TaskCompletion:
 
 
 @dataclass(frozen=True)
+class ClaimRequest:
+    """Ask ``complete_tasks`` to also claim tasks its completions made ready, in the same
+    transaction: the next step of a chain starts without another round of claim, commit and
+    wake-up."""
+
+    flow_slugs: tuple[str, ...]
+    limit: int
+    lease_margin: float
+
+
+@dataclass(frozen=True)
 class TaskFailure:
     key: TaskKey
     attempt: int
@@ -192,9 +203,12 @@ class FlowStore(Protocol):
         task attempt."""
         ...
 
-    def complete_tasks(self, worker_id: str, completions: Sequence[TaskCompletion]) -> None:
+    def complete_tasks(self, worker_id: str, completions: Sequence[TaskCompletion],
+                       claim: ClaimRequest | None = None) -> list[ClaimedTask]:
         """Record outputs of several tasks in one transaction, advancing steps and runs.
-        A completion whose task is no longer this worker's started attempt is ignored."""
+        A completion whose task is no longer this worker's started attempt is ignored. With
+        ``claim``, tasks that became ready are claimed for ``worker_id`` in the same
+        transaction and returned (as ``claim_tasks`` would)."""
         ...
 
     def fail_task(self, worker_id: str, failure: TaskFailure) -> datetime | None:

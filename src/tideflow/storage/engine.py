@@ -43,6 +43,7 @@ from tideflow.errors import RunNotFoundError
 from tideflow.flows.definition import FlowDefinition
 from tideflow.storage.contract import (
     ClaimedTask,
+    ClaimRequest,
     FlowVersionRecord,
     RunRecord,
     StepRecord,
@@ -196,39 +197,52 @@ class SqlEngine:
                 for r in tx.rows("get_step_outputs", rows=_pairs(pairs))}
 
     # --- completing -----------------------------------------------------------------------------
-    def complete_tasks(self, worker_id: str, completions: Sequence[TaskCompletion]) -> None:
+    def complete_tasks(self, worker_id: str, completions: Sequence[TaskCompletion],
+                       claim: ClaimRequest | None = None) -> list[ClaimedTask]:
         if not completions:
-            return
+            return []
         with self._tx() as tx:
-            tx.rows("lock_runs", run_ids=sorted({c.key.run_id for c in completions}))
-            now = self.clock.now()
-            done = tx.rows("complete_tasks", worker_id=worker_id, finished_at=now, rows=batch(
-                {"run_id": c.key.run_id, "step_slug": c.key.step_slug,
-                 "task_index": c.key.task_index, "attempt": c.attempt, "output": c.output_json}
-                for c in completions))
-            if not done:
-                return  # all stale: lease lost, or run cancelled or failed meanwhile
-            counts = Counter((d["run_id"], d["step_slug"]) for d in done)
-            steps = tx.rows("decrement_step_tasks", rows=batch(
-                {"run_id": r, "step_slug": s, "n": n} for (r, s), n in counts.items()))
-            outputs = {(c.key.run_id, c.key.step_slug): c.output_json for c in completions}
-            finished: list[tuple[str, str, str]] = []
-            maps: list[Pair] = []
-            for s in steps:
-                if s["remaining_tasks"] != 0:
-                    continue
-                pair = (s["run_id"], s["step_slug"])
-                if s["kind"] == "map":
-                    maps.append(pair)
-                else:
-                    finished.append((*pair, outputs[pair]))
-            if maps:
-                grouped: dict[Pair, list[str]] = defaultdict(list)
-                for r in tx.rows("get_map_outputs", rows=_pairs(maps)):
-                    grouped[(r["run_id"], r["step_slug"])].append(r["output"])
-                finished += [(r, s, "[" + ",".join(grouped[(r, s)]) + "]") for r, s in maps]
-            if finished:
-                self._complete_steps(tx, finished, now)
+            self._complete_tasks(tx, worker_id, completions)
+            return self._claim_ready(tx, worker_id, claim)
+
+    def _claim_ready(self, tx: Tx, worker_id: str,
+                     claim: ClaimRequest | None) -> list[ClaimedTask]:
+        """The claim half of complete-and-claim: only when the completions queued tasks."""
+        if claim is None or not tx.notify:
+            return []
+        return self._claim(tx, worker_id, claim.flow_slugs, claim.limit, claim.lease_margin)
+
+    def _complete_tasks(self, tx: Tx, worker_id: str,
+                        completions: Sequence[TaskCompletion]) -> None:
+        tx.rows("lock_runs", run_ids=sorted({c.key.run_id for c in completions}))
+        now = self.clock.now()
+        done = tx.rows("complete_tasks", worker_id=worker_id, finished_at=now, rows=batch(
+            {"run_id": c.key.run_id, "step_slug": c.key.step_slug,
+             "task_index": c.key.task_index, "attempt": c.attempt, "output": c.output_json}
+            for c in completions))
+        if not done:
+            return  # all stale: lease lost, or run cancelled or failed meanwhile
+        counts = Counter((d["run_id"], d["step_slug"]) for d in done)
+        steps = tx.rows("decrement_step_tasks", rows=batch(
+            {"run_id": r, "step_slug": s, "n": n} for (r, s), n in counts.items()))
+        outputs = {(c.key.run_id, c.key.step_slug): c.output_json for c in completions}
+        finished: list[tuple[str, str, str]] = []
+        maps: list[Pair] = []
+        for s in steps:
+            if s["remaining_tasks"] != 0:
+                continue
+            pair = (s["run_id"], s["step_slug"])
+            if s["kind"] == "map":
+                maps.append(pair)
+            else:
+                finished.append((*pair, outputs[pair]))
+        if maps:
+            grouped: dict[Pair, list[str]] = defaultdict(list)
+            for r in tx.rows("get_map_outputs", rows=_pairs(maps)):
+                grouped[(r["run_id"], r["step_slug"])].append(r["output"])
+            finished += [(r, s, "[" + ",".join(grouped[(r, s)]) + "]") for r, s in maps]
+        if finished:
+            self._complete_steps(tx, finished, now)
 
     def _complete_steps(self, tx: Tx, finished: list[tuple[str, str, str]],
                         now: datetime) -> None:
@@ -334,28 +348,34 @@ class SqlEngine:
         if not flow_slugs or limit <= 0:
             return []
         with self._tx() as tx:
-            rows = tx.rows("claim_tasks", worker_id=worker_id, flow_slugs=list(flow_slugs),
-                           limit=limit, now=self.clock.now(), margin=lease_margin)
-            if not rows:
-                return []
-            if "run_input" in rows[0]:  # the dialect's claim returned the run context too
-                runs = {r["run_id"]: {"input": r["run_input"], "flow_version": r["flow_version"]}
-                        for r in rows}
-            else:
-                runs = {r["run_id"]: r for r in tx.rows(
-                    "get_runs_context", run_ids=sorted({r["run_id"] for r in rows}))}
-            claimed = []
-            for r in rows:
-                run = runs[r["run_id"]]
-                shape = self._shape(tx, r["flow_slug"], run["flow_version"])
-                step = shape["by_slug"][r["step_slug"]]
-                claimed.append(ClaimedTask(
-                    key=TaskKey(r["run_id"], r["step_slug"], r["task_index"]),
-                    flow_slug=r["flow_slug"], flow_version=run["flow_version"],
-                    step_kind=step["kind"], depends_on=tuple(step["depends_on"]),
-                    attempt=r["attempts"], input_json=r["input"], run_input_json=run["input"],
-                    timeout=r["timeout"], lease_expires_at=r["lease_expires_at"]))
-            return claimed
+            return self._claim(tx, worker_id, flow_slugs, limit, lease_margin)
+
+    def _claim(self, tx: Tx, worker_id: str, flow_slugs: Sequence[str], limit: int,
+               lease_margin: float) -> list[ClaimedTask]:
+        if not flow_slugs or limit <= 0:
+            return []
+        rows = tx.rows("claim_tasks", worker_id=worker_id, flow_slugs=list(flow_slugs),
+                       limit=limit, now=self.clock.now(), margin=lease_margin)
+        if not rows:
+            return []
+        if "run_input" in rows[0]:  # the dialect's claim returned the run context too
+            runs = {r["run_id"]: {"input": r["run_input"], "flow_version": r["flow_version"]}
+                    for r in rows}
+        else:
+            runs = {r["run_id"]: r for r in tx.rows(
+                "get_runs_context", run_ids=sorted({r["run_id"] for r in rows}))}
+        claimed = []
+        for r in rows:
+            run = runs[r["run_id"]]
+            shape = self._shape(tx, r["flow_slug"], run["flow_version"])
+            step = shape["by_slug"][r["step_slug"]]
+            claimed.append(ClaimedTask(
+                key=TaskKey(r["run_id"], r["step_slug"], r["task_index"]),
+                flow_slug=r["flow_slug"], flow_version=run["flow_version"],
+                step_kind=step["kind"], depends_on=tuple(step["depends_on"]),
+                attempt=r["attempts"], input_json=r["input"], run_input_json=run["input"],
+                timeout=r["timeout"], lease_expires_at=r["lease_expires_at"]))
+        return claimed
 
     def count_queued(self, flow_slugs: Sequence[str]) -> int:
         with self._tx() as tx:

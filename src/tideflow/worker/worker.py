@@ -33,6 +33,7 @@ from tideflow.flows.dsl import Flow
 from tideflow.flows.registry import FlowRegistry
 from tideflow.storage.contract import (
     ClaimedTask,
+    ClaimRequest,
     FlowStore,
     TaskCompletion,
         TaskKey,
@@ -68,6 +69,7 @@ class Worker:
         self._stopping = False
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor: ThreadPoolExecutor | None = None
         self.completed = 0
         self.failed = 0
 
@@ -85,8 +87,8 @@ class Worker:
         self._wake = asyncio.Event()
         self._has_pending = asyncio.Event()
         opts = self.options
-        executor = ThreadPoolExecutor(max_workers=opts.concurrency,
-                                      thread_name_prefix="tideflow-step")
+        executor = self._executor = ThreadPoolExecutor(max_workers=opts.concurrency,
+                                                       thread_name_prefix="tideflow-step")
         unsubscribe = self.store.subscribe(self._wake_threadsafe)
         background = [
             asyncio.create_task(self._every(opts.heartbeat_interval or opts.lease_margin / 3,
@@ -129,8 +131,7 @@ class Worker:
                 claimed = await asyncio.to_thread(
                     self.store.claim_tasks, self.worker_id, self.registry.slugs(), free,
                     opts.lease_margin)
-                for task in claimed:
-                    self._running[task.key] = asyncio.create_task(self._run_task(task, executor))
+                self._start(claimed)
             if claimed and len(claimed) == free:
                 continue  # there may be more: claim again as soon as a slot frees
             if until_idle and not claimed and not busy:
@@ -139,6 +140,11 @@ class Worker:
                     return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), opts.poll_interval)
+
+    def _start(self, claimed: list[ClaimedTask]) -> None:
+        assert self._executor is not None
+        for task in claimed:
+            self._running[task.key] = asyncio.create_task(self._run_task(task, self._executor))
 
     async def _run_task(self, task: ClaimedTask, executor: ThreadPoolExecutor) -> None:
         try:
@@ -180,9 +186,17 @@ class Worker:
         if not self._pending:
             return
         self._flushing, self._pending = self._pending, []
+        # Slots free once this batch commits; offer them to the tasks it makes ready.
+        free = self.options.concurrency - len(self._running) - len(self._pending)
+        claim = None
+        if not self._stopping and free > 0:
+            claim = ClaimRequest(tuple(self.registry.slugs()), min(free, self.options.max_batch),
+                                 self.options.lease_margin)
         try:
-            await asyncio.to_thread(self.store.complete_tasks, self.worker_id, self._flushing)
+            claimed = await asyncio.to_thread(self.store.complete_tasks, self.worker_id,
+                                              self._flushing, claim)
             self.completed += len(self._flushing)
+            self._start(claimed)
         except Exception:
             log.exception("committing %d completions failed; their leases will expire and the "
                           "tasks run again", len(self._flushing))

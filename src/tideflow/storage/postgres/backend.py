@@ -23,7 +23,7 @@ from psycopg_pool import ConnectionPool
 from tideflow.clock import Clock
 from tideflow.errors import RunAlreadyExistsError, SchemaNotReadyError, StorageError
 from tideflow.flows.definition import FlowDefinition
-from tideflow.storage.contract import TaskCompletion
+from tideflow.storage.contract import ClaimedTask, ClaimRequest, TaskCompletion
 from tideflow.storage.engine import SqlEngine, step_rows
 from tideflow.storage.rows import Row, batch
 from tideflow.storage.sqlfile import load_migrations, load_queries
@@ -126,9 +126,10 @@ class PostgresStore(SqlEngine):
                 flow_version=definition.version, input=input_json,
                 steps=step_rows(definition), now=self.clock.now())[0]["notify"])
 
-    def complete_tasks(self, worker_id: str, completions: Sequence[TaskCompletion]) -> None:
+    def complete_tasks(self, worker_id: str, completions: Sequence[TaskCompletion],
+                       claim: ClaimRequest | None = None) -> list[ClaimedTask]:
         if not completions:
-            return
+            return []
         with self._tx() as tx:
             tx.notify = bool(tx.rows(
                 "complete_tasks_batch", worker_id=worker_id, now=self.clock.now(), rows=batch(
@@ -136,6 +137,7 @@ class PostgresStore(SqlEngine):
                      "task_index": c.key.task_index, "attempt": c.attempt,
                      "output": c.output_json}
                     for c in completions))[0]["notify"])
+            return self._claim_ready(tx, worker_id, claim)
 
     def migrate(self) -> list[str]:
         applied: list[str] = []
