@@ -26,6 +26,7 @@ from tideflow import __version__
 from tideflow.cli.dag import nodes_from_definition, nodes_from_run, render_dag
 from tideflow.cli.demo import run_demo
 from tideflow.cli.errors import CliUsageError, CommandFailed, reporting
+from tideflow.cli.events_cli import events_app
 from tideflow.cli.live import watch_runs
 from tideflow.cli.loading import APP_ENV, APP_FORMS, DATABASE_HELP, build_app, redact
 from tideflow.cli.render import (
@@ -286,6 +287,9 @@ def demo(
     """Run the example flows - a fork/join, a map step, retries, a permanent failure - with a
     worker in this process and live progress. Needs no setup."""
     run_demo(_console(), database_url)
+
+
+cli.add_typer(events_app)  # events, stream, handlers, deadletters (tideflow.cli.events_cli)
 
 
 def main() -> None:
