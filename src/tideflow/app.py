@@ -22,16 +22,26 @@ from tideflow.clock import Clock
 from tideflow.events.aggregate import Aggregate
 from tideflow.events.commands import Command, DispatchResult
 from tideflow.events.dispatch import CommandDispatcher
+from tideflow.events.handlers import EventHandler
 from tideflow.events.middleware import Middleware
 from tideflow.events.upcasting import Upcasters
 from tideflow.flows.dsl import Flow
 from tideflow.flows.registry import FlowRegistry
-from tideflow.storage import EventStore, open_event_store_on, open_store, resolve_url
+from tideflow.storage import (
+    EventStore,
+    HandlerStore,
+    open_event_store_on,
+    open_handler_store_on,
+    open_store,
+    resolve_url,
+)
 from tideflow.storage.contract import FlowStore, RunRecord
 from tideflow.worker import Worker, WorkerOptions
+from tideflow.worker.handler_runner import HandlerRunner, HandlerRunnerOptions
 
 FlowT = TypeVar("FlowT", bound=type[Flow])
 AggregateT = TypeVar("AggregateT", bound=type[Aggregate])
+HandlerT = TypeVar("HandlerT", bound=type[EventHandler])
 
 
 class AsyncApp(AsyncClient):
@@ -51,6 +61,7 @@ class App:
                  flows: Iterable[type[Flow] | str] = (),
                  aggregates: Iterable[type[Aggregate]] = (),
                  command_middleware: Iterable[Middleware] = (),
+                 handlers: Iterable[EventHandler | type[EventHandler]] = (),
                  upcasters: Upcasters | None = None,
                  migrate: bool = True, clock: Clock | None = None) -> None:
         """``migrate`` applies pending schema migrations when the database is first used (under
@@ -60,11 +71,14 @@ class App:
         self.registry = FlowRegistry(list(flows))
         self.upcasters = upcasters or Upcasters()
         self._aggregates: list[type[Aggregate]] = list(aggregates)
+        #: Event handlers and projections this app's workers run (``tideflow worker``).
+        self.handlers: list[EventHandler | type[EventHandler]] = list(handlers)
         self._middleware = list(command_middleware)
         self._migrate = migrate
         self._clock = clock
         self._store: FlowStore | None = None
         self._event_store: EventStore | None = None
+        self._handler_store: HandlerStore | None = None
         self._dispatcher: CommandDispatcher | None = None
 
     @property
@@ -82,6 +96,23 @@ class App:
         if self._event_store is None:
             self._event_store = open_event_store_on(self.store, upcasters=self.upcasters)
         return self._event_store
+
+    @property
+    def handler_store(self) -> HandlerStore:
+        """Handler leases and dead letters, on the same connections as the flow store."""
+        if self._handler_store is None:
+            self._handler_store = open_handler_store_on(self.store)
+        return self._handler_store
+
+    def handler(self, cls: HandlerT) -> HandlerT:
+        """Register an event handler or projection; usable as a class decorator."""
+        self.handlers.append(cls)
+        return cls
+
+    def handler_runner(self, worker_id: str | None = None,
+                       options: HandlerRunnerOptions | None = None) -> HandlerRunner:
+        return HandlerRunner(self.event_store, self.handler_store, self.handlers,
+                             worker_id=worker_id, options=options)
 
     @property
     def dispatcher(self) -> CommandDispatcher:
@@ -145,20 +176,33 @@ class App:
 
     def run_worker(self, *, until_idle: bool = False, **options: Any) -> None:
         """Run a worker in this thread until SIGINT/SIGTERM (graceful) or, with ``until_idle``,
-        until there is nothing left to do."""
+        until there is nothing left to do. One worker process runs both the flows and the event
+        handlers of this app; ``options`` are the flow worker's (``WorkerOptions``)."""
         worker = self.worker(**options)
+        runner = self.handler_runner(worker_id=worker.worker_id) if self.handlers else None
+
+        def stop() -> None:
+            worker.stop()
+            if runner is not None:
+                runner.stop()
 
         async def main() -> None:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 # Not possible outside the main thread; the caller then stops the worker itself.
                 with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.add_signal_handler(sig, worker.stop)
-            await worker.run(until_idle=until_idle)
+                    loop.add_signal_handler(sig, stop)
+            jobs = [worker.run(until_idle=until_idle)]
+            if runner is not None:
+                jobs.append(runner.run(until_idle=until_idle))
+            await asyncio.gather(*jobs)
 
         asyncio.run(main())
 
     def close(self) -> None:
+        if self._handler_store is not None:
+            self._handler_store.close()
+            self._handler_store = None
         if self._event_store is not None:
             self._event_store.close()
             self._event_store = None

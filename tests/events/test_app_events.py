@@ -59,3 +59,42 @@ def test_aggregate_decorator_and_async_dispatch(db_url: str) -> None:
         assert result.version == 1
     finally:
         app.close()
+
+
+def test_one_worker_runs_flows_and_projections(db_url: str) -> None:
+    from tideflow import Flow, step
+    from tideflow.events import Projection
+
+    class StockLevels(Projection):
+        name = "stock_levels_app"
+        event_types = ["StockAdded", "StockRemoved"]
+        tables = "stock_levels_app"
+        schema = ("CREATE TABLE IF NOT EXISTS stock_levels_app "
+                  "(sku TEXT PRIMARY KEY, qty BIGINT NOT NULL)")
+
+        def handle(self, event, ctx):
+            sign = 1 if event.event_type == "StockAdded" else -1
+            ctx.execute(
+                "INSERT INTO stock_levels_app (sku, qty) VALUES (%(sku)s, %(qty)s) "
+                "ON CONFLICT (sku) DO UPDATE SET qty = stock_levels_app.qty + excluded.qty",
+                {"sku": event.stream_id, "qty": sign * event.data["qty"]})
+
+    class Restock(Flow, slug="restock"):
+        @step()
+        def order(self, input):
+            return input["qty"]
+
+    app = App(db_url, flows=[Restock], aggregates=[Inventory], handlers=[StockLevels])
+    try:
+        app.dispatch(Command("AddStock", "sku-9", {"qty": 7}))
+        app.dispatch(Command("RemoveStock", "sku-9", {"qty": 3}))
+        run_id = app.start_flow("restock", {"qty": 4})
+        app.run_worker(until_idle=True, poll_interval=0.05)
+        assert app.get_run(run_id).output == {"order": 4}
+        with app.event_store.transaction() as tx:
+            cur = tx.connection.execute(
+                "SELECT qty FROM stock_levels_app WHERE sku = 'inventory-sku-9'")
+            assert cur.fetchone()[0] == 4
+            tx.connection.execute("DROP TABLE stock_levels_app")
+    finally:
+        app.close()

@@ -65,6 +65,17 @@ from tideflow.events.errors import (
     UpcastingError,
     WrongExpectedVersionError,
 )
+from tideflow.events.handlers import (
+    DeadLetterNotFoundError,
+    EventHandler,
+    HandlerContext,
+    HandlerDefinitionError,
+    HandlerError,
+    HandlerFailedError,
+    HandlerNotFoundError,
+    HandlerUsageError,
+    LeaseLostError,
+)
 from tideflow.events.middleware import CommandRejectedError, DispatchContext, Middleware
 from tideflow.events.model import (
     ANY,
@@ -78,6 +89,7 @@ from tideflow.events.model import (
     RecordedEvent,
     Snapshot,
 )
+from tideflow.events.projections import Projection
 from tideflow.events.upcasting import Upcasters, UpcastFn
 
 __all__ = [
@@ -97,6 +109,7 @@ __all__ = [
     "CommandNotSerializableError",
     "CommandRejectedError",
     "ConcurrencyRetriesExhaustedError",
+    "DeadLetterNotFoundError",
     "DispatchContext",
     "DispatchResult",
     "DispatcherConfigurationError",
@@ -105,9 +118,16 @@ __all__ = [
     "DuplicateEventIdError",
     "DuplicateIdempotencyKeyError",
     "Event",
+    "EventHandler",
     "EventNotSerializableError",
     "EventStoreError",
     "ExpectedVersion",
+    "HandlerContext",
+    "HandlerDefinitionError",
+    "HandlerError",
+    "HandlerFailedError",
+    "HandlerNotFoundError",
+    "HandlerUsageError",
     "IdempotencyKeyConflictError",
     "IdempotencyRecord",
     "InvalidCheckpointError",
@@ -118,8 +138,10 @@ __all__ = [
     "InvalidSnapshotError",
     "InvalidStreamIdError",
     "InvalidUpcasterError",
+    "LeaseLostError",
     "Middleware",
     "NewEvent",
+    "Projection",
     "RecordedEvent",
     "Snapshot",
     "UnknownAggregateError",

@@ -8,6 +8,7 @@ from tideflow.errors import UnsupportedDatabaseURLError
 from tideflow.events.upcasting import Upcasters
 from tideflow.storage.contract import FlowStore
 from tideflow.storage.event_contract import EventStore
+from tideflow.storage.handler_contract import HandlerStore
 from tideflow.storage.urls import DEFAULT_URL, URL_ENV, redact_url, resolve_url
 
 
@@ -45,12 +46,30 @@ def open_event_store_on(flow_store: FlowStore, *, upcasters: Upcasters | None = 
     raise TypeError(f"no event store for {type(flow_store).__name__}")
 
 
+def open_handler_store_on(flow_store: FlowStore) -> HandlerStore:
+    """The handler store (leases, dead letters) on ``flow_store``'s connections."""
+    from tideflow.storage.postgres import PostgresStore
+    from tideflow.storage.sqlite import SQLiteStore
+
+    if isinstance(flow_store, PostgresStore):
+        from tideflow.storage.postgres.handler_store import PostgresHandlerStore
+
+        return PostgresHandlerStore.sharing(flow_store)
+    if isinstance(flow_store, SQLiteStore):
+        from tideflow.storage.sqlite.handler_store import SQLiteHandlerStore
+
+        return SQLiteHandlerStore.sharing(flow_store)
+    raise TypeError(f"no handler store for {type(flow_store).__name__}")
+
+
 __all__ = [
     "DEFAULT_URL",
     "URL_ENV",
     "EventStore",
     "FlowStore",
+    "HandlerStore",
     "open_event_store_on",
+    "open_handler_store_on",
     "open_store",
     "redact_url",
     "resolve_url",
