@@ -37,7 +37,7 @@ from tideflow.events.handlers import EventHandler, HandlerContext
 from tideflow.events.projections import Projection
 from tideflow.storage.event_contract import open_event_store
 from tideflow.storage.handler_contract import open_handler_store
-from tideflow.worker.handler_runner import HandlerRunner, HandlerRunnerOptions
+from tideflow.worker.handlers import HandlerRunner, HandlerRunnerOptions
 
 PAYLOAD = {"order_id": "9f1c2e4a", "customer": "c-1029", "amount": 129.5, "currency": "EUR",
            "lines": [{"sku": "A-1", "qty": 2}, {"sku": "B-7", "qty": 1}]}

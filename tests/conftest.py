@@ -1,9 +1,11 @@
 """Shared fixtures: every behavioural test runs against both backends.
 
 PostgreSQL: one database per test session, created from the server at $TIDEFLOW_TEST_PG (default
-postgresql://postgres@127.0.0.1:5432/postgres) and dropped at the end; tables are emptied between
-tests. Without a server the PostgreSQL variants are skipped - except under CI=true, where they
-fail, so a missing server can never pass for green.
+postgresql://postgres@127.0.0.1:5432/postgres) and dropped at the end. Between tests tideflow's
+tables are emptied and every table in schema ``public`` (read models that projections and tests
+create there) is dropped: each test starts as fresh as on SQLite, where it gets a new file.
+Without a server the PostgreSQL variants are skipped - except under CI=true, where they fail, so
+a missing server can never pass for green.
 """
 
 from __future__ import annotations
@@ -53,13 +55,19 @@ def pg_url() -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _truncate(url: str) -> None:
+def _reset(url: str) -> None:
+    """Empty tideflow's tables (migrations stay applied) and drop every table in ``public``."""
     with psycopg.connect(url, autocommit=True) as conn:
-        tables = [r[0] for r in conn.execute(
-            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
-            "WHERE schemaname = 'tideflow' AND tablename <> 'schema_migrations'")]
-        if tables:
-            conn.execute(f"TRUNCATE {', '.join(tables)} CASCADE")
+        rows = conn.execute(
+            "SELECT schemaname, format('%I.%I', schemaname, tablename) FROM pg_tables "
+            "WHERE (schemaname = 'tideflow' AND tablename <> 'schema_migrations') "
+            "OR schemaname = 'public'").fetchall()
+        tideflow = [name for schema, name in rows if schema == "tideflow"]
+        public = [name for schema, name in rows if schema == "public"]
+        if tideflow:
+            conn.execute(f"TRUNCATE {', '.join(tideflow)} CASCADE")
+        if public:
+            conn.execute(f"DROP TABLE IF EXISTS {', '.join(public)} CASCADE")
 
 
 @pytest.fixture(params=BACKENDS)
@@ -69,10 +77,11 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    """A database URL of the parametrized backend, empty and migrated."""
+    """A database URL of the parametrized backend: migrated, without events, runs or handler
+    state, and without tables in schema ``public``."""
     if backend == "postgres":
         url: str = request.getfixturevalue("pg_url")
-        _truncate(url)
+        _reset(url)
         return url
     return f"sqlite:///{tmp_path / 'tideflow.db'}"
 

@@ -37,7 +37,7 @@ from tideflow.storage import (
 )
 from tideflow.storage.contract import FlowStore, RunRecord
 from tideflow.worker import Worker, WorkerOptions
-from tideflow.worker.handler_runner import HandlerRunner, HandlerRunnerOptions
+from tideflow.worker.handlers import HandlerRunner, HandlerRunnerOptions
 
 FlowT = TypeVar("FlowT", bound=type[Flow])
 AggregateT = TypeVar("AggregateT", bound=type[Aggregate])

@@ -18,7 +18,7 @@ from tideflow.events.model import RecordedEvent
 from tideflow.events.projections import Projection
 from tideflow.storage.event_contract import open_event_store
 from tideflow.storage.handler_contract import open_handler_store
-from tideflow.worker.handler_runner import HandlerRunner, HandlerRunnerOptions
+from tideflow.worker.handlers import HandlerRunner, HandlerRunnerOptions
 
 
 class Tally(Projection):

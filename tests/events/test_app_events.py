@@ -95,6 +95,5 @@ def test_one_worker_runs_flows_and_projections(db_url: str) -> None:
             cur = tx.connection.execute(
                 "SELECT qty FROM stock_levels_app WHERE sku = 'inventory-sku-9'")
             assert cur.fetchone()[0] == 4
-            tx.connection.execute("DROP TABLE stock_levels_app")
     finally:
         app.close()

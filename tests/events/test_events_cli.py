@@ -25,9 +25,7 @@ from tideflow.events.handlers import EventHandler, HandlerContext
 from tideflow.events.projections import Projection
 from tideflow.storage.event_contract import EventStore, open_event_store
 from tideflow.storage.handler_contract import HandlerStore, open_handler_store
-from tideflow.worker.handler_runner import HandlerRunner, HandlerRunnerOptions
-
-from .test_handlers import drop_read_models
+from tideflow.worker.handlers import HandlerRunner, HandlerRunnerOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.events.test_events_cli:HANDLERS"
@@ -81,7 +79,6 @@ HANDLERS = [Totals(), Mailer(), Ledger(), Later()]
 
 @pytest.fixture
 def stores(db_url: str) -> Iterator[tuple[EventStore, HandlerStore]]:
-    drop_read_models(db_url)
     events = open_event_store(db_url)
     events.migrate()
     handlers = open_handler_store(db_url)

@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
-import psycopg
 import pytest
 
 from tideflow.clock import ManualClock, SystemClock
@@ -38,7 +37,7 @@ from tideflow.events.handlers import (
 from tideflow.events.projections import Projection
 from tideflow.storage.event_contract import EventStore, EventTransaction
 from tideflow.storage.handler_contract import HandlerRecord, HandlerStore, open_handler_store
-from tideflow.worker.handler_runner import (
+from tideflow.worker.handlers import (
     HandlerRunner,
     HandlerRunnerOptions,
     reset_handler,
@@ -53,17 +52,8 @@ FAST = HandlerRunnerOptions(poll_interval=0.02, acquire_interval=0.05)
 OpenHandlerStore = Callable[..., HandlerStore]
 
 
-def drop_read_models(db_url: str) -> None:
-    """PostgreSQL tests share one database per session, and the root conftest empties only the
-    tideflow schema: drop the projections' tables (schema public) too."""
-    if db_url.startswith("postgresql"):
-        with psycopg.connect(db_url, autocommit=True) as conn:
-            conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-
-
 @pytest.fixture
 def open_handlers(db_url: str, clock: ManualClock) -> Iterator[OpenHandlerStore]:
-    drop_read_models(db_url)
     opened: list[HandlerStore] = []
 
     def open_store(**kwargs: Any) -> HandlerStore:

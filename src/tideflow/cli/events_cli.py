@@ -44,7 +44,7 @@ from tideflow.events.model import RecordedEvent
 from tideflow.storage import resolve_url
 from tideflow.storage.event_contract import EventStore, open_event_store
 from tideflow.storage.handler_contract import HandlerRecord, HandlerStore, open_handler_store
-from tideflow.worker.handler_runner import reset_handler, retry_dead_letter
+from tideflow.worker.handlers import reset_handler, retry_dead_letter
 
 HANDLERS_APP_HELP = (
     "Your event handlers, for commands that run their code: module:attr naming an App or "

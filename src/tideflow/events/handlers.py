@@ -11,7 +11,7 @@
 
 A handler is a class with a ``name`` (its checkpoint: how far it got, stored with the events), the
 ``event_types`` it wants (None: all) and a ``handle(event, ctx)`` method, plain or ``async``. A
-``HandlerRunner`` (``tideflow.worker.handler_runner``) feeds it every event after its checkpoint,
+``HandlerRunner`` (``tideflow.worker.handlers``) feeds it every event after its checkpoint,
 a batch at a time, and moves the checkpoint after each batch.
 
 Delivery. By default (``transactional = True``) a batch runs inside one database transaction that
