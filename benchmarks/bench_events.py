@@ -1,8 +1,11 @@
 """Event store throughput: appends, batched appends and read_all, on SQLite and PostgreSQL.
 
-    python benchmarks/bench_events.py [--backend sqlite|postgres|all] [--seconds 3]
+    python benchmarks/bench_events.py [--backend sqlite|postgres|all] [--seconds 3] [--runs 1]
 
 Measures, per backend:
+  * the commit ceiling: single-row INSERTs/s, one writer, each in its own transaction, through
+    the same driver on the same database - a single-event append is one commit too, so one
+    writer's appends/s cannot exceed this (on PostgreSQL it is mostly the WAL flush, fsync);
   * single-event appends/s, one writer (one stream, exact expected version each time);
   * single-event appends/s, four writers on four streams, each a process with its own store
     (processes, not threads, so the client's GIL is not what is measured), and the ratio to one;
@@ -12,8 +15,9 @@ Measures, per backend:
 
 PostgreSQL: a database ``tideflow_bench_<random>`` is created on the server at --pg-url (default
 $TIDEFLOW_TEST_PG, else postgresql://postgres@127.0.0.1:5432/postgres) and dropped at the end.
-SQLite: a file in a temporary directory. The figures depend on the machine (CPU count, fsync
-latency): compare runs on the same machine.
+SQLite: a file in a temporary directory. --runs N repeats everything N times, each on a fresh
+database, and prints the range: on a shared machine single runs vary by tens of percent. The
+figures depend on the machine (CPU count, fsync latency): compare runs on the same machine.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import sqlite3
 import sys
 import tempfile
 import time
@@ -68,9 +73,39 @@ def _writer_process(url: str, stream: str, seconds: float, barrier: Barrier,
     results.put(_append_loop(url, stream, 1, seconds, barrier))
 
 
+def _bare_commits(url: str, seconds: float) -> float:
+    """Single-row INSERT commits/s on the database at ``url``, one writer, the driver's way (the
+    SQLite one with the store's pragmas): the ceiling of one writer's single-event appends."""
+    deadline = time.perf_counter() + seconds
+    count = 0
+    started = time.perf_counter()
+    if url.startswith("sqlite"):
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("CREATE TABLE IF NOT EXISTS bench_floor (id INTEGER PRIMARY KEY, v)")
+            while time.perf_counter() < deadline:
+                conn.execute("INSERT INTO bench_floor (v) VALUES (?)", (count,))
+                count += 1
+        finally:
+            conn.close()
+    else:
+        with psycopg.connect(url, autocommit=True) as pg:
+            pg.execute("CREATE TABLE IF NOT EXISTS public.bench_floor "
+                       "(id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v bigint)")
+            started = time.perf_counter()
+            while time.perf_counter() < deadline:
+                pg.execute("INSERT INTO public.bench_floor (v) VALUES (%s)", (count,),
+                           prepare=True)
+                count += 1
+    return count / (time.perf_counter() - started)
+
+
 @dataclass
 class Result:
     backend: str
+    bare_commits: float
     one_writer: float
     four_writers: float
     batched: float
@@ -108,6 +143,8 @@ def bench(backend: str, url: str, seconds: float) -> Result:
     store = open_event_store(url)
     store.migrate()
     run = uuid.uuid4().hex[:8]
+    print(f"[{backend}] one writer, single-row INSERT commits (the ceiling) ...", file=sys.stderr)
+    bare = _bare_commits(url, seconds)
     print(f"[{backend}] one writer, single-event appends ...", file=sys.stderr)
     one = _timed(lambda: _append_loop(url, f"one-{run}", 1, seconds))
     print(f"[{backend}] {WRITERS} writers (processes), single-event appends ...", file=sys.stderr)
@@ -127,7 +164,7 @@ def bench(backend: str, url: str, seconds: float) -> Result:
         count = sum(1 for _ in store.read_all())
         passes.append(count / (time.perf_counter() - started))
     store.close()
-    return Result(backend, one, four, batched, passes[0], max(passes[1:]), count)
+    return Result(backend, bare, one, four, batched, passes[0], max(passes[1:]), count)
 
 
 def _pg_database(admin_url: str) -> tuple[str, Callable[[], None]]:
@@ -146,28 +183,46 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each write test")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="repeat everything this many times, each on a fresh database")
     parser.add_argument("--pg-url", default=os.environ.get(
         "TIDEFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"))
     args = parser.parse_args()
     results = []
-    if args.backend in ("sqlite", "all"):
-        with tempfile.TemporaryDirectory() as tmp:
-            results.append(bench("sqlite", f"sqlite:///{tmp}/bench.db", args.seconds))
-    if args.backend in ("postgres", "all"):
-        url, drop = _pg_database(args.pg_url)
-        try:
-            results.append(bench("postgres", url, args.seconds))
-        finally:
-            drop()
+    for _ in range(max(args.runs, 1)):
+        if args.backend in ("sqlite", "all"):
+            with tempfile.TemporaryDirectory() as tmp:
+                results.append(bench("sqlite", f"sqlite:///{tmp}/bench.db", args.seconds))
+        if args.backend in ("postgres", "all"):
+            url, drop = _pg_database(args.pg_url)
+            try:
+                results.append(bench("postgres", url, args.seconds))
+            finally:
+                drop()
     print()
-    print(f"{'backend':<10} {'1 writer':>11} {'4 writers':>11} {'ratio':>6} "
+    print(f"{'backend':<10} {'bare INSERT':>12} {'1 writer':>11} {'4 writers':>11} {'ratio':>6} "
           f"{'batch of 10':>12} {'read_all':>12} {'read_all':>12}")
-    print(f"{'':<10} {'appends/s':>11} {'appends/s':>11} {'':>6} {'events/s':>12} "
-          f"{'1st pass/s':>12} {'warm/s':>12}")
+    print(f"{'':<10} {'commits/s':>12} {'appends/s':>11} {'appends/s':>11} {'':>6} "
+          f"{'events/s':>12} {'1st pass/s':>12} {'warm/s':>12}")
     for r in results:
-        print(f"{r.backend:<10} {r.one_writer:>11,.0f} {r.four_writers:>11,.0f} "
-              f"{r.four_writers / r.one_writer:>6.2f} {r.batched:>12,.0f} "
-              f"{r.read_first:>12,.0f} {r.read_warm:>12,.0f}")
+        print(f"{r.backend:<10} {r.bare_commits:>12,.0f} {r.one_writer:>11,.0f} "
+              f"{r.four_writers:>11,.0f} {r.four_writers / r.one_writer:>6.2f} "
+              f"{r.batched:>12,.0f} {r.read_first:>12,.0f} {r.read_warm:>12,.0f}")
+    if args.runs > 1:
+        print()
+        for backend in dict.fromkeys(r.backend for r in results):
+            mine = [r for r in results if r.backend == backend]
+
+            def span(values: list[float], fmt: str = ",.0f") -> str:
+                return f"{min(values):{fmt}}-{max(values):{fmt}}"
+
+            print(f"{backend} over {len(mine)} runs (min-max): bare INSERT "
+                  f"{span([r.bare_commits for r in mine])}, 1 writer "
+                  f"{span([r.one_writer for r in mine])}, 4 writers "
+                  f"{span([r.four_writers for r in mine])} (ratio "
+                  f"{span([r.four_writers / r.one_writer for r in mine], '.2f')}), batch of 10 "
+                  f"{span([r.batched for r in mine])}, read_all 1st pass "
+                  f"{span([r.read_first for r in mine])}, warm {span([r.read_warm for r in mine])}")
     print(f"\n({os.cpu_count()} CPUs; read_all over {results[0].read_count:,} events)"
           if results else "")
 

@@ -12,16 +12,18 @@ import random
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 import psycopg
 import pytest
 
 from tideflow.clock import ManualClock
-from tideflow.errors import SchemaNotReadyError, UnsupportedDatabaseURLError
+from tideflow.errors import SchemaNotReadyError, StorageError, UnsupportedDatabaseURLError
 from tideflow.events import (
     ANY,
     EXISTS,
@@ -45,7 +47,8 @@ from tideflow.events import (
     UpcastingError,
     WrongExpectedVersionError,
 )
-from tideflow.storage.event_contract import EventStore, open_event_store
+from tideflow.events.model import encode_json
+from tideflow.storage.event_contract import EventStore, append_encoder, open_event_store
 from tideflow.storage.postgres import PostgresStore
 from tideflow.storage.postgres.event_store import PostgresEventStore
 from tideflow.storage.sqlite import SQLiteStore
@@ -53,7 +56,11 @@ from tideflow.storage.sqlite.event_store import SQLiteEventStore
 
 from .conftest import OpenStore
 
-GATE_KEY = 0x746667617465  # the reader gate of migration 0002
+FLOOR_PREFIX = 0x7466  # high 16 bits of the appenders' floor locks (migration 0002)
+FLOOR_LOCKS_HELD = (  # floor locks held in this database, by anyone
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+    "AND classid::bigint >> 16 = %s")
 
 
 def ev(event_type: str = "Happened", **data: Any) -> NewEvent:
@@ -236,6 +243,23 @@ def test_a_waiting_appender_sees_the_version_the_first_one_committed(
     assert result["error"].actual == 2
 
 
+@pytest.mark.parametrize("expected", [ANY, EXISTS, 2])
+def test_a_waiting_appender_appends_after_the_one_it_waited_for(
+        events: EventStore, open_events: OpenStore, expected: ExpectedVersion | int) -> None:
+    """Whatever the expectation - none, "exists", or the version the first appender is about to
+    commit - the second appender waits for the first and then appends after its events."""
+    events.append("s", [ev()], NO_STREAM)
+    other = open_events()
+    with events.transaction() as tx:
+        tx.append("s", [ev()], 1)
+        thread, result = in_thread(lambda: other.append("s", [ev(), ev()], expected))
+        assert_blocked(thread)
+    thread.join(10)
+    assert [e.version for e in result["value"]] == [3, 4]
+    assert events.stream_version("s") == 4
+    assert [e.version for e in events.read_stream("s")] == [1, 2, 3, 4]
+
+
 def test_concurrent_creators_of_a_stream(events: EventStore, open_events: OpenStore) -> None:
     other = open_events()
     with events.transaction() as tx:
@@ -407,6 +431,62 @@ def test_a_tailing_reader_sees_every_committed_event_once_in_order(
     assert [e.event_id for e in everything(events)] == seen_ids
 
 
+def test_tailing_readers_see_every_event_of_concurrent_single_statement_appends(
+        events: EventStore, open_events: OpenStore) -> None:
+    """The same guarantee on the append path most writers take: append() outside a transaction,
+    one statement each, as fast as the writers go, with two readers tailing at once."""
+    writers, duration = 6, 1.0
+    committed: list[uuid.UUID] = []
+    committed_lock = threading.Lock()
+    stop = threading.Event()
+    seen: list[list[RecordedEvent]] = [[], []]
+    failures: list[BaseException] = []
+
+    def write(store: EventStore, n: int) -> None:
+        deadline = time.monotonic() + duration
+        version = 0
+        try:
+            while time.monotonic() < deadline:
+                batch = [ev(w=n) for _ in range(1 + version % 3)]
+                recorded = store.append(f"w{n}", batch, version)
+                version += len(batch)
+                with committed_lock:
+                    committed.extend(e.event_id for e in recorded)
+        except BaseException as exc:  # pragma: no cover - reported below
+            failures.append(exc)
+
+    def read(store: EventStore, into: list[RecordedEvent]) -> None:
+        last = 0
+        try:
+            while True:
+                done = stop.is_set()
+                for event in store.read_all(last):
+                    assert event.position > last, (event.position, last)
+                    last = event.position
+                    into.append(event)
+                if done:
+                    return
+        except BaseException as exc:  # pragma: no cover - reported below
+            failures.append(exc)
+
+    readers = [threading.Thread(target=read, args=(open_events(), into)) for into in seen]
+    threads = [threading.Thread(target=write, args=(open_events(), n)) for n in range(writers)]
+    for t in readers + threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    stop.set()
+    for t in readers:
+        t.join(30)
+    assert not failures, failures
+    assert len(committed) > 60
+    for into in seen:
+        ids = [e.event_id for e in into]
+        assert len(ids) == len(set(ids)), "an event was delivered twice"
+        assert set(ids) == set(committed), "a reader missed events"
+    assert [e.event_id for e in everything(events)] == [e.event_id for e in seen[0]]
+
+
 def test_a_rolled_back_append_does_not_stall_readers(events: EventStore) -> None:
     events.append("s", [ev(n=1)], NO_STREAM)
     with pytest.raises(ZeroDivisionError), events.transaction() as tx:
@@ -438,33 +518,44 @@ def test_read_all_stops_below_an_append_still_in_flight(
     assert events.head_position() == fast
 
 
-def test_the_horizon_waits_for_an_appender_between_drawing_and_announcing(
-        events: EventStore, backend: str, db_url: str) -> None:
-    """The race the gate closes, played step by step with the appender's protocol (migration
-    0002): a position drawn but not yet announced by its lock must not count as settled."""
+def test_an_appender_holds_the_horizon_from_before_it_draws(
+        events: EventStore, open_events: OpenStore, backend: str, db_url: str) -> None:
+    """The race the announcement closes, played step by step with the appender's protocol
+    (migration 0002): an appender announces its floor (the last drawn position + 1) before it
+    draws, so no position it draws is ever counted as settled while it is in flight - not before
+    it draws, not between drawing and inserting - and readers never wait for it."""
     if backend == "sqlite":
         pytest.skip("SQLite needs no horizon: positions are handed out in commit order")
-    events.append("s", [ev()], NO_STREAM)
-    with psycopg.connect(db_url, autocommit=True) as appender:
-        appender.execute("SELECT pg_advisory_lock_shared(%s)", (GATE_KEY,))
+    base = events.append("s", [ev(n=0)], NO_STREAM)[0].position
+    with psycopg.connect(db_url, autocommit=True) as appender, appender.transaction():
+        row = appender.execute(
+            "SELECT coalesce(pg_sequence_last_value('tideflow.event_position_seq'), 0) + 1"
+        ).fetchone()
+        assert row is not None
+        floor = row[0]
+        assert floor == base + 1
+        appender.execute("SELECT pg_advisory_xact_lock_shared(%s)",
+                         ((FLOOR_PREFIX << 48) | floor,))
+        assert events.head_position() == base  # announced, nothing drawn: nothing to read
+        later = open_events().append("t", [ev(n=1)], NO_STREAM)[0].position  # commits at once
+        assert later == floor
+        assert events.head_position() == base  # held below the floor of the append in flight
+        assert ns(events.read_all(base)) == []
         row = appender.execute("SELECT nextval('tideflow.event_position_seq')").fetchone()
         assert row is not None
         drawn = row[0]
+        assert drawn > later
         thread, result = in_thread(events.head_position)
-        assert_blocked(thread)  # a reader now would count `drawn` as settled: it must wait
-        with appender.transaction():
-            appender.execute("SELECT pg_advisory_xact_lock_shared(%s)",
-                             ((0x7466 << 48) | drawn,))
-            appender.execute("SELECT pg_advisory_unlock_shared(%s)", (GATE_KEY,))
-            thread.join(5)
-            assert result["value"] == drawn - 1  # announced and in flight: below it only
+        thread.join(5)  # readers take no lock: they never wait for an appender
+        assert result == {"value": base}
     assert events.head_position() == drawn  # ended without rows: a gap, passed over
+    assert ns(events.read_all(base)) == [1]
 
 
-def test_failed_appends_do_not_leave_the_reader_gate_held(
+def test_failed_appends_leave_no_lock_behind(
         events: EventStore, open_events: OpenStore, backend: str, db_url: str) -> None:
     taken = events.append("s", [ev()], NO_STREAM)[0].event_id
-    for _ in range(3):  # fails after drawing positions, inside the gate's error handling
+    for _ in range(3):  # fails after announcing its floor and drawing a position
         with pytest.raises(DuplicateEventIdError):
             events.append("t", [NewEvent("X", event_id=taken)], ANY)
     thread, result = in_thread(open_events().head_position)
@@ -472,10 +563,9 @@ def test_failed_appends_do_not_leave_the_reader_gate_held(
     assert result.get("value", 0) >= 1
     if backend == "postgres":
         with psycopg.connect(db_url) as conn:
-            held = conn.execute(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 "
-                "AND ((classid::bigint << 32) | objid::bigint) = %s", (GATE_KEY,)).fetchone()
+            held = conn.execute(FLOOR_LOCKS_HELD, (FLOOR_PREFIX,)).fetchone()
         assert held == (0,)
+        assert events.head_position() == max(e.position for e in everything(events)) + 3
 
 
 # --- upcasting -----------------------------------------------------------------------------------
@@ -625,6 +715,55 @@ def test_json_comes_back_as_json_with_its_key_order(events: EventStore) -> None:
     assert returned.data == read.data == expected
     assert list(read.data) == ["z", "a", "m"] and read.metadata == {"trace": "t-1"}
     assert returned == read
+
+
+def _circular() -> dict[str, Any]:
+    loop: dict[str, Any] = {"a": [1]}
+    loop["self"] = loop
+    return loop
+
+
+_SHARED = [1, {"x": None}]
+
+
+@pytest.mark.parametrize("value", [
+    {}, {"z": 1, "a": [1, 2.5, None, True, False, 10**30, -0.0, 1e300, -7]},
+    {"s": "é🎉\x00\\\"\n\u2028\x7f", "t": ("x", ["y", ()])},
+    {1: "int key", 2.5: "float key", None: "none key", False: "bool key"},
+    OrderedDict(b=1, a=2), {"deep": {"deeper": [{"k": [[{}]]}]}},
+    {"same": _SHARED, "again": _SHARED},
+    {"nan": math.nan}, {"inf": [math.inf]}, {"at": datetime(2030, 1, 1)},
+    {"n": Decimal("1.5")}, {"tags": {"a"}}, {("tuple", "key"): 1}, {"x": object()},
+    MappingProxyType({"a": 1}), _circular(),
+])
+def test_the_append_encoder_matches_encode_json(value: Any) -> None:
+    """Appends encode data and metadata with json's C encoder called directly; it must write
+    exactly what encode_json writes, and refuse exactly what it refuses."""
+    encode = append_encoder()
+    try:
+        expected = encode_json(value, "the value")
+    except EventNotSerializableError:
+        with pytest.raises((TypeError, ValueError)):
+            encode(value)
+    else:
+        assert encode(value) == expected
+        assert encode(value) == expected  # one encoder serves every value of an append
+        assert encode({"after": value}) == encode_json({"after": value}, "the value")
+
+
+def test_stream_ids_keys_and_results_beyond_ascii(events: EventStore) -> None:
+    stream, key, result = "ordre-é🎉", "clé-🎉", '{"reçu": "🎉"}'
+    recorded = events.append(stream, [ev(n=1)], NO_STREAM, idempotency_key=key,
+                             result_json=result)
+    assert [(e.stream_id, e.data) for e in events.read_stream(stream)] == [(stream, {"n": 1})]
+    assert everything(events) == recorded
+    record = events.get_idempotent_result(key)
+    assert record is not None and (record.stream_id, record.result_json) == (stream, result)
+    with pytest.raises(DuplicateIdempotencyKeyError):
+        events.append(stream, [ev(n=2)], 1, idempotency_key=key)
+    with pytest.raises(WrongExpectedVersionError) as caught:
+        events.append(stream, [ev(n=2)], 0)
+    assert caught.value.stream_id == stream and caught.value.actual == 1
 
 
 def test_malformed_events_are_refused(events: EventStore) -> None:
@@ -861,6 +1000,82 @@ def test_migrate_is_idempotent_and_the_schema_is_required(events: EventStore, ba
                 list(bare.read_all())
         finally:
             bare.close()
+
+
+def test_an_unmigrated_postgres_database_is_reported(backend: str, db_url: str,
+                                                    clock: ManualClock) -> None:
+    if backend == "sqlite":
+        pytest.skip("the SQLite case is in test_migrate_is_idempotent_and_the_schema_is_required")
+    server, name = db_url.rsplit("/", 1)[0], f"tideflow_bare_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        bare = PostgresEventStore(f"{server}/{name}", clock)
+        try:
+            with pytest.raises(SchemaNotReadyError, match="tideflow migrate"):
+                bare.append("s", [ev()], ANY)
+            with pytest.raises(SchemaNotReadyError), bare.transaction() as tx:
+                tx.append("s", [ev()], ANY)
+            with pytest.raises(SchemaNotReadyError):
+                list(bare.read_all())
+        finally:
+            bare.close()
+    finally:
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_appends_prepare_their_statement_again_if_it_was_deallocated(
+        backend: str, db_url: str, clock: ManualClock) -> None:
+    """The append runs as a prepared statement of its own (postgres/event_store.py); code on
+    tx.connection may deallocate it, in or out of a transaction."""
+    if backend == "sqlite":
+        pytest.skip("PostgreSQL's prepared statements")
+    store = PostgresEventStore(db_url, clock, pool_size=1)  # one connection: always the same
+    try:
+        store.migrate()
+        store.append("s", [ev(n=1)], NO_STREAM)
+        with store.transaction() as tx:
+            tx.connection.execute("DEALLOCATE ALL")
+            tx.append("s", [ev(n=2)], 1)
+            tx.connection.execute("DEALLOCATE ALL")
+        store.append("s", [ev(n=3)], 2)
+        with store.transaction() as tx:
+            tx.connection.execute("DEALLOCATE tideflow_append_events_v1")
+        with pytest.raises(WrongExpectedVersionError):
+            store.append("s", [ev(n=4)], 2)
+        assert ns(store.read_all()) == [1, 2, 3]
+    finally:
+        store.close()
+
+
+def test_an_append_inside_a_pipeline(events: EventStore, backend: str) -> None:
+    if backend == "sqlite":
+        pytest.skip("psycopg's pipeline mode")
+    with events.transaction() as tx, tx.connection.pipeline():
+        recorded = tx.append("s", [ev(n=1), ev(n=2)], NO_STREAM)
+    assert everything(events) == recorded
+
+
+def test_a_lost_connection_is_reported_and_replaced(backend: str, db_url: str,
+                                                   clock: ManualClock) -> None:
+    if backend == "sqlite":
+        pytest.skip("a PostgreSQL server connection")
+    store = PostgresEventStore(db_url, clock, pool_size=1)
+    try:
+        store.migrate()
+        store.append("s", [ev(n=1)], NO_STREAM)
+        with store.transaction() as tx:
+            row = tx.connection.execute("SELECT pg_backend_pid()").fetchone()
+        assert row is not None
+        with psycopg.connect(db_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s, 5000)", (row[0],))
+        with pytest.raises(StorageError):
+            store.append("s", [ev(n=2)], 1)
+        assert [e.version for e in store.append("s", [ev(n=3)], 1)] == [2]
+        assert ns(store.read_all()) == [1, 3]
+    finally:
+        store.close()
 
 
 def test_event_stores_can_share_a_flow_stores_connections(db_url: str, backend: str,

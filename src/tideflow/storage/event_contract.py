@@ -25,7 +25,8 @@ refuse the same inputs with the same errors.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import json.encoder
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -221,9 +222,10 @@ class EventStore(Protocol):
 # --- shared by the backends -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PreparedAppend:
-    """An append, validated and encoded, ready for either backend's SQL."""
+    """An append, validated and encoded, ready for either backend's SQL. Read-only by convention:
+    not frozen, because a frozen dataclass of this size costs microseconds to build."""
 
     stream_id: str
     expected: ExpectedVersion | int
@@ -338,6 +340,29 @@ def prepare_snapshot(stream_id: object, version: object, state: object, snapshot
     return PreparedSnapshot(checked, version, kind, schema_version, state_json)
 
 
+#: json's C encoder, configured exactly as ``encode_json``'s (compact separators, ASCII output, no
+#: NaN, refusing what it cannot encode - ``test_the_append_encoder_matches_encode_json``). Called
+#: directly, one instance per append, it skips what ``JSONEncoder.encode`` redoes on every call
+#: (a closure, a new C encoder object), which costs as much as encoding a small event.
+_C_ENCODER: Callable[..., Callable[[Any, int], Iterable[str]]] | None = getattr(
+    json.encoder, "c_make_encoder", None)
+_PLAIN_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def append_encoder() -> Callable[[Any], str]:
+    """A JSON encoder for the data and metadata of one append: ``encode_json`` without its error
+    handling. It raises TypeError or ValueError for what is not JSON; after that, take a new
+    one (the C encoder's circular-reference bookkeeping is left half done)."""
+    if _C_ENCODER is None:  # pragma: no cover - a Python without json's C accelerator
+        return _PLAIN_ENCODER.encode
+    chunks = _C_ENCODER({}, _PLAIN_ENCODER.default, json.encoder.encode_basestring_ascii, None,
+                        ":", ",", False, False, False)
+
+    def encode(value: Any) -> str:
+        return "".join(chunks(value, 0))
+    return encode
+
+
 def prepare_append(stream_id: object, events: Sequence[NewEvent],
                    expected_version: ExpectedVersion | int, idempotency_key: str | None,
                    result_json: str | None, upcasters: Upcasters) -> PreparedAppend:
@@ -355,7 +380,8 @@ def prepare_append(stream_id: object, events: Sequence[NewEvent],
             f"NO_STREAM, EXISTS or an int >= 0 (the version the stream is at), got "
             f"{expected_version!r}"
         )
-    if isinstance(events, NewEvent | str | bytes) or not isinstance(events, Sequence):
+    if type(events) is not list and (  # a list is the common case: skip the ABC check
+            isinstance(events, NewEvent | str | bytes) or not isinstance(events, Sequence)):
         raise InvalidEventError(f"events appended to {checked!r} must be a list of NewEvent, got "
                                 f"{type(events).__name__}: wrap a single event in a list")
     if idempotency_key is not None:
@@ -382,22 +408,30 @@ def prepare_append(stream_id: object, events: Sequence[NewEvent],
     metadata: list[str] = []
     causes: list[UUID | None] = []
     correlations: list[UUID | None] = []
+    encode = append_encoder()
     for i, event in enumerate(events):
         if not isinstance(event, NewEvent):
             raise InvalidEventError(f"event #{i} appended to {checked!r} must be a NewEvent, got "
                                     f"{type(event).__name__}")
-        what = f"event #{i} ({event.event_type!r}) appended to {checked!r}"
         ids.append(event.event_id)
         types.append(event.event_type)
         versions.append(event.schema_version or upcasters.current_version(event.event_type))
-        data.append(encode_json(event.data, f"the data of {what}"))
-        metadata.append(encode_json(event.metadata, f"the metadata of {what}"))
+        try:
+            data_json, metadata_json = encode(event.data), encode(event.metadata)
+        except (TypeError, ValueError):
+            # Not JSON: encode_json refuses it with the error that names it.
+            what = f"event #{i} ({event.event_type!r}) appended to {checked!r}"
+            data_json = encode_json(event.data, f"the data of {what}")
+            metadata_json = encode_json(event.metadata, f"the metadata of {what}")
+            encode = append_encoder()  # pragma: no cover - encode_json raised above
+        data.append(data_json)
+        metadata.append(metadata_json)
         causes.append(event.causation_id)
         correlations.append(event.correlation_id)
-    if len(set(ids)) != len(ids):
+    n = len(ids)
+    if n > 1 and len(set(ids)) != n:
         raise InvalidEventError(f"the events appended to {checked!r} repeat an event_id; each "
                                 "event needs its own (leave event_id out to get a fresh one)")
-    n = len(ids)
     values = decode_objects(data + metadata)
     read_as = []
     for i in range(n):

@@ -1,13 +1,23 @@
 -- Named queries of the PostgreSQL event store (tideflow/storage/postgres/event_store.py).
--- Parameters are %(name)s. The append and the safe horizon are functions of migration 0002; its
--- header explains why read_all must call event_horizon_v1 in a statement of its own, before the
--- statement that reads events. JSON columns are read as text and decoded in Python.
+-- Parameters are %(name)s, but for the append's ($1...). The append and the safe horizon are
+-- functions of migration 0002; its header explains why read_all must call event_horizon_v1 in a
+-- statement of its own, before the statement that reads events. JSON columns are read as text
+-- and decoded in Python.
+--
+-- The page reads say LIMIT (SELECT n), not LIMIT n, so that the planner cannot see the page size.
+-- Seeing it, and with no statistics on events yet (a new table, before autovacuum analyzes it,
+-- or with autovacuum off), it estimates the page's key range at 0.5% of the table, finds that a
+-- LIMIT of 1000 takes all of it, and prefers reading the whole range through a bitmap scan and
+-- sorting it - every page of a catch-up then reads everything up to the horizon (measured: 500 ms
+-- a page at 150,000 events, against 0.5 ms). An unknown limit makes it plan for a fraction of the
+-- range, which only an ordered index scan serves well; with statistics it chooses that anyway.
 
 -- name: append
+-- Positional parameters: event_store.py runs this one through libpq as a prepared statement of
+-- its own (_run_append), the hot path of every write.
 SELECT first_version, positions
-FROM tideflow.append_events_v1(%(stream_id)s, %(expected_kind)s, %(expected_number)s,
-                               %(events)s::json, %(recorded_at)s, %(idempotency_key)s,
-                               %(result_json)s)
+FROM tideflow.append_events_v1($1::text, $2::text, $3::bigint, $4::json, $5::json, $6::json,
+                               $7::timestamptz, $8::text, $9::text)
 
 -- name: horizon
 SELECT tideflow.event_horizon_v1()
@@ -18,7 +28,7 @@ SELECT position, version, schema_version, stream_id, event_id, event_type, causa
 FROM tideflow.events
 WHERE stream_id = %(stream_id)s AND version >= %(from_version)s
 ORDER BY version
-LIMIT %(limit)s
+LIMIT (SELECT %(limit)s::bigint)
 
 -- name: read_stream_backwards
 SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
@@ -26,7 +36,7 @@ SELECT position, version, schema_version, stream_id, event_id, event_type, causa
 FROM tideflow.events
 WHERE stream_id = %(stream_id)s AND version <= %(from_version)s
 ORDER BY version DESC
-LIMIT %(limit)s
+LIMIT (SELECT %(limit)s::bigint)
 
 -- name: read_all
 SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
@@ -34,7 +44,7 @@ SELECT position, version, schema_version, stream_id, event_id, event_type, causa
 FROM tideflow.events
 WHERE position > %(after)s AND position <= %(until)s
 ORDER BY position
-LIMIT %(limit)s
+LIMIT (SELECT %(limit)s::bigint)
 
 -- name: read_all_of_types
 -- A scan of the position index that filters types: cheap when the types are common; a handler of
@@ -44,7 +54,7 @@ SELECT position, version, schema_version, stream_id, event_id, event_type, causa
 FROM tideflow.events
 WHERE position > %(after)s AND position <= %(until)s AND event_type = ANY(%(event_types)s::text[])
 ORDER BY position
-LIMIT %(limit)s
+LIMIT (SELECT %(limit)s::bigint)
 
 -- name: stream_version
 SELECT version FROM tideflow.streams WHERE stream_id = %(stream_id)s
