@@ -233,6 +233,42 @@ async def test_a_running_handler_wakes_for_new_events(
     assert r.handled == 12
 
 
+APPEND_ELSEWHERE = """
+import sys
+from tideflow.events import ANY, NewEvent
+from tideflow.storage.event_contract import open_event_store
+store = open_event_store(sys.argv[1])
+for burst in range(int(sys.argv[2])):
+    store.append("elsewhere", [NewEvent("A", {"burst": burst})], ANY)
+store.close()
+"""
+
+
+async def test_appends_by_another_process_wake_a_runner_long_before_its_poll(
+        db_url: str, events: EventStore, handler_store: HandlerStore) -> None:
+    """PostgreSQL: the appender's NOTIFY reaches the runner's LISTEN; SQLite: the commit is seen
+    by the file watcher. Either way, not the 60-second poll."""
+    handler = Recorder()
+    first = append(events, 1)[-1].position
+    r = runner(events, handler_store, handler,
+               options=HandlerRunnerOptions(poll_interval=60.0, acquire_interval=0.05))
+    task = asyncio.create_task(r.run())
+    try:
+        await wait_until(lambda: handler.seen == [first])
+        await asyncio.sleep(0.2)  # the runner is now napping for its poll interval
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", APPEND_ELSEWHERE, db_url, "3", cwd=ROOT)
+        assert await proc.wait() == 0
+        done = time.monotonic()
+        await wait_until(lambda: len(handler.seen) == 4, timeout=10.0)
+        woke_after = time.monotonic() - done
+    finally:
+        r.stop()
+        await task
+    assert handler.seen == sorted(handler.seen)
+    assert woke_after < 5.0, f"woke {woke_after:.2f}s after the append"
+
+
 def test_a_non_transactional_handler_gets_every_event_at_least_once(
         events: EventStore, handler_store: HandlerStore) -> None:
     class Mailer(EventHandler):

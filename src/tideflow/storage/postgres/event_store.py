@@ -68,7 +68,9 @@ from tideflow.storage.event_contract import (
     prepare_append,
     prepare_snapshot,
 )
+from tideflow.storage.handler_contract import EVENTS_CHANNEL
 from tideflow.storage.postgres.backend import PostgresStore
+from tideflow.storage.postgres.notifier import CoalescingNotifier
 from tideflow.storage.sqlfile import load_queries
 
 _QUERIES = load_queries("tideflow.storage.postgres", "events_queries.sql")
@@ -244,11 +246,14 @@ class PostgresEventStore:
         self.clock = flows.clock
         self.upcasters = upcasters if upcasters is not None else Upcasters()
         self.page_size = check_page_size(page_size)
+        # Wakes handler runners after appends; see notifier.py for why not inside the append.
+        self._notifier = CoalescingNotifier(flows.url, EVENTS_CHANNEL)
 
     def migrate(self) -> list[str]:
         return self._flows.migrate()
 
     def close(self) -> None:
+        self._notifier.close()
         if self._owns_flows:
             self._flows.close()
 
@@ -290,8 +295,13 @@ class PostgresEventStore:
                result_json: str | None = None) -> list[RecordedEvent]:
         prepared = prepare_append(stream_id, events, expected_version, idempotency_key,
                                   result_json, self.upcasters)
-        with self._connection() as conn:
-            return self._append(conn, prepared, savepoint=False)
+        try:
+            with self._connection() as conn:
+                return self._append(conn, prepared, savepoint=False)
+        finally:
+            # Failed appends too: one that rolled back after drawing a position held back the
+            # readers' horizon, and the appends it held back have already sent their NOTIFY.
+            self._notifier.poke()
 
     def _append(self, conn: Conn, p: PreparedAppend, *, savepoint: bool) -> list[RecordedEvent]:
         recorded_at = self.clock.now()
@@ -438,8 +448,14 @@ class PostgresEventStore:
 
     @contextmanager
     def transaction(self) -> Iterator[PostgresEventTransaction]:
-        with self._connection() as conn, conn.transaction():
-            yield PostgresEventTransaction(self, conn)
+        tx: PostgresEventTransaction | None = None
+        try:
+            with self._connection() as conn, conn.transaction():
+                tx = PostgresEventTransaction(self, conn)
+                yield tx
+        finally:
+            if tx is not None and tx.appended:
+                self._notifier.poke()
 
 
 class PostgresEventTransaction:
@@ -449,6 +465,7 @@ class PostgresEventTransaction:
         self._store = store
         self.connection = conn
         self._checkpoints: dict[str, int] = {}  # locked in this transaction -> position
+        self.appended = False  # whether to NOTIFY the handler runners when it ends
 
     def append(self, stream_id: str, events: Sequence[NewEvent],
                expected_version: ExpectedVersion | int, *, idempotency_key: str | None = None,
@@ -456,6 +473,7 @@ class PostgresEventTransaction:
         store = self._store
         prepared = prepare_append(stream_id, events, expected_version, idempotency_key,
                                   result_json, store.upcasters)
+        self.appended = True
         return store._append(self.connection, prepared, savepoint=True)
 
     def get_idempotent_result(self, key: str) -> IdempotencyRecord | None:

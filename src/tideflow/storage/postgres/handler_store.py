@@ -6,7 +6,8 @@ connection, so that their row locks and writes belong to it. Migration 0003 expl
 model: the ``hold`` in each batch transaction locks the handler's row to commit, which is what
 keeps a worker whose lease lapsed from committing after another took over.
 
-Wake-ups: a listener thread (started by the first ``subscribe``) LISTENs on ``EVENTS_CHANNEL``.
+Wake-ups: a listener thread (started by the first ``subscribe``) LISTENs on ``EVENTS_CHANNEL``,
+which every PostgreSQL event store NOTIFYs shortly after its appends commit (notifier.py).
 """
 
 from __future__ import annotations
