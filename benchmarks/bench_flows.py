@@ -29,7 +29,7 @@ from bench_flows_defs import FLOWS, Chain3, MapThousand, NoOp
 
 from tideflow import App
 
-PG_ADMIN = os.environ.get("TIDEFLOW_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN = os.environ.get("TIDEFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def worker_main(url: str, until_idle: bool, concurrency: int, results: mp.Queue | None) -> None:
