@@ -7,6 +7,7 @@ hold a transaction open in the test thread and check that the other writer is st
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import threading
@@ -56,7 +57,7 @@ from tideflow.storage.sqlite.event_store import SQLiteEventStore
 
 from .conftest import OpenStore
 
-FLOOR_PREFIX = 0x7466  # high 16 bits of the appenders' floor locks (migration 0002)
+FLOOR_PREFIX = 0x7466  # high 16 bits of the appenders' floor locks (migration 0004)
 FLOOR_LOCKS_HELD = (  # floor locks held in this database, by anyone
     "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 "
     "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
@@ -521,7 +522,7 @@ def test_read_all_stops_below_an_append_still_in_flight(
 def test_an_appender_holds_the_horizon_from_before_it_draws(
         events: EventStore, open_events: OpenStore, backend: str, db_url: str) -> None:
     """The race the announcement closes, played step by step with the appender's protocol
-    (migration 0002): an appender announces its floor (the last drawn position + 1) before it
+    (migration 0004): an appender announces its floor (the last drawn position + 1) before it
     draws, so no position it draws is ever counted as settled while it is in flight - not before
     it draws, not between drawing and inserting - and readers never wait for it."""
     if backend == "sqlite":
@@ -1041,7 +1042,7 @@ def test_appends_prepare_their_statement_again_if_it_was_deallocated(
             tx.connection.execute("DEALLOCATE ALL")
         store.append("s", [ev(n=3)], 2)
         with store.transaction() as tx:
-            tx.connection.execute("DEALLOCATE tideflow_append_events_v1")
+            tx.connection.execute("DEALLOCATE tideflow_append_events_v2")
         with pytest.raises(WrongExpectedVersionError):
             store.append("s", [ev(n=4)], 2)
         assert ns(store.read_all()) == [1, 2, 3]
@@ -1101,3 +1102,46 @@ def test_event_stores_can_share_a_flow_stores_connections(db_url: str, backend: 
 def test_unsupported_urls_are_refused() -> None:
     with pytest.raises(UnsupportedDatabaseURLError, match="postgresql://"):
         open_event_store("mysql://localhost/db")
+
+
+def test_a_database_of_migration_3_upgrades_to_floor_locks(backend: str, db_url: str,
+                                                            clock: ManualClock) -> None:
+    """Migration 0004 replaces the append and horizon functions in place: events appended by the
+    functions of 0002 stay readable, new appends continue the same positions and streams, and
+    the old functions are gone (an old process fails instead of skipping the announcement)."""
+    if backend == "sqlite":
+        pytest.skip("PostgreSQL's append functions")
+    from tideflow.storage.sqlfile import load_migrations
+
+    server, name = db_url.rsplit("/", 1)[0], f"tideflow_up_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"{server}/{name}"
+    try:
+        with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
+            conn.execute("CREATE SCHEMA tideflow")
+            conn.execute("CREATE TABLE tideflow.schema_migrations (version integer PRIMARY KEY, "
+                         "name text NOT NULL, applied_at timestamptz NOT NULL)")
+            for m in load_migrations("tideflow.storage.postgres"):
+                if m.version <= 3:
+                    conn.execute(m.sql.encode())
+                    conn.execute("INSERT INTO tideflow.schema_migrations VALUES (%s, %s, now())",
+                                 (m.version, m.name))
+            old = json.dumps([{"event_id": str(uuid.uuid4()), "event_type": "Happened",
+                               "schema_version": 1, "data": '{"n":1}', "metadata": "{}",
+                               "causation_id": None, "correlation_id": None}])
+            conn.execute("SELECT * FROM tideflow.append_events_v1('s', 'no_stream', 0, "
+                         "%s::json, now(), NULL, NULL)", (old,))
+        store = PostgresEventStore(url, clock)
+        try:
+            assert store.migrate() == ["0004_event_floor_locks"]
+            store.append("s", [ev(n=2)], 1)
+            assert [(e.position, e.version, e.data) for e in store.read_all()] == [
+                (1, 1, {"n": 1}), (2, 2, {"n": 2})]
+            with pytest.raises(psycopg.errors.UndefinedFunction), store.transaction() as tx:
+                tx.connection.execute("SELECT tideflow.event_horizon_v1()")
+        finally:
+            store.close()
+    finally:
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -3,7 +3,7 @@
 It shares the flow store's connection handling: it runs on a ``PostgresStore``'s pool (its own,
 or one passed to ``sharing``) and the same migrations, applied by the same ``migrate()``.
 
-An append is one statement - a call of ``append_events_v1`` (migration 0002) - in an autocommit
+An append is one statement - a call of ``append_events_v2`` (migration 0004) - in an autocommit
 connection, so it costs one round trip and commits on its own; inside ``transaction()`` the same
 call runs under a savepoint, so a refused append leaves the caller's transaction usable. It is
 the hot path of every write, so it skips psycopg's cursors: a statement prepared once per
@@ -13,7 +13,7 @@ errors become the event store's typed errors in one place each (``_append_error`
 and ``_check``, ``_connection``).
 
 Reads page with keyset queries, one short-lived pooled connection per page, so an iterator left
-half-consumed holds nothing. ``read_all`` first computes the safe horizon (``event_horizon_v1``)
+half-consumed holds nothing. ``read_all`` first computes the safe horizon (``event_horizon_v2``)
 in a statement of its own, then reads up to it - the migration's header says why that order, and
 the autocommit mode that gives each statement a fresh snapshot, are what make it correct.
 """
@@ -82,7 +82,7 @@ Conn = psycopg.Connection[Any]
 
 #: The append's prepared statement, created on a connection the first time it appends (and again
 #: if something deallocated it); _PREPARED holds the connections that have it.
-_APPEND_STATEMENT = b"tideflow_append_events_v1"
+_APPEND_STATEMENT = b"tideflow_append_events_v2"
 _PREPARED: weakref.WeakSet[Conn] = weakref.WeakSet()
 #: Parameter formats: binary - a text or JSON value travels as its bytes, unquoted (and a NUL
 #: byte is refused by the server rather than cutting the value short), a bigint as 8 bytes - but
@@ -105,9 +105,9 @@ def _events(rows: list[tuple[Any, ...]]) -> list[RecordedEvent]:
 
 
 def _events_document(p: PreparedAppend) -> str:
-    """The ``p_events`` argument of ``append_events_v1``: a JSON array of one object per event
+    """The ``p_events`` argument of ``append_events_v2``: a JSON array of one object per event
     with everything but its data and metadata (those travel in arrays of their own, see
-    ``_json_array`` and migration 0002). Spliced together, not re-encoded."""
+    ``_json_array`` and migration 0004). Spliced together, not re-encoded."""
     quote = json.encoder.encode_basestring_ascii  # what json.dumps does with a str, minus a call
     return "[" + ",".join(
         f'{{"event_id":"{event_id.hex}","event_type":{quote(event_type)},'
@@ -369,7 +369,7 @@ class PostgresEventStore:
                   to_position: int | None) -> Iterator[RecordedEvent]:
         if limit == 0 or types == []:
             return
-        until = self.head_position()  # a statement of its own, BEFORE the reads: see 0002
+        until = self.head_position()  # a statement of its own, BEFORE the reads: see migration 0004
         if to_position is not None:
             until = min(until, to_position)
         name = "read_all" if types is None else "read_all_of_types"

@@ -1,6 +1,6 @@
 -- Named queries of the PostgreSQL event store (tideflow/storage/postgres/event_store.py).
 -- Parameters are %(name)s, but for the append's ($1...). The append and the safe horizon are
--- functions of migration 0002; its header explains why read_all must call event_horizon_v1 in a
+-- functions of migration 0004; its header explains why read_all must call event_horizon_v2 in a
 -- statement of its own, before the statement that reads events. JSON columns are read as text
 -- and decoded in Python.
 --
@@ -16,11 +16,11 @@
 -- Positional parameters: event_store.py runs this one through libpq as a prepared statement of
 -- its own (_run_append), the hot path of every write.
 SELECT first_version, positions
-FROM tideflow.append_events_v1($1::text, $2::text, $3::bigint, $4::json, $5::json, $6::json,
+FROM tideflow.append_events_v2($1::text, $2::text, $3::bigint, $4::json, $5::json, $6::json,
                                $7::timestamptz, $8::text, $9::text)
 
 -- name: horizon
-SELECT tideflow.event_horizon_v1()
+SELECT tideflow.event_horizon_v2()
 
 -- name: read_stream_forwards
 SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
