@@ -1,0 +1,7 @@
+-- tideflow schema for SQLite, version 4: nothing to change.
+--
+-- PostgreSQL's migration 0004 replaces its append and horizon functions with the floor-lock
+-- protocol, which lets readers compute a safe horizon while many writers draw positions out of
+-- commit order. SQLite has one writer at a time (BEGIN IMMEDIATE), so positions are assigned in
+-- commit order and there is nothing to replace (see 0002_events.sql). This file exists so that
+-- both backends' migrations keep the same numbers: version N means the same schema everywhere.
