@@ -1122,7 +1122,8 @@ def test_a_database_of_migration_3_upgrades_to_floor_locks(backend: str, db_url:
             conn.execute("CREATE SCHEMA tideflow")
             conn.execute("CREATE TABLE tideflow.schema_migrations (version integer PRIMARY KEY, "
                          "name text NOT NULL, applied_at timestamptz NOT NULL)")
-            for m in load_migrations("tideflow.storage.postgres"):
+            migrations = load_migrations("tideflow.storage.postgres")
+            for m in migrations:
                 if m.version <= 3:
                     conn.execute(m.sql.encode())
                     conn.execute("INSERT INTO tideflow.schema_migrations VALUES (%s, %s, now())",
@@ -1134,7 +1135,9 @@ def test_a_database_of_migration_3_upgrades_to_floor_locks(backend: str, db_url:
                          "%s::json, now(), NULL, NULL)", (old,))
         store = PostgresEventStore(url, clock)
         try:
-            assert store.migrate() == ["0004_event_floor_locks"]
+            applied = store.migrate()
+            assert applied[0] == "0004_event_floor_locks"
+            assert applied == [f"{m.version:04d}_{m.name}" for m in migrations if m.version > 3]
             store.append("s", [ev(n=2)], 1)
             assert [(e.position, e.version, e.data) for e in store.read_all()] == [
                 (1, 1, {"n": 1}), (2, 2, {"n": 2})]
@@ -1145,3 +1148,52 @@ def test_a_database_of_migration_3_upgrades_to_floor_locks(backend: str, db_url:
     finally:
         with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --- reading through a transaction ---------------------------------------------------------------
+
+
+def test_a_transaction_reads_its_own_appends(events: EventStore) -> None:
+    """tx.read_stream runs on the transaction's connection: a second command to an aggregate
+    in one transaction loads the events the first appended, before they commit."""
+    events.append("order-1", [ev(n=1)], NO_STREAM)
+    with pytest.raises(RuntimeError, match="undo"), events.transaction() as tx:
+        tx.append("order-1", [ev(n=2), ev(n=3)], 1)
+        assert [e.data["n"] for e in tx.read_stream("order-1")] == [1, 2, 3]
+        assert [e.data["n"] for e in tx.read_stream("order-1", backwards=True)] == [3, 2, 1]
+        assert [e.version for e in tx.read_stream("order-1", 2, limit=1)] == [2]
+        assert [e.version for e in tx.read_stream("order-1", 2, backwards=True)] == [2, 1]
+        assert [e.version for e in tx.read_stream("order-1", limit=0)] == []
+        tx.append("order-2", [ev(n=4)], NO_STREAM)
+        assert [e.data["n"] for e in tx.read_stream("order-2")] == [4]
+        with pytest.raises(InvalidStreamIdError):
+            tx.read_stream("")
+        with pytest.raises(InvalidEventError):
+            tx.read_stream("order-1", 0)
+        raise RuntimeError("undo")
+    with events.transaction() as tx:
+        assert [e.data["n"] for e in tx.read_stream("order-1")] == [1]
+        assert list(tx.read_stream("order-2")) == []
+    assert [e.data["n"] for e in events.read_stream("order-1")] == [1]
+
+
+def test_a_transaction_reads_its_appends_page_by_page_and_upcast(
+        open_events: OpenStore) -> None:
+    upcasters = Upcasters()
+    upcasters.register("Happened", 1, lambda data: {**data, "seen": True})
+    store = open_events(page_size=2, upcasters=upcasters)
+    store.migrate()
+    with store.transaction() as tx:
+        tx.append("s", [NewEvent("Happened", {"n": n}, schema_version=1) for n in range(5)],
+                  NO_STREAM)
+        read = list(tx.read_stream("s"))
+        assert [(e.version, e.data) for e in read] == [
+            (n + 1, {"n": n, "seen": True}) for n in range(5)]
+        assert [e.version for e in tx.read_stream("s", 4, limit=3, backwards=True)] == [4, 3, 2]
+        pages = tx.read_stream("s")
+        next(pages)
+    if isinstance(store, PostgresEventStore):
+        # The next page would be read on a connection that is back in the pool.
+        next(pages)
+        with pytest.raises(StorageError, match="inside"):
+            list(pages)

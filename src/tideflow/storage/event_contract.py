@@ -74,10 +74,10 @@ class EventTransaction(Protocol):
 
     Reading with the store's own methods inside the block is fine (a handler reads the events it
     processes with ``store.read_all(tx.lock_checkpoint(name))``); do not *write* with them: on
-    PostgreSQL they use another connection, which would wait for this transaction's locks. Such
-    reads see committed events; on SQLite, whose one connection is this transaction's, a
-    ``read_stream`` also sees the transaction's own appends (``read_all`` stops at the horizon
-    taken when it started, below them, on both backends).
+    PostgreSQL they use another connection, which would wait for this transaction's locks. There
+    such reads see committed events only (on SQLite, whose one connection is this transaction's,
+    also its writes); to see the transaction's own appends on both backends, read through it:
+    ``tx.read_stream``. (``read_all`` stops at the horizon taken when it started, below them.)
     """
 
     connection: Any
@@ -95,6 +95,14 @@ class EventTransaction(Protocol):
 
     def get_idempotent_result(self, key: str) -> IdempotencyRecord | None:
         """``EventStore.get_idempotent_result`` inside this transaction."""
+        ...
+
+    def read_stream(self, stream_id: str, from_version: int | None = None,
+                    limit: int | None = None, backwards: bool = False) -> Iterator[RecordedEvent]:
+        """``EventStore.read_stream`` inside this transaction: it sees the events this
+        transaction appended, so that a second command to the same aggregate in one transaction
+        (a process manager's batch) loads the state the first left. Consume the iterator inside
+        the ``with`` block: its pages are read on the transaction's connection."""
         ...
 
     def lock_checkpoint(self, name: str) -> int:

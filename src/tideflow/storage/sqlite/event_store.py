@@ -358,6 +358,11 @@ class SQLiteEventTransaction:
         check_name(key, "idempotency key", InvalidIdempotencyKeyError)
         return self._store._idempotent_result(key)
 
+    def read_stream(self, stream_id: str, from_version: int | None = None,
+                    limit: int | None = None, backwards: bool = False) -> Iterator[RecordedEvent]:
+        # The store's one connection is this transaction's: its reads already see our appends.
+        return self._store.read_stream(stream_id, from_version, limit, backwards)
+
     def lock_checkpoint(self, name: str) -> int:
         name = check_checkpoint(name)
         store = self._store
