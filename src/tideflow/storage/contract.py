@@ -16,6 +16,7 @@ encode), the engine stores and concatenates them without re-parsing, and readers
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -154,7 +155,8 @@ class FlowVersionRecord:
 
 
 class FlowStore(Protocol):
-    """Engine operations on runs, steps and tasks. Every method is one transaction."""
+    """Engine operations on runs, steps and tasks. Every method is one transaction (a savepoint
+    of the caller's, within ``joined``)."""
 
     url: str
     clock: Clock
@@ -238,4 +240,19 @@ class FlowStore(Protocol):
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` (from any thread) when new tasks may be ready. Returns a function
         that unsubscribes. Delivery is best effort: workers also poll."""
+        ...
+
+    # --- joining another transaction ----------------------------------------------------------
+    def joined(self, connection: Any) -> AbstractContextManager[None]:
+        """Within the block, flow store writes made by this thread (start_run, ensure_flow, ...)
+        run inside the caller's open transaction on ``connection`` - under a savepoint - so they
+        commit or roll back with it. For process managers that start flows in their handler's
+        batch transaction.
+
+        ``connection`` is an event store transaction's (``tx.connection``), and must be in a
+        transaction (``StorageError`` otherwise). A failed operation - ``RunAlreadyExistsError``,
+        say - rolls back its savepoint only: the caller's transaction stays usable. On SQLite
+        only the flow store's own connection can be joined: open the event store on the flow
+        store (``tideflow.storage.open_event_store_on``). "This thread" is this context: an
+        asyncio task, or another thread, keeps running its own transactions meanwhile."""
         ...

@@ -33,8 +33,9 @@ import json
 import random
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -55,6 +56,12 @@ from tideflow.storage.contract import (
 from tideflow.storage.rows import Row, Tx, batch, run_record, step_record, task_record
 
 Pair = tuple[str, str]  # (run_id, step_slug)
+
+#: The (store, connection) pairs of the ``joined`` blocks this context is in, innermost last. A
+#: context variable rather than a store attribute, so that other threads and asyncio tasks using
+#: the same store keep their own transactions.
+_JOINED: ContextVar[tuple[tuple[SqlEngine, Any], ...]] = ContextVar("tideflow_joined",
+                                                                      default=())
 
 
 def backoff_delay(attempt: int, base_delay: float, max_delay: float,
@@ -85,6 +92,28 @@ class SqlEngine:
     def _tx(self) -> AbstractContextManager[Tx]:
         raise NotImplementedError
 
+    def _joinable(self, connection: Any) -> None:
+        """Raise ``StorageError`` unless this backend can run inside ``connection``'s open
+        transaction."""
+        raise NotImplementedError
+
+    @contextmanager
+    def joined(self, connection: Any) -> Iterator[None]:
+        self._joinable(connection)
+        token = _JOINED.set((*_JOINED.get(), (self, connection)))
+        try:
+            yield
+        finally:
+            _JOINED.reset(token)
+
+    def _joined_connection(self) -> Any | None:
+        """The connection ``_tx`` must run on (under a savepoint), or None: a transaction of its
+        own."""
+        for store, connection in reversed(_JOINED.get()):
+            if store is self:
+                return connection
+        return None
+
     def _notify_local(self) -> None:
         for callback in list(self._subscribers):
             callback()
@@ -111,7 +140,10 @@ class SqlEngine:
         shape = stored_shape(definition)
         tx.run("insert_flow", flow_slug=definition.slug, version=definition.version,
                shape=json.dumps(shape), created_at=self.clock.now())
-        self._known_versions.add(key)
+        if self._joined_connection() is None:
+            # Inside a joined transaction the row may yet roll back with it; remembering it
+            # would make the next start_run skip the insert its run's foreign key needs.
+            self._known_versions.add(key)
         self._shapes[key] = _with_dependents(shape)
 
     def list_flows(self) -> list[FlowVersionRecord]:

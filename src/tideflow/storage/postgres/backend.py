@@ -1,6 +1,7 @@
 """PostgreSQL backend: production, many workers on many machines.
 
-Connections come from a psycopg_pool pool; each engine operation borrows one for one transaction.
+Connections come from a psycopg_pool pool; each engine operation borrows one for one transaction
+(within ``joined``, it runs under a savepoint on the caller's connection, in its transaction).
 JSON columns are read back as text (a loader registered per connection) because the engine moves
 JSON between rows without looking inside it. Workers wake on ``NOTIFY tideflow_tasks``, sent in the
 same transaction that makes tasks visible, so a notification never arrives before the rows do.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import psycopg
@@ -37,7 +38,7 @@ _QUERIES = load_queries("tideflow.storage.postgres")
 _MIGRATION_LOCK = 0x7469_6465_666C  # "tidefl"
 
 
-def _configure(conn: psycopg.Connection[Any]) -> None:
+def _configure(conn: psycopg.Connection[Any] | psycopg.Cursor[Any]) -> None:
     conn.adapters.register_loader("jsonb", TextLoader)
     conn.adapters.register_loader("json", TextLoader)
 
@@ -55,12 +56,17 @@ def check_connection(url: str) -> None:
 
 
 class _PgTx:
-    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], *, foreign: bool = False) -> None:
         self.conn = conn
         self.notify = False
+        self.foreign = foreign  # a joined connection, perhaps not from our pool: see _execute
 
     def _execute(self, name: str, params: dict[str, Any]) -> psycopg.Cursor[Row]:
         cur = self.conn.cursor(row_factory=dict_row)
+        if self.foreign:
+            # JSON as text, as on our pool's connections; configured on the cursor (a copy of
+            # the connection's adapters) so that the caller's connection stays as it was.
+            _configure(cur)
         try:
             return cur.execute(_QUERIES[name], params)
         except pg_errors.UniqueViolation as exc:
@@ -106,16 +112,29 @@ class PostgresStore(SqlEngine):
 
     @contextmanager
     def _tx(self) -> Iterator[_PgTx]:
+        joined: psycopg.Connection[Any] | None = self._joined_connection()
         try:
-            with self._pool.connection() as conn, conn.transaction():
-                tx = _PgTx(conn)
+            with (nullcontext(joined) if joined is not None
+                  else self._pool.connection()) as conn, conn.transaction():
+                tx = _PgTx(conn, foreign=joined is not None)
                 yield tx
                 if tx.notify:
+                    # Joined, PostgreSQL delivers it when the caller's transaction commits -
+                    # to this process's listener too, which wakes the local workers then.
                     conn.execute(f"NOTIFY {CHANNEL}")
         except psycopg.OperationalError as exc:
             raise StorageError(f"PostgreSQL operation failed: {exc}") from exc
-        if tx.notify:
+        if tx.notify and joined is None:
             self._notify_local()
+
+    def _joinable(self, connection: Any) -> None:
+        if not isinstance(connection, psycopg.Connection):
+            raise StorageError(f"a PostgreSQL flow store can only join a psycopg connection "
+                               f"(an event store transaction's tx.connection), not "
+                               f"{type(connection).__name__}")
+        if connection.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
+            raise StorageError("joined() needs an open, healthy transaction on the connection: "
+                               "call it inside `with event_store.transaction() as tx`")
 
     # start_run and complete_tasks run as PL/pgSQL functions: one round trip instead of a dozen.
     def start_run(self, definition: FlowDefinition, run_id: str, input_json: str) -> None:

@@ -4,7 +4,9 @@ One connection per store, shared by the threads of this process under a lock; ot
 (a CLI, a second worker) coordinate through SQLite's own database lock. Every write transaction
 starts with ``BEGIN IMMEDIATE`` so that it takes the write lock up front: a deferred transaction
 that reads and then writes can fail with SQLITE_BUSY half way, which would turn a claim into an
-error instead of a short wait. WAL mode lets readers run while a writer holds the lock.
+error instead of a short wait. WAL mode lets readers run while a writer holds the lock. Within
+``joined`` (a process manager starting flows in its batch), operations run under a savepoint of
+the event store transaction that already holds the lock on this same connection.
 
 SQLite has no NOTIFY. A worker in the same process as the client is woken at once; to hear of
 commits from other processes, a subscriber starts a watcher thread that reads ``PRAGMA
@@ -116,18 +118,36 @@ class SQLiteStore(SqlEngine):
     def _tx(self) -> Iterator[_SQLiteTx]:
         with self._lock:
             tx = _SQLiteTx(self._conn)
+            if self._joined_connection() is not None and self._conn.in_transaction:
+                begin, commit = "SAVEPOINT tideflow_flows", "RELEASE tideflow_flows"
+                rollback: tuple[str, ...] = ("ROLLBACK TO tideflow_flows", commit)
+            else:
+                begin, commit, rollback = "BEGIN IMMEDIATE", "COMMIT", ("ROLLBACK",)
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.execute(begin)
             except sqlite3.OperationalError as exc:
                 raise StorageError(f"SQLite database {self.path!r} is unavailable: {exc}") from exc
             try:
                 yield tx
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                for statement in rollback:
+                    self._conn.execute(statement)
                 raise
-            self._conn.execute("COMMIT")
+            self._conn.execute(commit)
+        # Joined, this is before the caller's commit: a worker of this process that wakes now
+        # waits for the lock, which the caller's transaction holds until it ends.
         if tx.notify:
             self._notify_local()
+
+    def _joinable(self, connection: Any) -> None:
+        if connection is not self._conn:
+            raise StorageError(
+                "a SQLite flow store can only join a transaction on its own connection; open "
+                "the event store on this flow store (tideflow.storage.open_event_store_on("
+                "flow_store)) so that both share it")
+        if not self._conn.in_transaction:
+            raise StorageError("joined() needs an open transaction on the connection: call it "
+                               "inside `with event_store.transaction() as tx`")
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         unsubscribe = super().subscribe(callback)
