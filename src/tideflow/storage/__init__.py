@@ -9,6 +9,7 @@ from tideflow.events.upcasting import Upcasters
 from tideflow.storage.contract import FlowStore
 from tideflow.storage.event_contract import EventStore
 from tideflow.storage.handler_contract import HandlerStore
+from tideflow.storage.process_contract import ProcessStore
 from tideflow.storage.urls import DEFAULT_URL, URL_ENV, redact_url, resolve_url
 
 
@@ -62,14 +63,32 @@ def open_handler_store_on(flow_store: FlowStore) -> HandlerStore:
     raise TypeError(f"no handler store for {type(flow_store).__name__}")
 
 
+def open_process_store_on(flow_store: FlowStore) -> ProcessStore:
+    """The process store (process manager instances) on ``flow_store``'s connections."""
+    from tideflow.storage.postgres import PostgresStore
+    from tideflow.storage.sqlite import SQLiteStore
+
+    if isinstance(flow_store, PostgresStore):
+        from tideflow.storage.postgres.process_store import PostgresProcessStore
+
+        return PostgresProcessStore.sharing(flow_store)
+    if isinstance(flow_store, SQLiteStore):
+        from tideflow.storage.sqlite.process_store import SQLiteProcessStore
+
+        return SQLiteProcessStore.sharing(flow_store)
+    raise TypeError(f"no process store for {type(flow_store).__name__}")
+
+
 __all__ = [
     "DEFAULT_URL",
     "URL_ENV",
     "EventStore",
     "FlowStore",
     "HandlerStore",
+    "ProcessStore",
     "open_event_store_on",
     "open_handler_store_on",
+    "open_process_store_on",
     "open_store",
     "redact_url",
     "resolve_url",

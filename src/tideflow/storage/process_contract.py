@@ -1,0 +1,119 @@
+"""The process store contract: the persistent instances of process managers (sagas).
+
+A process manager (``tideflow.sagas``) runs as an event handler; each *instance* - one per
+process id, e.g. one per order - keeps its state between events in a row of its own
+(``process_instances``, migration 0005 of each backend). The row is read and written inside the
+handler's batch transaction (the methods that take ``tx``), so an instance's new state commits
+together with the commands it dispatched, the flows it started and the handler's checkpoint, or
+none of them does.
+
+``last_position`` is the position of the last event the instance applied: an event at or below
+it has already been handled (a reset of the handler replays the log), and the runtime skips it.
+That is what makes a replay harmless.
+
+Two implementations live beside the other backends: ``sqlite/process_store.py`` and
+``postgres/process_store.py``, held to one suite (``tests/sagas/test_process_store.py``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from tideflow.clock import Clock
+from tideflow.errors import UnsupportedDatabaseURLError
+from tideflow.storage.event_contract import EventTransaction
+
+ProcessStatus = Literal["running", "completed", "failed"]
+PROCESS_STATUSES: tuple[ProcessStatus, ...] = ("running", "completed", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessInstance:
+    """One instance of a process manager, as stored."""
+
+    manager: str
+    """The process manager's name (its handler name)."""
+    process_id: str
+    """Which instance: by default the correlation id of the events it follows."""
+    status: ProcessStatus
+    """running: it follows its events; completed: it reached its end (``done``); failed: a
+    compensation could not run - it handles nothing more until someone looks at ``error``."""
+    state_json: str
+    version: int
+    """How many events the instance has applied."""
+    last_position: int
+    """The position of the last event it applied (0: none yet)."""
+    error: str | None
+    """Why it failed, or the last command failure it compensated."""
+    started_at: datetime
+    updated_at: datetime
+
+    @property
+    def state(self) -> Any:
+        """The state, decoded from JSON."""
+        return json.loads(self.state_json)
+
+
+class ProcessStore(Protocol):
+    """Process manager instances on one database. Safe to share between threads."""
+
+    url: str
+    clock: Clock
+
+    def migrate(self) -> list[str]:
+        """Apply pending schema migrations (the backend's single sequence)."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection(s), unless they belong to a flow store passed in."""
+        ...
+
+    def load(self, tx: EventTransaction, manager: str, process_id: str) -> ProcessInstance | None:
+        """The instance, locked until ``tx`` ends (PostgreSQL: the row, FOR UPDATE; SQLite: the
+        transaction holds the database's write lock), or None if it does not exist."""
+        ...
+
+    def save(self, tx: EventTransaction, manager: str, process_id: str, *,
+             status: ProcessStatus, state_json: str, version: int, last_position: int,
+             error: str | None) -> None:
+        """Create or replace the instance in ``tx``. ``started_at`` is set when it is created,
+        ``updated_at`` every time (both from the store's clock)."""
+        ...
+
+    def get(self, manager: str, process_id: str) -> ProcessInstance | None:
+        """The instance as committed, or None."""
+        ...
+
+    def list_instances(self, manager: str | None = None, status: ProcessStatus | None = None,
+                       limit: int = 100) -> list[ProcessInstance]:
+        """Instances, most recently updated first, optionally of one manager and one status."""
+        ...
+
+    def counts(self) -> dict[tuple[str, ProcessStatus], int]:
+        """How many instances each manager has in each status (absent: none)."""
+        ...
+
+
+def open_process_store(url: str | None = None, *, clock: Clock | None = None) -> ProcessStore:
+    """The process store for a database URL, as ``open_event_store`` (same default). It opens
+    its own connection(s); use ``SQLiteProcessStore.sharing`` / ``PostgresProcessStore.sharing``
+    (or ``tideflow.storage.open_process_store_on``) to run on a flow store's."""
+    from tideflow.storage import resolve_url
+
+    url = resolve_url(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        from tideflow.storage.postgres.process_store import PostgresProcessStore
+
+        return PostgresProcessStore(url, clock)
+    if url.startswith("sqlite://"):
+        from tideflow.storage.sqlite.process_store import SQLiteProcessStore
+
+        path = url.removeprefix("sqlite://").removeprefix("/") or ":memory:"
+        return SQLiteProcessStore(path, clock)
+    raise UnsupportedDatabaseURLError(
+        f"unsupported database URL {url.split('://')[0]!r}://... for the process store: use "
+        "postgresql://user@host/db or sqlite:///path/to/file.db"
+    )

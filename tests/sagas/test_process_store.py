@@ -1,0 +1,297 @@
+"""The process store's contract, held against both backends (SQLite and PostgreSQL).
+
+Stores are opened with connections of their own, like separate processes, on a manual clock.
+What is checked: instances read and written in an event store transaction commit or roll back
+with it, the upsert keeps ``started_at``, listing and counting, and that ``load`` keeps a second
+batch waiting until the first has committed the instance's state.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from tideflow.clock import ManualClock
+from tideflow.errors import SchemaNotReadyError, UnsupportedDatabaseURLError
+from tideflow.storage import open_event_store_on, open_process_store_on
+from tideflow.storage.contract import FlowStore
+from tideflow.storage.event_contract import EventStore, open_event_store
+from tideflow.storage.process_contract import (
+    ProcessInstance,
+    ProcessStatus,
+    ProcessStore,
+    open_process_store,
+)
+
+Opener = Callable[..., Any]
+
+
+@pytest.fixture
+def open_stores(db_url: str, clock: ManualClock) -> Iterator[Opener]:
+    """Open event or process stores (``open_event_store``/``open_process_store``) on the test's
+    database, each with connections of its own; closed at the end of the test."""
+    opened: list[EventStore | ProcessStore] = []
+
+    def open_one(opener: Callable[..., EventStore | ProcessStore], url: str = db_url,
+                 **kwargs: Any) -> Any:
+        kwargs.setdefault("clock", clock)
+        store = opener(url, **kwargs)
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def events(open_stores: Opener) -> EventStore:
+    store: EventStore = open_stores(open_event_store)
+    store.migrate()
+    return store
+
+
+@pytest.fixture
+def processes(open_stores: Opener) -> ProcessStore:
+    store: ProcessStore = open_stores(open_process_store)
+    return store
+
+
+def save(processes: ProcessStore, events: EventStore, manager: str, process_id: str, *,
+         status: ProcessStatus = "running", state: str = '{"step":1}', version: int = 1,
+         last_position: int = 1, error: str | None = None) -> None:
+    with events.transaction() as tx:
+        processes.save(tx, manager, process_id, status=status, state_json=state,
+                       version=version, last_position=last_position, error=error)
+
+
+def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    """Run ``fn`` in a thread; the dict gets its "value" or "error"."""
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["value"] = fn()
+        except BaseException as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def assert_blocked(thread: threading.Thread) -> None:
+    thread.join(0.3)
+    assert thread.is_alive(), "the second transaction should be waiting for the first"
+
+
+# --- reading and writing -------------------------------------------------------------------------
+
+
+def test_an_instance_round_trips(processes: ProcessStore, events: EventStore,
+                                 clock: ManualClock) -> None:
+    state = '{"order":"o-1","paid":false,"items":["tea","caf\\u00e9"]}'
+    with events.transaction() as tx:
+        assert processes.load(tx, "fulfilment", "o-1") is None
+        processes.save(tx, "fulfilment", "o-1", status="running", state_json=state,
+                       version=1, last_position=7, error=None)
+        loaded = processes.load(tx, "fulfilment", "o-1")
+    expected = ProcessInstance("fulfilment", "o-1", "running", state, 1, 7, None, clock.now(),
+                               clock.now())
+    assert loaded == expected
+    assert processes.get("fulfilment", "o-1") == expected
+    assert expected.state == {"order": "o-1", "paid": False, "items": ["tea", "café"]}
+    assert processes.get("fulfilment", "o-2") is None
+    assert processes.get("other", "o-1") is None
+
+
+def test_a_save_replaces_the_instance_and_keeps_its_start(
+        processes: ProcessStore, events: EventStore, clock: ManualClock) -> None:
+    started = clock.now()
+    save(processes, events, "fulfilment", "o-1")
+    clock.advance(90)
+    with events.transaction() as tx:
+        before = processes.load(tx, "fulfilment", "o-1")
+        assert before is not None and before.version == 1
+        processes.save(tx, "fulfilment", "o-1", status="failed", state_json='{"step":2}',
+                       version=2, last_position=12, error="PaymentRefused: no funds")
+    after = processes.get("fulfilment", "o-1")
+    assert after == ProcessInstance("fulfilment", "o-1", "failed", '{"step":2}', 2, 12,
+                                    "PaymentRefused: no funds", started,
+                                    started + timedelta(seconds=90))
+    clock.advance(5)
+    save(processes, events, "fulfilment", "o-1", status="completed", version=3, error=None)
+    last = processes.get("fulfilment", "o-1")
+    assert last is not None
+    assert (last.status, last.error, last.started_at, last.updated_at) == (
+        "completed", None, started, started + timedelta(seconds=95))
+
+
+def test_a_save_in_a_transaction_that_fails_is_not_committed(
+        processes: ProcessStore, events: EventStore) -> None:
+    with pytest.raises(RuntimeError, match="crash"), events.transaction() as tx:
+        processes.save(tx, "fulfilment", "o-1", status="running", state_json="{}", version=1,
+                       last_position=1, error=None)
+        raise RuntimeError("crash")
+    assert processes.get("fulfilment", "o-1") is None
+    save(processes, events, "fulfilment", "o-1", state='{"kept":true}')
+    with pytest.raises(RuntimeError, match="crash"), events.transaction() as tx:
+        processes.save(tx, "fulfilment", "o-1", status="failed", state_json="{}", version=2,
+                       last_position=2, error="lost")
+        raise RuntimeError("crash")
+    kept = processes.get("fulfilment", "o-1")
+    assert kept is not None and (kept.status, kept.state, kept.version) == (
+        "running", {"kept": True}, 1)
+
+
+def test_a_store_on_the_flow_store_shares_its_connections(store: FlowStore) -> None:
+    """How App opens it (open_process_store_on): one connection or pool for everything."""
+    events = open_event_store_on(store)
+    processes = open_process_store_on(store)
+    assert processes.migrate() == []
+    with events.transaction() as tx:
+        processes.save(tx, "fulfilment", "o-1", status="running", state_json="[]", version=1,
+                       last_position=3, error=None)
+    found = processes.get("fulfilment", "o-1")
+    assert found is not None and found.last_position == 3
+    processes.close()
+    events.close()
+    assert store.list_flows() == []  # closing them left the flow store open
+
+
+# --- listing -------------------------------------------------------------------------------------
+
+
+def test_instances_are_listed_most_recently_updated_first(
+        processes: ProcessStore, events: EventStore, clock: ManualClock) -> None:
+    assert processes.list_instances() == []
+    for manager, process_id, status in [("shipping", "a", "running"),
+                                        ("shipping", "b", "completed"),
+                                        ("billing", "a", "failed"),
+                                        ("shipping", "c", "running")]:
+        save(processes, events, manager, process_id, status=status)
+        clock.advance(1)
+    save(processes, events, "billing", "z", status="running")
+    save(processes, events, "billing", "y", status="running")  # same time: by manager, id
+
+    def listed(*args: Any, **kwargs: Any) -> list[tuple[str, str]]:
+        return [(i.manager, i.process_id) for i in processes.list_instances(*args, **kwargs)]
+
+    assert listed() == [("billing", "y"), ("billing", "z"), ("shipping", "c"),
+                        ("billing", "a"), ("shipping", "b"), ("shipping", "a")]
+    assert listed("shipping") == [("shipping", "c"), ("shipping", "b"), ("shipping", "a")]
+    assert listed(status="running") == [("billing", "y"), ("billing", "z"), ("shipping", "c"),
+                                        ("shipping", "a")]
+    assert listed("shipping", "running") == [("shipping", "c"), ("shipping", "a")]
+    assert listed("shipping", "running", limit=1) == [("shipping", "c")]
+    assert listed(limit=2) == [("billing", "y"), ("billing", "z")]
+    assert listed("nobody") == []
+
+
+def test_counts_per_manager_and_status(processes: ProcessStore, events: EventStore) -> None:
+    assert processes.counts() == {}
+    for process_id in "abc":
+        save(processes, events, "shipping", process_id)
+    save(processes, events, "shipping", "d", status="completed")
+    save(processes, events, "billing", "a", status="failed")
+    assert processes.counts() == {("shipping", "running"): 3, ("shipping", "completed"): 1,
+                                  ("billing", "failed"): 1}
+
+
+# --- locking -------------------------------------------------------------------------------------
+
+
+def test_load_holds_the_instance_until_the_transaction_ends(
+        processes: ProcessStore, events: EventStore, open_stores: Opener) -> None:
+    """A worker that takes a handler over waits for the batch in flight, then reads the state it
+    committed (PostgreSQL: the row lock of FOR UPDATE; SQLite: the write lock)."""
+    other: EventStore = open_stores(open_event_store)
+    save(processes, events, "fulfilment", "o-1", version=1)
+
+    def second() -> int:
+        with other.transaction() as tx:
+            instance = processes.load(tx, "fulfilment", "o-1")
+            assert instance is not None
+            return instance.version
+
+    with events.transaction() as tx:
+        first = processes.load(tx, "fulfilment", "o-1")
+        assert first is not None
+        thread, result = in_thread(second)
+        assert_blocked(thread)
+        processes.save(tx, "fulfilment", "o-1", status="running", state_json="{}",
+                       version=first.version + 1, last_position=2, error=None)
+    thread.join(5.0)
+    assert result == {"value": 2}
+
+
+def test_load_locks_only_its_instance(processes: ProcessStore, events: EventStore,
+                                      open_stores: Opener, backend: str) -> None:
+    if backend == "sqlite":
+        pytest.skip("SQLite has one writer at a time: every batch waits for the one in flight")
+    other: EventStore = open_stores(open_event_store)
+    save(processes, events, "fulfilment", "o-1")
+    save(processes, events, "fulfilment", "o-2")
+    with events.transaction() as tx:
+        assert processes.load(tx, "fulfilment", "o-1") is not None
+        with other.transaction() as tx2:
+            found = processes.load(tx2, "fulfilment", "o-2")
+            assert found is not None and found.process_id == "o-2"
+        assert processes.get("fulfilment", "o-1") is not None  # plain reads do not wait
+
+
+# --- wiring --------------------------------------------------------------------------------------
+
+
+def test_an_unmigrated_database_is_reported(backend: str, db_url: str, tmp_path: Path,
+                                            open_stores: Opener) -> None:
+    if backend == "sqlite":
+        _check_unmigrated(open_stores, f"sqlite:///{tmp_path / 'bare.db'}")
+        return
+    server, name = db_url.rsplit("/", 1)[0], f"tideflow_bare_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        _check_unmigrated(open_stores, f"{server}/{name}")
+    finally:
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _check_unmigrated(open_stores: Opener, url: str) -> None:
+    processes: ProcessStore = open_stores(open_process_store, url)
+    events: EventStore = open_stores(open_event_store, url)
+    try:
+        with pytest.raises(SchemaNotReadyError, match="tideflow migrate"):
+            processes.get("m", "p")
+        with pytest.raises(SchemaNotReadyError):
+            processes.list_instances()
+        with pytest.raises(SchemaNotReadyError):
+            processes.counts()
+        with pytest.raises(SchemaNotReadyError), events.transaction() as tx:
+            processes.load(tx, "m", "p")
+        with pytest.raises(SchemaNotReadyError), events.transaction() as tx:
+            processes.save(tx, "m", "p", status="running", state_json="{}", version=1,
+                           last_position=1, error=None)
+    finally:
+        processes.close()
+        events.close()
+
+
+def test_migrate_creates_the_table_and_urls_are_checked(backend: str,
+                                                        open_stores: Opener) -> None:
+    processes: ProcessStore = open_stores(open_process_store)
+    if backend == "sqlite":  # a new file; SQLite's 0004 is a comment only, to keep numbers aligned
+        assert processes.migrate() == ["0001_initial", "0002_events", "0003_handlers",
+                                       "0004_event_floor_locks", "0005_process_managers"]
+    assert processes.migrate() == []
+    assert processes.list_instances() == []
+    with pytest.raises(UnsupportedDatabaseURLError, match="process store"):
+        open_process_store("mysql://localhost/db")
