@@ -34,6 +34,7 @@ PAIRS: dict[str, tuple[str, list[tuple[str, dict[str, Any]]]]] = {
 # the demo (it runs flows) has no copy of
 WITHOUT_DEMO: dict[str, str] = {
     "inventory": "low-stock alerts:\n  tea: 2 left",
+    "order_saga": "tea on hand: 2; shipments: order_fulfilment-",
 }
 SCRIPT_SAYS = {**{name: "completed" for name in PAIRS}, **WITHOUT_DEMO}
 
@@ -125,6 +126,15 @@ def test_inventory_main(db_url: str, capsys: pytest.CaptureFixture[str]) -> None
         head = events.head_position()
         assert [events.get_checkpoint(name) for name in ("stock_levels", "low_stock_alerts")] \
             == [head, head]
+
+
+def test_order_saga_main(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    example = load_example("order_saga")
+    assert example.main(db_url) == {"o-1": "confirmed", "o-2": "cancelled", "o-3": "cancelled"}
+    out = capsys.readouterr().out
+    assert "ChargeCard for 'o-2' was refused: CardDeclined" in out
+    assert "ReserveStock for 'tea' was refused: OutOfStock: 5 x tea wanted, 1 left" in out
+    # tests/sagas/test_process_managers.py holds the saga to everything else
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPT_SAYS))

@@ -22,26 +22,30 @@ from tideflow.clock import Clock
 from tideflow.events.aggregate import Aggregate
 from tideflow.events.commands import Command, DispatchResult
 from tideflow.events.dispatch import CommandDispatcher
-from tideflow.events.handlers import EventHandler
+from tideflow.events.handlers import EventHandler, check_handler
 from tideflow.events.middleware import Middleware
 from tideflow.events.upcasting import Upcasters
 from tideflow.flows.dsl import Flow
 from tideflow.flows.registry import FlowRegistry
+from tideflow.sagas import ProcessBindings, ProcessManager
 from tideflow.storage import (
     EventStore,
     HandlerStore,
     open_event_store_on,
     open_handler_store_on,
+    open_process_store_on,
     open_store,
     resolve_url,
 )
 from tideflow.storage.contract import FlowStore, RunRecord
+from tideflow.storage.process_contract import ProcessStore
 from tideflow.worker import Worker, WorkerOptions
 from tideflow.worker.handlers import HandlerRunner, HandlerRunnerOptions
 
 FlowT = TypeVar("FlowT", bound=type[Flow])
 AggregateT = TypeVar("AggregateT", bound=type[Aggregate])
 HandlerT = TypeVar("HandlerT", bound=type[EventHandler])
+ProcessManagerT = TypeVar("ProcessManagerT", bound=type[ProcessManager])
 
 
 class AsyncApp(AsyncClient):
@@ -71,7 +75,7 @@ class App:
         self.registry = FlowRegistry(list(flows))
         self.upcasters = upcasters or Upcasters()
         self._aggregates: list[type[Aggregate]] = list(aggregates)
-        #: Event handlers and projections this app's workers run (``tideflow worker``).
+        #: Event handlers, projections and process managers the app's workers run.
         self.handlers: list[EventHandler | type[EventHandler]] = list(handlers)
         self._middleware = list(command_middleware)
         self._migrate = migrate
@@ -79,6 +83,7 @@ class App:
         self._store: FlowStore | None = None
         self._event_store: EventStore | None = None
         self._handler_store: HandlerStore | None = None
+        self._process_store: ProcessStore | None = None
         self._dispatcher: CommandDispatcher | None = None
 
     @property
@@ -109,10 +114,34 @@ class App:
         self.handlers.append(cls)
         return cls
 
+    def process_manager(self, cls: ProcessManagerT) -> ProcessManagerT:
+        """Register a process manager (saga); usable as a class decorator. It runs as one of
+        the app's event handlers, sending commands through the app's dispatcher and starting
+        the app's flows."""
+        self.handlers.append(cls)
+        return cls
+
+    @property
+    def process_store(self) -> ProcessStore:
+        """Process manager instances, on the same connections as the flow store."""
+        if self._process_store is None:
+            self._process_store = open_process_store_on(self.store)
+        return self._process_store
+
     def handler_runner(self, worker_id: str | None = None,
                        options: HandlerRunnerOptions | None = None) -> HandlerRunner:
-        return HandlerRunner(self.event_store, self.handler_store, self.handlers,
-                             worker_id=worker_id, options=options)
+        return HandlerRunner(self.event_store, self.handler_store,
+                             self.bound_handlers(), worker_id=worker_id, options=options)
+
+    def bound_handlers(self) -> list[EventHandler]:
+        """The app's handlers, instantiated, its process managers bound to its dispatcher,
+        process store and flows - ready to be run (or to retry a dead letter)."""
+        handlers = [check_handler(h) for h in self.handlers]
+        for handler in handlers:
+            if isinstance(handler, ProcessManager):
+                handler.bind(lambda: ProcessBindings(self.dispatcher, self.process_store,
+                                                     self.client))
+        return handlers
 
     @property
     def dispatcher(self) -> CommandDispatcher:
@@ -180,26 +209,43 @@ class App:
         handlers of this app; ``options`` are the flow worker's (``WorkerOptions``)."""
         worker = self.worker(**options)
         runner = self.handler_runner(worker_id=worker.worker_id) if self.handlers else None
+        stopped = False
 
         def stop() -> None:
+            nonlocal stopped
+            stopped = True
             worker.stop()
             if runner is not None:
                 runner.stop()
 
         async def main() -> None:
+            nonlocal worker
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 # Not possible outside the main thread; the caller then stops the worker itself.
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, stop)
-            jobs = [worker.run(until_idle=until_idle)]
-            if runner is not None:
-                jobs.append(runner.run(until_idle=until_idle))
-            await asyncio.gather(*jobs)
+            while True:
+                handled = runner.handled if runner is not None else 0
+                jobs = [worker.run(until_idle=until_idle)]
+                if runner is not None:
+                    jobs.append(runner.run(until_idle=until_idle))
+                await asyncio.gather(*jobs)
+                # Idle means idle together: a handler may have started a flow after the
+                # worker found nothing to do, and a step may have appended events after the
+                # handlers caught up. Another round until one does nothing at all.
+                busy = worker.completed + worker.failed > 0 or (
+                    runner is not None and runner.handled > handled)
+                if not until_idle or stopped or not busy:
+                    return
+                worker = self.worker(**options)
 
         asyncio.run(main())
 
     def close(self) -> None:
+        if self._process_store is not None:
+            self._process_store.close()
+            self._process_store = None
         if self._handler_store is not None:
             self._handler_store.close()
             self._handler_store = None

@@ -92,12 +92,16 @@ def _handlers_of(obj: object) -> list[EventHandler]:
         return [obj()]
     if isinstance(obj, list | tuple):
         return [h for item in obj for h in _handlers_of(item)]
+    bound = getattr(obj, "bound_handlers", None)
+    if callable(bound):  # an App: its process managers need its dispatcher to run
+        return list(bound())
     listed = getattr(obj, "handlers", None)
     if isinstance(listed, list | tuple):
         return _handlers_of(listed)
     if isinstance(obj, ModuleType):
         app = getattr(obj, "app", None)
-        if app is not None and isinstance(getattr(app, "handlers", None), list | tuple):
+        if app is not None and (callable(getattr(app, "bound_handlers", None))
+                                or isinstance(getattr(app, "handlers", None), list | tuple)):
             return _handlers_of(app)
         return [cls() for cls in vars(obj).values()
                 if isinstance(cls, type) and issubclass(cls, EventHandler)

@@ -37,6 +37,7 @@ from tideflow.cli.render import (
     stored_flows_table,
     tasks_table,
 )
+from tideflow.cli.sagas_cli import sagas_app
 
 #: Output that is not a terminal (a pipe, a file, a test) gets this width instead of Rich's 80,
 #: so that tables are not squeezed into truncated run ids that a script cannot use.
@@ -290,6 +291,7 @@ def demo(
 
 
 cli.add_typer(events_app)  # events, stream, handlers, deadletters (tideflow.cli.events_cli)
+cli.add_typer(sagas_app)  # sagas, saga (tideflow.cli.sagas_cli)
 
 
 def main() -> None:

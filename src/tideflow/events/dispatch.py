@@ -50,11 +50,12 @@ it in a thread, so the two cannot drift apart.
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from uuid import UUID
 
 from tideflow.events.aggregate import (
@@ -78,10 +79,18 @@ from tideflow.events.errors import (
     WrongExpectedVersionError,
 )
 from tideflow.events.middleware import DispatchContext, Middleware, log, run_pipeline
-from tideflow.events.model import MAX_ID_LENGTH, NO_STREAM, NewEvent, RecordedEvent
+from tideflow.events.model import (
+    MAX_ID_LENGTH,
+    NO_STREAM,
+    ExpectedVersion,
+    IdempotencyRecord,
+    NewEvent,
+    RecordedEvent,
+    Snapshot,
+)
 
 if TYPE_CHECKING:  # the store is passed in: this module needs its type, not the storage layer
-    from tideflow.storage.event_contract import EventStore
+    from tideflow.storage.event_contract import EventStore, EventTransaction
 
 A = TypeVar("A", bound="type[Aggregate] | Aggregate")
 
@@ -150,6 +159,61 @@ class LoadedAggregate:
     """How many events were read and applied on top of the snapshot (or initial state)."""
 
 
+class DispatchStore(Protocol):
+    """What the dispatcher needs of an event store: an ``EventStore``, or one transaction of it
+    (``CommandDispatcher.within``)."""
+
+    def append(self, stream_id: str, events: Sequence[NewEvent],
+               expected_version: ExpectedVersion | int, *, idempotency_key: str | None = None,
+               result_json: str | None = None) -> list[RecordedEvent]: ...
+
+    def get_idempotent_result(self, key: str) -> IdempotencyRecord | None: ...
+
+    def read_stream(self, stream_id: str, from_version: int | None = None,
+                    limit: int | None = None, backwards: bool = False
+                    ) -> Iterator[RecordedEvent]: ...
+
+    def load_snapshot(self, stream_id: str) -> Snapshot | None: ...
+
+    def save_snapshot(self, stream_id: str, version: int, state: Mapping[str, Any], *,
+                      snapshot_type: str = "snapshot", schema_version: int | None = None
+                      ) -> None: ...
+
+
+class _TransactionStore:
+    """A ``DispatchStore`` on an open transaction: appends, key lookups and stream reads go
+    through the transaction, so a second command to the same aggregate in it sees the first
+    one's events. Snapshots are read as committed (the events after one are read in the
+    transaction, so a stale snapshot only costs replay) and not taken: saving one on another
+    connection would wait for this transaction's locks."""
+
+    def __init__(self, store: DispatchStore, tx: EventTransaction) -> None:
+        self._store = store
+        self._tx = tx
+
+    def append(self, stream_id: str, events: Sequence[NewEvent],
+               expected_version: ExpectedVersion | int, *, idempotency_key: str | None = None,
+               result_json: str | None = None) -> list[RecordedEvent]:
+        return self._tx.append(stream_id, events, expected_version,
+                               idempotency_key=idempotency_key, result_json=result_json)
+
+    def get_idempotent_result(self, key: str) -> IdempotencyRecord | None:
+        return self._tx.get_idempotent_result(key)
+
+    def read_stream(self, stream_id: str, from_version: int | None = None,
+                    limit: int | None = None, backwards: bool = False
+                    ) -> Iterator[RecordedEvent]:
+        return self._tx.read_stream(stream_id, from_version, limit, backwards)
+
+    def load_snapshot(self, stream_id: str) -> Snapshot | None:
+        return self._store.load_snapshot(stream_id)
+
+    def save_snapshot(self, stream_id: str, version: int, state: Mapping[str, Any], *,
+                      snapshot_type: str = "snapshot", schema_version: int | None = None
+                      ) -> None:
+        return None
+
+
 def _fingerprint(command: Command) -> str:
     """What must match for a repeated key to be the same command: its payload, canonically."""
     text = json.dumps(command.payload, sort_keys=True, separators=(",", ":"))
@@ -195,7 +259,7 @@ class CommandDispatcher:
             raise DispatcherConfigurationError(
                 f"max_conflict_retries must be an int >= 0 (0: fail at the first version "
                 f"conflict), got {max_conflict_retries!r}")
-        self.store = event_store
+        self.store: DispatchStore = event_store
         self.max_conflict_retries = max_conflict_retries
         self.middleware: list[Middleware] = []
         for m in middleware:
@@ -246,6 +310,16 @@ class CommandDispatcher:
     def aggregates(self) -> dict[str, Aggregate]:
         """The registered aggregates by ``aggregate_type``."""
         return dict(self._aggregates)
+
+    def within(self, tx: EventTransaction) -> CommandDispatcher:
+        """This dispatcher, recording into the open transaction ``tx`` instead of committing
+        each command on its own: the commands' events commit with whatever else ``tx`` holds
+        (a process manager's state and checkpoint), or not at all. Same routes, middleware and
+        retries; a version conflict re-reads the stream through ``tx``. Keep such
+        transactions short: on PostgreSQL their appends hold back every ``read_all``."""
+        bound = copy.copy(self)
+        bound.store = _TransactionStore(self.store, tx)
+        return bound
 
     @property
     def aio(self) -> AsyncCommandDispatcher:

@@ -37,10 +37,13 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Awaitable, Sequence
-from typing import Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from tideflow.errors import TideflowError
 from tideflow.events.model import ExpectedVersion, NewEvent, RecordedEvent, check_name
+
+if TYPE_CHECKING:  # a type only: this module imports nothing from storage at run time
+    from tideflow.storage.event_contract import EventTransaction
 
 FailurePolicy = Literal["dead_letter", "stop"]
 Dialect = Literal["sqlite", "postgresql"]
@@ -127,6 +130,13 @@ class HandlerContext(Protocol):
         """The driver connection of the batch's transaction (``sqlite3.Connection`` or
         ``psycopg.Connection``), for the handler's own SQL. Do not commit or roll it back.
         ``HandlerUsageError`` in a handler with ``transactional = False``."""
+        ...
+
+    @property
+    def transaction(self) -> EventTransaction:
+        """The batch's event store transaction itself, for library code that works through the
+        storage contract (process managers dispatch commands into it). ``HandlerUsageError`` in
+        a non-transactional handler."""
         ...
 
     def execute(self, sql: str, params: Any = None) -> Cursor:

@@ -70,14 +70,25 @@ class DeliveryContext:
         self._store = store
         self._call = call
 
-    @property
-    def connection(self) -> Any:
+    def _transaction(self) -> EventTransaction:
         if self._tx is None:
             raise HandlerUsageError(
                 f"handler {self.handler!r} is not transactional, so there is no transaction "
                 "whose connection it could write in: set transactional = True on the handler "
                 "class to write atomically with its checkpoint")
-        return self._tx.connection
+        return self._tx
+
+    @property
+    def transaction(self) -> EventTransaction:
+        # Whoever takes the transaction itself (a process manager) may append through it: the
+        # runner then looks at the log again before it calls the handlers idle.
+        tx = self._transaction()
+        self.appended = True
+        return tx
+
+    @property
+    def connection(self) -> Any:
+        return self._transaction().connection
 
     def execute(self, sql: str, params: Any = None) -> Cursor:
         conn = self.connection

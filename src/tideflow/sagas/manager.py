@@ -1,0 +1,202 @@
+"""Process managers (sagas): long-running processes that react to events by sending commands.
+
+    class OrderFulfilment(ProcessManager):
+        name = "order_fulfilment"
+        event_types = ["OrderPlaced", "StockReserved", "PaymentDeclined", "OrderShipped"]
+        starts_with = ["OrderPlaced"]
+
+        def react(self, state, event):
+            if event.event_type == "OrderPlaced":
+                return [Command("ReserveStock", event.data["sku"], {"qty": 1})]
+            if event.event_type == "StockReserved":
+                return [StartFlow("charge_and_ship", {"order": event.data["order"]})]
+            return []
+
+        def apply(self, state, event):
+            return {**state, "last": event.event_type}
+
+        def compensate(self, state, command, error):
+            return [Command("CancelOrder", state["order"], {"reason": str(error)})]
+
+        def is_done(self, state):
+            return state["last"] in ("OrderShipped", "OrderCancelled")
+
+One *instance* per process id - by default the events' correlation id, which every command the
+instance sends carries on, so the events those commands cause come back to it. For each event an
+instance follows, in log order: ``react(state, event)`` returns what to do (``Command``s to
+dispatch, ``StartFlow``s to start), then ``apply(state, event)`` returns the state to keep.
+A command refused by its aggregate (a ``DomainError``) stops the rest of that reaction; once the
+event is applied, ``compensate(state, command, error)`` returns the commands that undo what was
+done, or None to carry on without; if a compensating command is refused too, the instance is marked
+``failed`` and follows no more events. Once ``is_done(state)`` is true the instance is
+``completed``.
+
+Exactly once. A process manager is an event handler whose batches are transactions: the
+commands' events, the flows started, the instance's new state and the handler's checkpoint
+commit together or not at all. A worker killed in the middle leaves nothing behind, and the next
+one does the whole reaction again - so ``react`` and ``compensate`` must decide from ``state``
+and ``event`` only, and do nothing outside the database (start a flow for that). Its errors
+follow the handler's policy; the default is ``on_failure = "stop"``, because the instances of a
+process manager that skipped an event would carry on from a state that never saw it.
+
+This module is domain code: what a process manager is. ``tideflow.sagas.runtime`` runs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from tideflow.errors import NonRetryableError
+from tideflow.events.commands import Command
+from tideflow.events.handlers import (
+    EventHandler,
+    FailurePolicy,
+    HandlerContext,
+    HandlerDefinitionError,
+    HandlerError,
+)
+from tideflow.events.model import RecordedEvent
+
+if TYPE_CHECKING:
+    from tideflow.sagas.runtime import ProcessBindings
+
+
+class ProcessManagerError(HandlerError):
+    """Base class of the errors of process managers."""
+
+
+class ProcessNotBoundError(ProcessManagerError):
+    """A process manager was given an event before it was given a dispatcher to send commands
+    with: register it with an ``App`` (``app.process_manager``), or call ``bind``."""
+
+
+class ProcessStateError(ProcessManagerError, NonRetryableError):
+    """A process manager returned something it may not (state that is not JSON, an action
+    that is neither a Command nor a StartFlow). A bug in its code: not retried."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartFlow:
+    """An action of ``react``: start a run of ``flow`` (a Flow class or slug) with ``input``.
+
+    The run is created in the reaction's transaction: it exists if and only if the instance's
+    new state does. ``run_id`` defaults to one derived from the instance and the event, so the
+    flow's steps can be traced back to what started them."""
+
+    flow: Any
+    input: Any = None
+    run_id: str | None = None
+
+
+Action = Command | StartFlow
+
+
+@dataclass(slots=True)
+class Reaction:
+    """What one event did to one instance, for tests and logs."""
+
+    process_id: str
+    event_position: int
+    dispatched: list[Command] = field(default_factory=list)
+    started_runs: list[str] = field(default_factory=list)
+    failed_command: Command | None = None
+    error: str | None = None
+    compensations: list[Command] = field(default_factory=list)
+
+
+class ProcessManager(EventHandler):
+    """Base class of process managers; see the module docstring. Options are those of
+    ``EventHandler`` (``name``, ``event_types``, retries, ``batch_size``), plus ``starts_with``."""
+
+    starts_with: ClassVar[Sequence[str]] = ()
+    """Event types that create an instance when none exists for their process id; events of
+    other types for an unknown process id are ignored. Empty: every followed type may start
+    one."""
+    on_failure: ClassVar[FailurePolicy] = "stop"
+    batch_size: ClassVar[int] = 20
+    """Smaller than a handler's: the batch's transaction also holds the commands' appends."""
+    transactional: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        where = f"process manager {cls.__qualname__}"
+        if "handle" in cls.__dict__:
+            raise HandlerDefinitionError(
+                f"{where} defines handle(); a process manager defines react(state, event) and "
+                "apply(state, event) instead - handle() is how the runner calls it")
+        if not cls.transactional:
+            raise HandlerDefinitionError(
+                f"{where} sets transactional = False; a process manager's commands, state and "
+                "checkpoint commit together, so it runs in a transaction: remove the option")
+        if not cls.event_types:
+            raise HandlerDefinitionError(
+                f"{where} has no event_types: list the event types it follows, e.g. "
+                "event_types = ['OrderPlaced', 'PaymentCharged']")
+        if isinstance(cls.starts_with, str) or not all(
+                isinstance(t, str) for t in cls.starts_with):
+            raise HandlerDefinitionError(
+                f"{where}: starts_with must be a list of event types, got {cls.starts_with!r}")
+        missing = sorted(set(cls.starts_with) - set(cls.event_types))
+        if missing:
+            raise HandlerDefinitionError(
+                f"{where}: starts_with names {missing}, which are not in event_types; an "
+                "instance cannot start on an event it is not given: add them to event_types")
+
+    _bindings: ProcessBindings | Callable[[], ProcessBindings] | None = None  # by bind()
+
+    # --- what subclasses define -------------------------------------------------------------
+
+    def process_id(self, event: RecordedEvent) -> str | None:
+        """Which instance ``event`` belongs to; None to ignore it. Default: its correlation id
+        (the commands an instance sends carry it, so their events come back)."""
+        cause = event.correlation_id or event.event_id
+        return str(cause)
+
+    def initial_state(self, process_id: str) -> Any:
+        """The state of a new instance, before its first event is applied."""
+        return {}
+
+    def react(self, state: Any, event: RecordedEvent) -> Sequence[Action] | None:
+        """What to do about ``event``: commands to dispatch and flows to start, in order."""
+        return None
+
+    def apply(self, state: Any, event: RecordedEvent) -> Any:
+        """The state after ``event`` (must be JSON: it is stored). Default: unchanged."""
+        return state
+
+    def compensate(self, state: Any, command: Command,
+                   error: Exception) -> Sequence[Command] | None:
+        """``command`` was refused with ``error``: the commands that undo what this instance
+        did, or None to carry on without compensating (the error is still recorded). ``state``
+        is the state after the event whose reaction was refused."""
+        return None
+
+    def is_done(self, state: Any) -> bool:
+        """Whether the process has reached its end: its instance then follows no more events."""
+        return False
+
+    # --- wiring -------------------------------------------------------------------------------
+
+    def bind(self, bindings: ProcessBindings | Callable[[], ProcessBindings]) -> ProcessManager:
+        """Give the process manager what it sends commands and starts flows with - or a
+        function that makes it, called at the first event (an ``App`` binds its process
+        managers that way, so that listing them opens no database)."""
+        self._bindings = bindings
+        return self
+
+    def handle(self, event: RecordedEvent, ctx: HandlerContext) -> None:
+        from tideflow.sagas.runtime import react_to
+
+        if callable(self._bindings):
+            self._bindings = self._bindings()
+        if self._bindings is None:
+            raise ProcessNotBoundError(
+                f"process manager {self.name!r} has no dispatcher to send commands with: "
+                "register it with the App (app.process_manager(...)) or call "
+                "manager.bind(ProcessBindings(...)) before running it")
+        react_to(self, self._bindings, event, ctx)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__qualname__} process manager {self.name!r}>"

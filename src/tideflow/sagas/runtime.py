@@ -1,0 +1,214 @@
+"""How a process manager reacts to one event, inside its handler batch's transaction.
+
+``react_to`` is the whole algorithm; ``ProcessManager.handle`` calls it for every event the
+handler runner delivers. Everything it writes goes through the batch's transaction ``tx``:
+
+* the instance row, read locked (``ProcessStore.load``) and written back (``save``);
+* the commands, through ``CommandDispatcher.within(tx)`` - their events are appended in ``tx``;
+* the flows, through ``FlowStore.joined(tx.connection)`` - their runs are created in ``tx``.
+
+So the reaction commits with the handler's checkpoint or vanishes with it, and an event the
+instance has already applied (``position <= last_position``: a reset handler replaying the log)
+is skipped. Commands get the event as their cause and keep its correlation id, unless they
+carry their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from tideflow.client import Client
+from tideflow.events.aggregate import DomainError
+from tideflow.events.commands import Command
+from tideflow.events.dispatch import CommandDispatcher
+from tideflow.events.handlers import HandlerContext
+from tideflow.events.model import RecordedEvent, encode_json
+from tideflow.sagas.manager import (
+    Action,
+    ProcessManager,
+    ProcessNotBoundError,
+    ProcessStateError,
+    Reaction,
+    StartFlow,
+)
+from tideflow.storage.process_contract import ProcessStatus, ProcessStore
+
+log = logging.getLogger(__name__)
+
+MAX_PROCESS_ID_LENGTH = 200
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessBindings:
+    """What process managers act through. ``flows`` is needed only by those that start flows;
+    its store must be the one the dispatcher's event store was opened on (``App`` sees to it):
+    the run is created in the same transaction as the events."""
+
+    dispatcher: CommandDispatcher
+    processes: ProcessStore
+    flows: Client | None = None
+
+
+def react_to(manager: ProcessManager, bindings: ProcessBindings, event: RecordedEvent,
+             ctx: HandlerContext) -> Reaction | None:
+    """Apply ``event`` to its instance of ``manager``; None when the instance does not follow
+    it (no process id, not a starting event, finished, or already applied)."""
+    process_id = _process_id(manager, event)
+    if process_id is None:
+        return None
+    tx = ctx.transaction
+    instance = bindings.processes.load(tx, manager.name, process_id)
+    if instance is None:
+        if manager.starts_with and event.event_type not in manager.starts_with:
+            return None
+        state: Any = manager.initial_state(process_id)
+        version, error = 0, None
+    else:
+        if instance.status != "running" or event.position <= instance.last_position:
+            return None
+        state, version, error = instance.state, instance.version, instance.error
+
+    reaction = Reaction(process_id, event.position)
+    status: ProcessStatus = "running"
+    dispatcher = bindings.dispatcher.within(tx)
+    refused: tuple[Command, DomainError] | None = None
+    for index, action in enumerate(_actions(manager, manager.react(state, event))):
+        if isinstance(action, StartFlow):
+            reaction.started_runs.append(
+                _start_flow(manager, bindings, action, process_id, event, index, ctx))
+            continue
+        command = _caused_by(action, event)
+        try:
+            dispatcher.dispatch(command)
+        except DomainError as exc:
+            error = (f"{command.command_type} for {command.aggregate_id!r} was refused: "
+                     f"{_describe(exc)}")
+            reaction.failed_command, reaction.error = command, error
+            refused = command, exc
+            break  # the rest of the reaction depended on the refused command
+        reaction.dispatched.append(command)
+
+    new_state = manager.apply(state, event)
+    if refused is not None:
+        # After apply: compensating is about the process as it now stands, this event
+        # included (the first event's refusal would otherwise see only the initial state).
+        assert error is not None
+        log.info("process manager %s, instance %s: %s; compensating", manager.name,
+                 process_id, error)
+        status, error = _compensate(manager, dispatcher, new_state, *refused, event, reaction,
+                                    error)
+    state_json = _encode_state(manager, process_id, new_state)
+    if status == "running" and manager.is_done(new_state):
+        status = "completed"
+    bindings.processes.save(tx, manager.name, process_id, status=status, state_json=state_json,
+                            version=version + 1, last_position=event.position, error=error)
+    return reaction
+
+
+def _compensate(manager: ProcessManager, dispatcher: CommandDispatcher, state: Any,
+                command: Command, exc: DomainError, event: RecordedEvent, reaction: Reaction,
+                error: str) -> tuple[ProcessStatus, str]:
+    """Dispatch ``compensate``'s commands; a refused one fails the instance."""
+    undo = manager.compensate(state, command, exc)
+    for action in _actions(manager, undo, commands_only=True):
+        assert isinstance(action, Command)  # _actions checked it
+        compensation = _caused_by(action, event)
+        try:
+            dispatcher.dispatch(compensation)
+        except DomainError as again:
+            failure = (f"{error}; then compensation {compensation.command_type} for "
+                       f"{compensation.aggregate_id!r} was refused too: {_describe(again)}")
+            log.warning("process manager %s, instance %s failed: %s", manager.name,
+                        reaction.process_id, failure)
+            return "failed", failure
+        reaction.compensations.append(compensation)
+    return "running", error
+
+
+def _start_flow(manager: ProcessManager, bindings: ProcessBindings, action: StartFlow,
+                process_id: str, event: RecordedEvent, index: int, ctx: HandlerContext) -> str:
+    client = bindings.flows
+    if client is None:
+        raise ProcessNotBoundError(
+            f"process manager {manager.name!r} started a flow, but it was bound without a flow "
+            "client: register it with the App that has the flow, or pass flows=Client(...) to "
+            "ProcessBindings")
+    run_id = action.run_id or _run_id(manager, process_id, event, index)
+    with client.store.joined(ctx.transaction.connection):
+        return client.start_flow(action.flow, action.input, run_id=run_id)
+
+
+def _run_id(manager: ProcessManager, process_id: str, event: RecordedEvent, index: int) -> str:
+    """Readable where it fits (manager, instance, event position, action index); hashed when
+    the process id is too long for a run id."""
+    run_id = f"{manager.name}-{process_id}-{event.position}-{index}"
+    if len(run_id) <= MAX_PROCESS_ID_LENGTH:
+        return run_id
+    digest = hashlib.sha256(process_id.encode()).hexdigest()[:16]
+    return f"{manager.name[:100]}-{digest}-{event.position}-{index}"
+
+
+def _process_id(manager: ProcessManager, event: RecordedEvent) -> str | None:
+    process_id = manager.process_id(event)
+    if process_id is None:
+        return None
+    if (not isinstance(process_id, str) or not process_id
+            or len(process_id) > MAX_PROCESS_ID_LENGTH):
+        raise ProcessStateError(
+            f"process manager {manager.name!r}: process_id() returned {process_id!r} for event "
+            f"{event.event_type!r} at position {event.position}; return a non-empty str of at "
+            f"most {MAX_PROCESS_ID_LENGTH} characters, or None to ignore the event")
+    return process_id
+
+
+def _actions(manager: ProcessManager, actions: Iterable[Any] | None, *,
+             commands_only: bool = False) -> list[Action]:
+    """The actions returned by ``react`` (or ``compensate``), checked before any is done."""
+    if actions is None:
+        return []
+    what = "compensate()" if commands_only else "react()"
+    if isinstance(actions, Command | StartFlow):
+        actions = [actions]
+    if isinstance(actions, str | bytes | dict) or not isinstance(actions, Iterable):
+        raise ProcessStateError(
+            f"process manager {manager.name!r}: {what} returned {type(actions).__name__}; "
+            "return a list of Command" + ("" if commands_only else " and StartFlow")
+            + " (or None)")
+    out = list(actions)
+    allowed: tuple[type, ...] = (Command,) if commands_only else (Command, StartFlow)
+    for item in out:
+        if not isinstance(item, allowed):
+            raise ProcessStateError(
+                f"process manager {manager.name!r}: {what} returned a "
+                f"{type(item).__name__} ({item!r}); it may return only "
+                + ("Command" if commands_only else "Command and StartFlow") + " objects")
+    return out
+
+
+def _caused_by(command: Command, event: RecordedEvent) -> Command:
+    """The command as sent by an instance: caused by the event, in its correlation - unless
+    it names its own (a correlation id other than its command id, the default)."""
+    own = command.correlation_id != command.command_id
+    return replace(
+        command,
+        causation_id=command.causation_id or str(event.event_id),
+        correlation_id=(command.correlation_id if own
+                        else str(event.correlation_id or event.event_id)))
+
+
+def _encode_state(manager: ProcessManager, process_id: str, state: Any) -> str:
+    try:
+        return encode_json(state, f"the state of process manager {manager.name!r}, instance "
+                                  f"{process_id!r}")
+    except Exception as exc:
+        raise ProcessStateError(f"{exc} (apply() must return JSON: dicts with str keys, lists, "
+                                "str, numbers, bool, None)") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
