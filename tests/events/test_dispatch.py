@@ -653,3 +653,32 @@ async def test_the_async_facade_dispatches_in_a_thread(dispatcher: CommandDispat
     with pytest.raises(OutOfStock):
         await dispatcher.aio.dispatch(Command("RemoveStock", "sku-1", {"qty": 3}))
     assert (await dispatcher.aio.load(Inventory, "sku-1")).state["on_hand"] == 2
+
+
+# --- dispatching inside a transaction -------------------------------------------------------------
+
+
+def test_commands_dispatched_within_a_transaction_commit_or_vanish_together(
+        events: EventStore, dispatcher: CommandDispatcher) -> None:
+    dispatcher.dispatch(Command("AddStock", "sku-1", {"qty": 5}))
+    with events.transaction() as tx:
+        inside = dispatcher.within(tx)
+        # The second command decides on the first one's uncommitted event: same stream, read
+        # through the transaction (on PostgreSQL another connection would not see it yet).
+        inside.dispatch(Command("RemoveStock", "sku-1", {"qty": 4}))
+        with pytest.raises(OutOfStock, match="only 1 on hand"):
+            inside.dispatch(Command("RemoveStock", "sku-1", {"qty": 2}))
+        removed = inside.dispatch(Command("RemoveStock", "sku-1", {"qty": 1},
+                                          idempotency_key="last-one"))
+        assert removed.version == 3
+    assert dispatcher.load(Inventory, "sku-1").state["on_hand"] == 0
+    # The key was recorded in the same transaction: a repeat outside it is a replay.
+    again = dispatcher.dispatch(Command("RemoveStock", "sku-1", {"qty": 1},
+                                        idempotency_key="last-one"))
+    assert again.replayed and again.version == 3
+
+    with pytest.raises(RuntimeError, match="crash"), events.transaction() as tx:
+        dispatcher.within(tx).dispatch(Command("AddStock", "sku-1", {"qty": 7}))
+        raise RuntimeError("crash before commit")
+    assert stream(events, "inventory-sku-1")[-1] == ("StockRemoved", {"qty": 1})
+    assert dispatcher.load(Inventory, "sku-1").version == 3
