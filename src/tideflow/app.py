@@ -114,6 +114,15 @@ class App:
         self.handlers.append(cls)
         return cls
 
+    def on_database(self, database_url: str, *, flows: Iterable[type[Flow] | str] | None = None,
+                    migrate: bool | None = None) -> App:
+        """This app's configuration - flows (or ``flows``), aggregates, middleware, handlers,
+        upcasters, clock - on another database: what ``--database-url`` with ``--app`` runs."""
+        return App(database_url, flows=list(self.registry) if flows is None else flows,
+                   aggregates=self._aggregates, command_middleware=self._middleware,
+                   handlers=self.handlers, upcasters=self.upcasters,
+                   migrate=self._migrate if migrate is None else migrate, clock=self._clock)
+
     def process_manager(self, cls: ProcessManagerT) -> ProcessManagerT:
         """Register a process manager (saga); usable as a class decorator. It runs as one of
         the app's event handlers, sending commands through the app's dispatcher and starting

@@ -388,3 +388,23 @@ def test_the_cli_lists_instances_and_shows_one(open_shop: Callable[..., App],
                           "--status 'lost' is not a process status")
     assert_one_line_error(CliRunner().invoke(cli, ["saga", "stubborn", "nope"], env=env), 1,
                           "process manager 'stubborn' has no instance 'nope'")
+
+
+def test_the_worker_command_runs_an_apps_process_managers_on_another_database(
+        db_url: str) -> None:
+    """``tideflow worker --app examples.order_saga -d URL``: the URL overrides the App's, and
+    the App's aggregates and process managers come along with its flows."""
+    from typer.testing import CliRunner
+
+    from tideflow.cli.main import cli
+
+    with shop(db_url) as app:
+        app.dispatch(Command("AddStock", "tea", {"qty": 4}))
+        place(app, "o-1")
+    result = CliRunner().invoke(cli, ["worker", "--app", "examples.order_saga", "-d", db_url,
+                                      "--until-idle", "--poll-interval", "0.05"])
+    assert result.exit_code == 0, result.output
+    assert "worker for ship_order, order_fulfilment" in result.output
+    with shop(db_url) as app:
+        assert instance(app, "o-1").state["status"] == "confirmed"
+        assert [r.status for r in app.list_runs(flow="ship_order")] == ["completed"]

@@ -129,7 +129,7 @@ def build_app(database_url: str | None, app_path: str | None = None,
     for path in extra:
         _, more = _flows_of(load_object(path), path)
         flows.extend(f for f in more if f not in flows)
-    if need_flows and not flows:
+    if need_flows and not flows and not (base is not None and base.handlers):
         raise CliUsageError(
             f"no flows given: pass --app module:attr ({APP_FORMS}) or --flow module:Class, "
             f"or set ${APP_ENV}"
@@ -139,6 +139,8 @@ def build_app(database_url: str | None, app_path: str | None = None,
         return base
     url = database_url or (base.database_url if base is not None else resolve_url(None))
     check_reachable(url)
+    if base is not None:  # keep its aggregates, handlers and settings, not just its flows
+        return base.on_database(url, flows=flows, migrate=migrate)
     return App(url, flows=flows, migrate=migrate)
 
 

@@ -53,7 +53,8 @@ class _Group(TyperGroup):
 cli = typer.Typer(
     cls=_Group,
     name="tideflow",
-    help="Durable DAG workflows on PostgreSQL or SQLite. New here? Run: tideflow demo",
+    help="Durable workflows, event sourcing and sagas on PostgreSQL or SQLite. New here? Run: "
+         "tideflow demo",
     epilog="Exit codes: 0 success; 1 failure (a run failed, a database error, an unknown run); "
            "2 the command line is wrong (bad JSON, unknown flow, an --app that does not load).",
     no_args_is_help=True,
@@ -111,8 +112,9 @@ def worker(
     """Run a worker for your flows until Ctrl-C or SIGTERM (running tasks finish first)."""
     with build_app(database_url, app_path, flows or [], need_flows=True) as app:
         _setup_logging()
+        work = [*app.registry.slugs(), *(str(getattr(h, "name", h)) for h in app.handlers)]
         _console(stderr=True).print(Text.assemble(
-            "worker for ", (", ".join(app.registry.slugs()), "bold"), " on ",
+            "worker for ", (", ".join(work), "bold"), " on ",
             (redact(app.database_url), "cyan"), f", concurrency {concurrency}",
             "" if until_idle else "; Ctrl-C to stop"), soft_wrap=True)
         app.run_worker(until_idle=until_idle, concurrency=concurrency,
