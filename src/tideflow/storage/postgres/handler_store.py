@@ -15,18 +15,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
 
-from tideflow.clock import Clock
-from tideflow.errors import SchemaNotReadyError, StorageError
+from tideflow.errors import StorageError
 from tideflow.events.handlers import DeadLetterNotFoundError, HandlerKind, LeaseLostError
 from tideflow.events.model import RecordedEvent
 from tideflow.storage.event_contract import EventTransaction
@@ -38,58 +34,24 @@ from tideflow.storage.handler_contract import (
     HandlerStatus,
 )
 from tideflow.storage.postgres.backend import PostgresStore
+from tideflow.storage.postgres.companion import PostgresCompanionStore
 from tideflow.storage.sqlfile import load_queries
 
 log = logging.getLogger(__name__)
 
-_QUERIES = load_queries("tideflow.storage.postgres", "handlers_queries.sql")
 
-Conn = psycopg.Connection[Any]
-Row = dict[str, Any]
-
-
-def _execute(conn: Conn, name: str, params: dict[str, Any]) -> list[Row]:
-    """Run one of our named queries; a missing schema becomes ``SchemaNotReadyError``."""
-    try:
-        cur = conn.cursor(row_factory=dict_row).execute(_QUERIES[name], params)
-    except (pg_errors.UndefinedTable, pg_errors.UndefinedFunction) as exc:
-        raise SchemaNotReadyError(
-            "the tideflow handler tables are missing from this database; run `tideflow "
-            f"migrate` (or store.migrate()) first: {exc}") from exc
-    return cur.fetchall() if cur.description else []
-
-
-class PostgresHandlerStore:
+class PostgresHandlerStore(PostgresCompanionStore):
     """``HandlerStore`` on PostgreSQL. Safe to share between threads."""
 
-    url: str
-    clock: Clock
-
-    def __init__(self, url: str, clock: Clock | None = None, *, pool_size: int = 4) -> None:
-        """Connect with a pool of up to ``pool_size`` connections (``StorageError`` if the
-        server cannot be reached)."""
-        self._setup(PostgresStore(url, clock, pool_size=pool_size), True)
-
-    @classmethod
-    def sharing(cls, flow_store: PostgresStore) -> PostgresHandlerStore:
-        """A handler store on ``flow_store``'s pool and clock. Closing it leaves the flow store
-        open."""
-        store = cls.__new__(cls)
-        store._setup(flow_store, False)
-        return store
+    _queries = load_queries("tideflow.storage.postgres", "handlers_queries.sql")
+    _schema_errors = (pg_errors.UndefinedTable, pg_errors.UndefinedFunction)
+    _schema_missing = "the tideflow handler tables are missing"
 
     def _setup(self, flows: PostgresStore, owns: bool) -> None:
-        self._flows = flows
-        self._owns_flows = owns
-        self._pool: ConnectionPool[Conn] = flows._pool
-        self.url = flows.url
-        self.clock = flows.clock
+        super()._setup(flows, owns)
         self._subscribers: list[Callable[[], None]] = []
         self._listener: threading.Thread | None = None
         self._stopping = threading.Event()
-
-    def migrate(self) -> list[str]:
-        return self._flows.migrate()
 
     def close(self) -> None:
         self._stopping.set()
@@ -98,8 +60,7 @@ class PostgresHandlerStore:
             with contextlib.suppress(psycopg.Error, StorageError):
                 self._run("wake_listeners", channel=EVENTS_CHANNEL)
             self._listener.join(timeout=2.0)
-        if self._owns_flows:
-            self._flows.close()
+        super().close()
 
     # --- wake-ups -------------------------------------------------------------------------------
 
@@ -130,25 +91,6 @@ class PostgresHandlerStore:
                 log.warning("LISTEN %s lost (%s); handler runners poll until it is back",
                             EVENTS_CHANNEL, exc)
                 self._stopping.wait(1.0)
-
-    # --- plumbing -------------------------------------------------------------------------------
-
-    @contextmanager
-    def _connection(self) -> Iterator[Conn]:
-        """A pooled connection in autocommit mode: each statement is its own transaction."""
-        try:
-            with self._pool.connection() as conn:
-                yield conn
-        except psycopg.OperationalError as exc:
-            raise StorageError(f"PostgreSQL operation failed: {exc}") from exc
-
-    def _run(self, query: str, /, **params: Any) -> list[Row]:
-        with self._connection() as conn:
-            return _execute(conn, query, params)
-
-    @staticmethod
-    def _in(tx: EventTransaction, query: str, /, **params: Any) -> list[Row]:
-        return _execute(cast(Conn, tx.connection), query, params)
 
     def _expires(self, ttl: float) -> Any:
         return self.clock.now() + timedelta(seconds=ttl)

@@ -9,88 +9,20 @@ has committed its state, and then reads the state that batch left.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any, cast
-
-import psycopg
 from psycopg import errors as pg_errors
-from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
 
-from tideflow.clock import Clock
-from tideflow.errors import SchemaNotReadyError, StorageError
 from tideflow.storage.event_contract import EventTransaction
-from tideflow.storage.postgres.backend import PostgresStore
+from tideflow.storage.postgres.companion import PostgresCompanionStore
 from tideflow.storage.process_contract import ProcessInstance, ProcessStatus
 from tideflow.storage.sqlfile import load_queries
 
-_QUERIES = load_queries("tideflow.storage.postgres", "process_queries.sql")
 
-Conn = psycopg.Connection[Any]
-Row = dict[str, Any]
-
-
-def _execute(conn: Conn, name: str, params: dict[str, Any]) -> list[Row]:
-    """Run one of our named queries; a missing schema becomes ``SchemaNotReadyError``."""
-    try:
-        cur = conn.cursor(row_factory=dict_row).execute(_QUERIES[name], params)
-    except (pg_errors.InvalidSchemaName, pg_errors.UndefinedTable) as exc:
-        raise SchemaNotReadyError(
-            "the tideflow process manager table is missing from this database; run `tideflow "
-            f"migrate` (or store.migrate()) first: {exc}") from exc
-    return cur.fetchall() if cur.description else []
-
-
-class PostgresProcessStore:
+class PostgresProcessStore(PostgresCompanionStore):
     """``ProcessStore`` on PostgreSQL. Safe to share between threads."""
 
-    url: str
-    clock: Clock
-
-    def __init__(self, url: str, clock: Clock | None = None, *, pool_size: int = 4) -> None:
-        """Connect with a pool of up to ``pool_size`` connections (``StorageError`` if the
-        server cannot be reached)."""
-        self._setup(PostgresStore(url, clock, pool_size=pool_size), True)
-
-    @classmethod
-    def sharing(cls, flow_store: PostgresStore) -> PostgresProcessStore:
-        """A process store on ``flow_store``'s pool and clock. Closing it leaves the flow store
-        open."""
-        store = cls.__new__(cls)
-        store._setup(flow_store, False)
-        return store
-
-    def _setup(self, flows: PostgresStore, owns: bool) -> None:
-        self._flows = flows
-        self._owns_flows = owns
-        self._pool: ConnectionPool[Conn] = flows.pool
-        self.url = flows.url
-        self.clock = flows.clock
-
-    def migrate(self) -> list[str]:
-        return self._flows.migrate()
-
-    def close(self) -> None:
-        if self._owns_flows:
-            self._flows.close()
-
-    @contextmanager
-    def _connection(self) -> Iterator[Conn]:
-        """A pooled connection in autocommit mode: each statement is its own transaction."""
-        try:
-            with self._pool.connection() as conn:
-                yield conn
-        except psycopg.OperationalError as exc:
-            raise StorageError(f"PostgreSQL operation failed: {exc}") from exc
-
-    def _run(self, query: str, /, **params: Any) -> list[Row]:
-        with self._connection() as conn:
-            return _execute(conn, query, params)
-
-    @staticmethod
-    def _in(tx: EventTransaction, query: str, /, **params: Any) -> list[Row]:
-        return _execute(cast(Conn, tx.connection), query, params)
+    _queries = load_queries("tideflow.storage.postgres", "process_queries.sql")
+    _schema_errors = (pg_errors.InvalidSchemaName, pg_errors.UndefinedTable)
+    _schema_missing = "the tideflow process manager table is missing"
 
     def load(self, tx: EventTransaction, manager: str, process_id: str) -> ProcessInstance | None:
         rows = self._in(tx, "load", manager=manager, process_id=process_id)
