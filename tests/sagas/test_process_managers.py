@@ -89,6 +89,7 @@ def test_a_paid_order_is_confirmed_and_its_shipment_flow_runs(
 
     done = instance(app, "o-1")
     assert (done.status, done.error, done.version) == ("completed", None, 4)
+    assert handler_record(app).kind == "process_manager"
     assert done.process_id == placed.command_id  # the correlation id of the first command
     assert done.state["status"] == "confirmed"
     assert stream(app, "order-o-1") == ["OrderPlaced", "OrderConfirmed"]

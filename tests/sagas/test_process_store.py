@@ -290,8 +290,49 @@ def test_migrate_creates_the_table_and_urls_are_checked(backend: str,
     processes: ProcessStore = open_stores(open_process_store)
     if backend == "sqlite":  # a new file; SQLite's 0004 is a comment only, to keep numbers aligned
         assert processes.migrate() == ["0001_initial", "0002_events", "0003_handlers",
-                                       "0004_event_floor_locks", "0005_process_managers"]
+                                       "0004_event_floor_locks", "0005_process_managers",
+                                       "0006_process_manager_kind"]
     assert processes.migrate() == []
     assert processes.list_instances() == []
     with pytest.raises(UnsupportedDatabaseURLError, match="process store"):
         open_process_store("mysql://localhost/db")
+
+
+def test_sqlite_migration_6_keeps_the_handler_rows_it_rebuilds(backend: str,
+                                                              tmp_path: Path) -> None:
+    """SQLite cannot alter a CHECK, so 0006 rebuilds event_handlers: every row must survive."""
+    if backend == "postgres":
+        pytest.skip("PostgreSQL alters the constraint in place; the saga tests store the kind")
+    import sqlite3
+
+    from tideflow.storage.sqlfile import load_migrations
+    from tideflow.storage.sqlite import SQLiteStore
+
+    path = tmp_path / "v5.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT "
+                 "NULL, applied_at REAL NOT NULL)")
+    for m in load_migrations("tideflow.storage.sqlite"):
+        if m.version <= 5:
+            conn.executescript(m.sql)
+            conn.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (m.version, m.name))
+    conn.execute("INSERT INTO event_handlers (name, kind, status, owner, lease_expires_at, "
+                 "failing_position, attempts, last_error, stopped_reason, updated_at) VALUES "
+                 "('mailer', 'handler', 'stopped', NULL, NULL, 7, 3, 'smtp down', 'gave up', 1.5)")
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(path)
+    try:
+        assert store.migrate() == ["0006_process_manager_kind"]
+        rows = store.connection.execute("SELECT * FROM event_handlers").fetchall()
+        assert rows == [("mailer", "handler", "stopped", None, None, 7, 3, "smtp down",
+                         "gave up", 1.5)]
+        store.connection.execute(
+            "INSERT INTO event_handlers (name, kind, status, updated_at) VALUES "
+            "('saga', 'process_manager', 'running', 2.0)")
+        with pytest.raises(sqlite3.IntegrityError):
+            store.connection.execute(
+                "INSERT INTO event_handlers (name, kind, status, updated_at) VALUES "
+                "('odd', 'cron', 'running', 2.0)")
+    finally:
+        store.close()

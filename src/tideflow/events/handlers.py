@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # a type only: this module imports nothing from storage at ru
 
 FailurePolicy = Literal["dead_letter", "stop"]
 Dialect = Literal["sqlite", "postgresql"]
-HandlerKind = Literal["handler", "projection"]
+HandlerKind = Literal["handler", "projection", "process_manager"]
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 MAX_NAME_LENGTH = 128

@@ -56,6 +56,7 @@ from tideflow.events.handlers import (
     HandlerContext,
     HandlerDefinitionError,
     HandlerError,
+    HandlerKind,
 )
 from tideflow.events.model import RecordedEvent
 
@@ -114,6 +115,7 @@ class ProcessManager(EventHandler):
     """Event types that create an instance when none exists for their process id; events of
     other types for an unknown process id are ignored. Empty: every followed type may start
     one."""
+    kind: ClassVar[HandlerKind] = "process_manager"
     on_failure: ClassVar[FailurePolicy] = "stop"
     batch_size: ClassVar[int] = 20
     """Smaller than a handler's: the batch's transaction also holds the commands' appends."""
