@@ -10,7 +10,6 @@ from tideflow.sagas.manager import (
     ProcessManagerError,
     ProcessNotBoundError,
     ProcessStateError,
-    Reaction,
     StartFlow,
 )
 from tideflow.sagas.runtime import ProcessBindings, react_to
@@ -22,7 +21,6 @@ __all__ = [
     "ProcessManagerError",
     "ProcessNotBoundError",
     "ProcessStateError",
-    "Reaction",
     "StartFlow",
     "react_to",
 ]

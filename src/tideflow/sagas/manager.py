@@ -45,7 +45,7 @@ This module is domain code: what a process manager is. ``tideflow.sagas.runtime`
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from tideflow.errors import NonRetryableError
@@ -92,19 +92,6 @@ class StartFlow:
 
 
 Action = Command | StartFlow
-
-
-@dataclass(slots=True)
-class Reaction:
-    """What one event did to one instance, for tests and logs."""
-
-    process_id: str
-    event_position: int
-    dispatched: list[Command] = field(default_factory=list)
-    started_runs: list[str] = field(default_factory=list)
-    failed_command: Command | None = None
-    error: str | None = None
-    compensations: list[Command] = field(default_factory=list)
 
 
 class ProcessManager(EventHandler):

@@ -32,7 +32,6 @@ from tideflow.sagas.manager import (
     ProcessManager,
     ProcessNotBoundError,
     ProcessStateError,
-    Reaction,
     StartFlow,
 )
 from tideflow.storage.process_contract import ProcessStatus, ProcessStore
@@ -54,32 +53,30 @@ class ProcessBindings:
 
 
 def react_to(manager: ProcessManager, bindings: ProcessBindings, event: RecordedEvent,
-             ctx: HandlerContext) -> Reaction | None:
-    """Apply ``event`` to its instance of ``manager``; None when the instance does not follow
-    it (no process id, not a starting event, finished, or already applied)."""
+             ctx: HandlerContext) -> bool:
+    """Apply ``event`` to its instance of ``manager``; False when no instance follows it (no
+    process id, not a starting event, finished, or already applied)."""
     process_id = _process_id(manager, event)
     if process_id is None:
-        return None
+        return False
     tx = ctx.transaction
     instance = bindings.processes.load(tx, manager.name, process_id)
     if instance is None:
         if manager.starts_with and event.event_type not in manager.starts_with:
-            return None
+            return False
         state: Any = manager.initial_state(process_id)
         version, error = 0, None
     else:
         if instance.status != "running" or event.position <= instance.last_position:
-            return None
+            return False
         state, version, error = instance.state, instance.version, instance.error
 
-    reaction = Reaction(process_id, event.position)
     status: ProcessStatus = "running"
     dispatcher = bindings.dispatcher.within(tx)
     refused: tuple[Command, DomainError] | None = None
     for index, action in enumerate(_actions(manager, manager.react(state, event))):
         if isinstance(action, StartFlow):
-            reaction.started_runs.append(
-                _start_flow(manager, bindings, action, process_id, event, index, ctx))
+            _start_flow(manager, bindings, action, process_id, event, index, ctx)
             continue
         command = _caused_by(action, event)
         try:
@@ -87,10 +84,8 @@ def react_to(manager: ProcessManager, bindings: ProcessBindings, event: Recorded
         except DomainError as exc:
             error = (f"{command.command_type} for {command.aggregate_id!r} was refused: "
                      f"{_describe(exc)}")
-            reaction.failed_command, reaction.error = command, error
             refused = command, exc
             break  # the rest of the reaction depended on the refused command
-        reaction.dispatched.append(command)
 
     new_state = manager.apply(state, event)
     if refused is not None:
@@ -99,18 +94,18 @@ def react_to(manager: ProcessManager, bindings: ProcessBindings, event: Recorded
         assert error is not None
         log.info("process manager %s, instance %s: %s; compensating", manager.name,
                  process_id, error)
-        status, error = _compensate(manager, dispatcher, new_state, *refused, event, reaction,
-                                    error)
+        status, error = _compensate(manager, dispatcher, new_state, *refused, event,
+                                    process_id, error)
     state_json = _encode_state(manager, process_id, new_state)
     if status == "running" and manager.is_done(new_state):
         status = "completed"
     bindings.processes.save(tx, manager.name, process_id, status=status, state_json=state_json,
                             version=version + 1, last_position=event.position, error=error)
-    return reaction
+    return True
 
 
 def _compensate(manager: ProcessManager, dispatcher: CommandDispatcher, state: Any,
-                command: Command, exc: DomainError, event: RecordedEvent, reaction: Reaction,
+                command: Command, exc: DomainError, event: RecordedEvent, process_id: str,
                 error: str) -> tuple[ProcessStatus, str]:
     """Dispatch ``compensate``'s commands; a refused one fails the instance."""
     undo = manager.compensate(state, command, exc)
@@ -123,9 +118,8 @@ def _compensate(manager: ProcessManager, dispatcher: CommandDispatcher, state: A
             failure = (f"{error}; then compensation {compensation.command_type} for "
                        f"{compensation.aggregate_id!r} was refused too: {_describe(again)}")
             log.warning("process manager %s, instance %s failed: %s", manager.name,
-                        reaction.process_id, failure)
+                        process_id, failure)
             return "failed", failure
-        reaction.compensations.append(compensation)
     return "running", error
 
 
