@@ -197,6 +197,20 @@ def test_a_refused_append_inside_a_transaction_leaves_it_usable(events: EventSto
     assert events.stream_version("u") == 0
 
 
+def test_a_duplicate_key_inside_a_transaction_leaves_it_usable(events: EventStore) -> None:
+    events.append("s", [ev()], NO_STREAM, idempotency_key="before", result_json='"b"')
+    with events.transaction() as tx:
+        tx.append("t", [ev()], NO_STREAM, idempotency_key="within", result_json='"w"')
+        for key, stream, result in (("before", "s", '"b"'), ("within", "t", '"w"')):
+            with pytest.raises(DuplicateIdempotencyKeyError) as caught:
+                tx.append("u", [ev()], ANY, idempotency_key=key, result_json='"again"')
+            assert (caught.value.stream_id, caught.value.result_json) == (stream, result)
+        tx.append("t", [ev()], 1)
+    assert {e.stream_id: e.version for e in everything(events)} == {"s": 1, "t": 2}
+    record = events.get_idempotent_result("within")
+    assert record is not None and record.result_json == '"w"'
+
+
 def test_a_transaction_that_raises_writes_nothing(events: EventStore) -> None:
     with pytest.raises(RuntimeError), events.transaction() as tx:
         tx.append("s", [ev()], NO_STREAM)
@@ -1056,6 +1070,94 @@ def test_an_append_inside_a_pipeline(events: EventStore, backend: str) -> None:
     with events.transaction() as tx, tx.connection.pipeline():
         recorded = tx.append("s", [ev(n=1), ev(n=2)], NO_STREAM)
     assert everything(events) == recorded
+
+
+def test_an_append_in_a_transaction_is_one_round_trip(
+        backend: str, db_url: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SAVEPOINT, the append and RELEASE go to the server together; a refused append costs one
+    more (the rollback to the savepoint) and leaves the statement prepared, even when psycopg
+    has statements of its own prepared on the connection (its rollback would drop them all)."""
+    if backend == "sqlite":
+        pytest.skip("PostgreSQL round trips")
+    store = PostgresEventStore(db_url, clock, pool_size=1)
+    waits: list[psycopg.Connection[Any]] = []  # a wait: one exchange with the server
+    real_wait = psycopg.Connection.wait
+
+    def counting_wait(conn: psycopg.Connection[Any], *args: Any, **kwargs: Any) -> Any:
+        waits.append(conn)
+        return real_wait(conn, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Connection, "wait", counting_wait)
+    try:
+        store.migrate()
+        with store.transaction() as tx:
+            tx.append("s", [ev(n=0)], NO_STREAM)  # prepares the statement on the connection
+            for _ in range(6):
+                list(tx.read_stream("s"))  # psycopg prepares this query of its own
+            waits.clear()
+            tx.append("s", [ev(n=1)], 1)
+            assert waits.count(tx.connection) == 1
+            waits.clear()
+            with pytest.raises(WrongExpectedVersionError):
+                tx.append("s", [ev()], 1)
+            assert waits.count(tx.connection) == 2
+            waits.clear()
+            tx.append("s", [ev(n=2), ev(n=3)], 2)
+            assert waits.count(tx.connection) == 1
+        assert ns(store.read_all()) == [0, 1, 2, 3]
+    finally:
+        store.close()
+
+
+def test_a_lost_connection_inside_a_transaction_is_reported_and_replaced(
+        backend: str, db_url: str, clock: ManualClock) -> None:
+    if backend == "sqlite":
+        pytest.skip("a PostgreSQL server connection")
+    store = PostgresEventStore(db_url, clock, pool_size=1)
+    try:
+        store.migrate()
+        with pytest.raises(StorageError), store.transaction() as tx:
+            tx.append("s", [ev(n=1)], NO_STREAM)
+            row = tx.connection.execute("SELECT pg_backend_pid()").fetchone()
+            assert row is not None
+            with psycopg.connect(db_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s, 5000)", (row[0],))
+            tx.append("s", [ev(n=2)], 1)
+        with store.transaction() as tx:
+            tx.append("s", [ev(n=3)], NO_STREAM)
+        assert ns(store.read_all()) == [3]
+    finally:
+        store.close()
+
+
+def test_an_append_interrupted_inside_a_transaction_gives_up_its_connection(
+        backend: str, db_url: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interrupted half-way through its pipeline (Ctrl-C while waiting for the server), an
+    append closes the connection, which libpq may still expect results on: the pool replaces
+    it and the transaction is gone."""
+    if backend == "sqlite":
+        pytest.skip("libpq's pipeline mode")
+    from tideflow.storage.postgres import event_store as module
+
+    real_results = module._pipeline_results
+
+    def interrupted(pgconn: Any, queries: int) -> Any:
+        yield from psycopg.generators.send(pgconn)
+        raise KeyboardInterrupt
+
+    store = PostgresEventStore(db_url, clock, pool_size=1)
+    try:
+        store.migrate()
+        with pytest.raises(KeyboardInterrupt), store.transaction() as tx:
+            tx.append("s", [ev(n=1)], NO_STREAM)
+            monkeypatch.setattr(module, "_pipeline_results", interrupted)
+            tx.append("s", [ev(n=2)], 1)
+        monkeypatch.setattr(module, "_pipeline_results", real_results)
+        with store.transaction() as tx:
+            tx.append("s", [ev(n=3)], NO_STREAM)
+        assert ns(store.read_all()) == [3]
+    finally:
+        store.close()
 
 
 def test_a_lost_connection_is_reported_and_replaced(backend: str, db_url: str,

@@ -39,8 +39,8 @@ refused by a ``DomainError`` records nothing, so sending it again decides again.
 
 Why a plain ``store.append`` and not ``store.transaction()``: the contract's ``append`` with
 ``idempotency_key`` and ``result_json`` is already one transaction holding both; on PostgreSQL it
-is one statement in autocommit, where an explicit transaction would add four round trips
-(BEGIN, SAVEPOINT, RELEASE, COMMIT) to every command.
+is one statement in autocommit, where an explicit transaction would add two round trips
+(BEGIN and COMMIT; the append's savepoint travels with it) to every command.
 
 ``CommandDispatcher`` is the one implementation, blocking and safe to share between threads
 (register aggregates before sharing it); ``AsyncCommandDispatcher`` (``dispatcher.aio``) runs
