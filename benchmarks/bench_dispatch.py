@@ -35,12 +35,11 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
+from benchdb import ADMIN_URL, postgres_database
 
 from tideflow.events import ExpectedVersion, NewEvent, RecordedEvent
 from tideflow.events.aggregate import Aggregate, DomainError, applies, handles
@@ -195,26 +194,13 @@ def _run(backend: str, url: str, args: argparse.Namespace) -> list[Row]:
         store.close()
 
 
-@contextmanager
-def _postgres(admin_url: str) -> Iterator[str]:
-    name = f"tideflow_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin_url.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
     parser.add_argument("--aggregates", type=int, default=600)
     parser.add_argument("--commands", type=int, default=2400)
     parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--pg-url", default=os.environ.get(
-        "TIDEFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument("--pg-url", default=ADMIN_URL)
     args = parser.parse_args()
 
     rows: list[Row] = []
@@ -222,7 +208,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             rows += _run("sqlite", f"sqlite:///{tmp}/bench.db", args)
     if args.backend in ("postgres", "all"):
-        with _postgres(args.pg_url) as url:
+        with postgres_database(args.pg_url) as url:
             rows += _run("postgres", url, args)
 
     print(f"\ncommand dispatch, {PRIOR_EVENTS} prior events per aggregate, {os.cpu_count()} CPUs")

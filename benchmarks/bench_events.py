@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier
 
 import psycopg
+from benchdb import ADMIN_URL, pg_database
 
 from tideflow.events import ExpectedVersion, NewEvent
 from tideflow.storage.event_contract import open_event_store
@@ -167,26 +168,13 @@ def bench(backend: str, url: str, seconds: float) -> Result:
     return Result(backend, bare, one, four, batched, passes[0], max(passes[1:]), count)
 
 
-def _pg_database(admin_url: str) -> tuple[str, Callable[[], None]]:
-    name = f"tideflow_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    return f"{admin_url.rsplit('/', 1)[0]}/{name}", drop
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each write test")
     parser.add_argument("--runs", type=int, default=1,
                         help="repeat everything this many times, each on a fresh database")
-    parser.add_argument("--pg-url", default=os.environ.get(
-        "TIDEFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument("--pg-url", default=ADMIN_URL)
     args = parser.parse_args()
     results = []
     for _ in range(max(args.runs, 1)):
@@ -194,7 +182,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 results.append(bench("sqlite", f"sqlite:///{tmp}/bench.db", args.seconds))
         if args.backend in ("postgres", "all"):
-            url, drop = _pg_database(args.pg_url)
+            url, drop = pg_database(args.pg_url)
             try:
                 results.append(bench("postgres", url, args.seconds))
             finally:

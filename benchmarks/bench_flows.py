@@ -14,22 +14,18 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import statistics
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import psycopg
 from bench_flows_defs import FLOWS, Chain3, MapThousand, NoOp
+from benchdb import pg_database
 
 from tideflow import App
-
-PG_ADMIN = os.environ.get("TIDEFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def worker_main(url: str, until_idle: bool, concurrency: int, results: mp.Queue | None) -> None:
@@ -99,24 +95,12 @@ def bench_latency(url: str, n: int = 200) -> tuple[float, float]:
     return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
 
 
-def pg_database() -> tuple[str, str]:
-    name = f"tideflow_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    return PG_ADMIN.rsplit("/", 1)[0] + "/" + name, name
-
-
-def drop_pg(name: str) -> None:
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def run_backend(backend: str, runs: int) -> dict[str, str]:
     if backend == "postgres":
-        url, name = pg_database()
+        url, drop = pg_database()
     else:
         tmp = tempfile.mkdtemp()
-        url, name = f"sqlite:///{tmp}/bench.db", ""
+        url, drop = f"sqlite:///{tmp}/bench.db", lambda: None
     try:
         App(url).migrate()
         a, _ = bench_throughput(url, NoOp, runs)
@@ -124,8 +108,7 @@ def run_backend(backend: str, runs: int) -> dict[str, str]:
         c = bench_map(url)
         p50, p99 = bench_latency(url)
     finally:
-        if name:
-            drop_pg(name)
+        drop()
     return {
         "backend": backend,
         "(a) no-op runs/s": f"{a:,.0f}",

@@ -26,11 +26,10 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
-import psycopg
+from benchdb import ADMIN_URL, pg_database
 
 from tideflow.events import ExpectedVersion, NewEvent, RecordedEvent
 from tideflow.events.handlers import EventHandler, HandlerContext
@@ -144,31 +143,18 @@ def bench(backend: str, url: str, n: int) -> dict[tuple[str, int], float]:
     return results
 
 
-def _pg_database(admin_url: str) -> tuple[str, Callable[[], None]]:
-    name = f"tideflow_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    return admin_url.rsplit("/", 1)[0] + "/" + name, drop
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
     parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--pg-url", default=os.environ.get(
-        "TIDEFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument("--pg-url", default=ADMIN_URL)
     args = parser.parse_args()
     results: dict[str, dict[tuple[str, int], Any]] = {}
     if args.backend in ("sqlite", "all"):
         with tempfile.TemporaryDirectory() as tmp:
             results["sqlite"] = bench("sqlite", f"sqlite:///{tmp}/bench.db", args.events)
     if args.backend in ("postgres", "all"):
-        url, drop = _pg_database(args.pg_url)
+        url, drop = pg_database(args.pg_url)
         try:
             results["postgres"] = bench("postgres", url, args.events)
         finally:

@@ -25,10 +25,9 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import psycopg
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # examples/ is not installed
 
+from benchdb import ADMIN_URL, pg_database
 from examples.order_saga import OrderFulfilment, shop
 
 from tideflow.events import Command
@@ -77,24 +76,11 @@ def bench(backend: str, database: Callable[[], tuple[str, Callable[[], None]]],
     return results
 
 
-def _pg_database(admin_url: str) -> tuple[str, Callable[[], None]]:
-    name = f"tideflow_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-
-    def drop() -> None:
-        with psycopg.connect(admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-    return admin_url.rsplit("/", 1)[0] + "/" + name, drop
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
     parser.add_argument("--orders", type=int, default=1000)
-    parser.add_argument("--pg-url", default=os.environ.get(
-        "TIDEFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres"))
+    parser.add_argument("--pg-url", default=ADMIN_URL)
     args = parser.parse_args()
     results: dict[str, dict[int, tuple[float, float]]] = {}
     if args.backend in ("sqlite", "all"):
@@ -104,7 +90,7 @@ def main() -> None:
 
             results["sqlite"] = bench("sqlite", sqlite_file, args.orders)
     if args.backend in ("postgres", "all"):
-        results["postgres"] = bench("postgres", lambda: _pg_database(args.pg_url), args.orders)
+        results["postgres"] = bench("postgres", lambda: pg_database(args.pg_url), args.orders)
     print()
     print(f"{'backend':<10}{'batch':>7}{'orders/s':>12}{'reactions/s':>14}")
     for backend, by_batch in results.items():
