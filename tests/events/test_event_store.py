@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.threads import assert_blocked, in_thread
 from tideflow.clock import ManualClock
 from tideflow.errors import SchemaNotReadyError, StorageError, UnsupportedDatabaseURLError
 from tideflow.events import (
@@ -66,26 +67,6 @@ FLOOR_LOCKS_HELD = (  # floor locks held in this database, by anyone
 
 def ev(event_type: str = "Happened", **data: Any) -> NewEvent:
     return NewEvent(event_type, data)
-
-
-def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
-    """Run ``fn`` in a thread; the dict gets its "value" or "error"."""
-    result: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            result["value"] = fn()
-        except BaseException as exc:
-            result["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, result
-
-
-def assert_blocked(thread: threading.Thread) -> None:
-    thread.join(0.3)
-    assert thread.is_alive(), "the second writer should be waiting for the first"
 
 
 def everything(store: EventStore) -> list[RecordedEvent]:

@@ -8,7 +8,6 @@ batch waiting until the first has committed the instance's state.
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -18,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.threads import assert_blocked, in_thread
 from tideflow.clock import ManualClock
 from tideflow.errors import SchemaNotReadyError, UnsupportedDatabaseURLError
 from tideflow.storage import open_event_store_on, open_process_store_on
@@ -70,26 +70,6 @@ def save(processes: ProcessStore, events: EventStore, manager: str, process_id: 
     with events.transaction() as tx:
         processes.save(tx, manager, process_id, status=status, state_json=state,
                        version=version, last_position=last_position, error=error)
-
-
-def in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
-    """Run ``fn`` in a thread; the dict gets its "value" or "error"."""
-    result: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            result["value"] = fn()
-        except BaseException as exc:
-            result["error"] = exc
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, result
-
-
-def assert_blocked(thread: threading.Thread) -> None:
-    thread.join(0.3)
-    assert thread.is_alive(), "the second transaction should be waiting for the first"
 
 
 # --- reading and writing -------------------------------------------------------------------------
