@@ -139,8 +139,15 @@ class App:
 
     def handler_runner(self, worker_id: str | None = None,
                        options: HandlerRunnerOptions | None = None) -> HandlerRunner:
-        return HandlerRunner(self.event_store, self.handler_store,
-                             self.bound_handlers(), worker_id=worker_id, options=options)
+        handlers = self.bound_handlers()
+        if any(isinstance(h, ProcessManager) for h in handlers):
+            # Record the flows' versions now, in transactions of their own: a process manager
+            # that starts a run would otherwise record its flow inside its batch, every batch
+            # (a row written in a transaction that may roll back cannot be remembered).
+            for flow in self.registry:
+                self.store.ensure_flow(flow.definition)
+        return HandlerRunner(self.event_store, self.handler_store, handlers,
+                             worker_id=worker_id, options=options)
 
     def bound_handlers(self) -> list[EventHandler]:
         """The app's handlers, instantiated, its process managers bound to its dispatcher,
