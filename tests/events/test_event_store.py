@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.pgdb import empty_database
 from tests.threads import assert_blocked, in_thread
 from tideflow.clock import ManualClock
 from tideflow.errors import SchemaNotReadyError, StorageError, UnsupportedDatabaseURLError
@@ -1002,11 +1003,8 @@ def test_an_unmigrated_postgres_database_is_reported(backend: str, db_url: str,
                                                     clock: ManualClock) -> None:
     if backend == "sqlite":
         pytest.skip("the SQLite case is in test_migrate_is_idempotent_and_the_schema_is_required")
-    server, name = db_url.rsplit("/", 1)[0], f"tideflow_bare_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        bare = PostgresEventStore(f"{server}/{name}", clock)
+    with empty_database(db_url) as url:
+        bare = PostgresEventStore(url, clock)
         try:
             with pytest.raises(SchemaNotReadyError, match="tideflow migrate"):
                 bare.append("s", [ev()], ANY)
@@ -1016,9 +1014,6 @@ def test_an_unmigrated_postgres_database_is_reported(backend: str, db_url: str,
                 list(bare.read_all())
         finally:
             bare.close()
-    finally:
-        with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def test_appends_prepare_their_statement_again_if_it_was_deallocated(
@@ -1196,11 +1191,7 @@ def test_a_database_of_migration_3_upgrades_to_floor_locks(backend: str, db_url:
         pytest.skip("PostgreSQL's append functions")
     from tideflow.storage.sqlfile import load_migrations
 
-    server, name = db_url.rsplit("/", 1)[0], f"tideflow_up_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"{server}/{name}"
-    try:
+    with empty_database(db_url, "tideflow_up") as url:
         with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
             conn.execute("CREATE SCHEMA tideflow")
             conn.execute("CREATE TABLE tideflow.schema_migrations (version integer PRIMARY KEY, "
@@ -1228,9 +1219,6 @@ def test_a_database_of_migration_3_upgrades_to_floor_locks(backend: str, db_url:
                 tx.connection.execute("SELECT tideflow.event_horizon_v1()")
         finally:
             store.close()
-    finally:
-        with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # --- reading through a transaction ---------------------------------------------------------------

@@ -8,15 +8,14 @@ batch waiting until the first has committed the instance's state.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
+from tests.pgdb import empty_database
 from tests.threads import assert_blocked, in_thread
 from tideflow.clock import ManualClock
 from tideflow.errors import SchemaNotReadyError, UnsupportedDatabaseURLError
@@ -235,14 +234,8 @@ def test_an_unmigrated_database_is_reported(backend: str, db_url: str, tmp_path:
     if backend == "sqlite":
         _check_unmigrated(open_stores, f"sqlite:///{tmp_path / 'bare.db'}")
         return
-    server, name = db_url.rsplit("/", 1)[0], f"tideflow_bare_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        _check_unmigrated(open_stores, f"{server}/{name}")
-    finally:
-        with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with empty_database(db_url) as url:
+        _check_unmigrated(open_stores, url)
 
 
 def _check_unmigrated(open_stores: Opener, url: str) -> None:
