@@ -92,6 +92,18 @@ class InputNotSerializableError(TideflowError, TypeError):
     """A run input (or step output) cannot be encoded as JSON."""
 
 
+class InvalidDataError(InputNotSerializableError, ValueError):
+    """A value is JSON, but no backend may store it: a NUL character or a lone surrogate in a
+    string or key, nesting deeper than ``tideflow.jsonutil.MAX_DEPTH``, or an id that is empty,
+    too long or not text. Checked before any SQL runs, the same way on every backend, so SQLite
+    refuses what PostgreSQL would refuse. ``field`` names the value ("output of step 'charge'",
+    "data of event 'Paid'")."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(message)
+
+
 class RunNotFoundError(TideflowError, LookupError):
     """No run has this id."""
 
@@ -119,5 +131,21 @@ class UnsupportedDatabaseURLError(StorageError, ValueError):
     """The database URL names a scheme tideflow has no backend for."""
 
 
+class DatabaseUnavailableError(StorageError):
+    """The database cannot serve the operation right now: the connection was lost, the server is
+    restarting, shutting down or refusing connections, the disk is full, a deadlock or
+    serialization failure was detected, or the SQLite file stayed locked past its busy timeout.
+
+    Transient by nature: workers back off and retry; clients (``start_flow``, ``dispatch``,
+    ``append``) retry briefly, then raise it. The operation that raised it either committed
+    nothing or (when the connection dropped during COMMIT) may have committed - see
+    docs/concepts/failures.md for which calls are safe to repeat."""
+
+
 class SchemaNotReadyError(StorageError):
     """The database schema is older than this version of tideflow; run ``tideflow migrate``."""
+
+
+class SchemaMissingError(SchemaNotReadyError):
+    """The database has no tideflow schema at all. Reads never create one: run ``tideflow
+    migrate -d URL`` (or start a worker, or an App that writes)."""
