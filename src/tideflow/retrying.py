@@ -40,7 +40,7 @@ class Backoff:
 
     def next_delay(self) -> float:
         """The pause before the next try; each call counts one more failure."""
-        ceiling = min(self.maximum, self.initial * 2 ** min(self.failures, 30))
+        ceiling: float = min(self.maximum, self.initial * 2.0 ** min(self.failures, 30))
         self.failures += 1
         return ceiling * (0.5 + 0.5 * self._rng())
 
