@@ -22,10 +22,11 @@ from psycopg.types.string import TextLoader
 from psycopg_pool import ConnectionPool
 
 from tideflow.clock import Clock
-from tideflow.errors import RunAlreadyExistsError, SchemaNotReadyError, StorageError
+from tideflow.errors import RunAlreadyExistsError, StorageError
 from tideflow.flows.definition import FlowDefinition
 from tideflow.storage.contract import ClaimedTask, ClaimRequest, TaskCompletion
 from tideflow.storage.engine import SqlEngine, step_rows
+from tideflow.storage.postgres.errors import translate, translated
 from tideflow.storage.rows import Row, batch
 from tideflow.storage.sqlfile import load_migrations, load_queries
 from tideflow.storage.urls import redact_url
@@ -50,9 +51,18 @@ def check_connection(url: str) -> None:
     try:
         psycopg.connect(url, connect_timeout=5).close()
     except psycopg.Error as exc:
-        detail = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        raise StorageError(f"cannot connect to PostgreSQL at {redact_url(url)}: "
-                           f"{detail or type(exc).__name__}") from exc
+        raise _connect_error(url, exc) from exc
+
+
+def _connect_error(url: str, exc: BaseException) -> StorageError:
+    """``DatabaseUnavailableError`` when the server is down or restarting (worth waiting
+    for), a plain ``StorageError`` when the URL is wrong (no such database, bad password)."""
+    kind = type(translate(exc))
+    if not issubclass(kind, StorageError):  # pragma: no cover - translate maps to storage errors
+        kind = StorageError
+    detail = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return kind(f"cannot connect to PostgreSQL at {redact_url(url)}: "
+                f"{detail or type(exc).__name__}")
 
 
 class _PgTx:
@@ -75,12 +85,9 @@ class _PgTx:
                     f"a run with id {params['run_id']!r} already exists; pass another run_id "
                     "or none to get a fresh one"
                 ) from exc
-            raise
-        except pg_errors.UndefinedTable as exc:
-            raise SchemaNotReadyError(
-                "the tideflow schema is missing from this database; run `tideflow migrate` "
-                "(or App(..., migrate=True))"
-            ) from exc
+            raise translate(exc, f"query {name}") from exc
+        except psycopg.Error as exc:
+            raise translate(exc, f"query {name}") from exc
 
     def rows(self, name: str, **params: Any) -> list[Row]:
         return self._execute(name, params).fetchall()
@@ -95,13 +102,16 @@ class PostgresStore(SqlEngine):
         self.url = url
         check_connection(url)
         try:
-            self._pool = ConnectionPool(
+            # check: a connection that died while idle in the pool (a server restart) is
+            # replaced before it is handed out, instead of failing the caller's first query.
+            self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
                 url, min_size=1, max_size=pool_size, open=True, configure=_configure,
                 kwargs={"autocommit": True}, name="tideflow",
+                check=ConnectionPool.check_connection,
             )
             self._pool.wait(timeout=10.0)
         except Exception as exc:
-            raise StorageError(f"cannot connect to PostgreSQL at {redact_url(url)}: {exc}") from exc
+            raise _connect_error(url, exc) from exc
         self._listener: threading.Thread | None = None
         self._stopping = threading.Event()
 
@@ -122,8 +132,8 @@ class PostgresStore(SqlEngine):
                     # Joined, PostgreSQL delivers it when the caller's transaction commits -
                     # to this process's listener too, which wakes the local workers then.
                     conn.execute(f"NOTIFY {CHANNEL}")
-        except psycopg.OperationalError as exc:
-            raise StorageError(f"PostgreSQL operation failed: {exc}") from exc
+        except psycopg.Error as exc:  # connecting, BEGIN, COMMIT, NOTIFY
+            raise translate(exc) from exc
         if tx.notify and joined is None:
             self._notify_local()
 
@@ -160,7 +170,7 @@ class PostgresStore(SqlEngine):
 
     def migrate(self) -> list[str]:
         applied: list[str] = []
-        with self._pool.connection() as conn, conn.transaction():
+        with translated("migrating"), self._pool.connection() as conn, conn.transaction():
             # Transaction-scoped advisory lock: concurrent `migrate` calls (several workers
             # starting at once) queue here and find the work done.
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))

@@ -22,9 +22,10 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from tideflow.clock import Clock
-from tideflow.errors import SchemaNotReadyError, StorageError
+from tideflow.errors import SchemaNotReadyError
 from tideflow.storage.event_contract import EventTransaction
 from tideflow.storage.postgres.backend import PostgresStore
+from tideflow.storage.postgres.errors import is_transient, translate
 
 Conn = psycopg.Connection[Any]
 Row = dict[str, Any]
@@ -35,10 +36,9 @@ class PostgresCompanionStore:
 
     url: str
     clock: Clock
-    #: Set by each subclass: its named queries; the driver errors that mean its tables are
-    #: missing; and the start of the ``SchemaNotReadyError`` message that names them.
+    #: Set by each subclass: its named queries, and the start of the ``SchemaNotReadyError``
+    #: message that names its tables.
     _queries: ClassVar[dict[str, str]]
-    _schema_errors: ClassVar[tuple[type[psycopg.Error], ...]]
     _schema_missing: ClassVar[str]
 
     def __init__(self, url: str, clock: Clock | None = None, *, pool_size: int = 4) -> None:
@@ -73,17 +73,22 @@ class PostgresCompanionStore:
         try:
             with self._pool.connection() as conn:
                 yield conn
-        except psycopg.OperationalError as exc:
-            raise StorageError(f"PostgreSQL operation failed: {exc}") from exc
+        except psycopg.Error as exc:
+            if is_transient(exc):  # other errors here are the caller's, raised in its block
+                raise translate(exc) from exc
+            raise
 
     def _execute(self, conn: Conn, name: str, params: dict[str, Any]) -> list[Row]:
-        """Run one of our named queries; a missing schema becomes ``SchemaNotReadyError``."""
+        """Run one of our named queries, its driver errors mapped (``errors.translate``)."""
         try:
             cur = conn.cursor(row_factory=dict_row).execute(self._queries[name], params)
-        except self._schema_errors as exc:
-            raise SchemaNotReadyError(
-                f"{self._schema_missing} from this database; run `tideflow migrate` (or "
-                f"store.migrate()) first: {exc}") from exc
+        except psycopg.Error as exc:
+            error = translate(exc, f"query {name}")
+            if isinstance(error, SchemaNotReadyError):
+                error = SchemaNotReadyError(
+                    f"{self._schema_missing} from this database; run `tideflow migrate` (or "
+                    f"store.migrate()) first: {exc}")
+            raise error from exc
         return cur.fetchall() if cur.description else []
 
     def _run(self, query: str, /, **params: Any) -> list[Row]:

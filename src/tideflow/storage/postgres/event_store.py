@@ -39,7 +39,7 @@ from psycopg.pq.abc import PGconn, PGresult
 from psycopg_pool import ConnectionPool
 
 from tideflow.clock import Clock
-from tideflow.errors import SchemaNotReadyError, StorageError
+from tideflow.errors import StorageError
 from tideflow.events.errors import (
     CheckpointConflictError,
     DuplicateEventIdError,
@@ -73,6 +73,7 @@ from tideflow.storage.event_contract import (
 )
 from tideflow.storage.handler_contract import EVENTS_CHANNEL
 from tideflow.storage.postgres.backend import PostgresStore
+from tideflow.storage.postgres.errors import is_transient, translate
 from tideflow.storage.postgres.notifier import CoalescingNotifier
 from tideflow.storage.sqlfile import load_queries
 
@@ -101,9 +102,6 @@ _COMMAND_OK = pq.ExecStatus.COMMAND_OK
 _SAVEPOINT = b"SAVEPOINT tideflow_append"
 _RELEASE = b"RELEASE SAVEPOINT tideflow_append"
 _ROLLBACK_TO = b"ROLLBACK TO SAVEPOINT tideflow_append; RELEASE SAVEPOINT tideflow_append"
-#: What the server says when the event store's schema is missing, or a part of it.
-_SCHEMA_MISSING = (pg_errors.InvalidSchemaName, pg_errors.UndefinedTable,
-                   pg_errors.UndefinedFunction)
 
 
 def _events(rows: list[tuple[Any, ...]]) -> list[RecordedEvent]:
@@ -141,20 +139,14 @@ def _json_uuid(value: UUID | None) -> str:
     return "null" if value is None else f'"{value.hex}"'
 
 
-def _schema_error(exc: psycopg.Error) -> SchemaNotReadyError:
-    return SchemaNotReadyError(
-        "the tideflow event tables are missing from this database; run `tideflow migrate` "
-        f"(or store.migrate()) first: {exc}")
-
-
 def _execute(conn: Conn, name: str, params: dict[str, Any], *,
              binary: bool = False) -> psycopg.Cursor[Any]:
-    """Run one of our named queries, mapping a missing schema to ``SchemaNotReadyError``. (The
+    """Run one of our named queries, its driver errors mapped (``errors.translate``). (The
     caller's own SQL on ``tx.connection`` is not mapped: its errors are the caller's.)"""
     try:
         return conn.execute(_QUERIES[name], params, binary=binary)
-    except _SCHEMA_MISSING as exc:
-        raise _schema_error(exc) from exc
+    except psycopg.Error as exc:
+        raise translate(exc, f"event store query {name}") from exc
 
 
 AppendArgs = tuple[str, str, int, str, str, str, datetime, str | None, str | None]
@@ -284,10 +276,7 @@ def _check(conn: Conn, results: list[PGresult]) -> PGresult:
     """The last result, after raising the error of a failed one as psycopg would."""
     for result in results:
         if result.status == _FATAL:
-            exc = pg_errors.error_from_result(result, encoding=conn.info.encoding)
-            if isinstance(exc, _SCHEMA_MISSING):
-                raise _schema_error(exc) from exc
-            raise exc
+            raise pg_errors.error_from_result(result, encoding=conn.info.encoding)
     return results[-1]
 
 
@@ -347,12 +336,17 @@ class PostgresEventStore:
         pool = self._pool
         try:
             conn = pool.getconn()
-        except psycopg.OperationalError as exc:
-            raise StorageError(f"PostgreSQL operation failed: {exc}") from exc
+        except psycopg.Error as exc:
+            raise translate(exc, "event store: connecting") from exc
         try:
             yield conn
-        except psycopg.OperationalError as exc:
-            raise StorageError(f"PostgreSQL operation failed: {exc}") from exc
+        except psycopg.Error as exc:
+            # Only a lost connection is ours to map here: other driver errors raised inside a
+            # transaction() block may come from the caller's own SQL on tx.connection (a
+            # projection's table), and are the caller's to read.
+            if is_transient(exc):
+                raise translate(exc, "event store operation") from exc
+            raise
         finally:
             pool.putconn(conn)
 
@@ -415,7 +409,7 @@ class PostgresEventStore:
                 f"an event appended to {p.stream_id!r} has an event_id that is already recorded "
                 f"({exc.diag.message_detail}); nothing was written. Event ids are unique across "
                 "the store: leave event_id out to get a fresh uuid4, and never reuse one.")
-        return exc
+        return translate(exc, f"appending to stream {p.stream_id!r}")
 
     # --- reading --------------------------------------------------------------------------------
 

@@ -20,7 +20,6 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
-from psycopg import errors as pg_errors
 
 from tideflow.errors import StorageError
 from tideflow.events.handlers import DeadLetterNotFoundError, HandlerKind, LeaseLostError
@@ -44,7 +43,6 @@ class PostgresHandlerStore(PostgresCompanionStore):
     """``HandlerStore`` on PostgreSQL. Safe to share between threads."""
 
     _queries = load_queries("tideflow.storage.postgres", "handlers_queries.sql")
-    _schema_errors = (pg_errors.UndefinedTable, pg_errors.UndefinedFunction)
     _schema_missing = "the tideflow handler tables are missing"
 
     def _setup(self, flows: PostgresStore, owns: bool) -> None:

@@ -9,8 +9,6 @@ has committed its state, and then reads the state that batch left.
 
 from __future__ import annotations
 
-from psycopg import errors as pg_errors
-
 from tideflow.storage.event_contract import EventTransaction
 from tideflow.storage.postgres.companion import PostgresCompanionStore
 from tideflow.storage.process_contract import ProcessInstance, ProcessStatus
@@ -21,7 +19,6 @@ class PostgresProcessStore(PostgresCompanionStore):
     """``ProcessStore`` on PostgreSQL. Safe to share between threads."""
 
     _queries = load_queries("tideflow.storage.postgres", "process_queries.sql")
-    _schema_errors = (pg_errors.InvalidSchemaName, pg_errors.UndefinedTable)
     _schema_missing = "the tideflow process manager table is missing"
 
     def load(self, tx: EventTransaction, manager: str, process_id: str) -> ProcessInstance | None:

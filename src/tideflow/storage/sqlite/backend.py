@@ -31,6 +31,7 @@ from tideflow.errors import RunAlreadyExistsError, StorageError
 from tideflow.storage.engine import SqlEngine
 from tideflow.storage.rows import Row
 from tideflow.storage.sqlfile import load_migrations, load_queries
+from tideflow.storage.sqlite.errors import rollback_quietly, translate, translated
 
 #: How often a subscribed store checks whether another process committed.
 WATCH_INTERVAL = 0.005
@@ -69,7 +70,9 @@ class _SQLiteTx:
                     f"a run with id {params['run_id']!r} already exists; pass another run_id "
                     "or none to get a fresh one"
                 ) from exc
-            raise
+            raise translate(exc, f"query {name}") from exc
+        except (sqlite3.Error, UnicodeEncodeError) as exc:
+            raise translate(exc, f"query {name}") from exc
 
     def rows(self, name: str, **params: Any) -> list[Row]:
         cur = self._execute(name, params)
@@ -123,17 +126,18 @@ class SQLiteStore(SqlEngine):
                 rollback: tuple[str, ...] = ("ROLLBACK TO tideflow_flows", commit)
             else:
                 begin, commit, rollback = "BEGIN IMMEDIATE", "COMMIT", ("ROLLBACK",)
-            try:
+            with translated(f"SQLite database {self.path!r}: beginning a transaction"):
                 self._conn.execute(begin)
-            except sqlite3.OperationalError as exc:
-                raise StorageError(f"SQLite database {self.path!r} is unavailable: {exc}") from exc
             try:
                 yield tx
             except BaseException:
-                for statement in rollback:
-                    self._conn.execute(statement)
+                rollback_quietly(self._conn, rollback)
                 raise
-            self._conn.execute(commit)
+            try:
+                self._conn.execute(commit)
+            except sqlite3.Error as exc:
+                rollback_quietly(self._conn, rollback)
+                raise translate(exc, f"SQLite database {self.path!r}: committing") from exc
         # Joined, this is before the caller's commit: a worker of this process that wakes now
         # waits for the lock, which the caller's transaction holds until it ends.
         if tx.notify:
@@ -174,7 +178,8 @@ class SQLiteStore(SqlEngine):
     def migrate(self) -> list[str]:
         applied: list[str] = []
         with self._lock:
-            self._conn.execute("BEGIN EXCLUSIVE")
+            with translated(f"SQLite database {self.path!r}: migrating"):
+                self._conn.execute("BEGIN EXCLUSIVE")
             try:
                 self._conn.execute(
                     "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "

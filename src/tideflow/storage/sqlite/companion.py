@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Self, cast
 
 from tideflow.clock import Clock
-from tideflow.errors import SchemaNotReadyError, StorageError
+from tideflow.errors import SchemaNotReadyError
 from tideflow.storage.event_contract import EventTransaction
 from tideflow.storage.sqlfile import load_queries
 from tideflow.storage.sqlite.backend import SQLiteStore
+from tideflow.storage.sqlite.errors import rollback_quietly, translate, translated
 
 _PARAM = re.compile(r"%\((\w+)\)s")
 
@@ -78,12 +79,13 @@ class SQLiteCompanionStore:
         """Run one of our named queries; a missing table becomes ``SchemaNotReadyError``."""
         try:
             return conn.execute(self._queries[name], params)
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                raise SchemaNotReadyError(
+        except (sqlite3.Error, UnicodeEncodeError) as exc:
+            error = translate(exc, f"SQLite {self._store_name}: query {name}")
+            if isinstance(error, SchemaNotReadyError):
+                error = SchemaNotReadyError(
                     f"{self._schema_missing} from this database; run `tideflow migrate` (or "
-                    f"store.migrate()) first: {exc}") from exc
-            raise StorageError(f"SQLite {self._store_name} failed: {exc}") from exc
+                    f"store.migrate()) first: {exc}")
+            raise error from exc
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -91,17 +93,18 @@ class SQLiteCompanionStore:
         the write lock up front, so that a read followed by a write cannot fail half way with
         SQLITE_BUSY (backend.py)."""
         with self._lock:
-            try:
+            with translated(f"SQLite database {self._flows.path!r}: beginning a transaction"):
                 self._conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise StorageError(f"SQLite database {self._flows.path!r} is unavailable: "
-                                   f"{exc}") from exc
             try:
                 yield self._conn
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                rollback_quietly(self._conn, ("ROLLBACK",))
                 raise
-            self._conn.execute("COMMIT")
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                rollback_quietly(self._conn, ("ROLLBACK",))
+                raise translate(exc, f"SQLite database {self._flows.path!r}: committing") from exc
 
     @staticmethod
     def _tx(tx: EventTransaction) -> sqlite3.Connection:

@@ -25,7 +25,7 @@ from typing import Any
 from uuid import UUID
 
 from tideflow.clock import Clock
-from tideflow.errors import SchemaNotReadyError, StorageError
+from tideflow.errors import SchemaNotReadyError
 from tideflow.events.errors import (
     CheckpointConflictError,
     DuplicateEventIdError,
@@ -59,6 +59,7 @@ from tideflow.storage.event_contract import (
 )
 from tideflow.storage.sqlfile import load_queries
 from tideflow.storage.sqlite.backend import SQLiteStore
+from tideflow.storage.sqlite.errors import rollback_quietly, translate, translated
 
 _PARAM = re.compile(r"%\((\w+)\)s")
 _QUERIES = {name: _PARAM.sub(r":\1", sql)
@@ -131,12 +132,15 @@ class SQLiteEventStore:
         """Run one of our named queries (the caller holds ``_lock``)."""
         try:
             return self._conn.execute(_QUERIES[name], params)
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                raise SchemaNotReadyError(
+        except sqlite3.IntegrityError:
+            raise  # the caller knows what a constraint of its statement means
+        except (sqlite3.Error, UnicodeEncodeError) as exc:
+            error = translate(exc, f"SQLite database {self._flows.path!r}: query {name}")
+            if isinstance(error, SchemaNotReadyError):
+                error = SchemaNotReadyError(
                     "the tideflow event tables are missing from this database; run `tideflow "
-                    f"migrate` (or store.migrate()) first: {exc}") from exc
-            raise StorageError(f"SQLite database {self._flows.path!r} failed: {exc}") from exc
+                    f"migrate` (or store.migrate()) first: {exc}")
+            raise error from exc
 
     def _rows(self, query: str, **params: Any) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -152,18 +156,18 @@ class SQLiteEventStore:
                 rollback: tuple[str, ...] = ("ROLLBACK TO tideflow_events", commit)
             else:
                 begin, commit, rollback = "BEGIN IMMEDIATE", "COMMIT", ("ROLLBACK",)
-            try:
+            with translated(f"SQLite database {self._flows.path!r}: beginning a transaction"):
                 self._conn.execute(begin)
-            except sqlite3.OperationalError as exc:
-                raise StorageError(f"SQLite database {self._flows.path!r} is unavailable: "
-                                   f"{exc}") from exc
             try:
                 yield
             except BaseException:
-                for statement in rollback:
-                    self._conn.execute(statement)
+                rollback_quietly(self._conn, rollback)
                 raise
-            self._conn.execute(commit)
+            try:
+                self._conn.execute(commit)
+            except sqlite3.Error as exc:
+                rollback_quietly(self._conn, rollback)
+                raise translate(exc, f"SQLite database {self._flows.path!r}: committing") from exc
 
     # --- appending ------------------------------------------------------------------------------
 
