@@ -117,6 +117,11 @@ class Sleeper(Flow, slug="sleeper", max_attempts=3, base_delay=0.01):
         return os.getpid()
 
 
+class OneShotSleeper(Sleeper, slug="one_shot_sleeper", max_attempts=1):
+    """Sleeper without retries: a worker killed under it must not fail the run (a stall is not
+    an attempt)."""
+
+
 class FanFail(Flow, slug="fan_fail", max_attempts=1):
     """A map whose element 'boom' fails while its siblings are slow: the failure must cancel
     the siblings."""
@@ -133,7 +138,8 @@ class FanFail(Flow, slug="fan_fail", max_attempts=1):
         return work
 
 
-ALL_FLOWS = [Chain, Diamond, MapFlow, RootMap, Flaky, Fatal, Slow, BadOutput, Sleeper, FanFail]
+ALL_FLOWS = [Chain, Diamond, MapFlow, RootMap, Flaky, Fatal, Slow, BadOutput, Sleeper,
+             OneShotSleeper, FanFail]
 
 
 class Recorder(Flow, slug="recorder", max_attempts=2):

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.flows.flows_for_tests import ALL_FLOWS, Recorder, Sleeper
+from tests.flows.flows_for_tests import ALL_FLOWS, OneShotSleeper, Recorder
 from tideflow import App
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,8 +31,9 @@ def wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyp
 
 
 def test_sigkilled_worker_task_is_finished_by_another_worker(db_url: str, tmp_path: Path) -> None:
+    """With max_attempts=1: the kill is a stall, requeued without costing the only attempt."""
     app = App(db_url, flows=ALL_FLOWS)
-    run_id = app.start_flow(Sleeper, {"dir": str(tmp_path), "seconds": 1.0})
+    run_id = app.start_flow(OneShotSleeper, {"dir": str(tmp_path), "seconds": 1.0})
     first = spawn_worker(db_url, lease_margin=1.0)
     try:
         wait_for(lambda: list(tmp_path.glob("started-*")))
@@ -50,7 +51,8 @@ def test_sigkilled_worker_task_is_finished_by_another_worker(db_url: str, tmp_pa
     assert run.status == "completed"
     assert run.output == {"nap": second.pid}
     task = run.step("nap").tasks[0]
-    assert task.attempts == 2  # the killed attempt counts
+    assert (task.attempts, task.stalls) == (1, 1)  # the kill was a stall, not an attempt
+    assert task.error is not None and "requeued (stall 1 of 3)" in task.error
     assert len(list(tmp_path.glob("done-*"))) == 1
     app.close()
 

@@ -264,7 +264,7 @@ def test_migrate_creates_the_table_and_urls_are_checked(backend: str,
     if backend == "sqlite":  # a new file; SQLite's 0004 is a comment only, to keep numbers aligned
         assert processes.migrate() == ["0001_initial", "0002_events", "0003_handlers",
                                        "0004_event_floor_locks", "0005_process_managers",
-                                       "0006_process_manager_kind"]
+                                       "0006_process_manager_kind", "0007_task_stalls"]
     assert processes.migrate() == []
     assert processes.list_instances() == []
     with pytest.raises(UnsupportedDatabaseURLError, match="process store"):
@@ -296,7 +296,7 @@ def test_sqlite_migration_6_keeps_the_handler_rows_it_rebuilds(backend: str,
     conn.close()
     store = SQLiteStore(path)
     try:
-        assert store.migrate() == ["0006_process_manager_kind"]
+        assert store.migrate() == ["0006_process_manager_kind", "0007_task_stalls"]
         rows = store.connection.execute("SELECT * FROM event_handlers").fetchall()
         assert rows == [("mailer", "handler", "stopped", None, None, 7, 3, "smtp down",
                          "gave up", 1.5)]

@@ -176,6 +176,8 @@ def tasks_table(run: RunRecord) -> Table:
     table.add_column("task", justify="right", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column("attempts", justify="right", no_wrap=True)
+    # Lease expiries (worker killed or lost): requeued without counting an attempt.
+    table.add_column("stalls", justify="right", no_wrap=True)
     table.add_column("duration", justify="right", no_wrap=True)
     table.add_column("output / error", overflow="fold")
     tasks: list[TaskRecord] = [t for s in run.steps for t in s.tasks]
@@ -183,7 +185,8 @@ def tasks_table(run: RunRecord) -> Table:
         detail = (Text(truncate(t.error, 80), style="red") if t.error and t.status != "completed"
                   else Text(compact_json(t.output, 80)) if t.status == "completed" else Text(""))
         table.add_row(t.step_slug, str(t.task_index), status_text(t.status), str(t.attempts),
-                      elapsed(t.started_at, t.finished_at) if t.started_at else "-", detail)
+                      str(t.stalls), elapsed(t.started_at, t.finished_at) if t.started_at else "-",
+                      detail)
     return table
 
 

@@ -3,7 +3,8 @@
 A ``FlowDefinition`` is built once, when a ``Flow`` class statement runs, and never changes. Its
 ``version`` is a hash of the *shape* only (step slugs, dependencies, kinds): changing a retry
 option does not strand in-flight runs on an old version, while adding, removing or rewiring a step
-does, so runs already started finish on the graph they started with.
+does, so runs already started finish on the graph they started with. ``max_stalls`` is an option
+like the retry options: outside the hash, so adding it kept every existing version.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ MAX_SLUG_LENGTH = 128
 RESERVED_SLUGS = frozenset({"input", "ctx", "self", "run", "flow", "step", "output", "run_id"})
 
 StepKind = Literal["single", "map"]
+
+#: How many times a task may be requeued because its worker died (its lease expired) before it
+#: fails: enough to ride out a deploy or a node loss or two, few enough that a task which itself
+#: kills its worker (out of memory, a native crash) stops taking workers down with it.
+DEFAULT_MAX_STALLS = 3
 
 
 def check_slug(slug: object, *, flow: str, step: str | None = None) -> str:
@@ -72,6 +78,9 @@ class StepDefinition:
     start_delay: float
     method: str
     wants_ctx: bool
+    #: Lease expiries (worker killed or lost) requeued without counting an attempt; one more
+    #: fails the task. See ``SqlEngine.requeue_stalled``.
+    max_stalls: int = DEFAULT_MAX_STALLS
 
     @property
     def is_root(self) -> bool:
@@ -89,6 +98,7 @@ class StepDefinition:
             "max_delay": self.retry.max_delay,
             "timeout": self.timeout,
             "start_delay": self.start_delay,
+            "max_stalls": self.max_stalls,
         }
 
 
@@ -98,6 +108,7 @@ class FlowDefinition:
     steps: tuple[StepDefinition, ...]  # topological order, ties in declaration order
     retry: RetryPolicy
     timeout: float | None
+    max_stalls: int = DEFAULT_MAX_STALLS
     version: str = field(init=False)
 
     def __post_init__(self) -> None:

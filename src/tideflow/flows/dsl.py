@@ -35,6 +35,7 @@ from tideflow.errors import (
     UnknownDependencyError,
 )
 from tideflow.flows.definition import (
+    DEFAULT_MAX_STALLS,
     FlowDefinition,
     RetryPolicy,
     StepDefinition,
@@ -69,6 +70,7 @@ class _StepSpec:
     max_delay: float | None
     timeout: float | None
     start_delay: float
+    max_stalls: int | None
 
 
 @overload
@@ -84,6 +86,7 @@ def step(
     max_delay: float | None = None,
     timeout: float | None = None,
     start_delay: float = 0.0,
+    max_stalls: int | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -99,12 +102,17 @@ def step(
     max_delay: float | None = None,
     timeout: float | None = None,
     start_delay: float = 0.0,
+    max_stalls: int | None = None,
 ) -> F | Callable[[F], F]:
     """Mark a method of a ``Flow`` as a step.
 
     ``map=True`` fans out: one task per element of the source array (the run input for a root
     step, else the single dependency's output); the step's output is the list of results in
-    element order. Unset retry options and timeout fall back to the flow's.
+    element order. Unset retry options, timeout and ``max_stalls`` fall back to the flow's.
+
+    ``max_stalls`` bounds something other than ``max_attempts``: how often a task may be requeued
+    because the worker running it died (its lease expired) - a kill is not the step's failure,
+    so it costs no attempt, but a task that keeps killing its workers must stop somewhere.
     """
     if isinstance(depends_on, str):
         depends_on = (depends_on,)
@@ -117,6 +125,7 @@ def step(
         max_delay=max_delay,
         timeout=timeout,
         start_delay=start_delay,
+        max_stalls=max_stalls,
     )
 
     def mark(fn: F) -> F:
@@ -133,7 +142,8 @@ def _default_slug(class_name: str) -> str:
 class Flow:
     """Base class of every flow. Subclass it with class keywords for flow options:
 
-    ``class Import(Flow, slug="import", max_attempts=3, base_delay=1, max_delay=300, timeout=60)``.
+    ``class Import(Flow, slug="import", max_attempts=3, base_delay=1, max_delay=300, timeout=60,
+    max_stalls=3)``.
     """
 
     definition: ClassVar[FlowDefinition]
@@ -147,15 +157,17 @@ class Flow:
         base_delay: float = 1.0,
         max_delay: float = 300.0,
         timeout: float | None = None,
+        max_stalls: int = DEFAULT_MAX_STALLS,
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
         flow_slug = slug if slug is not None else _default_slug(cls.__name__)
         check_slug(flow_slug, flow=str(flow_slug))
-        _check_options(flow_slug, None, max_attempts, base_delay, max_delay, timeout, 0.0)
+        _check_options(flow_slug, None, max_attempts, base_delay, max_delay, timeout, 0.0,
+                       max_stalls)
         retry = RetryPolicy(max_attempts, float(base_delay), float(max_delay))
         cls.slug = flow_slug
-        cls.definition = _build_definition(cls, flow_slug, retry, timeout)
+        cls.definition = _build_definition(cls, flow_slug, retry, timeout, max_stalls)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} flow {self.slug!r} v{self.definition.version}>"
@@ -173,6 +185,7 @@ def _check_options(
     max_delay: float | None,
     timeout: float | None,
     start_delay: float,
+    max_stalls: int | None,
 ) -> None:
     def bad(msg: str) -> FlowDefinitionError:
         return FlowDefinitionError(flow, msg, step_slug)
@@ -186,10 +199,17 @@ def _check_options(
         raise bad(f"timeout must be a number of seconds > 0 or None, got {timeout!r}")
     if not isinstance(start_delay, int | float) or start_delay < 0:
         raise bad(f"start_delay must be a number of seconds >= 0, got {start_delay!r}")
+    # 0 is allowed: the first lost lease fails the task (for a step that must not run twice if
+    # it can help it). A bool is refused although Python counts it as an int: True is a typo.
+    # None means "the flow's" on a step; a flow has nothing to fall back to.
+    if (max_stalls is not None or step_slug is None) and (
+            not isinstance(max_stalls, int) or isinstance(max_stalls, bool) or max_stalls < 0):
+        raise bad(f"max_stalls must be an int >= 0 (lease expiries requeued before the task "
+                  f"fails), got {max_stalls!r}")
 
 
 def _build_definition(
-    cls: type, flow_slug: str, retry: RetryPolicy, flow_timeout: float | None
+    cls: type, flow_slug: str, retry: RetryPolicy, flow_timeout: float | None, max_stalls: int
 ) -> FlowDefinition:
     specs: dict[str, tuple[str, Callable[..., Any], _StepSpec]] = {}
     for klass in reversed(cls.__mro__):  # subclasses may override or add steps
@@ -236,7 +256,7 @@ def _build_definition(
     for index, step_slug in enumerate(order):
         attr, fn, spec = specs[step_slug]
         _check_options(flow_slug, step_slug, spec.max_attempts, spec.base_delay, spec.max_delay,
-                       spec.timeout, spec.start_delay)
+                       spec.timeout, spec.start_delay, spec.max_stalls)
         wants_ctx = _check_signature(flow_slug, step_slug, fn, spec)
         steps.append(
             StepDefinition(
@@ -253,9 +273,11 @@ def _build_definition(
                 start_delay=float(spec.start_delay),
                 method=attr,
                 wants_ctx=wants_ctx,
+                max_stalls=spec.max_stalls if spec.max_stalls is not None else max_stalls,
             )
         )
-    return FlowDefinition(slug=flow_slug, steps=tuple(steps), retry=retry, timeout=flow_timeout)
+    return FlowDefinition(slug=flow_slug, steps=tuple(steps), retry=retry, timeout=flow_timeout,
+                          max_stalls=max_stalls)
 
 
 def _topological_order(flow_slug: str, deps: dict[str, tuple[str, ...]]) -> list[str]:

@@ -85,13 +85,16 @@ class TaskRecord:
     step_slug: str
     task_index: int
     status: TaskStatus
-    attempts: int
+    attempts: int  # claims that ran to an outcome: stalls and graceful releases are not counted
     error: str | None
     output: Any
     queued_at: datetime | None
     started_at: datetime | None
     finished_at: datetime | None
     visible_at: datetime | None
+    #: Times the task's lease expired (its worker killed or lost) and it was requeued - or, past
+    #: the step's max_stalls, failed. Kept apart from ``attempts``: a kill is not the step failing.
+    stalls: int = 0
 
 
 @dataclass(frozen=True)
@@ -233,8 +236,9 @@ class FlowStore(Protocol):
         ...
 
     def requeue_stalled(self) -> int:
-        """Find started tasks whose lease expired (their worker died) and retry or fail them
-        like any failure. Returns how many were handled."""
+        """Find started tasks whose lease expired (their worker died) and queue them again at
+        once without counting the attempt, counting a stall instead; a task past its step's
+        ``max_stalls`` fails, with its run. Returns how many were handled."""
         ...
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:

@@ -22,6 +22,9 @@ Transitions (each inside the caller's single transaction):
                     last step completed complete with their leaf steps' outputs
     _fail_task      queued again after backoff while attempts remain; else task, step and run
                     fail and every other unfinished task of the run is cancelled (no orphans)
+    requeue_stalled a task whose lease expired (its worker died) is queued again at once without
+                    counting the attempt, up to its step's max_stalls; the stall after that fails
+                    it like _fail_task's final failure
 
 Lock order (matters on PostgreSQL, harmless on SQLite): every transaction that changes a run
 locks its ``runs`` row first, in run_id order (``lock_runs``), then steps and tasks.
@@ -62,6 +65,10 @@ Pair = tuple[str, str]  # (run_id, step_slug)
 #: the same store keep their own transactions.
 _JOINED: ContextVar[tuple[tuple[SqlEngine, Any], ...]] = ContextVar("tideflow_joined",
                                                                       default=())
+
+
+#: The first words of a stalled task's ``error`` while it is requeued.
+STALL_ERROR = "lease expired: the worker running this task stopped heartbeating (killed or lost)"
 
 
 def backoff_delay(attempt: int, base_delay: float, max_delay: float,
@@ -427,20 +434,57 @@ class SqlEngine:
                     tx.notify = True
 
     def requeue_stalled(self) -> int:
+        """Requeue the started tasks whose lease expired, or fail those out of stalls.
+
+        A lease expires when its worker stops heartbeating: killed (SIGKILL, out of memory, a
+        forced deploy), frozen or cut off. That says nothing about the step, so unlike a failure
+        it costs no attempt - the claim's count is undone, as at a graceful release - and is
+        counted in ``tasks.stalls`` instead. A task that keeps stalling (it may be what kills its
+        workers) fails on its ``max_stalls + 1``-th stall, with its step and run.
+
+        A requeued task is visible at once, not after a backoff: its worker is gone, nothing
+        about the task needs time to recover, and the expiry has already kept it idle for the
+        lease margin. Backoff would only add latency; a task that kills every worker it lands
+        on is bounded by ``max_stalls``, not by waiting.
+
+        Undoing the attempt leaves the next claim the same attempt number, so the completion
+        fence is the worker id: a late answer from the lost worker names that worker while the
+        task is queued or held by another one, and is ignored. (Only a worker that was alive
+        after all and claimed the same task again could have its late answer count - an answer
+        of the same task, which at-least-once execution allows anyway.)
+        """
         with self._tx() as tx:
             now = self.clock.now()
             candidates = tx.rows("find_stalled_tasks", now=now)
             if not candidates:
                 return 0
             tx.rows("lock_runs", run_ids=sorted({t["run_id"] for t in candidates}))
+            # Re-read under the run locks: a task may have completed, or failed with its run.
+            stalled = tx.rows("get_stalled_tasks", now=now, rows=batch(
+                {"run_id": c["run_id"], "step_slug": c["step_slug"],
+                 "task_index": c["task_index"]} for c in candidates))
+            requeue = [t for t in stalled if t["stalls"] < t["max_stalls"]]
             handled = 0
-            for c in candidates:
-                # Re-read under the run lock: the task may have completed meanwhile.
-                task = tx.rows("get_stalled_task", run_id=c["run_id"], step_slug=c["step_slug"],
-                               task_index=c["task_index"], now=now)
-                if task:
-                    self._fail_task(tx, task[0], "lease expired: the worker running this task "
-                                    "stopped heartbeating (killed or lost)", True, now)
+            if requeue:
+                handled = tx.run("requeue_stalled_tasks", now=now, rows=batch(
+                    {"run_id": t["run_id"], "step_slug": t["step_slug"],
+                     "task_index": t["task_index"],
+                     "error": f"{STALL_ERROR}; requeued (stall {t['stalls'] + 1} of "
+                              f"{t['max_stalls']})"}
+                    for t in requeue))
+                if handled:
+                    tx.notify = True
+            for t in stalled:
+                if t["stalls"] < t["max_stalls"]:
+                    continue
+                n = t["stalls"] + 1
+                error = (f"stalled {n} time{'s' if n != 1 else ''}: the worker running it was "
+                         "killed or lost each time")
+                if tx.run("fail_stalled_task", run_id=t["run_id"], step_slug=t["step_slug"],
+                          task_index=t["task_index"], error=error, finished_at=now):
+                    index = f"[{t['task_index']}]" if t["kind"] == "map" else ""
+                    self._fail_run(tx, t["run_id"], t["step_slug"], now,
+                                   f"step {t['step_slug']!r}{index} failed: {error}")
                     handled += 1
             return handled
 

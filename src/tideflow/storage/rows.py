@@ -38,7 +38,7 @@ def task_record(t: Row) -> TaskRecord:
         step_slug=t["step_slug"], task_index=t["task_index"], status=t["status"],
         attempts=t["attempts"], error=t["error"], output=loads(t["output"]),
         queued_at=t["queued_at"], started_at=t["started_at"], finished_at=t["finished_at"],
-        visible_at=t["visible_at"],
+        visible_at=t["visible_at"], stalls=t["stalls"],
     )
 
 

@@ -29,15 +29,16 @@ VALUES (%(run_id)s, %(flow_slug)s, %(flow_version)s, 'started', %(input)s, %(rem
 -- name: insert_steps
 INSERT INTO tideflow.run_steps (run_id, step_slug, step_index, kind, depends_on, dependents,
                                 status, remaining_deps, max_attempts, base_delay, max_delay,
-                                timeout, start_delay, created_at)
+                                timeout, start_delay, max_stalls, created_at)
 SELECT b.run_id, b.step_slug, b.step_index, b.kind, b.depends_on::jsonb, b.dependents::jsonb,
        'created',
        b.remaining_deps, b.max_attempts, b.base_delay, b.max_delay, b.timeout, b.start_delay,
-       %(created_at)s
+       b.max_stalls, %(created_at)s
 FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(
     run_id text, step_slug text, step_index integer, kind text, depends_on text,
     dependents text, remaining_deps integer, max_attempts integer, base_delay double precision,
-    max_delay double precision, timeout double precision, start_delay double precision)
+    max_delay double precision, timeout double precision, start_delay double precision,
+    max_stalls integer)
 
 -- name: get_steps
 SELECT s.run_id, s.step_slug, s.step_index, s.kind, s.depends_on, s.start_delay, s.timeout,
@@ -146,7 +147,7 @@ SELECT step_slug, step_index, kind, depends_on, status, output, error, initial_t
 FROM tideflow.run_steps WHERE run_id = %(run_id)s ORDER BY step_index
 
 -- name: get_run_tasks
-SELECT step_slug, task_index, status, attempts, error, output, queued_at, started_at,
+SELECT step_slug, task_index, status, attempts, stalls, error, output, queued_at, started_at,
        finished_at, visible_at
 FROM tideflow.tasks WHERE run_id = %(run_id)s ORDER BY step_slug, task_index
 
@@ -210,13 +211,36 @@ WHERE status = 'started' AND lease_expires_at < %(now)s
 ORDER BY lease_expires_at
 LIMIT 100
 
--- name: get_stalled_task
-SELECT t.run_id, t.step_slug, t.task_index, t.attempts, s.max_attempts, s.base_delay,
-       s.max_delay, s.kind
-FROM tideflow.tasks t
+-- name: get_stalled_tasks
+-- The candidates re-read under their runs' locks: one may have completed, or failed with its
+-- run, since find_stalled_tasks read it.
+SELECT t.run_id, t.step_slug, t.task_index, t.stalls, s.max_stalls, s.kind
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(run_id text, step_slug text, task_index integer)
+JOIN tideflow.tasks t
+  ON t.run_id = b.run_id AND t.step_slug = b.step_slug AND t.task_index = b.task_index
 JOIN tideflow.run_steps s ON s.run_id = t.run_id AND s.step_slug = t.step_slug
-WHERE t.run_id = %(run_id)s AND t.step_slug = %(step_slug)s AND t.task_index = %(task_index)s
+WHERE t.status = 'started' AND t.lease_expires_at < %(now)s
+ORDER BY t.run_id, t.step_slug, t.task_index
+
+-- name: requeue_stalled_tasks
+-- A stall is not an attempt: undo the claim's count (as release_tasks does) and count a stall.
+-- Guarded like the read above: a heartbeat (extend_leases, which takes no run lock) that
+-- committed meanwhile keeps the task with its worker.
+UPDATE tideflow.tasks t
+SET status = 'queued', attempts = t.attempts - 1, stalls = t.stalls + 1, error = b.error,
+    worker_id = NULL, lease_expires_at = NULL, started_at = NULL, visible_at = %(now)s
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(
+    run_id text, step_slug text, task_index integer, error text)
+WHERE t.run_id = b.run_id AND t.step_slug = b.step_slug AND t.task_index = b.task_index
   AND t.status = 'started' AND t.lease_expires_at < %(now)s
+
+-- name: fail_stalled_task
+-- The stall over the cap: counted as a stall too (not an attempt), and final.
+UPDATE tideflow.tasks t
+SET status = 'failed', attempts = t.attempts - 1, stalls = t.stalls + 1, error = %(error)s,
+    finished_at = %(finished_at)s, lease_expires_at = NULL
+WHERE run_id = %(run_id)s AND step_slug = %(step_slug)s AND task_index = %(task_index)s
+  AND status = 'started' AND lease_expires_at < %(finished_at)s
 
 -- name: retry_task
 UPDATE tideflow.tasks
@@ -245,8 +269,9 @@ WHERE t.run_id = b.run_id AND t.step_slug = b.step_slug AND t.task_index = b.tas
   AND t.worker_id = %(worker_id)s AND t.status = 'started'
 
 -- name: start_run
--- PL/pgSQL (migration 0001): the whole start in one round trip.
-SELECT tideflow.start_run_v1(%(run_id)s, %(flow_slug)s, %(flow_version)s, %(input)s::jsonb,
+-- PL/pgSQL (migration 0007; v1 of 0001 did not store max_stalls): the whole start in one round
+-- trip.
+SELECT tideflow.start_run_v2(%(run_id)s, %(flow_slug)s, %(flow_version)s, %(input)s::jsonb,
                              %(steps)s::jsonb, %(now)s) AS notify
 
 -- name: complete_tasks_batch

@@ -24,11 +24,11 @@ VALUES (%(run_id)s, %(flow_slug)s, %(flow_version)s, 'started', %(input)s, %(rem
 -- name: insert_steps
 INSERT INTO run_steps (run_id, step_slug, step_index, kind, depends_on, dependents, status,
                        remaining_deps, max_attempts, base_delay, max_delay, timeout, start_delay,
-                       created_at)
+                       max_stalls, created_at)
 SELECT value ->> 'run_id', value ->> 'step_slug', value ->> 'step_index', value ->> 'kind',
        value ->> 'depends_on', value ->> 'dependents', 'created', value ->> 'remaining_deps', value ->> 'max_attempts',
        value ->> 'base_delay', value ->> 'max_delay', value ->> 'timeout', value ->> 'start_delay',
-       %(created_at)s
+       value ->> 'max_stalls', %(created_at)s
 FROM json_each(%(rows)s)
 
 -- name: get_steps
@@ -146,7 +146,7 @@ SELECT step_slug, step_index, kind, depends_on, status, output, error, initial_t
 FROM run_steps WHERE run_id = %(run_id)s ORDER BY step_index
 
 -- name: get_run_tasks
-SELECT step_slug, task_index, status, attempts, error, output, queued_at, started_at,
+SELECT step_slug, task_index, status, attempts, stalls, error, output, queued_at, started_at,
        finished_at, visible_at
 FROM tasks WHERE run_id = %(run_id)s ORDER BY step_slug, task_index
 
@@ -197,12 +197,34 @@ WHERE status = 'started' AND lease_expires_at < %(now)s
 ORDER BY lease_expires_at
 LIMIT 100
 
--- name: get_stalled_task
-SELECT t.run_id, t.step_slug, t.task_index, t.attempts, s.max_attempts, s.base_delay,
-       s.max_delay, s.kind
+-- name: get_stalled_tasks
+SELECT t.run_id, t.step_slug, t.task_index, t.stalls, s.max_stalls, s.kind
 FROM tasks t JOIN run_steps s ON s.run_id = t.run_id AND s.step_slug = t.step_slug
-WHERE t.run_id = %(run_id)s AND t.step_slug = %(step_slug)s AND t.task_index = %(task_index)s
+WHERE (t.run_id, t.step_slug, t.task_index) IN (
+    SELECT value ->> 'run_id', value ->> 'step_slug', value ->> 'task_index'
+    FROM json_each(%(rows)s))
   AND t.status = 'started' AND t.lease_expires_at < %(now)s
+ORDER BY t.run_id, t.step_slug, t.task_index
+
+-- name: requeue_stalled_tasks
+-- A stall is not an attempt: undo the claim's count (as release_tasks does) and count a stall.
+UPDATE tasks
+SET status = 'queued', attempts = attempts - 1, stalls = stalls + 1, error = b.error,
+    worker_id = NULL, lease_expires_at = NULL, started_at = NULL, visible_at = %(now)s
+FROM (SELECT value ->> 'run_id' AS run_id, value ->> 'step_slug' AS step_slug,
+             value ->> 'task_index' AS task_index, value ->> 'error' AS error
+      FROM json_each(%(rows)s)) AS b
+WHERE tasks.run_id = b.run_id AND tasks.step_slug = b.step_slug
+  AND tasks.task_index = b.task_index
+  AND tasks.status = 'started' AND tasks.lease_expires_at < %(now)s
+
+-- name: fail_stalled_task
+-- The stall over the cap: counted as a stall too (not an attempt), and final.
+UPDATE tasks
+SET status = 'failed', attempts = attempts - 1, stalls = stalls + 1, error = %(error)s,
+    finished_at = %(finished_at)s, lease_expires_at = NULL
+WHERE run_id = %(run_id)s AND step_slug = %(step_slug)s AND task_index = %(task_index)s
+  AND status = 'started' AND lease_expires_at < %(finished_at)s
 
 -- name: retry_task
 UPDATE tasks
