@@ -179,6 +179,7 @@ def test_worker_takes_the_url_from_an_app_unless_overridden(tmp_path: Path) -> N
 
 
 def test_flows_lists_stored_versions_and_registered_steps(db_url: str) -> None:
+    assert invoke("migrate", "-d", db_url).exit_code == 0  # reads never create the schema
     empty = invoke("flows", "-d", db_url)
     assert empty.exit_code == 0, empty.output
     assert "none yet" in empty.stdout
@@ -232,6 +233,7 @@ def test_input_from_a_file(db_url: str, tmp_path: Path) -> None:
     ],
 )
 def test_errors_are_one_line(db_url: str, args: list[str], code: int, fragment: str) -> None:
+    assert invoke("migrate", "-d", db_url).exit_code == 0  # reads never create the schema
     assert_one_line_error(invoke(*args, "-d", db_url), code, fragment)
 
 
@@ -269,6 +271,7 @@ def test_app_from_environment(db_url: str) -> None:
 
 
 def test_debug_lets_the_exception_through(db_url: str) -> None:
+    assert invoke("migrate", "-d", db_url).exit_code == 0  # reads never create the schema
     result = invoke("--debug", "run", "no-such-run", "-d", db_url)
     assert result.exit_code != 0
     assert isinstance(result.exception, RunNotFoundError)

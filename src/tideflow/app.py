@@ -31,6 +31,7 @@ from tideflow.sagas import ProcessBindings, ProcessManager
 from tideflow.storage import (
     EventStore,
     HandlerStore,
+    check_schema,
     open_event_store_on,
     open_handler_store_on,
     open_process_store_on,
@@ -39,6 +40,7 @@ from tideflow.storage import (
 )
 from tideflow.storage.contract import FlowStore, RunRecord
 from tideflow.storage.process_contract import ProcessStore
+from tideflow.storage.urls import sqlite_path
 from tideflow.worker import Worker, WorkerOptions
 from tideflow.worker.handlers import HandlerRunner, HandlerRunnerOptions
 
@@ -50,14 +52,48 @@ ProcessManagerT = TypeVar("ProcessManagerT", bound=type[ProcessManager])
 
 class AsyncApp(AsyncClient):
     """``app.aio``: the client's calls and ``dispatch``, awaitable (each runs the blocking call
-    in a thread, so an event loop never waits on the database)."""
+    in a thread, so an event loop never waits on the database). Each call goes through the
+    App's own method, so that reads never migrate and writes do (see ``App.read_store``)."""
 
-    def __init__(self, app: App) -> None:
-        super().__init__(app.client)
+    def __init__(self, app: App) -> None:  # no super().__init__: every call is the App's
         self._app = app
+
+    async def start_flow(self, flow: type[Flow] | str, input: Any = None, *,
+                         run_id: str | None = None) -> str:
+        return await asyncio.to_thread(self._app.start_flow, flow, input, run_id=run_id)
+
+    async def get_run(self, run_id: str) -> RunRecord:
+        return await asyncio.to_thread(self._app.get_run, run_id)
+
+    async def wait_for_run(self, run_id: str, timeout: float | None = None) -> RunRecord:
+        return await asyncio.to_thread(self._app.wait_for_run, run_id, timeout)
+
+    async def cancel_run(self, run_id: str) -> bool:
+        return await asyncio.to_thread(self._app.cancel_run, run_id)
+
+    async def list_runs(self, **filters: Any) -> list[RunRecord]:
+        return await asyncio.to_thread(lambda: self._app.list_runs(**filters))
 
     async def dispatch(self, command: Command) -> DispatchResult:
         return await asyncio.to_thread(self._app.dispatch, command)
+
+
+class _ReadClient(Client):
+    """The client of the App's reads: its store is ``App.read_store()``, taken when a call
+    reaches the database - after the call has checked its arguments, so that a bad filter is
+    reported as such, even on a database without the schema."""
+
+    def __init__(self, app: App) -> None:  # no super().__init__: the store comes later
+        self._app = app
+        self.registry = app.registry
+
+    @property
+    def store(self) -> FlowStore:
+        return self._app.read_store()
+
+    @store.setter
+    def store(self, value: FlowStore) -> None:  # pragma: no cover - Client's attribute
+        raise AttributeError("a read client's store is the App's read_store()")
 
 
 class App:
@@ -68,9 +104,16 @@ class App:
                  handlers: Iterable[EventHandler | type[EventHandler]] = (),
                  upcasters: Upcasters | None = None,
                  migrate: bool = True, clock: Clock | None = None) -> None:
-        """``migrate`` applies pending schema migrations when the database is first used (under
-        a lock, so many workers starting at once are fine); pass False to manage the schema
-        with ``tideflow migrate`` instead."""
+        """``migrate`` applies pending schema migrations before the app first writes - a worker,
+        ``start_flow``, ``dispatch``, or getting one of the store handles (``store``,
+        ``event_store``, ``client``, ...) - under a lock, so many workers starting at once are
+        fine; pass False to manage the schema with ``tideflow migrate`` instead. Reads
+        (``get_run``, ``list_runs``, ``wait_for_run``, ``cancel_run``, ``read_store()``) never
+        migrate and never create a database file: on a database without the schema they raise
+        ``SchemaMissingError``, so a read pointed at the wrong database leaves it untouched.
+
+        The URL is checked here (``tideflow.storage.check_url``): a PostgreSQL URL without a host
+        or database name, or a bare file name, raises ``UnsupportedDatabaseURLError``."""
         self.database_url = resolve_url(database_url)
         self.registry = FlowRegistry(list(flows))
         self.upcasters = upcasters or Upcasters()
@@ -81,6 +124,7 @@ class App:
         self._migrate = migrate
         self._clock = clock
         self._store: FlowStore | None = None
+        self._schema_ready = False  # migrated or checked current: reads need not check again
         self._event_store: EventStore | None = None
         self._handler_store: HandlerStore | None = None
         self._process_store: ProcessStore | None = None
@@ -88,12 +132,45 @@ class App:
 
     @property
     def store(self) -> FlowStore:
+        """The flow store: the handle writes go through (workers, ``start_flow``, ``client``,
+        and the event, handler and process stores, which share its connections). With
+        ``migrate=True``, getting it the first time applies pending migrations - creating the
+        schema, and a SQLite file, if need be. Code that only reads uses ``read_store()``."""
         if self._store is None:
             store = open_store(self.database_url, clock=self._clock)
             if self._migrate:
-                store.migrate()
+                try:
+                    store.migrate()
+                except BaseException:
+                    store.close()
+                    raise
             self._store = store
+            self._schema_ready = self._migrate
         return self._store
+
+    def read_store(self) -> FlowStore:
+        """The flow store for reading: whatever ``migrate`` says, it creates and migrates
+        nothing - no SQLite file or folder, no PostgreSQL schema. Raises ``SchemaMissingError``
+        on a database without the tideflow schema and ``SchemaNotReadyError`` on one with
+        pending migrations. The store it opens is the app's store from then on (its schema is
+        current, so later writes need no migration). An in-memory SQLite database exists only
+        in this process, so there this is ``store``."""
+        memory = (self.database_url.startswith("sqlite://")
+                  and sqlite_path(self.database_url) == ":memory:")
+        if self._store is None and not memory:
+            store = open_store(self.database_url, clock=self._clock, create=False)
+            try:
+                check_schema(store)
+            except BaseException:
+                store.close()
+                raise
+            self._store, self._schema_ready = store, True
+            return store
+        store = self.store
+        if not self._schema_ready:
+            check_schema(store)
+            self._schema_ready = True
+        return store
 
     @property
     def event_store(self) -> EventStore:
@@ -199,17 +276,18 @@ class App:
                    run_id: str | None = None) -> str:
         return self.client.start_flow(flow, input, run_id=run_id)
 
+    # Reads, and cancel_run (a run to cancel lives in a migrated database): never migrate.
     def get_run(self, run_id: str) -> RunRecord:
-        return self.client.get_run(run_id)
+        return _ReadClient(self).get_run(run_id)
 
     def wait_for_run(self, run_id: str, timeout: float | None = None) -> RunRecord:
-        return self.client.wait_for_run(run_id, timeout)
+        return _ReadClient(self).wait_for_run(run_id, timeout)
 
     def cancel_run(self, run_id: str) -> bool:
-        return self.client.cancel_run(run_id)
+        return _ReadClient(self).cancel_run(run_id)
 
     def list_runs(self, **filters: Any) -> list[RunRecord]:
-        return self.client.list_runs(**filters)
+        return _ReadClient(self).list_runs(**filters)
 
     def migrate(self) -> list[str]:
         return self.store.migrate()

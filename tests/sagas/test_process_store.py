@@ -267,7 +267,7 @@ def test_migrate_creates_the_table_and_urls_are_checked(backend: str,
                                        "0006_process_manager_kind", "0007_task_stalls"]
     assert processes.migrate() == []
     assert processes.list_instances() == []
-    with pytest.raises(UnsupportedDatabaseURLError, match="process store"):
+    with pytest.raises(UnsupportedDatabaseURLError, match="unsupported database URL 'mysql'"):
         open_process_store("mysql://localhost/db")
 
 

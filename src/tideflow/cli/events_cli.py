@@ -41,9 +41,15 @@ from tideflow.cli.loading import DATABASE_HELP, check_reachable, load_object
 from tideflow.cli.render import compact_json, fmt_time, truncate
 from tideflow.events.handlers import EventHandler, HandlerNotFoundError, HandlerUsageError
 from tideflow.events.model import RecordedEvent
-from tideflow.storage import resolve_url
-from tideflow.storage.event_contract import EventStore, open_event_store
-from tideflow.storage.handler_contract import HandlerRecord, HandlerStore, open_handler_store
+from tideflow.storage import (
+    check_schema,
+    open_event_store_on,
+    open_handler_store_on,
+    open_store,
+    resolve_url,
+)
+from tideflow.storage.event_contract import EventStore
+from tideflow.storage.handler_contract import HandlerRecord, HandlerStore
 from tideflow.worker.handlers import reset_handler, retry_dead_letter
 
 HANDLERS_APP_HELP = (
@@ -113,25 +119,30 @@ def _handlers_of(obj: object) -> list[EventHandler]:
 def stores(database_url: str | None,
            app_path: str | None = None) -> Iterator[tuple[EventStore, HandlerStore,
                                                           list[EventHandler]]]:
-    """The event and handler stores of the database (migrated, as the other commands do) and
-    the handlers named by ``--app``; the URL is ``--database-url``, else the App's, else the
-    default of ``resolve_url``."""
+    """The event and handler stores of the database and the handlers named by ``--app``; the
+    URL is ``--database-url``, else the App's, else the default of ``resolve_url``.
+
+    Nothing is created or migrated: every command here reads, or changes rows (a reset, a
+    resume, a retry) that only a migrated database can hold, so a database without the schema
+    raises ``SchemaMissingError`` - a mistyped URL must not gain a schema or a file."""
     handlers: list[EventHandler] = []
     app_url = None
     if app_path:
         app_url, handlers = load_handlers(app_path)
     url = resolve_url(database_url or app_url)
     check_reachable(url)
-    events = open_event_store(url)
+    flow_store = open_store(url, create=False)
     try:
-        events.migrate()
-        handler_store = open_handler_store(url)
+        check_schema(flow_store)
+        events = open_event_store_on(flow_store)
+        handler_store = open_handler_store_on(flow_store)
         try:
             yield events, handler_store, handlers
         finally:
             handler_store.close()
+            events.close()
     finally:
-        events.close()
+        flow_store.close()
 
 
 # --- events ---------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from tideflow.cli.errors import CliUsageError
 from tideflow.errors import FlowImportError, NotAFlowError
 from tideflow.flows.dsl import Flow, is_flow_class
 from tideflow.flows.registry import FlowRegistry
-from tideflow.storage import URL_ENV, redact_url, resolve_url
+from tideflow.storage import URL_ENV, check_url, redact_url, resolve_url
 
 APP_ENV = "TIDEFLOW_APP"
 APP_FORMS = "an App, a FlowRegistry or a Flow class"
@@ -118,8 +118,10 @@ def build_app(database_url: str | None, app_path: str | None = None,
     """The App a command works with.
 
     The database URL is the first of: ``--database-url``; the URL of an App named by ``--app``;
-    ``$TIDEFLOW_DATABASE_URL``; ``sqlite:///tideflow.db``. An App from ``--app`` is used as it
-    is when nothing overrides it, so its own settings (clock, migrate) still apply.
+    ``$TIDEFLOW_DATABASE_URL``; ``sqlite:///tideflow.db`` - checked (``resolve_url``) before
+    anything connects. An App from ``--app`` is used as it is when nothing overrides it, so its
+    own settings (clock, migrate) still apply. Building an App creates nothing: read commands
+    use its read calls, which never migrate; ``migrate`` only matters to the writing commands.
     """
     base: App | None = None
     flows: list[type[Flow]] = []
@@ -137,7 +139,7 @@ def build_app(database_url: str | None, app_path: str | None = None,
     if base is not None and database_url is None and not extra:
         check_reachable(base.database_url)
         return base
-    url = database_url or (base.database_url if base is not None else resolve_url(None))
+    url = resolve_url(database_url or (base.database_url if base is not None else None))
     check_reachable(url)
     if base is not None:  # keep its aggregates, handlers and settings, not just its flows
         return base.on_database(url, flows=flows, migrate=migrate)
@@ -146,7 +148,9 @@ def build_app(database_url: str | None, app_path: str | None = None,
 
 def check_reachable(url: str) -> None:
     """Fail in a moment with one clear line when a PostgreSQL server is down or the URL is
-    wrong, before anything else is printed (the App itself connects lazily)."""
+    wrong, before anything else is printed (the App itself connects lazily). The URL is checked
+    first, so that libpq never fills in a host or database nobody named."""
+    url = check_url(url)
     if url.startswith(("postgresql://", "postgres://")):
         from tideflow.storage.postgres.backend import check_connection
 
@@ -161,5 +165,5 @@ def one_line(text: str) -> str:
 redact = redact_url
 
 
-DATABASE_HELP = (f"Database URL: postgresql://user@host/db or sqlite:///path.db "
+DATABASE_HELP = (f"Database URL: postgresql://user@host:5432/dbname or sqlite:///path.db "
                  f"(default: ${URL_ENV}, else sqlite:///tideflow.db)")

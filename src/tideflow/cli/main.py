@@ -238,7 +238,7 @@ def list_flows(
     """List the flow versions stored in the database and, with --app, the flows in your code."""
     with build_app(database_url, app_path, flows or []) as app:
         out = _console()
-        stored = app.store.list_flows()
+        stored = app.read_store().list_flows()
         registered = {f.slug: f.definition.version for f in app.registry}
         out.print(Rule("stored flow versions", align="left"))
         if stored:
@@ -260,9 +260,9 @@ def cancel(
     database_url: DatabaseOpt = None,
 ) -> None:
     """Cancel a run: its queued and running tasks are cancelled, its unfinished steps skipped."""
-    with build_app(database_url) as app:
+    with build_app(database_url) as app:  # cancel_run never migrates: no schema, no run
         if not app.cancel_run(run_id):
-            status = app.store.get_run(run_id, with_steps=False).status
+            status = app.read_store().get_run(run_id, with_steps=False).status
             raise CommandFailed(f"run {run_id} has already {status}; nothing to cancel")
         _console().print(Text.assemble("cancelled run ", (run_id, "bold")), soft_wrap=True)
 

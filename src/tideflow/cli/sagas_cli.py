@@ -24,13 +24,12 @@ from tideflow.cli.errors import CliUsageError, CommandFailed
 from tideflow.cli.events_cli import DatabaseOpt, _console
 from tideflow.cli.loading import check_reachable
 from tideflow.cli.render import compact_json, fmt_time, truncate
-from tideflow.storage import resolve_url
+from tideflow.storage import check_schema, open_process_store_on, open_store, resolve_url
 from tideflow.storage.process_contract import (
     PROCESS_STATUSES,
     ProcessInstance,
     ProcessStatus,
     ProcessStore,
-    open_process_store,
 )
 
 sagas_app = typer.Typer(add_completion=False)
@@ -41,14 +40,20 @@ _STYLES = {"running": "green", "completed": "dim", "failed": "bold red"}
 
 @contextmanager
 def _store(database_url: str | None) -> Iterator[ProcessStore]:
+    """The process store, read without creating or migrating anything (``SchemaMissingError``
+    on a database without the schema)."""
     url = resolve_url(database_url)
     check_reachable(url)
-    store = open_process_store(url)
+    flow_store = open_store(url, create=False)
     try:
-        store.migrate()
-        yield store
+        check_schema(flow_store)
+        store = open_process_store_on(flow_store)
+        try:
+            yield store
+        finally:
+            store.close()
     finally:
-        store.close()
+        flow_store.close()
 
 
 def instances_table(instances: list[ProcessInstance]) -> Table:

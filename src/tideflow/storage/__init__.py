@@ -10,24 +10,50 @@ from tideflow.storage.contract import FlowStore
 from tideflow.storage.event_contract import EventStore
 from tideflow.storage.handler_contract import HandlerStore
 from tideflow.storage.process_contract import ProcessStore
-from tideflow.storage.urls import DEFAULT_URL, URL_ENV, redact_url, resolve_url
+from tideflow.storage.urls import (
+    DEFAULT_URL,
+    POSTGRES_SCHEMES,
+    URL_ENV,
+    check_url,
+    redact_url,
+    resolve_url,
+    sqlite_path,
+)
 
 
-def open_store(url: str | None = None, *, clock: Clock | None = None) -> FlowStore:
+def open_store(url: str | None = None, *, clock: Clock | None = None,
+               create: bool = True) -> FlowStore:
+    """The flow store for a database URL (checked by ``resolve_url``; default
+    ``$TIDEFLOW_DATABASE_URL``, else ``sqlite:///tideflow.db``).
+
+    ``create=False`` opens for reading: nothing is created - no SQLite file or folder (a
+    missing file raises ``SchemaMissingError``) - and nothing is migrated; call
+    ``check_schema`` before the first read. Connecting to PostgreSQL creates nothing either way;
+    the schema is only ever created by ``migrate()``."""
     url = resolve_url(url)
-    if url.startswith(("postgresql://", "postgres://")):
+    if url.startswith(POSTGRES_SCHEMES):
         from tideflow.storage.postgres import PostgresStore
 
         return PostgresStore(url, clock)
     if url.startswith("sqlite://"):
         from tideflow.storage.sqlite import SQLiteStore
 
-        path = url.removeprefix("sqlite://").removeprefix("/") or ":memory:"
-        return SQLiteStore(path, clock)
-    raise UnsupportedDatabaseURLError(
-        f"unsupported database URL {url.split('://')[0]!r}://...: use postgresql://user@host/db "
-        "or sqlite:///path/to/file.db"
-    )
+        return SQLiteStore(sqlite_path(url), clock, create=create)
+    raise UnsupportedDatabaseURLError(  # pragma: no cover - resolve_url refuses it first
+        f"unsupported database URL {redact_url(url)}")
+
+
+def check_schema(store: FlowStore) -> None:
+    """Raise ``SchemaMissingError`` if the store's database has no tideflow schema, or
+    ``SchemaNotReadyError`` if migrations are pending; write nothing. What every read path
+    calls instead of migrating."""
+    from tideflow.storage.postgres import PostgresStore
+    from tideflow.storage.sqlite import SQLiteStore
+
+    if isinstance(store, PostgresStore | SQLiteStore):
+        store.check_schema()
+        return
+    raise TypeError(f"no schema check for {type(store).__name__}")
 
 
 def open_event_store_on(flow_store: FlowStore, *, upcasters: Upcasters | None = None) -> EventStore:
@@ -86,6 +112,8 @@ __all__ = [
     "FlowStore",
     "HandlerStore",
     "ProcessStore",
+    "check_schema",
+    "check_url",
     "open_event_store_on",
     "open_handler_store_on",
     "open_process_store_on",

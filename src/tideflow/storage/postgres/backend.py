@@ -29,7 +29,7 @@ from tideflow.storage.engine import SqlEngine, step_rows
 from tideflow.storage.postgres.errors import translate, translated
 from tideflow.storage.rows import Row, batch
 from tideflow.storage.sqlfile import load_migrations, load_queries
-from tideflow.storage.urls import redact_url
+from tideflow.storage.urls import redact_url, schema_error
 
 log = logging.getLogger(__name__)
 
@@ -215,3 +215,25 @@ class PostgresStore(SqlEngine):
         if self._listener is not None:
             self._listener.join(timeout=2.0)
         self._pool.close()
+
+    def pending_migrations(self) -> list[str] | None:
+        """The migrations this database lacks, or None if it has no tideflow schema; reads
+        only, so a read pointed at the wrong database leaves it as it was."""
+        try:
+            with self._pool.connection() as conn:
+                if conn.execute("SELECT to_regclass('tideflow.schema_migrations')"
+                                ).fetchone() in (None, (None,)):
+                    return None
+                done = {r[0] for r in conn.execute(
+                    "SELECT version FROM tideflow.schema_migrations")}
+        except psycopg.Error as exc:
+            raise StorageError(f"cannot read the tideflow schema of {redact_url(self.url)}: "
+                               f"{exc}") from exc
+        return [f"{m.version:04d}_{m.name}" for m in load_migrations("tideflow.storage.postgres")
+                if m.version not in done]
+
+    def check_schema(self) -> None:
+        """Raise ``SchemaMissingError`` / ``SchemaNotReadyError`` unless the schema is current."""
+        pending = self.pending_migrations()
+        if pending is None or pending:
+            raise schema_error(redact_url(self.url), self.url, pending)

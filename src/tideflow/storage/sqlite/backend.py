@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from tideflow.clock import Clock
 from tideflow.errors import RunAlreadyExistsError, StorageError
@@ -32,6 +33,7 @@ from tideflow.storage.engine import SqlEngine
 from tideflow.storage.rows import Row
 from tideflow.storage.sqlfile import load_migrations, load_queries
 from tideflow.storage.sqlite.errors import rollback_quietly, translate, translated
+from tideflow.storage.urls import schema_error
 
 #: How often a subscribed store checks whether another process committed.
 WATCH_INTERVAL = 0.005
@@ -85,22 +87,43 @@ class _SQLiteTx:
 
 
 class SQLiteStore(SqlEngine):
-    def __init__(self, path: str | Path, clock: Clock | None = None) -> None:
+    def __init__(self, path: str | Path, clock: Clock | None = None, *,
+                 create: bool = True) -> None:
+        """``create=False`` opens the file for reading (and the writes of a database that has
+        the schema, such as a cancel) without creating anything: a missing file raises
+        ``SchemaMissingError`` and neither it nor its folder is created, and the journal mode is
+        left alone (a tideflow database is already in WAL mode: ``migrate`` set it, and WAL mode
+        is a property of the file)."""
         super().__init__(clock)
         self.path = str(path)
         self.url = "sqlite:///" + self.path
         self._lock = threading.RLock()
         self._watcher: threading.Thread | None = None
         self._closing = threading.Event()
+        self._conn = self._open(create)
+
+    def _open(self, create: bool) -> sqlite3.Connection:
+        memory = self.path == ":memory:"
+        if not create and not memory and not Path(self.path).is_file():
+            raise schema_error(f"{self.path} (no such file)", self.url, None)
         try:
-            if self.path != ":memory:":
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(self.path, isolation_level=None,
-                                         check_same_thread=False, timeout=30.0)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            self._conn.execute("PRAGMA busy_timeout=30000")
+            if create or memory:
+                if not memory:
+                    Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(self.path, isolation_level=None,
+                                       check_same_thread=False, timeout=30.0)
+                conn.execute("PRAGMA journal_mode=WAL")
+            else:
+                # mode=rw: never creates the file (plain connect would). Not mode=ro: a
+                # read-only connection cannot rebuild a WAL database's -shm index when it is
+                # missing, and cancel/reset/resume write through this connection.
+                conn = sqlite3.connect(f"file:{quote(self.path)}?mode=rw", uri=True,
+                                       isolation_level=None, check_same_thread=False,
+                                       timeout=30.0)
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+            return conn
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(
                 f"cannot open SQLite database {self.path!r}: {exc}; check that the directory "
@@ -208,6 +231,27 @@ class SQLiteStore(SqlEngine):
             self._watcher.join(timeout=1.0)
         with self._lock:
             self._conn.close()
+
+    def pending_migrations(self) -> list[str] | None:
+        """The migrations this database lacks, or None if it has no tideflow schema; reads
+        only (an empty file stays empty)."""
+        try:
+            with self._lock:
+                if self._conn.execute(
+                        "SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                        "AND name = 'schema_migrations'").fetchone() is None:
+                    return None
+                done = {r[0] for r in self._conn.execute("SELECT version FROM schema_migrations")}
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"cannot read SQLite database {self.path!r}: {exc}") from exc
+        return [f"{m.version:04d}_{m.name}" for m in load_migrations("tideflow.storage.sqlite")
+                if m.version not in done]
+
+    def check_schema(self) -> None:
+        """Raise ``SchemaMissingError`` / ``SchemaNotReadyError`` unless the schema is current."""
+        pending = self.pending_migrations()
+        if pending is None or pending:
+            raise schema_error(self.path, self.url, pending)
 
 
 def _statements(script: str) -> Iterator[str]:
