@@ -77,8 +77,10 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    """A database URL of the parametrized backend: migrated, without events, runs or handler
-    state, and without tables in schema ``public``."""
+    """A database URL of the parametrized backend, without events, runs or handler state and
+    without tables in schema ``public``: on PostgreSQL a migrated database, on SQLite the path
+    of a file that does not exist yet (the first write, through an App, creates and migrates
+    it)."""
     if backend == "postgres":
         url: str = request.getfixturevalue("pg_url")
         _reset(url)
