@@ -14,7 +14,7 @@ import pytest
 
 from tideflow import App, Flow, NonRetryableError, step
 from tideflow.errors import InvalidDataError, TideflowError
-from tideflow.events import ANY, NewEvent
+from tideflow.events import ANY, NewEvent, RecordedEvent
 from tideflow.events.aggregate import Aggregate, handles
 from tideflow.events.commands import Command
 from tideflow.events.errors import (
@@ -23,7 +23,9 @@ from tideflow.events.errors import (
     InvalidIdempotencyKeyError,
     InvalidStreamIdError,
 )
+from tideflow.events.handlers import EventHandler, HandlerContext
 from tideflow.jsonutil import MAX_DEPTH, storable_text
+from tideflow.worker.handlers import HandlerRunner, HandlerRunnerOptions
 
 FAST = {"poll_interval": 0.02, "reap_interval": 0.2}
 
@@ -232,3 +234,21 @@ def test_big_numbers_read_back_exactly(flows: App) -> None:
     read = next(flows.event_store.read_stream("nums"))
     assert read.data == recorded.data == value
     assert [type(f) for f in read.data["floats"]] == [float] * 7
+
+
+def test_dead_letter_error_text_with_nul_and_surrogates_is_stored(flows: App) -> None:
+    """A handler's exception text holding NUL and a lone surrogate: the dead letter is recorded
+    (U+FFFD and '?' in their place) instead of the failure path failing on PostgreSQL."""
+
+    class Fails(EventHandler):
+        name = "poison_fails"
+        max_attempts = 1
+
+        def handle(self, event: RecordedEvent, ctx: HandlerContext) -> None:
+            raise NonRetryableError("bad \x00 text \ud800")
+
+    flows.event_store.append("s-1", [NewEvent("E")], ANY)
+    HandlerRunner(flows.event_store, flows.handler_store, [Fails()],
+                  options=HandlerRunnerOptions(poll_interval=0.02)).run_until_idle()
+    [dead] = flows.handler_store.list_dead_letters("poison_fails")
+    assert dead.error == "NonRetryableError: bad \ufffd text ?"
