@@ -13,7 +13,7 @@ from typing import Any
 from tideflow.errors import RunTimeoutError, TideflowError
 from tideflow.flows.dsl import Flow, is_flow_class
 from tideflow.flows.registry import FlowRegistry
-from tideflow.jsonutil import dumps
+from tideflow.jsonutil import check_id, dumps
 from tideflow.storage.contract import RUN_FINAL, FlowStore, RunRecord
 from tideflow.storage.engine import new_run_id
 
@@ -32,15 +32,12 @@ class Client:
     def start_flow(self, flow: type[Flow] | str, input: Any = None, *,
                    run_id: str | None = None) -> str:
         """Start a run and return its id. Nothing is written when the flow is unknown, the
-        input is not JSON-serialisable or ``run_id`` is taken."""
+        input is not JSON-serialisable or not storable (``InvalidDataError``: NUL, surrogates,
+        too deep), ``run_id`` is malformed (``InvalidDataError``) or taken."""
         cls = flow if is_flow_class(flow) else self.registry.get(flow)
         definition = cls.definition
         input_json = dumps(input, what=f"run input of flow {definition.slug!r}")
-        if run_id is None:
-            run_id = new_run_id()
-        elif not isinstance(run_id, str) or not run_id or len(run_id) > 200:
-            raise InvalidArgumentError(f"run_id must be a non-empty str of at most 200 "
-                                       f"characters, got {run_id!r}")
+        run_id = new_run_id() if run_id is None else check_id(run_id, "run_id", max_length=200)
         self.store.start_run(definition, run_id, input_json)
         return run_id
 

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import UUID
 
-from tideflow.errors import TideflowError
+from tideflow.errors import InvalidDataError, TideflowError
 from tideflow.events.model import RecordedEvent, check_name, new_event_id
+from tideflow.jsonutil import check_text, too_deep
 
 # --- errors ---------------------------------------------------------------------------------------
 
@@ -49,6 +50,16 @@ class CommandNotSerializableError(InvalidCommandError, TypeError):
     JSON values)."""
 
 
+class InvalidCommandDataError(InvalidCommandError, InvalidDataError):
+    """A command's id is empty, too long or holds a NUL or surrogate, or its ``payload`` or
+    ``metadata`` is JSON that no backend may store (a NUL or lone surrogate in a string or key,
+    nesting deeper than ``tideflow.jsonutil.MAX_DEPTH``): ``field`` names which."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message, field)
+        self.field = field  # InvalidDataError.__init__, next in the MRO, reset it
+
+
 class UnknownCommandError(CommandError, LookupError):
     """No registered aggregate handles this command type. ``command_type`` is the one asked
     for, ``known`` the types that are handled."""
@@ -69,7 +80,7 @@ class UnknownCommandError(CommandError, LookupError):
 
 #: Like the event store's encoder: compact, no NaN, and one instance (``json.dumps`` with options
 #: builds an encoder per call, which costs as much as encoding a small payload).
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
 def _check_object(value: object, what: str, name: str) -> None:
@@ -84,19 +95,27 @@ def _check_object(value: object, what: str, name: str) -> None:
             f"{name} of {what} has non-str keys {bad_keys[:3]!r}; JSON object keys are "
             "strings: convert them (str(key)) first. Nothing was dispatched.", name)
     try:
-        _ENCODER.encode(value)
+        text = _ENCODER.encode(value)
+    except RecursionError:
+        raise InvalidCommandDataError(str(too_deep(f"{name} of {what}")), name) from None
     except (TypeError, ValueError) as exc:
         raise CommandNotSerializableError(
             f"{name} of {what} is not JSON-serialisable: {exc}. Use only dict (str keys), list, "
             "str, int, float, bool and None; convert dates, decimals, UUIDs and objects to "
             "strings or numbers first. Nothing was dispatched.", name) from exc
+    try:
+        check_text(text, value, what=f"{name} of {what}")
+    except InvalidDataError as exc:
+        # Checked here, not only when its events are appended: an aggregate may copy the
+        # payload into its events, and the command fails in the code that built it.
+        raise InvalidCommandDataError(str(exc), name) from None
 
 
 def _check_name(value: object, what: str, name: str) -> str:
     """``check_name`` (non-empty str, at most ``MAX_ID_LENGTH``, no NUL), tagging the error with
     the field it is about."""
     try:
-        return check_name(value, what, InvalidCommandError)
+        return check_name(value, what, InvalidCommandDataError)
     except InvalidCommandError as exc:
         exc.field = name
         raise
@@ -149,7 +168,7 @@ class Command:
         _check_name(self.command_type, "command_type", "command_type")
         what = f"command {self.command_type!r}"
         if not isinstance(self.aggregate_id, str) or not self.aggregate_id:
-            raise InvalidCommandError(
+            raise InvalidCommandDataError(
                 f"aggregate_id of {what} must be a non-empty str naming the aggregate to change "
                 f"(e.g. 'sku-1' or a uuid), got {self.aggregate_id!r}", "aggregate_id")
         _check_name(self.aggregate_id, f"aggregate_id of {what}", "aggregate_id")

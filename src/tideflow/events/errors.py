@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tideflow.errors import TideflowError
+from tideflow.errors import InvalidDataError, TideflowError
 
 if TYPE_CHECKING:
     from tideflow.events.model import ExpectedVersion
@@ -40,8 +40,9 @@ class WrongExpectedVersionError(EventStoreError):
         )
 
 
-class InvalidStreamIdError(EventStoreError, ValueError):
-    """A stream id is not a non-empty str of at most ``MAX_ID_LENGTH`` characters without NUL."""
+class InvalidStreamIdError(EventStoreError, InvalidDataError):
+    """A stream id is not a non-empty str of at most ``MAX_ID_LENGTH`` characters without NUL
+    or surrogates."""
 
 
 class InvalidEventError(EventStoreError, ValueError):
@@ -54,11 +55,22 @@ class EventNotSerializableError(EventStoreError, TypeError):
     encoded as JSON, so it could not be read back as written."""
 
 
+class InvalidEventTypeError(InvalidEventError, InvalidDataError):
+    """An event type is not a non-empty str of at most ``MAX_ID_LENGTH`` characters without NUL
+    or surrogates."""
+
+
+class EventDataError(EventNotSerializableError, InvalidDataError):
+    """An event's data or metadata (or a snapshot's state, a process manager's state, an
+    idempotent result) is JSON that no backend may store: a NUL character or a lone surrogate
+    in a string or key, or nesting deeper than ``tideflow.jsonutil.MAX_DEPTH``."""
+
+
 class DuplicateEventIdError(EventStoreError):
     """An ``event_id`` given to append is already recorded; event ids are unique store-wide."""
 
 
-class InvalidIdempotencyKeyError(EventStoreError, ValueError):
+class InvalidIdempotencyKeyError(EventStoreError, InvalidDataError):
     """An idempotency key is not a non-empty str of at most ``MAX_ID_LENGTH`` characters, or a
     result was given without a key to record it under."""
 

@@ -27,7 +27,14 @@ from enum import Enum
 from typing import Any
 from uuid import UUID
 
-from tideflow.events.errors import EventNotSerializableError, InvalidEventError
+from tideflow.errors import InvalidDataError
+from tideflow.events.errors import (
+    EventDataError,
+    EventNotSerializableError,
+    InvalidEventError,
+    InvalidEventTypeError,
+)
+from tideflow.jsonutil import bad_character, check_text, too_deep
 
 #: Longest stream id, event type, idempotency key or checkpoint name, in characters. Long enough
 #: for "<aggregate type>-<uuid>" and namespaced names; short enough to index cheaply.
@@ -59,9 +66,10 @@ NO_STREAM = ExpectedVersion.NO_STREAM
 EXISTS = ExpectedVersion.EXISTS
 
 
-def check_name(value: object, what: str, error: type[ValueError] = InvalidEventError) -> str:
+def check_name(value: object, what: str, error: type[ValueError] = InvalidEventTypeError) -> str:
     """Validate an identifier (stream id, event type, key, checkpoint name): a non-empty str of
-    at most ``MAX_ID_LENGTH`` characters without NUL (PostgreSQL text cannot hold NUL)."""
+    at most ``MAX_ID_LENGTH`` characters without NUL or surrogates (PostgreSQL text cannot hold
+    them, so SQLite must not either: ``tideflow.jsonutil.bad_character``)."""
     if not isinstance(value, str):
         raise error(f"{what} must be a str, got {type(value).__name__} {value!r}")
     if not value:
@@ -69,14 +77,17 @@ def check_name(value: object, what: str, error: type[ValueError] = InvalidEventE
     if len(value) > MAX_ID_LENGTH:
         raise error(f"{what} {value[:40]!r}... is {len(value)} characters long; the limit is "
                     f"{MAX_ID_LENGTH}: use a shorter id (a uuid, a hash)")
-    if "\x00" in value:
-        raise error(f"{what} {value!r} contains a NUL character, which the database cannot store")
+    bad = bad_character(value)
+    if bad is not None:
+        raise error(f"{what} {value[:60]!r} contains {bad}, which the database cannot store: "
+                    "remove it")
     return value
 
 
 #: One encoder for every event: ``json.dumps`` with options builds a new encoder per call, which
-#: costs as much as encoding a small event.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+#: costs as much as encoding a small event. Not ASCII-only, so that ``check_text`` sees
+#: surrogates.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
 def encode_json(value: Any, what: str) -> str:
@@ -86,13 +97,24 @@ def encode_json(value: Any, what: str) -> str:
     turned into a string, NaN that is not JSON) is refused instead of silently changed.
     """
     try:
-        return _ENCODER.encode(value)
+        text = _ENCODER.encode(value)
+    except RecursionError:
+        raise as_event_data_error(too_deep(what)) from None
     except (TypeError, ValueError) as exc:
         raise EventNotSerializableError(
             f"{what} is not JSON-serialisable: {exc}. Use only dict (str keys), list, str, int, "
             "float, bool and None; convert dates, decimals, UUIDs and objects to strings or "
             "numbers first. Nothing was written."
         ) from exc
+    try:
+        return check_text(text, value, what=what)
+    except InvalidDataError as exc:
+        raise as_event_data_error(exc) from None
+
+
+def as_event_data_error(exc: InvalidDataError) -> EventDataError:
+    """``exc`` as the event store's kind of ``InvalidDataError``."""
+    return EventDataError(str(exc), exc.field)
 
 
 def new_event_id() -> UUID:

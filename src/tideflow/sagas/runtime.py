@@ -27,6 +27,7 @@ from tideflow.events.commands import Command
 from tideflow.events.dispatch import CommandDispatcher
 from tideflow.events.handlers import HandlerContext
 from tideflow.events.model import RecordedEvent, encode_json
+from tideflow.jsonutil import bad_character, storable_text
 from tideflow.sagas.manager import (
     Action,
     ProcessManager,
@@ -151,11 +152,12 @@ def _process_id(manager: ProcessManager, event: RecordedEvent) -> str | None:
     if process_id is None:
         return None
     if (not isinstance(process_id, str) or not process_id
-            or len(process_id) > MAX_PROCESS_ID_LENGTH):
+            or len(process_id) > MAX_PROCESS_ID_LENGTH or bad_character(process_id)):
         raise ProcessStateError(
             f"process manager {manager.name!r}: process_id() returned {process_id!r} for event "
             f"{event.event_type!r} at position {event.position}; return a non-empty str of at "
-            f"most {MAX_PROCESS_ID_LENGTH} characters, or None to ignore the event")
+            f"most {MAX_PROCESS_ID_LENGTH} characters without NUL or surrogates, or None to "
+            "ignore the event")
     return process_id
 
 
@@ -204,5 +206,5 @@ def _encode_state(manager: ProcessManager, process_id: str, state: Any) -> str:
 
 
 def _describe(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    text = storable_text(" ".join(str(exc).split()))  # a user's message may hold NUL
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -45,6 +45,7 @@ from typing import Any
 from tideflow.clock import Clock, SystemClock
 from tideflow.errors import RunNotFoundError
 from tideflow.flows.definition import FlowDefinition
+from tideflow.jsonutil import dumps, storable_text
 from tideflow.storage.contract import (
     ClaimedTask,
     ClaimRequest,
@@ -204,7 +205,9 @@ class SqlEngine:
                         f"map step {slug!r} needs a list from {origin}, got "
                         f"{_json_type(source)}; make {origin} a JSON array")))
                     continue
-                inputs = [json.dumps(item, separators=(",", ":")) for item in source]
+                # jsonutil.dumps, not json.dumps: it writes big floats so they stay floats
+                inputs = [dumps(item, what=f"an element for map step {slug!r}")
+                          for item in source]
                 if not inputs:
                     empty.append((run_id, slug))
             elif deps:
@@ -328,6 +331,7 @@ class SqlEngine:
                    now: datetime) -> datetime | None:
         key = {"run_id": task["run_id"], "step_slug": task["step_slug"],
                "task_index": task["task_index"]}
+        error = storable_text(error)  # a user exception's text: NUL must not fail the failure
         attempts, max_attempts = task["attempts"], task["max_attempts"]
         if retryable and attempts < max_attempts:
             visible_at = now + timedelta(seconds=backoff_delay(
@@ -343,6 +347,7 @@ class SqlEngine:
         return None
 
     def _fail_run(self, tx: Tx, run_id: str, step_slug: str, now: datetime, error: str) -> None:
+        error = storable_text(error)
         tx.run("fail_step", run_id=run_id, step_slug=step_slug, error=error, finished_at=now)
         tx.run("fail_run", run_id=run_id, error=error, finished_at=now)
         tx.run("cancel_run_tasks", run_id=run_id, finished_at=now)

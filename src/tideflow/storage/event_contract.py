@@ -34,7 +34,7 @@ from typing import Any, Literal, Protocol
 from uuid import UUID
 
 from tideflow.clock import Clock
-from tideflow.errors import UnsupportedDatabaseURLError
+from tideflow.errors import InvalidDataError, UnsupportedDatabaseURLError
 from tideflow.events.errors import (
     EventNotSerializableError,
     InvalidCheckpointError,
@@ -49,10 +49,12 @@ from tideflow.events.model import (
     NewEvent,
     RecordedEvent,
     Snapshot,
+    as_event_data_error,
     check_name,
     encode_json,
 )
 from tideflow.events.upcasting import Upcasters
+from tideflow.jsonutil import MAX_DEPTH, check_text, too_deep
 
 ExpectedKind = Literal["any", "no_stream", "exists", "exact"]
 
@@ -348,13 +350,14 @@ def prepare_snapshot(stream_id: object, version: object, state: object, snapshot
     return PreparedSnapshot(checked, version, kind, schema_version, state_json)
 
 
-#: json's C encoder, configured exactly as ``encode_json``'s (compact separators, ASCII output, no
-#: NaN, refusing what it cannot encode - ``test_the_append_encoder_matches_encode_json``). Called
-#: directly, one instance per append, it skips what ``JSONEncoder.encode`` redoes on every call
-#: (a closure, a new C encoder object), which costs as much as encoding a small event.
+#: json's C encoder, configured exactly as ``encode_json``'s (compact separators, output not
+#: ASCII-only so that ``check_text`` sees surrogates, no NaN, refusing what it cannot encode -
+#: ``test_the_append_encoder_matches_encode_json``). Called directly, one instance per append,
+#: it skips what ``JSONEncoder.encode`` redoes on every call (a closure, a new C encoder
+#: object), which costs as much as encoding a small event.
 _C_ENCODER: Callable[..., Callable[[Any, int], Iterable[str]]] | None = getattr(
     json.encoder, "c_make_encoder", None)
-_PLAIN_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_PLAIN_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
 def append_encoder() -> Callable[[Any], str]:
@@ -363,7 +366,7 @@ def append_encoder() -> Callable[[Any], str]:
     one (the C encoder's circular-reference bookkeeping is left half done)."""
     if _C_ENCODER is None:  # pragma: no cover - a Python without json's C accelerator
         return _PLAIN_ENCODER.encode
-    chunks = _C_ENCODER({}, _PLAIN_ENCODER.default, json.encoder.encode_basestring_ascii, None,
+    chunks = _C_ENCODER({}, _PLAIN_ENCODER.default, json.encoder.encode_basestring, None,
                         ":", ",", False, False, False)
 
     def encode(value: Any) -> str:
@@ -404,11 +407,17 @@ def prepare_append(stream_id: object, events: Sequence[NewEvent],
                 f"result_json for idempotency key {idempotency_key!r} must be JSON text (a str), "
                 f"got {type(result_json).__name__}: pass json.dumps(result)")
         try:
-            json.loads(result_json)
+            result = json.loads(result_json)
+        except RecursionError:
+            raise as_event_data_error(too_deep(
+                f"result_json for idempotency key {idempotency_key!r}")) from None
         except ValueError as exc:
             raise EventNotSerializableError(
                 f"result_json for idempotency key {idempotency_key!r} is not valid JSON text "
                 f"({exc}); pass json.dumps(result). Nothing was written.") from exc
+        # Re-encoded to check it as stored values are checked: the text may hide a NUL or a
+        # surrogate behind an escape, which PostgreSQL would refuse when reading it as JSON.
+        encode_json(result, f"the result_json for idempotency key {idempotency_key!r}")
     ids: list[UUID] = []
     types: list[str] = []
     versions: list[int] = []
@@ -426,8 +435,8 @@ def prepare_append(stream_id: object, events: Sequence[NewEvent],
         versions.append(event.schema_version or upcasters.current_version(event.event_type))
         try:
             data_json, metadata_json = encode(event.data), encode(event.metadata)
-        except (TypeError, ValueError):
-            # Not JSON: encode_json refuses it with the error that names it.
+        except (TypeError, ValueError, RecursionError):
+            # Not JSON, or too deep: encode_json refuses it with the error that names it.
             what = f"event #{i} ({event.event_type!r}) appended to {checked!r}"
             data_json = encode_json(event.data, f"the data of {what}")
             metadata_json = encode_json(event.metadata, f"the metadata of {what}")
@@ -440,7 +449,10 @@ def prepare_append(stream_id: object, events: Sequence[NewEvent],
     if n > 1 and len(set(ids)) != n:
         raise InvalidEventError(f"the events appended to {checked!r} repeat an event_id; each "
                                 "event needs its own (leave event_id out to get a fresh one)")
-    values = decode_objects(data + metadata)
+    texts = data + metadata
+    _check_texts(texts, events, checked)
+    values = decode_objects(texts)
+    data, metadata = texts[:n], texts[n:]
     read_as = []
     for i in range(n):
         read_type, read_version, read_data = upcasters.upcast_data(
@@ -448,6 +460,27 @@ def prepare_append(stream_id: object, events: Sequence[NewEvent],
         read_as.append((read_type, read_version, read_data, values[n + i]))
     return PreparedAppend(checked, expected_version, kind, number, ids, types, versions, data,
                           metadata, causes, correlations, idempotency_key, result_json, read_as)
+
+
+def _check_texts(texts: list[str], events: Sequence[NewEvent], stream_id: str) -> None:
+    """Refuse, before anything is written, event data and metadata no backend may store
+    (``tideflow.jsonutil.check_text``); rewrite big floats in place so that they read back as
+    written. One scan of all the texts joined for the common case, each one only when that
+    finds something: an append of small events stays a few microseconds."""
+    joined = ",".join(texts)
+    if (("\\u0000" not in joined and joined.isascii())
+            and joined.count("[") + joined.count("{") <= MAX_DEPTH and "e+" not in joined):
+        return
+    n = len(events)
+    for j, text in enumerate(texts):
+        i = j % n
+        event = events[i]
+        part = "data" if j < n else "metadata"
+        what = f"the {part} of event #{i} ({event.event_type!r}) appended to {stream_id!r}"
+        try:
+            texts[j] = check_text(text, event.data if j < n else event.metadata, what=what)
+        except InvalidDataError as exc:
+            raise as_event_data_error(exc) from None
 
 
 def open_event_store(url: str | None = None, *, clock: Clock | None = None,

@@ -86,7 +86,7 @@ class _PgTx:
                     "or none to get a fresh one"
                 ) from exc
             raise translate(exc, f"query {name}") from exc
-        except psycopg.Error as exc:
+        except (psycopg.Error, UnicodeEncodeError) as exc:  # a surrogate never reaches psycopg
             raise translate(exc, f"query {name}") from exc
 
     def rows(self, name: str, **params: Any) -> list[Row]:

@@ -82,10 +82,10 @@ class PostgresCompanionStore:
         """Run one of our named queries, its driver errors mapped (``errors.translate``)."""
         try:
             cur = conn.cursor(row_factory=dict_row).execute(self._queries[name], params)
-        except psycopg.Error as exc:
+        except (psycopg.Error, UnicodeEncodeError) as exc:  # a surrogate never reaches psycopg
             error = translate(exc, f"query {name}")
             if isinstance(error, SchemaNotReadyError):
-                error = SchemaNotReadyError(
+                error = type(error)(  # SchemaMissingError stays one
                     f"{self._schema_missing} from this database; run `tideflow migrate` (or "
                     f"store.migrate()) first: {exc}")
             raise error from exc

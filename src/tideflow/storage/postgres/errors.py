@@ -6,14 +6,19 @@ SQLSTATE class, because that is what the server promises to keep stable across v
 
 * ``DatabaseUnavailableError`` (transient: workers back off and retry, clients retry briefly):
   no connection at all (psycopg's own ``OperationalError``/``InterfaceError`` without a
-  SQLSTATE, a pool timeout), class 08 connection exceptions, 40 transaction rollbacks
-  (serialization failure, deadlock), 53 insufficient resources (disk full, out of memory, too
-  many connections), 57 operator intervention (admin/crash shutdown, cannot connect now, query
-  cancelled), 58 system errors (I/O), 55P03 lock not available.
-* ``SchemaNotReadyError``: 3F000 / 42P01 / 42883 - the schema, a table or a function is missing.
-* ``InvalidDataError``: class 22 data exceptions, and psycopg refusing a NUL byte in a text
-  parameter. tideflow checks values before they reach SQL (``tideflow.jsonutil``), so this is
-  the backstop for what slipped past, not the rule.
+  SQLSTATE, a pool timeout), class 08 connection exceptions, 40001 serialization failure, 40P01
+  deadlock and 40003 statement completion unknown (not 40002: a deferred constraint that failed
+  at COMMIT fails again), 53 insufficient resources (disk full, out of memory, too many
+  connections), 57 operator intervention (admin/crash shutdown, cannot connect now, query
+  cancelled), 58000/58030 system and I/O errors, 55P03 lock not available.
+* ``SchemaMissingError``: 3F000 - there is no ``tideflow`` schema at all.
+* ``SchemaNotReadyError``: 42P01 / 42883 - a table or a function is missing (no schema, or an
+  older one: PostgreSQL reports both as an undefined table).
+* ``InvalidDataError``: class 22 data exceptions, psycopg refusing a NUL byte in a text
+  parameter, and text Python cannot encode as UTF-8 (a lone surrogate: ``UnicodeEncodeError``,
+  raised by the driver before anything is sent). tideflow checks values before they reach SQL
+  (``tideflow.jsonutil``), so this is the backstop for what slipped past (a lookup by an id
+  that was never checked), not the rule.
 * ``StorageError`` for the rest: a bug, or a constraint tideflow did not expect.
 
 Semantic signals - a unique violation that means "this run id is taken", the event store's
@@ -32,14 +37,16 @@ from psycopg_pool import PoolTimeout
 from tideflow.errors import (
     DatabaseUnavailableError,
     InvalidDataError,
+    SchemaMissingError,
     SchemaNotReadyError,
     StorageError,
     TideflowError,
 )
 
-_TRANSIENT_CLASSES = ("08", "40", "53", "57", "58")
-_TRANSIENT_STATES = frozenset({"55P03"})
-_SCHEMA_STATES = frozenset({"3F000", "42P01", "42883"})
+_TRANSIENT_CLASSES = ("08", "53", "57")
+_TRANSIENT_STATES = frozenset({"40001", "40P01", "40003", "40000", "55P03", "58000", "58030"})
+_SCHEMA_STATES = frozenset({"42P01", "42883"})
+_NO_SCHEMA = "3F000"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -72,11 +79,16 @@ def translate(exc: BaseException, what: str = "PostgreSQL operation") -> Tideflo
             f"{what} failed: the database is unavailable ({detail}); it is retried when the "
             "server is back")
     state = getattr(exc, "sqlstate", None)
+    if state == _NO_SCHEMA:
+        return SchemaMissingError(
+            f"{what} failed: the database has no tideflow schema ({detail}); run "
+            "`tideflow migrate`")
     if state in _SCHEMA_STATES:
         return SchemaNotReadyError(
             f"{what} failed: the tideflow schema is missing or older than this version of "
             f"tideflow ({detail}); run `tideflow migrate`")
-    if isinstance(exc, psycopg.DataError) or (state is not None and state.startswith("22")):
+    if (isinstance(exc, psycopg.DataError | UnicodeEncodeError)
+            or (state is not None and state.startswith("22"))):
         return InvalidDataError(
             f"{what} failed: PostgreSQL refused a value ({detail}); strings must not contain "
             "NUL characters or lone surrogates")
@@ -88,5 +100,5 @@ def translated(what: str = "PostgreSQL operation") -> Iterator[None]:
     """Run a block, raising driver errors as tideflow's (``translate``)."""
     try:
         yield
-    except psycopg.Error as exc:
+    except (psycopg.Error, UnicodeEncodeError) as exc:
         raise translate(exc, what) from exc

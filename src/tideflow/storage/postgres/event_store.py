@@ -145,7 +145,7 @@ def _execute(conn: Conn, name: str, params: dict[str, Any], *,
     caller's own SQL on ``tx.connection`` is not mapped: its errors are the caller's.)"""
     try:
         return conn.execute(_QUERIES[name], params, binary=binary)
-    except psycopg.Error as exc:
+    except (psycopg.Error, UnicodeEncodeError) as exc:
         raise translate(exc, f"event store query {name}") from exc
 
 

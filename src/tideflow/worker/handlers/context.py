@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from tideflow.events.handlers import Cursor, Dialect, EventHandler, HandlerUsageError
 from tideflow.events.model import ExpectedVersion, NewEvent, RecordedEvent
+from tideflow.jsonutil import storable_text
 from tideflow.storage.event_contract import EventStore, EventTransaction
 
 T = TypeVar("T")
@@ -42,7 +43,9 @@ def dialect_of_url(url: str) -> Dialect:
 
 def describe(exc: BaseException) -> str:
     """An exception on one line, for logs, failure records and dead letters."""
-    text = " ".join(str(exc).split())
+    # storable_text: a user exception's text may hold NUL or surrogates, which must not make
+    # recording the failure (a dead letter, a handler's last error) fail too.
+    text = storable_text(" ".join(str(exc).split()))
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

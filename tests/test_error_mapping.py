@@ -1,0 +1,167 @@
+"""Driver errors provoked for real and read through the one mapping module per backend
+(``storage/<backend>/errors.py``): callers see tideflow's errors, never psycopg's or sqlite3's.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import errors as pg_errors
+
+from tests.pgdb import empty_database
+from tideflow import Flow, step
+from tideflow.errors import (
+    DatabaseUnavailableError,
+    InvalidDataError,
+    SchemaMissingError,
+    SchemaNotReadyError,
+    StorageError,
+)
+from tideflow.events import ANY, NewEvent
+from tideflow.storage.event_contract import EventStore, open_event_store
+from tideflow.storage.postgres import PostgresStore
+from tideflow.storage.postgres import errors as pg_mapping
+from tideflow.storage.sqlite import SQLiteStore
+from tideflow.storage.sqlite import errors as sqlite_mapping
+
+Store = SQLiteStore | PostgresStore
+
+
+class One(Flow, slug="mapping_one"):
+    @step()
+    def only(self, input):
+        return input
+
+
+@contextmanager
+def unmigrated(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The URL of an empty database of ``backend``: no tideflow schema at all."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    with empty_database(request.getfixturevalue("pg_url")) as url:
+        yield url
+
+
+def open_store(url: str) -> Store:
+    if url.startswith("sqlite"):
+        return SQLiteStore(url.removeprefix("sqlite:///"))
+    return PostgresStore(url, pool_size=2)
+
+
+def test_missing_schema_is_schema_not_ready(backend: str, tmp_path: Path,
+                                            request: pytest.FixtureRequest) -> None:
+    with unmigrated(backend, tmp_path, request) as url:
+        store = open_store(url)
+        events: EventStore = open_event_store(url)
+        try:
+            with pytest.raises(SchemaNotReadyError, match="tideflow migrate"):
+                store.get_run("r-1")
+            with pytest.raises(SchemaNotReadyError, match="tideflow migrate"):
+                store.start_run(One.definition, "r-1", "{}")
+            with pytest.raises(SchemaNotReadyError, match="tideflow migrate"):
+                events.append("s-1", [NewEvent("E")], ANY)
+        finally:
+            events.close()
+            store.close()
+
+
+def test_values_the_driver_refuses_are_invalid_data(store: Store) -> None:
+    """Past tideflow's own checks (the store called directly): the driver's refusal is still a
+    typed InvalidDataError - a surrogate on both backends (UTF-8 cannot encode it), a NUL on
+    PostgreSQL (SQLite's text can hold it)."""
+    with pytest.raises(InvalidDataError, match=r"surrogates|refused a value"):
+        store.start_run(One.definition, "r-\ud800", "{}")
+    with pytest.raises(InvalidDataError):
+        store.get_run("r-\udfff")
+    if isinstance(store, PostgresStore):
+        with pytest.raises(InvalidDataError, match="NUL"):
+            store.start_run(One.definition, "r-\x00", "{}")
+        with pytest.raises(InvalidDataError):
+            store.start_run(One.definition, "r-2", '{"a": "\\u0000"}')
+    assert store.list_runs() == []
+
+
+def test_lost_postgres_connection_inside_a_transaction(request: pytest.FixtureRequest) -> None:
+    """pg_terminate_backend on the connection of an open transaction: the next statement and
+    the end of the transaction fail as DatabaseUnavailableError, nothing is committed, and the
+    store works again on a fresh connection."""
+    url = request.getfixturevalue("pg_url")
+    store = PostgresStore(url, pool_size=2)
+    events = open_event_store(url)
+    try:
+        # store._tx: the engine's transaction, as every FlowStore call runs
+        with pytest.raises(DatabaseUnavailableError, match="unavailable"), store._tx() as tx:
+            tx.run("insert_flow", flow_slug="lost", version="v1", shape="{}",
+                   created_at=store.clock.now())
+            _terminate(url, tx.conn.info.backend_pid)
+            tx.rows("get_run", run_id="r-1")
+        with pytest.raises(DatabaseUnavailableError), events.transaction() as etx:
+            etx.append("lost-1", [NewEvent("E")], ANY)
+            _terminate(url, etx.connection.info.backend_pid)
+            etx.append("lost-1", [NewEvent("E")], ANY)
+        assert [f.flow_slug for f in store.list_flows()] == []
+        assert events.stream_version("lost-1") == 0
+    finally:
+        events.close()
+        store.close()
+
+
+def _terminate(url: str, pid: int) -> None:
+    with psycopg.connect(url, autocommit=True) as admin:
+        assert admin.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
+
+
+def test_locked_sqlite_file_past_the_busy_timeout(tmp_path: Path) -> None:
+    """Another connection holds the write lock longer than the store's busy timeout: the write
+    fails as DatabaseUnavailableError (transient), and succeeds once the lock is released."""
+    path = tmp_path / "locked.db"
+    store = SQLiteStore(str(path))
+    store.migrate()
+    store.connection.execute("PRAGMA busy_timeout=50")
+    other = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(DatabaseUnavailableError, match="locked"):
+            store.start_run(One.definition, "r-1", "{}")
+        other.execute("ROLLBACK")
+        store.start_run(One.definition, "r-1", "{}")
+        assert store.get_run("r-1").status == "started"
+    finally:
+        other.close()
+        store.close()
+
+
+# --- the classification itself, from the errors the drivers raise ------------------------------
+
+
+@pytest.mark.parametrize(("sqlstate", "expected"), [
+    ("08006", DatabaseUnavailableError),  # connection failure
+    ("40001", DatabaseUnavailableError),  # serialization failure
+    ("40P01", DatabaseUnavailableError),  # deadlock
+    ("40002", StorageError),  # deferred constraint at COMMIT: fails again, not transient
+    ("53100", DatabaseUnavailableError),  # disk full
+    ("57P01", DatabaseUnavailableError),  # admin shutdown
+    ("55P03", DatabaseUnavailableError),  # lock not available
+    ("58030", DatabaseUnavailableError),  # I/O error
+    ("3F000", SchemaMissingError),
+    ("42P01", SchemaNotReadyError),
+    ("22P02", InvalidDataError),
+    ("23514", StorageError),  # a check constraint: a bug, not the database's state
+])
+def test_postgres_sqlstates(sqlstate: str, expected: type[Exception]) -> None:
+    error = pg_mapping.translate(pg_errors.lookup(sqlstate)("boom"), "doing it")
+    assert type(error) is expected and str(error).startswith("doing it failed")
+    assert pg_mapping.is_transient(pg_errors.lookup(sqlstate)("boom")) == (
+        expected is DatabaseUnavailableError)
+
+
+def test_unencodable_text_is_invalid_data_on_both() -> None:
+    exc = UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+    assert isinstance(pg_mapping.translate(exc), InvalidDataError)
+    assert isinstance(sqlite_mapping.translate(exc), InvalidDataError)
