@@ -166,7 +166,11 @@ def _exit_now_if_steps_linger(code: int) -> None:
 
 
 def _setup_logging() -> None:
-    """Show the worker's own log lines (started, recovered stalled tasks, failures)."""
+    """Show the worker's own log lines (started, recovered stalled tasks, failures, one warning
+    per database outage). The connection pool's own line per failed reconnection attempt - a
+    dozen a second while a server restarts - is left to ``--debug``."""
+    if not logging.getLogger().handlers:  # --debug configures the root logger
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     logger = logging.getLogger("tideflow")
     if not logger.handlers:
         handler = RichHandler(console=_console(stderr=True), show_path=False)

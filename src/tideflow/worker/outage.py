@@ -39,36 +39,44 @@ WAIT_OUT: tuple[type[Exception], ...] = (DatabaseUnavailableError, SchemaNotRead
 
 
 class Outage:
-    """Whether the database is known to be down, for one worker's loops; logs the transitions.
-    Thread-safe (handler batches report from their own threads)."""
+    """Which of one worker's loops cannot reach the database; logs when the first one fails
+    (WARNING) and when the last one got through again (INFO). Thread-safe (handler batches
+    report from their own threads)."""
 
     def __init__(self, log: logging.Logger, who: str) -> None:
         self._log = log
         self._who = who
         self._lock = threading.Lock()
-        self.down = False
+        self._failing: set[str] = set()
         self.outages = 0
         """Outages seen so far (for tests and metrics)."""
 
-    def failed(self, what: str, exc: BaseException) -> None:
-        """``what`` (a loop's name) could not reach the database; warns once per outage."""
-        with self._lock:
-            if self.down:
-                return
-            self.down = True
-            self.outages += 1
-        self._log.warning("%s: %s failed: %s; retrying with backoff until the database is "
-                          "back", self._who, what, _one_line(exc))
+    @property
+    def down(self) -> bool:
+        return bool(self._failing)
 
-    def recovered(self) -> None:
-        """Something reached the database; logs "database back" after an outage."""
-        if not self.down:
+    def failed(self, what: str, exc: BaseException) -> None:
+        """Loop ``what`` could not reach the database; warns if it is the first one."""
+        with self._lock:
+            first = not self._failing
+            self._failing.add(what)
+            if first:
+                self.outages += 1
+        if first:
+            self._log.warning("%s: %s failed: %s; retrying with backoff until the database is "
+                              "back", self._who, what, _one_line(exc))
+
+    def recovered(self, what: str) -> None:
+        """Loop ``what`` reached the database; "database back" once no loop is failing."""
+        if not self._failing:
             return
         with self._lock:
-            if not self.down:
+            if what not in self._failing:
                 return
-            self.down = False
-        self._log.info("%s: database back", self._who)
+            self._failing.discard(what)
+            back = not self._failing
+        if back:
+            self._log.info("%s: database back", self._who)
 
 
 async def retrying(outage: Outage, what: str, call: Callable[[], T], *,
@@ -91,7 +99,7 @@ async def retrying(outage: Outage, what: str, call: Callable[[], T], *,
             outage.failed(what, exc)
             await pause(backoff.next_delay(), interrupt)
             continue
-        outage.recovered()
+        outage.recovered(what)
         backoff.reset()
         return result
 

@@ -42,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from tideflow.errors import StorageError
+from tideflow.errors import InvalidDataError, StorageError
 from tideflow.flows.dsl import Flow
 from tideflow.flows.registry import FlowRegistry
 from tideflow.retrying import Backoff
@@ -329,14 +329,23 @@ class Worker:
         """Commit ``completions``, waiting out outages. A batch the database refuses is split
         in halves until the healthy completions commit; a single refused completion fails its
         task without retries (no retry can make the same output acceptable)."""
+        tries = 0
+
+        def commit() -> list[ClaimedTask]:
+            # Only the first try claims: after a COMMIT whose answer was lost, the tasks it
+            # claimed are this worker's until their lease expires (then the reaper retries them,
+            # counting the attempt) - claiming again would only add to them.
+            nonlocal tries
+            tries += 1
+            return self.store.complete_tasks(self.worker_id, completions,
+                                             claim if tries == 1 else None)
+
         try:
-            claimed = await self._retrying(
-                "committing completions",
-                lambda: self.store.complete_tasks(self.worker_id, completions, claim),
-                backoff, self._past_deadline)
+            claimed = await self._retrying("committing completions", commit, backoff,
+                                           self._past_deadline)
         except WAIT_OUT:
             raise
-        except StorageError as exc:
+        except (StorageError, InvalidDataError) as exc:
             if len(completions) == 1:
                 done = completions[0]
                 failure = TaskFailure(done.key, done.attempt,

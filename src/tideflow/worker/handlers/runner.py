@@ -215,7 +215,7 @@ class HandlerRunner:
             generation = self._generation
             try:
                 if not slot.owned and not await self._acquire(slot, batches):
-                    self._reached_database(backoff)
+                    self._reached_database(slot, backoff)
                     self._set_idle(slot, True, generation)
                     await self._nap(slot, every)
                     continue
@@ -227,7 +227,7 @@ class HandlerRunner:
                         continue
                     slot.retry_at = None
                 outcome = await self._in_thread(slot, batches.run, slot)
-                self._reached_database(backoff)
+                self._reached_database(slot, backoff)
                 self.handled += outcome.handled
                 if outcome.appended:
                     self._generation += 1
@@ -257,9 +257,9 @@ class HandlerRunner:
                               opts.poll_interval)
                 await self._nap(slot, opts.poll_interval)
 
-    def _reached_database(self, backoff: Backoff) -> None:
+    def _reached_database(self, slot: HandlerSlot, backoff: Backoff) -> None:
         backoff.reset()
-        self.outage.recovered()
+        self.outage.recovered(f"handler {slot.name}")
 
     async def _acquire(self, slot: HandlerSlot, batches: HandlerBatches) -> bool:
         h = slot.handler
