@@ -323,3 +323,67 @@ def test_a_worker_waits_out_a_sqlite_file_locked_by_another_connection(
         assert any("database back" in r.getMessage() for r in caplog.records)
     finally:
         app.close()
+
+
+# --- shutdown while the database is away; a LISTEN connection killed ------------------------------
+
+
+def test_a_worker_stops_within_its_deadline_while_the_database_is_away(
+        flows_app: App, caplog: pytest.LogCaptureFixture) -> None:
+    run_id = flows_app.start_flow(Chain, {"n": 1})
+    store = Outages(flows_app.store)
+    worker = Worker(store, flows_app.registry,  # type: ignore[arg-type]
+                    options=WorkerOptions(poll_interval=0.02, reap_interval=0.05,
+                                          heartbeat_interval=0.05, shutdown_grace=0.5))
+    for flow in flows_app.registry:
+        flows_app.store.ensure_flow(flow.definition)
+    for name in ("complete_tasks", "release_tasks", "fail_task", "extend_leases"):
+        store.fail[name] = 10**6  # the first claim gets through, then the database is gone
+    with caplog.at_level(logging.INFO, "tideflow"):
+        thread = threading.Thread(target=lambda: asyncio.run(worker.run()))
+        thread.start()
+        while not store.calls.get("complete_tasks"):
+            time.sleep(0.01)
+        for name in ("claim_tasks", "requeue_stalled", "count_queued"):
+            store.fail[name] = 10**6
+        started = time.monotonic()
+        worker.stop()
+        thread.join(timeout=15)
+    assert not thread.is_alive() and time.monotonic() - started < 3  # no hang on shutdown
+    assert warnings(caplog, "completion(s) were not recorded")
+    # Not lost: the task is still started under this worker's lease, for the reaper.
+    assert flows_app.get_run(run_id).step("first").tasks[0].status == "started"
+
+
+def test_a_killed_listen_connection_is_reestablished_and_subscribers_catch_up(
+        db_url: str, backend: str, caplog: pytest.LogCaptureFixture) -> None:
+    if backend != "postgres":
+        pytest.skip("LISTEN/NOTIFY: SQLite's watcher reads the file, it has no connection to lose")
+    import psycopg
+
+    from tideflow.storage.postgres import PostgresStore
+
+    store = PostgresStore(db_url)
+    wakes = threading.Semaphore(0)
+    try:
+        with caplog.at_level(logging.INFO, "tideflow"):
+            store.subscribe(wakes.release)
+            with psycopg.connect(db_url, autocommit=True) as admin:
+                deadline = time.monotonic() + 10
+                killed = 0
+                while not killed:  # the listener may not have connected yet
+                    assert time.monotonic() < deadline
+                    killed = len(admin.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = "
+                        "'LISTEN tideflow_tasks' AND datname = current_database()").fetchall())
+                    time.sleep(0.02)
+                assert wakes.acquire(timeout=10), "no catch-up wake after reconnecting"
+                while wakes.acquire(blocking=False):
+                    pass
+                admin.execute("NOTIFY tideflow_tasks")  # heard on the new connection
+                assert wakes.acquire(timeout=10)
+        messages = [r.getMessage() for r in caplog.records]
+        assert sum("LISTEN tideflow_tasks connection lost" in m for m in messages) == 1
+        assert sum("LISTEN tideflow_tasks re-established" in m for m in messages) == 1
+    finally:
+        store.close()

@@ -210,6 +210,12 @@ class PostgresStore(SqlEngine):
         self._pool.close()
 
 
+#: A listening connection only reads, so a peer that vanished without closing it (a network
+#: partition, a VM frozen) would never be noticed: TCP keepalives notice it in about 25 s.
+LISTEN_CONNECT: dict[str, Any] = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10,
+                                  "keepalives_interval": 5, "keepalives_count": 3}
+
+
 def listen_forever(url: str, channel: str, on_notify: Callable[[], None],
                    stopping: threading.Event, meanwhile: str) -> None:
     """LISTEN on ``channel`` and call ``on_notify`` for each notification until ``stopping``.
@@ -222,7 +228,7 @@ def listen_forever(url: str, channel: str, on_notify: Callable[[], None],
     lost = False
     while not stopping.is_set():
         try:
-            with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+            with psycopg.connect(url, autocommit=True, **LISTEN_CONNECT) as conn:
                 conn.execute(f"LISTEN {channel}")
                 if lost:
                     lost = False

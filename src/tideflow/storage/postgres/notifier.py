@@ -74,7 +74,9 @@ class CoalescingNotifier:
         lost = False
         while True:
             try:
-                with psycopg.connect(self._url, autocommit=True, connect_timeout=5) as conn:
+                with psycopg.connect(self._url, autocommit=True, connect_timeout=5, keepalives=1,
+                                     keepalives_idle=10, keepalives_interval=5,
+                                     keepalives_count=3) as conn:
                     conn.execute("SET synchronous_commit = off")
                     if lost:
                         lost = False
