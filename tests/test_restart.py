@@ -55,7 +55,8 @@ class Server:
         return subprocess.run(command, check=check, capture_output=True, text=True, timeout=60)
 
     def init(self) -> None:
-        shutil.chown(self.base, "postgres") if os.geteuid() == 0 else None
+        if os.geteuid() == 0:
+            shutil.chown(self.base, "postgres")
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync",
                   "--no-instructions")
 

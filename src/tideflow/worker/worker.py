@@ -415,9 +415,13 @@ class Worker:
         while True:
             await asyncio.sleep(seconds)
             call = prepare()
-            if call is not None:
+            if call is None:
+                continue
+            try:
                 await self._retrying(what, call, backoff, lambda: self._forced,
                                      self._forced_event)
+            except WAIT_OUT:
+                return  # forced to stop while the database is away: nothing left to renew
 
     def _heartbeat(self) -> Callable[[], object] | None:
         keys = list(self._running)  # on the loop: the dict changes under a thread
