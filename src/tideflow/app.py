@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 from collections.abc import Iterable
 from typing import Any, TypeVar
@@ -48,6 +49,29 @@ FlowT = TypeVar("FlowT", bound=type[Flow])
 AggregateT = TypeVar("AggregateT", bound=type[Aggregate])
 HandlerT = TypeVar("HandlerT", bound=type[EventHandler])
 ProcessManagerT = TypeVar("ProcessManagerT", bound=type[ProcessManager])
+
+log = logging.getLogger("tideflow.worker")
+
+
+async def _run_together(worker: Worker, runner: HandlerRunner | None, until_idle: bool) -> None:
+    """Run the flow worker and the handler runner side by side. If one of them raises (a bug:
+    outages are waited out inside), the other is stopped gracefully and the error re-raised - a
+    process must not go on half-dead, running handlers with no flows or the reverse."""
+    jobs = [asyncio.create_task(worker.run(until_idle=until_idle))]
+    if runner is not None:
+        jobs.append(asyncio.create_task(runner.run(until_idle=until_idle)))
+    try:
+        await asyncio.wait(jobs, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        if not all(job.done() for job in jobs):
+            worker.stop()
+            if runner is not None:
+                runner.stop()
+        await asyncio.wait(jobs)
+    for job in jobs:
+        error = None if job.cancelled() else job.exception()
+        if error is not None:
+            raise error
 
 
 class AsyncApp(AsyncClient):
@@ -292,25 +316,75 @@ class App:
     def migrate(self) -> list[str]:
         return self.store.migrate()
 
-    def worker(self, **options: Any) -> Worker:
+    def worker(self, *, concurrency: int = WorkerOptions.concurrency,
+               poll_interval: float = WorkerOptions.poll_interval,
+               lease_margin: float = WorkerOptions.lease_margin,
+               heartbeat_interval: float | None = WorkerOptions.heartbeat_interval,
+               reap_interval: float = WorkerOptions.reap_interval,
+               shutdown_grace: float = WorkerOptions.shutdown_grace,
+               max_batch: int = WorkerOptions.max_batch) -> Worker:
+        """A flow worker for this app's flows (``WorkerOptions`` says what each option does);
+        records the flows' versions first."""
         for flow in self.registry:
             self.store.ensure_flow(flow.definition)
-        return Worker(self.store, self.registry, options=WorkerOptions(**options))
+        return Worker(self.store, self.registry, options=WorkerOptions(
+            concurrency=concurrency, poll_interval=poll_interval, lease_margin=lease_margin,
+            heartbeat_interval=heartbeat_interval, reap_interval=reap_interval,
+            shutdown_grace=shutdown_grace, max_batch=max_batch))
 
-    def run_worker(self, *, until_idle: bool = False, **options: Any) -> None:
-        """Run a worker in this thread until SIGINT/SIGTERM (graceful) or, with ``until_idle``,
-        until there is nothing left to do. One worker process runs both the flows and the event
-        handlers of this app; ``options`` are the flow worker's (``WorkerOptions``)."""
-        worker = self.worker(**options)
-        runner = self.handler_runner(worker_id=worker.worker_id) if self.handlers else None
-        stopped = False
+    def run_worker(self, *, until_idle: bool = False,
+                   concurrency: int = WorkerOptions.concurrency,
+                   poll_interval: float = WorkerOptions.poll_interval,
+                   lease_margin: float = WorkerOptions.lease_margin,
+                   heartbeat_interval: float | None = WorkerOptions.heartbeat_interval,
+                   reap_interval: float = WorkerOptions.reap_interval,
+                   shutdown_grace: float = WorkerOptions.shutdown_grace,
+                   max_batch: int = WorkerOptions.max_batch,
+                   handler_lease: float = HandlerRunnerOptions.lease_ttl) -> None:
+        """Run a worker in this thread until SIGINT/SIGTERM or, with ``until_idle``, until
+        there is nothing left to do. One worker process runs both the flows and the event
+        handlers of this app.
 
-        def stop() -> None:
-            nonlocal stopped
-            stopped = True
-            worker.stop()
+        Failover: ``lease_margin`` is how long the tasks of a worker that died (or lost the
+        database) wait before another worker retries them, ``heartbeat_interval`` (default
+        ``lease_margin / 3``) how often a live worker renews them; ``handler_lease`` is the same
+        delay for event handlers. Shorter means faster failover and more writes while idle.
+
+        Stopping: the first SIGINT/SIGTERM stops gracefully - nothing new is claimed, running
+        tasks and handler batches get ``shutdown_grace`` seconds to finish, then the tasks still
+        running are released to the queue without counting the attempt, and this returns. A
+        second signal stops at once (running tasks are released now) and raises
+        ``KeyboardInterrupt``.
+
+        A database outage is waited out, never raised. Raises only for a bug in tideflow: the
+        other half (flows or handlers) is then stopped gracefully and the error re-raised."""
+        def make_worker() -> Worker:
+            return self.worker(concurrency=concurrency, poll_interval=poll_interval,
+                               lease_margin=lease_margin, heartbeat_interval=heartbeat_interval,
+                               reap_interval=reap_interval, shutdown_grace=shutdown_grace,
+                               max_batch=max_batch)
+
+        worker = make_worker()
+        runner = (self.handler_runner(worker_id=worker.worker_id, options=HandlerRunnerOptions(
+            poll_interval=poll_interval, lease_ttl=handler_lease,
+            shutdown_grace=shutdown_grace)) if self.handlers else None)
+        signals = 0
+
+        def stop(force: bool = False) -> None:
+            worker.stop(force=force)
             if runner is not None:
-                runner.stop()
+                runner.stop(force=force)
+
+        def on_signal(name: str) -> None:
+            nonlocal signals
+            signals += 1
+            if signals == 1:
+                log.info("%s: stopping gracefully (up to %gs for running work); send it again "
+                         "to stop at once", name, shutdown_grace)
+                stop()
+            else:
+                log.warning("%s again: stopping now; running tasks go back to the queue", name)
+                stop(force=True)
 
         async def main() -> None:
             nonlocal worker
@@ -318,23 +392,27 @@ class App:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 # Not possible outside the main thread; the caller then stops the worker itself.
                 with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.add_signal_handler(sig, stop)
-            while True:
-                handled = runner.handled if runner is not None else 0
-                jobs = [worker.run(until_idle=until_idle)]
-                if runner is not None:
-                    jobs.append(runner.run(until_idle=until_idle))
-                await asyncio.gather(*jobs)
-                # Idle means idle together: a handler may have started a flow after the
-                # worker found nothing to do, and a step may have appended events after the
-                # handlers caught up. Another round until one does nothing at all.
-                busy = worker.completed + worker.failed > 0 or (
-                    runner is not None and runner.handled > handled)
-                if not until_idle or stopped or not busy:
-                    return
-                worker = self.worker(**options)
+                    loop.add_signal_handler(sig, on_signal, sig.name)
+            try:
+                while True:
+                    handled = runner.handled if runner is not None else 0
+                    await _run_together(worker, runner, until_idle)
+                    # Idle means idle together: a handler may have started a flow after the
+                    # worker found nothing to do, and a step may have appended events after
+                    # the handlers caught up. Another round until one does nothing at all.
+                    busy = worker.completed + worker.failed > 0 or (
+                        runner is not None and runner.handled > handled)
+                    if not until_idle or signals or not busy:
+                        return
+                    worker = make_worker()
+            finally:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    with contextlib.suppress(NotImplementedError, RuntimeError):
+                        loop.remove_signal_handler(sig)
 
         asyncio.run(main())
+        if signals > 1:
+            raise KeyboardInterrupt
 
     def close(self) -> None:
         if self._process_store is not None:

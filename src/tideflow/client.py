@@ -7,13 +7,16 @@ derives every method from it by running it in a thread, so the two cannot drift 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
-from tideflow.errors import RunTimeoutError, TideflowError
+from tideflow.errors import RunAlreadyExistsError, RunTimeoutError, TideflowError
+from tideflow.flows.definition import FlowDefinition
 from tideflow.flows.dsl import Flow, is_flow_class
 from tideflow.flows.registry import FlowRegistry
 from tideflow.jsonutil import check_id, dumps
+from tideflow.retrying import retry_briefly
 from tideflow.storage.contract import RUN_FINAL, FlowStore, RunRecord
 from tideflow.storage.engine import new_run_id
 
@@ -22,6 +25,35 @@ RUN_STATUSES = ("started", "completed", "failed", "cancelled")
 
 class InvalidArgumentError(TideflowError, ValueError):
     """An argument to a client call is malformed (a run id, a status filter, a limit)."""
+
+
+def start_run_retrying(store: FlowStore, definition: FlowDefinition, run_id: str,
+                       input_json: str, *, generated: bool) -> None:
+    """``store.start_run``, retried for a few seconds while the database is unavailable, then
+    ``DatabaseUnavailableError``. Safe to repeat: the run id is fixed before the first try, so
+    no repeat can start a second run. When the first try's COMMIT landed but its answer was
+    lost, the repeat meets ``RunAlreadyExistsError``: for an id tideflow ``generated`` (a fresh
+    uuid) that can only be this very run; for a caller's id, it is this run if it has this flow
+    and input."""
+    tries = 0
+
+    def attempt() -> None:
+        nonlocal tries
+        tries += 1
+        try:
+            store.start_run(definition, run_id, input_json)
+        except RunAlreadyExistsError:
+            if tries > 1 and (generated or _is_this_run(store, definition, run_id, input_json)):
+                return
+            raise
+
+    retry_briefly(attempt)
+
+
+def _is_this_run(store: FlowStore, definition: FlowDefinition, run_id: str,
+                 input_json: str) -> bool:
+    run = store.get_run(run_id, with_steps=False)
+    return run.flow_slug == definition.slug and run.input == json.loads(input_json)
 
 
 class Client:
@@ -33,12 +65,16 @@ class Client:
                    run_id: str | None = None) -> str:
         """Start a run and return its id. Nothing is written when the flow is unknown, the
         input is not JSON-serialisable or not storable (``InvalidDataError``: NUL, surrogates,
-        too deep), ``run_id`` is malformed (``InvalidDataError``) or taken."""
+        too deep), ``run_id`` is malformed (``InvalidDataError``) or taken. While the database
+        is unavailable (a restart) it retries for about 5 s, then raises
+        ``DatabaseUnavailableError``; retrying never starts the run twice."""
         cls = flow if is_flow_class(flow) else self.registry.get(flow)
         definition = cls.definition
         input_json = dumps(input, what=f"run input of flow {definition.slug!r}")
+        generated = run_id is None
         run_id = new_run_id() if run_id is None else check_id(run_id, "run_id", max_length=200)
-        self.store.start_run(definition, run_id, input_json)
+        start_run_retrying(self.store, definition, run_id, input_json,
+                           generated=generated)
         return run_id
 
     def get_run(self, run_id: str) -> RunRecord:

@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -106,10 +108,26 @@ def worker(
         help="Tasks run at once by this worker.", min=1)] = 10,
     poll_interval: Annotated[float, typer.Option(
         help="Seconds between checks for due tasks when no wake-up arrives.", min=0.01)] = 1.0,
+    lease_margin: Annotated[float, typer.Option(
+        help="Failover delay for flows: seconds (beyond a step's timeout) before another "
+             "worker retries the tasks of a worker that died or lost the database.",
+        min=0.1)] = 30.0,
+    heartbeat_interval: Annotated[float | None, typer.Option(
+        help="Seconds between lease renewals of running tasks [default: lease margin / 3].",
+        min=0.01, show_default=False)] = None,
+    handler_lease: Annotated[float, typer.Option(
+        help="Failover delay for event handlers: seconds before another worker takes over "
+             "the handlers of a worker that died.", min=0.1)] = 30.0,
+    shutdown_grace: Annotated[float, typer.Option(
+        help="On Ctrl-C or SIGTERM, seconds running tasks get to finish before they are "
+             "released to the queue (a second Ctrl-C releases them at once).", min=0.0)] = 30.0,
     until_idle: Annotated[bool, typer.Option(
         help="Exit once no task of these flows is queued or running.")] = False,
 ) -> None:
-    """Run a worker for your flows until Ctrl-C or SIGTERM (running tasks finish first)."""
+    """Run a worker for your flows until Ctrl-C or SIGTERM (running tasks finish first).
+
+    Database restarts and lost connections are waited out (one warning each); the worker exits
+    only when told to (0; 130 after a second Ctrl-C) or on a bug (1, with a traceback)."""
     with build_app(database_url, app_path, flows or [], need_flows=True) as app:
         _setup_logging()
         work = [*app.registry.slugs(), *(str(getattr(h, "name", h)) for h in app.handlers)]
@@ -117,12 +135,42 @@ def worker(
             "worker for ", (", ".join(work), "bold"), " on ",
             (redact(app.database_url), "cyan"), f", concurrency {concurrency}",
             "" if until_idle else "; Ctrl-C to stop"), soft_wrap=True)
-        app.run_worker(until_idle=until_idle, concurrency=concurrency,
-                       poll_interval=poll_interval)
+        try:
+            app.run_worker(until_idle=until_idle, concurrency=concurrency,
+                           poll_interval=poll_interval, lease_margin=lease_margin,
+                           heartbeat_interval=heartbeat_interval, handler_lease=handler_lease,
+                           shutdown_grace=shutdown_grace)
+        except KeyboardInterrupt:
+            _exit_now_if_steps_linger(130)
+            raise
+        if not until_idle:  # stopped by a signal
+            _exit_now_if_steps_linger(0)
+
+
+def _exit_now_if_steps_linger(code: int) -> None:
+    """End the process without waiting for step threads the worker released (a sync step
+    cannot be cancelled; Python would otherwise wait for it at exit). Their tasks are back in
+    the queue already: the work is not lost, another worker runs it."""
+    others = [t for t in threading.enumerate()
+              if t.name.startswith("tideflow-") and not t.daemon]
+    deadline = time.monotonic() + 1.0
+    for t in others:  # idle pool threads end at once
+        t.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in others):
+        logging.getLogger("tideflow.worker").warning(
+            "exiting without waiting for released steps still running in threads")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _setup_logging() -> None:
-    """Show the worker's own log lines (started, recovered stalled tasks, failures)."""
+    """Show the worker's own log lines (started, recovered stalled tasks, failures, one warning
+    per database outage). The connection pool's own line per failed reconnection attempt - a
+    dozen a second while a server restarts - is left to ``--debug``."""
+    if not logging.getLogger().handlers:  # --debug configures the root logger
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     logger = logging.getLogger("tideflow")
     if not logger.handlers:
         handler = RichHandler(console=_console(stderr=True), show_path=False)

@@ -53,7 +53,7 @@ import asyncio
 import copy
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from uuid import UUID
@@ -74,6 +74,7 @@ from tideflow.events.commands import (
     UnknownCommandError,
 )
 from tideflow.events.errors import (
+    DuplicateEventIdError,
     DuplicateIdempotencyKeyError,
     UpcastingError,
     WrongExpectedVersionError,
@@ -88,11 +89,13 @@ from tideflow.events.model import (
     RecordedEvent,
     Snapshot,
 )
+from tideflow.retrying import retry_briefly
 
 if TYPE_CHECKING:  # the store is passed in: this module needs its type, not the storage layer
     from tideflow.storage.event_contract import EventStore, EventTransaction
 
 A = TypeVar("A", bound="type[Aggregate] | Aggregate")
+T = TypeVar("T")
 
 #: Version of the JSON a dispatcher records under an idempotency key (``_record``).
 RESULT_FORMAT = 1
@@ -335,6 +338,12 @@ class CommandDispatcher:
         aggregate's ``DomainError`` (unchanged), ``ConcurrencyRetriesExhaustedError``,
         ``IdempotencyKeyConflictError``, a middleware's refusal, or the event store's errors
         (``EventNotSerializableError`` for event data that is not JSON...).
+
+        While the database is unavailable (a restart), loading and appending are retried for
+        about 5 s, then ``DatabaseUnavailableError`` is raised. The retry never records a
+        command twice (same expected version, same event ids). Dispatching the same command
+        again *yourself* after that error is safe only with an ``idempotency_key``: without
+        one, the first attempt may have committed, and a second dispatch decides again.
         """
         if not isinstance(command, Command):
             raise InvalidCommandError(f"dispatch() takes a tideflow.events.commands.Command, got "
@@ -378,7 +387,8 @@ class CommandDispatcher:
         conflict: WrongExpectedVersionError | None = None
         for attempt in range(1, self.max_conflict_retries + 2):
             ctx.attempts = attempt
-            loaded = self._load(aggregate, stream_id, command.aggregate_id)
+            loaded = self._retrying(lambda: self._load(aggregate, stream_id,
+                                                       command.aggregate_id))
             try:
                 decided = decide(aggregate, loaded.state, command)
             except Exception:
@@ -397,9 +407,7 @@ class CommandDispatcher:
             result_json = (None if key is None
                            else _record(command, stream_id, loaded.version + 1, events))
             try:
-                recorded = self.store.append(
-                    stream_id, events, loaded.version or NO_STREAM, idempotency_key=key,
-                    result_json=result_json)
+                recorded = self._append(stream_id, events, loaded.version, key, result_json)
             except DuplicateIdempotencyKeyError as exc:
                 return self._replay(command, aggregate, stream_id, exc.key, exc.result_json)
             except WrongExpectedVersionError as exc:
@@ -411,6 +419,39 @@ class CommandDispatcher:
                                   aggregate.aggregate_type, command.aggregate_id, stream_id,
                                   tuple(recorded), loaded.version + len(recorded))
         raise ConcurrencyRetriesExhaustedError(command, stream_id, ctx.attempts) from conflict
+
+    def _retrying(self, call: Callable[[], T]) -> T:
+        """``call()``, retried for a few seconds while the database is unavailable - unless
+        this dispatcher records into a caller's transaction, which an outage has ended."""
+        if isinstance(self.store, _TransactionStore):
+            return call()
+        return retry_briefly(call)
+
+    def _append(self, stream_id: str, events: list[NewEvent], version: int, key: str | None,
+                result_json: str | None) -> list[RecordedEvent]:
+        """The append of a decided command, retried through a brief outage. Safe to repeat:
+        the repeat carries the same expected version and the same event ids, so it cannot
+        append twice. If the first try committed but its answer was lost, the repeat is
+        refused - by the idempotency key (``DuplicateIdempotencyKeyError``: the caller
+        replays), or by the version or an event id already taken - and the events read back
+        from the stream, ours by their ids, are the result."""
+        tries = 0
+
+        def attempt() -> list[RecordedEvent]:
+            nonlocal tries
+            tries += 1
+            try:
+                return self.store.append(stream_id, events, version or NO_STREAM,
+                                         idempotency_key=key, result_json=result_json)
+            except (WrongExpectedVersionError, DuplicateEventIdError):
+                if tries > 1 and events:
+                    ours = list(self.store.read_stream(stream_id, version + 1,
+                                                       limit=len(events)))
+                    if [e.event_id for e in ours] == [e.event_id for e in events]:
+                        return ours
+                raise
+
+        return self._retrying(attempt)
 
     def _replay(self, command: Command, aggregate: Aggregate, stream_id: str, key: str,
                 result_json: str | None) -> DispatchResult:

@@ -12,46 +12,74 @@ Shape of the loop (one asyncio task each):
 * **heartbeat** - extends the leases of tasks still running.
 * **reaper** - retries or fails tasks whose lease expired (their worker died).
 
-Shutdown (SIGINT/SIGTERM or ``stop()``): claim nothing more, let running tasks finish within the
-grace period, then cancel the rest and release them to the queue without counting the attempt.
+The database going away (a server restart, a lost connection, a SQLite file locked by another
+process) stops none of them: each waits it out with backoff (``tideflow.worker.outage``), logging
+one warning per outage. A batch of completions that could not be committed is kept and committed
+when the database is back; repeating it is safe because ``complete_tasks`` only completes the
+worker's own still-started attempt, so a batch whose COMMIT did land before the connection
+dropped changes nothing the second time. A batch the database refuses for its content (a step
+output PostgreSQL's jsonb will not take) is split in halves until the healthy completions commit;
+the completion it refuses fails its task at once, without retries, with the error's message.
+Any other exception is a bug: the worker stops (gracefully) and ``run()`` raises it.
+
+Shutdown (``stop()``, SIGINT/SIGTERM through ``App.run_worker``): claim nothing more, let running
+tasks finish within ``shutdown_grace``, then cancel the rest and release them to the queue without
+counting the attempt. ``stop(force=True)`` (a second Ctrl-C) skips the wait: running tasks are
+cancelled and released at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
+from tideflow.errors import InvalidDataError, StorageError
 from tideflow.flows.dsl import Flow
 from tideflow.flows.registry import FlowRegistry
+from tideflow.retrying import Backoff
 from tideflow.storage.contract import (
     ClaimedTask,
     ClaimRequest,
     FlowStore,
     TaskCompletion,
-        TaskKey,
+    TaskFailure,
+    TaskKey,
 )
 from tideflow.worker.execute import execute
+from tideflow.worker.outage import WAIT_OUT, Outage, retrying
 
 log = logging.getLogger("tideflow.worker")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class WorkerOptions:
     concurrency: int = 10
+    """Tasks run at once."""
     poll_interval: float = 1.0
+    """Seconds between looks for due tasks when no wake-up arrives."""
     lease_margin: float = 30.0
-    heartbeat_interval: float | None = None  # default: lease_margin / 3
+    """Seconds (beyond a step's timeout) a claimed task stays with this worker without a
+    heartbeat: how long a killed or cut-off worker's tasks wait before another worker retries
+    them - the failover delay."""
+    heartbeat_interval: float | None = None
+    """Seconds between lease renewals; default ``lease_margin / 3``."""
     reap_interval: float = 5.0
+    """Seconds between looks for tasks whose lease expired."""
     shutdown_grace: float = 30.0
+    """How long a graceful stop waits for running tasks before releasing them to the queue."""
     max_batch: int = 500
+    """Most tasks claimed, or completions committed, in one statement."""
 
 
 class Worker:
@@ -67,50 +95,83 @@ class Worker:
         self._has_pending = asyncio.Event()
         self._instances: dict[type[Flow], Flow] = {}
         self._stopping = False
+        self._forced = False
+        self._stop_at: float | None = None  # loop time when the stop began
+        self._bug: BaseException | None = None
         self._wake: asyncio.Event | None = None
+        self._stopped: asyncio.Event | None = None  # set by stop(): cuts backoff pauses short
+        self._forced_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
+        #: Logs database outages once for all of this worker's loops.
+        self.outage = Outage(log, f"worker {self.worker_id}")
         self.completed = 0
         self.failed = 0
 
     # --- public ----------------------------------------------------------------------------------
-    def stop(self) -> None:
-        """Ask the worker to shut down gracefully; safe to call from any thread or signal."""
+    def stop(self, *, force: bool = False) -> None:
+        """Ask the worker to shut down gracefully (running tasks get ``shutdown_grace`` to
+        finish); with ``force``, cancel running tasks now and release them to the queue. Safe to
+        call from any thread or signal handler, and again (a second Ctrl-C) to force."""
         self._stopping = True
-        self._wake_threadsafe()
+        self._forced = self._forced or force
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # loop closed
+                loop.call_soon_threadsafe(self._on_stop)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     async def run(self, *, until_idle: bool = False) -> None:
         """Run until ``stop()``; with ``until_idle``, return once no task of this worker's flows
         is queued (including retries waiting out their backoff) or running - handy in tests,
-        scripts and the demo."""
+        scripts and the demo. Raises only for a bug (after stopping gracefully): database
+        outages are waited out."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._forced_event = asyncio.Event()
         self._has_pending = asyncio.Event()
+        if self._stopping:
+            self._on_stop()
         opts = self.options
         executor = self._executor = ThreadPoolExecutor(max_workers=opts.concurrency,
                                                        thread_name_prefix="tideflow-step")
         unsubscribe = self.store.subscribe(self._wake_threadsafe)
         background = [
             asyncio.create_task(self._every(opts.heartbeat_interval or opts.lease_margin / 3,
-                                            self._heartbeat)),
-            asyncio.create_task(self._every(opts.reap_interval, self._reap)),
+                                            "renewing task leases", self._heartbeat)),
+            asyncio.create_task(self._every(opts.reap_interval, "recovering stalled tasks",
+                                            self._reaper)),
         ]
         flusher = asyncio.create_task(self._flush_loop())
+        claimer = asyncio.create_task(self._claim_loop(executor, until_idle))
         log.info("worker %s started: flows %s", self.worker_id, self.registry.slugs())
         try:
-            await self._reap()
-            await self._claim_loop(executor, until_idle)
+            await asyncio.wait([claimer, flusher, *background],
+                               return_when=asyncio.FIRST_COMPLETED)
         finally:
             self._stopping = True
+            self._on_stop()
             unsubscribe()
+            # The claimer ends at its next look (a claim in flight is not cancelled: its
+            # tasks would be claimed and never run).
+            await asyncio.wait([claimer])
             await self._drain()
             for t in background:
                 t.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             self._has_pending.set()  # let the flusher commit what is left and exit
-            await flusher
+            await asyncio.wait([flusher])
             executor.shutdown(wait=False, cancel_futures=True)
             log.info("worker %s stopped", self.worker_id)
+        for task in (claimer, flusher, *background):
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                self._bug = self._bug or task.exception()
+        if self._bug is not None:
+            raise self._bug
 
     # --- loops -------------------------------------------------------------------------------
     def _wake_threadsafe(self) -> None:
@@ -119,27 +180,69 @@ class Worker:
             with contextlib.suppress(RuntimeError):  # loop closed
                 loop.call_soon_threadsafe(wake.set)
 
+    def _on_stop(self) -> None:
+        """On the loop: note when the stop began; wake every wait that should notice it."""
+        assert self._loop is not None
+        if self._stop_at is None:
+            self._stop_at = self._loop.time()
+        for event in (self._wake, self._stopped, self._has_pending):
+            if event is not None:
+                event.set()
+        if self._forced and self._forced_event is not None:
+            self._forced_event.set()
+
+    def _past_deadline(self) -> bool:
+        """Shutting down and out of time: forced, or ``shutdown_grace`` after the stop began."""
+        if self._forced:
+            return True
+        if self._stop_at is None or self._loop is None:
+            return False
+        return self._loop.time() > self._stop_at + self.options.shutdown_grace
+
+    async def _retrying(self, what: str, call: Callable[[], T], backoff: Backoff,
+                        give_up: Callable[[], bool],
+                        interrupt: asyncio.Event | None = None) -> T:
+        """``call()`` in a thread, outages waited out (``outage.retrying``) until ``give_up()``;
+        ``interrupt`` (the stop or the force event) cuts a backoff pause short."""
+        return await retrying(self.outage, what, call, backoff=backoff, give_up=give_up,
+                              interrupt=interrupt or self._forced_event)
+
     async def _claim_loop(self, executor: ThreadPoolExecutor, until_idle: bool) -> None:
         assert self._wake is not None
         opts = self.options
-        while not self._stopping:
-            self._wake.clear()
-            busy = len(self._running) + len(self._pending) + len(self._flushing)
-            free = min(opts.concurrency - busy, opts.max_batch)
-            claimed: list[ClaimedTask] = []
-            if free > 0:
-                claimed = await asyncio.to_thread(
-                    self.store.claim_tasks, self.worker_id, self.registry.slugs(), free,
-                    opts.lease_margin)
-                self._start(claimed)
-            if claimed and len(claimed) == free:
-                continue  # there may be more: claim again as soon as a slot frees
-            if until_idle and not claimed and not busy:
-                queued = await asyncio.to_thread(self.store.count_queued, self.registry.slugs())
-                if not queued:
-                    return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), opts.poll_interval)
+        backoff = Backoff()
+        stopping: Callable[[], bool] = lambda: self._stopping  # noqa: E731
+        slugs = self.registry.slugs()
+        try:
+            await self._retrying("recovering stalled tasks", self._reap, backoff, stopping,
+                                 self._stopped)
+            while not self._stopping:
+                self._wake.clear()
+                busy = len(self._running) + len(self._pending) + len(self._flushing)
+                free = min(opts.concurrency - busy, opts.max_batch)
+                claimed: list[ClaimedTask] = []
+                if free > 0:
+                    claimed = await self._retrying(
+                        "claiming tasks",
+                        functools.partial(self.store.claim_tasks, self.worker_id, slugs, free,
+                                          opts.lease_margin),
+                        backoff, stopping, self._stopped)
+                    if self._stopping:
+                        await self._release(claimed)
+                        return
+                    self._start(claimed)
+                if claimed and len(claimed) == free:
+                    continue  # there may be more: claim again as soon as a slot frees
+                if until_idle and not claimed and not busy:
+                    queued = await self._retrying(
+                        "counting queued tasks", lambda: self.store.count_queued(slugs),
+                        backoff, stopping, self._stopped)
+                    if not queued:
+                        return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), opts.poll_interval)
+        except WAIT_OUT:
+            return  # stopping while the database is away: nothing was claimed
 
     def _start(self, claimed: list[ClaimedTask]) -> None:
         assert self._executor is not None
@@ -160,18 +263,32 @@ class Worker:
                 self._pending.append(outcome)
                 self._has_pending.set()
             else:
-                retry_at = await asyncio.to_thread(self.store.fail_task, self.worker_id, outcome)
-                self.failed += 1
-                if retry_at is not None:
-                    # Wake when the retry becomes visible instead of at the next poll.
-                    delay = (retry_at - self.store.clock.now()).total_seconds()
-                    loop = asyncio.get_running_loop()
-                    loop.call_later(max(0.0, delay), self._wake_threadsafe)
-                log.info("task %s attempt %d failed: %s", task.key, task.attempt, outcome.error)
+                await self._fail(outcome)
+        except WAIT_OUT:
+            log.warning("task %s attempt %d: its failure was not recorded (the database stayed "
+                        "unavailable until shutdown); it runs again once its lease expires",
+                        task.key, task.attempt)
+        except Exception as exc:
+            # A bug in tideflow (step exceptions become outcomes in execute): stop the worker
+            # and let run() raise it rather than limp on without this task.
+            self._bug = self._bug or exc
+            self.stop()
         finally:
             self._running.pop(task.key, None)
             if self._wake is not None:
                 self._wake.set()
+
+    async def _fail(self, outcome: TaskFailure) -> None:
+        retry_at = await self._retrying(
+            "recording a failed task", lambda: self.store.fail_task(self.worker_id, outcome),
+            Backoff(), self._past_deadline)
+        self.failed += 1
+        if retry_at is not None:
+            # Wake when the retry becomes visible instead of at the next poll.
+            delay = (retry_at - self.store.clock.now()).total_seconds()
+            loop = asyncio.get_running_loop()
+            loop.call_later(max(0.0, delay), self._wake_threadsafe)
+        log.info("task %s attempt %d failed: %s", outcome.key, outcome.attempt, outcome.error)
 
     async def _flush_loop(self) -> None:
         while True:
@@ -193,49 +310,129 @@ class Worker:
             claim = ClaimRequest(tuple(self.registry.slugs()), min(free, self.options.max_batch),
                                  self.options.lease_margin)
         try:
-            claimed = await asyncio.to_thread(self.store.complete_tasks, self.worker_id,
-                                              self._flushing, claim)
-            self.completed += len(self._flushing)
-            self._start(claimed)
-        except Exception:
-            log.exception("committing %d completions failed; their leases will expire and the "
-                          "tasks run again", len(self._flushing))
+            claimed = await self._commit(self._flushing, claim, Backoff())
+            if self._stopping:
+                await self._release(claimed)
+            else:
+                self._start(claimed)
+        except WAIT_OUT:
+            log.warning("%d completion(s) were not recorded: the database stayed unavailable "
+                        "until shutdown; their tasks run again once their leases expire",
+                        len(self._flushing))
         finally:
             self._flushing = []
             if self._wake is not None:
                 self._wake.set()  # their slots are free now
 
+    async def _commit(self, completions: list[TaskCompletion], claim: ClaimRequest | None,
+                      backoff: Backoff) -> list[ClaimedTask]:
+        """Commit ``completions``, waiting out outages. A batch the database refuses is split
+        in halves until the healthy completions commit; a single refused completion fails its
+        task without retries (no retry can make the same output acceptable)."""
+        tries = 0
+
+        def commit() -> list[ClaimedTask]:
+            # Only the first try claims: after a COMMIT whose answer was lost, the tasks it
+            # claimed are this worker's until their lease expires (then the reaper retries them,
+            # counting the attempt) - claiming again would only add to them.
+            nonlocal tries
+            tries += 1
+            return self.store.complete_tasks(self.worker_id, completions,
+                                             claim if tries == 1 else None)
+
+        try:
+            claimed = await self._retrying("committing completions", commit, backoff,
+                                           self._past_deadline)
+        except WAIT_OUT:
+            raise
+        except (StorageError, InvalidDataError) as exc:
+            if len(completions) == 1:
+                done = completions[0]
+                failure = TaskFailure(done.key, done.attempt,
+                                      f"its output could not be stored: {exc}", retryable=False)
+                log.error("task %s attempt %d: the database refused its output; failing it: %s",
+                          done.key, done.attempt, exc)
+                await self._fail(failure)
+                return []
+            half = len(completions) // 2
+            return [*await self._commit(completions[:half], None, backoff),
+                    *await self._commit(completions[half:], None, backoff)]
+        self.completed += len(completions)
+        return claimed
+
+    async def _release(self, claimed: list[ClaimedTask]) -> None:
+        """Put tasks this worker claimed but will not run back in the queue."""
+        if claimed:
+            await self._release_keys([t.key for t in claimed])
+
+    async def _release_keys(self, keys: list[TaskKey]) -> None:
+        assert self._loop is not None
+        until = self._loop.time() + min(5.0, self.options.shutdown_grace)
+        loop = self._loop
+        try:
+            await self._retrying(
+                "releasing tasks", lambda: self.store.release_tasks(self.worker_id, keys),
+                Backoff(), lambda: self._forced or loop.time() > until)
+        except WAIT_OUT:
+            log.warning("%d task(s) could not be released (the database is unavailable); they "
+                        "run again once their leases expire", len(keys))
+            return
+        log.info("released %d unfinished task(s) back to the queue", len(keys))
+
     async def _drain(self) -> None:
         """Graceful shutdown: wait for running tasks, then cancel and release stragglers."""
         if not self._running:
             return
-        log.info("waiting up to %.0fs for %d running task(s)", self.options.shutdown_grace,
-                 len(self._running))
-        _, late = await asyncio.wait(list(self._running.values()),
-                                     timeout=self.options.shutdown_grace)
-        if late:
-            keys = [k for k, t in self._running.items() if t in late]
-            for t in late:
+        assert self._loop is not None and self._stop_at is not None
+        assert self._forced_event is not None
+        if not self._forced:
+            log.info("waiting up to %.0fs for %d running task(s); Ctrl-C again to stop at once",
+                     self.options.shutdown_grace, len(self._running))
+        forced = asyncio.create_task(self._forced_event.wait())
+        try:
+            deadline = self._stop_at + self.options.shutdown_grace
+            while self._running and not self._forced:
+                remaining = deadline - self._loop.time()
+                if remaining <= 0:
+                    break
+                await asyncio.wait([*self._running.values(), forced], timeout=remaining,
+                                   return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            forced.cancel()
+        if self._running:
+            late = dict(self._running)
+            for t in late.values():
                 t.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
-            await asyncio.to_thread(self.store.release_tasks, self.worker_id, keys)
-            log.info("released %d unfinished task(s) back to the queue", len(keys))
+            await asyncio.gather(*late.values(), return_exceptions=True)
+            await self._release_keys(list(late))
 
-    async def _every(self, seconds: float, action: Callable[[], Awaitable[Any]]) -> None:
+    async def _every(self, seconds: float, what: str,
+                     prepare: Callable[[], Callable[[], object] | None]) -> None:
+        """Every ``seconds``, the call ``prepare()`` returns (prepared on the loop, run in a
+        thread), retried through outages. Runs on during a graceful stop: running tasks still
+        need their leases renewed; ``run()`` cancels it once they are done."""
+        backoff = Backoff()
         while True:
             await asyncio.sleep(seconds)
+            call = prepare()
+            if call is None:
+                continue
             try:
-                await action()
-            except Exception:  # keep the worker alive; the next round retries
-                log.exception("periodic %s failed", getattr(action, "__name__", action))
+                await self._retrying(what, call, backoff, lambda: self._forced,
+                                     self._forced_event)
+            except WAIT_OUT:
+                return  # forced to stop while the database is away: nothing left to renew
 
-    async def _heartbeat(self) -> None:
-        keys = list(self._running)
-        if keys:
-            await asyncio.to_thread(self.store.extend_leases, self.worker_id, keys,
-                                    self.options.lease_margin)
+    def _heartbeat(self) -> Callable[[], object] | None:
+        keys = list(self._running)  # on the loop: the dict changes under a thread
+        if not keys:
+            return None
+        return lambda: self.store.extend_leases(self.worker_id, keys, self.options.lease_margin)
 
-    async def _reap(self) -> None:
-        n = await asyncio.to_thread(self.store.requeue_stalled)
+    def _reaper(self) -> Callable[[], object]:
+        return self._reap
+
+    def _reap(self) -> None:
+        n = self.store.requeue_stalled()
         if n:
             log.warning("recovered %d task(s) whose worker stopped heartbeating", n)

@@ -24,6 +24,7 @@ from psycopg_pool import ConnectionPool
 from tideflow.clock import Clock
 from tideflow.errors import RunAlreadyExistsError, StorageError
 from tideflow.flows.definition import FlowDefinition
+from tideflow.retrying import Backoff
 from tideflow.storage.contract import ClaimedTask, ClaimRequest, TaskCompletion
 from tideflow.storage.engine import SqlEngine, step_rows
 from tideflow.storage.postgres.errors import translate, translated
@@ -199,16 +200,8 @@ class PostgresStore(SqlEngine):
 
     def _listen(self) -> None:
         """Forward NOTIFYs from other processes to subscribers; reconnect on failure."""
-        while not self._stopping.is_set():
-            try:
-                with psycopg.connect(self.url, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    while not self._stopping.is_set():
-                        for _ in conn.notifies(timeout=0.5, stop_after=1):
-                            self._notify_local()
-            except psycopg.Error as exc:  # pragma: no cover - needs a server restart
-                log.warning("LISTEN connection lost (%s); workers poll until it is back", exc)
-                self._stopping.wait(1.0)
+        listen_forever(self.url, CHANNEL, self._notify_local, self._stopping,
+                       "workers poll until it is back")
 
     def close(self) -> None:
         self._stopping.set()
@@ -227,8 +220,8 @@ class PostgresStore(SqlEngine):
                 done = {r[0] for r in conn.execute(
                     "SELECT version FROM tideflow.schema_migrations")}
         except psycopg.Error as exc:
-            raise StorageError(f"cannot read the tideflow schema of {redact_url(self.url)}: "
-                               f"{exc}") from exc
+            raise translate(exc, f"reading the tideflow schema of {redact_url(self.url)}"
+                            ) from exc
         return [f"{m.version:04d}_{m.name}" for m in load_migrations("tideflow.storage.postgres")
                 if m.version not in done]
 
@@ -237,3 +230,40 @@ class PostgresStore(SqlEngine):
         pending = self.pending_migrations()
         if pending is None or pending:
             raise schema_error(redact_url(self.url), self.url, pending)
+
+#: A listening connection only reads, so a peer that vanished without closing it (a network
+#: partition, a VM frozen) would never be noticed: TCP keepalives notice it in about 25 s.
+LISTEN_CONNECT: dict[str, Any] = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10,
+                                  "keepalives_interval": 5, "keepalives_count": 3}
+
+
+def listen_forever(url: str, channel: str, on_notify: Callable[[], None],
+                   stopping: threading.Event, meanwhile: str) -> None:
+    """LISTEN on ``channel`` and call ``on_notify`` for each notification until ``stopping``.
+
+    A lost connection (a server restart) is retried with ``Backoff`` - one warning per outage,
+    one info line when listening again - and ``on_notify`` is called once after each reconnect:
+    notifications sent while nobody listened are gone, so the subscribers look for themselves
+    (a catch-up poll) instead of waiting for their next poll interval."""
+    backoff = Backoff()
+    lost = False
+    while not stopping.is_set():
+        try:
+            with psycopg.connect(url, autocommit=True, **LISTEN_CONNECT) as conn:
+                conn.execute(f"LISTEN {channel}")
+                if lost:
+                    lost = False
+                    log.info("LISTEN %s re-established", channel)
+                    on_notify()
+                backoff.reset()
+                while not stopping.is_set():
+                    for _ in conn.notifies(timeout=0.5, stop_after=1):
+                        on_notify()
+        except psycopg.Error as exc:
+            if stopping.is_set():
+                return
+            if not lost:
+                lost = True
+                log.warning("LISTEN %s connection lost (%s); %s", channel,
+                            " ".join(str(exc).split()) or type(exc).__name__, meanwhile)
+            stopping.wait(backoff.next_delay())

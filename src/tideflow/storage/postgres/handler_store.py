@@ -32,7 +32,7 @@ from tideflow.storage.handler_contract import (
     HandlerRecord,
     HandlerStatus,
 )
-from tideflow.storage.postgres.backend import PostgresStore
+from tideflow.storage.postgres.backend import PostgresStore, listen_forever
 from tideflow.storage.postgres.companion import PostgresCompanionStore
 from tideflow.storage.sqlfile import load_queries
 
@@ -76,19 +76,14 @@ class PostgresHandlerStore(PostgresCompanionStore):
         return unsubscribe
 
     def _listen(self) -> None:
-        """Forward NOTIFYs on the events channel to subscribers; reconnect on failure."""
-        while not self._stopping.is_set():
-            try:
-                with psycopg.connect(self.url, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {EVENTS_CHANNEL}")
-                    while not self._stopping.is_set():
-                        for _ in conn.notifies(timeout=0.5, stop_after=1):
-                            for callback in list(self._subscribers):
-                                callback()
-            except psycopg.Error as exc:  # pragma: no cover - needs a server restart
-                log.warning("LISTEN %s lost (%s); handler runners poll until it is back",
-                            EVENTS_CHANNEL, exc)
-                self._stopping.wait(1.0)
+        """Forward NOTIFYs on the events channel to subscribers; reconnect on failure (and
+        wake the subscribers once then: appends made meanwhile sent no NOTIFY they heard)."""
+        listen_forever(self.url, EVENTS_CHANNEL, self._wake_subscribers, self._stopping,
+                       "handler runners poll until it is back")
+
+    def _wake_subscribers(self) -> None:
+        for callback in list(self._subscribers):
+            callback()
 
     def _expires(self, ttl: float) -> Any:
         return self.clock.now() + timedelta(seconds=ttl)

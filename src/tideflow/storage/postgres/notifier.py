@@ -18,8 +18,9 @@ so its commit does not wait for a WAL flush either. And it sends at most one NOT
 append cost a single appender 10-35% of its appends/s (none measurable at 5 ms); five
 milliseconds of wake-up latency cost a handler nothing it would notice.
 
-A lost connection is logged and retried; runners poll in the meantime, as they would without
-notifications at all.
+A lost connection is logged once per outage and retried with capped, jittered backoff (0.1 s up to
+``retry_delay``, 5 s by default); runners poll in the meantime, as they would without
+notifications at all, and their listeners wake them once when they reconnect.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import threading
 
 import psycopg
 
+from tideflow.retrying import Backoff
+
 log = logging.getLogger(__name__)
 
 
@@ -36,7 +39,7 @@ class CoalescingNotifier:
     """Sends ``NOTIFY channel`` after ``poke()`` calls, at most one in flight. Thread-safe."""
 
     def __init__(self, url: str, channel: str, *, min_interval: float = 0.005,
-                 retry_delay: float = 1.0) -> None:
+                 retry_delay: float = 5.0) -> None:
         self._url = url
         self._channel = channel
         self._min_interval = min_interval
@@ -67,10 +70,18 @@ class CoalescingNotifier:
 
     def _run(self) -> None:
         sql = f"SELECT pg_notify('{self._channel}', '')"
+        backoff = Backoff(maximum=max(self._retry_delay, 0.1))
+        lost = False
         while True:
             try:
-                with psycopg.connect(self._url, autocommit=True) as conn:
+                with psycopg.connect(self._url, autocommit=True, connect_timeout=5, keepalives=1,
+                                     keepalives_idle=10, keepalives_interval=5,
+                                     keepalives_count=3) as conn:
                     conn.execute("SET synchronous_commit = off")
+                    if lost:
+                        lost = False
+                        log.info("NOTIFY %s works again", self._channel)
+                    backoff.reset()
                     while True:
                         self._pending.wait()
                         # Cleared before sending: a poke that lands during the NOTIFY asks for
@@ -84,7 +95,9 @@ class CoalescingNotifier:
             except psycopg.Error as exc:
                 if self._closing.is_set():
                     return
-                log.warning("NOTIFY %s failed (%s); handler runners poll until it works again",
-                            self._channel, exc)
+                if not lost:  # one line per outage, not one per try
+                    lost = True
+                    log.warning("NOTIFY %s failed (%s); handler runners poll until it works "
+                                "again", self._channel, " ".join(str(exc).split()))
                 self._pending.set()  # the failed NOTIFY may not have gone out: send it again
-                self._closing.wait(self._retry_delay)
+                self._closing.wait(backoff.next_delay())

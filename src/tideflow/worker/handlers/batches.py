@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from tideflow.clock import Clock
-from tideflow.errors import NonRetryableError
+from tideflow.errors import DatabaseUnavailableError, NonRetryableError
 from tideflow.events.errors import CheckpointConflictError
 from tideflow.events.handlers import Dialect, EventHandler, HandlerError
 from tideflow.events.model import RecordedEvent
@@ -26,6 +26,7 @@ from tideflow.events.projections import Projection
 from tideflow.storage.engine import backoff_delay
 from tideflow.storage.event_contract import EventStore, EventTransaction
 from tideflow.storage.handler_contract import HandlerLease, HandlerStore
+from tideflow.storage.unavailable import is_unavailable
 from tideflow.worker.handlers.context import DeliveryContext, HandleRaised, ThreadBridge, describe
 
 log = logging.getLogger("tideflow.handlers")
@@ -247,6 +248,7 @@ class HandlerBatches:
             except concurrent.futures.CancelledError:
                 raise  # the loop is shutting down: not the handler's failure
             except Exception as exc:
+                _raise_if_unavailable(exc)
                 raise HandleRaised(i, exc) from exc
             slot.appended |= ctx.appended
         return len(events)
@@ -262,6 +264,7 @@ class HandlerBatches:
             try:
                 await handle(event, ctx)  # type: ignore[misc]
             except Exception as exc:
+                _raise_if_unavailable(exc)
                 raise HandleRaised(i, exc) from exc
             slot.appended |= ctx.appended
         return len(events)
@@ -275,3 +278,14 @@ class HandlerBatches:
                  event: RecordedEvent) -> DeliveryContext:
         return DeliveryContext(slot.handler, event, lease.attempts_at(event.position) + 1, tx,
                                self.event_store, self.dialect, slot.bridge.call)
+
+
+def _raise_if_unavailable(exc: Exception) -> None:
+    """A handler that failed because the database went away (its ``ctx.execute`` met a lost
+    connection, a locked SQLite file) did not fail: the batch rolls back and the runner waits the
+    outage out, without counting an attempt."""
+    if is_unavailable(exc):
+        if isinstance(exc, DatabaseUnavailableError):
+            raise exc
+        raise DatabaseUnavailableError(
+            f"the database became unavailable while a handler ran: {exc}") from exc

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -26,11 +27,13 @@ from tideflow.events.handlers import (
     check_handler,
 )
 from tideflow.events.projections import Projection
+from tideflow.retrying import Backoff
 from tideflow.storage.event_contract import EventStore
 from tideflow.storage.handler_contract import DeadLetter, HandlerStore
 from tideflow.worker.handlers.admin import reset_handler, retry_dead_letter
 from tideflow.worker.handlers.batches import HandlerBatches, HandlerSlot, handler_thread_pool
 from tideflow.worker.handlers.context import describe, dialect_of_url
+from tideflow.worker.outage import WAIT_OUT, Outage, retrying
 
 log = logging.getLogger("tideflow.handlers")
 
@@ -80,12 +83,16 @@ class HandlerRunner:
         self._slots: list[HandlerSlot] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
+        self._forced = False
+        self._forced_event: asyncio.Event | None = None
         self._until_idle = False
         self._generation = 0
         """Counts batches that appended events, so that ``until_idle`` does not stop on a
         handler that found nothing just before another one appended events for it."""
         self.handled = 0
         """Events handled and committed since the runner was made (all handlers)."""
+        #: Logs database outages once for all of this runner's handlers.
+        self.outage = Outage(log, f"handler runner {self.worker_id}")
 
     # --- public ---------------------------------------------------------------------------------
 
@@ -97,9 +104,12 @@ class HandlerRunner:
                 f"this runner has no handler named {name!r}; it runs "
                 f"{sorted(self._by_name) or 'none'}") from None
 
-    def stop(self) -> None:
-        """Ask the runner to shut down gracefully; safe from any thread or signal handler."""
+    def stop(self, *, force: bool = False) -> None:
+        """Ask the runner to shut down gracefully (batches in hand get ``shutdown_grace`` to
+        finish); with ``force``, abandon them now (their transactions roll back or their leases
+        expire). Safe from any thread or signal handler, and again to force."""
         self._stopping = True
+        self._forced = self._forced or force
         self.wake()
 
     def wake(self) -> None:
@@ -115,6 +125,9 @@ class HandlerRunner:
         has caught up with the log (or is stopped, or held by another worker) - for tests,
         scripts and rebuilds."""
         self._loop = asyncio.get_running_loop()
+        self._forced_event = asyncio.Event()
+        if self._forced:
+            self._forced_event.set()
         self._until_idle = until_idle
         self._slots = [HandlerSlot(h) for h in self.handlers]
         if not self._slots:
@@ -139,7 +152,7 @@ class HandlerRunner:
             late: set[asyncio.Task[None]] = set()
             pending = [t for t in tasks if not t.done()]
             if pending:
-                _, late = await asyncio.wait(pending, timeout=self.options.shutdown_grace)
+                late = await self._wait_or_force(pending)
                 for task in late:
                     task.cancel()
             heartbeat.cancel()
@@ -147,7 +160,7 @@ class HandlerRunner:
             unsubscribe()
             held = [s.name for s, t in zip(self._slots, tasks, strict=True)
                     if s.owned and t not in late]
-            try:
+            try:  # one try: a database that is away lets the leases expire instead
                 await self._loop.run_in_executor(admin, self.handler_store.release, held,
                                                  self.worker_id)
             except Exception:
@@ -155,8 +168,23 @@ class HandlerRunner:
             for slot in self._slots:
                 slot.executor.shutdown(wait=False)
             admin.shutdown(wait=False)
-            self._stopping = False  # a later run() starts afresh; a stop() before run() holds
+            # A later run() starts afresh (a stop() before run() holds).
+            self._stopping = self._forced = False
             log.info("handler runner %s stopped", self.worker_id)
+
+    async def _wait_or_force(self, pending: list[asyncio.Task[None]]) -> set[asyncio.Task[None]]:
+        """Wait up to ``shutdown_grace`` for ``pending``, less if forced; the tasks still
+        running then."""
+        assert self._forced_event is not None
+        forced = asyncio.create_task(self._forced_event.wait())
+        finished = asyncio.create_task(asyncio.wait(pending))
+        try:
+            await asyncio.wait([finished, forced], timeout=self.options.shutdown_grace,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            forced.cancel()
+            finished.cancel()
+        return {t for t in pending if not t.done()}
 
     def run_until_idle(self) -> None:
         """``run(until_idle=True)`` for synchronous code (not inside a running event loop)."""
@@ -181,11 +209,13 @@ class HandlerRunner:
     async def _drive(self, slot: HandlerSlot, batches: HandlerBatches) -> None:
         opts = self.options
         every = opts.acquire_interval or opts.lease_ttl / 3
+        backoff = Backoff()
         while not self._stopping:
             slot.wake.clear()
             generation = self._generation
             try:
                 if not slot.owned and not await self._acquire(slot, batches):
+                    self._reached_database(slot, backoff)
                     self._set_idle(slot, True, generation)
                     await self._nap(slot, every)
                     continue
@@ -197,6 +227,7 @@ class HandlerRunner:
                         continue
                     slot.retry_at = None
                 outcome = await self._in_thread(slot, batches.run, slot)
+                self._reached_database(slot, backoff)
                 self.handled += outcome.handled
                 if outcome.appended:
                     self._generation += 1
@@ -212,10 +243,23 @@ class HandlerRunner:
             except LeaseLostError as exc:
                 slot.owned = False
                 log.warning("%s", exc)
+            except WAIT_OUT as exc:
+                # The batch rolled back (or never began): nothing counted, nothing lost. Its
+                # lease may lapse meanwhile; then hold() says so and another worker goes on.
+                self._set_idle(slot, False)
+                self.outage.failed(f"handler {slot.name}", exc)
+                await self._nap(slot, backoff.next_delay())
             except Exception as exc:
+                # Not the database's weather: the handler's own code outside handle() (a
+                # projection's setup, an upcaster) or a bug. Logged in full, retried; it must
+                # not stop the other handlers or the flows of this worker.
                 log.exception("handler %s: %s; trying again in %gs", slot.name, describe(exc),
                               opts.poll_interval)
                 await self._nap(slot, opts.poll_interval)
+
+    def _reached_database(self, slot: HandlerSlot, backoff: Backoff) -> None:
+        backoff.reset()
+        self.outage.recovered(f"handler {slot.name}")
 
     async def _acquire(self, slot: HandlerSlot, batches: HandlerBatches) -> bool:
         h = slot.handler
@@ -241,6 +285,8 @@ class HandlerRunner:
     def _wake_all(self) -> None:
         for slot in self._slots:
             slot.wake.set()
+        if self._forced and self._forced_event is not None:
+            self._forced_event.set()
 
     def _set_idle(self, slot: HandlerSlot, idle: bool, generation: int = -1) -> None:
         slot.idle, slot.idle_at = idle, generation
@@ -257,8 +303,11 @@ class HandlerRunner:
             await asyncio.sleep(opts.heartbeat_interval or opts.lease_ttl / 3)
             names = [s.name for s in self._slots if s.owned and not s.in_tx]
             try:
-                held = await self._loop.run_in_executor(
-                    admin, self.handler_store.renew, names, self.worker_id, opts.lease_ttl)
+                held = await retrying(
+                    self.outage, "renewing handler leases",
+                    functools.partial(self.handler_store.renew, names, self.worker_id,
+                                      opts.lease_ttl),
+                    executor=admin)
             except Exception:
                 log.exception("renewing handler leases failed; retrying")
                 continue

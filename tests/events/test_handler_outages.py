@@ -1,0 +1,71 @@
+"""Handlers ride out database outages: a batch that met one rolls back and is tried again after
+a backoff, without counting an attempt - even when the outage surfaced inside ``handle`` as a
+raw driver error from the handler's own SQL (issue 7)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from tideflow.errors import DatabaseUnavailableError
+from tideflow.events.handlers import EventHandler, HandlerContext
+from tideflow.events.model import ExpectedVersion, NewEvent, RecordedEvent
+from tideflow.storage.event_contract import EventStore, open_event_store
+from tideflow.storage.handler_contract import HandlerStore, open_handler_store
+from tideflow.worker.handlers import HandlerRunner, HandlerRunnerOptions
+
+
+@pytest.fixture
+def stores(db_url: str) -> Iterator[tuple[EventStore, HandlerStore]]:
+    events = open_event_store(db_url)
+    events.migrate()
+    handlers = open_handler_store(db_url)
+    yield events, handlers
+    handlers.close()
+    events.close()
+
+
+class Outaged(EventHandler):
+    """Meets the database going away twice - as the driver's own error (its ``ctx.execute``)
+    and as tideflow's (its ``ctx.append``) - before handling anything. One attempt only: were
+    an outage counted as a failure, the first event would become a dead letter."""
+
+    name = "outaged"
+    max_attempts = 1
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.handled: list[int] = []
+
+    def handle(self, event: RecordedEvent, ctx: HandlerContext) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise psycopg.OperationalError("consuming input failed: server closed the "
+                                           "connection unexpectedly")
+        if self.calls == 2:
+            raise DatabaseUnavailableError("appending failed: the database is unavailable")
+        self.handled.append(event.position)
+
+
+def test_an_outage_inside_handle_is_waited_out_not_counted(
+        stores: tuple[EventStore, HandlerStore], caplog: pytest.LogCaptureFixture) -> None:
+    events, handler_store = stores
+    appended = [events.append(f"s-{i % 2}", [NewEvent("A", {"i": i})],
+                             ExpectedVersion.ANY)[0]
+                for i in range(5)]
+    handler = Outaged()
+    runner = HandlerRunner(events, handler_store, [handler],
+                           options=HandlerRunnerOptions(poll_interval=0.02, lease_ttl=5))
+    with caplog.at_level(logging.INFO, "tideflow"):
+        runner.run_until_idle()
+    assert handler.handled == [e.position for e in appended]  # each once, in order
+    assert handler_store.list_dead_letters() == []
+    record = next(r for r in handler_store.list_handlers() if r.name == "outaged")
+    assert record.status == "running" and record.last_error is None
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len([m for m in lines if "handler outaged failed" in m]) == 1  # one per outage
+    assert any("database back" in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.exc_info]
