@@ -11,12 +11,17 @@ import json
 import time
 from typing import Any
 
-from tideflow.errors import RunAlreadyExistsError, RunTimeoutError, TideflowError
+from tideflow.errors import (
+    DatabaseUnavailableError,
+    RunAlreadyExistsError,
+    RunTimeoutError,
+    TideflowError,
+)
 from tideflow.flows.definition import FlowDefinition
 from tideflow.flows.dsl import Flow, is_flow_class
 from tideflow.flows.registry import FlowRegistry
 from tideflow.jsonutil import check_id, dumps
-from tideflow.retrying import retry_briefly
+from tideflow.retrying import Backoff, retry_briefly
 from tideflow.storage.contract import RUN_FINAL, FlowStore, RunRecord
 from tideflow.storage.engine import new_run_id
 
@@ -78,17 +83,31 @@ class Client:
         return run_id
 
     def get_run(self, run_id: str) -> RunRecord:
-        return self.store.get_run(run_id)
+        """The run with its steps and tasks; ``RunNotFoundError`` if unknown, ``InvalidDataError``
+        for an id no run can have (the same on both backends)."""
+        return self.store.get_run(check_id(run_id, "run_id", max_length=200))
 
     def wait_for_run(self, run_id: str, timeout: float | None = None) -> RunRecord:
         """Block until the run completes, fails or is cancelled; ``RunTimeoutError`` after
-        ``timeout`` seconds. Polls the run's status row, quickly at first, then backing off."""
+        ``timeout`` seconds. Polls the run's status row, quickly at first, then backing off.
+        A database outage meanwhile is waited out, within ``timeout``: the run goes on without
+        us, and a restart should not turn into an error in every waiting caller."""
+        check_id(run_id, "run_id", max_length=200)
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
+        outage = Backoff()
         while True:
-            run = self.store.get_run(run_id, with_steps=False)
-            if run.status in RUN_FINAL:
-                return self.store.get_run(run_id)
+            try:
+                run = self.store.get_run(run_id, with_steps=False)
+                if run.status in RUN_FINAL:
+                    return self.store.get_run(run_id)
+            except DatabaseUnavailableError:
+                pause = outage.next_delay()
+                if deadline is not None and time.monotonic() + pause >= deadline:
+                    raise
+                time.sleep(pause)
+                continue
+            outage.reset()
             if deadline is not None and time.monotonic() >= deadline:
                 raise RunTimeoutError(
                     f"run {run_id} of flow {run.flow_slug!r} is still {run.status} after "
@@ -103,7 +122,7 @@ class Client:
             time.sleep(pause)
 
     def cancel_run(self, run_id: str) -> bool:
-        return self.store.cancel_run(run_id)
+        return self.store.cancel_run(check_id(run_id, "run_id", max_length=200))
 
     def list_runs(self, *, flow: type[Flow] | str | None = None, status: str | None = None,
                   limit: int = 50, offset: int = 0) -> list[RunRecord]:

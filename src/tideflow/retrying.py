@@ -49,14 +49,15 @@ class Backoff:
         self.failures = 0
 
 
-def retry_briefly(call: Callable[[], T], *, seconds: float = CLIENT_RETRY_SECONDS,
+def retry_briefly(call: Callable[[], T], *, seconds: float | None = None,
                   sleep: Callable[[float], None] = time.sleep) -> T:
     """``call()``, retried with ``Backoff`` while it raises ``DatabaseUnavailableError``, for at
-    most about ``seconds``; then the last error propagates. Only for calls that are safe to
-    repeat: ones that wrote nothing when they failed, or whose repeat is recognised (an
-    idempotency key, a run id chosen before the first try)."""
+    most about ``seconds`` (default ``CLIENT_RETRY_SECONDS``); then the last error propagates.
+    Only for calls that are safe to repeat: ones that wrote nothing when they failed, or whose
+    repeat is recognised (an idempotency key, a run id chosen before the first try, event ids
+    drawn before the first try)."""
     backoff = Backoff()
-    deadline = time.monotonic() + seconds
+    deadline = time.monotonic() + (CLIENT_RETRY_SECONDS if seconds is None else seconds)
     while True:
         try:
             return call()

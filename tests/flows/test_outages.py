@@ -17,14 +17,20 @@ from typing import Any
 
 import pytest
 
-from tests.flows.flows_for_tests import Chain, MapFlow
+from tests.flows.flows_for_tests import ALL_FLOWS, Chain, MapFlow
 from tideflow import App, Flow, step
 from tideflow.errors import DatabaseUnavailableError, InvalidDataError
 from tideflow.events.aggregate import Aggregate, applies, handles
 from tideflow.events.commands import Command
 from tideflow.events.dispatch import CommandDispatcher
 from tideflow.events.model import RecordedEvent
-from tideflow.storage.contract import ClaimedTask, ClaimRequest, FlowStore, TaskCompletion
+from tideflow.storage.contract import (
+    ClaimedTask,
+    ClaimRequest,
+    FlowStore,
+    RunRecord,
+    TaskCompletion,
+)
 from tideflow.worker import Worker, WorkerOptions
 
 FAST = WorkerOptions(poll_interval=0.02, reap_interval=0.2)
@@ -397,3 +403,39 @@ def test_a_killed_listen_connection_is_reestablished_and_subscribers_catch_up(
         assert sum("LISTEN tideflow_tasks re-established" in m for m in messages) == 1
     finally:
         store.close()
+
+
+def test_wait_for_run_waits_out_an_outage(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restart while callers wait for runs is not an error for each of them: the run goes
+    on, and the wait with it (within its timeout)."""
+    with App(db_url, flows=ALL_FLOWS) as app:
+        run_id = app.start_flow(Chain, {"n": 1})
+        app.run_worker(until_idle=True)
+        store = app.client.store
+        real = store.get_run
+        failures = [3]
+
+        def flaky(run_id: str, *, with_steps: bool = True) -> RunRecord:
+            if failures[0]:
+                failures[0] -= 1
+                raise DatabaseUnavailableError("the server is restarting (simulated)")
+            return real(run_id, with_steps=with_steps)
+
+        monkeypatch.setattr(store, "get_run", flaky)
+        assert app.client.wait_for_run(run_id, timeout=10).status == "completed"
+        assert failures == [0]
+        failures[0] = 10_000
+        with pytest.raises(DatabaseUnavailableError):
+            app.client.wait_for_run(run_id, timeout=0.3)
+
+
+def test_reads_refuse_ids_no_run_can_have(db_url: str) -> None:
+    with App(db_url, flows=ALL_FLOWS) as app:
+        app.start_flow(Chain, {"n": 1})
+        for bad in ("", "a\x00b", "\ud800", "x" * 201):
+            with pytest.raises(InvalidDataError):
+                app.get_run(bad)
+            with pytest.raises(InvalidDataError):
+                app.cancel_run(bad)
+            with pytest.raises(InvalidDataError):
+                app.wait_for_run(bad, timeout=1)

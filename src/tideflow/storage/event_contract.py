@@ -36,12 +36,15 @@ from uuid import UUID
 from tideflow.clock import Clock
 from tideflow.errors import InvalidDataError, UnsupportedDatabaseURLError
 from tideflow.events.errors import (
+    DuplicateEventIdError,
+    DuplicateIdempotencyKeyError,
     EventNotSerializableError,
     InvalidCheckpointError,
     InvalidEventError,
     InvalidIdempotencyKeyError,
     InvalidSnapshotError,
     InvalidStreamIdError,
+    WrongExpectedVersionError,
 )
 from tideflow.events.model import (
     ExpectedVersion,
@@ -55,6 +58,7 @@ from tideflow.events.model import (
 )
 from tideflow.events.upcasting import Upcasters
 from tideflow.jsonutil import MAX_DEPTH, check_text, too_deep
+from tideflow.retrying import retry_briefly
 
 ExpectedKind = Literal["any", "no_stream", "exists", "exact"]
 
@@ -372,6 +376,50 @@ def append_encoder() -> Callable[[Any], str]:
     def encode(value: Any) -> str:
         return "".join(chunks(value, 0))
     return encode
+
+
+#: How far back from a stream's end ``append_retrying`` looks for events it may have appended.
+_CONFIRM_WINDOW = 1000
+
+
+def append_retrying(read_stream: Callable[..., Iterator[RecordedEvent]], p: PreparedAppend,
+                    write: Callable[[], list[RecordedEvent]]) -> list[RecordedEvent]:
+    """``write()`` (one append of ``p`` in a transaction of its own), retried for a few seconds
+    while the database is unavailable - the ``append`` that clients call.
+
+    A repeat cannot append twice: it carries the same event ids (drawn once, in
+    ``prepare_append``), the same expected version and idempotency key. When the first try did
+    commit but its answer was lost with the connection, the repeat is refused by one of those;
+    then the events are read back from the end of the stream and, when they are ours (same ids,
+    in order), returned as the first try's result."""
+    tries = 0
+
+    def attempt() -> list[RecordedEvent]:
+        nonlocal tries
+        tries += 1
+        try:
+            return write()
+        except (WrongExpectedVersionError, DuplicateEventIdError, DuplicateIdempotencyKeyError):
+            if tries > 1 and p.event_ids:
+                ours = _find_appended(read_stream, p)
+                if ours is not None:
+                    return ours
+            raise
+
+    return retry_briefly(attempt)
+
+
+def _find_appended(read_stream: Callable[..., Iterator[RecordedEvent]],
+                   p: PreparedAppend) -> list[RecordedEvent] | None:
+    """The events of ``p`` if the stream's last ``_CONFIRM_WINDOW`` events hold them."""
+    recent = list(read_stream(p.stream_id, None, _CONFIRM_WINDOW, True))[::-1]
+    ids = [e.event_id for e in recent]
+    try:
+        start = ids.index(p.event_ids[0])
+    except ValueError:
+        return None
+    found = recent[start:start + len(p.event_ids)]
+    return found if [e.event_id for e in found] == p.event_ids else None
 
 
 def prepare_append(stream_id: object, events: Sequence[NewEvent],

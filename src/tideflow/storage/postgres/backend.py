@@ -109,6 +109,10 @@ class PostgresStore(SqlEngine):
                 url, min_size=1, max_size=pool_size, open=True, configure=_configure,
                 kwargs={"autocommit": True}, name="tideflow",
                 check=ConnectionPool.check_connection,
+                # A caller waits at most this long for a connection - the pool's default of
+                # 30 s would make a client's ~5 s of retries (retrying.py) last half a minute
+                # when the server is down. Workers back off and try again regardless.
+                timeout=5.0,
             )
             self._pool.wait(timeout=10.0)
         except Exception as exc:

@@ -60,6 +60,7 @@ from tideflow.events.upcasting import Upcasters
 from tideflow.storage.event_contract import (
     DEFAULT_PAGE_SIZE,
     PreparedAppend,
+    append_retrying,
     check_checkpoint,
     check_event_types,
     check_limit,
@@ -371,9 +372,13 @@ class PostgresEventStore:
                result_json: str | None = None) -> list[RecordedEvent]:
         prepared = prepare_append(stream_id, events, expected_version, idempotency_key,
                                   result_json, self.upcasters)
-        try:
+
+        def write() -> list[RecordedEvent]:
             with self._connection() as conn:
                 return self._append(conn, prepared, savepoint=False)
+
+        try:
+            return append_retrying(self.read_stream, prepared, write)
         finally:
             # Failed appends too: one that rolled back after drawing a position held back the
             # readers' horizon, and the appends it held back have already sent their NOTIFY.

@@ -46,6 +46,7 @@ from tideflow.events.upcasting import Upcasters
 from tideflow.storage.event_contract import (
     DEFAULT_PAGE_SIZE,
     PreparedAppend,
+    append_retrying,
     check_checkpoint,
     check_event_types,
     check_limit,
@@ -176,8 +177,12 @@ class SQLiteEventStore:
                result_json: str | None = None) -> list[RecordedEvent]:
         prepared = prepare_append(stream_id, events, expected_version, idempotency_key,
                                   result_json, self.upcasters)
-        with self._write():
-            return self._append(prepared)
+
+        def write() -> list[RecordedEvent]:
+            with self._write():
+                return self._append(prepared)
+
+        return append_retrying(self.read_stream, prepared, write)
 
     def _append(self, p: PreparedAppend) -> list[RecordedEvent]:
         """The append's statements; the caller holds ``_write()``, which rolls back on error."""
