@@ -18,6 +18,7 @@ from tideflow import Flow, step
 from tideflow.errors import (
     DatabaseUnavailableError,
     InvalidDataError,
+    RunAlreadyExistsError,
     SchemaMissingError,
     SchemaNotReadyError,
     StorageError,
@@ -134,6 +135,46 @@ def test_locked_sqlite_file_past_the_busy_timeout(tmp_path: Path) -> None:
         assert store.get_run("r-1").status == "started"
     finally:
         other.close()
+        store.close()
+
+
+class Two(Flow, slug="mapping_two"):
+    @step()
+    def only(self, input):
+        return input
+
+
+def test_a_failed_start_does_not_leave_its_flow_version_remembered(store: Store) -> None:
+    """The first start of a flow version stores the version in the same transaction. When that
+    transaction fails (here: the run id is taken), the version's row rolls back with it, so the
+    store must not remember it as stored: the next start would skip the insert and fail on the
+    foreign key."""
+    store.start_run(One.definition, "taken", "{}")
+    with pytest.raises(RunAlreadyExistsError):
+        store.start_run(Two.definition, "taken", "{}")
+    store.start_run(Two.definition, "fresh", "{}")
+    assert store.get_run("fresh").flow_slug == "mapping_two"
+
+
+def test_full_sqlite_database_rolls_back_and_recovers(tmp_path: Path) -> None:
+    """A full disk, for real: SQLite's max_page_count caps the file, so the next write gets
+    SQLITE_FULL. It is DatabaseUnavailableError, the transaction leaves nothing behind, and the
+    same write works once there is room again."""
+    path = tmp_path / "full.db"
+    store = SQLiteStore(str(path))
+    store.migrate()
+    try:
+        pages = store.connection.execute("PRAGMA page_count").fetchone()[0]
+        store.connection.execute(f"PRAGMA max_page_count={pages}")
+        big = '{"blob":"' + "x" * 200_000 + '"}'
+        with pytest.raises(DatabaseUnavailableError, match="full"):
+            store.start_run(One.definition, "r-1", big)
+        assert store.connection.execute("SELECT count(*) FROM runs").fetchone() == (0,)
+        assert store.connection.execute("SELECT count(*) FROM tasks").fetchone() == (0,)
+        store.connection.execute("PRAGMA max_page_count=1073741823")
+        store.start_run(One.definition, "r-1", big)
+        assert store.get_run("r-1").input == {"blob": "x" * 200_000}
+    finally:
         store.close()
 
 

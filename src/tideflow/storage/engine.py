@@ -138,21 +138,30 @@ class SqlEngine:
     # --- flows -----------------------------------------------------------------------------------
     def ensure_flow(self, definition: FlowDefinition) -> None:
         if (definition.slug, definition.version) not in self._known_versions:
-            with self._tx() as tx:
-                self._ensure_flow(tx, definition)
+            with self._flow_tx(definition):
+                pass
 
-    def _ensure_flow(self, tx: Tx, definition: FlowDefinition) -> None:
+    @contextmanager
+    def _flow_tx(self, definition: FlowDefinition) -> Iterator[Tx]:
+        """A transaction that first records ``definition``'s version (its runs' foreign key
+        needs the row). The version is remembered - and its insert skipped from then on - only
+        once this transaction has committed: remembered earlier, a transaction that failed
+        after the insert (an outage, a full disk, a refused run) would leave the cache saying
+        "stored" about a row that rolled back, and every later start of the flow would fail
+        on the foreign key."""
         key = (definition.slug, definition.version)
-        if key in self._known_versions:
-            return
-        shape = stored_shape(definition)
-        tx.run("insert_flow", flow_slug=definition.slug, version=definition.version,
-               shape=json.dumps(shape), created_at=self.clock.now())
-        if self._joined_connection() is None:
-            # Inside a joined transaction the row may yet roll back with it; remembering it
-            # would make the next start_run skip the insert its run's foreign key needs.
+        remember = False
+        with self._tx() as tx:
+            if key not in self._known_versions:
+                shape = stored_shape(definition)
+                tx.run("insert_flow", flow_slug=definition.slug, version=definition.version,
+                       shape=json.dumps(shape), created_at=self.clock.now())
+                self._shapes[key] = _with_dependents(shape)
+                # Joined, the row commits (or not) with the caller's transaction, later.
+                remember = self._joined_connection() is None
+            yield tx
+        if remember:
             self._known_versions.add(key)
-        self._shapes[key] = _with_dependents(shape)
 
     def list_flows(self) -> list[FlowVersionRecord]:
         with self._tx() as tx:
@@ -170,8 +179,7 @@ class SqlEngine:
 
     # --- starting runs and steps -----------------------------------------------------------------
     def start_run(self, definition: FlowDefinition, run_id: str, input_json: str) -> None:
-        with self._tx() as tx:
-            self._ensure_flow(tx, definition)
+        with self._flow_tx(definition) as tx:
             now = self.clock.now()
             tx.run("insert_run", run_id=run_id, flow_slug=definition.slug,
                    flow_version=definition.version, input=input_json,

@@ -153,8 +153,7 @@ class PostgresStore(SqlEngine):
 
     # start_run and complete_tasks run as PL/pgSQL functions: one round trip instead of a dozen.
     def start_run(self, definition: FlowDefinition, run_id: str, input_json: str) -> None:
-        with self._tx() as tx:
-            self._ensure_flow(tx, definition)
+        with self._flow_tx(definition) as tx:
             tx.notify = bool(tx.rows(
                 "start_run", run_id=run_id, flow_slug=definition.slug,
                 flow_version=definition.version, input=input_json,

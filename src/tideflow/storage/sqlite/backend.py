@@ -67,7 +67,7 @@ class _SQLiteTx:
         try:
             return self.conn.execute(_QUERIES[name], {k: _param(v) for k, v in params.items()})
         except sqlite3.IntegrityError as exc:
-            if name == "insert_run":
+            if name == "insert_run" and "UNIQUE" in str(exc):
                 raise RunAlreadyExistsError(
                     f"a run with id {params['run_id']!r} already exists; pass another run_id "
                     "or none to get a fresh one"
