@@ -10,6 +10,7 @@ import pytest
 
 from tideflow.clock import ManualClock
 from tideflow.storage.event_contract import EventStore, open_event_store
+from tideflow.storage.handler_contract import HandlerStore, open_handler_store
 
 OpenStore = Callable[..., EventStore]
 
@@ -37,3 +38,15 @@ def events(open_events: OpenStore) -> EventStore:
     store = open_events()
     store.migrate()
     return store
+
+
+@pytest.fixture
+def stores(db_url: str) -> Iterator[tuple[EventStore, HandlerStore]]:
+    """An event store on a migrated database and a handler store beside it, each with
+    connections of its own."""
+    events = open_event_store(db_url)
+    events.migrate()
+    handlers = open_handler_store(db_url)
+    yield events, handlers
+    handlers.close()
+    events.close()

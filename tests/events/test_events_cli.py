@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,8 @@ from tideflow.cli.main import cli
 from tideflow.events import ANY, NewEvent, RecordedEvent
 from tideflow.events.handlers import EventHandler, HandlerContext
 from tideflow.events.projections import Projection
-from tideflow.storage.event_contract import EventStore, open_event_store
-from tideflow.storage.handler_contract import HandlerStore, open_handler_store
+from tideflow.storage.event_contract import EventStore
+from tideflow.storage.handler_contract import HandlerStore
 from tideflow.worker.handlers import HandlerRunner, HandlerRunnerOptions
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,16 +74,6 @@ class Later(EventHandler):
 
 
 HANDLERS = [Totals(), Mailer(), Ledger(), Later()]
-
-
-@pytest.fixture
-def stores(db_url: str) -> Iterator[tuple[EventStore, HandlerStore]]:
-    events = open_event_store(db_url)
-    events.migrate()
-    handlers = open_handler_store(db_url)
-    yield events, handlers
-    handlers.close()
-    events.close()
 
 
 def append(events: EventStore, n: int, start: int = 0) -> list[RecordedEvent]:

@@ -5,7 +5,6 @@ raw driver error from the handler's own SQL (issue 7)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -13,19 +12,9 @@ import pytest
 from tideflow.errors import DatabaseUnavailableError
 from tideflow.events.handlers import EventHandler, HandlerContext
 from tideflow.events.model import ExpectedVersion, NewEvent, RecordedEvent
-from tideflow.storage.event_contract import EventStore, open_event_store
-from tideflow.storage.handler_contract import HandlerStore, open_handler_store
+from tideflow.storage.event_contract import EventStore
+from tideflow.storage.handler_contract import HandlerStore
 from tideflow.worker.handlers import HandlerRunner, HandlerRunnerOptions
-
-
-@pytest.fixture
-def stores(db_url: str) -> Iterator[tuple[EventStore, HandlerStore]]:
-    events = open_event_store(db_url)
-    events.migrate()
-    handlers = open_handler_store(db_url)
-    yield events, handlers
-    handlers.close()
-    events.close()
 
 
 class Outaged(EventHandler):
