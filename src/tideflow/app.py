@@ -79,24 +79,9 @@ class AsyncApp(AsyncClient):
     in a thread, so an event loop never waits on the database). Each call goes through the
     App's own method, so that reads never migrate and writes do (see ``App.read_store``)."""
 
-    def __init__(self, app: App) -> None:  # no super().__init__: every call is the App's
+    def __init__(self, app: App) -> None:
+        super().__init__(app)
         self._app = app
-
-    async def start_flow(self, flow: type[Flow] | str, input: Any = None, *,
-                         run_id: str | None = None) -> str:
-        return await asyncio.to_thread(self._app.start_flow, flow, input, run_id=run_id)
-
-    async def get_run(self, run_id: str) -> RunRecord:
-        return await asyncio.to_thread(self._app.get_run, run_id)
-
-    async def wait_for_run(self, run_id: str, timeout: float | None = None) -> RunRecord:
-        return await asyncio.to_thread(self._app.wait_for_run, run_id, timeout)
-
-    async def cancel_run(self, run_id: str) -> bool:
-        return await asyncio.to_thread(self._app.cancel_run, run_id)
-
-    async def list_runs(self, **filters: Any) -> list[RunRecord]:
-        return await asyncio.to_thread(lambda: self._app.list_runs(**filters))
 
     async def dispatch(self, command: Command) -> DispatchResult:
         return await asyncio.to_thread(self._app.dispatch, command)
@@ -310,8 +295,10 @@ class App:
     def cancel_run(self, run_id: str) -> bool:
         return _ReadClient(self).cancel_run(run_id)
 
-    def list_runs(self, **filters: Any) -> list[RunRecord]:
-        return _ReadClient(self).list_runs(**filters)
+    def list_runs(self, *, flow: type[Flow] | str | None = None, status: str | None = None,
+                  limit: int = 50, offset: int = 0) -> list[RunRecord]:
+        return _ReadClient(self).list_runs(flow=flow, status=status, limit=limit,
+                                           offset=offset)
 
     def migrate(self) -> list[str]:
         return self.store.migrate()

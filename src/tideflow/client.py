@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from tideflow.errors import (
     DatabaseUnavailableError,
@@ -136,10 +136,28 @@ class Client:
         return self.store.list_runs(flow_slug=slug, status=status, limit=limit, offset=offset)
 
 
-class AsyncClient:
-    """The same calls as ``Client``, awaitable; each runs the blocking call in a thread."""
+class RunCalls(Protocol):
+    """The blocking calls that ``AsyncClient`` makes awaitable: ``Client``'s, which ``App``
+    has too (routing reads and writes to its own stores)."""
 
-    def __init__(self, client: Client) -> None:
+    def start_flow(self, flow: type[Flow] | str, input: Any = None, *,
+                   run_id: str | None = None) -> str: ...
+
+    def get_run(self, run_id: str) -> RunRecord: ...
+
+    def wait_for_run(self, run_id: str, timeout: float | None = None) -> RunRecord: ...
+
+    def cancel_run(self, run_id: str) -> bool: ...
+
+    def list_runs(self, *, flow: type[Flow] | str | None = None, status: str | None = None,
+                  limit: int = 50, offset: int = 0) -> list[RunRecord]: ...
+
+
+class AsyncClient:
+    """The same calls as ``Client`` (or an ``App``), awaitable; each runs the blocking call in
+    a thread, so the two cannot drift apart."""
+
+    def __init__(self, client: RunCalls) -> None:
         self._client = client
 
     async def start_flow(self, flow: type[Flow] | str, input: Any = None, *,
@@ -155,5 +173,8 @@ class AsyncClient:
     async def cancel_run(self, run_id: str) -> bool:
         return await asyncio.to_thread(self._client.cancel_run, run_id)
 
-    async def list_runs(self, **filters: Any) -> list[RunRecord]:
-        return await asyncio.to_thread(lambda: self._client.list_runs(**filters))
+    async def list_runs(self, *, flow: type[Flow] | str | None = None,
+                        status: str | None = None, limit: int = 50,
+                        offset: int = 0) -> list[RunRecord]:
+        return await asyncio.to_thread(self._client.list_runs, flow=flow, status=status,
+                                       limit=limit, offset=offset)

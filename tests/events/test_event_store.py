@@ -1139,10 +1139,23 @@ def test_an_append_interrupted_inside_a_transaction_gives_up_its_connection(
         store.close()
 
 
-def test_a_lost_connection_is_replaced_before_it_is_used(backend: str, db_url: str,
-                                                         clock: ManualClock) -> None:
+@pytest.mark.parametrize("idle", [True, False], ids=["idle: checked", "busy: retried"])
+def test_a_lost_connection_is_replaced(backend: str, db_url: str, clock: ManualClock,
+                                       idle: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pooled connection killed under the store: a connection that sat idle is checked (an
+    empty query) and replaced before it is handed out, so the append never sees it - even with
+    no client retries at all; one in use a moment ago is handed out unchecked (a check per
+    checkout would cost a round trip per transaction), fails, and the append's brief retry
+    gets a fresh one."""
     if backend == "sqlite":
         pytest.skip("a PostgreSQL server connection")
+    from tideflow.storage.postgres import backend as pg_backend
+
+    if idle:
+        monkeypatch.setattr(pg_backend, "CHECK_AFTER_IDLE", 0.0)
+        monkeypatch.setattr("tideflow.retrying.CLIENT_RETRY_SECONDS", 0.0)
+    else:
+        monkeypatch.setattr(pg_backend, "CHECK_AFTER_IDLE", 3600.0)
     store = PostgresEventStore(db_url, clock, pool_size=1)
     try:
         store.migrate()
@@ -1152,8 +1165,6 @@ def test_a_lost_connection_is_replaced_before_it_is_used(backend: str, db_url: s
         assert row is not None
         with psycopg.connect(db_url, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s, 5000)", (row[0],))
-        # The pool checks a connection before handing it out: the dead one is replaced, and
-        # the append never sees it.
         assert [e.version for e in store.append("s", [ev(n=2)], 1)] == [2]
         assert ns(store.read_all()) == [1, 2]
     finally:
