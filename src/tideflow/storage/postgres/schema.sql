@@ -1,0 +1,673 @@
+-- tideflow schema for PostgreSQL: the result of migrations 0001-0007, written out for readers.
+--
+-- What this file is. The tables, indexes and functions that `tideflow migrate` (store.migrate())
+-- leaves in schema `tideflow` once every migration in migrations/ has run, in one place, without
+-- the history: columns added later (tasks.stalls, run_steps.max_stalls) sit in their table, the
+-- CHECK that migration 0006 replaced is written as it is now, and functions that a later
+-- migration dropped (append_events_v1, event_horizon_v1) are gone.
+--
+-- What it is not. The migrations remain the source of truth: a database is created and upgraded
+-- only by them (in order, recorded in schema_migrations, under an advisory lock), and their
+-- headers explain the design - the run model and lock order (0001), the event store and why
+-- readers never miss an event (0002, 0004), handler leases (0003), process managers (0005),
+-- stalls (0007). A schema change is a new migration AND the matching edit here.
+--
+-- How it stays honest. tests/test_schema.py applies the migrations to one empty database and
+-- this file to another, and compares their catalogs: tables, columns (name, type, nullability,
+-- default, identity, order), constraints, indexes, storage parameters, sequences, functions (their
+-- full definitions) and the rows of schema_migrations. A difference fails the test with the
+-- object that differs. It also checks that the SQLite schema (../sqlite/schema.sql) has the same
+-- tables and columns, in mapped types.
+--
+-- Using it. Run on an empty database (psql -v ON_ERROR_STOP=1 -f schema.sql), it gives a database
+-- that tideflow treats as fully migrated: it records versions 1-7 in schema_migrations as applied,
+-- so a later `tideflow migrate` applies only migrations newer than this file. Prefer `tideflow
+-- migrate`.
+--
+-- Conventions. Timestamps come from the workers' clocks (tideflow.clock), never from now(), so
+-- tests can move time. JSON that tideflow queries inside (run and task data) is jsonb; JSON kept
+-- as written (events, snapshots, process state) is json, stored byte for byte. fillfactor = 80
+-- on rows rewritten by every append, batch or heartbeat leaves room for HOT updates.
+
+BEGIN;
+
+CREATE SCHEMA tideflow;
+
+-- Which migrations this database has had (written by store.migrate(), which creates the table).
+CREATE TABLE tideflow.schema_migrations (
+    version    integer     PRIMARY KEY,
+    name       text        NOT NULL,
+    applied_at timestamptz NOT NULL
+);
+
+
+-- =================================================================================================
+-- Flows: versions, runs, steps, tasks (0001, 0007)
+-- =================================================================================================
+--
+-- A flow version (flows) is a DAG of steps; a run instantiates it (runs), with one row per step
+-- (run_steps) counting the dependencies and tasks it still waits for, and one row per unit of
+-- work (tasks): one for a single step, one per array element for a map step. Workers claim
+-- queued tasks with FOR UPDATE SKIP LOCKED and hold them under a lease that heartbeats extend.
+-- Lock order in every transaction that changes a run: runs -> run_steps -> tasks.
+
+CREATE TABLE tideflow.flows (
+    flow_slug   text        NOT NULL,
+    version     text        NOT NULL,
+    shape       jsonb       NOT NULL,
+    created_at  timestamptz NOT NULL,
+    PRIMARY KEY (flow_slug, version)
+);
+
+CREATE TABLE tideflow.runs (
+    run_id          text        PRIMARY KEY,
+    flow_slug       text        NOT NULL,
+    flow_version    text        NOT NULL,
+    status          text        NOT NULL
+                    CHECK (status IN ('started', 'completed', 'failed', 'cancelled')),
+    input           jsonb       NOT NULL,
+    output          jsonb,
+    error           text,
+    remaining_steps integer     NOT NULL,           -- steps not yet completed
+    started_at      timestamptz NOT NULL,
+    finished_at     timestamptz,
+    FOREIGN KEY (flow_slug, flow_version) REFERENCES tideflow.flows (flow_slug, version)
+);
+CREATE INDEX runs_by_started ON tideflow.runs (started_at DESC);
+CREATE INDEX runs_by_flow ON tideflow.runs (flow_slug, started_at DESC);
+
+CREATE TABLE tideflow.run_steps (
+    run_id          text        NOT NULL REFERENCES tideflow.runs (run_id) ON DELETE CASCADE,
+    step_slug       text        NOT NULL,
+    step_index      integer     NOT NULL,
+    kind            text        NOT NULL CHECK (kind IN ('single', 'map')),
+    depends_on      jsonb       NOT NULL,
+    dependents      jsonb       NOT NULL,  -- steps that depend on this one; '[]' for leaves
+    status          text        NOT NULL
+                    CHECK (status IN ('created', 'started', 'completed', 'failed', 'skipped')),
+    remaining_deps  integer     NOT NULL,
+    initial_tasks   integer,
+    remaining_tasks integer,
+    output          jsonb,
+    error           text,
+    max_attempts    integer     NOT NULL,
+    base_delay      double precision NOT NULL,      -- retry backoff, seconds
+    max_delay       double precision NOT NULL,
+    timeout         double precision,
+    start_delay     double precision NOT NULL,
+    created_at      timestamptz NOT NULL,
+    started_at      timestamptz,
+    finished_at     timestamptz,
+    -- 0007: lease expiries a task of this step may have before it fails (copied from the flow
+    -- when the run starts, like max_attempts).
+    max_stalls      integer     NOT NULL DEFAULT 3 CHECK (max_stalls >= 0),
+    PRIMARY KEY (run_id, step_slug)
+);
+
+CREATE TABLE tideflow.tasks (
+    run_id           text        NOT NULL,
+    step_slug        text        NOT NULL,
+    task_index       integer     NOT NULL,
+    flow_slug        text        NOT NULL,
+    status           text        NOT NULL
+                     CHECK (status IN ('queued', 'started', 'completed', 'failed', 'cancelled')),
+    attempts         integer     NOT NULL DEFAULT 0,
+    input            jsonb       NOT NULL,
+    output           jsonb,
+    error            text,
+    timeout          double precision,
+    worker_id        text,
+    queued_at        timestamptz NOT NULL,
+    visible_at       timestamptz NOT NULL,           -- not claimable before (retry backoff)
+    started_at       timestamptz,
+    lease_expires_at timestamptz,
+    finished_at      timestamptz,
+    -- 0007: lease expiries that requeued the task without counting an attempt.
+    stalls           integer     NOT NULL DEFAULT 0 CHECK (stalls >= 0),
+    PRIMARY KEY (run_id, step_slug, task_index),
+    FOREIGN KEY (run_id, step_slug) REFERENCES tideflow.run_steps (run_id, step_slug)
+        ON DELETE CASCADE
+);
+-- The claim reads only this partial index: queued tasks by visibility.
+CREATE INDEX tasks_queued ON tideflow.tasks (visible_at) WHERE status = 'queued';
+-- Stalled-task recovery reads only this one.
+CREATE INDEX tasks_started ON tideflow.tasks (lease_expires_at) WHERE status = 'started';
+
+
+-- =================================================================================================
+-- Event store: streams, events, snapshots, idempotency keys, checkpoints (0002, 0004)
+-- =================================================================================================
+--
+-- A stream's events are numbered version 1, 2, 3... without gaps; every event also gets a
+-- store-wide position from event_position_seq, drawn only inside append_events_v2 (below), which
+-- is why events.position has no default. The sequence has CACHE 1 on purpose: see 0004's header
+-- for the floor-lock protocol that lets readers never miss an event while writers run in parallel.
+
+CREATE SEQUENCE tideflow.event_position_seq AS bigint MINVALUE 1 START 1 CACHE 1 NO CYCLE;
+
+CREATE TABLE tideflow.streams (
+    stream_id text   PRIMARY KEY,
+    version   bigint NOT NULL CHECK (version >= 1)  -- the stream's last event
+) WITH (fillfactor = 80);
+
+CREATE TABLE tideflow.events (
+    position       bigint      PRIMARY KEY,         -- no default: drawn only by append_events_v2
+    version        bigint      NOT NULL CHECK (version >= 1),
+    schema_version integer     NOT NULL CHECK (schema_version >= 1),
+    stream_id      text        NOT NULL,
+    event_id       uuid        NOT NULL,
+    event_type     text        NOT NULL,
+    causation_id   uuid,
+    correlation_id uuid,
+    recorded_at    timestamptz NOT NULL,
+    data           json        NOT NULL,
+    metadata       json        NOT NULL,
+    CONSTRAINT events_stream_version UNIQUE (stream_id, version),
+    CONSTRAINT events_event_id UNIQUE (event_id)
+);
+
+-- The latest snapshot per stream.
+CREATE TABLE tideflow.snapshots (
+    stream_id      text        PRIMARY KEY,
+    version        bigint      NOT NULL CHECK (version >= 1),
+    snapshot_type  text        NOT NULL,
+    schema_version integer     NOT NULL CHECK (schema_version >= 1),
+    state          json        NOT NULL,
+    taken_at       timestamptz NOT NULL
+);
+
+-- One row per idempotent append, written in the append's own transaction: the key exists if and
+-- only if the events do. recorded_at lets old keys be pruned.
+CREATE TABLE tideflow.idempotency_keys (
+    key         text        PRIMARY KEY,
+    stream_id   text        NOT NULL,
+    result      json,
+    recorded_at timestamptz NOT NULL
+);
+
+-- How far each handler has processed the log: the position of the last event it handled,
+-- advanced in the handler's own transaction, next to its writes.
+CREATE TABLE tideflow.handler_checkpoints (
+    name       text        PRIMARY KEY,
+    position   bigint      NOT NULL CHECK (position >= 0),
+    updated_at timestamptz NOT NULL
+);
+
+
+-- =================================================================================================
+-- Event handlers and process managers (0003, 0005, 0006)
+-- =================================================================================================
+
+-- One row per handler: whether it should run, which worker holds it (owner) and until when, the
+-- event it keeps failing on and why it was stopped. A batch commits only while its worker still
+-- owns the row (0003's header: lease, hold, lock order).
+CREATE TABLE tideflow.event_handlers (
+    name             text        PRIMARY KEY,
+    kind             text        NOT NULL
+                     CHECK (kind IN ('handler', 'projection', 'process_manager')),  -- 0006
+    status           text        NOT NULL CHECK (status IN ('running', 'stopped')),
+    owner            text,
+    lease_expires_at timestamptz,
+    failing_position bigint,     -- the event the handler failed on and is retrying
+    attempts         integer     NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    last_error       text,
+    stopped_reason   text,
+    updated_at       timestamptz NOT NULL
+) WITH (fillfactor = 80);
+
+-- Events a handler gave up on after its retries. One row per (handler, event): reprocessing
+-- after a reset updates the row instead of adding one.
+CREATE TABLE tideflow.dead_letters (
+    id         bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    handler    text        NOT NULL,
+    position   bigint      NOT NULL,
+    event_id   uuid        NOT NULL,
+    event_type text        NOT NULL,
+    stream_id  text        NOT NULL,
+    error      text        NOT NULL,
+    attempts   integer     NOT NULL CHECK (attempts >= 1),
+    created_at timestamptz NOT NULL,
+    retried_at timestamptz,
+    CONSTRAINT dead_letters_event UNIQUE (handler, position)
+);
+CREATE INDEX dead_letters_pending ON tideflow.dead_letters (handler, id) WHERE retried_at IS NULL;
+
+-- The instances of process managers (sagas), one per (manager, process id), read FOR UPDATE and
+-- written in the handler's batch transaction. Events at or below last_position were applied
+-- already, so a replay after a reset skips them.
+CREATE TABLE tideflow.process_instances (
+    manager       text        NOT NULL,
+    process_id    text        NOT NULL,
+    status        text        NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
+    state         json        NOT NULL,
+    version       bigint      NOT NULL CHECK (version >= 0),   -- events applied
+    last_position bigint      NOT NULL CHECK (last_position >= 0),
+    error         text,
+    started_at    timestamptz NOT NULL,
+    updated_at    timestamptz NOT NULL,
+    PRIMARY KEY (manager, process_id)
+) WITH (fillfactor = 80);
+
+-- `tideflow processes` lists the instances of a manager in a status, most recently updated first.
+CREATE INDEX process_instances_listing
+    ON tideflow.process_instances (manager, status, updated_at DESC);
+
+
+-- =================================================================================================
+-- Functions
+-- =================================================================================================
+--
+-- The hot transitions run inside the server, one round trip per call (0001's header says why).
+-- Names carry a version suffix: a changed function gets a new name in a new migration, so that
+-- during a rolling upgrade old and new workers can share a database.
+--
+-- Called by this release (storage/postgres/queries.sql, events_queries.sql):
+--     start_run_v2         start a run: its row, its steps, the tasks of its root steps (0007)
+--     complete_tasks_v1    record a batch of task completions and move runs on (0001)
+--     append_events_v2     append events to one stream under an expectation (0004)
+--     event_horizon_v2     the highest position readers may read now (0004)
+-- Helpers of the flow functions: _fail_run_v1, _json_type_v1, _queue_step_v1, _step_completed_v1.
+-- Kept for workers of the previous release during an upgrade, not called by this one:
+--     start_run_v1         as start_run_v2, without max_stalls (runs get the default, 3)
+-- Dropped by 0004, so absent: append_events_v1 and event_horizon_v1 (the gate protocol of 0002).
+--
+-- The bodies below are copied verbatim from the migrations that created them; the test compares
+-- them with pg_get_functiondef.
+
+-- Fail a run because one of its steps failed: the step fails, every other unfinished step is
+-- skipped and every queued or started task is cancelled, so no orphan runs on.
+CREATE FUNCTION tideflow._fail_run_v1(p_run text, p_step text, p_error text, p_now timestamptz)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE tideflow.run_steps SET status = 'failed', error = p_error, finished_at = p_now
+    WHERE run_id = p_run AND step_slug = p_step;
+    UPDATE tideflow.runs SET status = 'failed', error = p_error, finished_at = p_now
+    WHERE run_id = p_run AND status = 'started';
+    UPDATE tideflow.tasks SET status = 'cancelled', finished_at = p_now, lease_expires_at = NULL
+    WHERE run_id = p_run AND status IN ('queued', 'started');
+    UPDATE tideflow.run_steps SET status = 'skipped', finished_at = p_now
+    WHERE run_id = p_run AND status IN ('created', 'started');
+END $$;
+
+CREATE FUNCTION tideflow._json_type_v1(p jsonb) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE jsonb_typeof(p) WHEN 'object' THEN 'an object' WHEN 'string' THEN 'a string'
+           WHEN 'number' THEN 'a number' WHEN 'boolean' THEN 'a boolean' ELSE 'null' END
+$$;
+
+-- Queue the tasks of a ready step (s: its run_steps row). p_run_input is the run input for a
+-- root step, NULL otherwise (the input is then built from the dependencies' outputs). Returns 1
+-- when tasks were queued (the caller sends NOTIFY), 0 when none were (an empty map step, which
+-- completes at once), -1 when the run failed (a map source that is not an array).
+CREATE FUNCTION tideflow._queue_step_v1(p_run text, p_flow text, s tideflow.run_steps,
+                                        p_run_input jsonb, p_now timestamptz)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_source jsonb;
+    v_origin text;
+    v_n integer;
+BEGIN
+    IF s.kind = 'map' THEN
+        IF s.depends_on = '[]'::jsonb THEN
+            v_source := p_run_input;
+            v_origin := 'the run input';
+        ELSE
+            SELECT output INTO v_source FROM tideflow.run_steps
+            WHERE run_id = p_run AND step_slug = s.depends_on ->> 0;
+            v_origin := format('step %L', s.depends_on ->> 0);
+        END IF;
+        IF jsonb_typeof(v_source) IS DISTINCT FROM 'array' THEN
+            PERFORM tideflow._fail_run_v1(p_run, s.step_slug, format(
+                'map step %L needs a list from %s, got %s; make %s a JSON array',
+                s.step_slug, v_origin, tideflow._json_type_v1(v_source), v_origin), p_now);
+            RETURN -1;
+        END IF;
+        v_n := jsonb_array_length(v_source);
+        IF v_n = 0 THEN
+            UPDATE tideflow.run_steps
+            SET status = 'completed', initial_tasks = 0, remaining_tasks = 0, output = '[]',
+                started_at = p_now, finished_at = p_now
+            WHERE run_id = p_run AND step_slug = s.step_slug;
+            RETURN tideflow._step_completed_v1(p_run, p_flow, s.dependents, p_now);
+        END IF;
+        UPDATE tideflow.run_steps
+        SET status = 'started', initial_tasks = v_n, remaining_tasks = v_n, started_at = p_now
+        WHERE run_id = p_run AND step_slug = s.step_slug;
+        INSERT INTO tideflow.tasks (run_id, step_slug, task_index, flow_slug, status, input,
+                                    timeout, queued_at, visible_at)
+        SELECT p_run, s.step_slug, (e.ord - 1)::integer, p_flow, 'queued', e.value, s.timeout,
+               p_now, p_now + make_interval(secs => s.start_delay)
+        FROM jsonb_array_elements(v_source) WITH ORDINALITY AS e(value, ord);
+        RETURN 1;
+    END IF;
+
+    IF s.status <> 'started' THEN  -- roots; a dependent was marked by _step_completed_v1
+        UPDATE tideflow.run_steps
+        SET status = 'started', initial_tasks = 1, remaining_tasks = 1, started_at = p_now
+        WHERE run_id = p_run AND step_slug = s.step_slug;
+    END IF;
+    INSERT INTO tideflow.tasks (run_id, step_slug, task_index, flow_slug, status, input, timeout,
+                                queued_at, visible_at)
+    VALUES (p_run, s.step_slug, 0, p_flow, 'queued',
+            CASE WHEN s.depends_on = '[]'::jsonb THEN p_run_input ELSE (
+                SELECT jsonb_object_agg(d.step_slug, d.output) FROM tideflow.run_steps d
+                WHERE d.run_id = p_run
+                  AND d.step_slug IN (SELECT jsonb_array_elements_text(s.depends_on))) END,
+            s.timeout, p_now, p_now + make_interval(secs => s.start_delay));
+    RETURN 1;
+END $$;
+
+-- A step of the run has just been marked completed (its row already holds its output): count
+-- it off the run - completing the run with its leaf steps' outputs after the last step - and
+-- start the dependents it was the last dependency of. Returns as _queue_step_v1 does.
+CREATE FUNCTION tideflow._step_completed_v1(p_run text, p_flow text, p_dependents jsonb,
+                                            p_now timestamptz)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_remaining integer;
+    r tideflow.run_steps;
+    v integer;
+    v_result integer := 0;
+BEGIN
+    UPDATE tideflow.runs
+    SET remaining_steps = remaining_steps - 1,
+        status = CASE WHEN remaining_steps = 1 THEN 'completed' ELSE status END,
+        finished_at = CASE WHEN remaining_steps = 1 THEN p_now ELSE finished_at END,
+        output = CASE WHEN remaining_steps = 1 THEN (
+            SELECT jsonb_object_agg(l.step_slug, l.output) FROM tideflow.run_steps l
+            WHERE l.run_id = p_run AND l.dependents = '[]'::jsonb) ELSE output END
+    WHERE run_id = p_run AND status = 'started'
+    RETURNING remaining_steps INTO v_remaining;
+    IF v_remaining IS NULL OR v_remaining = 0 OR p_dependents = '[]'::jsonb THEN
+        RETURN 0;
+    END IF;
+    FOR r IN
+        UPDATE tideflow.run_steps
+        SET remaining_deps = remaining_deps - 1,
+            status = CASE WHEN remaining_deps = 1 AND kind = 'single' THEN 'started'
+                          ELSE status END,
+            initial_tasks = CASE WHEN remaining_deps = 1 AND kind = 'single' THEN 1
+                                 ELSE initial_tasks END,
+            remaining_tasks = CASE WHEN remaining_deps = 1 AND kind = 'single' THEN 1
+                                   ELSE remaining_tasks END,
+            started_at = CASE WHEN remaining_deps = 1 AND kind = 'single' THEN p_now
+                              ELSE started_at END
+        WHERE run_id = p_run
+          AND step_slug IN (SELECT jsonb_array_elements_text(p_dependents))
+        RETURNING *
+    LOOP
+        CONTINUE WHEN r.remaining_deps <> 0;
+        v := tideflow._queue_step_v1(p_run, p_flow, r, NULL, p_now);
+        IF v < 0 THEN
+            RETURN -1;  -- the run failed; its other steps were skipped
+        END IF;
+        v_result := greatest(v_result, v);
+    END LOOP;
+    RETURN v_result;
+END $$;
+
+-- CURRENT. Start a run: the run row, one row per step (p_steps: a JSON array of step rows, as
+-- built by the engine, each with its max_stalls), and the tasks of its root steps. Returns true
+-- when tasks were queued.
+CREATE FUNCTION tideflow.start_run_v2(p_run text, p_flow text, p_version text, p_input jsonb,
+                                      p_steps jsonb, p_now timestamptz)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    r tideflow.run_steps;
+    v integer;
+    v_notify boolean := false;
+BEGIN
+    INSERT INTO tideflow.runs (run_id, flow_slug, flow_version, status, input, remaining_steps,
+                               started_at)
+    VALUES (p_run, p_flow, p_version, 'started', p_input, jsonb_array_length(p_steps), p_now);
+    INSERT INTO tideflow.run_steps (run_id, step_slug, step_index, kind, depends_on, dependents,
+                                    status, remaining_deps, max_attempts, base_delay, max_delay,
+                                    timeout, start_delay, max_stalls, created_at)
+    SELECT p_run, b.step_slug, b.step_index, b.kind, b.depends_on::jsonb, b.dependents::jsonb,
+           'created', b.remaining_deps, b.max_attempts, b.base_delay, b.max_delay, b.timeout,
+           b.start_delay, b.max_stalls, p_now
+    FROM jsonb_to_recordset(p_steps) AS b(
+        step_slug text, step_index integer, kind text, depends_on text, dependents text,
+        remaining_deps integer, max_attempts integer, base_delay double precision,
+        max_delay double precision, timeout double precision, start_delay double precision,
+        max_stalls integer);
+    FOR r IN
+        SELECT * FROM tideflow.run_steps
+        WHERE run_id = p_run AND remaining_deps = 0 ORDER BY step_index
+    LOOP
+        v := tideflow._queue_step_v1(p_run, p_flow, r, p_input, p_now);
+        EXIT WHEN v < 0;
+        v_notify := v_notify OR v > 0;
+    END LOOP;
+    RETURN v_notify;
+END $$;
+
+-- KEPT for the previous release's workers: start_run_v2 without max_stalls.
+CREATE FUNCTION tideflow.start_run_v1(p_run text, p_flow text, p_version text, p_input jsonb,
+                                      p_steps jsonb, p_now timestamptz)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    r tideflow.run_steps;
+    v integer;
+    v_notify boolean := false;
+BEGIN
+    INSERT INTO tideflow.runs (run_id, flow_slug, flow_version, status, input, remaining_steps,
+                               started_at)
+    VALUES (p_run, p_flow, p_version, 'started', p_input, jsonb_array_length(p_steps), p_now);
+    INSERT INTO tideflow.run_steps (run_id, step_slug, step_index, kind, depends_on, dependents,
+                                    status, remaining_deps, max_attempts, base_delay, max_delay,
+                                    timeout, start_delay, created_at)
+    SELECT p_run, b.step_slug, b.step_index, b.kind, b.depends_on::jsonb, b.dependents::jsonb,
+           'created', b.remaining_deps, b.max_attempts, b.base_delay, b.max_delay, b.timeout,
+           b.start_delay, p_now
+    FROM jsonb_to_recordset(p_steps) AS b(
+        step_slug text, step_index integer, kind text, depends_on text, dependents text,
+        remaining_deps integer, max_attempts integer, base_delay double precision,
+        max_delay double precision, timeout double precision, start_delay double precision);
+    FOR r IN
+        SELECT * FROM tideflow.run_steps
+        WHERE run_id = p_run AND remaining_deps = 0 ORDER BY step_index
+    LOOP
+        v := tideflow._queue_step_v1(p_run, p_flow, r, p_input, p_now);
+        EXIT WHEN v < 0;
+        v_notify := v_notify OR v > 0;
+    END LOOP;
+    RETURN v_notify;
+END $$;
+
+-- CURRENT. Record a batch of completions (p_rows: run_id, step_slug, task_index, attempt,
+-- output) in one transaction. A completion counts only for the worker's own started attempt;
+-- stale ones (lease lost, run failed or cancelled meanwhile) are ignored. Returns true when tasks
+-- were queued.
+CREATE FUNCTION tideflow.complete_tasks_v1(p_worker text, p_rows jsonb, p_now timestamptz)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    c record;
+    v_left integer;
+    v_kind text;
+    v_dependents jsonb;
+    v_flow text;
+    v_notify boolean := false;
+BEGIN
+    PERFORM 1 FROM tideflow.runs
+    WHERE run_id IN (SELECT b.run_id FROM jsonb_to_recordset(p_rows) AS b(run_id text))
+    ORDER BY run_id
+    FOR UPDATE;
+    FOR c IN
+        SELECT * FROM jsonb_to_recordset(p_rows) AS b(
+            run_id text, step_slug text, task_index integer, attempt integer, output text)
+    LOOP
+        UPDATE tideflow.tasks
+        SET status = 'completed', output = c.output::jsonb, finished_at = p_now,
+            lease_expires_at = NULL
+        WHERE run_id = c.run_id AND step_slug = c.step_slug AND task_index = c.task_index
+          AND attempts = c.attempt AND status = 'started' AND worker_id = p_worker
+        RETURNING flow_slug INTO v_flow;
+        CONTINUE WHEN NOT FOUND;
+        -- Count the task off its step and, when it was the last one, complete the step in the
+        -- same UPDATE (a single step's output is this task's; a map's is gathered below).
+        UPDATE tideflow.run_steps
+        SET remaining_tasks = remaining_tasks - 1,
+            status = CASE WHEN remaining_tasks = 1 THEN 'completed' ELSE status END,
+            finished_at = CASE WHEN remaining_tasks = 1 THEN p_now ELSE finished_at END,
+            output = CASE WHEN remaining_tasks = 1 AND kind = 'single' THEN c.output::jsonb
+                          ELSE output END
+        WHERE run_id = c.run_id AND step_slug = c.step_slug
+        RETURNING remaining_tasks, kind, dependents INTO v_left, v_kind, v_dependents;
+        CONTINUE WHEN v_left <> 0;
+        IF v_kind = 'map' THEN
+            UPDATE tideflow.run_steps SET output = (
+                SELECT jsonb_agg(t.output ORDER BY t.task_index) FROM tideflow.tasks t
+                WHERE t.run_id = c.run_id AND t.step_slug = c.step_slug)
+            WHERE run_id = c.run_id AND step_slug = c.step_slug;
+        END IF;
+        v_notify := tideflow._step_completed_v1(c.run_id, v_flow, v_dependents, p_now) > 0
+                    OR v_notify;
+    END LOOP;
+    RETURN v_notify;
+END $$;
+
+-- CURRENT. Append events to one stream if it is in the expected state ('any', 'no_stream',
+-- 'exists', or 'exact' with p_expected the stream's version). p_events holds one object per event
+-- ({"event_id", "event_type", "schema_version", "causation_id", "correlation_id"}), p_data and
+-- p_metadata the events' data and metadata, in the same order. Returns the version of the first
+-- event and the positions of all of them. Raises SQLSTATE TF001 (DETAIL = the stream's actual
+-- version) when the expectation fails, TF002 when p_idempotency_key is already recorded, having
+-- written nothing. Announces a floor lock before drawing positions (0004's header).
+CREATE FUNCTION tideflow.append_events_v2(
+    p_stream_id        text,
+    p_expected_kind    text,
+    p_expected         bigint,
+    p_events           json,
+    p_data             json,
+    p_metadata         json,
+    p_recorded_at      timestamptz,
+    p_idempotency_key  text,
+    p_result           text,
+    OUT first_version  bigint,
+    OUT positions      bigint[]
+) LANGUAGE plpgsql AS $$
+DECLARE
+    v_count   integer := json_array_length(p_events);
+    v_current bigint;
+    v_exists  boolean;
+BEGIN
+    -- The key first: a command retried while its first attempt is still committing waits here
+    -- and is reported as a duplicate, rather than as a version conflict it would then "fix".
+    IF p_idempotency_key IS NOT NULL THEN
+        INSERT INTO tideflow.idempotency_keys (key, stream_id, result, recorded_at)
+        VALUES (p_idempotency_key, p_stream_id, p_result::json, p_recorded_at)
+        ON CONFLICT (key) DO NOTHING;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'idempotency key % is already recorded', p_idempotency_key
+                USING ERRCODE = 'TF002';
+        END IF;
+    END IF;
+
+    -- The stream row is the per-stream lock: appenders to one stream queue here, so versions
+    -- commit in order and readers of one stream never see a gap. The common case - events for
+    -- a stream that exists and is where the caller expects - is this one UPDATE: it locks the
+    -- row, checks the expectation (re-checked on the newest row version if it had to wait for
+    -- another appender) and moves the version. Anything else takes the loop below.
+    IF v_count > 0 AND (p_expected_kind IN ('any', 'exists')
+                        OR (p_expected_kind = 'exact' AND p_expected > 0)) THEN
+        UPDATE tideflow.streams AS s SET version = s.version + v_count
+        WHERE s.stream_id = p_stream_id AND (p_expected_kind <> 'exact' OR s.version = p_expected)
+        RETURNING s.version - v_count INTO v_current;
+    END IF;
+    IF v_current IS NULL THEN
+        LOOP
+            SELECT s.version INTO v_current FROM tideflow.streams AS s
+            WHERE s.stream_id = p_stream_id FOR UPDATE;
+            v_exists := FOUND;
+            IF NOT v_exists THEN
+                v_current := 0;
+            END IF;
+            IF (p_expected_kind = 'no_stream' AND v_exists)
+               OR (p_expected_kind = 'exists' AND NOT v_exists)
+               OR (p_expected_kind = 'exact' AND v_current <> p_expected) THEN
+                RAISE EXCEPTION 'stream % is at version %', p_stream_id, v_current
+                    USING ERRCODE = 'TF001', DETAIL = v_current::text;
+            END IF;
+            IF v_count = 0 THEN
+                first_version := v_current + 1;
+                positions := '{}';
+                RETURN;
+            END IF;
+            IF v_exists THEN
+                UPDATE tideflow.streams SET version = v_current + v_count
+                WHERE stream_id = p_stream_id;
+                EXIT;
+            END IF;
+            INSERT INTO tideflow.streams (stream_id, version) VALUES (p_stream_id, v_count)
+            ON CONFLICT (stream_id) DO NOTHING;
+            EXIT WHEN FOUND;
+            -- A concurrent append created the stream after our SELECT (ON CONFLICT waited for
+            -- it to commit): look again, now finding and locking its row.
+        END LOOP;
+    END IF;
+    first_version := v_current + 1;
+
+    -- Announce, then draw (the header says why in this order): the floor lock's key is one
+    -- above the last position drawn by anyone so far, which every position drawn below is at
+    -- least. Drawing in a loop of plain assignments, not a query, keeps the function free of
+    -- statements planned anew on every call.
+    PERFORM pg_advisory_xact_lock_shared((x'7466'::bigint << 48)
+        | (coalesce(pg_sequence_last_value('tideflow.event_position_seq'), 0) + 1));
+    positions := ARRAY[nextval('tideflow.event_position_seq')];
+    FOR i IN 2..v_count LOOP
+        positions[i] := nextval('tideflow.event_position_seq');
+    END LOOP;
+
+    INSERT INTO tideflow.events (position, version, schema_version, stream_id, event_id,
+                                 event_type, causation_id, correlation_id, recorded_at, data,
+                                 metadata)
+    SELECT positions[e.ord], v_current + e.ord, e.schema_version, p_stream_id, e.event_id,
+           e.event_type, e.causation_id, e.correlation_id, p_recorded_at, e.data, e.metadata
+    FROM ROWS FROM (json_to_recordset(p_events) AS (event_id uuid, event_type text,
+                                                    schema_version integer, causation_id uuid,
+                                                    correlation_id uuid),
+                    json_array_elements(p_data), json_array_elements(p_metadata))
+         WITH ORDINALITY AS e(event_id, event_type, schema_version, causation_id,
+                              correlation_id, data, metadata, ord);
+END
+$$;
+
+-- CURRENT. The highest position a reader may read now without ever missing an event below it.
+-- Call it in its own statement, before the query that reads events, in READ COMMITTED; it takes
+-- no lock and never waits for appenders.
+CREATE FUNCTION tideflow.event_horizon_v2() RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_drawn     bigint;
+    v_in_flight bigint;
+BEGIN
+    -- First the last drawn position, THEN the floors of the appends in flight: the other order
+    -- would miss an append that announces itself and draws in between.
+    v_drawn := coalesce(pg_sequence_last_value('tideflow.event_position_seq'), 0);
+    SELECT min(((l.classid::bigint << 32) | l.objid::bigint) - (x'7466'::bigint << 48))
+    INTO v_in_flight
+    FROM pg_catalog.pg_locks AS l
+    WHERE l.locktype = 'advisory' AND l.objsubid = 1
+      AND l.database = (SELECT d.oid FROM pg_catalog.pg_database AS d
+                        WHERE d.datname = current_database())
+      AND l.classid::bigint >= (x'7466'::bigint << 16)
+      AND l.classid::bigint < (x'7467'::bigint << 16);
+    IF v_in_flight IS NULL THEN
+        RETURN v_drawn;
+    END IF;
+    RETURN least(v_drawn, v_in_flight - 1);
+END
+$$;
+
+
+-- A database created from this file has every migration up to 0007: record them, so that
+-- `tideflow migrate` applies only later ones. applied_at is when this file ran.
+INSERT INTO tideflow.schema_migrations (version, name, applied_at) VALUES
+    (1, 'initial', now()),
+    (2, 'events', now()),
+    (3, 'handlers', now()),
+    (4, 'event_floor_locks', now()),
+    (5, 'process_managers', now()),
+    (6, 'process_manager_kind', now()),
+    (7, 'task_stalls', now());
+
+COMMIT;

@@ -1,0 +1,247 @@
+-- tideflow schema for SQLite: the result of migrations 0001-0007, written out for readers.
+--
+-- What this file is. The tables and indexes that `tideflow migrate` (store.migrate()) leaves in
+-- the database file once every migration in migrations/ has run, in one place, without the
+-- history: columns added later (tasks.stalls, run_steps.max_stalls) sit in their table and the
+-- event_handlers table that migration 0006 rebuilt is written as it is now.
+--
+-- What it is not. The migrations remain the source of truth: a database is created and upgraded
+-- only by them (in order, recorded in schema_migrations, in one exclusive transaction). The
+-- PostgreSQL migrations' headers explain the model (../postgres/migrations/); the SQLite ones say
+-- what differs here. A schema change is a new migration AND the matching edit here.
+--
+-- How it stays honest. tests/test_schema.py applies the migrations to one empty file and this
+-- script to another, and compares them: tables, columns (PRAGMA table_xinfo), indexes
+-- (index_list, index_xinfo, partial-index conditions), foreign keys (foreign_key_list), each
+-- CREATE statement with comments and spacing normalised (so CHECK constraints, WITHOUT ROWID and
+-- AUTOINCREMENT count too) and the rows of schema_migrations. It also checks that these tables
+-- and columns are PostgreSQL's (../postgres/schema.sql) in mapped types.
+--
+-- Types. The same tables as PostgreSQL, in SQLite's types: JSON is TEXT (checked with
+-- json_valid), UUIDs are TEXT in their 36-character form, timestamps are REAL seconds since the
+-- Unix epoch (read them with datetime(col, 'unixepoch')), booleans and big integers are INTEGER.
+-- No stored functions: the transitions that PostgreSQL runs as functions run from Python
+-- (tideflow/storage/engine.py), and none of PostgreSQL's event-horizon machinery is needed, since
+-- SQLite has one writer at a time and so hands out event positions in commit order.
+--
+-- Using it. Run on an empty file (sqlite3 tideflow.db < schema.sql), it gives a database that
+-- tideflow treats as fully migrated: it records versions 1-7 in schema_migrations as applied, so
+-- a later `tideflow migrate` applies only migrations newer than this file. A writer (a worker,
+-- `tideflow migrate`) switches the file to WAL mode when it opens it. Prefer `tideflow migrate`.
+
+BEGIN;
+
+-- Which migrations this database has had (written by store.migrate(), which creates the table).
+CREATE TABLE schema_migrations (
+    version    INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    applied_at REAL NOT NULL
+);
+
+
+-- =================================================================================================
+-- Flows: versions, runs, steps, tasks (0001, 0007)
+-- =================================================================================================
+
+CREATE TABLE flows (
+    flow_slug   TEXT NOT NULL,
+    version     TEXT NOT NULL,
+    shape       TEXT NOT NULL CHECK (json_valid(shape)),
+    created_at  REAL NOT NULL,
+    PRIMARY KEY (flow_slug, version)
+);
+
+CREATE TABLE runs (
+    run_id          TEXT PRIMARY KEY,
+    flow_slug       TEXT NOT NULL,
+    flow_version    TEXT NOT NULL,
+    status          TEXT NOT NULL CHECK (status IN ('started', 'completed', 'failed', 'cancelled')),
+    input           TEXT NOT NULL CHECK (json_valid(input)),
+    output          TEXT CHECK (output IS NULL OR json_valid(output)),
+    error           TEXT,
+    remaining_steps INTEGER NOT NULL,                -- steps not yet completed
+    started_at      REAL NOT NULL,
+    finished_at     REAL,
+    FOREIGN KEY (flow_slug, flow_version) REFERENCES flows (flow_slug, version)
+);
+CREATE INDEX runs_by_started ON runs (started_at DESC);
+CREATE INDEX runs_by_flow ON runs (flow_slug, started_at DESC);
+
+CREATE TABLE run_steps (
+    run_id          TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    step_slug       TEXT NOT NULL,
+    step_index      INTEGER NOT NULL,
+    kind            TEXT NOT NULL CHECK (kind IN ('single', 'map')),
+    depends_on      TEXT NOT NULL,
+    dependents      TEXT NOT NULL,         -- steps that depend on this one; '[]' for leaves
+    status          TEXT NOT NULL
+                    CHECK (status IN ('created', 'started', 'completed', 'failed', 'skipped')),
+    remaining_deps  INTEGER NOT NULL,
+    initial_tasks   INTEGER,
+    remaining_tasks INTEGER,
+    output          TEXT,
+    error           TEXT,
+    max_attempts    INTEGER NOT NULL,
+    base_delay      REAL NOT NULL,                   -- retry backoff, seconds
+    max_delay       REAL NOT NULL,
+    timeout         REAL,
+    start_delay     REAL NOT NULL,
+    created_at      REAL NOT NULL,
+    started_at      REAL,
+    finished_at     REAL,
+    -- 0007: lease expiries a task of this step may have before it fails.
+    max_stalls      INTEGER NOT NULL DEFAULT 3 CHECK (max_stalls >= 0),
+    PRIMARY KEY (run_id, step_slug)
+);
+
+CREATE TABLE tasks (
+    run_id           TEXT NOT NULL,
+    step_slug        TEXT NOT NULL,
+    task_index       INTEGER NOT NULL,
+    flow_slug        TEXT NOT NULL,
+    status           TEXT NOT NULL
+                     CHECK (status IN ('queued', 'started', 'completed', 'failed', 'cancelled')),
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    input            TEXT NOT NULL,
+    output           TEXT,
+    error            TEXT,
+    timeout          REAL,
+    worker_id        TEXT,
+    queued_at        REAL NOT NULL,
+    visible_at       REAL NOT NULL,                  -- not claimable before (retry backoff)
+    started_at       REAL,
+    lease_expires_at REAL,
+    finished_at      REAL,
+    -- 0007: lease expiries that requeued the task without counting an attempt.
+    stalls           INTEGER NOT NULL DEFAULT 0 CHECK (stalls >= 0),
+    PRIMARY KEY (run_id, step_slug, task_index),
+    FOREIGN KEY (run_id, step_slug) REFERENCES run_steps (run_id, step_slug) ON DELETE CASCADE
+);
+-- The claim query reads only this index: queued tasks by visibility.
+CREATE INDEX tasks_queued ON tasks (visible_at) WHERE status = 'queued';
+-- Stalled-task recovery reads only this one.
+CREATE INDEX tasks_started ON tasks (lease_expires_at) WHERE status = 'started';
+
+
+-- =================================================================================================
+-- Event store: streams, events, snapshots, idempotency keys, checkpoints (0002)
+-- =================================================================================================
+--
+-- Positions come from AUTOINCREMENT, so one is never handed out twice, even if the newest events
+-- were deleted; a rolled-back append gives its positions back (they were never visible).
+
+CREATE TABLE streams (
+    stream_id TEXT    PRIMARY KEY,
+    version   INTEGER NOT NULL CHECK (version >= 1)  -- the stream's last event
+) WITHOUT ROWID;
+
+CREATE TABLE events (
+    position       INTEGER PRIMARY KEY AUTOINCREMENT,
+    version        INTEGER NOT NULL CHECK (version >= 1),
+    schema_version INTEGER NOT NULL CHECK (schema_version >= 1),
+    stream_id      TEXT    NOT NULL,
+    event_id       TEXT    NOT NULL,
+    event_type     TEXT    NOT NULL,
+    causation_id   TEXT,
+    correlation_id TEXT,
+    recorded_at    REAL    NOT NULL,
+    data           TEXT    NOT NULL CHECK (json_valid(data)),
+    metadata       TEXT    NOT NULL CHECK (json_valid(metadata)),
+    CONSTRAINT events_stream_version UNIQUE (stream_id, version),
+    CONSTRAINT events_event_id UNIQUE (event_id)
+);
+
+-- The latest snapshot per stream.
+CREATE TABLE snapshots (
+    stream_id      TEXT    PRIMARY KEY,
+    version        INTEGER NOT NULL CHECK (version >= 1),
+    snapshot_type  TEXT    NOT NULL,
+    schema_version INTEGER NOT NULL CHECK (schema_version >= 1),
+    state          TEXT    NOT NULL CHECK (json_valid(state)),
+    taken_at       REAL    NOT NULL
+) WITHOUT ROWID;
+
+-- One row per idempotent append, written in the append's own transaction.
+CREATE TABLE idempotency_keys (
+    key         TEXT PRIMARY KEY,
+    stream_id   TEXT NOT NULL,
+    result      TEXT CHECK (result IS NULL OR json_valid(result)),
+    recorded_at REAL NOT NULL
+) WITHOUT ROWID;
+
+-- How far each handler has processed the log (position of the last event it handled).
+CREATE TABLE handler_checkpoints (
+    name       TEXT    PRIMARY KEY,
+    position   INTEGER NOT NULL CHECK (position >= 0),
+    updated_at REAL    NOT NULL
+) WITHOUT ROWID;
+
+
+-- =================================================================================================
+-- Event handlers and process managers (0003, 0005, 0006)
+-- =================================================================================================
+
+-- One row per handler that ever ran. status 'running' means "should run": some worker holds it
+-- while owner is set and lease_expires_at is in the future; 'stopped' means halted until
+-- `tideflow handlers resume` or a reset.
+CREATE TABLE event_handlers (
+    name             TEXT    PRIMARY KEY,
+    kind             TEXT    NOT NULL CHECK (kind IN ('handler', 'projection', 'process_manager')),
+    status           TEXT    NOT NULL CHECK (status IN ('running', 'stopped')),
+    owner            TEXT,
+    lease_expires_at REAL,
+    failing_position INTEGER,
+    attempts         INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    last_error       TEXT,
+    stopped_reason   TEXT,
+    updated_at       REAL    NOT NULL
+) WITHOUT ROWID;
+
+-- Events a handler gave up on after its retries. One row per (handler, event).
+CREATE TABLE dead_letters (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    handler    TEXT    NOT NULL,
+    position   INTEGER NOT NULL,
+    event_id   TEXT    NOT NULL,
+    event_type TEXT    NOT NULL,
+    stream_id  TEXT    NOT NULL,
+    error      TEXT    NOT NULL,
+    attempts   INTEGER NOT NULL CHECK (attempts >= 1),
+    created_at REAL    NOT NULL,
+    retried_at REAL,
+    CONSTRAINT dead_letters_event UNIQUE (handler, position)
+);
+CREATE INDEX dead_letters_pending ON dead_letters (handler, id) WHERE retried_at IS NULL;
+
+-- The instances of process managers (sagas), one per (manager, process id). No row locks: the
+-- handler's batch transaction holds SQLite's write lock from before it reads an instance until it
+-- commits the instance's new state.
+CREATE TABLE process_instances (
+    manager       TEXT    NOT NULL,
+    process_id    TEXT    NOT NULL,
+    status        TEXT    NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
+    state         TEXT    NOT NULL CHECK (json_valid(state)),
+    version       INTEGER NOT NULL CHECK (version >= 0),
+    last_position INTEGER NOT NULL CHECK (last_position >= 0),
+    error         TEXT,
+    started_at    REAL    NOT NULL,
+    updated_at    REAL    NOT NULL,
+    PRIMARY KEY (manager, process_id)
+) WITHOUT ROWID;
+
+-- `tideflow processes` lists the instances of a manager in a status, most recently updated first.
+CREATE INDEX process_instances_listing ON process_instances (manager, status, updated_at DESC);
+
+
+-- A database created from this file has every migration up to 0007: record them, so that
+-- `tideflow migrate` applies only later ones. applied_at is when this script ran (Unix seconds).
+INSERT INTO schema_migrations (version, name, applied_at) VALUES
+    (1, 'initial', (julianday('now') - 2440587.5) * 86400.0),
+    (2, 'events', (julianday('now') - 2440587.5) * 86400.0),
+    (3, 'handlers', (julianday('now') - 2440587.5) * 86400.0),
+    (4, 'event_floor_locks', (julianday('now') - 2440587.5) * 86400.0),
+    (5, 'process_managers', (julianday('now') - 2440587.5) * 86400.0),
+    (6, 'process_manager_kind', (julianday('now') - 2440587.5) * 86400.0),
+    (7, 'task_stalls', (julianday('now') - 2440587.5) * 86400.0);
+
+COMMIT;
