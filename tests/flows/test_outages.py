@@ -131,7 +131,9 @@ def test_a_batch_whose_commit_landed_before_the_connection_dropped_is_not_applie
         flows_app.store.ensure_flow(flow.definition)
     worker = Worker(store, flows_app.registry,  # type: ignore[arg-type]
                     options=WorkerOptions(poll_interval=0.02, reap_interval=0.1,
-                                          lease_margin=0.5))
+                                          lease_margin=1.0, heartbeat_interval=0.05))
+    # The heartbeat renews leases 20 times a lease: a busy machine must not let a running
+    # task's lease expire, or its re-run would add a (stale, ignored) completion to the count.
     thread = threading.Thread(target=lambda: asyncio.run(worker.run()))
     thread.start()
     try:
