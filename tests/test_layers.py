@@ -28,10 +28,11 @@ re-exports the App); every ``__init__`` is checked as a module of its own instea
 Two imports are allowed against the layers, explicitly (``LAZY_RUNTIME_EXPORTS``): the domain
 packages ``tideflow.events`` and ``tideflow.sagas`` still offer ``CommandDispatcher`` and
 ``ProcessBindings`` where users have always imported them from, through a module ``__getattr__``
-that imports the runtime on first use. Importing the domain therefore loads no runtime; the
+that imports the runtime on first use, so that no domain module depends on the runtime; the
 exception holds only for an import inside that ``__getattr__``.
 
-No import cycle among tideflow modules (the same graph, the lazy imports included), and
+Only ``storage/opening.py`` imports a backend by name (the App and the CLI go through it). No
+import cycle among tideflow modules (the same graph, the lazy imports included), and
 ``sqlite3`` / ``psycopg`` / ``psycopg_pool`` are imported only under ``storage/sqlite/`` resp.
 ``storage/postgres/`` - counting ``TYPE_CHECKING`` imports too. Failures name file:line.
 
@@ -242,6 +243,20 @@ def import_cycles(root: Path = SRC) -> list[str]:
     return out
 
 
+def backend_imports(root: Path = SRC) -> list[str]:
+    """Direct imports of a backend from outside it: only ``storage/opening.py`` may name one (the
+    App and the CLI reach the backends through it, never by their modules)."""
+    out: list[str] = []
+    for module, imports in _edges(_graph(root)).items():
+        for imp in imports:
+            backend = layer_of(imp.target)
+            if backend in ("sqlite", "postgres") and layer_of(module) != backend \
+                    and module != "tideflow.storage.opening":
+                out.append(f"{imp.where} imports {imp.target}: only tideflow.storage.opening "
+                           "opens a backend")
+    return out
+
+
 def driver_imports(root: Path = SRC) -> list[str]:
     out: list[str] = []
     for imports in _graph(root).values():
@@ -266,6 +281,10 @@ def test_no_module_reaches_a_layer_above_it() -> None:
 
 def test_no_import_cycle() -> None:
     assert import_cycles() == []
+
+
+def test_only_opening_names_a_backend() -> None:
+    assert backend_imports() == []
 
 
 def test_drivers_are_imported_only_by_their_backend() -> None:
@@ -312,6 +331,9 @@ def test_an_indirect_import_is_reported_with_its_chain(tmp_path: Path) -> None:
         "tideflow.storage.event_contract (tideflow/worker/loop.py:1) -> "
         "tideflow.storage.sqlite.backend (tideflow/storage/event_contract.py:1)",
     ]
+    assert backend_imports(root) == [
+        "tideflow/storage/event_contract.py:1 imports tideflow.storage.sqlite.backend: only "
+        "tideflow.storage.opening opens a backend"]
 
 
 def test_a_cycle_and_a_stray_driver_import_are_reported(tmp_path: Path) -> None:

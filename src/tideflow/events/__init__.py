@@ -23,8 +23,9 @@ The store itself - the ``EventStore`` contract, its backends and ``open_event_st
 ``tideflow.storage``; the dispatcher, which runs commands against a store, in
 ``tideflow.runtime.dispatch``. ``CommandDispatcher`` and ``AsyncCommandDispatcher`` are still
 importable from here, where users have always found them, but lazily (``__getattr__`` below):
-importing the domain does not load the runtime, and ``tests/test_layers.py`` allows exactly these
-two names.
+no domain module depends on the runtime (``tests/test_layers.py`` allows exactly these two names).
+Python still runs ``tideflow/__init__.py`` - which re-exports the App, and with it everything -
+before this package: the layering is about what depends on what, not what gets loaded.
 """
 
 from typing import TYPE_CHECKING

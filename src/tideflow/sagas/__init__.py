@@ -5,7 +5,7 @@ how one reacts to an event; ``docs/concepts/sagas.md`` for the guide.
 
 This package is the domain layer. ``ProcessBindings`` and ``react_to`` belong to the runtime
 (``tideflow.runtime.sagas``: they dispatch commands and start flows); they are still importable
-from here, lazily (``__getattr__`` below), so that importing the domain does not load the runtime.
+from here, lazily (``__getattr__`` below), so that no domain module depends on the runtime;
 ``tests/test_layers.py`` allows exactly this import.
 """
 

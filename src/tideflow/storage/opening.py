@@ -166,6 +166,15 @@ def open_process_store(url: str | None = None, *, clock: Clock | None = None) ->
     )
 
 
+def check_connection(url: str) -> None:
+    """Connect once to a PostgreSQL URL and raise a typed error at once if that fails (the
+    stores connect lazily); nothing to do for SQLite, whose file opens when first used."""
+    if url.startswith(POSTGRES_SCHEMES):
+        from tideflow.storage.postgres.backend import check_connection as connect_once
+
+        connect_once(url)
+
+
 def is_driver_error(exc: BaseException) -> bool:
     """Whether ``exc`` is an error of a database driver (``sqlite3``, psycopg) that reached the
     caller untranslated - for the CLI, which names it as a database error rather than a bug,
