@@ -44,9 +44,9 @@ from benchdb import ADMIN_URL, postgres_database
 from tideflow.events import ExpectedVersion, NewEvent, RecordedEvent
 from tideflow.events.aggregate import Aggregate, DomainError, applies, handles
 from tideflow.events.commands import Command
-from tideflow.events.dispatch import CommandDispatcher
 from tideflow.events.middleware import DispatchContext, Middleware
-from tideflow.storage.event_contract import EventStore, open_event_store
+from tideflow.runtime.dispatch import CommandDispatcher
+from tideflow.storage import EventStore, open_event_store
 
 PRIOR_EVENTS = 10
 

@@ -38,7 +38,7 @@ import psycopg
 from benchdb import ADMIN_URL, pg_database
 
 from tideflow.events import ExpectedVersion, NewEvent
-from tideflow.storage.event_contract import open_event_store
+from tideflow.storage import open_event_store
 
 WRITERS = 4
 READ_EVENTS = 100_000

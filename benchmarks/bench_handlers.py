@@ -32,10 +32,9 @@ from typing import Any
 from benchdb import ADMIN_URL, pg_database
 
 from tideflow.events import ExpectedVersion, NewEvent, RecordedEvent
-from tideflow.events.handlers import EventHandler, HandlerContext
+from tideflow.events.handling import EventHandler, HandlerContext
 from tideflow.events.projections import Projection
-from tideflow.storage.event_contract import open_event_store
-from tideflow.storage.handler_contract import open_handler_store
+from tideflow.storage import open_event_store, open_handler_store
 from tideflow.worker.handlers import HandlerRunner, HandlerRunnerOptions
 
 PAYLOAD = {"order_id": "9f1c2e4a", "customer": "c-1029", "amount": 129.5, "currency": "EUR",

@@ -24,7 +24,7 @@ from tideflow.errors import (
     StorageError,
 )
 from tideflow.events import ANY, NewEvent
-from tideflow.storage.event_contract import EventStore, open_event_store
+from tideflow.storage import EventStore, open_event_store
 from tideflow.storage.postgres import PostgresStore
 from tideflow.storage.postgres import errors as pg_mapping
 from tideflow.storage.sqlite import SQLiteStore

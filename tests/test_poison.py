@@ -23,7 +23,7 @@ from tideflow.events.errors import (
     InvalidIdempotencyKeyError,
     InvalidStreamIdError,
 )
-from tideflow.events.handlers import EventHandler, HandlerContext
+from tideflow.events.handling import EventHandler, HandlerContext
 from tideflow.jsonutil import MAX_DEPTH, storable_text
 from tideflow.worker.handlers import HandlerRunner, HandlerRunnerOptions
 

@@ -28,7 +28,7 @@ from tideflow.errors import (
     UnknownDependencyError,
 )
 from tideflow.flows import Flow, FlowRegistry, StepContext, step
-from tideflow.storage.contract import RunRecord, StepRecord, TaskRecord
+from tideflow.storage.flow_contract import RunRecord, StepRecord, TaskRecord
 
 __version__ = "0.1.0"
 

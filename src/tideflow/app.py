@@ -22,13 +22,14 @@ from tideflow.client import AsyncClient, Client
 from tideflow.clock import Clock
 from tideflow.events.aggregate import Aggregate
 from tideflow.events.commands import Command, DispatchResult
-from tideflow.events.dispatch import CommandDispatcher
-from tideflow.events.handlers import EventHandler, check_handler
+from tideflow.events.handling import EventHandler, check_handler
 from tideflow.events.middleware import Middleware
 from tideflow.events.upcasting import Upcasters
 from tideflow.flows.dsl import Flow
 from tideflow.flows.registry import FlowRegistry
-from tideflow.sagas import ProcessBindings, ProcessManager
+from tideflow.runtime.dispatch import CommandDispatcher
+from tideflow.runtime.sagas import ProcessBindings
+from tideflow.sagas import ProcessManager
 from tideflow.storage import (
     EventStore,
     HandlerStore,
@@ -39,7 +40,7 @@ from tideflow.storage import (
     open_store,
     resolve_url,
 )
-from tideflow.storage.contract import FlowStore, RunRecord
+from tideflow.storage.flow_contract import FlowStore, RunRecord
 from tideflow.storage.process_contract import ProcessStore
 from tideflow.storage.urls import sqlite_path
 from tideflow.worker import Worker, WorkerOptions

@@ -20,10 +20,10 @@ from tideflow.errors import (
 from tideflow.flows.definition import FlowDefinition
 from tideflow.flows.dsl import Flow, is_flow_class
 from tideflow.flows.registry import FlowRegistry
+from tideflow.ids import new_run_id
 from tideflow.jsonutil import check_id, dumps
 from tideflow.retrying import Backoff, retry_briefly
-from tideflow.storage.contract import RUN_FINAL, FlowStore, RunRecord
-from tideflow.storage.engine import new_run_id
+from tideflow.storage.flow_contract import RUN_FINAL, FlowStore, RunRecord
 
 RUN_STATUSES = ("started", "completed", "failed", "cancelled")
 

@@ -66,3 +66,12 @@ def retry_briefly(call: Callable[[], T], *, seconds: float | None = None,
             if time.monotonic() + delay > deadline:
                 raise
             sleep(delay)
+
+
+def backoff_delay(attempt: int, base_delay: float, max_delay: float,
+                  rng: Callable[[], float] = random.random) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (1-based) of a flow step or an event
+    handler: exponential, capped, minus up to 25% jitter so that tasks failing together do not
+    retry together. Here, below storage and the runtime, because both use it."""
+    delay: float = min(max_delay, base_delay * 2 ** (attempt - 1))
+    return delay * (1 - 0.25 * rng())

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from tideflow.clock import ManualClock
-from tideflow.storage.event_contract import EventStore, open_event_store
-from tideflow.storage.handler_contract import HandlerStore, open_handler_store
+from tideflow.storage import EventStore, HandlerStore, open_event_store, open_handler_store
 
 OpenStore = Callable[..., EventStore]
 

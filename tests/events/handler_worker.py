@@ -13,11 +13,10 @@ import signal
 import sys
 import time
 
-from tideflow.events.handlers import HandlerContext
+from tideflow.events.handling import HandlerContext
 from tideflow.events.model import RecordedEvent
 from tideflow.events.projections import Projection
-from tideflow.storage.event_contract import open_event_store
-from tideflow.storage.handler_contract import open_handler_store
+from tideflow.storage import open_event_store, open_handler_store
 from tideflow.worker.handlers import HandlerRunner, HandlerRunnerOptions
 
 

@@ -34,7 +34,9 @@ from tideflow.events.commands import (
     InvalidCommandError,
     UnknownCommandError,
 )
-from tideflow.events.dispatch import (
+from tideflow.events.errors import EventNotSerializableError
+from tideflow.events.middleware import CommandRejectedError, DispatchContext, Middleware
+from tideflow.runtime.dispatch import (
     CommandDispatcher,
     ConcurrencyRetriesExhaustedError,
     DispatcherConfigurationError,
@@ -42,8 +44,6 @@ from tideflow.events.dispatch import (
     IdempotencyKeyConflictError,
     UnknownAggregateError,
 )
-from tideflow.events.errors import EventNotSerializableError
-from tideflow.events.middleware import CommandRejectedError, DispatchContext, Middleware
 from tideflow.storage.event_contract import EventStore
 
 from .conftest import OpenStore
@@ -501,7 +501,7 @@ def test_a_failing_snapshot_does_not_fail_the_command(events: EventStore,
             return {"when": object()}
 
     dispatcher = CommandDispatcher(events, [Unsnapshottable])
-    with caplog.at_level(logging.WARNING, "tideflow.events.dispatch"):
+    with caplog.at_level(logging.WARNING, "tideflow.runtime.dispatch"):
         for qty in (1, 2, 3):
             result = dispatcher.dispatch(Command("AddStock", "sku-1", {"qty": qty}))
     assert result.version == 3
@@ -627,7 +627,7 @@ def test_hooks_cannot_break_a_committed_command_or_retarget_one(
         def before_dispatch(self, ctx: DispatchContext) -> Any:
             return "ok"
 
-    with caplog.at_level(logging.ERROR, "tideflow.events.dispatch"):
+    with caplog.at_level(logging.ERROR, "tideflow.runtime.dispatch"):
         result = CommandDispatcher(events, [Inventory], middleware=[Broken()]).dispatch(
             Command("AddStock", "sku-1", {"qty": 1}))
     assert result.version == 1 and "Broken.after_dispatch raised" in caplog.text

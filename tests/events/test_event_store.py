@@ -52,7 +52,8 @@ from tideflow.events import (
 )
 from tideflow.events.model import encode_json
 from tideflow.jsonutil import check_text
-from tideflow.storage.event_contract import EventStore, append_encoder, open_event_store
+from tideflow.storage import open_event_store
+from tideflow.storage.event_contract import EventStore, append_encoder
 from tideflow.storage.postgres import PostgresStore
 from tideflow.storage.postgres.event_store import PostgresEventStore
 from tideflow.storage.sqlite import SQLiteStore

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from tests.test_cli import assert_one_line_error
 from tideflow.cli.main import cli
 from tideflow.events import ANY, NewEvent, RecordedEvent
-from tideflow.events.handlers import EventHandler, HandlerContext
+from tideflow.events.handling import EventHandler, HandlerContext
 from tideflow.events.projections import Projection
 from tideflow.storage.event_contract import EventStore
 from tideflow.storage.handler_contract import HandlerStore

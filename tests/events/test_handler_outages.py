@@ -5,12 +5,13 @@ raw driver error from the handler's own SQL (issue 7)."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 
 import psycopg
 import pytest
 
 from tideflow.errors import DatabaseUnavailableError
-from tideflow.events.handlers import EventHandler, HandlerContext
+from tideflow.events.handling import EventHandler, HandlerContext
 from tideflow.events.model import ExpectedVersion, NewEvent, RecordedEvent
 from tideflow.storage.event_contract import EventStore
 from tideflow.storage.handler_contract import HandlerStore
@@ -32,11 +33,22 @@ class Outaged(EventHandler):
     def handle(self, event: RecordedEvent, ctx: HandlerContext) -> None:
         self.calls += 1
         if self.calls == 1:
-            raise psycopg.OperationalError("consuming input failed: server closed the "
-                                           "connection unexpectedly")
+            raise driver_outage(ctx.dialect)
         if self.calls == 2:
             raise DatabaseUnavailableError("appending failed: the database is unavailable")
         self.handled.append(event.position)
+
+
+def driver_outage(dialect: str) -> Exception:
+    """What the handler's ``ctx.execute`` raises when this backend's database goes away (the
+    store judges its own driver's errors: a psycopg error inside a handler on SQLite comes from
+    some other database, and counts as the handler failing)."""
+    if dialect == "postgresql":
+        return psycopg.OperationalError("consuming input failed: server closed the connection "
+                                        "unexpectedly")
+    locked = sqlite3.OperationalError("database is locked")
+    locked.sqlite_errorcode = 5  # SQLITE_BUSY, as the driver sets it
+    return locked
 
 
 def test_an_outage_inside_handle_is_waited_out_not_counted(

@@ -25,7 +25,7 @@ import pytest
 from tideflow.clock import ManualClock, SystemClock
 from tideflow.errors import NonRetryableError
 from tideflow.events import ANY, ExpectedVersion, NewEvent, RecordedEvent
-from tideflow.events.handlers import (
+from tideflow.events.handling import (
     EventHandler,
     HandlerContext,
     HandlerDefinitionError,
@@ -35,8 +35,9 @@ from tideflow.events.handlers import (
     LeaseLostError,
 )
 from tideflow.events.projections import Projection
+from tideflow.storage import open_handler_store
 from tideflow.storage.event_contract import EventStore, EventTransaction
-from tideflow.storage.handler_contract import HandlerRecord, HandlerStore, open_handler_store
+from tideflow.storage.handler_contract import HandlerRecord, HandlerStore
 from tideflow.worker.handlers import (
     HandlerRunner,
     HandlerRunnerOptions,
@@ -236,7 +237,7 @@ async def test_a_running_handler_wakes_for_new_events(
 APPEND_ELSEWHERE = """
 import sys
 from tideflow.events import ANY, NewEvent
-from tideflow.storage.event_contract import open_event_store
+from tideflow.storage import open_event_store
 store = open_event_store(sys.argv[1])
 for burst in range(int(sys.argv[2])):
     store.append("elsewhere", [NewEvent("A", {"burst": burst})], ANY)

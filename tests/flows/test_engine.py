@@ -15,7 +15,7 @@ import pytest
 from tests.flows.flows_for_tests import Chain, Diamond, MapFlow, RootMap
 from tideflow import Flow, RunAlreadyExistsError, RunNotFoundError, step
 from tideflow.clock import ManualClock
-from tideflow.storage.contract import FlowStore, TaskCompletion, TaskFailure
+from tideflow.storage.flow_contract import FlowStore, TaskCompletion, TaskFailure
 
 W = "worker-a"
 
@@ -319,7 +319,7 @@ def test_concurrent_claimers_never_share_a_task_attempt(store: FlowStore) -> Non
 
 def test_complete_and_claim_takes_the_next_step_in_the_same_transaction(
         store: FlowStore) -> None:
-    from tideflow.storage.contract import ClaimRequest
+    from tideflow.storage.flow_contract import ClaimRequest
 
     start(store, Chain, {"n": 1})
     (first,) = claim(store, ["chain"])

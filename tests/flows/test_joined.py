@@ -18,9 +18,8 @@ from tests.flows.flows_for_tests import Chain, Diamond
 from tideflow import RunAlreadyExistsError, RunNotFoundError
 from tideflow.errors import StorageError
 from tideflow.events import NO_STREAM, NewEvent
-from tideflow.storage import open_event_store_on
-from tideflow.storage.contract import FlowStore
-from tideflow.storage.event_contract import EventStore, open_event_store
+from tideflow.storage import EventStore, open_event_store, open_event_store_on
+from tideflow.storage.flow_contract import FlowStore
 from tideflow.storage.postgres.backend import CHANNEL
 
 

@@ -22,9 +22,9 @@ from tideflow import App, Flow, step
 from tideflow.errors import DatabaseUnavailableError, InvalidDataError
 from tideflow.events.aggregate import Aggregate, applies, handles
 from tideflow.events.commands import Command
-from tideflow.events.dispatch import CommandDispatcher
 from tideflow.events.model import RecordedEvent
-from tideflow.storage.contract import (
+from tideflow.runtime.dispatch import CommandDispatcher
+from tideflow.storage.flow_contract import (
     ClaimedTask,
     ClaimRequest,
     FlowStore,

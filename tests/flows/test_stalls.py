@@ -22,14 +22,14 @@ from tests.pgdb import empty_database
 from tideflow import Flow, FlowDefinitionError, step
 from tideflow.clock import ManualClock
 from tideflow.flows.definition import DEFAULT_MAX_STALLS
-from tideflow.storage.contract import (
+from tideflow.storage.flow_contract import (
     ClaimedTask,
     FlowStore,
     TaskCompletion,
     TaskFailure,
     TaskRecord,
 )
-from tideflow.storage.engine import STALL_ERROR, step_rows, stored_shape
+from tideflow.storage.flow_engine import STALL_ERROR, step_rows, stored_shape
 from tideflow.storage.postgres import PostgresStore
 from tideflow.storage.sqlfile import load_migrations
 from tideflow.storage.sqlite import SQLiteStore

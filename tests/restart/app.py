@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tideflow import App, Flow, StepContext, step
-from tideflow.events.handlers import HandlerContext
+from tideflow.events.handling import HandlerContext
 from tideflow.events.model import RecordedEvent
 from tideflow.events.projections import Projection
 

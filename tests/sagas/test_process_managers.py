@@ -24,7 +24,7 @@ from examples.order_saga import OrderFulfilment, ShipOrder, Stock, shop
 
 from tideflow import App, NonRetryableError
 from tideflow.events import Command, RecordedEvent
-from tideflow.events.handlers import HandlerDefinitionError
+from tideflow.events.handling import HandlerDefinitionError
 from tideflow.sagas import Action, ProcessManager, StartFlow
 from tideflow.storage.process_contract import ProcessInstance
 from tideflow.worker.handlers import HandlerRunnerOptions, reset_handler

@@ -19,14 +19,18 @@ from tests.pgdb import empty_database
 from tests.threads import assert_blocked, in_thread
 from tideflow.clock import ManualClock
 from tideflow.errors import SchemaNotReadyError, UnsupportedDatabaseURLError
-from tideflow.storage import open_event_store_on, open_process_store_on
-from tideflow.storage.contract import FlowStore
-from tideflow.storage.event_contract import EventStore, open_event_store
+from tideflow.storage import (
+    EventStore,
+    open_event_store,
+    open_event_store_on,
+    open_process_store,
+    open_process_store_on,
+)
+from tideflow.storage.flow_contract import FlowStore
 from tideflow.storage.process_contract import (
     ProcessInstance,
     ProcessStatus,
     ProcessStore,
-    open_process_store,
 )
 
 Opener = Callable[..., Any]

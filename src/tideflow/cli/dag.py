@@ -29,7 +29,7 @@ from rich.text import Text
 
 from tideflow.cli.render import glyph, status_style
 from tideflow.flows.definition import FlowDefinition
-from tideflow.storage.contract import RunRecord
+from tideflow.storage.flow_contract import RunRecord
 
 GAP = 3
 UP, DOWN, LEFT, RIGHT = 1, 2, 4, 8

@@ -24,7 +24,7 @@ from tideflow.cli.errors import CommandFailed
 from tideflow.cli.live import watch_runs
 from tideflow.cli.loading import check_reachable, redact
 from tideflow.cli.render import compact_json, fmt_duration, status_style, steps_table
-from tideflow.storage.contract import RunRecord
+from tideflow.storage.flow_contract import RunRecord
 from tideflow.worker import Worker
 
 DEMO_FILE = "tideflow-demo.db"

@@ -13,7 +13,6 @@ cannot help.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -31,6 +30,7 @@ from tideflow.errors import (
     TideflowError,
     UnsupportedDatabaseURLError,
 )
+from tideflow.storage.opening import is_driver_error
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -69,7 +69,7 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, TideflowError):
         return str(exc) or type(exc).__name__
     text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    if isinstance(exc, sqlite3.Error | OSError):
+    if isinstance(exc, OSError) or is_driver_error(exc):
         return f"{type(exc).__name__}: {text}"
     return f"unexpected {type(exc).__name__}: {text} (run with --debug for the traceback)"
 

@@ -39,7 +39,7 @@ from rich.text import Text
 from tideflow.cli.errors import CliUsageError, CommandFailed
 from tideflow.cli.loading import DATABASE_HELP, check_reachable, load_object
 from tideflow.cli.render import compact_json, fmt_time, truncate
-from tideflow.events.handlers import EventHandler, HandlerNotFoundError, HandlerUsageError
+from tideflow.events.handling import EventHandler, HandlerNotFoundError, HandlerUsageError
 from tideflow.events.model import RecordedEvent
 from tideflow.storage import (
     check_schema,

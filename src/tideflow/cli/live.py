@@ -18,7 +18,7 @@ from rich.text import Text
 from tideflow.app import App
 from tideflow.cli.render import progress_view
 from tideflow.errors import RunTimeoutError
-from tideflow.storage.contract import RunRecord
+from tideflow.storage.flow_contract import RunRecord
 
 #: After this long with nothing started, the display suggests that no worker is running.
 IDLE_HINT_AFTER = 3.0

@@ -22,6 +22,7 @@ from tideflow.errors import FlowImportError, NotAFlowError
 from tideflow.flows.dsl import Flow, is_flow_class
 from tideflow.flows.registry import FlowRegistry
 from tideflow.storage import URL_ENV, check_url, redact_url, resolve_url
+from tideflow.storage.opening import check_connection
 
 APP_ENV = "TIDEFLOW_APP"
 APP_FORMS = "an App, a FlowRegistry or a Flow class"
@@ -150,11 +151,7 @@ def check_reachable(url: str) -> None:
     """Fail in a moment with one clear line when a PostgreSQL server is down or the URL is
     wrong, before anything else is printed (the App itself connects lazily). The URL is checked
     first, so that libpq never fills in a host or database nobody named."""
-    url = check_url(url)
-    if url.startswith(("postgresql://", "postgres://")):
-        from tideflow.storage.postgres.backend import check_connection
-
-        check_connection(url)
+    check_connection(check_url(url))
 
 
 def one_line(text: str) -> str:

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tideflow.flows.definition import FlowDefinition
-from tideflow.storage.contract import FlowVersionRecord, RunRecord, StepRecord, TaskRecord
+from tideflow.storage.flow_contract import FlowVersionRecord, RunRecord, StepRecord, TaskRecord
 
 STATUS_STYLE = {
     "completed": "green",

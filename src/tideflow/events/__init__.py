@@ -1,7 +1,7 @@
 """Event sourcing for tideflow: the domain types of the event store.
 
     from tideflow.events import NewEvent, ExpectedVersion
-    from tideflow.storage.event_contract import open_event_store
+    from tideflow.storage import open_event_store
 
     store = open_event_store("postgresql://localhost/app")   # or sqlite:///app.db
     store.migrate()
@@ -18,10 +18,17 @@ Commands go to aggregates through a ``CommandDispatcher`` (or ``App.dispatch``):
         @applies("StockAdded")
         def added(self, state, event): return {"qty": state.get("qty", 0) + event.data["qty"]}
 
-This package is the domain layer: it imports nothing from storage at run time. The store itself
-- the ``EventStore`` contract, its backends and ``open_event_store`` - lives in
-``tideflow.storage``.
+This package is the domain layer: it imports nothing from storage or the runtime at run time.
+The store itself - the ``EventStore`` contract, its backends and ``open_event_store`` - lives in
+``tideflow.storage``; the dispatcher, which runs commands against a store, in
+``tideflow.runtime.dispatch``. ``CommandDispatcher`` and ``AsyncCommandDispatcher`` are still
+importable from here, where users have always found them, but lazily (``__getattr__`` below):
+no domain module depends on the runtime (``tests/test_layers.py`` allows exactly these two names).
+Python still runs ``tideflow/__init__.py`` - which re-exports the App, and with it everything -
+before this package: the layering is about what depends on what, not what gets loaded.
 """
+
+from typing import TYPE_CHECKING
 
 from tideflow.events.aggregate import (
     Aggregate,
@@ -36,19 +43,15 @@ from tideflow.events.commands import (
     Command,
     CommandError,
     CommandNotSerializableError,
-    DispatchResult,
-    InvalidCommandDataError,
-    InvalidCommandError,
-    UnknownCommandError,
-)
-from tideflow.events.dispatch import (
-    AsyncCommandDispatcher,
-    CommandDispatcher,
     ConcurrencyRetriesExhaustedError,
     DispatcherConfigurationError,
+    DispatchResult,
     DuplicateCommandHandlerError,
     IdempotencyKeyConflictError,
+    InvalidCommandDataError,
+    InvalidCommandError,
     UnknownAggregateError,
+    UnknownCommandError,
 )
 from tideflow.events.errors import (
     CheckpointConflictError,
@@ -68,7 +71,7 @@ from tideflow.events.errors import (
     UpcastingError,
     WrongExpectedVersionError,
 )
-from tideflow.events.handlers import (
+from tideflow.events.handling import (
     DeadLetterNotFoundError,
     EventHandler,
     HandlerContext,
@@ -94,6 +97,19 @@ from tideflow.events.model import (
 )
 from tideflow.events.projections import Projection
 from tideflow.events.upcasting import Upcasters, UpcastFn
+
+if TYPE_CHECKING:  # for type checkers; at run time ``__getattr__`` imports them when first used
+    from tideflow.runtime.dispatch import AsyncCommandDispatcher, CommandDispatcher
+
+def __getattr__(name: str) -> object:
+    """``tideflow.events.CommandDispatcher`` without the domain importing the runtime: the
+    dispatcher runs commands against a store, so it lives in ``tideflow.runtime.dispatch``."""
+    if name in ("AsyncCommandDispatcher", "CommandDispatcher"):
+        from tideflow.runtime import dispatch  # the one runtime import tests/test_layers.py allows
+
+        return getattr(dispatch, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ANY",

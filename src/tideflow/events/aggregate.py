@@ -53,6 +53,7 @@ import inspect
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar, TypeVar
+from uuid import UUID
 
 from tideflow.events.commands import Command, CommandError, UnknownCommandError
 from tideflow.events.model import NewEvent, RecordedEvent
@@ -331,3 +332,18 @@ def evolve(aggregate: Aggregate, state: Any, events: Iterable[RecordedEvent]) ->
     for event in events:
         state = apply_event(aggregate, state, event)
     return state
+
+
+def stamp_events(events: list[NewEvent], command: Command,
+                 aggregate: Aggregate) -> list[NewEvent]:
+    """The events as recorded: caused by the command, in its correlation, carrying its
+    metadata (the event's own metadata wins over the command's, the dispatcher's keys -
+    ``command_type``, ``aggregate_type``, ``command_causation_id`` - over both)."""
+    causation = UUID(command.command_id)
+    correlation = UUID(command.correlation_id or command.command_id)
+    stamp = {"command_type": command.command_type, "aggregate_type": aggregate.aggregate_type}
+    if command.causation_id is not None:
+        stamp["command_causation_id"] = command.causation_id
+    return [NewEvent(e.event_type, e.data, {**command.metadata, **e.metadata, **stamp},
+                     e.event_id, causation, correlation, e.schema_version)
+            for e in events]

@@ -2,7 +2,7 @@
 
 A command says what someone wants done (``AddStock``), to which aggregate (``sku-1``), with
 what (``{"qty": 3}``). It is not a fact yet: the aggregate decides, from its current state,
-whether it happens and which events record it. The dispatcher (``tideflow.events.dispatch``)
+whether it happens and which events record it. The dispatcher (``tideflow.runtime.dispatch``)
 routes a command by ``command_type`` to the one aggregate class that handles it.
 
     Command("AddStock", "sku-1", {"qty": 3}, idempotency_key="req-8841")
@@ -223,3 +223,48 @@ class DispatchResult:
         """The store-wide positions of the events, e.g. to wait for a projection to reach
         ``max(result.positions)`` before reading it (read-your-writes)."""
         return [event.position for event in self.events]
+
+
+# --- dispatch errors ------------------------------------------------------------------------------
+
+
+class DispatcherConfigurationError(CommandError, ValueError):
+    """The dispatcher was built or wired wrongly (an argument, an aggregate, a middleware)."""
+
+
+class DuplicateCommandHandlerError(DispatcherConfigurationError):
+    """Two aggregates claim one command type (or one ``aggregate_type``, whose streams would
+    mix); raised when the second is registered."""
+
+
+class ConcurrencyRetriesExhaustedError(CommandError):
+    """Other writers appended to the aggregate's stream between every load and append, more
+    than ``max_conflict_retries`` times in a row; nothing was written.
+
+    ``command``, ``stream_id`` and ``attempts`` say which; the last ``WrongExpectedVersionError``
+    is the ``__cause__``."""
+
+    def __init__(self, command: Command, stream_id: str, attempts: int) -> None:
+        self.command = command
+        self.stream_id = stream_id
+        self.attempts = attempts
+        super().__init__(
+            f"command {command.command_type!r} (id {command.command_id}) lost the race for "
+            f"stream {stream_id!r} to other writers {attempts} times in a row "
+            f"(max_conflict_retries={attempts - 1}); nothing was written. The aggregate is "
+            "too busy for optimistic concurrency: raise max_conflict_retries, send its commands "
+            "through one worker, or split it into smaller aggregates.")
+
+
+class UnknownAggregateError(CommandError, LookupError):
+    """``load`` was asked for an aggregate type that is not registered."""
+
+
+class IdempotencyKeyConflictError(CommandError):
+    """An idempotency key was already used for a different command, or by something other than
+    a dispatcher; the command was not run and nothing was written."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        super().__init__(f"idempotency key {key!r} {problem}; nothing was written. Use one key "
+                         "per distinct command (e.g. a uuid made when the request is created)")

@@ -20,7 +20,7 @@ returning a ``DispatchResult`` to answer in its place (a cache); either way noth
 
 The ``after_*`` hooks observe; they cannot change the outcome. The command has already committed
 when ``after_dispatch`` runs, so an exception there is logged (logger
-``tideflow.events.dispatch``) rather than raised: raising would tell the caller that a command
+``tideflow.runtime.dispatch``) rather than raised: raising would tell the caller that a command
 that happened had failed, and invite a retry. Likewise an ``after_failure`` hook that raises is
 logged and the command's own error is re-raised.
 
@@ -40,7 +40,7 @@ from tideflow.events.commands import Command, CommandError, DispatchResult
 if TYPE_CHECKING:
     from tideflow.events.aggregate import Aggregate
 
-log = logging.getLogger("tideflow.events.dispatch")
+log = logging.getLogger("tideflow.runtime.dispatch")
 
 
 class CommandRejectedError(CommandError):

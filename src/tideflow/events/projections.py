@@ -24,24 +24,26 @@ up, then point readers at it.
 
 ``schema`` is one SQL text (statements separated by ``;``) for both backends, a list of
 statements, or a mapping ``{"sqlite": ..., "postgresql": ...}`` when the DDL differs; override
-``setup`` and ``reset`` for anything else.
+``setup(tx)`` and ``reset(tx)`` for anything else (``tx`` is the event store transaction:
+``tx.connection`` is the driver connection, ``tx.dialect`` which database it is).
 """
 
 from __future__ import annotations
 
 import re
-import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from tideflow.events.handlers import (
+from tideflow.events.handling import (
     Dialect,
     EventHandler,
     HandlerDefinitionError,
     HandlerKind,
     HandlerUsageError,
-    dialect_of,
 )
+
+if TYPE_CHECKING:  # a type only: this module imports nothing from storage at run time
+    from tideflow.storage.event_contract import EventTransaction
 
 #: A table name: an SQL identifier, optionally schema-qualified (PostgreSQL).
 TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
@@ -82,50 +84,38 @@ class Projection(EventHandler):
                 f"{where}: schema must be SQL text, a list of statements or a mapping by "
                 f"dialect, got {type(schema).__name__}")
 
-    def setup(self, connection: Any) -> None:
-        """Create the read model if it does not exist, in the caller's transaction. Runs each
-        time a runner starts the projection, and before a reset; so it must be idempotent."""
-        for statement in self.schema_statements(dialect_of(connection)):
-            connection.execute(statement)
+    def setup(self, tx: EventTransaction) -> None:
+        """Create the read model if it does not exist, in the caller's transaction ``tx`` (an
+        event store transaction: ``tx.connection`` is the driver connection, ``tx.dialect`` says
+        which database). Runs each time a runner starts the projection, and before a reset; so
+        it must be idempotent."""
+        for script in self.schema_statements(tx.dialect):
+            tx.execute_script(script)
 
-    def reset(self, connection: Any) -> None:
-        """Empty the read model, in the transaction that sets the checkpoint back to 0."""
-        dialect = dialect_of(connection)
+    def reset(self, tx: EventTransaction) -> None:
+        """Empty the read model, in the transaction ``tx`` that sets the checkpoint back to 0."""
         if not table_names(type(self)):
             raise HandlerUsageError(
                 f"projection {self.name!r} names no tables and does not override "
-                "reset(connection), so a reset would replay every event onto rows it keeps: set "
+                "reset(tx), so a reset would replay every event onto rows it keeps: set "
                 "tables = 'its_table' on the class (or override reset)")
         for table in table_names(type(self)):
-            connection.execute(f"DELETE FROM {table}" if dialect == "sqlite"
-                               else f"TRUNCATE {table}")
+            tx.connection.execute(f"DELETE FROM {table}" if tx.dialect == "sqlite"
+                                  else f"TRUNCATE {table}")
 
     def schema_statements(self, dialect: Dialect) -> list[str]:
-        """The statements of ``schema`` for ``dialect`` (none if it has none for it)."""
+        """The SQL of ``schema`` for ``dialect`` (none if it has none for it): one text, which
+        may hold several statements (the store's ``execute_script`` runs it), or the list given."""
         schema = self.schema
         if isinstance(schema, Mapping):
             schema = schema.get(dialect)
         if schema is None:
             return []
         if isinstance(schema, str):
-            return list(_split(schema)) if dialect == "sqlite" else [schema]
+            return [schema]
         return list(schema)
 
 
 def table_names(cls: type[Projection]) -> tuple[str, ...]:
     tables = cls.tables
     return (tables,) if isinstance(tables, str) else tuple(tables)
-
-
-def _split(script: str) -> Iterator[str]:
-    """Statements of an SQL script, for SQLite, whose ``execute`` runs one statement (and whose
-    ``executescript`` would commit the caller's transaction)."""
-    buffer = ""
-    for line in script.splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            if buffer.strip().strip(";").strip():
-                yield buffer
-            buffer = ""
-    if buffer.strip():
-        yield buffer

@@ -43,9 +43,9 @@ from tideflow.events.aggregate import (
     as_aggregate,
     decide,
     evolve,
+    stamp_events,
 )
 from tideflow.events.commands import Command, UnknownCommandError
-from tideflow.events.dispatch import stamp_events
 from tideflow.events.model import NewEvent, RecordedEvent, encode_json
 from tideflow.events.upcasting import Upcasters
 

@@ -1,18 +1,38 @@
 """Process managers (sagas): persistent instances that follow events and send commands.
 
-See ``tideflow.sagas.manager`` for what a process manager is and ``tideflow.sagas.runtime`` for
+See ``tideflow.sagas.manager`` for what a process manager is and ``tideflow.runtime.sagas`` for
 how one reacts to an event; ``docs/concepts/sagas.md`` for the guide.
+
+This package is the domain layer. ``ProcessBindings`` and ``react_to`` belong to the runtime
+(``tideflow.runtime.sagas``: they dispatch commands and start flows); they are still importable
+from here, lazily (``__getattr__`` below), so that no domain module depends on the runtime;
+``tests/test_layers.py`` allows exactly this import.
 """
+
+from typing import TYPE_CHECKING
 
 from tideflow.sagas.manager import (
     Action,
     ProcessManager,
     ProcessManagerError,
     ProcessNotBoundError,
+    ProcessRuntime,
     ProcessStateError,
     StartFlow,
 )
-from tideflow.sagas.runtime import ProcessBindings, react_to
+
+if TYPE_CHECKING:  # for type checkers; at run time ``__getattr__`` imports them when first used
+    from tideflow.runtime.sagas import ProcessBindings, react_to
+
+
+def __getattr__(name: str) -> object:
+    """``tideflow.sagas.ProcessBindings`` without the domain importing the runtime."""
+    if name in ("ProcessBindings", "react_to"):
+        from tideflow.runtime import sagas  # the one runtime import tests/test_layers.py allows
+
+        return getattr(sagas, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Action",
@@ -20,6 +40,7 @@ __all__ = [
     "ProcessManager",
     "ProcessManagerError",
     "ProcessNotBoundError",
+    "ProcessRuntime",
     "ProcessStateError",
     "StartFlow",
     "react_to",

@@ -39,18 +39,20 @@ and ``event`` only, and do nothing outside the database (start a flow for that).
 follow the handler's policy; the default is ``on_failure = "stop"``, because the instances of a
 process manager that skipped an event would carry on from a state that never saw it.
 
-This module is domain code: what a process manager is. ``tideflow.sagas.runtime`` runs it.
+This module is domain code: what a process manager is. ``tideflow.runtime.sagas`` runs it: an
+App binds each process manager to a ``ProcessBindings`` (the runtime's ``ProcessRuntime``), and
+``handle`` hands every event to it - the runtime calls the domain, never the other way round.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from tideflow.errors import NonRetryableError
 from tideflow.events.commands import Command
-from tideflow.events.handlers import (
+from tideflow.events.handling import (
     EventHandler,
     FailurePolicy,
     HandlerContext,
@@ -59,9 +61,6 @@ from tideflow.events.handlers import (
     HandlerKind,
 )
 from tideflow.events.model import RecordedEvent
-
-if TYPE_CHECKING:
-    from tideflow.sagas.runtime import ProcessBindings
 
 
 class ProcessManagerError(HandlerError):
@@ -92,6 +91,16 @@ class StartFlow:
 
 
 Action = Command | StartFlow
+
+
+class ProcessRuntime(Protocol):
+    """What a process manager reacts through, given by ``bind``: ``tideflow.sagas.ProcessBindings``
+    (the runtime's dispatcher, process store and flow client). Declared here so that the domain
+    names what it needs without importing the runtime."""
+
+    def react(self, manager: ProcessManager, event: RecordedEvent, ctx: HandlerContext) -> bool:
+        """Apply ``event`` to its instance of ``manager`` in ``ctx``'s transaction."""
+        ...
 
 
 class ProcessManager(EventHandler):
@@ -133,7 +142,7 @@ class ProcessManager(EventHandler):
                 f"{where}: starts_with names {missing}, which are not in event_types; an "
                 "instance cannot start on an event it is not given: add them to event_types")
 
-    _bindings: ProcessBindings | Callable[[], ProcessBindings] | None = None  # by bind()
+    _bindings: ProcessRuntime | Callable[[], ProcessRuntime] | None = None  # by bind()
 
     # --- what subclasses define -------------------------------------------------------------
 
@@ -168,7 +177,7 @@ class ProcessManager(EventHandler):
 
     # --- wiring -------------------------------------------------------------------------------
 
-    def bind(self, bindings: ProcessBindings | Callable[[], ProcessBindings]) -> ProcessManager:
+    def bind(self, bindings: ProcessRuntime | Callable[[], ProcessRuntime]) -> ProcessManager:
         """Give the process manager what it sends commands and starts flows with - or a
         function that makes it, called at the first event (an ``App`` binds its process
         managers that way, so that listing them opens no database)."""
@@ -176,8 +185,6 @@ class ProcessManager(EventHandler):
         return self
 
     def handle(self, event: RecordedEvent, ctx: HandlerContext) -> None:
-        from tideflow.sagas.runtime import react_to
-
         if callable(self._bindings):
             self._bindings = self._bindings()
         if self._bindings is None:
@@ -185,7 +192,7 @@ class ProcessManager(EventHandler):
                 f"process manager {self.name!r} has no dispatcher to send commands with: "
                 "register it with the App (app.process_manager(...)) or call "
                 "manager.bind(ProcessBindings(...)) before running it")
-        react_to(self, self._bindings, event, ctx)
+        self._bindings.react(self, event, ctx)
 
     def __repr__(self) -> str:
         return f"<{type(self).__qualname__} process manager {self.name!r}>"

@@ -2,7 +2,8 @@
 
 Two implementations live beside the flow backends: ``sqlite/event_store.py`` (embedded default)
 and ``postgres/event_store.py`` (production, many writers), held to one behavioural suite
-(``tests/events``). ``open_event_store`` picks one from a database URL, like ``open_store``.
+(``tests/events``). ``tideflow.storage.open_event_store`` (``storage/opening.py``) picks one from
+a database URL, like ``open_store``; this module imports neither.
 
 The contract is a small ladder, each rung what the next part of tideflow builds on:
 
@@ -34,7 +35,7 @@ from typing import Any, Literal, Protocol
 from uuid import UUID
 
 from tideflow.clock import Clock
-from tideflow.errors import InvalidDataError, UnsupportedDatabaseURLError
+from tideflow.errors import InvalidDataError
 from tideflow.events.errors import (
     DuplicateEventIdError,
     DuplicateIdempotencyKeyError,
@@ -46,6 +47,7 @@ from tideflow.events.errors import (
     InvalidStreamIdError,
     WrongExpectedVersionError,
 )
+from tideflow.events.handling import Dialect
 from tideflow.events.model import (
     ExpectedVersion,
     IdempotencyRecord,
@@ -90,6 +92,16 @@ class EventTransaction(Protocol):
     """The driver connection of this transaction (``psycopg.Connection`` on PostgreSQL,
     ``sqlite3.Connection`` on SQLite), for the caller's own SQL - typically a projection's
     rows - to commit atomically with the checkpoint. Do not commit or roll it back yourself."""
+    dialect: Dialect
+    """Which database ``connection`` talks to (``"sqlite"`` or ``"postgresql"``): the store
+    says, so that code above the storage layer never inspects a driver's classes."""
+
+    def execute_script(self, script: str) -> None:
+        """Run SQL text holding one or more statements (separated by ``;``) in this transaction
+        - a projection's DDL. SQLite's driver runs one statement per ``execute`` (and its
+        ``executescript`` would commit), so its backend splits the text; PostgreSQL runs it
+        whole."""
+        ...
 
     def append(self, stream_id: str, events: Sequence[NewEvent],
                expected_version: ExpectedVersion | int, *, idempotency_key: str | None = None,
@@ -132,6 +144,15 @@ class EventStore(Protocol):
     url: str
     clock: Clock
     upcasters: Upcasters
+    dialect: Dialect
+    """Which database the store is on (``"sqlite"`` or ``"postgresql"``)."""
+
+    def is_unavailable(self, exc: BaseException) -> bool:
+        """Whether ``exc``, or an exception it was raised from, means "the database cannot serve
+        this now": a ``DatabaseUnavailableError``, or a driver error this backend counts as
+        transient - raised by SQL the store did not run itself (a handler's ``ctx.execute``).
+        The runtime asks the store, so that it never imports a driver."""
+        ...
 
     def migrate(self) -> list[str]:
         """Apply pending schema migrations under a lock; return the versions applied. The event
@@ -529,27 +550,3 @@ def _check_texts(texts: list[str], events: Sequence[NewEvent], stream_id: str) -
             texts[j] = check_text(text, event.data if j < n else event.metadata, what=what)
         except InvalidDataError as exc:
             raise as_event_data_error(exc) from None
-
-
-def open_event_store(url: str | None = None, *, clock: Clock | None = None,
-                     upcasters: Upcasters | None = None,
-                     page_size: int = DEFAULT_PAGE_SIZE) -> EventStore:
-    """The event store for a database URL (``postgresql://...`` or ``sqlite:///path``; default
-    as for ``open_store``: ``$TIDEFLOW_DATABASE_URL``, else ``sqlite:///tideflow.db``).
-    Call ``migrate()`` on it (or on the flow store) before first use."""
-    from tideflow.storage import resolve_url
-
-    url = resolve_url(url)
-    if url.startswith(("postgresql://", "postgres://")):
-        from tideflow.storage.postgres.event_store import PostgresEventStore
-
-        return PostgresEventStore(url, clock, upcasters=upcasters, page_size=page_size)
-    if url.startswith("sqlite://"):
-        from tideflow.storage.sqlite.event_store import SQLiteEventStore
-
-        path = url.removeprefix("sqlite://").removeprefix("/") or ":memory:"
-        return SQLiteEventStore(path, clock, upcasters=upcasters, page_size=page_size)
-    raise UnsupportedDatabaseURLError(
-        f"unsupported database URL {url.split('://')[0]!r}://... for the event store: use "
-        "postgresql://user@host/db or sqlite:///path/to/file.db"
-    )

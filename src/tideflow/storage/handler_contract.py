@@ -28,8 +28,7 @@ from datetime import datetime
 from typing import Literal, Protocol
 
 from tideflow.clock import Clock
-from tideflow.errors import UnsupportedDatabaseURLError
-from tideflow.events.handlers import HandlerKind
+from tideflow.events.handling import HandlerKind
 from tideflow.events.model import RecordedEvent
 from tideflow.storage.event_contract import EventTransaction
 
@@ -207,25 +206,3 @@ class HandlerStore(Protocol):
 
 #: The PostgreSQL channel handler runners LISTEN on for "events were appended".
 EVENTS_CHANNEL = "tideflow_events"
-
-
-def open_handler_store(url: str | None = None, *, clock: Clock | None = None) -> HandlerStore:
-    """The handler store for a database URL, as ``open_event_store`` (same default). It opens
-    its own connection(s); use ``SQLiteHandlerStore.sharing`` / ``PostgresHandlerStore.sharing``
-    to run on a flow store's."""
-    from tideflow.storage import resolve_url
-
-    url = resolve_url(url)
-    if url.startswith(("postgresql://", "postgres://")):
-        from tideflow.storage.postgres.handler_store import PostgresHandlerStore
-
-        return PostgresHandlerStore(url, clock)
-    if url.startswith("sqlite://"):
-        from tideflow.storage.sqlite.handler_store import SQLiteHandlerStore
-
-        path = url.removeprefix("sqlite://").removeprefix("/") or ":memory:"
-        return SQLiteHandlerStore(path, clock)
-    raise UnsupportedDatabaseURLError(
-        f"unsupported database URL {url.split('://')[0]!r}://... for the handler store: use "
-        "postgresql://user@host/db or sqlite:///path/to/file.db"
-    )

@@ -23,7 +23,6 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from tideflow.clock import Clock
-from tideflow.errors import UnsupportedDatabaseURLError
 from tideflow.storage.event_contract import EventTransaction
 
 ProcessStatus = Literal["running", "completed", "failed"]
@@ -95,25 +94,3 @@ class ProcessStore(Protocol):
     def counts(self) -> dict[tuple[str, ProcessStatus], int]:
         """How many instances each manager has in each status (absent: none)."""
         ...
-
-
-def open_process_store(url: str | None = None, *, clock: Clock | None = None) -> ProcessStore:
-    """The process store for a database URL, as ``open_event_store`` (same default). It opens
-    its own connection(s); use ``SQLiteProcessStore.sharing`` / ``PostgresProcessStore.sharing``
-    (or ``tideflow.storage.open_process_store_on``) to run on a flow store's."""
-    from tideflow.storage import resolve_url
-
-    url = resolve_url(url)
-    if url.startswith(("postgresql://", "postgres://")):
-        from tideflow.storage.postgres.process_store import PostgresProcessStore
-
-        return PostgresProcessStore(url, clock)
-    if url.startswith("sqlite://"):
-        from tideflow.storage.sqlite.process_store import SQLiteProcessStore
-
-        path = url.removeprefix("sqlite://").removeprefix("/") or ":memory:"
-        return SQLiteProcessStore(path, clock)
-    raise UnsupportedDatabaseURLError(
-        f"unsupported database URL {url.split('://')[0]!r}://... for the process store: use "
-        "postgresql://user@host/db or sqlite:///path/to/file.db"
-    )

@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from tideflow.storage.contract import RunRecord, StepRecord, TaskRecord
+from tideflow.storage.flow_contract import RunRecord, StepRecord, TaskRecord
 
 Row = dict[str, Any]
 

@@ -17,7 +17,7 @@ from typing import Any
 from tideflow.errors import InputNotSerializableError, NonRetryableError, StepTimeoutError
 from tideflow.flows.dsl import Flow, StepContext
 from tideflow.jsonutil import dumps
-from tideflow.storage.contract import ClaimedTask, TaskCompletion, TaskFailure
+from tideflow.storage.flow_contract import ClaimedTask, TaskCompletion, TaskFailure
 
 
 class StepGone(NonRetryableError):

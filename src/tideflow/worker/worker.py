@@ -46,7 +46,7 @@ from tideflow.errors import InvalidDataError, StorageError
 from tideflow.flows.dsl import Flow
 from tideflow.flows.registry import FlowRegistry
 from tideflow.retrying import Backoff
-from tideflow.storage.contract import (
+from tideflow.storage.flow_contract import (
     ClaimedTask,
     ClaimRequest,
     FlowStore,

@@ -27,8 +27,8 @@ from tideflow.clock import Clock
 from tideflow.errors import RunAlreadyExistsError, StorageError
 from tideflow.flows.definition import FlowDefinition
 from tideflow.retrying import Backoff
-from tideflow.storage.contract import ClaimedTask, ClaimRequest, TaskCompletion
-from tideflow.storage.engine import SqlEngine, step_rows
+from tideflow.storage.flow_contract import ClaimedTask, ClaimRequest, TaskCompletion
+from tideflow.storage.flow_engine import SqlEngine, step_rows
 from tideflow.storage.postgres.errors import translate, translated
 from tideflow.storage.rows import Row, batch
 from tideflow.storage.sqlfile import load_migrations, load_queries

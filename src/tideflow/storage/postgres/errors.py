@@ -102,3 +102,8 @@ def translated(what: str = "PostgreSQL operation") -> Iterator[None]:
         yield
     except (psycopg.Error, UnicodeEncodeError) as exc:
         raise translate(exc, what) from exc
+
+
+def is_driver_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is an error of psycopg or its pool."""
+    return isinstance(exc, psycopg.Error | PoolTimeout)

@@ -48,6 +48,7 @@ from tideflow.events.errors import (
     InvalidSnapshotError,
     WrongExpectedVersionError,
 )
+from tideflow.events.handling import Dialect
 from tideflow.events.model import (
     ExpectedVersion,
     IdempotencyRecord,
@@ -77,6 +78,7 @@ from tideflow.storage.postgres.backend import PostgresStore
 from tideflow.storage.postgres.errors import is_transient, translate
 from tideflow.storage.postgres.notifier import CoalescingNotifier
 from tideflow.storage.sqlfile import load_queries
+from tideflow.storage.unavailable import is_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +290,7 @@ class PostgresEventStore:
     clock: Clock
     upcasters: Upcasters
     page_size: int
+    dialect: Dialect = "postgresql"
 
     def __init__(self, url: str, clock: Clock | None = None, *,
                  upcasters: Upcasters | None = None, page_size: int = DEFAULT_PAGE_SIZE,
@@ -316,6 +319,9 @@ class PostgresEventStore:
         self.page_size = check_page_size(page_size)
         # Wakes handler runners after appends; see notifier.py for why not inside the append.
         self._notifier = CoalescingNotifier(flows.url, EVENTS_CHANNEL)
+
+    def is_unavailable(self, exc: BaseException) -> bool:
+        return is_unavailable(exc, is_transient)
 
     def migrate(self) -> list[str]:
         return self._flows.migrate()
@@ -546,12 +552,18 @@ class PostgresEventStore:
 class PostgresEventTransaction:
     """``EventTransaction`` on one pooled connection, inside ``conn.transaction()``."""
 
+    dialect: Dialect = "postgresql"
+
     def __init__(self, store: PostgresEventStore, conn: Conn) -> None:
         self._store = store
         self.connection = conn
         self._checkpoints: dict[str, int] = {}  # locked in this transaction -> position
         self.appended = False  # whether to NOTIFY the handler runners when it ends
         self.closed = False  # the block ended: the connection is back in the pool
+
+
+    def execute_script(self, script: str) -> None:
+        self.connection.execute(script)  # no parameters: PostgreSQL runs several statements
 
     def open_connection(self) -> Conn:
         """The connection, while the transaction is open. A ``read_stream`` iterator kept past

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 
 from tideflow.errors import StorageError
-from tideflow.events.handlers import DeadLetterNotFoundError, HandlerKind, LeaseLostError
+from tideflow.events.handling import DeadLetterNotFoundError, HandlerKind, LeaseLostError
 from tideflow.events.model import RecordedEvent
 from tideflow.storage.event_contract import EventTransaction
 from tideflow.storage.handler_contract import (
@@ -33,13 +33,13 @@ from tideflow.storage.handler_contract import (
     HandlerStatus,
 )
 from tideflow.storage.postgres.backend import PostgresStore, listen_forever
-from tideflow.storage.postgres.companion import PostgresCompanionStore
+from tideflow.storage.postgres.side_store import PostgresSideStore
 from tideflow.storage.sqlfile import load_queries
 
 log = logging.getLogger(__name__)
 
 
-class PostgresHandlerStore(PostgresCompanionStore):
+class PostgresHandlerStore(PostgresSideStore):
     """``HandlerStore`` on PostgreSQL. Safe to share between threads."""
 
     _queries = load_queries("tideflow.storage.postgres", "handlers_queries.sql")

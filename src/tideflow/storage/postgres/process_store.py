@@ -10,12 +10,12 @@ has committed its state, and then reads the state that batch left.
 from __future__ import annotations
 
 from tideflow.storage.event_contract import EventTransaction
-from tideflow.storage.postgres.companion import PostgresCompanionStore
+from tideflow.storage.postgres.side_store import PostgresSideStore
 from tideflow.storage.process_contract import ProcessInstance, ProcessStatus
 from tideflow.storage.sqlfile import load_queries
 
 
-class PostgresProcessStore(PostgresCompanionStore):
+class PostgresProcessStore(PostgresSideStore):
     """``ProcessStore`` on PostgreSQL. Safe to share between threads."""
 
     _queries = load_queries("tideflow.storage.postgres", "process_queries.sql")

@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 from tideflow.clock import Clock
 from tideflow.errors import RunAlreadyExistsError, StorageError
-from tideflow.storage.engine import SqlEngine
+from tideflow.storage.flow_engine import SqlEngine
 from tideflow.storage.rows import Row
 from tideflow.storage.sqlfile import load_migrations, load_queries
 from tideflow.storage.sqlite.errors import rollback_quietly, translate, translated

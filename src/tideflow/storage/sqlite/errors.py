@@ -86,3 +86,8 @@ def translated(what: str = "SQLite operation") -> Iterator[None]:
         yield
     except (sqlite3.Error, UnicodeEncodeError) as exc:
         raise translate(exc, what) from exc
+
+
+def is_driver_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is an error of the ``sqlite3`` driver."""
+    return isinstance(exc, sqlite3.Error)

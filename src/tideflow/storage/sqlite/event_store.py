@@ -34,6 +34,7 @@ from tideflow.events.errors import (
     InvalidSnapshotError,
     WrongExpectedVersionError,
 )
+from tideflow.events.handling import Dialect
 from tideflow.events.model import (
     ExpectedVersion,
     IdempotencyRecord,
@@ -60,7 +61,8 @@ from tideflow.storage.event_contract import (
 )
 from tideflow.storage.sqlfile import load_queries
 from tideflow.storage.sqlite.backend import SQLiteStore
-from tideflow.storage.sqlite.errors import rollback_quietly, translate, translated
+from tideflow.storage.sqlite.errors import is_transient, rollback_quietly, translate, translated
+from tideflow.storage.unavailable import is_unavailable
 
 _PARAM = re.compile(r"%\((\w+)\)s")
 _QUERIES = {name: _PARAM.sub(r":\1", sql)
@@ -88,6 +90,21 @@ def _stored_time(moment: datetime) -> tuple[float, datetime]:
     return seconds, datetime.fromtimestamp(seconds, UTC)
 
 
+def split_script(script: str) -> Iterator[str]:
+    """Statements of an SQL script (a projection's DDL), for SQLite, whose ``execute`` runs one
+    statement (and whose ``executescript`` would commit the caller's transaction).
+    ``sqlite3.complete_statement`` knows where one ends, triggers' ``BEGIN ... END`` included."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip().strip(";").strip():
+                yield buffer
+            buffer = ""
+    if buffer.strip():
+        yield buffer
+
+
 class SQLiteEventStore:
     """``EventStore`` on SQLite. Safe to share between threads."""
 
@@ -95,6 +112,7 @@ class SQLiteEventStore:
     clock: Clock
     upcasters: Upcasters
     page_size: int
+    dialect: Dialect = "sqlite"
 
     def __init__(self, path: str | Path, clock: Clock | None = None, *,
                  upcasters: Upcasters | None = None,
@@ -121,6 +139,9 @@ class SQLiteEventStore:
         self.clock = flows.clock
         self.upcasters = upcasters if upcasters is not None else Upcasters()
         self.page_size = check_page_size(page_size)
+
+    def is_unavailable(self, exc: BaseException) -> bool:
+        return is_unavailable(exc, is_transient)
 
     def migrate(self) -> list[str]:
         return self._flows.migrate()
@@ -350,9 +371,16 @@ class SQLiteEventTransaction:
     """``EventTransaction`` on the store's connection, inside ``BEGIN IMMEDIATE``: SQLite's write
     lock is held for the whole block, so checkpoints are trivially locked."""
 
+    dialect: Dialect = "sqlite"
+
     def __init__(self, store: SQLiteEventStore) -> None:
         self._store = store
         self.connection = store._conn
+
+
+    def execute_script(self, script: str) -> None:
+        for statement in split_script(script):
+            self.connection.execute(statement)
 
     def append(self, stream_id: str, events: Sequence[NewEvent],
                expected_version: ExpectedVersion | int, *, idempotency_key: str | None = None,

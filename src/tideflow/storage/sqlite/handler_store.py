@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tideflow.events.handlers import DeadLetterNotFoundError, HandlerKind, LeaseLostError
+from tideflow.events.handling import DeadLetterNotFoundError, HandlerKind, LeaseLostError
 from tideflow.events.model import RecordedEvent
 from tideflow.storage.event_contract import EventTransaction
 from tideflow.storage.handler_contract import (
@@ -24,7 +24,7 @@ from tideflow.storage.handler_contract import (
     HandlerRecord,
     HandlerStatus,
 )
-from tideflow.storage.sqlite.companion import SQLiteCompanionStore, sqlite_queries
+from tideflow.storage.sqlite.side_store import SQLiteSideStore, sqlite_queries
 
 Row = dict[str, Any]
 
@@ -38,7 +38,7 @@ def _rows(cur: sqlite3.Cursor) -> list[Row]:
     return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
 
-class SQLiteHandlerStore(SQLiteCompanionStore):
+class SQLiteHandlerStore(SQLiteSideStore):
     """``HandlerStore`` on SQLite. Safe to share between threads."""
 
     _queries = sqlite_queries("handlers_queries.sql")

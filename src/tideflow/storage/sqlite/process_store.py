@@ -14,7 +14,7 @@ from typing import Any
 
 from tideflow.storage.event_contract import EventTransaction
 from tideflow.storage.process_contract import ProcessInstance, ProcessStatus
-from tideflow.storage.sqlite.companion import SQLiteCompanionStore, sqlite_queries
+from tideflow.storage.sqlite.side_store import SQLiteSideStore, sqlite_queries
 
 
 def _instance(row: tuple[Any, ...]) -> ProcessInstance:
@@ -24,7 +24,7 @@ def _instance(row: tuple[Any, ...]) -> ProcessInstance:
                            datetime.fromtimestamp(updated, UTC))
 
 
-class SQLiteProcessStore(SQLiteCompanionStore):
+class SQLiteProcessStore(SQLiteSideStore):
     """``ProcessStore`` on SQLite. Safe to share between threads."""
 
     _queries = sqlite_queries("process_queries.sql")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from tideflow.events.handlers import (
+from tideflow.events.handling import (
     EventHandler,
     HandlerError,
     HandlerFailedError,
@@ -21,7 +21,6 @@ from tideflow.worker.handlers.context import (
     DeliveryContext,
     HandleRaised,
     describe,
-    dialect_of_url,
     invoke_inline,
 )
 
@@ -45,8 +44,8 @@ def reset_handler(event_store: EventStore, handler_store: HandlerStore,
     with event_store.transaction() as tx:
         stored_kind, _ = handler_store.lock_handler(tx, name, kind or "handler")
         if isinstance(handler, Projection):
-            handler.setup(tx.connection)
-            handler.reset(tx.connection)
+            handler.setup(tx)
+            handler.reset(tx)
         elif stored_kind == "projection":
             raise HandlerUsageError(
                 f"handler {name!r} is a projection: resetting its checkpoint without emptying "
@@ -76,7 +75,7 @@ def retry_dead_letter(event_store: EventStore, handler_store: HandlerStore,
         raise HandlerError(f"the event of dead letter {dead.id} (position {dead.position}, "
                            f"id {dead.event_id}) is no longer in the event store")
     event = found[0]
-    dialect = dialect_of_url(event_store.url)
+    dialect = event_store.dialect
     try:
         with event_store.transaction() as tx:
             handler_store.lock_handler(tx, handler.name, handler.kind)

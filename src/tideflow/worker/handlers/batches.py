@@ -20,13 +20,12 @@ from datetime import datetime, timedelta
 from tideflow.clock import Clock
 from tideflow.errors import DatabaseUnavailableError, NonRetryableError
 from tideflow.events.errors import CheckpointConflictError
-from tideflow.events.handlers import Dialect, EventHandler, HandlerError
+from tideflow.events.handling import Dialect, EventHandler, HandlerError
 from tideflow.events.model import RecordedEvent
 from tideflow.events.projections import Projection
-from tideflow.storage.engine import backoff_delay
+from tideflow.retrying import backoff_delay
 from tideflow.storage.event_contract import EventStore, EventTransaction
 from tideflow.storage.handler_contract import HandlerLease, HandlerStore
-from tideflow.storage.unavailable import is_unavailable
 from tideflow.worker.handlers.context import DeliveryContext, HandleRaised, ThreadBridge, describe
 
 log = logging.getLogger("tideflow.handlers")
@@ -98,7 +97,7 @@ class HandlerBatches:
         with self.event_store.transaction() as tx:
             self.handler_store.hold(tx, slot.name, self.worker_id, self.lease_ttl)
             try:
-                projection.setup(tx.connection)
+                projection.setup(tx)
             except Exception as exc:
                 raise HandlerError(f"projection {slot.name!r}: setup(connection) failed, so it "
                                    f"cannot run: {describe(exc)}; fix its schema") from exc
@@ -248,7 +247,7 @@ class HandlerBatches:
             except concurrent.futures.CancelledError:
                 raise  # the loop is shutting down: not the handler's failure
             except Exception as exc:
-                _raise_if_unavailable(exc)
+                _raise_if_unavailable(self.event_store, exc)
                 raise HandleRaised(i, exc) from exc
             slot.appended |= ctx.appended
         return len(events)
@@ -264,7 +263,7 @@ class HandlerBatches:
             try:
                 await handle(event, ctx)  # type: ignore[misc]
             except Exception as exc:
-                _raise_if_unavailable(exc)
+                _raise_if_unavailable(self.event_store, exc)
                 raise HandleRaised(i, exc) from exc
             slot.appended |= ctx.appended
         return len(events)
@@ -280,11 +279,11 @@ class HandlerBatches:
                                self.event_store, self.dialect, slot.bridge.call)
 
 
-def _raise_if_unavailable(exc: Exception) -> None:
+def _raise_if_unavailable(event_store: EventStore, exc: Exception) -> None:
     """A handler that failed because the database went away (its ``ctx.execute`` met a lost
     connection, a locked SQLite file) did not fail: the batch rolls back and the runner waits the
     outage out, without counting an attempt."""
-    if is_unavailable(exc):
+    if event_store.is_unavailable(exc):
         if isinstance(exc, DatabaseUnavailableError):
             raise exc
         raise DatabaseUnavailableError(

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from tideflow.events.handlers import Cursor, Dialect, EventHandler, HandlerUsageError
+from tideflow.events.handling import Cursor, Dialect, EventHandler, HandlerUsageError
 from tideflow.events.model import ExpectedVersion, NewEvent, RecordedEvent
 from tideflow.jsonutil import storable_text
 from tideflow.storage.event_contract import EventStore, EventTransaction
@@ -35,10 +35,6 @@ def sqlite_sql(sql: str) -> str:
     style, so that a handler writes its SQL once for both backends."""
     return _PYFORMAT.sub(lambda m: f":{m.group(1)}" if m.group(1)
                          else "?" if m.group(0) == "%s" else "%", sql)
-
-
-def dialect_of_url(url: str) -> Dialect:
-    return "sqlite" if url.startswith("sqlite") else "postgresql"
 
 
 def describe(exc: BaseException) -> str:

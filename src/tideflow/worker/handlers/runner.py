@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tideflow.clock import Clock
-from tideflow.events.handlers import (
+from tideflow.events.handling import (
     EventHandler,
     HandlerDefinitionError,
     HandlerNotFoundError,
@@ -32,7 +32,7 @@ from tideflow.storage.event_contract import EventStore
 from tideflow.storage.handler_contract import DeadLetter, HandlerStore
 from tideflow.worker.handlers.admin import reset_handler, retry_dead_letter
 from tideflow.worker.handlers.batches import HandlerBatches, HandlerSlot, handler_thread_pool
-from tideflow.worker.handlers.context import describe, dialect_of_url
+from tideflow.worker.handlers.context import describe
 from tideflow.worker.outage import WAIT_OUT, Outage, retrying
 
 log = logging.getLogger("tideflow.handlers")
@@ -79,7 +79,7 @@ class HandlerRunner:
                           or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
         self.clock = clock or handler_store.clock
         self.options = options or HandlerRunnerOptions()
-        self.dialect = dialect_of_url(event_store.url)
+        self.dialect = event_store.dialect
         self._slots: list[HandlerSlot] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False

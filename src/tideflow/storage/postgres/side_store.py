@@ -31,7 +31,7 @@ Conn = psycopg.Connection[Any]
 Row = dict[str, Any]
 
 
-class PostgresCompanionStore:
+class PostgresSideStore:
     """Base of a store on a ``PostgresStore``'s pool. Safe to share between threads."""
 
     url: str

@@ -1,7 +1,8 @@
 """How a process manager reacts to one event, inside its handler batch's transaction.
 
-``react_to`` is the whole algorithm; ``ProcessManager.handle`` calls it for every event the
-handler runner delivers. Everything it writes goes through the batch's transaction ``tx``:
+``react_to`` is the whole algorithm; ``ProcessManager.handle`` calls it, through the
+``ProcessBindings`` the manager was bound to, for every event the handler runner delivers.
+Everything it writes goes through the batch's transaction ``tx``:
 
 * the instance row, read locked (``ProcessStore.load``) and written back (``save``);
 * the commands, through ``CommandDispatcher.within(tx)`` - their events are appended in ``tx``;
@@ -24,10 +25,10 @@ from typing import Any
 from tideflow.client import Client
 from tideflow.events.aggregate import DomainError
 from tideflow.events.commands import Command
-from tideflow.events.dispatch import CommandDispatcher
-from tideflow.events.handlers import HandlerContext
+from tideflow.events.handling import HandlerContext
 from tideflow.events.model import RecordedEvent, encode_json
 from tideflow.jsonutil import bad_character, storable_text
+from tideflow.runtime.dispatch import CommandDispatcher
 from tideflow.sagas.manager import (
     Action,
     ProcessManager,
@@ -51,6 +52,11 @@ class ProcessBindings:
     dispatcher: CommandDispatcher
     processes: ProcessStore
     flows: Client | None = None
+
+    def react(self, manager: ProcessManager, event: RecordedEvent, ctx: HandlerContext) -> bool:
+        """``ProcessManager.handle`` calls this (``ProcessRuntime``): ``react_to`` with these
+        bindings."""
+        return react_to(manager, self, event, ctx)
 
 
 def react_to(manager: ProcessManager, bindings: ProcessBindings, event: RecordedEvent,

@@ -33,8 +33,6 @@ locks its ``runs`` row first, in run_id order (``lock_runs``), then steps and ta
 from __future__ import annotations
 
 import json
-import random
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -46,7 +44,8 @@ from tideflow.clock import Clock, SystemClock
 from tideflow.errors import RunNotFoundError
 from tideflow.flows.definition import FlowDefinition
 from tideflow.jsonutil import dumps, storable_text
-from tideflow.storage.contract import (
+from tideflow.retrying import backoff_delay
+from tideflow.storage.flow_contract import (
     ClaimedTask,
     ClaimRequest,
     FlowVersionRecord,
@@ -70,18 +69,6 @@ _JOINED: ContextVar[tuple[tuple[SqlEngine, Any], ...]] = ContextVar("tideflow_jo
 
 #: The first words of a stalled task's ``error`` while it is requeued.
 STALL_ERROR = "lease expired: the worker running this task stopped heartbeating (killed or lost)"
-
-
-def backoff_delay(attempt: int, base_delay: float, max_delay: float,
-                  rng: Callable[[], float] = random.random) -> float:
-    """Seconds to wait after failed attempt ``attempt`` (1-based): exponential, capped, minus up
-    to 25% jitter so that tasks failing together do not retry together."""
-    delay: float = min(max_delay, base_delay * 2 ** (attempt - 1))
-    return delay * (1 - 0.25 * rng())
-
-
-def new_run_id() -> str:
-    return str(uuid.uuid4())
 
 
 class SqlEngine:

@@ -35,7 +35,6 @@ This module is domain code: it imports nothing from storage or the runtime.
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
@@ -122,7 +121,8 @@ class HandlerContext(Protocol):
     attempt: int
     """1 on first delivery; n on the n-th try of an event that failed before."""
     dialect: Dialect
-    """Which database ``connection`` talks to, for handlers that write backend-specific SQL."""
+    """Which database ``connection`` talks to, for handlers that write backend-specific SQL (the
+    event store says; nothing here inspects the driver)."""
     transactional: bool
 
     @property
@@ -241,14 +241,9 @@ def check_handler(handler: object) -> EventHandler:
     if not isinstance(handler, EventHandler):
         raise HandlerDefinitionError(
             f"{handler!r} is not an event handler: pass an instance (or subclass) of "
-            "tideflow.events.handlers.EventHandler")
+            "tideflow.events.handling.EventHandler")
     if type(handler).handle is EventHandler.handle:
         raise HandlerDefinitionError(
             f"handler class {type(handler).__qualname__} does not define "
             "handle(self, event, ctx): subclass EventHandler and define it")
     return handler
-
-
-def dialect_of(connection: object) -> Dialect:
-    """The database a driver connection talks to: tideflow runs on SQLite and PostgreSQL."""
-    return "sqlite" if isinstance(connection, sqlite3.Connection) else "postgresql"

@@ -37,7 +37,7 @@ def sqlite_queries(filename: str) -> dict[str, str]:
             for name, sql in load_queries("tideflow.storage.sqlite", filename).items()}
 
 
-class SQLiteCompanionStore:
+class SQLiteSideStore:
     """Base of a store on a ``SQLiteStore``'s connection. Safe to share between threads."""
 
     url: str

@@ -56,7 +56,6 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
-from uuid import UUID
 
 from tideflow.events.aggregate import (
     Aggregate,
@@ -65,12 +64,18 @@ from tideflow.events.aggregate import (
     as_aggregate,
     decide,
     evolve,
+    stamp_events,
 )
 from tideflow.events.commands import (
     Command,
     CommandError,
+    ConcurrencyRetriesExhaustedError,
+    DispatcherConfigurationError,
     DispatchResult,
+    DuplicateCommandHandlerError,
+    IdempotencyKeyConflictError,
     InvalidCommandError,
+    UnknownAggregateError,
     UnknownCommandError,
 )
 from tideflow.events.errors import (
@@ -99,51 +104,6 @@ T = TypeVar("T")
 
 #: Version of the JSON a dispatcher records under an idempotency key (``_record``).
 RESULT_FORMAT = 1
-
-
-# --- errors ---------------------------------------------------------------------------------------
-
-
-class DispatcherConfigurationError(CommandError, ValueError):
-    """The dispatcher was built or wired wrongly (an argument, an aggregate, a middleware)."""
-
-
-class DuplicateCommandHandlerError(DispatcherConfigurationError):
-    """Two aggregates claim one command type (or one ``aggregate_type``, whose streams would
-    mix); raised when the second is registered."""
-
-
-class ConcurrencyRetriesExhaustedError(CommandError):
-    """Other writers appended to the aggregate's stream between every load and append, more
-    than ``max_conflict_retries`` times in a row; nothing was written.
-
-    ``command``, ``stream_id`` and ``attempts`` say which; the last ``WrongExpectedVersionError``
-    is the ``__cause__``."""
-
-    def __init__(self, command: Command, stream_id: str, attempts: int) -> None:
-        self.command = command
-        self.stream_id = stream_id
-        self.attempts = attempts
-        super().__init__(
-            f"command {command.command_type!r} (id {command.command_id}) lost the race for "
-            f"stream {stream_id!r} to other writers {attempts} times in a row "
-            f"(max_conflict_retries={attempts - 1}); nothing was written. The aggregate is "
-            "too busy for optimistic concurrency: raise max_conflict_retries, send its commands "
-            "through one worker, or split it into smaller aggregates.")
-
-
-class UnknownAggregateError(CommandError, LookupError):
-    """``load`` was asked for an aggregate type that is not registered."""
-
-
-class IdempotencyKeyConflictError(CommandError):
-    """An idempotency key was already used for a different command, or by something other than
-    a dispatcher; the command was not run and nothing was written."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        self.key = key
-        super().__init__(f"idempotency key {key!r} {problem}; nothing was written. Use one key "
-                         "per distinct command (e.g. a uuid made when the request is created)")
 
 
 # --- loading --------------------------------------------------------------------------------------
@@ -235,21 +195,6 @@ def _record(command: Command, stream_id: str, first_version: int,
         "first_version": first_version, "event_ids": [str(e.event_id) for e in events],
         "payload_sha256": _fingerprint(command),
     }, separators=(",", ":"))
-
-
-def stamp_events(events: list[NewEvent], command: Command,
-                 aggregate: Aggregate) -> list[NewEvent]:
-    """The events as recorded: caused by the command, in its correlation, carrying its
-    metadata (the event's own metadata wins over the command's, the dispatcher's keys -
-    ``command_type``, ``aggregate_type``, ``command_causation_id`` - over both)."""
-    causation = UUID(command.command_id)
-    correlation = UUID(command.correlation_id or command.command_id)
-    stamp = {"command_type": command.command_type, "aggregate_type": aggregate.aggregate_type}
-    if command.causation_id is not None:
-        stamp["command_causation_id"] = command.causation_id
-    return [NewEvent(e.event_type, e.data, {**command.metadata, **e.metadata, **stamp},
-                     e.event_id, causation, correlation, e.schema_version)
-            for e in events]
 
 
 class CommandDispatcher:
