@@ -175,16 +175,37 @@ def test_a_worker_survives_three_postgres_restarts_under_load(server: Server,
     pid = worker.pid
     load = Load(url)
     try:
+        def running(outages: int) -> None:
+            """Wait until, after ``outages`` outages, the worker listens on both channels again
+            and the load has started more runs: the next outage hits a working system (not
+            one still reconnecting from the last, which would merge two outages into one)."""
+            before = len(load.runs)
+
+            def back() -> bool:
+                if outages == 0:
+                    with psycopg.connect(url, autocommit=True) as c:
+                        row = c.execute("SELECT count(DISTINCT query) FROM pg_stat_activity "
+                                        "WHERE query IN ('LISTEN tideflow_tasks', "
+                                        "'LISTEN tideflow_events')").fetchone()
+                    listening = row is not None and row[0] == 2
+                else:
+                    listening = _tail(stderr, 200_000).count(" re-established") >= 2 * outages
+                return listening and len(load.runs) >= before + 10
+
+            wait_until(back, timeout=45, interval=0.1, details=lambda: _tail(stderr),
+                       what=f"the worker listening and the load going on after {outages} "
+                            "outage(s)")
+
         with load:
-            time.sleep(1.5)
+            running(0)
             server.ctl("-m", "fast", "restart")
-            time.sleep(1.5)
+            running(1)
             server.ctl("-m", "immediate", "restart")
-            time.sleep(1.5)
+            running(2)
             server.ctl("-m", "fast", "stop")
-            time.sleep(2.0)
+            time.sleep(2.0)  # two seconds down
             server.ctl("start")
-            time.sleep(1.0)
+            running(3)
         assert worker.poll() is None, _tail(stderr)
         assert len(load.runs) > 20 and len(load.events) > 20
 
