@@ -10,6 +10,7 @@ a missing server can never pass for green.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ import pytest
 
 from tideflow.app import App
 from tideflow.clock import ManualClock
+from tideflow.retrying import Backoff
 from tideflow.storage.postgres import PostgresStore
 from tideflow.storage.sqlite import SQLiteStore
 
@@ -68,6 +70,31 @@ def _reset(url: str) -> None:
             conn.execute(f"TRUNCATE {', '.join(tideflow)} CASCADE")
         if public:
             conn.execute(f"DROP TABLE IF EXISTS {', '.join(public)} CASCADE")
+
+
+@pytest.fixture(autouse=True)
+def _loggers_left_as_found() -> Iterator[None]:
+    """Whatever a test configures on tideflow's loggers (the CLI's worker command run
+    in-process, caplog.at_level, a test's own handler) ends with it: a handler left on
+    'tideflow' would print a later test's worker lines into pytest's output."""
+    loggers = [logging.getLogger(name) for name in ("tideflow", "psycopg.pool")]
+    saved = [(lg.handlers[:], lg.level, lg.propagate, lg.disabled) for lg in loggers]
+    yield
+    for lg, (handlers, level, propagate, disabled) in zip(loggers, saved, strict=True):
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate, lg.disabled = propagate, disabled
+
+
+@pytest.fixture
+def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outage backoff from 10 ms up to 0.5 s instead of 0.1 s up to 5 s, for tests of outages
+    that the test itself ends (a wrapped store failing n times): what they check is that every
+    loop waits the outage out and logs it once, not how long; the real schedule is left to
+    tests/test_restart.py. Every ``Backoff()`` made during the test, in any module, uses it."""
+    initial, maximum, *rest = Backoff.__init__.__defaults__ or ()
+    assert (initial, maximum) == (0.1, 5.0), "Backoff's defaults changed: update quick_backoff"
+    monkeypatch.setattr(Backoff.__init__, "__defaults__", (0.01, 0.5, *rest))
 
 
 @pytest.fixture(params=BACKENDS)

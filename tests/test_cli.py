@@ -4,6 +4,7 @@ drawing, and the demo run through the installed console script."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import subprocess
@@ -153,9 +154,13 @@ def test_run_shows_output_tasks_and_a_coloured_dag(db_url: str) -> None:
 def test_worker_command_runs_until_idle(db_url: str) -> None:
     with App(db_url, flows=[Quick]) as app:
         run_id = app.start_flow(Quick, {"n": 4})
+    logger = logging.getLogger("tideflow")
+    before = logger.handlers[:], logger.level
     result = invoke("worker", "--app", QUICK, "-d", db_url, "--until-idle",
                     "--poll-interval", "0.02", "--concurrency", "4")
     assert result.exit_code == 0, result.output
+    assert "worker" in result.output and "started" in result.output  # its own log lines...
+    assert (logger.handlers, logger.level) == before  # ...for as long as the command ran
     with App(db_url) as app:
         run = app.get_run(run_id)
     assert run.status == "completed"

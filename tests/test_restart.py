@@ -31,6 +31,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.polling import wait_until
 from tideflow import App, DatabaseUnavailableError, RunAlreadyExistsError
 from tideflow.events.errors import DuplicateEventIdError
 from tideflow.events.model import ExpectedVersion, NewEvent
@@ -174,34 +175,55 @@ def test_a_worker_survives_three_postgres_restarts_under_load(server: Server,
     pid = worker.pid
     load = Load(url)
     try:
+        def running(outages: int) -> None:
+            """Wait until, after ``outages`` outages, the worker listens on both channels again
+            and the load has started more runs: the next outage hits a working system (not
+            one still reconnecting from the last, which would merge two outages into one)."""
+            before = len(load.runs)
+
+            def back() -> bool:
+                if outages == 0:
+                    with psycopg.connect(url, autocommit=True) as c:
+                        row = c.execute("SELECT count(DISTINCT query) FROM pg_stat_activity "
+                                        "WHERE query IN ('LISTEN tideflow_tasks', "
+                                        "'LISTEN tideflow_events')").fetchone()
+                    listening = row is not None and row[0] == 2
+                else:
+                    listening = _tail(stderr, 200_000).count(" re-established") >= 2 * outages
+                return listening and len(load.runs) >= before + 10
+
+            wait_until(back, timeout=45, interval=0.1, details=lambda: _tail(stderr),
+                       what=f"the worker listening and the load going on after {outages} "
+                            "outage(s)")
+
         with load:
-            time.sleep(1.5)
+            running(0)
             server.ctl("-m", "fast", "restart")
-            time.sleep(1.5)
+            running(1)
             server.ctl("-m", "immediate", "restart")
-            time.sleep(1.5)
+            running(2)
             server.ctl("-m", "fast", "stop")
-            time.sleep(2.0)
+            time.sleep(2.0)  # two seconds down
             server.ctl("start")
-            time.sleep(1.0)
+            running(3)
         assert worker.poll() is None, _tail(stderr)
         assert len(load.runs) > 20 and len(load.events) > 20
 
         with psycopg.connect(url) as conn:
-            deadline = time.monotonic() + 45
-            while True:
+            def caught_up() -> bool:
                 done = conn.execute("SELECT count(*) FROM tideflow.runs WHERE status = "
                                     "'completed'").fetchone()
                 seen = _count(conn, "SELECT count(*) FROM tally_seen")
-                if (done and done[0] == len(load.runs)) and seen == len(load.events):
-                    break
-                assert time.monotonic() < deadline, (
-                    f"runs completed {done}, of {len(load.runs)}; events seen {seen}, of "
-                    f"{len(load.events)}; unfinished tasks: " + repr(conn.execute(
-                        "SELECT * FROM tideflow.tasks WHERE status <> 'completed'").fetchall())
-                    + repr(conn.execute("SELECT * FROM tideflow.event_handlers").fetchall())
-                    + f"\n{_tail(stderr)}")
-                time.sleep(0.2)
+                return bool(done and done[0] == len(load.runs)) and seen == len(load.events)
+
+            def pending() -> str:
+                return (repr(conn.execute("SELECT * FROM tideflow.tasks WHERE status <> "
+                                          "'completed'").fetchall())
+                        + repr(conn.execute("SELECT * FROM tideflow.event_handlers").fetchall())
+                        + f"\n{_tail(stderr)}")
+
+            wait_until(caught_up, timeout=45, interval=0.2, details=pending,
+                       what=f"{len(load.runs)} runs completed, {len(load.events)} events seen")
             # The projection: each event exactly once (the primary key would have refused a
             # second delivery, failing the batch), totals that add up, no dead letters.
             assert _count(conn, "SELECT coalesce(sum(n), 0) FROM tally_totals") == len(
@@ -219,10 +241,9 @@ def test_a_worker_survives_three_postgres_restarts_under_load(server: Server,
         for (run_id, slug), attempt in attempts.items():
             assert (run_id, slug, str(attempt)) in executions, (run_id, slug, attempt)
         # Both listeners come back (backoff: at most ~5 s after the server does).
-        deadline = time.monotonic() + 15
-        while _tail(stderr, 200_000).count(" re-established") < 6:
-            assert time.monotonic() < deadline, _tail(stderr)
-            time.sleep(0.1)
+        wait_until(lambda: _tail(stderr, 200_000).count(" re-established") >= 6,
+                   timeout=15, interval=0.1, what="6 lines 're-established'",
+                   details=lambda: _tail(stderr))
         assert worker.poll() is None and worker.pid == pid  # the same process, still running
     finally:
         if worker.poll() is None:

@@ -13,6 +13,8 @@ from tideflow.errors import DatabaseUnavailableError
 from tideflow.events import ExpectedVersion, NewEvent
 from tideflow.storage.event_contract import EventStore
 
+pytestmark = pytest.mark.usefixtures("quick_backoff")  # outages end by count, not time
+
 
 def _lose_answers(store: EventStore, monkeypatch: pytest.MonkeyPatch, times: int,
                   *, after_commit: bool) -> list[int]:

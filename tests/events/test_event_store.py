@@ -236,7 +236,7 @@ def test_a_waiting_appender_sees_the_version_the_first_one_committed(
     with events.transaction() as tx:
         tx.append("s", [ev()], 1)
         thread, result = in_thread(lambda: other.append("s", [ev()], 1))
-        assert_blocked(thread)  # PostgreSQL: the stream row; SQLite: the write lock
+        assert_blocked(thread, events.url)  # PostgreSQL: the stream row; SQLite: the write lock
     thread.join(10)
     assert isinstance(result["error"], WrongExpectedVersionError)
     assert result["error"].actual == 2
@@ -252,7 +252,7 @@ def test_a_waiting_appender_appends_after_the_one_it_waited_for(
     with events.transaction() as tx:
         tx.append("s", [ev()], 1)
         thread, result = in_thread(lambda: other.append("s", [ev(), ev()], expected))
-        assert_blocked(thread)
+        assert_blocked(thread, events.url)
     thread.join(10)
     assert [e.version for e in result["value"]] == [3, 4]
     assert events.stream_version("s") == 4
@@ -264,7 +264,7 @@ def test_concurrent_creators_of_a_stream(events: EventStore, open_events: OpenSt
     with events.transaction() as tx:
         tx.append("new", [ev()], NO_STREAM)
         refused, refused_result = in_thread(lambda: other.append("new", [ev()], NO_STREAM))
-        assert_blocked(refused)
+        assert_blocked(refused, events.url)
     refused.join(10)
     assert isinstance(refused_result["error"], WrongExpectedVersionError)
     assert refused_result["error"].actual == 1
@@ -272,7 +272,7 @@ def test_concurrent_creators_of_a_stream(events: EventStore, open_events: OpenSt
     with events.transaction() as tx:
         tx.append("other", [ev()], ANY)
         accepted, accepted_result = in_thread(lambda: other.append("other", [ev()], ANY))
-        assert_blocked(accepted)
+        assert_blocked(accepted, events.url)
     accepted.join(10)
     assert [e.version for e in accepted_result["value"]] == [2]
 
@@ -869,7 +869,7 @@ def test_a_concurrent_retry_of_a_command_waits_and_is_reported_as_duplicate(
         tx.append("s", [ev()], NO_STREAM, idempotency_key="cmd", result_json='"first"')
         thread, result = in_thread(lambda: other.append(
             "s", [ev()], NO_STREAM, idempotency_key="cmd", result_json='"second"'))
-        assert_blocked(thread)
+        assert_blocked(thread, events.url)
     thread.join(10)
     assert isinstance(result["error"], DuplicateIdempotencyKeyError)
     assert result["error"].result_json == '"first"'
@@ -878,7 +878,7 @@ def test_a_concurrent_retry_of_a_command_waits_and_is_reported_as_duplicate(
         tx.append("t", [ev()], NO_STREAM, idempotency_key="cmd-2")
         thread, result = in_thread(lambda: other.append(
             "t", [ev()], NO_STREAM, idempotency_key="cmd-2"))
-        assert_blocked(thread)
+        assert_blocked(thread, events.url)
         raise RuntimeError
     thread.join(10)
     assert [e.version for e in result["value"]] == [1]
@@ -967,7 +967,7 @@ def test_a_checkpoint_lock_makes_a_second_handler_instance_wait(
     with events.transaction() as tx:
         assert tx.lock_checkpoint("handler") == 0
         thread, result = in_thread(second_instance)
-        assert_blocked(thread)
+        assert_blocked(thread, events.url)
         tx.advance_checkpoint("handler", 42)
     thread.join(10)
     assert result["value"] == 42

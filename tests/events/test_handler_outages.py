@@ -17,6 +17,8 @@ from tideflow.storage.event_contract import EventStore
 from tideflow.storage.handler_contract import HandlerStore
 from tideflow.worker.handlers import HandlerRunner, HandlerRunnerOptions
 
+pytestmark = pytest.mark.usefixtures("quick_backoff")  # outages end by count, not time
+
 
 class Outaged(EventHandler):
     """Meets the database going away twice - as the driver's own error (its ``ctx.execute``)

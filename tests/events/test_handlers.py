@@ -17,11 +17,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
+from tests.polling import wait_until, wait_until_async
 from tideflow.clock import ManualClock, SystemClock
 from tideflow.errors import NonRetryableError
 from tideflow.events import ANY, ExpectedVersion, NewEvent, RecordedEvent
@@ -88,6 +90,22 @@ def append(events: EventStore, n: int, start: int = 0, streams: int = 3) -> list
     return out
 
 
+class ClockReadings:
+    """The test's ManualClock, counting how often it is read. Given to a runner as its retry
+    clock, each reading after a failure is one look at the pending retry's time: "read N more
+    times, still no retry" shows the runner declined N times - no sleep involved."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        self.clock = clock
+        self.reads = 0
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        with self._lock:
+            self.reads += 1
+        return self.clock.now()
+
+
 def record(store: HandlerStore, name: str) -> HandlerRecord:
     return next(r for r in store.list_handlers() if r.name == name)
 
@@ -95,22 +113,6 @@ def record(store: HandlerStore, name: str) -> HandlerRecord:
 def query(events: EventStore, sql: str) -> list[tuple[Any, ...]]:
     with events.transaction() as tx:
         return [tuple(row) for row in tx.connection.execute(sql).fetchall()]
-
-
-async def wait_until(predicate: Callable[[], Any], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
 
 
 class Recorder(EventHandler):
@@ -226,7 +228,8 @@ async def test_a_running_handler_wakes_for_new_events(
     try:
         for burst in range(3):
             last = append(events, 4, start=burst * 4)[-1].position
-            await wait_until(lambda last=last: handler.seen[-1:] == [last])
+            await wait_until_async(lambda last=last: handler.seen[-1:] == [last],
+                                   what=f"event {last} handled")
     finally:
         r.stop()
         await task
@@ -255,13 +258,14 @@ async def test_appends_by_another_process_wake_a_runner_long_before_its_poll(
                options=HandlerRunnerOptions(poll_interval=60.0, acquire_interval=0.05))
     task = asyncio.create_task(r.run())
     try:
-        await wait_until(lambda: handler.seen == [first])
+        await wait_until_async(lambda: handler.seen == [first], what="the first event handled")
         await asyncio.sleep(0.2)  # the runner is now napping for its poll interval
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", APPEND_ELSEWHERE, db_url, "3", cwd=ROOT)
         assert await proc.wait() == 0
         done = time.monotonic()
-        await wait_until(lambda: len(handler.seen) == 4, timeout=10.0)
+        await wait_until_async(lambda: len(handler.seen) == 4, timeout=10.0,
+                               what="the other process's 3 events handled")
         woke_after = time.monotonic() - done
     finally:
         r.stop()
@@ -401,24 +405,33 @@ async def test_a_failed_event_is_retried_after_its_backoff(
 
     append(events, 3)
     handler = Flaky()
-    r = runner(events, handler_store, handler)
+    looks = ClockReadings(clock)
+    r = runner(events, handler_store, handler, clock=looks)
     task = asyncio.create_task(r.run())
     try:
         # Event 1 fails: the batch rolls back, and event 0 is handled (and committed) again.
-        await wait_until(lambda: handler.tries == [(0, 1), (1, 1), (0, 1)])
-        await wait_until(lambda: record(handler_store, "flaky").attempts == 1)
+        await wait_until_async(lambda: handler.tries == [(0, 1), (1, 1), (0, 1)],
+                               what="event 1's first try")
+        await wait_until_async(lambda: record(handler_store, "flaky").attempts == 1,
+                               what="the first failure recorded")
         rec = record(handler_store, "flaky")
         assert rec.last_error == "RuntimeError: try 1 fails"
         assert rec.failing_position == events.get_checkpoint("flaky") + 1
-        await asyncio.sleep(0.15)
+        # Not a quiet period: the runner has looked at the clock for the pending retry three
+        # times, and declined each time, since the clock has not moved.
+        seen = looks.reads
+        await wait_until_async(lambda: looks.reads >= seen + 3,
+                               what="the runner to check the pending retry's time thrice")
         assert len(handler.tries) == 3, "the retry must wait for its backoff"
         clock.advance(10)
         r.wake()
-        await wait_until(lambda: record(handler_store, "flaky").attempts == 2)
+        await wait_until_async(lambda: record(handler_store, "flaky").attempts == 2,
+                               what="the second failure recorded")
         assert handler.tries[-1:] == [(1, 2)]
         clock.advance(10)
         r.wake()
-        await wait_until(lambda: handler.tries[-1:] == [(2, 1)])
+        await wait_until_async(lambda: handler.tries[-1:] == [(2, 1)],
+                               what="event 2 handled after the third try of event 1")
     finally:
         r.stop()
         await task
@@ -577,8 +590,12 @@ async def test_a_projection_whose_setup_fails_handles_nothing(
     r = runner(events, handler_store, Broken())
     task = asyncio.create_task(r.run())
     try:
-        await wait_until(lambda: "setup(connection) failed" in caplog.text)
-        await asyncio.sleep(0.1)
+        # Each try logs a line: after the third, the runner has gone round twice more and
+        # still handled nothing (a batch between two tries would have come before the line).
+        await wait_until_async(
+            lambda: [line for line in caplog.records
+                     if "setup(connection) failed" in line.getMessage()][2:],
+            what="the third failed setup(connection)")
     finally:
         r.stop()
         await task
@@ -603,10 +620,13 @@ async def test_a_reset_while_the_projection_runs_still_ends_exactly_right(
     r = runner(events, handler_store, Counts())
     task = asyncio.create_task(r.run())
     try:
-        await wait_until(lambda: events.get_checkpoint("counts") > 0)
+        await wait_until_async(lambda: events.get_checkpoint("counts") > 0,
+                               what="a first batch committed")
         await asyncio.to_thread(r.reset, "counts")
         appended += append(events, 10, start=60, streams=4)
-        await wait_until(lambda: events.get_checkpoint("counts") == appended[-1].position)
+        await wait_until_async(
+            lambda: events.get_checkpoint("counts") == appended[-1].position,
+            what="the projection caught up after the reset")
     finally:
         r.stop()
         await task
@@ -646,8 +666,9 @@ def test_a_handler_held_by_a_dead_worker_is_taken_over_after_its_lease(
     assert handler.seen == [e.position for e in appended]
 
 
-def test_two_runners_never_run_one_handler_at_once(db_url: str, open_events: OpenStore,
-                                                   open_handlers: OpenHandlerStore) -> None:
+def test_two_runners_never_run_one_handler_at_once(open_events: OpenStore,
+                                                   open_handlers: OpenHandlerStore,
+                                                   clock: ManualClock) -> None:
     class Exclusive(Projection):
         name = "exclusive"
         batch_size = 5
@@ -673,32 +694,48 @@ def test_two_runners_never_run_one_handler_at_once(db_url: str, open_events: Ope
             with cls.lock:
                 cls.active -= 1
 
-    clock = SystemClock()
-    options = HandlerRunnerOptions(poll_interval=0.02, lease_ttl=0.6, heartbeat_interval=0.1,
+    # Leases run on the test's ManualClock (every store below shares it): they expire only
+    # when the test moves the clock, never because a loaded machine was slow.
+    ttl = 0.6
+    options = HandlerRunnerOptions(poll_interval=0.02, lease_ttl=ttl, heartbeat_interval=0.05,
                                    acquire_interval=0.05)
-    writer = open_events(clock=clock)
+    writer = open_events()
     writer.migrate()
-    runners = {tag: HandlerRunner(open_events(clock=clock), open_handlers(clock=clock),
-                                  [Exclusive(tag)], worker_id=tag, options=options)
+    runners = {tag: HandlerRunner(open_events(), open_handlers(), [Exclusive(tag)],
+                                  worker_id=tag, options=options)
                for tag in ("a", "b")}
     threads = {tag: threading.Thread(target=lambda r=r: asyncio.run(r.run()), daemon=True)
                for tag, r in runners.items()}
     for t in threads.values():
         t.start()
-    store = open_handlers(clock=clock)
+    store = open_handlers()
     try:
         appended = append(writer, 60)
-        wait_for(lambda: writer.get_checkpoint("exclusive") == appended[-1].position)
+        wait_until(lambda: writer.get_checkpoint("exclusive") == appended[-1].position,
+                   what="every event handled")
         owner = record(store, "exclusive").owner
         assert owner in runners
-        time.sleep(1.0)  # longer than the lease: the heartbeat keeps it with its owner
-        assert record(store, "exclusive").owner == owner
+        # The heartbeat keeps the lease with its owner: three times the clock moves half a
+        # lease on, and each time the owner renews before the lease runs out (1.5 leases in
+        # all: without renewals the other runner, trying every 50 ms, would have taken it).
+        for _ in range(3):
+            clock.advance(ttl / 2)
+            renewed_after = clock.now() + timedelta(seconds=ttl / 2)
+
+            def renewed(after: datetime = renewed_after) -> bool:
+                expires = record(store, "exclusive").lease_expires_at
+                return expires is not None and expires > after
+
+            wait_until(renewed, what="the owner's heartbeat renewing its lease")
+            assert record(store, "exclusive").owner == owner
         appended += append(writer, 60, start=60)
-        wait_for(lambda: writer.get_checkpoint("exclusive") > appended[70].position)
+        wait_until(lambda: writer.get_checkpoint("exclusive") > appended[70].position,
+                   what="the second burst under way")
         runners[owner].stop()  # a graceful stop releases the lease: the other takes over
         threads[owner].join(timeout=10)
         appended += append(writer, 30, start=120)
-        wait_for(lambda: writer.get_checkpoint("exclusive") == appended[-1].position)
+        wait_until(lambda: writer.get_checkpoint("exclusive") == appended[-1].position,
+                   what="every event handled")
         assert record(store, "exclusive").owner == ({"a", "b"} - {owner}).pop()
     finally:
         for r in runners.values():
@@ -726,7 +763,8 @@ def test_a_sigkilled_worker_is_replaced_after_its_lease_and_counts_stay_exact(
     appended = append(events, 200, streams=7)
     first = spawn_worker(db_url, ttl=1.0)
     try:
-        wait_for(lambda: events.get_checkpoint("tally") >= appended[40].position)
+        wait_until(lambda: events.get_checkpoint("tally") >= appended[40].position,
+                   what="the first worker 40 events in")
         os.kill(first.pid, signal.SIGKILL)  # in the middle of a batch, most likely
         first.wait(timeout=10)
     finally:
@@ -736,7 +774,8 @@ def test_a_sigkilled_worker_is_replaced_after_its_lease_and_counts_stay_exact(
     assert record(store, "tally").owner == f"worker-{first.pid}"  # its lease outlives it
     second = spawn_worker(db_url, ttl=1.0)
     try:
-        wait_for(lambda: events.get_checkpoint("tally") == appended[-1].position)
+        wait_until(lambda: events.get_checkpoint("tally") == appended[-1].position,
+                   what="the second worker done with every event")
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=20)

@@ -6,10 +6,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.flows.flows_for_tests import ALL_FLOWS, OneShotSleeper, Recorder
+from tests.polling import wait_until
 from tideflow import App
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,21 +22,13 @@ def spawn_worker(db_url: str, lease_margin: float) -> subprocess.Popen[bytes]:
     )
 
 
-def wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
-
-
 def test_sigkilled_worker_task_is_finished_by_another_worker(db_url: str, tmp_path: Path) -> None:
     """With max_attempts=1: the kill is a stall, requeued without costing the only attempt."""
     app = App(db_url, flows=ALL_FLOWS)
-    run_id = app.start_flow(OneShotSleeper, {"dir": str(tmp_path), "seconds": 1.0})
+    run_id = app.start_flow(OneShotSleeper, {"dir": str(tmp_path), "seconds": 0.5})
     first = spawn_worker(db_url, lease_margin=1.0)
     try:
-        wait_for(lambda: list(tmp_path.glob("started-*")))
+        wait_until(lambda: list(tmp_path.glob("started-*")), what="the step to start")
         os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=10)
     finally:

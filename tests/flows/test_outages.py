@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.flows.flows_for_tests import ALL_FLOWS, Chain, MapFlow
+from tests.polling import wait_until
 from tideflow import App, Flow, step
 from tideflow.errors import DatabaseUnavailableError, InvalidDataError
 from tideflow.events.aggregate import Aggregate, applies, handles
@@ -32,6 +33,8 @@ from tideflow.storage.flow_contract import (
     TaskCompletion,
 )
 from tideflow.worker import Worker, WorkerOptions
+
+pytestmark = pytest.mark.usefixtures("quick_backoff")  # outages end by count, not time
 
 FAST = WorkerOptions(poll_interval=0.02, reap_interval=0.2)
 
@@ -137,10 +140,8 @@ def test_a_batch_whose_commit_landed_before_the_connection_dropped_is_not_applie
     thread = threading.Thread(target=lambda: asyncio.run(worker.run()))
     thread.start()
     try:
-        deadline = time.monotonic() + 20
-        while not all(flows_app.get_run(r, ).status == "completed" for r in runs):
-            assert time.monotonic() < deadline, "runs did not complete"
-            time.sleep(0.05)
+        wait_until(lambda: all(flows_app.get_run(r).status == "completed" for r in runs),
+                   what="every run completed", interval=0.05)
     finally:
         worker.stop()
         thread.join(timeout=10)
@@ -298,8 +299,8 @@ def test_a_worker_waits_out_a_sqlite_file_locked_by_another_connection(
     app = App(f"sqlite:///{tmp_path / 'locked.db'}", flows=[Chain])
     try:
         runs = [app.start_flow(Chain, {"n": i}) for i in range(3)]
-        store = app.store
-        store.connection.execute("PRAGMA busy_timeout=50")  # type: ignore[attr-defined]
+        app.store.connection.execute("PRAGMA busy_timeout=50")  # type: ignore[attr-defined]
+        store = Outages(app.store)  # fails nothing: counts the worker's calls
         other = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
         done = threading.Event()
@@ -316,12 +317,17 @@ def test_a_worker_waits_out_a_sqlite_file_locked_by_another_connection(
         with caplog.at_level(logging.INFO, "tideflow"):
             thread = threading.Thread(target=work)
             thread.start()
-            deadline = time.monotonic() + 10
-            while not warnings(caplog, "database is locked") and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert warnings(caplog, "database is locked"), "the worker never met the lock"
-            assert not done.is_set()  # waiting, not dead
-            time.sleep(0.5)
+            wait_until(lambda: warnings(caplog, "database is locked"),
+                       what="the worker to meet the lock")
+            # It keeps trying (not dead, not given up) and does not warn again: wait for two
+            # more of its writes against the locked file, not for a quiet period.
+            def writes() -> int:
+                return sum(store.calls.get(name, 0) for name in ("requeue_stalled", "claim_tasks"))
+
+            tried = writes()
+            wait_until(lambda: writes() >= tried + 2, what="two more tries at writing")
+            assert not done.is_set() and not errors
+            assert len(warnings(caplog, "database is locked")) == 1
             other.execute("ROLLBACK")
             other.close()
             thread.join(timeout=20)
@@ -359,8 +365,7 @@ def test_a_worker_stops_within_its_deadline_while_the_database_is_away(
     with caplog.at_level(logging.INFO, "tideflow"):
         thread = threading.Thread(target=work)
         thread.start()
-        while not store.calls.get("complete_tasks"):
-            time.sleep(0.01)
+        wait_until(lambda: store.calls.get("complete_tasks"), what="a first completion batch")
         for name in ("claim_tasks", "requeue_stalled", "count_queued"):
             store.fail[name] = 10**6
         started = time.monotonic()
@@ -387,14 +392,11 @@ def test_a_killed_listen_connection_is_reestablished_and_subscribers_catch_up(
         with caplog.at_level(logging.INFO, "tideflow"):
             store.subscribe(wakes.release)
             with psycopg.connect(db_url, autocommit=True) as admin:
-                deadline = time.monotonic() + 10
-                killed = 0
-                while not killed:  # the listener may not have connected yet
-                    assert time.monotonic() < deadline
-                    killed = len(admin.execute(
+                wait_until(  # the listener may not have connected yet
+                    lambda: admin.execute(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = "
-                        "'LISTEN tideflow_tasks' AND datname = current_database()").fetchall())
-                    time.sleep(0.02)
+                        "'LISTEN tideflow_tasks' AND datname = current_database()").fetchall(),
+                    what="the LISTEN connection to kill", interval=0.02)
                 assert wakes.acquire(timeout=10), "no catch-up wake after reconnecting"
                 while wakes.acquire(blocking=False):
                     pass

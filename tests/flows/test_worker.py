@@ -22,6 +22,7 @@ from tests.flows.flows_for_tests import (
     Sleeper,
     Slow,
 )
+from tests.polling import wait_until
 from tideflow import (
     App,
     FlowNotFoundError,
@@ -167,7 +168,7 @@ def test_graceful_shutdown_finishes_running_tasks(flows_app: App, tmp_path: Path
     worker = flows_app.worker(**FAST, shutdown_grace=10)
     thread = threading.Thread(target=lambda: asyncio.run(worker.run()))
     thread.start()
-    _wait_for(lambda: list(tmp_path.glob("started-*")))
+    wait_until(lambda: list(tmp_path.glob("started-*")), what="the step to start")
     worker.stop()
     thread.join(timeout=10)
     run = flows_app.get_run(run_id)
@@ -180,7 +181,7 @@ def test_shutdown_past_grace_releases_tasks_without_counting_attempts(flows_app:
     worker = flows_app.worker(**FAST, shutdown_grace=0.1)
     thread = threading.Thread(target=lambda: asyncio.run(worker.run()))
     thread.start()
-    _wait_for(lambda: list(tmp_path.glob("started-*")))
+    wait_until(lambda: list(tmp_path.glob("started-*")), what="the step to start")
     worker.stop()
     thread.join(timeout=10)
     task = flows_app.get_run(run_id).step("nap").tasks[0]
@@ -190,14 +191,6 @@ def test_shutdown_past_grace_releases_tasks_without_counting_attempts(flows_app:
 def test_list_runs_validates_filters(flows_app: App) -> None:
     with pytest.raises(ValueError, match="unknown run status"):
         flows_app.list_runs(status="done")
-
-
-def _wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
 
 
 def test_diamond_registered_by_slug(flows_app: App) -> None:

@@ -9,11 +9,11 @@ SIGKILL in the middle of its batches is replaced without a command running twice
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +22,9 @@ from typing import Any, ClassVar
 import pytest
 from examples.order_saga import OrderFulfilment, ShipOrder, Stock, shop
 
+from tests.polling import wait_until, wait_until_async
 from tideflow import App, NonRetryableError
+from tideflow.clock import ManualClock
 from tideflow.events import Command, RecordedEvent
 from tideflow.events.handling import HandlerDefinitionError
 from tideflow.sagas import Action, ProcessManager, StartFlow
@@ -290,13 +292,25 @@ def test_bad_outputs_stop_the_manager_with_a_reason_and_write_nothing(
     assert stream(app, "stock-tea") == ["StockAdded"]
 
 
-def test_a_manager_run_without_an_app_says_how_to_bind_it(open_shop: Callable[..., App]) -> None:
+async def test_a_manager_run_without_an_app_says_how_to_bind_it(
+        open_shop: Callable[..., App], clock: ManualClock) -> None:
     app = open_shop()
     place(app, "o-1")
     from tideflow.worker.handlers import HandlerRunner
 
-    HandlerRunner(app.event_store, app.handler_store, [OrderFulfilment()],
-                  options=FAST).run_until_idle()
+    # Three attempts, with 1 s and 2 s of backoff between them: on the test's clock, moved past
+    # each backoff as soon as the failure is recorded, instead of waited out.
+    runner = HandlerRunner(app.event_store, app.handler_store, [OrderFulfilment()],
+                           clock=clock, options=FAST)
+    task = asyncio.create_task(runner.run(until_idle=True))
+    for attempt in (1, 2):
+        await wait_until_async(
+            lambda attempt=attempt: [r for r in app.handler_store.list_handlers()
+                                     if r.name == "order_fulfilment" and r.attempts == attempt],
+            what=f"failed attempt {attempt} recorded")
+        clock.advance(60)
+        runner.wake()
+    await asyncio.wait_for(task, timeout=20)
     reason = handler_record(app).stopped_reason
     assert "has no dispatcher to send commands with" in reason and "app.process_manager" in reason
 
@@ -318,7 +332,7 @@ def test_a_sigkilled_saga_worker_is_replaced_and_no_command_runs_twice(
         place(app, f"k-{n}")
     first = spawn(db_url)
     try:
-        wait_for(lambda: _completed(app) >= 3)
+        wait_until(lambda: _completed(app) >= 3, what="three orders fulfilled")
         os.kill(first.pid, signal.SIGKILL)  # in the middle of a batch, most likely
         first.wait(timeout=10)
     finally:
@@ -326,7 +340,8 @@ def test_a_sigkilled_saga_worker_is_replaced_and_no_command_runs_twice(
     assert _completed(app) < orders, "the first worker must not have finished"
     second = spawn(db_url)
     try:
-        wait_for(lambda: _completed(app) == orders, timeout=60)
+        wait_until(lambda: _completed(app) == orders, timeout=60,
+                   what=f"all {orders} orders fulfilled")
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=20)
@@ -347,14 +362,6 @@ def _completed(app: App) -> int:
 def spawn(db_url: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "tests.sagas.saga_worker", db_url], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.05)
 
 
 # --- the CLI --------------------------------------------------------------------------------------

@@ -208,7 +208,7 @@ def test_load_holds_the_instance_until_the_transaction_ends(
         first = processes.load(tx, "fulfilment", "o-1")
         assert first is not None
         thread, result = in_thread(second)
-        assert_blocked(thread)
+        assert_blocked(thread, events.url)
         processes.save(tx, "fulfilment", "o-1", status="running", state_json="{}",
                        version=first.version + 1, last_position=2, error=None)
     thread.join(5.0)

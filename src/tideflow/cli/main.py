@@ -7,12 +7,14 @@ cannot - and leaves the drawing to ``render`` and ``dag`` and the finding of use
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -128,8 +130,8 @@ def worker(
 
     Database restarts and lost connections are waited out (one warning each); the worker exits
     only when told to (0; 130 after a second Ctrl-C) or on a bug (1, with a traceback)."""
-    with build_app(database_url, app_path, flows or [], need_flows=True) as app:
-        _setup_logging()
+    with (build_app(database_url, app_path, flows or [], need_flows=True) as app,
+          _setup_logging()):
         work = [*app.registry.slugs(), *(str(getattr(h, "name", h)) for h in app.handlers)]
         _console(stderr=True).print(Text.assemble(
             "worker for ", (", ".join(work), "bold"), " on ",
@@ -165,19 +167,31 @@ def _exit_now_if_steps_linger(code: int) -> None:
         os._exit(code)
 
 
-def _setup_logging() -> None:
+@contextlib.contextmanager
+def _setup_logging() -> Iterator[None]:
     """Show the worker's own log lines (started, recovered stalled tasks, failures, one warning
-    per database outage). The connection pool's own line per failed reconnection attempt - a
-    dozen a second while a server restarts - is left to ``--debug``."""
+    per database outage) while the command runs. The connection pool's own line per failed
+    reconnection attempt - a dozen a second while a server restarts - is left to ``--debug``.
+    What it installs is taken back when the command ends: a program (or test) that calls the
+    CLI in-process keeps its own logging, instead of printing later log lines twice."""
+    logger, pool = logging.getLogger("tideflow"), logging.getLogger("psycopg.pool")
+    levels = logger.level, pool.level
     if not logging.getLogger().handlers:  # --debug configures the root logger
-        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
-    logger = logging.getLogger("tideflow")
+        pool.setLevel(logging.ERROR)
+    handler = None
     if not logger.handlers:
         handler = RichHandler(console=_console(stderr=True), show_path=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     if logger.level == logging.NOTSET or logger.level > logging.INFO:
         logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        if handler is not None:
+            logger.removeHandler(handler)
+        logger.setLevel(levels[0])
+        pool.setLevel(levels[1])
 
 
 def parse_input(text: str) -> Any:
