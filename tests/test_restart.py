@@ -160,7 +160,8 @@ def test_a_worker_survives_three_postgres_restarts_under_load(server: Server,
     admin.execute("CREATE DATABASE tideflow")
     admin.close()
     url = server.url.rsplit("/", 1)[0] + "/tideflow"
-    App(url).migrate()
+    with App(url) as app:
+        app.migrate()
     marks = tmp_path / "marks"
     marks.mkdir()
     env = {**os.environ, "TIDEFLOW_RESTART_MARKS": str(marks), "PYTHONPATH": str(ROOT),
