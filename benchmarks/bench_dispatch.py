@@ -68,8 +68,10 @@ class Account(Aggregate):
 
     @applies("Deposited")
     def deposited(self, state: dict[str, Any], event: RecordedEvent) -> dict[str, Any]:
-        return {"balance": state["balance"] + event.data["amount"],
-                "deposits": state["deposits"] + 1}
+        return {
+            "balance": state["balance"] + event.data["amount"],
+            "deposits": state["deposits"] + 1,
+        }
 
 
 class SnapshottedAccount(Account):
@@ -103,8 +105,9 @@ class Row:
         return self.commands / self.seconds
 
 
-def _seed(store: EventStore, aggregate: type[Account], prefix: str, aggregates: int,
-          threads: int) -> list[str]:
+def _seed(
+    store: EventStore, aggregate: type[Account], prefix: str, aggregates: int, threads: int
+) -> list[str]:
     """Give each of ``aggregates`` new accounts 10 prior events (and, if the aggregate takes
     snapshots, a snapshot at version 10, as if it had been running); return their ids."""
     ids = [f"{prefix}-{i}" for i in range(aggregates)]
@@ -112,14 +115,22 @@ def _seed(store: EventStore, aggregate: type[Account], prefix: str, aggregates: 
     def seed(part: list[str]) -> None:
         for aggregate_id in part:
             stream_id = aggregate.stream_id(aggregate_id)
-            store.append(stream_id, [NewEvent("Deposited", {"amount": 10, "currency": "EUR",
-                                                            "reference": "seed"})
-                                     for _ in range(PRIOR_EVENTS)], ExpectedVersion.NO_STREAM)
+            store.append(
+                stream_id,
+                [
+                    NewEvent("Deposited", {"amount": 10, "currency": "EUR", "reference": "seed"})
+                    for _ in range(PRIOR_EVENTS)
+                ],
+                ExpectedVersion.NO_STREAM,
+            )
             if aggregate.snapshot_every:
-                store.save_snapshot(stream_id, PRIOR_EVENTS,
-                                    {"balance": 10 * PRIOR_EVENTS, "deposits": PRIOR_EVENTS},
-                                    snapshot_type=aggregate.aggregate_type,
-                                    schema_version=aggregate.snapshot_version)
+                store.save_snapshot(
+                    stream_id,
+                    PRIOR_EVENTS,
+                    {"balance": 10 * PRIOR_EVENTS, "deposits": PRIOR_EVENTS},
+                    snapshot_type=aggregate.aggregate_type,
+                    schema_version=aggregate.snapshot_version,
+                )
 
     _in_threads([lambda part=ids[t::threads]: seed(part) for t in range(threads)])  # type: ignore[misc]
     return ids
@@ -143,17 +154,32 @@ def _in_threads(calls: list[Callable[[], Any]]) -> None:
         raise errors[0]
 
 
-def _scenario(store: EventStore, backend: str, name: str, aggregate: type[Account],
-              threads: int, aggregates: int, commands: int, keys: bool) -> Row:
+def _scenario(
+    store: EventStore,
+    backend: str,
+    name: str,
+    aggregate: type[Account],
+    threads: int,
+    aggregates: int,
+    commands: int,
+    keys: bool,
+) -> Row:
     ids = _seed(store, aggregate, uuid.uuid4().hex[:8], aggregates, min(threads, 4))
     conflicts = Conflicts()
     dispatcher = CommandDispatcher(store, [aggregate], middleware=[conflicts])
-    work = [Command("Deposit", ids[i % aggregates], {"amount": 5},
-                    idempotency_key=f"dep-{uuid.uuid4().hex}" if keys else None)
-            for i in range(commands)]
+    work = [
+        Command(
+            "Deposit",
+            ids[i % aggregates],
+            {"amount": 5},
+            idempotency_key=f"dep-{uuid.uuid4().hex}" if keys else None,
+        )
+        for i in range(commands)
+    ]
     # Thread t sends the commands of the aggregates t, t + threads, ... so threads never race.
-    parts = [[c for i, c in enumerate(work) if (i % aggregates) % threads == t]
-             for t in range(threads)]
+    parts = [
+        [c for i, c in enumerate(work) if (i % aggregates) % threads == t] for t in range(threads)
+    ]
     latencies: list[list[float]] = [[] for _ in range(threads)]
 
     def send(t: int) -> None:
@@ -168,8 +194,15 @@ def _scenario(store: EventStore, backend: str, name: str, aggregate: type[Accoun
     elapsed = time.perf_counter() - started
     every = sorted(x for part in latencies for x in part)
     p99 = every[min(len(every) - 1, int(len(every) * 0.99))]
-    return Row(backend, name, len(every), elapsed, statistics.median(every) * 1000, p99 * 1000,
-               conflicts.count)
+    return Row(
+        backend,
+        name,
+        len(every),
+        elapsed,
+        statistics.median(every) * 1000,
+        p99 * 1000,
+        conflicts.count,
+    )
 
 
 def _run(backend: str, url: str, args: argparse.Namespace) -> list[Row]:
@@ -177,16 +210,19 @@ def _run(backend: str, url: str, args: argparse.Namespace) -> list[Row]:
     try:
         store.migrate()
         n = args.threads
-        plan = [("1 thread", Account, 1, False),
-                (f"{n} threads", Account, n, False),
-                (f"{n} threads + keys", Account, n, True),
-                (f"{n} threads + snapshots", SnapshottedAccount, n, False)]
+        plan = [
+            ("1 thread", Account, 1, False),
+            (f"{n} threads", Account, n, False),
+            (f"{n} threads + keys", Account, n, True),
+            (f"{n} threads + snapshots", SnapshottedAccount, n, False),
+        ]
         # warm up: connections, prepared plans, code paths
         _scenario(store, backend, "warm-up", Account, n, 50, 100, True)
         rows = []
         for name, aggregate, threads, keys in plan:
-            row = _scenario(store, backend, name, aggregate, threads, args.aggregates,
-                            args.commands, keys)
+            row = _scenario(
+                store, backend, name, aggregate, threads, args.aggregates, args.commands, keys
+            )
             print(f"  {backend:8} {name:24} {row.rate:9,.0f} commands/s", file=sys.stderr)
             rows.append(row)
         return rows
@@ -212,11 +248,15 @@ def main() -> None:
             rows += _run("postgres", url, args)
 
     print(f"\ncommand dispatch, {PRIOR_EVENTS} prior events per aggregate, {os.cpu_count()} CPUs")
-    print(f"{'backend':9} {'scenario':24} {'commands':>8} {'seconds':>8} {'commands/s':>11} "
-          f"{'p50 ms':>7} {'p99 ms':>7} {'conflicts':>9}")
+    print(
+        f"{'backend':9} {'scenario':24} {'commands':>8} {'seconds':>8} {'commands/s':>11} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'conflicts':>9}"
+    )
     for r in rows:
-        print(f"{r.backend:9} {r.scenario:24} {r.commands:8} {r.seconds:8.2f} {r.rate:11,.0f} "
-              f"{r.p50_ms:7.2f} {r.p99_ms:7.2f} {r.conflicts:9}")
+        print(
+            f"{r.backend:9} {r.scenario:24} {r.commands:8} {r.seconds:8.2f} {r.rate:11,.0f} "
+            f"{r.p50_ms:7.2f} {r.p99_ms:7.2f} {r.conflicts:9}"
+        )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,13 @@ from tideflow.storage import open_event_store
 
 WRITERS = 4
 READ_EVENTS = 100_000
-PAYLOAD = {"order_id": "9f1c2e4a", "customer": "c-1029", "amount": 129.5, "currency": "EUR",
-           "lines": [{"sku": "A-1", "qty": 2}, {"sku": "B-7", "qty": 1}]}
+PAYLOAD = {
+    "order_id": "9f1c2e4a",
+    "customer": "c-1029",
+    "amount": 129.5,
+    "currency": "EUR",
+    "lines": [{"sku": "A-1", "qty": 2}, {"sku": "B-7", "qty": 1}],
+}
 METADATA = {"user": "u-42", "source": "bench"}
 
 
@@ -51,8 +56,9 @@ def _event() -> NewEvent:
     return NewEvent("OrderPlaced", PAYLOAD, METADATA)
 
 
-def _append_loop(url: str, stream: str, batch: int, seconds: float,
-                 barrier: Barrier | None = None) -> int:
+def _append_loop(
+    url: str, stream: str, batch: int, seconds: float, barrier: Barrier | None = None
+) -> int:
     """Append batches of ``batch`` events to ``stream`` for ``seconds``; return events written."""
     store = open_event_store(url)
     try:
@@ -69,8 +75,9 @@ def _append_loop(url: str, stream: str, batch: int, seconds: float,
         store.close()
 
 
-def _writer_process(url: str, stream: str, seconds: float, barrier: Barrier,
-                    results: mp.Queue[int]) -> None:
+def _writer_process(
+    url: str, stream: str, seconds: float, barrier: Barrier, results: mp.Queue[int]
+) -> None:
     results.put(_append_loop(url, stream, 1, seconds, barrier))
 
 
@@ -93,12 +100,13 @@ def _bare_commits(url: str, seconds: float) -> float:
             conn.close()
     else:
         with psycopg.connect(url, autocommit=True) as pg:
-            pg.execute("CREATE TABLE IF NOT EXISTS public.bench_floor "
-                       "(id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v bigint)")
+            pg.execute(
+                "CREATE TABLE IF NOT EXISTS public.bench_floor "
+                "(id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v bigint)"
+            )
             started = time.perf_counter()
             while time.perf_counter() < deadline:
-                pg.execute("INSERT INTO public.bench_floor (v) VALUES (%s)", (count,),
-                           prepare=True)
+                pg.execute("INSERT INTO public.bench_floor (v) VALUES (%s)", (count,), prepare=True)
                 count += 1
     return count / (time.perf_counter() - started)
 
@@ -120,9 +128,10 @@ def _parallel_appends(url: str, seconds: float) -> float:
     barrier = ctx.Barrier(WRITERS + 1)
     results: mp.Queue[int] = ctx.Queue()
     run = uuid.uuid4().hex[:8]
-    procs = [ctx.Process(target=_writer_process,
-                         args=(url, f"par-{run}-{i}", seconds, barrier, results))
-             for i in range(WRITERS)]
+    procs = [
+        ctx.Process(target=_writer_process, args=(url, f"par-{run}-{i}", seconds, barrier, results))
+        for i in range(WRITERS)
+    ]
     for p in procs:
         p.start()
     barrier.wait()
@@ -156,8 +165,9 @@ def bench(backend: str, url: str, seconds: float) -> Result:
     if missing > 0:
         print(f"[{backend}] topping up {missing} events for read_all ...", file=sys.stderr)
         for i in range(0, missing, 100):
-            store.append(f"fill-{run}-{i}", [_event() for _ in range(100)],
-                         ExpectedVersion.NO_STREAM)
+            store.append(
+                f"fill-{run}-{i}", [_event() for _ in range(100)], ExpectedVersion.NO_STREAM
+            )
     print(f"[{backend}] read_all ...", file=sys.stderr)
     passes = []
     for _ in range(3):  # the first pass also pays for the process's first large allocations
@@ -172,8 +182,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each write test")
-    parser.add_argument("--runs", type=int, default=1,
-                        help="repeat everything this many times, each on a fresh database")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="repeat everything this many times, each on a fresh database",
+    )
     parser.add_argument("--pg-url", default=ADMIN_URL)
     args = parser.parse_args()
     results = []
@@ -188,14 +202,20 @@ def main() -> None:
             finally:
                 drop()
     print()
-    print(f"{'backend':<10} {'bare INSERT':>12} {'1 writer':>11} {'4 writers':>11} {'ratio':>6} "
-          f"{'batch of 10':>12} {'read_all':>12} {'read_all':>12}")
-    print(f"{'':<10} {'commits/s':>12} {'appends/s':>11} {'appends/s':>11} {'':>6} "
-          f"{'events/s':>12} {'1st pass/s':>12} {'warm/s':>12}")
+    print(
+        f"{'backend':<10} {'bare INSERT':>12} {'1 writer':>11} {'4 writers':>11} {'ratio':>6} "
+        f"{'batch of 10':>12} {'read_all':>12} {'read_all':>12}"
+    )
+    print(
+        f"{'':<10} {'commits/s':>12} {'appends/s':>11} {'appends/s':>11} {'':>6} "
+        f"{'events/s':>12} {'1st pass/s':>12} {'warm/s':>12}"
+    )
     for r in results:
-        print(f"{r.backend:<10} {r.bare_commits:>12,.0f} {r.one_writer:>11,.0f} "
-              f"{r.four_writers:>11,.0f} {r.four_writers / r.one_writer:>6.2f} "
-              f"{r.batched:>12,.0f} {r.read_first:>12,.0f} {r.read_warm:>12,.0f}")
+        print(
+            f"{r.backend:<10} {r.bare_commits:>12,.0f} {r.one_writer:>11,.0f} "
+            f"{r.four_writers:>11,.0f} {r.four_writers / r.one_writer:>6.2f} "
+            f"{r.batched:>12,.0f} {r.read_first:>12,.0f} {r.read_warm:>12,.0f}"
+        )
     if args.runs > 1:
         print()
         for backend in dict.fromkeys(r.backend for r in results):
@@ -204,15 +224,20 @@ def main() -> None:
             def span(values: list[float], fmt: str = ",.0f") -> str:
                 return f"{min(values):{fmt}}-{max(values):{fmt}}"
 
-            print(f"{backend} over {len(mine)} runs (min-max): bare INSERT "
-                  f"{span([r.bare_commits for r in mine])}, 1 writer "
-                  f"{span([r.one_writer for r in mine])}, 4 writers "
-                  f"{span([r.four_writers for r in mine])} (ratio "
-                  f"{span([r.four_writers / r.one_writer for r in mine], '.2f')}), batch of 10 "
-                  f"{span([r.batched for r in mine])}, read_all 1st pass "
-                  f"{span([r.read_first for r in mine])}, warm {span([r.read_warm for r in mine])}")
-    print(f"\n({os.cpu_count()} CPUs; read_all over {results[0].read_count:,} events)"
-          if results else "")
+            print(
+                f"{backend} over {len(mine)} runs (min-max): bare INSERT "
+                f"{span([r.bare_commits for r in mine])}, 1 writer "
+                f"{span([r.one_writer for r in mine])}, 4 writers "
+                f"{span([r.four_writers for r in mine])} (ratio "
+                f"{span([r.four_writers / r.one_writer for r in mine], '.2f')}), batch of 10 "
+                f"{span([r.batched for r in mine])}, read_all 1st pass "
+                f"{span([r.read_first for r in mine])}, warm {span([r.read_warm for r in mine])}"
+            )
+    print(
+        f"\n({os.cpu_count()} CPUs; read_all over {results[0].read_count:,} events)"
+        if results
+        else ""
+    )
 
 
 if __name__ == "__main__":

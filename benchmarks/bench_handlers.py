@@ -37,8 +37,13 @@ from tideflow.events.projections import Projection
 from tideflow.storage import open_event_store, open_handler_store
 from tideflow.worker.handlers import HandlerRunner, HandlerRunnerOptions
 
-PAYLOAD = {"order_id": "9f1c2e4a", "customer": "c-1029", "amount": 129.5, "currency": "EUR",
-           "lines": [{"sku": "A-1", "qty": 2}, {"sku": "B-7", "qty": 1}]}
+PAYLOAD = {
+    "order_id": "9f1c2e4a",
+    "customer": "c-1029",
+    "amount": 129.5,
+    "currency": "EUR",
+    "lines": [{"sku": "A-1", "qty": 2}, {"sku": "B-7", "qty": 1}],
+}
 STREAMS = 1000
 
 
@@ -83,11 +88,15 @@ def _projection(batch: int) -> EventHandler:
         name = f"totals_{batch}"
         batch_size = batch
         tables = table
-        schema = (f"CREATE TABLE IF NOT EXISTS {table} (customer TEXT PRIMARY KEY, "
-                  "orders BIGINT NOT NULL, amount DOUBLE PRECISION NOT NULL)")
-        upsert = (f"INSERT INTO {table} (customer, orders, amount) VALUES (%(c)s, 1, %(a)s) "
-                  f"ON CONFLICT (customer) DO UPDATE SET orders = {table}.orders + 1, "
-                  f"amount = {table}.amount + excluded.amount")
+        schema = (
+            f"CREATE TABLE IF NOT EXISTS {table} (customer TEXT PRIMARY KEY, "
+            "orders BIGINT NOT NULL, amount DOUBLE PRECISION NOT NULL)"
+        )
+        upsert = (
+            f"INSERT INTO {table} (customer, orders, amount) VALUES (%(c)s, 1, %(a)s) "
+            f"ON CONFLICT (customer) DO UPDATE SET orders = {table}.orders + 1, "
+            f"amount = {table}.amount + excluded.amount"
+        )
 
         def handle(self, event: RecordedEvent, ctx: HandlerContext) -> None:
             ctx.execute(self.upsert, {"c": event.stream_id, "a": event.data["amount"]})
@@ -96,8 +105,11 @@ def _projection(batch: int) -> EventHandler:
 
 
 HANDLERS: list[tuple[str, Callable[[int], EventHandler]]] = [
-    ("no-op", _noop), ("no-op async", _noop_async), ("no-op, not tx", _noop_plain),
-    ("projection", _projection)]
+    ("no-op", _noop),
+    ("no-op async", _noop_async),
+    ("no-op, not tx", _noop_plain),
+    ("projection", _projection),
+]
 BATCHES = (100, 1000)
 
 
@@ -107,9 +119,11 @@ def _append(url: str, n: int) -> None:
         store.migrate()
         for start in range(0, n, 100):
             count = min(100, n - start)
-            store.append(f"order-{start // 100 % STREAMS}",
-                         [NewEvent("OrderPlaced", PAYLOAD) for _ in range(count)],
-                         ExpectedVersion.ANY)
+            store.append(
+                f"order-{start // 100 % STREAMS}",
+                [NewEvent("OrderPlaced", PAYLOAD) for _ in range(count)],
+                ExpectedVersion.ANY,
+            )
     finally:
         store.close()
 
@@ -118,8 +132,9 @@ def _catch_up(url: str, handler: EventHandler) -> tuple[float, int]:
     events = open_event_store(url)
     handlers = open_handler_store(url)
     try:
-        runner = HandlerRunner(events, handlers, [handler],
-                               options=HandlerRunnerOptions(poll_interval=0.01))
+        runner = HandlerRunner(
+            events, handlers, [handler], options=HandlerRunnerOptions(poll_interval=0.01)
+        )
         started = time.perf_counter()
         runner.run_until_idle()
         return time.perf_counter() - started, runner.handled
@@ -137,8 +152,9 @@ def bench(backend: str, url: str, n: int) -> dict[tuple[str, int], float]:
             seconds, handled = _catch_up(url, make(batch))
             assert handled == n, (label, batch, handled)
             results[(label, batch)] = n / seconds
-            print(f"[{backend}] {label}, batch {batch}: {n / seconds:,.0f} events/s",
-                  file=sys.stderr)
+            print(
+                f"[{backend}] {label}, batch {batch}: {n / seconds:,.0f} events/s", file=sys.stderr
+            )
     return results
 
 
@@ -159,13 +175,23 @@ def main() -> None:
         finally:
             drop()
     print()
-    print(f"{'catch-up, events/s':<22}" + "".join(
-        f"{f'{backend} b={batch}':>18}" for backend in results for batch in BATCHES))
+    print(
+        f"{'catch-up, events/s':<22}"
+        + "".join(f"{f'{backend} b={batch}':>18}" for backend in results for batch in BATCHES)
+    )
     for label, _ in HANDLERS:
-        print(f"{label:<22}" + "".join(f"{results[backend][(label, batch)]:>18,.0f}"
-                                       for backend in results for batch in BATCHES))
-    print(f"\n({os.cpu_count()} CPUs; {args.events:,} events, {STREAMS:,} streams; "
-          "b = batch_size, events per transaction)")
+        print(
+            f"{label:<22}"
+            + "".join(
+                f"{results[backend][(label, batch)]:>18,.0f}"
+                for backend in results
+                for batch in BATCHES
+            )
+        )
+    print(
+        f"\n({os.cpu_count()} CPUs; {args.events:,} events, {STREAMS:,} streams; "
+        "b = batch_size, events per transaction)"
+    )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,9 @@ def _fulfilment(batch: int) -> type[OrderFulfilment]:
     return Fulfilment
 
 
-def bench(backend: str, database: Callable[[], tuple[str, Callable[[], None]]],
-          orders: int) -> dict[int, tuple[float, float]]:
+def bench(
+    backend: str, database: Callable[[], tuple[str, Callable[[], None]]], orders: int
+) -> dict[int, tuple[float, float]]:
     """batch size -> (orders/s, reactions/s); each batch size on a database of its own (one
     saga would otherwise react to the other's orders)."""
     results: dict[int, tuple[float, float]] = {}
@@ -59,11 +60,18 @@ def bench(backend: str, database: Callable[[], tuple[str, Callable[[], None]]],
             for n in range(PRODUCTS):
                 app.dispatch(Command("AddStock", f"p-{batch}-{n}", {"qty": orders}))
             for n in range(orders):
-                app.dispatch(Command("PlaceOrder", f"o-{batch}-{n}", {
-                    "sku": f"p-{batch}-{n % PRODUCTS}", "qty": 1, "amount": 100}))
+                app.dispatch(
+                    Command(
+                        "PlaceOrder",
+                        f"o-{batch}-{n}",
+                        {"sku": f"p-{batch}-{n % PRODUCTS}", "qty": 1, "amount": 100},
+                    )
+                )
             runner = app.handler_runner(options=HandlerRunnerOptions(poll_interval=0.01))
-            print(f"[{backend}] batch {batch}: {orders:,} orders placed, saga catching up ...",
-                  file=sys.stderr)
+            print(
+                f"[{backend}] batch {batch}: {orders:,} orders placed, saga catching up ...",
+                file=sys.stderr,
+            )
             started = time.perf_counter()
             runner.run_until_idle()
             seconds = time.perf_counter() - started
@@ -85,6 +93,7 @@ def main() -> None:
     results: dict[str, dict[int, tuple[float, float]]] = {}
     if args.backend in ("sqlite", "all"):
         with tempfile.TemporaryDirectory() as tmp:
+
             def sqlite_file() -> tuple[str, Callable[[], None]]:
                 return f"sqlite:///{tmp}/bench-{uuid.uuid4().hex[:8]}.db", lambda: None
 
@@ -96,8 +105,10 @@ def main() -> None:
     for backend, by_batch in results.items():
         for batch, (orders_s, reactions_s) in by_batch.items():
             print(f"{backend:<10}{batch:>7}{orders_s:>12,.0f}{reactions_s:>14,.0f}")
-    print(f"\n({os.cpu_count()} CPUs; {args.orders:,} orders over {PRODUCTS} products; a "
-          "reaction = one event handled by the saga, with its commands and instance row)")
+    print(
+        f"\n({os.cpu_count()} CPUs; {args.orders:,} orders over {PRODUCTS} products; a "
+        "reaction = one event handled by the saga, with its commands and instance row)"
+    )
 
 
 if __name__ == "__main__":

@@ -43,23 +43,34 @@ class FlakyPayment(Flow, slug="flaky_payment", max_attempts=4, base_delay=0.05, 
             raise CardDeclined(f"card ending in {input['card'][-4:]} was declined")
         if ctx.attempt <= input.get("gateway_failures", 0):
             raise GatewayTimeout(f"payment gateway did not answer (attempt {ctx.attempt})")
-        return {"authorization": f"AUTH-{input['order_id']}",
-                "amount_cents": input["amount_cents"], "attempts_needed": ctx.attempt}
+        return {
+            "authorization": f"AUTH-{input['order_id']}",
+            "amount_cents": input["amount_cents"],
+            "attempts_needed": ctx.attempt,
+        }
 
     @step(depends_on=["authorize"])
     def capture(self, authorize: dict[str, Any]) -> dict[str, Any]:
         time.sleep(0.05)
-        return {"captured_cents": authorize["amount_cents"],
-                "authorization": authorize["authorization"]}
+        return {
+            "captured_cents": authorize["amount_cents"],
+            "authorization": authorize["authorization"],
+        }
 
     @step(depends_on=["capture"])
     def receipt(self, capture: dict[str, Any], ctx: StepContext) -> str:
-        return (f"order {ctx.run_input['order_id']}: paid "
-                f"{capture['captured_cents'] / 100:.2f} ({capture['authorization']})")
+        return (
+            f"order {ctx.run_input['order_id']}: paid "
+            f"{capture['captured_cents'] / 100:.2f} ({capture['authorization']})"
+        )
 
 
-PAYMENT = {"order_id": 1001, "amount_cents": 2595, "card": "4242424242424242",
-           "gateway_failures": 2}
+PAYMENT = {
+    "order_id": 1001,
+    "amount_cents": 2595,
+    "card": "4242424242424242",
+    "gateway_failures": 2,
+}
 DECLINED = {"order_id": 1002, "amount_cents": 1299, "card": "4000000000000002"}
 
 

@@ -67,12 +67,10 @@ class Inventory(Aggregate):
         return ("StockAdded", {"sku": command.aggregate_id, "qty": qty})
 
     @handles("RemoveStock")
-    def remove_stock(self, state: dict[str, Any],
-                     command: Command) -> tuple[str, dict[str, Any]]:
+    def remove_stock(self, state: dict[str, Any], command: Command) -> tuple[str, dict[str, Any]]:
         qty, on_hand = command.payload["qty"], state["on_hand"]
         if qty > on_hand:
-            raise OutOfStock(f"cannot remove {qty} {command.aggregate_id}: "
-                             f"only {on_hand} on hand")
+            raise OutOfStock(f"cannot remove {qty} {command.aggregate_id}: only {on_hand} on hand")
         # "left" saves every reader of the event from folding the stream to learn it.
         return ("StockRemoved", {"sku": command.aggregate_id, "qty": qty, "left": on_hand - qty})
 
@@ -99,7 +97,8 @@ class StockLevels(Projection):
         ctx.execute(
             "INSERT INTO stock_levels (sku, on_hand) VALUES (%(sku)s, %(change)s) "
             "ON CONFLICT (sku) DO UPDATE SET on_hand = stock_levels.on_hand + excluded.on_hand",
-            {"sku": event.data["sku"], "change": change})
+            {"sku": event.data["sku"], "change": change},
+        )
 
 
 class LowStockAlerts(EventHandler):
@@ -111,8 +110,10 @@ class LowStockAlerts(EventHandler):
     def handle(self, event: RecordedEvent, ctx: HandlerContext) -> None:
         left, qty = event.data["left"], event.data["qty"]
         if left < LOW_STOCK <= left + qty:  # crossing the line, not every removal below it
-            ctx.append(ALERTS_STREAM, [NewEvent("LowStockAlerted",
-                                                {"sku": event.data["sku"], "left": left})])
+            ctx.append(
+                ALERTS_STREAM,
+                [NewEvent("LowStockAlerted", {"sku": event.data["sku"], "left": left})],
+            )
 
 
 COMMANDS = [
@@ -147,15 +148,15 @@ def main(database_url: str | None = None) -> dict[str, int]:
 
     Without a URL this uses $TIDEFLOW_DATABASE_URL, else ./tideflow.db - the CLI's default, so
     `tideflow events` shows the log afterwards."""
-    with App(database_url, aggregates=[Inventory],
-             handlers=[StockLevels, LowStockAlerts]) as app:
+    with App(database_url, aggregates=[Inventory], handlers=[StockLevels, LowStockAlerts]) as app:
         print("commands:")
         for command in COMMANDS:
             send(app, command)
         app.run_worker(until_idle=True, poll_interval=0.05)
         with app.event_store.transaction() as tx:
             rows = tx.connection.execute(
-                "SELECT sku, on_hand FROM stock_levels ORDER BY sku").fetchall()
+                "SELECT sku, on_hand FROM stock_levels ORDER BY sku"
+            ).fetchall()
         levels = {str(sku): int(on_hand) for sku, on_hand in rows}
         alerts = list(app.event_store.read_stream(ALERTS_STREAM))
     print("stock levels (table stock_levels):")

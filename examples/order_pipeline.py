@@ -32,8 +32,11 @@ class OrderPipeline(Flow, slug="order_pipeline"):
         unknown = [i["sku"] for i in input["items"] if i["sku"] not in PRICES_CENTS]
         if unknown:
             raise NonRetryableError(f"unknown products: {', '.join(unknown)}")
-        return {"order_id": input["order_id"], "customer": input["customer"],
-                "items": input["items"]}
+        return {
+            "order_id": input["order_id"],
+            "customer": input["customer"],
+            "items": input["items"],
+        }
 
     @step(depends_on=["validate"])
     def reserve_stock(self, validate: dict[str, Any]) -> dict[str, Any]:
@@ -45,26 +48,34 @@ class OrderPipeline(Flow, slug="order_pipeline"):
         time.sleep(0.1)
         subtotal = sum(PRICES_CENTS[i["sku"]] * i["qty"] for i in validate["items"])
         shipping = 0 if subtotal >= 2000 else 495
-        return {"subtotal_cents": subtotal, "shipping_cents": shipping,
-                "total_cents": subtotal + shipping}
+        return {
+            "subtotal_cents": subtotal,
+            "shipping_cents": shipping,
+            "total_cents": subtotal + shipping,
+        }
 
     @step(depends_on=["reserve_stock", "price_order"])
-    def create_shipment(self, reserve_stock: dict[str, Any], price_order: dict[str, int],
-                        ctx: StepContext) -> dict[str, Any]:
+    def create_shipment(
+        self, reserve_stock: dict[str, Any], price_order: dict[str, int], ctx: StepContext
+    ) -> dict[str, Any]:
         time.sleep(0.1)
-        return {"tracking": f"TRK-{ctx.run_input['order_id']}",
-                "parcels": len(reserve_stock["reserved"]),
-                "charged_cents": price_order["total_cents"]}
+        return {
+            "tracking": f"TRK-{ctx.run_input['order_id']}",
+            "parcels": len(reserve_stock["reserved"]),
+            "charged_cents": price_order["total_cents"],
+        }
 
     @step(depends_on=["create_shipment"])
-    async def send_confirmation(self, create_shipment: dict[str, Any],
-                                ctx: StepContext) -> str:
+    async def send_confirmation(self, create_shipment: dict[str, Any], ctx: StepContext) -> str:
         await asyncio.sleep(0.05)  # async steps run on the worker's event loop
         return f"mailed {ctx.run_input['customer']}: parcel {create_shipment['tracking']}"
 
 
-ORDER = {"order_id": 1001, "customer": "ada@example.com",
-         "items": [{"sku": "tea", "qty": 2}, {"sku": "mug", "qty": 1}]}
+ORDER = {
+    "order_id": 1001,
+    "customer": "ada@example.com",
+    "items": [{"sku": "tea", "qty": 2}, {"sku": "mug", "qty": 1}],
+}
 
 
 def main(database_url: str | None = None) -> list[RunRecord]:

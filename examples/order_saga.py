@@ -137,20 +137,28 @@ class OrderFulfilment(ProcessManager):
     """One instance per order, from OrderPlaced to OrderConfirmed or OrderCancelled."""
 
     name = "order_fulfilment"
-    event_types = ["OrderPlaced", "StockReserved", "PaymentCharged", "OrderConfirmed",
-                   "OrderCancelled"]
+    event_types = [
+        "OrderPlaced",
+        "StockReserved",
+        "PaymentCharged",
+        "OrderConfirmed",
+        "OrderCancelled",
+    ]
     starts_with = ["OrderPlaced"]
 
     def react(self, state: Data, event: RecordedEvent) -> list[Action]:
         data = event.data
         if event.event_type == "OrderPlaced":
-            return [Command("ReserveStock", data["sku"], {"order": data["order"],
-                                                          "qty": data["qty"]})]
+            return [
+                Command("ReserveStock", data["sku"], {"order": data["order"], "qty": data["qty"]})
+            ]
         if event.event_type == "StockReserved":
             return [Command("ChargeCard", state["order"], {"amount": state["amount"]})]
         if event.event_type == "PaymentCharged":
-            return [Command("ConfirmOrder", state["order"]),
-                    StartFlow(ShipOrder, {"order": state["order"], "qty": state["qty"]})]
+            return [
+                Command("ConfirmOrder", state["order"]),
+                StartFlow(ShipOrder, {"order": state["order"], "qty": state["qty"]}),
+            ]
         return []
 
     def apply(self, state: Data, event: RecordedEvent) -> Data:
@@ -165,8 +173,11 @@ class OrderFulfilment(ProcessManager):
     def compensate(self, state: Data, command: Command, error: Exception) -> list[Command]:
         undo = []
         if state["status"] == "reserved":  # the card was refused: put the stock back
-            undo.append(Command("ReleaseStock", state["sku"], {"order": state["order"],
-                                                               "qty": state["qty"]}))
+            undo.append(
+                Command(
+                    "ReleaseStock", state["sku"], {"order": state["order"], "qty": state["qty"]}
+                )
+            )
         undo.append(Command("CancelOrder", state["order"], {"reason": str(error)}))
         return undo
 
@@ -177,12 +188,17 @@ class OrderFulfilment(ProcessManager):
 ORDERS = [
     Command("PlaceOrder", "o-1", {"sku": "tea", "qty": 2, "amount": 120}),
     Command("PlaceOrder", "o-2", {"sku": "tea", "qty": 1, "amount": 900}),  # card declined
-    Command("PlaceOrder", "o-3", {"sku": "tea", "qty": 5, "amount": 80}),   # out of stock
+    Command("PlaceOrder", "o-3", {"sku": "tea", "qty": 5, "amount": 80}),  # out of stock
 ]
 
+
 def shop(database_url: str | None = None) -> App:
-    return App(database_url, flows=[ShipOrder], aggregates=[Order, Stock, Payment],
-               handlers=[OrderFulfilment])
+    return App(
+        database_url,
+        flows=[ShipOrder],
+        aggregates=[Order, Stock, Payment],
+        handlers=[OrderFulfilment],
+    )
 
 
 app = shop()

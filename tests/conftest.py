@@ -63,7 +63,8 @@ def _reset(url: str) -> None:
         rows = conn.execute(
             "SELECT schemaname, format('%I.%I', schemaname, tablename) FROM pg_tables "
             "WHERE (schemaname = 'tideflow' AND tablename <> 'schema_migrations') "
-            "OR schemaname = 'public'").fetchall()
+            "OR schemaname = 'public'"
+        ).fetchall()
         tideflow = [name for schema, name in rows if schema == "tideflow"]
         public = [name for schema, name in rows if schema == "public"]
         if tideflow:

@@ -21,8 +21,14 @@ T = TypeVar("T")
 TIMEOUT = 20.0
 
 
-def wait_until(predicate: Callable[[], T], *, what: str, timeout: float = TIMEOUT,
-               interval: float = 0.01, details: Callable[[], str] | None = None) -> T:
+def wait_until(
+    predicate: Callable[[], T],
+    *,
+    what: str,
+    timeout: float = TIMEOUT,
+    interval: float = 0.01,
+    details: Callable[[], str] | None = None,
+) -> T:
     """Poll ``predicate`` until it returns something truthy, and return that; after ``timeout``
     seconds raise AssertionError naming ``what`` was awaited and the predicate's last value,
     followed by ``details()`` (a log tail, the rows still pending) if given."""
@@ -36,9 +42,14 @@ def wait_until(predicate: Callable[[], T], *, what: str, timeout: float = TIMEOU
         time.sleep(interval)
 
 
-async def wait_until_async(predicate: Callable[[], T], *, what: str, timeout: float = TIMEOUT,
-                           interval: float = 0.01,
-                           details: Callable[[], str] | None = None) -> T:
+async def wait_until_async(
+    predicate: Callable[[], T],
+    *,
+    what: str,
+    timeout: float = TIMEOUT,
+    interval: float = 0.01,
+    details: Callable[[], str] | None = None,
+) -> T:
     """``wait_until`` for a coroutine: the event loop keeps running while it waits."""
     deadline = time.monotonic() + timeout
     while True:
@@ -50,7 +61,6 @@ async def wait_until_async(predicate: Callable[[], T], *, what: str, timeout: fl
         await asyncio.sleep(interval)
 
 
-def _timed_out(what: str, timeout: float, value: object,
-               details: Callable[[], str] | None) -> str:
+def _timed_out(what: str, timeout: float, value: object, details: Callable[[], str] | None) -> str:
     message = f"timed out after {timeout:g}s waiting for {what} (last seen: {value!r})"
     return f"{message}\n{details()}" if details is not None else message

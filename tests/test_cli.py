@@ -52,8 +52,12 @@ class Broken(Flow, slug="cli_broken", max_attempts=1):
 
 def invoke(*args: str, **env: str | None) -> Any:
     """Run the CLI in-process with a wide, clean environment (no inherited TIDEFLOW_*)."""
-    environ: dict[str, str | None] = {"COLUMNS": "200", "TIDEFLOW_APP": None,
-                                      "TIDEFLOW_DATABASE_URL": None, **env}
+    environ: dict[str, str | None] = {
+        "COLUMNS": "200",
+        "TIDEFLOW_APP": None,
+        "TIDEFLOW_DATABASE_URL": None,
+        **env,
+    }
     return CliRunner().invoke(cli, list(args), env=environ)
 
 
@@ -86,8 +90,19 @@ def worker(db_url: str) -> Iterator[None]:
 
 
 def test_start_wait_completed_exits_0(db_url: str, worker: None) -> None:
-    result = invoke("start", "cli_quick", "--input", '{"n": 3}', "--wait", "--timeout", "20",
-                    "--app", QUICK, "-d", db_url)
+    result = invoke(
+        "start",
+        "cli_quick",
+        "--input",
+        '{"n": 3}',
+        "--wait",
+        "--timeout",
+        "20",
+        "--app",
+        QUICK,
+        "-d",
+        db_url,
+    )
     assert result.exit_code == 0, result.output
     assert "completed" in result.stdout
     assert '"total": 14' in result.stdout
@@ -95,8 +110,19 @@ def test_start_wait_completed_exits_0(db_url: str, worker: None) -> None:
 
 
 def test_start_wait_failed_exits_1(db_url: str, worker: None) -> None:
-    result = invoke("start", "cli_broken", "--wait", "--timeout", "20",
-                    "--app", QUICK, "--flow", BROKEN, "-d", db_url)
+    result = invoke(
+        "start",
+        "cli_broken",
+        "--wait",
+        "--timeout",
+        "20",
+        "--app",
+        QUICK,
+        "--flow",
+        BROKEN,
+        "-d",
+        db_url,
+    )
     assert result.exit_code == 1, result.output
     assert "run failed" in result.stdout
     assert "boom, on purpose" in result.stdout
@@ -104,30 +130,64 @@ def test_start_wait_failed_exits_1(db_url: str, worker: None) -> None:
 
 
 def test_start_wait_timeout_leaves_the_run_going(db_url: str) -> None:
-    result = invoke("start", "cli_quick", "-i", '{"n": 1}', "--wait", "--timeout", "0.3",
-                    "--app", QUICK, "-d", db_url)
+    result = invoke(
+        "start",
+        "cli_quick",
+        "-i",
+        '{"n": 1}',
+        "--wait",
+        "--timeout",
+        "0.3",
+        "--app",
+        QUICK,
+        "-d",
+        db_url,
+    )
     assert_one_line_error(result, 1, "still started after 0.3s")
 
 
 def test_start_prints_only_the_run_id_then_runs_run_and_cancel_show_it(db_url: str) -> None:
-    started = invoke("start", "cli_quick", "-i", '{"n": 2}', "--run-id", "order-42",
-                     "--app", QUICK, "-d", db_url)
+    started = invoke(
+        "start", "cli_quick", "-i", '{"n": 2}', "--run-id", "order-42", "--app", QUICK, "-d", db_url
+    )
     assert started.exit_code == 0, started.output
     assert started.stdout == "order-42\n"
 
     listed = invoke("runs", "-d", db_url)
     assert listed.exit_code == 0, listed.output
-    for field in ("run id", "flow", "version", "status", "started", "duration",
-                  "order-42", "cli_quick", Quick.definition.version, "started"):
+    for field in (
+        "run id",
+        "flow",
+        "version",
+        "status",
+        "started",
+        "duration",
+        "order-42",
+        "cli_quick",
+        Quick.definition.version,
+        "started",
+    ):
         assert field in listed.stdout
-    assert "order-42" in invoke("runs", "--flow", "cli_quick", "--status", "started",
-                                "-d", db_url).stdout
+    assert (
+        "order-42"
+        in invoke("runs", "--flow", "cli_quick", "--status", "started", "-d", db_url).stdout
+    )
     assert "no runs match" in invoke("runs", "--status", "failed", "-d", db_url).stdout
 
     shown = invoke("run", "order-42", "-d", db_url)
     assert shown.exit_code == 0, shown.output
-    for field in ("order-42", "cli_quick", '{"n": 2}', "running for", "spread", "square",
-                  "total", "map", "attempts", "▼"):
+    for field in (
+        "order-42",
+        "cli_quick",
+        '{"n": 2}',
+        "running for",
+        "spread",
+        "square",
+        "total",
+        "map",
+        "attempts",
+        "▼",
+    ):
         assert field in shown.stdout
 
     cancelled = invoke("cancel", "order-42", "-d", db_url)
@@ -156,8 +216,18 @@ def test_worker_command_runs_until_idle(db_url: str) -> None:
         run_id = app.start_flow(Quick, {"n": 4})
     logger = logging.getLogger("tideflow")
     before = logger.handlers[:], logger.level
-    result = invoke("worker", "--app", QUICK, "-d", db_url, "--until-idle",
-                    "--poll-interval", "0.02", "--concurrency", "4")
+    result = invoke(
+        "worker",
+        "--app",
+        QUICK,
+        "-d",
+        db_url,
+        "--until-idle",
+        "--poll-interval",
+        "0.02",
+        "--concurrency",
+        "4",
+    )
     assert result.exit_code == 0, result.output
     assert "worker" in result.output and "started" in result.output  # its own log lines...
     assert (logger.handlers, logger.level) == before  # ...for as long as the command ran
@@ -193,8 +263,16 @@ def test_flows_lists_stored_versions_and_registered_steps(db_url: str) -> None:
     result = invoke("flows", "--app", QUICK, "-d", db_url)
     assert result.exit_code == 0, result.output
     out = result.stdout
-    for field in ("cli_quick", Quick.definition.version, "spread, square, total", "current",
-                  "depends on", "map", "square (map)", "tests.test_cli.Quick"):
+    for field in (
+        "cli_quick",
+        Quick.definition.version,
+        "spread, square, total",
+        "current",
+        "depends on",
+        "map",
+        "square (map)",
+        "tests.test_cli.Quick",
+    ):
         assert field in out
 
 
@@ -243,8 +321,9 @@ def test_errors_are_one_line(db_url: str, args: list[str], code: int, fragment: 
 
 
 def test_run_id_already_taken(db_url: str) -> None:
-    assert invoke("start", "cli_quick", "--run-id", "dup", "--app", QUICK, "-d",
-                  db_url).exit_code == 0
+    assert (
+        invoke("start", "cli_quick", "--run-id", "dup", "--app", QUICK, "-d", db_url).exit_code == 0
+    )
     again = invoke("start", "cli_quick", "--run-id", "dup", "--app", QUICK, "-d", db_url)
     assert_one_line_error(again, 1, "already exists")
 
@@ -321,20 +400,22 @@ DIAMOND = [
 
 
 def test_dag_draws_a_fork_and_a_join() -> None:
-    assert render_dag(DIAMOND).plain == "\n".join([
-        "     ✓ validate",
-        "     ┌────┴─────┐",
-        "     ▼          ▼",
-        "✓ reserve   ✗ price",
-        "     └────┬─────┘",
-        "          ▼",
-        "       - ship",
-    ])
+    assert render_dag(DIAMOND).plain == "\n".join(
+        [
+            "     ✓ validate",
+            "     ┌────┴─────┐",
+            "     ▼          ▼",
+            "✓ reserve   ✗ price",
+            "     └────┬─────┘",
+            "          ▼",
+            "       - ship",
+        ]
+    )
 
 
 def test_dag_colours_steps_by_status() -> None:
     text = render_dag(DIAMOND)
-    styles = {text.plain[s.start:s.end]: str(s.style) for s in text.spans}
+    styles = {text.plain[s.start : s.end]: str(s.style) for s in text.spans}
     assert styles["✓ validate"] == "green"
     assert styles["✗ price"] == "bold red"
     assert styles["- ship"] == "dim"
@@ -350,8 +431,17 @@ def test_dag_threads_long_edges_past_labels() -> None:
 
 
 def test_dag_of_ten_steps_stays_narrow_and_falls_back_when_too_wide() -> None:
-    deps = {1: (0,), 2: (0,), 3: (0,), 4: (1, 2), 5: (2, 3), 6: (4,), 7: (5, 1), 8: (6, 7),
-            9: (8, 0)}
+    deps = {
+        1: (0,),
+        2: (0,),
+        3: (0,),
+        4: (1, 2),
+        5: (2, 3),
+        6: (4,),
+        7: (5, 1),
+        8: (6, 7),
+        9: (8, 0),
+    }
     nodes = [Node(f"step_{i}", tuple(f"step_{d}" for d in deps.get(i, ()))) for i in range(10)]
     drawing = render_dag(nodes)
     assert max(len(line) for line in drawing.plain.splitlines()) <= 80
@@ -372,8 +462,14 @@ def _console_script() -> list[str]:
 def test_demo_console_script_needs_no_setup(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEFLOW_")}
     env["COLUMNS"] = "200"
-    result = subprocess.run([*_console_script(), "demo"], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [*_console_script(), "demo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert (tmp_path / "tideflow-demo.db").exists()
@@ -385,8 +481,14 @@ def test_demo_console_script_needs_no_setup(tmp_path: Path) -> None:
     assert "card ending in 0002 was declined" in out
     assert "tideflow run " in out  # tells the user where to look next
     # the file is recreated, not appended to: a second demo shows four runs again
-    again = subprocess.run([*_console_script(), "demo"], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        [*_console_script(), "demo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert again.returncode == 0, again.stderr
     runs = invoke("runs", "-d", f"sqlite:///{tmp_path / 'tideflow-demo.db'}")
     assert runs.stdout.count("flaky_payment") == 2
@@ -399,8 +501,10 @@ def test_demo_on_a_given_database(db_url: str) -> None:
     assert result.stdout.count("as expected") == 4
     with App(db_url) as app:
         runs = app.list_runs()
-        assert sorted(r.status for r in runs) == ["completed", "completed", "completed",
-                                                  "failed"]
-        payment = next(app.get_run(r.run_id) for r in runs
-                       if r.flow_slug == "flaky_payment" and r.status == "completed")
+        assert sorted(r.status for r in runs) == ["completed", "completed", "completed", "failed"]
+        payment = next(
+            app.get_run(r.run_id)
+            for r in runs
+            if r.flow_slug == "flaky_payment" and r.status == "completed"
+        )
     assert payment.step("authorize").attempts == 3

@@ -72,15 +72,18 @@ def test_version_depends_on_shape_not_options() -> None:
 
 def test_unknown_dependency_names_flow_and_step() -> None:
     with pytest.raises(UnknownDependencyError) as err:
+
         class Bad(Flow, slug="bad_dep"):
             @step(depends_on=["nope"])
             def a(self, nope): ...
+
     assert "bad_dep" in str(err.value) and "'a'" in str(err.value) and "nope" in str(err.value)
     assert err.value.flow == "bad_dep" and err.value.step == "a"
 
 
 def test_cycle_is_refused_with_the_cycle_spelled_out() -> None:
     with pytest.raises(CycleError) as err:
+
         class Loop(Flow, slug="loop"):
             @step(depends_on=["c"])
             def a(self, c): ...
@@ -90,11 +93,13 @@ def test_cycle_is_refused_with_the_cycle_spelled_out() -> None:
 
             @step(depends_on=["b"])
             def c(self, b): ...
+
     assert "->" in str(err.value) and "loop" in str(err.value)
 
 
 def test_self_dependency_is_a_cycle() -> None:
     with pytest.raises(CycleError):
+
         class Selfish(Flow, slug="selfish"):
             @step(depends_on=["a"])
             def a(self, a): ...
@@ -102,17 +107,20 @@ def test_self_dependency_is_a_cycle() -> None:
 
 def test_duplicate_step_slug() -> None:
     with pytest.raises(DuplicateStepError) as err:
+
         class Dup(Flow, slug="dup"):
             @step(slug="same")
             def a(self, input): ...
 
             @step(slug="same")
             def b(self, input): ...
+
     assert "same" in str(err.value)
 
 
 def test_map_with_two_sources() -> None:
     with pytest.raises(MapSourceError) as err:
+
         class TwoSources(Flow, slug="two_sources"):
             @step()
             def a(self, input): ...
@@ -122,12 +130,14 @@ def test_map_with_two_sources() -> None:
 
             @step(depends_on=["a", "b"], map=True)
             def m(self, item): ...
+
     assert "'m'" in str(err.value)
 
 
 @pytest.mark.parametrize("slug", ["Bad", "1abc", "with-dash", "", "x" * 129, "input", "run"])
 def test_bad_flow_slugs(slug: str) -> None:
     with pytest.raises(InvalidSlugError):
+
         class X(Flow, slug=slug):
             @step()
             def a(self, input): ...
@@ -135,14 +145,17 @@ def test_bad_flow_slugs(slug: str) -> None:
 
 def test_bad_step_slug() -> None:
     with pytest.raises(InvalidSlugError) as err:
+
         class Y(Flow, slug="ok_flow"):
             @step(slug="Not-OK")
             def a(self, input): ...
+
     assert "ok_flow" in str(err.value)
 
 
 def test_reserved_step_name() -> None:
     with pytest.raises(InvalidSlugError):
+
         class Z(Flow, slug="reserved_step"):
             @step()
             def input(self, input): ...
@@ -150,12 +163,14 @@ def test_reserved_step_name() -> None:
 
 def test_no_steps() -> None:
     with pytest.raises(FlowDefinitionError, match="no steps"):
+
         class Empty(Flow, slug="empty"):
             pass
 
 
 def test_dependent_step_signature_must_accept_dependency_outputs() -> None:
     with pytest.raises(FlowDefinitionError, match="parameter named a"):
+
         class Sig(Flow, slug="sig"):
             @step()
             def a(self, input): ...
@@ -166,10 +181,13 @@ def test_dependent_step_signature_must_accept_dependency_outputs() -> None:
 
 def test_bad_options() -> None:
     with pytest.raises(FlowDefinitionError, match="max_attempts"):
+
         class O1(Flow, slug="o1", max_attempts=0):
             @step()
             def a(self, input): ...
+
     with pytest.raises(FlowDefinitionError, match="timeout"):
+
         class O2(Flow, slug="o2"):
             @step(timeout=-1)
             def a(self, input): ...

@@ -55,8 +55,9 @@ def open_store(url: str) -> Store:
     return PostgresStore(url, pool_size=2)
 
 
-def test_missing_schema_is_schema_not_ready(backend: str, tmp_path: Path,
-                                            request: pytest.FixtureRequest) -> None:
+def test_missing_schema_is_schema_not_ready(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     with unmigrated(backend, tmp_path, request) as url:
         store = open_store(url)
         events: EventStore = open_event_store(url)
@@ -98,8 +99,13 @@ def test_lost_postgres_connection_inside_a_transaction(request: pytest.FixtureRe
     try:
         # store._tx: the engine's transaction, as every FlowStore call runs
         with pytest.raises(DatabaseUnavailableError, match="unavailable"), store._tx() as tx:
-            tx.run("insert_flow", flow_slug="lost", version="v1", shape="{}",
-                   created_at=store.clock.now())
+            tx.run(
+                "insert_flow",
+                flow_slug="lost",
+                version="v1",
+                shape="{}",
+                created_at=store.clock.now(),
+            )
             _terminate(url, tx.conn.info.backend_pid)
             tx.rows("get_run", run_id="r-1")
         with pytest.raises(DatabaseUnavailableError), events.transaction() as etx:
@@ -181,25 +187,29 @@ def test_full_sqlite_database_rolls_back_and_recovers(tmp_path: Path) -> None:
 # --- the classification itself, from the errors the drivers raise ------------------------------
 
 
-@pytest.mark.parametrize(("sqlstate", "expected"), [
-    ("08006", DatabaseUnavailableError),  # connection failure
-    ("40001", DatabaseUnavailableError),  # serialization failure
-    ("40P01", DatabaseUnavailableError),  # deadlock
-    ("40002", StorageError),  # deferred constraint at COMMIT: fails again, not transient
-    ("53100", DatabaseUnavailableError),  # disk full
-    ("57P01", DatabaseUnavailableError),  # admin shutdown
-    ("55P03", DatabaseUnavailableError),  # lock not available
-    ("58030", DatabaseUnavailableError),  # I/O error
-    ("3F000", SchemaMissingError),
-    ("42P01", SchemaNotReadyError),
-    ("22P02", InvalidDataError),
-    ("23514", StorageError),  # a check constraint: a bug, not the database's state
-])
+@pytest.mark.parametrize(
+    ("sqlstate", "expected"),
+    [
+        ("08006", DatabaseUnavailableError),  # connection failure
+        ("40001", DatabaseUnavailableError),  # serialization failure
+        ("40P01", DatabaseUnavailableError),  # deadlock
+        ("40002", StorageError),  # deferred constraint at COMMIT: fails again, not transient
+        ("53100", DatabaseUnavailableError),  # disk full
+        ("57P01", DatabaseUnavailableError),  # admin shutdown
+        ("55P03", DatabaseUnavailableError),  # lock not available
+        ("58030", DatabaseUnavailableError),  # I/O error
+        ("3F000", SchemaMissingError),
+        ("42P01", SchemaNotReadyError),
+        ("22P02", InvalidDataError),
+        ("23514", StorageError),  # a check constraint: a bug, not the database's state
+    ],
+)
 def test_postgres_sqlstates(sqlstate: str, expected: type[Exception]) -> None:
     error = pg_mapping.translate(pg_errors.lookup(sqlstate)("boom"), "doing it")
     assert type(error) is expected and str(error).startswith("doing it failed")
     assert pg_mapping.is_transient(pg_errors.lookup(sqlstate)("boom")) == (
-        expected is DatabaseUnavailableError)
+        expected is DatabaseUnavailableError
+    )
 
 
 def test_unencodable_text_is_invalid_data_on_both() -> None:

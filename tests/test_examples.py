@@ -26,8 +26,10 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PAIRS: dict[str, tuple[str, list[tuple[str, dict[str, Any]]]]] = {
     "order_pipeline": ("OrderPipeline", [("ORDER", demo_flows.ORDER_INPUT)]),
     "image_thumbnails": ("ImageThumbnails", [("IMAGES", demo_flows.IMAGES_INPUT)]),
-    "flaky_payment": ("FlakyPayment", [("PAYMENT", demo_flows.PAYMENT_INPUT),
-                                       ("DECLINED", demo_flows.DECLINED_INPUT)]),
+    "flaky_payment": (
+        "FlakyPayment",
+        [("PAYMENT", demo_flows.PAYMENT_INPUT), ("DECLINED", demo_flows.DECLINED_INPUT)],
+    ),
 }
 
 # example file -> what its script prints when it worked; for examples that are not flows, which
@@ -40,8 +42,9 @@ SCRIPT_SAYS = {**{name: "completed" for name in PAIRS}, **WITHOUT_DEMO}
 
 
 def load_example(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"tideflow_example_{name}",
-                                                  EXAMPLES / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(
+        f"tideflow_example_{name}", EXAMPLES / f"{name}.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -60,8 +63,11 @@ def test_order_pipeline_main(db_url: str, capsys: pytest.CaptureFixture[str]) ->
     [run] = load_example("order_pipeline").main(db_url)
     assert run.status == "completed"
     assert run.output == {"send_confirmation": "mailed ada@example.com: parcel TRK-1001"}
-    assert run.step("price_order").output == {"subtotal_cents": 2100, "shipping_cents": 0,
-                                              "total_cents": 2100}
+    assert run.step("price_order").output == {
+        "subtotal_cents": 2100,
+        "shipping_cents": 0,
+        "total_cents": 2100,
+    }
     # the fork really ran in parallel: price_order started before reserve_stock finished
     reserve, price = run.step("reserve_stock"), run.step("price_order")
     assert price.started_at is not None and reserve.finished_at is not None
@@ -124,8 +130,10 @@ def test_inventory_main(db_url: str, capsys: pytest.CaptureFixture[str]) -> None
         assert app.dispatcher.load(example.Inventory, "mug").state == {"on_hand": 3}
         # both handlers caught up with the whole log
         head = events.head_position()
-        assert [events.get_checkpoint(name) for name in ("stock_levels", "low_stock_alerts")] \
-            == [head, head]
+        assert [events.get_checkpoint(name) for name in ("stock_levels", "low_stock_alerts")] == [
+            head,
+            head,
+        ]
 
 
 def test_order_saga_main(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -141,7 +149,11 @@ def test_order_saga_main(db_url: str, capsys: pytest.CaptureFixture[str]) -> Non
 def test_example_runs_as_a_script(name: str, tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / f"{name}.py"), f"sqlite:///{tmp_path / 'ex.db'}"],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert SCRIPT_SAYS[name] in result.stdout
 
@@ -149,9 +161,12 @@ def test_example_runs_as_a_script(name: str, tmp_path: Path) -> None:
 def _outcome(run: RunRecord) -> dict[str, Any]:
     """What a run did, without what differs between any two runs (ids, times)."""
     return {
-        "status": run.status, "output": run.output, "error": run.error,
-        "steps": [(s.step_slug, s.kind, s.status, s.attempts, s.output, s.error)
-                  for s in run.steps],
+        "status": run.status,
+        "output": run.output,
+        "error": run.error,
+        "steps": [
+            (s.step_slug, s.kind, s.status, s.attempts, s.output, s.error) for s in run.steps
+        ],
     }
 
 
@@ -169,10 +184,9 @@ def test_demo_flows_match_the_examples(name: str, tmp_path: Path) -> None:
     demo = getattr(demo_flows, class_name)
     assert example.slug == demo.slug
     assert example.definition.version == demo.definition.version
-    assert [(s.slug, s.retry, s.timeout, s.start_delay, s.wants_ctx)
-            for s in example.definition.steps] == \
-           [(s.slug, s.retry, s.timeout, s.start_delay, s.wants_ctx)
-            for s in demo.definition.steps]
+    assert [
+        (s.slug, s.retry, s.timeout, s.start_delay, s.wants_ctx) for s in example.definition.steps
+    ] == [(s.slug, s.retry, s.timeout, s.start_delay, s.wants_ctx) for s in demo.definition.steps]
     module = load_example(name)
     for constant, demo_input in inputs:
         assert getattr(module, constant) == demo_input

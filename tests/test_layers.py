@@ -127,7 +127,8 @@ def _module_name(root: Path, path: Path) -> str:
 def _is_type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _imports(root: Path, path: Path, modules: set[str]) -> list[Import]:
@@ -145,8 +146,10 @@ def _imports(root: Path, path: Path, modules: set[str]) -> list[Import]:
             return
         in_getattr = functions == ("__getattr__",)
         if isinstance(node, ast.Import):
-            found.extend(Import(f"{rel}:{node.lineno}", alias.name, type_checking, in_getattr)
-                         for alias in node.names)
+            found.extend(
+                Import(f"{rel}:{node.lineno}", alias.name, type_checking, in_getattr)
+                for alias in node.names
+            )
         elif isinstance(node, ast.ImportFrom):
             if node.level:  # relative: resolve against this module's package
                 base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
@@ -155,8 +158,14 @@ def _imports(root: Path, path: Path, modules: set[str]) -> list[Import]:
                 name = node.module or ""
             for alias in node.names:
                 sub = f"{name}.{alias.name}"
-                found.append(Import(f"{rel}:{node.lineno}", sub if sub in modules else name,
-                                    type_checking, in_getattr))
+                found.append(
+                    Import(
+                        f"{rel}:{node.lineno}",
+                        sub if sub in modules else name,
+                        type_checking,
+                        in_getattr,
+                    )
+                )
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             functions = (*functions, node.name)
         for child in ast.iter_child_nodes(node):
@@ -167,8 +176,11 @@ def _imports(root: Path, path: Path, modules: set[str]) -> list[Import]:
 
 
 def layer_of(module: str) -> str | None:
-    best = max((prefix for prefix in LAYERS
-                if module == prefix or module.startswith(prefix + ".")), key=len, default=None)
+    best = max(
+        (prefix for prefix in LAYERS if module == prefix or module.startswith(prefix + ".")),
+        key=len,
+        default=None,
+    )
     return LAYERS[best] if best is not None else None
 
 
@@ -181,8 +193,10 @@ def _graph(root: Path) -> dict[str, list[Import]]:
 
 def _edges(graph: dict[str, list[Import]]) -> dict[str, list[Import]]:
     """The imports that run: tideflow modules only, ``TYPE_CHECKING`` left out."""
-    return {module: [i for i in imports if i.target in graph and not i.type_checking]
-            for module, imports in graph.items()}
+    return {
+        module: [i for i in imports if i.target in graph and not i.type_checking]
+        for module, imports in graph.items()
+    }
 
 
 def layer_violations(root: Path = SRC) -> list[str]:
@@ -205,8 +219,10 @@ def layer_violations(root: Path = SRC) -> list[str]:
                 via[imp.target] = [*via[module], imp]
                 if layer_of(imp.target) not in allowed:
                     chain = " -> ".join(f"{i.target} ({i.where})" for i in via[imp.target])
-                    out.append(f"{start} ({layer_of(start)}) reaches {imp.target} "
-                               f"({layer_of(imp.target)}): {chain}")
+                    out.append(
+                        f"{start} ({layer_of(start)}) reaches {imp.target} "
+                        f"({layer_of(imp.target)}): {chain}"
+                    )
                     continue  # one report per forbidden module; do not follow it further
                 queue.append(imp.target)
     return out
@@ -226,12 +242,13 @@ def import_cycles(root: Path = SRC) -> list[str]:
         for imp in edges[module]:
             if state.get(imp.target) == 1:
                 names = [m for m, _ in stack]
-                cycle = [*stack[names.index(imp.target) + 1:], (imp.target, imp)]
+                cycle = [*stack[names.index(imp.target) + 1 :], (imp.target, imp)]
                 key = frozenset(m for m, _ in cycle)
                 if key not in seen:
                     seen.add(key)
-                    out.append(imp.target + "".join(f" -> {m} ({i.where if i else '?'})"
-                                                    for m, i in cycle))
+                    out.append(
+                        imp.target + "".join(f" -> {m} ({i.where if i else '?'})" for m, i in cycle)
+                    )
             elif imp.target not in state:
                 visit(imp.target, imp)
         stack.pop()
@@ -250,10 +267,15 @@ def backend_imports(root: Path = SRC) -> list[str]:
     for module, imports in _edges(_graph(root)).items():
         for imp in imports:
             backend = layer_of(imp.target)
-            if backend in ("sqlite", "postgres") and layer_of(module) != backend \
-                    and module != "tideflow.storage.opening":
-                out.append(f"{imp.where} imports {imp.target}: only tideflow.storage.opening "
-                           "opens a backend")
+            if (
+                backend in ("sqlite", "postgres")
+                and layer_of(module) != backend
+                and module != "tideflow.storage.opening"
+            ):
+                out.append(
+                    f"{imp.where} imports {imp.target}: only tideflow.storage.opening "
+                    "opens a backend"
+                )
     return out
 
 
@@ -309,17 +331,22 @@ def _tree(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_an_indirect_import_is_reported_with_its_chain(tmp_path: Path) -> None:
-    root = _tree(tmp_path, {
-        "tideflow/__init__.py": "",
-        "tideflow/events/__init__.py": "",
-        "tideflow/events/model.py": "def f():\n    from tideflow.storage.event_contract import X\n",
-        "tideflow/worker/__init__.py": "",
-        "tideflow/worker/loop.py": "from tideflow.storage.event_contract import X\n",
-        "tideflow/storage/__init__.py": "",
-        "tideflow/storage/event_contract.py": "from tideflow.storage.sqlite import backend\n",
-        "tideflow/storage/sqlite/__init__.py": "",
-        "tideflow/storage/sqlite/backend.py": "import sqlite3\n",
-    })
+    root = _tree(
+        tmp_path,
+        {
+            "tideflow/__init__.py": "",
+            "tideflow/events/__init__.py": "",
+            "tideflow/events/model.py": (
+                "def f():\n    from tideflow.storage.event_contract import X\n"
+            ),
+            "tideflow/worker/__init__.py": "",
+            "tideflow/worker/loop.py": "from tideflow.storage.event_contract import X\n",
+            "tideflow/storage/__init__.py": "",
+            "tideflow/storage/event_contract.py": "from tideflow.storage.sqlite import backend\n",
+            "tideflow/storage/sqlite/__init__.py": "",
+            "tideflow/storage/sqlite/backend.py": "import sqlite3\n",
+        },
+    )
     assert layer_violations(root) == [
         # a function-level import counts
         "tideflow.events.model (events) reaches tideflow.storage.event_contract (contracts): "
@@ -333,21 +360,28 @@ def test_an_indirect_import_is_reported_with_its_chain(tmp_path: Path) -> None:
     ]
     assert backend_imports(root) == [
         "tideflow/storage/event_contract.py:1 imports tideflow.storage.sqlite.backend: only "
-        "tideflow.storage.opening opens a backend"]
+        "tideflow.storage.opening opens a backend"
+    ]
 
 
 def test_a_cycle_and_a_stray_driver_import_are_reported(tmp_path: Path) -> None:
-    root = _tree(tmp_path, {
-        "tideflow/__init__.py": "",
-        "tideflow/events/__init__.py": "",
-        "tideflow/events/a.py": "from tideflow.events import b\nimport sqlite3\n",
-        "tideflow/events/b.py": ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
-                                 "    import psycopg\n"
-                                 "def g():\n    from tideflow.events.a import x\n"),
-    })
+    root = _tree(
+        tmp_path,
+        {
+            "tideflow/__init__.py": "",
+            "tideflow/events/__init__.py": "",
+            "tideflow/events/a.py": "from tideflow.events import b\nimport sqlite3\n",
+            "tideflow/events/b.py": (
+                "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                "    import psycopg\n"
+                "def g():\n    from tideflow.events.a import x\n"
+            ),
+        },
+    )
     assert import_cycles(root) == [
         "tideflow.events.a -> tideflow.events.b (tideflow/events/a.py:1) -> "
-        "tideflow.events.a (tideflow/events/b.py:5)"]
+        "tideflow.events.a (tideflow/events/b.py:5)"
+    ]
     only = "only tideflow/storage/{}/ may import {}"
     assert driver_imports(root) == [
         "tideflow/events/a.py:2 imports sqlite3: " + only.format("sqlite", "sqlite3"),
@@ -358,11 +392,18 @@ def test_a_cycle_and_a_stray_driver_import_are_reported(tmp_path: Path) -> None:
 def test_the_lazy_runtime_export_is_allowed_only_in_getattr(tmp_path: Path) -> None:
     lazy = "def __getattr__(name):\n    from tideflow.runtime import dispatch\n"
     eager = "from tideflow.runtime import dispatch\n"
-    files = {"tideflow/__init__.py": "", "tideflow/runtime/__init__.py": "",
-             "tideflow/runtime/dispatch.py": ""}
-    assert layer_violations(_tree(tmp_path / "lazy", {
-        **files, "tideflow/events/__init__.py": lazy})) == []
-    assert layer_violations(_tree(tmp_path / "eager", {
-        **files, "tideflow/events/__init__.py": eager})) == [
+    files = {
+        "tideflow/__init__.py": "",
+        "tideflow/runtime/__init__.py": "",
+        "tideflow/runtime/dispatch.py": "",
+    }
+    assert (
+        layer_violations(_tree(tmp_path / "lazy", {**files, "tideflow/events/__init__.py": lazy}))
+        == []
+    )
+    assert layer_violations(
+        _tree(tmp_path / "eager", {**files, "tideflow/events/__init__.py": eager})
+    ) == [
         "tideflow.events (events) reaches tideflow.runtime.dispatch (runtime): "
-        "tideflow.runtime.dispatch (tideflow/events/__init__.py:1)"]
+        "tideflow.runtime.dispatch (tideflow/events/__init__.py:1)"
+    ]

@@ -52,16 +52,25 @@ def table_counts(url: str) -> dict[str, int]:
     """Rows per tideflow table: 'nothing written' is checked, not assumed."""
     if url.startswith("sqlite"):
         with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
-            names = [r[0] for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' "
-                "AND name NOT LIKE 'sqlite_%' AND name <> 'schema_migrations'")]
+            names = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' "
+                    "AND name NOT LIKE 'sqlite_%' AND name <> 'schema_migrations'"
+                )
+            ]
             return {n: conn.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names}
     with psycopg.connect(url) as conn:
-        names = [r[0] for r in conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'tideflow' "
-            "AND tablename <> 'schema_migrations'")]
-        return {n: conn.execute(f'SELECT count(*) FROM tideflow."{n}"').fetchone()[0]
-                for n in names}
+        names = [
+            r[0]
+            for r in conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'tideflow' "
+                "AND tablename <> 'schema_migrations'"
+            )
+        ]
+        return {
+            n: conn.execute(f'SELECT count(*) FROM tideflow."{n}"').fetchone()[0] for n in names
+        }
 
 
 class Echo(Flow, slug="poison_echo"):
@@ -118,8 +127,7 @@ def test_run_input_is_refused_and_nothing_written(flows: App, db_url: str, kind:
 
 
 @pytest.mark.parametrize("run_id", ["a\x00b", "a\ud800", "", "x" * 201])
-def test_bad_run_id_is_refused_and_nothing_written(flows: App, db_url: str,
-                                                   run_id: str) -> None:
+def test_bad_run_id_is_refused_and_nothing_written(flows: App, db_url: str, run_id: str) -> None:
     before = table_counts(db_url)
     with pytest.raises(InvalidDataError, match="run_id") as info:
         flows.start_flow(Echo, {"n": 1}, run_id=run_id)
@@ -158,8 +166,7 @@ def test_error_text_with_nul_and_surrogates_is_stored(flows: App) -> None:
 
 @pytest.mark.parametrize("kind", sorted(POISON))
 @pytest.mark.parametrize("part", ["data", "metadata"])
-def test_event_data_and_metadata_are_refused(flows: App, db_url: str, kind: str,
-                                             part: str) -> None:
+def test_event_data_and_metadata_are_refused(flows: App, db_url: str, kind: str, part: str) -> None:
     value = POISON[kind] if isinstance(POISON[kind], dict) else {"v": POISON[kind]}
     event = NewEvent("Happened", **{part: value})
     before = table_counts(db_url)
@@ -184,8 +191,7 @@ def test_bad_ids_in_the_event_store_are_refused(flows: App, db_url: str, bad: st
     with pytest.raises(InvalidDataError) as type_error:
         NewEvent(bad)
     for error in (stream_error, key_error, type_error):
-        assert isinstance(error.value, InvalidDataError) and isinstance(error.value,
-                                                                        TideflowError)
+        assert isinstance(error.value, InvalidDataError) and isinstance(error.value, TideflowError)
     assert table_counts(db_url) == before
 
 
@@ -193,14 +199,14 @@ def test_bad_ids_in_the_event_store_are_refused(flows: App, db_url: str, bad: st
 def test_bad_idempotent_result_is_refused(flows: App, db_url: str, result: str) -> None:
     before = table_counts(db_url)
     with pytest.raises(EventDataError, match="result_json"):
-        flows.event_store.append("s-1", [NewEvent("E")], ANY, idempotency_key="k-1",
-                                 result_json=result)
+        flows.event_store.append(
+            "s-1", [NewEvent("E")], ANY, idempotency_key="k-1", result_json=result
+        )
     assert table_counts(db_url) == before
 
 
 @pytest.mark.parametrize("kind", sorted(POISON))
-def test_command_payload_is_refused_and_event_data_too(flows: App, db_url: str,
-                                                       kind: str) -> None:
+def test_command_payload_is_refused_and_event_data_too(flows: App, db_url: str, kind: str) -> None:
     payload = POISON[kind] if isinstance(POISON[kind], dict) else {"v": POISON[kind]}
     with pytest.raises(InvalidDataError, match="payload of command 'Add'") as info:
         Command("Add", "sku-1", payload)
@@ -213,8 +219,9 @@ def test_command_payload_is_refused_and_event_data_too(flows: App, db_url: str,
         assert getattr(id_info.value, "field", None) == "aggregate_id"
     before = table_counts(db_url)
     with pytest.raises(EventDataError):  # decided by the aggregate: refused at the append
-        flows.dispatch(Command("AddPoison", "sku-1", {"kind": kind},
-                               idempotency_key=f"k-{uuid4()}"))
+        flows.dispatch(
+            Command("AddPoison", "sku-1", {"kind": kind}, idempotency_key=f"k-{uuid4()}")
+        )
     assert table_counts(db_url) == before
     assert flows.dispatch(Command("Add", "sku-1", {"n": 1})).version == 1
 
@@ -222,8 +229,11 @@ def test_command_payload_is_refused_and_event_data_too(flows: App, db_url: str,
 def test_big_numbers_read_back_exactly(flows: App) -> None:
     """jsonb stores numbers as numeric and prints them without exponent; big floats are
     written out so that they come back as the same floats, big ints as the same ints."""
-    value = {"floats": [1e16, 1.5e300, -1e308, 1.7976931348623157e308, 1e-7, 5e-324, 0.1],
-             "ints": [2**63, -(2**64) - 1, 10**40], "text": "1e+16"}
+    value = {
+        "floats": [1e16, 1.5e300, -1e308, 1.7976931348623157e308, 1e-7, 5e-324, 0.1],
+        "ints": [2**63, -(2**64) - 1, 10**40],
+        "text": "1e+16",
+    }
     run_id = flows.start_flow(Echo, value)
     assert flows.get_run(run_id).input == value
     flows.run_worker(until_idle=True, **FAST)
@@ -248,7 +258,11 @@ def test_dead_letter_error_text_with_nul_and_surrogates_is_stored(flows: App) ->
             raise NonRetryableError("bad \x00 text \ud800")
 
     flows.event_store.append("s-1", [NewEvent("E")], ANY)
-    HandlerRunner(flows.event_store, flows.handler_store, [Fails()],
-                  options=HandlerRunnerOptions(poll_interval=0.02)).run_until_idle()
+    HandlerRunner(
+        flows.event_store,
+        flows.handler_store,
+        [Fails()],
+        options=HandlerRunnerOptions(poll_interval=0.02),
+    ).run_until_idle()
     [dead] = flows.handler_store.list_dead_letters("poison_fails")
     assert dead.error == "NonRetryableError: bad \ufffd text ?"

@@ -23,15 +23,25 @@ from tideflow.events.commands import Command
 from tideflow.events.model import MAX_ID_LENGTH
 from tideflow.jsonutil import MAX_DEPTH
 
-SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                           HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 #: Text with every code point, surrogates included, and the troublemakers often.
-TEXT = st.text(st.characters(exclude_categories=()) | st.sampled_from(["\x00", "\ud800", "\udfff"]),
-               max_size=12)
-SCALARS = (st.none() | st.booleans() | st.integers() | TEXT
-           | st.floats(allow_nan=False, allow_infinity=False))
+TEXT = st.text(
+    st.characters(exclude_categories=()) | st.sampled_from(["\x00", "\ud800", "\udfff"]),
+    max_size=12,
+)
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | TEXT
+    | st.floats(allow_nan=False, allow_infinity=False)
+)
 VALUES = st.recursive(
     SCALARS,
     lambda children: st.lists(children, max_size=4) | st.dictionaries(TEXT, children, max_size=4),
@@ -49,8 +59,9 @@ def storable(value: Any, depth: int = 0) -> bool:
     if isinstance(value, list):
         return depth < MAX_DEPTH and all(storable(v, depth + 1) for v in value)
     if isinstance(value, dict):
-        return depth < MAX_DEPTH and all(good_text(k) and storable(v, depth + 1)
-                                         for k, v in value.items())
+        return depth < MAX_DEPTH and all(
+            good_text(k) and storable(v, depth + 1) for k, v in value.items()
+        )
     return True
 
 
@@ -114,8 +125,7 @@ def test_start_flow(props: App, db_url: str) -> None:
     @given(value=VALUES, run_id=IDS)
     def check(value: Any, run_id: str) -> None:
         ok = storable(value) and good_id(run_id, 200) and run_id not in seen
-        started = attempt(props, db_url, ok,
-                          lambda: props.start_flow(Keep, value, run_id=run_id))
+        started = attempt(props, db_url, ok, lambda: props.start_flow(Keep, value, run_id=run_id))
         if started is not None:
             seen.add(run_id)
             run = props.get_run(run_id)
@@ -131,8 +141,9 @@ def test_dispatch(props: App, db_url: str) -> None:
     @given(value=VALUES, aggregate_id=IDS)
     def check(value: Any, aggregate_id: str) -> None:
         ok = storable({"v": value}) and good_id(aggregate_id, room)
-        result = attempt(props, db_url, ok, lambda: props.dispatch(
-            Command("Put", aggregate_id, {"v": value})))
+        result = attempt(
+            props, db_url, ok, lambda: props.dispatch(Command("Put", aggregate_id, {"v": value}))
+        )
         if result is not None:
             read = list(props.event_store.read_stream(result.stream_id))[-1]
             assert same({"v": value}, read.data) and same(read.data, result.events[0].data)
@@ -144,12 +155,18 @@ def test_append(props: App, db_url: str) -> None:
     @SETTINGS
     @given(data=VALUES, metadata=VALUES, stream_id=IDS, event_type=IDS)
     def check(data: Any, metadata: Any, stream_id: str, event_type: str) -> None:
-        ok = (storable({"d": data}) and storable({"m": metadata}) and good_id(stream_id)
-              and good_id(event_type))
+        ok = (
+            storable({"d": data})
+            and storable({"m": metadata})
+            and good_id(stream_id)
+            and good_id(event_type)
+        )
 
         def append() -> Any:
             return props.event_store.append(
-                stream_id, [NewEvent(event_type, {"d": data}, {"m": metadata})], ANY)
+                stream_id, [NewEvent(event_type, {"d": data}, {"m": metadata})], ANY
+            )
+
         recorded = attempt(props, db_url, ok, append)
         if recorded is not None:
             read = list(props.event_store.read_stream(stream_id))[-1]

@@ -60,8 +60,15 @@ def test_register_by_import_path() -> None:
     assert cls is Alpha and reg.get("alpha") is Alpha
 
 
-@pytest.mark.parametrize("path", ["no_such_module_xyz:Flow", "tests.test_registry:Missing",
-                                  "no-colon-here", "tests.test_registry:"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "no_such_module_xyz:Flow",
+        "tests.test_registry:Missing",
+        "no-colon-here",
+        "tests.test_registry:",
+    ],
+)
 def test_import_path_that_cannot_be_loaded(path: str) -> None:
     with pytest.raises(FlowImportError) as err:
         FlowRegistry().register(path)
@@ -95,8 +102,10 @@ def test_concurrent_readers_and_writers() -> None:
     reg = FlowRegistry()
     classes = []
     for i in range(40):
+
         def method(self, input):
             return input
+
         cls = type(f"F{i}", (Flow,), {"go": step()(method)}, slug=f"f{i}")
         classes.append(cls)
     errors: list[BaseException] = []

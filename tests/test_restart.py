@@ -58,14 +58,36 @@ class Server:
     def init(self) -> None:
         if os.geteuid() == 0:
             shutil.chown(self.base, "postgres")
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync",
-                  "--no-instructions")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "--no-instructions",
+        )
 
     def ctl(self, *args: str) -> None:
-        options = (f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 "
-                   "-c fsync=off -c full_page_writes=off")  # commits stay durable: -m immediate
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.base / "server.log"), "-w",
-                  "-t", "30", "-o", options, *args)
+        options = (
+            f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c full_page_writes=off"
+        )  # commits stay durable: -m immediate
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.base / "server.log"),
+            "-w",
+            "-t",
+            "30",
+            "-o",
+            options,
+            *args,
+        )
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop", check=False)
@@ -88,8 +110,10 @@ def server() -> Iterator[Server]:
             bindir = candidate
     if bindir is None or (os.geteuid() == 0 and not shutil.which("runuser")):
         if os.environ.get("CI") == "true":
-            pytest.fail("the restart test needs PostgreSQL's server binaries (pg_config "
-                        "--bindir) under CI=true")
+            pytest.fail(
+                "the restart test needs PostgreSQL's server binaries (pg_config "
+                "--bindir) under CI=true"
+            )
         pytest.skip("PostgreSQL server binaries not found (pg_config --bindir)")
     base = Path(tempfile.mkdtemp(prefix="tideflow-restart-"))
     srv = Server(bindir, base)
@@ -129,14 +153,14 @@ class Load:
         i = 0
         while not self._stop.is_set():
             i += 1
-            start = functools.partial(self.app.start_flow, Pipeline, {"n": i},
-                                      run_id=f"run-{i}")
+            start = functools.partial(self.app.start_flow, Pipeline, {"n": i}, run_id=f"run-{i}")
             while not self._retry(start, RunAlreadyExistsError):
                 pass
             self.runs.add(f"run-{i}")
             event = NewEvent("Tick", {"i": i})
-            append = functools.partial(self.app.event_store.append, f"stream-{i % 7}", [event],
-                                       ExpectedVersion.ANY)
+            append = functools.partial(
+                self.app.event_store.append, f"stream-{i % 7}", [event], ExpectedVersion.ANY
+            )
             while not self._retry(append, DuplicateEventIdError):
                 pass
             self.events.add(event.event_id)
@@ -154,8 +178,9 @@ class Load:
             return False
 
 
-def test_a_worker_survives_three_postgres_restarts_under_load(server: Server,
-                                                              tmp_path: Path) -> None:
+def test_a_worker_survives_three_postgres_restarts_under_load(
+    server: Server, tmp_path: Path
+) -> None:
     admin = psycopg.connect(server.url, autocommit=True)
     admin.execute("CREATE DATABASE tideflow")
     admin.close()
@@ -164,18 +189,45 @@ def test_a_worker_survives_three_postgres_restarts_under_load(server: Server,
         app.migrate()
     marks = tmp_path / "marks"
     marks.mkdir()
-    env = {**os.environ, "TIDEFLOW_RESTART_MARKS": str(marks), "PYTHONPATH": str(ROOT),
-           "COLUMNS": "300"}
+    env = {
+        **os.environ,
+        "TIDEFLOW_RESTART_MARKS": str(marks),
+        "PYTHONPATH": str(ROOT),
+        "COLUMNS": "300",
+    }
     stderr = (tmp_path / "worker.err").open("w+")
     worker = subprocess.Popen(
-        [sys.executable, "-c", "from tideflow.cli.main import main; main()", "worker",
-         "--app", "tests.restart.app:app", "-d", url, "--concurrency", "8",
-         "--poll-interval", "0.1", "--lease-margin", "3", "--heartbeat-interval", "0.5",
-         "--handler-lease", "3", "--shutdown-grace", "5"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        [
+            sys.executable,
+            "-c",
+            "from tideflow.cli.main import main; main()",
+            "worker",
+            "--app",
+            "tests.restart.app:app",
+            "-d",
+            url,
+            "--concurrency",
+            "8",
+            "--poll-interval",
+            "0.1",
+            "--lease-margin",
+            "3",
+            "--heartbeat-interval",
+            "0.5",
+            "--handler-lease",
+            "3",
+            "--shutdown-grace",
+            "5",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+    )
     pid = worker.pid
     load = Load(url)
     try:
+
         def running(outages: int) -> None:
             """Wait until, after ``outages`` outages, the worker listens on both channels again
             and the load has started more runs: the next outage hits a working system (not
@@ -185,17 +237,23 @@ def test_a_worker_survives_three_postgres_restarts_under_load(server: Server,
             def back() -> bool:
                 if outages == 0:
                     with psycopg.connect(url, autocommit=True) as c:
-                        row = c.execute("SELECT count(DISTINCT query) FROM pg_stat_activity "
-                                        "WHERE query IN ('LISTEN tideflow_tasks', "
-                                        "'LISTEN tideflow_events')").fetchone()
+                        row = c.execute(
+                            "SELECT count(DISTINCT query) FROM pg_stat_activity "
+                            "WHERE query IN ('LISTEN tideflow_tasks', "
+                            "'LISTEN tideflow_events')"
+                        ).fetchone()
                     listening = row is not None and row[0] == 2
                 else:
                     listening = _tail(stderr, 200_000).count(" re-established") >= 2 * outages
                 return listening and len(load.runs) >= before + 10
 
-            wait_until(back, timeout=45, interval=0.1, details=lambda: _tail(stderr),
-                       what=f"the worker listening and the load going on after {outages} "
-                            "outage(s)")
+            wait_until(
+                back,
+                timeout=45,
+                interval=0.1,
+                details=lambda: _tail(stderr),
+                what=f"the worker listening and the load going on after {outages} outage(s)",
+            )
 
         with load:
             running(0)
@@ -211,29 +269,45 @@ def test_a_worker_survives_three_postgres_restarts_under_load(server: Server,
         assert len(load.runs) > 20 and len(load.events) > 20
 
         with psycopg.connect(url) as conn:
+
             def caught_up() -> bool:
-                done = conn.execute("SELECT count(*) FROM tideflow.runs WHERE status = "
-                                    "'completed'").fetchone()
+                done = conn.execute(
+                    "SELECT count(*) FROM tideflow.runs WHERE status = 'completed'"
+                ).fetchone()
                 seen = _count(conn, "SELECT count(*) FROM tally_seen")
                 return bool(done and done[0] == len(load.runs)) and seen == len(load.events)
 
             def pending() -> str:
-                return (repr(conn.execute("SELECT * FROM tideflow.tasks WHERE status <> "
-                                          "'completed'").fetchall())
-                        + repr(conn.execute("SELECT * FROM tideflow.event_handlers").fetchall())
-                        + f"\n{_tail(stderr)}")
+                return (
+                    repr(
+                        conn.execute(
+                            "SELECT * FROM tideflow.tasks WHERE status <> 'completed'"
+                        ).fetchall()
+                    )
+                    + repr(conn.execute("SELECT * FROM tideflow.event_handlers").fetchall())
+                    + f"\n{_tail(stderr)}"
+                )
 
-            wait_until(caught_up, timeout=45, interval=0.2, details=pending,
-                       what=f"{len(load.runs)} runs completed, {len(load.events)} events seen")
+            wait_until(
+                caught_up,
+                timeout=45,
+                interval=0.2,
+                details=pending,
+                what=f"{len(load.runs)} runs completed, {len(load.events)} events seen",
+            )
             # The projection: each event exactly once (the primary key would have refused a
             # second delivery, failing the batch), totals that add up, no dead letters.
-            assert _count(conn, "SELECT coalesce(sum(n), 0) FROM tally_totals") == len(
-                load.events)
+            assert _count(conn, "SELECT coalesce(sum(n), 0) FROM tally_totals") == len(load.events)
             assert _count(conn, "SELECT count(*) FROM tideflow.dead_letters") == 0
-            assert conn.execute("SELECT status FROM tideflow.event_handlers WHERE name = "
-                                "'tally'").fetchone() == ("running",)
-            attempts = {(r, s): a for r, s, a in conn.execute(
-                "SELECT run_id, step_slug, attempts FROM tideflow.tasks")}
+            assert conn.execute(
+                "SELECT status FROM tideflow.event_handlers WHERE name = 'tally'"
+            ).fetchone() == ("running",)
+            attempts = {
+                (r, s): a
+                for r, s, a in conn.execute(
+                    "SELECT run_id, step_slug, attempts FROM tideflow.tasks"
+                )
+            }
         assert len(attempts) == 2 * len(load.runs)
         # Steps: exactly one execution of the attempt that completed, never two executions of
         # one attempt (a retry after a lost lease is a new attempt).
@@ -242,9 +316,13 @@ def test_a_worker_survives_three_postgres_restarts_under_load(server: Server,
         for (run_id, slug), attempt in attempts.items():
             assert (run_id, slug, str(attempt)) in executions, (run_id, slug, attempt)
         # Both listeners come back (backoff: at most ~5 s after the server does).
-        wait_until(lambda: _tail(stderr, 200_000).count(" re-established") >= 6,
-                   timeout=15, interval=0.1, what="6 lines 're-established'",
-                   details=lambda: _tail(stderr))
+        wait_until(
+            lambda: _tail(stderr, 200_000).count(" re-established") >= 6,
+            timeout=15,
+            interval=0.1,
+            what="6 lines 're-established'",
+            details=lambda: _tail(stderr),
+        )
         assert worker.poll() is None and worker.pid == pid  # the same process, still running
     finally:
         if worker.poll() is None:

@@ -42,6 +42,8 @@ def assert_blocked(thread: threading.Thread, url: str) -> None:
 
 def _lock_waiters(url: str) -> int:
     with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
-                           "current_database() AND wait_event_type = 'Lock'").fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = "
+            "current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
     return int(row[0]) if row else 0

@@ -107,13 +107,18 @@ class _ReadClient(Client):
 
 
 class App:
-    def __init__(self, database_url: str | None = None, *,
-                 flows: Iterable[type[Flow] | str] = (),
-                 aggregates: Iterable[type[Aggregate]] = (),
-                 command_middleware: Iterable[Middleware] = (),
-                 handlers: Iterable[EventHandler | type[EventHandler]] = (),
-                 upcasters: Upcasters | None = None,
-                 migrate: bool = True, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        flows: Iterable[type[Flow] | str] = (),
+        aggregates: Iterable[type[Aggregate]] = (),
+        command_middleware: Iterable[Middleware] = (),
+        handlers: Iterable[EventHandler | type[EventHandler]] = (),
+        upcasters: Upcasters | None = None,
+        migrate: bool = True,
+        clock: Clock | None = None,
+    ) -> None:
         """``migrate`` applies pending schema migrations before the app first writes - a worker,
         ``start_flow``, ``dispatch``, or getting one of the store handles (``store``,
         ``event_store``, ``client``, ...) - under a lock, so many workers starting at once are
@@ -165,8 +170,10 @@ class App:
         pending migrations. The store it opens is the app's store from then on (its schema is
         current, so later writes need no migration). An in-memory SQLite database exists only
         in this process, so there this is ``store``."""
-        memory = (self.database_url.startswith("sqlite://")
-                  and sqlite_path(self.database_url) == ":memory:")
+        memory = (
+            self.database_url.startswith("sqlite://")
+            and sqlite_path(self.database_url) == ":memory:"
+        )
         if self._store is None and not memory:
             store = open_store(self.database_url, clock=self._clock, create=False)
             try:
@@ -201,14 +208,25 @@ class App:
         self.handlers.append(cls)
         return cls
 
-    def on_database(self, database_url: str, *, flows: Iterable[type[Flow] | str] | None = None,
-                    migrate: bool | None = None) -> App:
+    def on_database(
+        self,
+        database_url: str,
+        *,
+        flows: Iterable[type[Flow] | str] | None = None,
+        migrate: bool | None = None,
+    ) -> App:
         """This app's configuration - flows (or ``flows``), aggregates, middleware, handlers,
         upcasters, clock - on another database: what ``--database-url`` with ``--app`` runs."""
-        return App(database_url, flows=list(self.registry) if flows is None else flows,
-                   aggregates=self._aggregates, command_middleware=self._middleware,
-                   handlers=self.handlers, upcasters=self.upcasters,
-                   migrate=self._migrate if migrate is None else migrate, clock=self._clock)
+        return App(
+            database_url,
+            flows=list(self.registry) if flows is None else flows,
+            aggregates=self._aggregates,
+            command_middleware=self._middleware,
+            handlers=self.handlers,
+            upcasters=self.upcasters,
+            migrate=self._migrate if migrate is None else migrate,
+            clock=self._clock,
+        )
 
     def process_manager(self, cls: ProcessManagerT) -> ProcessManagerT:
         """Register a process manager (saga); usable as a class decorator. It runs as one of
@@ -224,8 +242,9 @@ class App:
             self._process_store = open_process_store_on(self.store)
         return self._process_store
 
-    def handler_runner(self, worker_id: str | None = None,
-                       options: HandlerRunnerOptions | None = None) -> HandlerRunner:
+    def handler_runner(
+        self, worker_id: str | None = None, options: HandlerRunnerOptions | None = None
+    ) -> HandlerRunner:
         handlers = self.bound_handlers()
         if any(isinstance(h, ProcessManager) for h in handlers):
             # Record the flows' versions now, in transactions of their own: a process manager
@@ -233,8 +252,9 @@ class App:
             # (a row written in a transaction that may roll back cannot be remembered).
             for flow in self.registry:
                 self.store.ensure_flow(flow.definition)
-        return HandlerRunner(self.event_store, self.handler_store, handlers,
-                             worker_id=worker_id, options=options)
+        return HandlerRunner(
+            self.event_store, self.handler_store, handlers, worker_id=worker_id, options=options
+        )
 
     def bound_handlers(self) -> list[EventHandler]:
         """The app's handlers, instantiated, its process managers bound to its dispatcher,
@@ -242,16 +262,18 @@ class App:
         handlers = [check_handler(h) for h in self.handlers]
         for handler in handlers:
             if isinstance(handler, ProcessManager):
-                handler.bind(lambda: ProcessBindings(self.dispatcher, self.process_store,
-                                                     self.client))
+                handler.bind(
+                    lambda: ProcessBindings(self.dispatcher, self.process_store, self.client)
+                )
         return handlers
 
     @property
     def dispatcher(self) -> CommandDispatcher:
         """The command dispatcher, built once (it checks every aggregate when built)."""
         if self._dispatcher is None:
-            self._dispatcher = CommandDispatcher(self.event_store, self._aggregates,
-                                                 middleware=self._middleware)
+            self._dispatcher = CommandDispatcher(
+                self.event_store, self._aggregates, middleware=self._middleware
+            )
         return self._dispatcher
 
     def aggregate(self, cls: AggregateT) -> AggregateT:
@@ -282,8 +304,9 @@ class App:
         return AsyncApp(self)
 
     # Shortcuts to the client, the calls most code makes.
-    def start_flow(self, flow: type[Flow] | str, input: Any = None, *,
-                   run_id: str | None = None) -> str:
+    def start_flow(
+        self, flow: type[Flow] | str, input: Any = None, *, run_id: str | None = None
+    ) -> str:
         return self.client.start_flow(flow, input, run_id=run_id)
 
     # Reads, and cancel_run (a run to cancel lives in a migrated database): never migrate.
@@ -296,39 +319,61 @@ class App:
     def cancel_run(self, run_id: str) -> bool:
         return _ReadClient(self).cancel_run(run_id)
 
-    def list_runs(self, *, flow: type[Flow] | str | None = None, status: str | None = None,
-                  limit: int = 50, offset: int = 0) -> list[RunRecord]:
-        return _ReadClient(self).list_runs(flow=flow, status=status, limit=limit,
-                                           offset=offset)
+    def list_runs(
+        self,
+        *,
+        flow: type[Flow] | str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[RunRecord]:
+        return _ReadClient(self).list_runs(flow=flow, status=status, limit=limit, offset=offset)
 
     def migrate(self) -> list[str]:
         return self.store.migrate()
 
-    def worker(self, *, concurrency: int = WorkerOptions.concurrency,
-               poll_interval: float = WorkerOptions.poll_interval,
-               lease_margin: float = WorkerOptions.lease_margin,
-               heartbeat_interval: float | None = WorkerOptions.heartbeat_interval,
-               reap_interval: float = WorkerOptions.reap_interval,
-               shutdown_grace: float = WorkerOptions.shutdown_grace,
-               max_batch: int = WorkerOptions.max_batch) -> Worker:
+    def worker(
+        self,
+        *,
+        concurrency: int = WorkerOptions.concurrency,
+        poll_interval: float = WorkerOptions.poll_interval,
+        lease_margin: float = WorkerOptions.lease_margin,
+        heartbeat_interval: float | None = WorkerOptions.heartbeat_interval,
+        reap_interval: float = WorkerOptions.reap_interval,
+        shutdown_grace: float = WorkerOptions.shutdown_grace,
+        max_batch: int = WorkerOptions.max_batch,
+    ) -> Worker:
         """A flow worker for this app's flows (``WorkerOptions`` says what each option does);
         records the flows' versions first."""
         for flow in self.registry:
             self.store.ensure_flow(flow.definition)
-        return Worker(self.store, self.registry, options=WorkerOptions(
-            concurrency=concurrency, poll_interval=poll_interval, lease_margin=lease_margin,
-            heartbeat_interval=heartbeat_interval, reap_interval=reap_interval,
-            shutdown_grace=shutdown_grace, max_batch=max_batch))
+        return Worker(
+            self.store,
+            self.registry,
+            options=WorkerOptions(
+                concurrency=concurrency,
+                poll_interval=poll_interval,
+                lease_margin=lease_margin,
+                heartbeat_interval=heartbeat_interval,
+                reap_interval=reap_interval,
+                shutdown_grace=shutdown_grace,
+                max_batch=max_batch,
+            ),
+        )
 
-    def run_worker(self, *, until_idle: bool = False,
-                   concurrency: int = WorkerOptions.concurrency,
-                   poll_interval: float = WorkerOptions.poll_interval,
-                   lease_margin: float = WorkerOptions.lease_margin,
-                   heartbeat_interval: float | None = WorkerOptions.heartbeat_interval,
-                   reap_interval: float = WorkerOptions.reap_interval,
-                   shutdown_grace: float = WorkerOptions.shutdown_grace,
-                   max_batch: int = WorkerOptions.max_batch,
-                   handler_lease: float = HandlerRunnerOptions.lease_ttl) -> None:
+    def run_worker(
+        self,
+        *,
+        until_idle: bool = False,
+        concurrency: int = WorkerOptions.concurrency,
+        poll_interval: float = WorkerOptions.poll_interval,
+        lease_margin: float = WorkerOptions.lease_margin,
+        heartbeat_interval: float | None = WorkerOptions.heartbeat_interval,
+        reap_interval: float = WorkerOptions.reap_interval,
+        shutdown_grace: float = WorkerOptions.shutdown_grace,
+        max_batch: int = WorkerOptions.max_batch,
+        handler_lease: float = HandlerRunnerOptions.lease_ttl,
+    ) -> None:
         """Run a worker in this thread until SIGINT/SIGTERM or, with ``until_idle``, until
         there is nothing left to do. One worker process runs both the flows and the event
         handlers of this app.
@@ -346,16 +391,31 @@ class App:
 
         A database outage is waited out, never raised. Raises only for a bug in tideflow: the
         other half (flows or handlers) is then stopped gracefully and the error re-raised."""
+
         def make_worker() -> Worker:
-            return self.worker(concurrency=concurrency, poll_interval=poll_interval,
-                               lease_margin=lease_margin, heartbeat_interval=heartbeat_interval,
-                               reap_interval=reap_interval, shutdown_grace=shutdown_grace,
-                               max_batch=max_batch)
+            return self.worker(
+                concurrency=concurrency,
+                poll_interval=poll_interval,
+                lease_margin=lease_margin,
+                heartbeat_interval=heartbeat_interval,
+                reap_interval=reap_interval,
+                shutdown_grace=shutdown_grace,
+                max_batch=max_batch,
+            )
 
         worker = make_worker()
-        runner = (self.handler_runner(worker_id=worker.worker_id, options=HandlerRunnerOptions(
-            poll_interval=poll_interval, lease_ttl=handler_lease,
-            shutdown_grace=shutdown_grace)) if self.handlers else None)
+        runner = (
+            self.handler_runner(
+                worker_id=worker.worker_id,
+                options=HandlerRunnerOptions(
+                    poll_interval=poll_interval,
+                    lease_ttl=handler_lease,
+                    shutdown_grace=shutdown_grace,
+                ),
+            )
+            if self.handlers
+            else None
+        )
         signals = 0
 
         def stop(force: bool = False) -> None:
@@ -367,8 +427,12 @@ class App:
             nonlocal signals
             signals += 1
             if signals == 1:
-                log.info("%s: stopping gracefully (up to %gs for running work); send it again "
-                         "to stop at once", name, shutdown_grace)
+                log.info(
+                    "%s: stopping gracefully (up to %gs for running work); send it again "
+                    "to stop at once",
+                    name,
+                    shutdown_grace,
+                )
                 stop()
             else:
                 log.warning("%s again: stopping now; running tasks go back to the queue", name)
@@ -389,7 +453,8 @@ class App:
                     # worker found nothing to do, and a step may have appended events after
                     # the handlers caught up. Another round until one does nothing at all.
                     busy = worker.completed + worker.failed > 0 or (
-                        runner is not None and runner.handled > handled)
+                        runner is not None and runner.handled > handled
+                    )
                     if not until_idle or signals or not busy:
                         return
                     worker = make_worker()

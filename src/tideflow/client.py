@@ -32,8 +32,9 @@ class InvalidArgumentError(TideflowError, ValueError):
     """An argument to a client call is malformed (a run id, a status filter, a limit)."""
 
 
-def start_run_retrying(store: FlowStore, definition: FlowDefinition, run_id: str,
-                       input_json: str, *, generated: bool) -> None:
+def start_run_retrying(
+    store: FlowStore, definition: FlowDefinition, run_id: str, input_json: str, *, generated: bool
+) -> None:
     """``store.start_run``, retried for a few seconds while the database is unavailable, then
     ``DatabaseUnavailableError``. Safe to repeat: the run id is fixed before the first try, so
     no repeat can start a second run. When the first try's COMMIT landed but its answer was
@@ -55,8 +56,9 @@ def start_run_retrying(store: FlowStore, definition: FlowDefinition, run_id: str
     retry_briefly(attempt)
 
 
-def _is_this_run(store: FlowStore, definition: FlowDefinition, run_id: str,
-                 input_json: str) -> bool:
+def _is_this_run(
+    store: FlowStore, definition: FlowDefinition, run_id: str, input_json: str
+) -> bool:
     run = store.get_run(run_id, with_steps=False)
     return run.flow_slug == definition.slug and run.input == json.loads(input_json)
 
@@ -66,8 +68,9 @@ class Client:
         self.store = store
         self.registry = registry
 
-    def start_flow(self, flow: type[Flow] | str, input: Any = None, *,
-                   run_id: str | None = None) -> str:
+    def start_flow(
+        self, flow: type[Flow] | str, input: Any = None, *, run_id: str | None = None
+    ) -> str:
         """Start a run and return its id. Nothing is written when the flow is unknown, the
         input is not JSON-serialisable or not storable (``InvalidDataError``: NUL, surrogates,
         too deep), ``run_id`` is malformed (``InvalidDataError``) or taken. While the database
@@ -78,8 +81,7 @@ class Client:
         input_json = dumps(input, what=f"run input of flow {definition.slug!r}")
         generated = run_id is None
         run_id = new_run_id() if run_id is None else check_id(run_id, "run_id", max_length=200)
-        start_run_retrying(self.store, definition, run_id, input_json,
-                           generated=generated)
+        start_run_retrying(self.store, definition, run_id, input_json, generated=generated)
         return run_id
 
     def get_run(self, run_id: str) -> RunRecord:
@@ -124,11 +126,18 @@ class Client:
     def cancel_run(self, run_id: str) -> bool:
         return self.store.cancel_run(check_id(run_id, "run_id", max_length=200))
 
-    def list_runs(self, *, flow: type[Flow] | str | None = None, status: str | None = None,
-                  limit: int = 50, offset: int = 0) -> list[RunRecord]:
+    def list_runs(
+        self,
+        *,
+        flow: type[Flow] | str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[RunRecord]:
         if status is not None and status not in RUN_STATUSES:
             raise InvalidArgumentError(
-                f"unknown run status {status!r}; use one of {', '.join(RUN_STATUSES)}")
+                f"unknown run status {status!r}; use one of {', '.join(RUN_STATUSES)}"
+            )
         if limit < 1 or offset < 0:
             raise InvalidArgumentError("limit must be >= 1 and offset >= 0")
         slug = flow.slug if is_flow_class(flow) else flow
@@ -140,8 +149,9 @@ class RunCalls(Protocol):
     """The blocking calls that ``AsyncClient`` makes awaitable: ``Client``'s, which ``App``
     has too (routing reads and writes to its own stores)."""
 
-    def start_flow(self, flow: type[Flow] | str, input: Any = None, *,
-                   run_id: str | None = None) -> str: ...
+    def start_flow(
+        self, flow: type[Flow] | str, input: Any = None, *, run_id: str | None = None
+    ) -> str: ...
 
     def get_run(self, run_id: str) -> RunRecord: ...
 
@@ -149,8 +159,14 @@ class RunCalls(Protocol):
 
     def cancel_run(self, run_id: str) -> bool: ...
 
-    def list_runs(self, *, flow: type[Flow] | str | None = None, status: str | None = None,
-                  limit: int = 50, offset: int = 0) -> list[RunRecord]: ...
+    def list_runs(
+        self,
+        *,
+        flow: type[Flow] | str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[RunRecord]: ...
 
 
 class AsyncClient:
@@ -160,8 +176,9 @@ class AsyncClient:
     def __init__(self, client: RunCalls) -> None:
         self._client = client
 
-    async def start_flow(self, flow: type[Flow] | str, input: Any = None, *,
-                         run_id: str | None = None) -> str:
+    async def start_flow(
+        self, flow: type[Flow] | str, input: Any = None, *, run_id: str | None = None
+    ) -> str:
         return await asyncio.to_thread(self._client.start_flow, flow, input, run_id=run_id)
 
     async def get_run(self, run_id: str) -> RunRecord:
@@ -173,8 +190,14 @@ class AsyncClient:
     async def cancel_run(self, run_id: str) -> bool:
         return await asyncio.to_thread(self._client.cancel_run, run_id)
 
-    async def list_runs(self, *, flow: type[Flow] | str | None = None,
-                        status: str | None = None, limit: int = 50,
-                        offset: int = 0) -> list[RunRecord]:
-        return await asyncio.to_thread(self._client.list_runs, flow=flow, status=status,
-                                       limit=limit, offset=offset)
+    async def list_runs(
+        self,
+        *,
+        flow: type[Flow] | str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[RunRecord]:
+        return await asyncio.to_thread(
+            self._client.list_runs, flow=flow, status=status, limit=limit, offset=offset
+        )

@@ -77,8 +77,9 @@ def check_text(text: str, value: Any, *, what: str, field: str | None = None) ->
     """``text`` (``value`` encoded by json with ``ensure_ascii=False``) if it may be stored,
     with big floats written out (module docstring); else ``InvalidDataError``. A few scans of
     the text in C: a 1 KB document costs about a microsecond."""
-    if ((_NUL_ESCAPE in text and _REAL_NUL.search(text))
-            or (not text.isascii() and _has_surrogate(text))):
+    if (_NUL_ESCAPE in text and _REAL_NUL.search(text)) or (
+        not text.isascii() and _has_surrogate(text)
+    ):
         raise _bad_string(value, what, field)
     if text.count("[") + text.count("{") > MAX_DEPTH and _depth(text) > MAX_DEPTH:
         raise too_deep(what, field)
@@ -94,7 +95,9 @@ def loads(text: str | None) -> Any:
 def too_deep(what: str, field: str | None = None) -> InvalidDataError:
     return InvalidDataError(
         f"{what} is nested more than {MAX_DEPTH} lists/objects deep "
-        f"(tideflow.jsonutil.MAX_DEPTH); flatten it. Nothing was written.", field or what)
+        f"(tideflow.jsonutil.MAX_DEPTH); flatten it. Nothing was written.",
+        field or what,
+    )
 
 
 def check_id(value: object, what: str, *, max_length: int = 200) -> str:
@@ -102,17 +105,20 @@ def check_id(value: object, what: str, *, max_length: int = 200) -> str:
     without NUL or surrogates - PostgreSQL ``text`` cannot hold them, so SQLite must not
     either. ``InvalidDataError`` naming ``what`` otherwise."""
     if not isinstance(value, str):
-        raise InvalidDataError(f"{what} must be a str, got {type(value).__name__} {value!r}",
-                               what)
+        raise InvalidDataError(f"{what} must be a str, got {type(value).__name__} {value!r}", what)
     if not value or len(value) > max_length:
         raise InvalidDataError(
             f"{what} must be a non-empty str of at most {max_length} characters, got "
             f"{len(value)} characters ({value[:40]!r}{'...' if len(value) > 40 else ''}): use "
-            "a shorter id (a uuid, a hash)", what)
+            "a shorter id (a uuid, a hash)",
+            what,
+        )
     bad = bad_character(value)
     if bad is not None:
-        raise InvalidDataError(f"{what} {value[:60]!r} contains {bad}, which the database "
-                               "cannot store: remove it", what)
+        raise InvalidDataError(
+            f"{what} {value[:60]!r} contains {bad}, which the database cannot store: remove it",
+            what,
+        )
     return value
 
 
@@ -173,7 +179,9 @@ def _bad_string(value: Any, what: str, field: str | None) -> InvalidDataError:
     return InvalidDataError(
         f"{what} contains {bad} at {where}, which PostgreSQL cannot store in JSON (and SQLite "
         "refuses too, so both backends accept the same values): remove it, or encode binary "
-        "data as base64. Nothing was written.", field or what)
+        "data as base64. Nothing was written.",
+        field or what,
+    )
 
 
 def _find_bad_string(value: Any) -> tuple[str, str]:

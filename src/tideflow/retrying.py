@@ -31,8 +31,9 @@ class Backoff:
     """Capped exponential backoff with jitter: delays of ``initial * 2**n``, at most
     ``maximum``, each drawn between half and all of that (so never zero, never in lockstep)."""
 
-    def __init__(self, initial: float = 0.1, maximum: float = 5.0,
-                 rng: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self, initial: float = 0.1, maximum: float = 5.0, rng: Callable[[], float] = random.random
+    ) -> None:
         self.initial = initial
         self.maximum = maximum
         self._rng = rng
@@ -49,8 +50,12 @@ class Backoff:
         self.failures = 0
 
 
-def retry_briefly(call: Callable[[], T], *, seconds: float | None = None,
-                  sleep: Callable[[float], None] = time.sleep) -> T:
+def retry_briefly(
+    call: Callable[[], T],
+    *,
+    seconds: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
     """``call()``, retried with ``Backoff`` while it raises ``DatabaseUnavailableError``, for at
     most about ``seconds`` (default ``CLIENT_RETRY_SECONDS``); then the last error propagates.
     Only for calls that are safe to repeat: ones that wrote nothing when they failed, or whose
@@ -68,8 +73,9 @@ def retry_briefly(call: Callable[[], T], *, seconds: float | None = None,
             sleep(delay)
 
 
-def backoff_delay(attempt: int, base_delay: float, max_delay: float,
-                  rng: Callable[[], float] = random.random) -> float:
+def backoff_delay(
+    attempt: int, base_delay: float, max_delay: float, rng: Callable[[], float] = random.random
+) -> float:
     """Seconds to wait after failed attempt ``attempt`` (1-based) of a flow step or an event
     handler: exponential, capped, minus up to 25% jitter so that tasks failing together do not
     retry together. Here, below storage and the runtime, because both use it."""

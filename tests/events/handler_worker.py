@@ -38,19 +38,28 @@ class Tally(Projection):
 
     def handle(self, event: RecordedEvent, ctx: HandlerContext) -> None:
         time.sleep(0.003)  # slow enough to be killed in the middle of a batch
-        ctx.execute("INSERT INTO tally_seen (position, worker) VALUES (%(p)s, %(w)s)",
-                    {"p": event.position, "w": self.worker})
-        ctx.execute("INSERT INTO tally_totals (stream, n) VALUES (%(s)s, 1) ON CONFLICT (stream) "
-                    "DO UPDATE SET n = tally_totals.n + 1", {"s": event.stream_id})
+        ctx.execute(
+            "INSERT INTO tally_seen (position, worker) VALUES (%(p)s, %(w)s)",
+            {"p": event.position, "w": self.worker},
+        )
+        ctx.execute(
+            "INSERT INTO tally_totals (stream, n) VALUES (%(s)s, 1) ON CONFLICT (stream) "
+            "DO UPDATE SET n = tally_totals.n + 1",
+            {"s": event.stream_id},
+        )
 
 
 async def main(url: str, ttl: float) -> None:
     events = open_event_store(url)
     handlers = open_handler_store(url)
     worker_id = f"worker-{os.getpid()}"
-    runner = HandlerRunner(events, handlers, [Tally(worker_id)], worker_id=worker_id,
-                           options=HandlerRunnerOptions(poll_interval=0.05, lease_ttl=ttl,
-                                                        acquire_interval=0.1))
+    runner = HandlerRunner(
+        events,
+        handlers,
+        [Tally(worker_id)],
+        worker_id=worker_id,
+        options=HandlerRunnerOptions(poll_interval=0.05, lease_ttl=ttl, acquire_interval=0.1),
+    )
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, runner.stop)
     print("worker ready", flush=True)

@@ -79,13 +79,17 @@ class InventoryItem(Aggregate):
 
 
 def test_given_when_then_events_and_state() -> None:
-    (given(InventoryItem, [("StockAdded", {"qty": 5})])
+    (
+        given(InventoryItem, [("StockAdded", {"qty": 5})])
         .when(Command("RemoveStock", "sku-1", {"qty": 2}))
         .then(("StockRemoved", {"qty": 2}))
-        .then_state({"on_hand": 3}))
-    (given(InventoryItem, [("StockAdded", {"qty": 2})])
+        .then_state({"on_hand": 3})
+    )
+    (
+        given(InventoryItem, [("StockAdded", {"qty": 2})])
         .when(Command("RemoveStock", "sku-1", {"qty": 2}))
-        .then([("StockRemoved", {"qty": 2}), NewEvent("SoldOut", {}, {"alert": True})]))
+        .then([("StockRemoved", {"qty": 2}), NewEvent("SoldOut", {}, {"alert": True})])
+    )
     given(InventoryItem).when(Command("AddStock", "sku-1", {"qty": 1})).then_state({"on_hand": 1})
 
 
@@ -95,14 +99,18 @@ def test_events_are_compared_as_the_store_would_return_them() -> None:
     outcome.then_state({"on_hand": 0, "tags": ["a", "b"]})
     assert outcome.events is not None
     assert outcome.events[0].metadata == {"command_type": "Tag", "aggregate_type": "inventory_item"}
-    with pytest.raises(AssertionError, match=r"data of produced event #1 .*'Stamped'.*not "
-                                             r"JSON-serialisable"):
+    with pytest.raises(
+        AssertionError,
+        match=r"data of produced event #1 .*'Stamped'.*not "
+        r"JSON-serialisable",
+    ):
         given(InventoryItem).when(Command("Stamp", "sku-1")).then(("Stamped", {"at": "x"}))
 
 
 def test_then_shows_expected_and_actual_events() -> None:
-    outcome = (given(InventoryItem, [("StockAdded", {"qty": 2})])
-               .when(Command("RemoveStock", "sku-1", {"qty": 2})))
+    outcome = given(InventoryItem, [("StockAdded", {"qty": 2})]).when(
+        Command("RemoveStock", "sku-1", {"qty": 2})
+    )
     with pytest.raises(AssertionError) as info:
         outcome.then(("StockRemoved", {"qty": 3}))
     assert str(info.value) == (
@@ -115,36 +123,56 @@ def test_then_shows_expected_and_actual_events() -> None:
         '    1. StockRemoved {"qty": 3}\n'
         "actual:\n"
         '    1. StockRemoved {"qty": 2}\n'
-        "    2. SoldOut {}")
-    with pytest.raises(AssertionError, match=r"from event #2 on(.|\n)*expected:\n    1\. "
-                                             r"StockRemoved"):
+        "    2. SoldOut {}"
+    )
+    with pytest.raises(
+        AssertionError,
+        match=r"from event #2 on(.|\n)*expected:\n    1\. "
+        r"StockRemoved",
+    ):
         outcome.then(("StockRemoved", {"qty": 2}))
-    with pytest.raises(AssertionError, match=r"event #2 \(SoldOut\) has metadata .*include "
-                                             r"\{'alert': False\}"):
+    with pytest.raises(
+        AssertionError,
+        match=r"event #2 \(SoldOut\) has metadata .*include "
+        r"\{'alert': False\}",
+    ):
         outcome.then(("StockRemoved", {"qty": 2}), NewEvent("SoldOut", {}, {"alert": False}))
-    with pytest.raises(AssertionError, match=r"expected 1 event.*raised OutOfStock: cannot remove "
-                                             r"3: only 0 on hand"):
+    with pytest.raises(
+        AssertionError,
+        match=r"expected 1 event.*raised OutOfStock: cannot remove "
+        r"3: only 0 on hand",
+    ):
         given(InventoryItem).when(Command("RemoveStock", "sku-1", {"qty": 3})).then(
-            ("StockRemoved", {"qty": 3}))
+            ("StockRemoved", {"qty": 3})
+        )
 
 
 def test_then_error() -> None:
-    error = (given(InventoryItem, [("StockAdded", {"qty": 1})])
-             .when(Command("RemoveStock", "sku-1", {"qty": 3}))
-             .then_error(OutOfStock, match=r"only \d on hand"))
+    error = (
+        given(InventoryItem, [("StockAdded", {"qty": 1})])
+        .when(Command("RemoveStock", "sku-1", {"qty": 3}))
+        .then_error(OutOfStock, match=r"only \d on hand")
+    )
     assert isinstance(error, OutOfStock)
     outcome = given(InventoryItem).when(Command("RemoveStock", "sku-1", {"qty": 3}))
     outcome.then_error(DomainError)
-    with pytest.raises(AssertionError, match=r"expected KeyError, but the command raised "
-                                             r"OutOfStock"):
+    with pytest.raises(
+        AssertionError,
+        match=r"expected KeyError, but the command raised "
+        r"OutOfStock",
+    ):
         outcome.then_error(KeyError)
     with pytest.raises(AssertionError, match=r"does not match 'sold out'"):
         outcome.then_error(OutOfStock, match=r"sold out")
-    with pytest.raises(AssertionError, match=r"expected OutOfStock, but the command succeeded "
-                                             r"with:\n    1\. StockAdded"):
+    with pytest.raises(
+        AssertionError,
+        match=r"expected OutOfStock, but the command succeeded "
+        r"with:\n    1\. StockAdded",
+    ):
         given(InventoryItem).when(Command("AddStock", "sku-1", {"qty": 1})).then_error(OutOfStock)
     given(InventoryItem).when(Command("Garble", "sku-1")).then_error(
-        InvalidDecisionError, match=r"returned dict.*\('EventType', \{...data\}\) pairs")
+        InvalidDecisionError, match=r"returned dict.*\('EventType', \{...data\}\) pairs"
+    )
 
 
 def test_then_state_and_applier_failures() -> None:
@@ -156,20 +184,30 @@ def test_then_state_and_applier_failures() -> None:
     class Forgetful(InventoryItem):
         @applies("StockAdded")
         def stock_added(  # type: ignore[override]
-                self, state: dict[str, Any], event: RecordedEvent) -> None:
+            self, state: dict[str, Any], event: RecordedEvent
+        ) -> None:
             state["on_hand"] += event.data["qty"]
 
-    with pytest.raises(AssertionError, match=r"apply\(\) failed on produced event StockAdded "
-                                             r"\{\"qty\": 1\}: KeyError"):
+    with pytest.raises(
+        AssertionError,
+        match=r"apply\(\) failed on produced event StockAdded "
+        r"\{\"qty\": 1\}: KeyError",
+    ):
         given(Fragile).when(Command("AddStock", "sku-1", {"qty": 1})).then(
-            ("StockAdded", {"qty": 1}))
+            ("StockAdded", {"qty": 1})
+        )
     with pytest.raises(InvalidDecisionError, match=r"returned None from apply"):
-        given(Forgetful, [("StockAdded", {"qty": 1})]).when(Command("AddStock", "sku-1",
-                                                                    {"qty": 1}))
-    with pytest.raises(AssertionError, match=r"expected state:\n    \{'on_hand': 9\}\nactual "
-                                             r"state:\n    \{'on_hand': 1\}"):
+        given(Forgetful, [("StockAdded", {"qty": 1})]).when(
+            Command("AddStock", "sku-1", {"qty": 1})
+        )
+    with pytest.raises(
+        AssertionError,
+        match=r"expected state:\n    \{'on_hand': 9\}\nactual "
+        r"state:\n    \{'on_hand': 1\}",
+    ):
         given(InventoryItem).when(Command("AddStock", "sku-1", {"qty": 1})).then_state(
-            {"on_hand": 9})
+            {"on_hand": 9}
+        )
 
 
 def test_a_handler_that_changes_the_state_it_was_given_fails_the_test() -> None:
@@ -179,13 +217,18 @@ def test_a_handler_that_changes_the_state_it_was_given_fails_the_test() -> None:
             return ("StockAdded", {"qty": command.payload["qty"]})
 
     given(Sloppy).when(Command("AddStock", "s", {"qty": 1})).then_error(
-        InvalidDecisionError, match=r"handler of 'AddStock' changed the state it was given \(from "
-                                    r"\{'on_hand': 0\} to \{'on_hand': 1\}\)")
+        InvalidDecisionError,
+        match=r"handler of 'AddStock' changed the state it was given \(from "
+        r"\{'on_hand': 0\} to \{'on_hand': 1\}\)",
+    )
 
 
 def test_a_command_the_aggregate_does_not_handle_is_a_mistake_in_the_test() -> None:
-    with pytest.raises(UnknownCommandError, match=r"'AddStok' in aggregate 'inventory_item'.*Did "
-                                                  r"you mean 'AddStock'"):
+    with pytest.raises(
+        UnknownCommandError,
+        match=r"'AddStok' in aggregate 'inventory_item'.*Did "
+        r"you mean 'AddStock'",
+    ):
         given(InventoryItem).when(Command("AddStok", "sku-1"))
     with pytest.raises(TypeError, match=r"given: an event must be"):
         given(InventoryItem, ["StockAdded"])  # type: ignore[list-item]
@@ -194,10 +237,15 @@ def test_a_command_the_aggregate_does_not_handle_is_a_mistake_in_the_test() -> N
 def test_given_events_are_read_through_upcasters() -> None:
     upcasters = Upcasters()
     upcasters.register("StockAdded", 1, lambda data: {"qty": data["quantity"]})
-    (given(InventoryItem, [NewEvent("StockAdded", {"quantity": 4}, schema_version=1)],
-           upcasters=upcasters)
+    (
+        given(
+            InventoryItem,
+            [NewEvent("StockAdded", {"quantity": 4}, schema_version=1)],
+            upcasters=upcasters,
+        )
         .when(Command("RemoveStock", "sku-1", {"qty": 1}))
-        .then(("StockRemoved", {"qty": 1})))
+        .then(("StockRemoved", {"qty": 1}))
+    )
 
 
 def test_snapshot_round_trips_are_checked() -> None:
@@ -231,8 +279,11 @@ def test_snapshot_round_trips_are_checked() -> None:
 
     given(Plain).when(Command("AddStock", "sku-1", {"qty": 1})).then(("StockAdded", {"qty": 1}))
     given(Converted).when(Command("AddStock", "s", {"qty": 1})).then_state(Stock(1))
-    with pytest.raises(AssertionError, match=r"Typed takes snapshots.*cannot be snapshotted.*"
-                                             r"override to_snapshot"):
+    with pytest.raises(
+        AssertionError,
+        match=r"Typed takes snapshots.*cannot be snapshotted.*"
+        r"override to_snapshot",
+    ):
         given(Typed).when(Command("AddStock", "s", {"qty": 1})).then(("StockAdded", {"qty": 1}))
 
 
@@ -257,24 +308,35 @@ def test_aggregate_types_default_to_the_class_name_in_snake_case() -> None:
     assert InventoryItem.command_types == {"AddStock", "RemoveStock", "Tag", "Stamp", "Garble"}
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ({"aggregate_type": "Sales-Order"}, "aggregate_type 'Sales-Order' is invalid"),
-    ({"aggregate_type": "x" * 65}, "at most 64 characters"),
-    ({"snapshot_every": 0}, "snapshot_every must be None .* or an int >= 1"),
-    ({"snapshot_every": True}, "snapshot_every must be"),
-    ({"snapshot_version": 0}, "snapshot_version must be an int >= 1"),
-    ({"command_types": "AddStock"}, "command_types must be a collection.*write \\{'AddStock'\\}"),
-    ({"command_types": {"Ship"}}, "lists \\['Ship'\\] but no method is marked @handles"),
-])
-def test_malformed_aggregate_classes_are_refused_when_declared(body: dict[str, Any],
-                                                               message: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"aggregate_type": "Sales-Order"}, "aggregate_type 'Sales-Order' is invalid"),
+        ({"aggregate_type": "x" * 65}, "at most 64 characters"),
+        ({"snapshot_every": 0}, "snapshot_every must be None .* or an int >= 1"),
+        ({"snapshot_every": True}, "snapshot_every must be"),
+        ({"snapshot_version": 0}, "snapshot_version must be an int >= 1"),
+        (
+            {"command_types": "AddStock"},
+            "command_types must be a collection.*write \\{'AddStock'\\}",
+        ),
+        ({"command_types": {"Ship"}}, "lists \\['Ship'\\] but no method is marked @handles"),
+    ],
+)
+def test_malformed_aggregate_classes_are_refused_when_declared(
+    body: dict[str, Any], message: str
+) -> None:
     with pytest.raises(AggregateDefinitionError, match=message):
         type("Broken", (Aggregate,), body)
 
 
 def test_handler_routing_is_checked_when_declared() -> None:
-    with pytest.raises(AggregateDefinitionError, match=r"'AddStock' is routed to both a\(\) and "
-                                                       r"b\(\)"):
+    with pytest.raises(
+        AggregateDefinitionError,
+        match=r"'AddStock' is routed to both a\(\) and "
+        r"b\(\)",
+    ):
+
         class Twice(Aggregate):
             @handles("AddStock")
             def a(self, state: Any, command: Command) -> None: ...
@@ -283,12 +345,18 @@ def test_handler_routing_is_checked_when_declared() -> None:
             def b(self, state: Any, command: Command) -> None: ...
 
     with pytest.raises(AggregateDefinitionError, match=r"Async.add is async"):
+
         class Async(Aggregate):
             @handles("AddStock")
             async def add(self, state: Any, command: Command) -> None: ...
 
-    with pytest.raises(AggregateDefinitionError, match=re.escape(
-            "Narrow.added must take (self, state, event); its signature is (self, event:")):
+    with pytest.raises(
+        AggregateDefinitionError,
+        match=re.escape(
+            "Narrow.added must take (self, state, event); its signature is (self, event:"
+        ),
+    ):
+
         class Narrow(Aggregate):
             @applies("StockAdded")
             def added(self, event: Any) -> None: ...
@@ -333,10 +401,12 @@ def test_execute_and_apply_can_be_overridden_for_other_routing() -> None:
             return {"balance": state}
 
     assert Ledger.command_types == {"Credit", "Debit"}
-    (given(Ledger, [("Posted", {"amount": 10})])
+    (
+        given(Ledger, [("Posted", {"amount": 10})])
         .when(Command("Debit", "acct-1", {"amount": 4}))
         .then(("Posted", {"amount": -4}))
-        .then_state(6))
+        .then_state(6)
+    )
 
 
 def test_domain_errors_are_the_applications_own() -> None:

@@ -46,7 +46,9 @@ def test_app_dispatches_to_registered_aggregates(db_url: str) -> None:
             app.dispatch(Command("Teleport", "sku-1", {}))
         assert app.dispatcher.load(Inventory, "sku-1").state == {"qty": 3}
         assert [e.event_type for e in app.event_store.read_stream("inventory-sku-1")] == [
-            "StockAdded", "StockRemoved"]
+            "StockAdded",
+            "StockRemoved",
+        ]
 
 
 def test_aggregate_decorator_and_async_dispatch(db_url: str) -> None:
@@ -69,15 +71,18 @@ def test_one_worker_runs_flows_and_projections(db_url: str) -> None:
         name = "stock_levels_app"
         event_types = ["StockAdded", "StockRemoved"]
         tables = "stock_levels_app"
-        schema = ("CREATE TABLE IF NOT EXISTS stock_levels_app "
-                  "(sku TEXT PRIMARY KEY, qty BIGINT NOT NULL)")
+        schema = (
+            "CREATE TABLE IF NOT EXISTS stock_levels_app "
+            "(sku TEXT PRIMARY KEY, qty BIGINT NOT NULL)"
+        )
 
         def handle(self, event, ctx):
             sign = 1 if event.event_type == "StockAdded" else -1
             ctx.execute(
                 "INSERT INTO stock_levels_app (sku, qty) VALUES (%(sku)s, %(qty)s) "
                 "ON CONFLICT (sku) DO UPDATE SET qty = stock_levels_app.qty + excluded.qty",
-                {"sku": event.stream_id, "qty": sign * event.data["qty"]})
+                {"sku": event.stream_id, "qty": sign * event.data["qty"]},
+            )
 
     class Restock(Flow, slug="restock"):
         @step()
@@ -93,7 +98,8 @@ def test_one_worker_runs_flows_and_projections(db_url: str) -> None:
         assert app.get_run(run_id).output == {"order": 4}
         with app.event_store.transaction() as tx:
             cur = tx.connection.execute(
-                "SELECT qty FROM stock_levels_app WHERE sku = 'inventory-sku-9'")
+                "SELECT qty FROM stock_levels_app WHERE sku = 'inventory-sku-9'"
+            )
             assert cur.fetchone()[0] == 4
     finally:
         app.close()

@@ -16,8 +16,9 @@ from tideflow.storage.event_contract import EventStore
 pytestmark = pytest.mark.usefixtures("quick_backoff")  # outages end by count, not time
 
 
-def _lose_answers(store: EventStore, monkeypatch: pytest.MonkeyPatch, times: int,
-                  *, after_commit: bool) -> list[int]:
+def _lose_answers(
+    store: EventStore, monkeypatch: pytest.MonkeyPatch, times: int, *, after_commit: bool
+) -> list[int]:
     """Make the next ``times`` appends fail with ``DatabaseUnavailableError``: before they
     write anything, or (``after_commit``) once they have committed - the answer lost with the
     connection. Patches the seam each backend runs one append's transaction through."""
@@ -45,28 +46,32 @@ def _lose_answers(store: EventStore, monkeypatch: pytest.MonkeyPatch, times: int
 
 @pytest.mark.parametrize("expected", [ExpectedVersion.ANY, 1])
 def test_an_append_whose_answer_was_lost_is_not_recorded_twice(
-        events: EventStore, monkeypatch: pytest.MonkeyPatch,
-        expected: ExpectedVersion | int) -> None:
+    events: EventStore, monkeypatch: pytest.MonkeyPatch, expected: ExpectedVersion | int
+) -> None:
     events.append("order-1", [NewEvent("Placed", {"n": 1})], ExpectedVersion.NO_STREAM)
     left = _lose_answers(events, monkeypatch, 1, after_commit=True)
-    recorded = events.append("order-1", [NewEvent("Paid", {"n": 2}), NewEvent("Packed", {"n": 3})],
-                             expected)
+    recorded = events.append(
+        "order-1", [NewEvent("Paid", {"n": 2}), NewEvent("Packed", {"n": 3})], expected
+    )
     assert left == [0]
     assert [(e.event_type, e.version) for e in recorded] == [("Paid", 2), ("Packed", 3)]
     assert [e.event_type for e in events.read_stream("order-1")] == ["Placed", "Paid", "Packed"]
 
 
 def test_an_append_with_a_key_whose_answer_was_lost_returns_its_events(
-        events: EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    events: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _lose_answers(events, monkeypatch, 1, after_commit=True)
-    recorded = events.append("s", [NewEvent("Happened", {})], ExpectedVersion.ANY,
-                             idempotency_key="once")
+    recorded = events.append(
+        "s", [NewEvent("Happened", {})], ExpectedVersion.ANY, idempotency_key="once"
+    )
     assert [e.version for e in recorded] == [1]
     assert len(list(events.read_stream("s"))) == 1
 
 
 def test_an_append_is_retried_while_the_database_is_away(
-        events: EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    events: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     left = _lose_answers(events, monkeypatch, 3, after_commit=False)
     recorded = events.append("s", [NewEvent("Happened", {})], ExpectedVersion.NO_STREAM)
     assert left == [0]
@@ -74,7 +79,8 @@ def test_an_append_is_retried_while_the_database_is_away(
 
 
 def test_an_outage_that_lasts_raises_database_unavailable(
-        events: EventStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    events: EventStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("tideflow.retrying.CLIENT_RETRY_SECONDS", 0.3)
     _lose_answers(events, monkeypatch, 10_000, after_commit=False)
     with pytest.raises(DatabaseUnavailableError, match="restarting"):

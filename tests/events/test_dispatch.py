@@ -147,31 +147,46 @@ def dispatcher(events: EventStore) -> CommandDispatcher:
 # --- routing --------------------------------------------------------------------------------------
 
 
-def test_commands_are_routed_to_their_aggregate_and_recorded(events: EventStore,
-                                                             dispatcher: CommandDispatcher) -> None:
+def test_commands_are_routed_to_their_aggregate_and_recorded(
+    events: EventStore, dispatcher: CommandDispatcher
+) -> None:
     first = dispatcher.dispatch(Command("AddStock", "sku-1", {"qty": 5}))
     second = dispatcher.dispatch(Command("RemoveStock", "sku-1", {"qty": 2}))
     other = dispatcher.dispatch(Command("AddStock", "sku-2", {"qty": 1}))
 
     assert (first.stream_id, first.version, first.replayed) == ("inventory-sku-1", 1, False)
     assert (first.aggregate_type, first.aggregate_id, first.command_type) == (
-        "inventory", "sku-1", "AddStock")
+        "inventory",
+        "sku-1",
+        "AddStock",
+    )
     assert second.version == 2 and other.version == 1
     assert [e.event_type for e in second.events] == ["StockRemoved"]
     assert first.positions[0] < second.positions[0] < other.positions[0]
-    assert stream(events, "inventory-sku-1") == [("StockAdded", {"qty": 5}),
-                                                 ("StockRemoved", {"qty": 2})]
+    assert stream(events, "inventory-sku-1") == [
+        ("StockAdded", {"qty": 5}),
+        ("StockRemoved", {"qty": 2}),
+    ]
     loaded = dispatcher.load(Inventory, "sku-1")
     assert (loaded.state["on_hand"], loaded.version) == (3, 2)
     assert dispatcher.load("inventory", "sku-9").version == 0
-    assert dispatcher.command_types == ["AddBadly", "AddStock", "Audit", "RegisterItem",
-                                        "RemoveStock"]
+    assert dispatcher.command_types == [
+        "AddBadly",
+        "AddStock",
+        "Audit",
+        "RegisterItem",
+        "RemoveStock",
+    ]
 
 
 def test_an_unknown_command_type_is_refused_naming_the_known_ones(
-        events: EventStore, dispatcher: CommandDispatcher) -> None:
-    with pytest.raises(UnknownCommandError, match=r"'AddStok'.*'AddStock', 'Audit'.*Did you mean "
-                                                  r"'AddStock'") as info:
+    events: EventStore, dispatcher: CommandDispatcher
+) -> None:
+    with pytest.raises(
+        UnknownCommandError,
+        match=r"'AddStok'.*'AddStock', 'Audit'.*Did you mean "
+        r"'AddStock'",
+    ) as info:
         dispatcher.dispatch(Command("AddStok", "sku-1", {"qty": 5}))
     assert info.value.command_type == "AddStok" and "RemoveStock" in info.value.known
     assert count(events) == 0
@@ -192,8 +207,11 @@ def test_a_command_claimed_by_two_aggregates_is_refused_at_registration() -> Non
         pass
 
     store = cast(EventStore, None)  # registration never touches the store
-    with pytest.raises(DuplicateCommandHandlerError, match=r"'AddStock' is handled by both "
-                                                           r"Inventory and Shop"):
+    with pytest.raises(
+        DuplicateCommandHandlerError,
+        match=r"'AddStock' is handled by both "
+        r"Inventory and Shop",
+    ):
         CommandDispatcher(store, [Inventory, Shop])
     with pytest.raises(DuplicateCommandHandlerError, match=r"aggregate_type 'inventory'.*mix"):
         CommandDispatcher(store, [Inventory, Inventory2])
@@ -214,8 +232,11 @@ def test_a_command_claimed_by_two_aggregates_is_refused_at_registration() -> Non
 
 
 def test_commands_are_checked_when_built() -> None:
-    with pytest.raises(CommandNotSerializableError, match=r"payload of command 'AddStock'.*not "
-                                                          r"JSON-serialisable") as payload:
+    with pytest.raises(
+        CommandNotSerializableError,
+        match=r"payload of command 'AddStock'.*not "
+        r"JSON-serialisable",
+    ) as payload:
         Command("AddStock", "sku-1", {"when": object()})
     assert payload.value.field == "payload"
     assert isinstance(payload.value, InvalidCommandError) and isinstance(payload.value, TypeError)
@@ -244,8 +265,9 @@ def test_commands_are_checked_when_built() -> None:
     assert command.command_id == str(command_id) == command.correlation_id
 
 
-def test_invalid_commands_and_events_write_nothing(events: EventStore,
-                                                   dispatcher: CommandDispatcher) -> None:
+def test_invalid_commands_and_events_write_nothing(
+    events: EventStore, dispatcher: CommandDispatcher
+) -> None:
     with pytest.raises(InvalidCommandError, match=r"aggregate_type 'warehouse'.*'inventory'"):
         dispatcher.dispatch(Command("AddStock", "sku-1", {"qty": 1}, aggregate_type="warehouse"))
     with pytest.raises(InvalidCommandError, match=r"at most 190 fit in a stream id"):
@@ -260,15 +282,15 @@ def test_invalid_commands_and_events_write_nothing(events: EventStore,
 
 
 def test_a_domain_error_is_reraised_unchanged_and_writes_nothing(
-        events: EventStore, dispatcher: CommandDispatcher) -> None:
+    events: EventStore, dispatcher: CommandDispatcher
+) -> None:
     dispatcher.dispatch(Command("AddStock", "sku-1", {"qty": 2}))
     with pytest.raises(OutOfStock, match=r"only 2 on hand"):
         dispatcher.dispatch(Command("RemoveStock", "sku-1", {"qty": 3}, idempotency_key="k-1"))
     assert events.stream_version("inventory-sku-1") == 1
     assert events.get_idempotent_result("k-1") is None  # a refusal records nothing: decide again
     dispatcher.dispatch(Command("AddStock", "sku-1", {"qty": 5}))
-    result = dispatcher.dispatch(Command("RemoveStock", "sku-1", {"qty": 3},
-                                         idempotency_key="k-1"))
+    result = dispatcher.dispatch(Command("RemoveStock", "sku-1", {"qty": 3}, idempotency_key="k-1"))
     assert (result.version, result.replayed) == (3, False)
 
 
@@ -302,15 +324,22 @@ def _run_both(calls: list[Any]) -> list[Any]:
 
 
 def test_two_dispatchers_racing_on_one_aggregate_both_take_effect_in_order(
-        events: EventStore, open_events: OpenStore) -> None:
+    events: EventStore, open_events: OpenStore
+) -> None:
     barrier = threading.Barrier(2)
     log = AttemptLog()
-    events.append("counter-c1", [NewEvent("Incremented", {"by": 100, "after": 0})],
-                  ExpectedVersion.NO_STREAM)
-    dispatchers = [CommandDispatcher(open_events(), [Counter(barrier)], middleware=[log])
-                   for _ in range(2)]
-    results = _run_both([lambda: dispatchers[0].dispatch(Command("Increment", "c1", {"by": 1})),
-                         lambda: dispatchers[1].dispatch(Command("Increment", "c1", {"by": 2}))])
+    events.append(
+        "counter-c1", [NewEvent("Incremented", {"by": 100, "after": 0})], ExpectedVersion.NO_STREAM
+    )
+    dispatchers = [
+        CommandDispatcher(open_events(), [Counter(barrier)], middleware=[log]) for _ in range(2)
+    ]
+    results = _run_both(
+        [
+            lambda: dispatchers[0].dispatch(Command("Increment", "c1", {"by": 1})),
+            lambda: dispatchers[1].dispatch(Command("Increment", "c1", {"by": 2})),
+        ]
+    )
 
     assert all(isinstance(r, DispatchResult) for r in results), results
     assert sorted(r.version for r in results) == [2, 3]
@@ -323,7 +352,8 @@ def test_two_dispatchers_racing_on_one_aggregate_both_take_effect_in_order(
 
 
 def test_a_command_that_keeps_losing_the_race_gives_up_with_a_typed_error(
-        events: EventStore, open_events: OpenStore) -> None:
+    events: EventStore, open_events: OpenStore
+) -> None:
     intruder = open_events()
 
     class Contended(Counter):
@@ -331,14 +361,17 @@ def test_a_command_that_keeps_losing_the_race_gives_up_with_a_typed_error(
 
         def increment(self, state: dict[str, Any], command: Command) -> Any:
             # another writer appends between every load and append of this command
-            intruder.append("counter-c1", [NewEvent("Incremented", {"by": 0, "after": 0})],
-                            ExpectedVersion.ANY)
+            intruder.append(
+                "counter-c1", [NewEvent("Incremented", {"by": 0, "after": 0})], ExpectedVersion.ANY
+            )
             return super().increment(state, command)
 
     dispatcher = CommandDispatcher(events, [Contended()], max_conflict_retries=2)
-    with pytest.raises(ConcurrencyRetriesExhaustedError, match=r"'counter-c1' to other writers "
-                                                               r"3 times.*max_conflict_retries=2"
-                       ) as info:
+    with pytest.raises(
+        ConcurrencyRetriesExhaustedError,
+        match=r"'counter-c1' to other writers "
+        r"3 times.*max_conflict_retries=2",
+    ) as info:
         dispatcher.dispatch(Command("Increment", "c1", {"by": 1}, idempotency_key="k-hot"))
     assert info.value.attempts == 3 and info.value.stream_id == "counter-c1"
     assert isinstance(info.value.__cause__, Exception)
@@ -350,7 +383,8 @@ def test_a_command_that_keeps_losing_the_race_gives_up_with_a_typed_error(
 
 
 def test_a_repeated_key_returns_the_original_result_from_another_dispatcher(
-        events: EventStore, open_events: OpenStore) -> None:
+    events: EventStore, open_events: OpenStore
+) -> None:
     first = CommandDispatcher(events, [Inventory])
     second = CommandDispatcher(open_events(), [Inventory])  # another process's store
     original = first.dispatch(Command("AddStock", "sku-1", {"qty": 5}, idempotency_key="req-1"))
@@ -368,39 +402,44 @@ def test_idempotency_survives_a_restart(open_events: OpenStore) -> None:
     store = open_events()
     store.migrate()
     original = CommandDispatcher(store, [Inventory]).dispatch(
-        Command("RegisterItem", "sku-1", {"name": "bolt"}, idempotency_key="req-1"))
+        Command("RegisterItem", "sku-1", {"name": "bolt"}, idempotency_key="req-1")
+    )
     store.close()
 
     reopened = open_events()
     again = CommandDispatcher(reopened, [Inventory]).dispatch(
-        Command("RegisterItem", "sku-1", {"name": "bolt"}, idempotency_key="req-1"))
+        Command("RegisterItem", "sku-1", {"name": "bolt"}, idempotency_key="req-1")
+    )
 
     # The repeat would be refused (AlreadyRegistered) if decided again: it is replayed instead.
     assert again.replayed and [e.event_id for e in again.events] == [
-        e.event_id for e in original.events]
+        e.event_id for e in original.events
+    ]
     assert reopened.stream_version("inventory-sku-1") == 1
 
 
 def test_two_dispatchers_racing_with_one_key_append_exactly_once(
-        events: EventStore, open_events: OpenStore) -> None:
+    events: EventStore, open_events: OpenStore
+) -> None:
     barrier = threading.Barrier(2)
     dispatchers = [CommandDispatcher(open_events(), [Counter(barrier)]) for _ in range(2)]
 
     def send(i: int) -> Any:
-        return dispatchers[i].dispatch(Command("Increment", "c1", {"by": 1},
-                                               idempotency_key="req-7"))
+        return dispatchers[i].dispatch(
+            Command("Increment", "c1", {"by": 1}, idempotency_key="req-7")
+        )
 
     results = _run_both([lambda: send(0), lambda: send(1)])
 
     assert all(isinstance(r, DispatchResult) for r in results), results
     assert sorted(r.replayed for r in results) == [False, True]
-    assert results[0].events == results[1].events and results[0].command_id == results[
-        1].command_id
+    assert results[0].events == results[1].events and results[0].command_id == results[1].command_id
     assert [e.data for e in events.read_stream("counter-c1")] == [{"by": 1, "after": 0}]
 
 
-def test_a_key_reused_for_another_command_is_refused(events: EventStore,
-                                                     dispatcher: CommandDispatcher) -> None:
+def test_a_key_reused_for_another_command_is_refused(
+    events: EventStore, dispatcher: CommandDispatcher
+) -> None:
     dispatcher.dispatch(Command("AddStock", "sku-1", {"qty": 5}, idempotency_key="req-1"))
     for command, problem in [
         (Command("AddStock", "sku-1", {"qty": 6}, idempotency_key="req-1"), "different payload"),
@@ -416,8 +455,9 @@ def test_a_key_reused_for_another_command_is_refused(events: EventStore,
     assert events.stream_version("inventory-sku-2") == 0
 
 
-def test_a_command_without_events_records_its_key(events: EventStore,
-                                                  dispatcher: CommandDispatcher) -> None:
+def test_a_command_without_events_records_its_key(
+    events: EventStore, dispatcher: CommandDispatcher
+) -> None:
     plain = dispatcher.dispatch(Command("Audit", "sku-1"))
     assert (plain.events, plain.version) == ((), 0)
     first = dispatcher.dispatch(Command("Audit", "sku-1", idempotency_key="audit-1"))
@@ -430,13 +470,16 @@ def test_a_command_without_events_records_its_key(events: EventStore,
 
 
 def test_events_carry_the_commands_causation_correlation_and_metadata(
-        dispatcher: CommandDispatcher) -> None:
-    plain = dispatcher.dispatch(Command("AddStock", "sku-1", {"qty": 1},
-                                        metadata={"user": "u-1"}))
+    dispatcher: CommandDispatcher,
+) -> None:
+    plain = dispatcher.dispatch(Command("AddStock", "sku-1", {"qty": 1}, metadata={"user": "u-1"}))
     event = plain.events[0]
     assert event.causation_id == event.correlation_id == UUID(plain.command_id)
-    assert event.metadata == {"user": "u-1", "command_type": "AddStock",
-                              "aggregate_type": "inventory"}
+    assert event.metadata == {
+        "user": "u-1",
+        "command_type": "AddStock",
+        "aggregate_type": "inventory",
+    }
 
     chained = Command("RemoveStock", "sku-1", {"qty": 1}).caused_by(event)
     assert chained.causation_id == str(event.event_id)
@@ -482,7 +525,9 @@ def test_snapshots_give_the_state_of_a_full_replay_and_are_used(events: EventSto
     assert counting.snapshots_saved == [3, 6]
     snapshot = events.load_snapshot("snapshotted_inventory-sku-1")
     assert snapshot is not None and (snapshot.version, snapshot.snapshot_type) == (
-        6, "snapshotted_inventory")
+        6,
+        "snapshotted_inventory",
+    )
     counting.events_read = 0
     loaded = dispatcher.load(SnapshottedInventory, "sku-1")
     assert (loaded.snapshot_version, loaded.events_replayed, counting.events_read) == (6, 2, 2)
@@ -494,8 +539,9 @@ def test_snapshots_give_the_state_of_a_full_replay_and_are_used(events: EventSto
     assert loaded.version == replayed.version == 8
 
 
-def test_a_failing_snapshot_does_not_fail_the_command(events: EventStore,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+def test_a_failing_snapshot_does_not_fail_the_command(
+    events: EventStore, caplog: pytest.LogCaptureFixture
+) -> None:
     class Unsnapshottable(SnapshottedInventory):
         def to_snapshot(self, state: Any) -> dict[str, Any]:
             return {"when": object()}
@@ -510,11 +556,18 @@ def test_a_failing_snapshot_does_not_fail_the_command(events: EventStore,
 
 
 def test_snapshots_of_another_shape_are_ignored(events: EventStore) -> None:
-    events.append("snapshotted_inventory-sku-1",
-                  [NewEvent("StockAdded", {"qty": 4}), NewEvent("StockAdded", {"qty": 1})],
-                  ExpectedVersion.NO_STREAM)
-    events.save_snapshot("snapshotted_inventory-sku-1", 2, {"old": "shape"},
-                         snapshot_type="snapshotted_inventory", schema_version=7)
+    events.append(
+        "snapshotted_inventory-sku-1",
+        [NewEvent("StockAdded", {"qty": 4}), NewEvent("StockAdded", {"qty": 1})],
+        ExpectedVersion.NO_STREAM,
+    )
+    events.save_snapshot(
+        "snapshotted_inventory-sku-1",
+        2,
+        {"old": "shape"},
+        snapshot_type="snapshotted_inventory",
+        schema_version=7,
+    )
     dispatcher = CommandDispatcher(events, [SnapshottedInventory])
     loaded = dispatcher.load(SnapshottedInventory, "sku-1")
     assert (loaded.snapshot_version, loaded.state["on_hand"]) == (0, 5)
@@ -532,8 +585,11 @@ def test_old_event_shapes_are_upcast_before_apply(open_events: OpenStore) -> Non
 
     store = open_events(upcasters=upcasters)
     store.migrate()
-    store.append("inventory-sku-1", [NewEvent("StockAdded", {"quantity": 4}, schema_version=1)],
-                 ExpectedVersion.NO_STREAM)
+    store.append(
+        "inventory-sku-1",
+        [NewEvent("StockAdded", {"quantity": 4}, schema_version=1)],
+        ExpectedVersion.NO_STREAM,
+    )
     dispatcher = CommandDispatcher(store, [Inventory])
     result = dispatcher.dispatch(Command("RemoveStock", "sku-1", {"qty": 3}))
     assert result.version == 2 and dispatcher.load(Inventory, "sku-1").state["on_hand"] == 1
@@ -560,8 +616,9 @@ class Recorder(Middleware):
 
 class StampUser(Middleware):
     def before_dispatch(self, ctx: DispatchContext) -> DispatchResult | None:
-        ctx.command = dataclasses.replace(ctx.command,
-                                          metadata={**ctx.command.metadata, "user": "u-9"})
+        ctx.command = dataclasses.replace(
+            ctx.command, metadata={**ctx.command.metadata, "user": "u-9"}
+        )
         return None
 
 
@@ -575,8 +632,10 @@ class RequireUser(Middleware):
 def test_middleware_runs_around_the_dispatch_like_an_onion(events: EventStore) -> None:
     calls: list[str] = []
     dispatcher = CommandDispatcher(
-        events, [Inventory], middleware=[Recorder("a", calls), StampUser(), RequireUser(),
-                                         Recorder("b", calls)])
+        events,
+        [Inventory],
+        middleware=[Recorder("a", calls), StampUser(), RequireUser(), Recorder("b", calls)],
+    )
     result = dispatcher.dispatch(Command("AddStock", "sku-1", {"qty": 1}))
     assert calls == ["a.before", "b.before", "b.after v1", "a.after v1"]
     assert result.events[0].metadata["user"] == "u-9"
@@ -589,31 +648,33 @@ def test_middleware_runs_around_the_dispatch_like_an_onion(events: EventStore) -
 
 def test_a_before_hook_halts_with_an_error_or_a_result(events: EventStore) -> None:
     calls: list[str] = []
-    dispatcher = CommandDispatcher(events, [Inventory],
-                                   middleware=[Recorder("a", calls), RequireUser(),
-                                               Recorder("b", calls)])
+    dispatcher = CommandDispatcher(
+        events, [Inventory], middleware=[Recorder("a", calls), RequireUser(), Recorder("b", calls)]
+    )
     with pytest.raises(CommandRejectedError, match=r"need a user.*nothing was written"):
         dispatcher.dispatch(Command("AddStock", "sku-1", {"qty": 1}))
     assert calls == ["a.before", "a.failure CommandRejectedError"]
 
-    canned = DispatchResult(str(uuid4()), "AddStock", "inventory", "sku-1", "inventory-sku-1",
-                            (), 41)
+    canned = DispatchResult(
+        str(uuid4()), "AddStock", "inventory", "sku-1", "inventory-sku-1", (), 41
+    )
 
     class Cache(Middleware):
         def before_dispatch(self, ctx: DispatchContext) -> DispatchResult | None:
             return canned
 
     calls.clear()
-    dispatcher = CommandDispatcher(events, [Inventory],
-                                   middleware=[Recorder("a", calls), Cache(),
-                                               Recorder("b", calls)])
+    dispatcher = CommandDispatcher(
+        events, [Inventory], middleware=[Recorder("a", calls), Cache(), Recorder("b", calls)]
+    )
     assert dispatcher.dispatch(Command("AddStock", "sku-1", {"qty": 1})) is canned
     assert calls == ["a.before", "a.after v41"]
     assert count(events) == 0
 
 
 def test_hooks_cannot_break_a_committed_command_or_retarget_one(
-        events: EventStore, caplog: pytest.LogCaptureFixture) -> None:
+    events: EventStore, caplog: pytest.LogCaptureFixture
+) -> None:
     class Broken(Middleware):
         def after_dispatch(self, ctx: DispatchContext, result: DispatchResult) -> None:
             raise RuntimeError("metrics backend down")
@@ -629,15 +690,21 @@ def test_hooks_cannot_break_a_committed_command_or_retarget_one(
 
     with caplog.at_level(logging.ERROR, "tideflow.runtime.dispatch"):
         result = CommandDispatcher(events, [Inventory], middleware=[Broken()]).dispatch(
-            Command("AddStock", "sku-1", {"qty": 1}))
+            Command("AddStock", "sku-1", {"qty": 1})
+        )
     assert result.version == 1 and "Broken.after_dispatch raised" in caplog.text
-    with pytest.raises(InvalidCommandError, match=r"middleware may change metadata, not the "
-                                                  r"target"):
+    with pytest.raises(
+        InvalidCommandError,
+        match=r"middleware may change metadata, not the "
+        r"target",
+    ):
         CommandDispatcher(events, [Inventory], middleware=[Retarget()]).dispatch(
-            Command("AddStock", "sku-1", {"qty": 1}))
+            Command("AddStock", "sku-1", {"qty": 1})
+        )
     with pytest.raises(TideflowError, match=r"BadReturn.before_dispatch returned str"):
         CommandDispatcher(events, [Inventory], middleware=[BadReturn()]).dispatch(
-            Command("AddStock", "sku-1", {"qty": 1}))
+            Command("AddStock", "sku-1", {"qty": 1})
+        )
     assert count(events) == 1
 
 
@@ -645,10 +712,12 @@ def test_hooks_cannot_break_a_committed_command_or_retarget_one(
 
 
 async def test_the_async_facade_dispatches_in_a_thread(dispatcher: CommandDispatcher) -> None:
-    result = await dispatcher.aio.dispatch(Command("AddStock", "sku-1", {"qty": 2},
-                                                   idempotency_key="req-a"))
-    again = await dispatcher.aio.dispatch(Command("AddStock", "sku-1", {"qty": 2},
-                                                  idempotency_key="req-a"))
+    result = await dispatcher.aio.dispatch(
+        Command("AddStock", "sku-1", {"qty": 2}, idempotency_key="req-a")
+    )
+    again = await dispatcher.aio.dispatch(
+        Command("AddStock", "sku-1", {"qty": 2}, idempotency_key="req-a")
+    )
     assert (result.version, again.replayed, again.events) == (1, True, result.events)
     with pytest.raises(OutOfStock):
         await dispatcher.aio.dispatch(Command("RemoveStock", "sku-1", {"qty": 3}))
@@ -659,7 +728,8 @@ async def test_the_async_facade_dispatches_in_a_thread(dispatcher: CommandDispat
 
 
 def test_commands_dispatched_within_a_transaction_commit_or_vanish_together(
-        events: EventStore, dispatcher: CommandDispatcher) -> None:
+    events: EventStore, dispatcher: CommandDispatcher
+) -> None:
     dispatcher.dispatch(Command("AddStock", "sku-1", {"qty": 5}))
     with events.transaction() as tx:
         inside = dispatcher.within(tx)
@@ -668,13 +738,15 @@ def test_commands_dispatched_within_a_transaction_commit_or_vanish_together(
         inside.dispatch(Command("RemoveStock", "sku-1", {"qty": 4}))
         with pytest.raises(OutOfStock, match="only 1 on hand"):
             inside.dispatch(Command("RemoveStock", "sku-1", {"qty": 2}))
-        removed = inside.dispatch(Command("RemoveStock", "sku-1", {"qty": 1},
-                                          idempotency_key="last-one"))
+        removed = inside.dispatch(
+            Command("RemoveStock", "sku-1", {"qty": 1}, idempotency_key="last-one")
+        )
         assert removed.version == 3
     assert dispatcher.load(Inventory, "sku-1").state["on_hand"] == 0
     # The key was recorded in the same transaction: a repeat outside it is a replay.
-    again = dispatcher.dispatch(Command("RemoveStock", "sku-1", {"qty": 1},
-                                        idempotency_key="last-one"))
+    again = dispatcher.dispatch(
+        Command("RemoveStock", "sku-1", {"qty": 1}, idempotency_key="last-one")
+    )
     assert again.replayed and again.version == 3
 
     with pytest.raises(RuntimeError, match="crash"), events.transaction() as tx:

@@ -65,7 +65,8 @@ FLOOR_PREFIX = 0x7466  # high 16 bits of the appenders' floor locks (migration 0
 FLOOR_LOCKS_HELD = (  # floor locks held in this database, by anyone
     "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 1 "
     "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-    "AND classid::bigint >> 16 = %s")
+    "AND classid::bigint >> 16 = %s"
+)
 
 
 def ev(event_type: str = "Happened", **data: Any) -> NewEvent:
@@ -84,7 +85,11 @@ def test_append_numbers_versions_and_positions(events: EventStore, clock: Manual
     second = events.append("order-2", [ev(n=3)], NO_STREAM)
     third = events.append("order-1", [ev(n=4)], 2)
     assert [(e.stream_id, e.version) for e in first + second + third] == [
-        ("order-1", 1), ("order-1", 2), ("order-2", 1), ("order-1", 3)]
+        ("order-1", 1),
+        ("order-1", 2),
+        ("order-2", 1),
+        ("order-1", 3),
+    ]
     positions = [e.position for e in first + second + third]
     assert positions == sorted(positions) and len(set(positions)) == 4
     assert all(e.recorded_at == clock.now() for e in first)
@@ -101,7 +106,10 @@ def test_no_stream_creates_but_refuses_an_existing_stream(events: EventStore) ->
     with pytest.raises(WrongExpectedVersionError) as caught:
         events.append("s", [ev()], NO_STREAM)
     assert (caught.value.stream_id, caught.value.expected, caught.value.actual) == (
-        "s", NO_STREAM, 1)
+        "s",
+        NO_STREAM,
+        1,
+    )
     assert "'s' is at version 1" in str(caught.value)
     assert events.stream_version("s") == 1
 
@@ -207,7 +215,8 @@ def test_a_transaction_that_raises_writes_nothing(events: EventStore) -> None:
 
 
 def test_concurrent_appenders_with_one_expected_version_exactly_one_wins(
-        events: EventStore, open_events: OpenStore) -> None:
+    events: EventStore, open_events: OpenStore
+) -> None:
     events.append("s", [ev()], NO_STREAM)
     writers = [open_events() for _ in range(4)]
     barrier = threading.Barrier(len(writers))
@@ -216,6 +225,7 @@ def test_concurrent_appenders_with_one_expected_version_exactly_one_wins(
         def run() -> Any:
             barrier.wait()
             return store.append("s", [ev()], 1)
+
         return run
 
     threads = [in_thread(append(store)) for store in writers]
@@ -230,7 +240,8 @@ def test_concurrent_appenders_with_one_expected_version_exactly_one_wins(
 
 
 def test_a_waiting_appender_sees_the_version_the_first_one_committed(
-        events: EventStore, open_events: OpenStore) -> None:
+    events: EventStore, open_events: OpenStore
+) -> None:
     events.append("s", [ev()], NO_STREAM)
     other = open_events()
     with events.transaction() as tx:
@@ -244,7 +255,8 @@ def test_a_waiting_appender_sees_the_version_the_first_one_committed(
 
 @pytest.mark.parametrize("expected", [ANY, EXISTS, 2])
 def test_a_waiting_appender_appends_after_the_one_it_waited_for(
-        events: EventStore, open_events: OpenStore, expected: ExpectedVersion | int) -> None:
+    events: EventStore, open_events: OpenStore, expected: ExpectedVersion | int
+) -> None:
     """Whatever the expectation - none, "exists", or the version the first appender is about to
     commit - the second appender waits for the first and then appends after its events."""
     events.append("s", [ev()], NO_STREAM)
@@ -339,17 +351,29 @@ def test_read_all_in_position_order_from_a_position(ten: EventStore) -> None:
     assert ten.head_position() == positions[-1]
 
 
-def test_read_all_filters_event_types_across_pages(events: EventStore,
-                                                   open_events: OpenStore) -> None:
+def test_read_all_filters_event_types_across_pages(
+    events: EventStore, open_events: OpenStore
+) -> None:
     paged = open_events(page_size=4)
     for i in range(30):
-        events.append(f"s{i % 3}", [ev("Even" if i % 2 == 0 else "Odd", i=i),
-                                    ev("Rare", i=i) if i % 10 == 0 else ev("Odd", i=i)], ANY)
+        events.append(
+            f"s{i % 3}",
+            [
+                ev("Even" if i % 2 == 0 else "Odd", i=i),
+                ev("Rare", i=i) if i % 10 == 0 else ev("Odd", i=i),
+            ],
+            ANY,
+        )
     evens = list(paged.read_all(event_types=["Even"]))
     assert [e.data["i"] for e in evens] == list(range(0, 30, 2))
     rare_or_even = list(paged.read_all(event_types=("Rare", "Even"), limit=5))
     assert [(e.event_type, e.data["i"]) for e in rare_or_even] == [
-        ("Even", 0), ("Rare", 0), ("Even", 2), ("Even", 4), ("Even", 6)]
+        ("Even", 0),
+        ("Rare", 0),
+        ("Even", 2),
+        ("Even", 4),
+        ("Even", 6),
+    ]
     assert list(paged.read_all(event_types=[])) == []
     assert len(list(paged.read_all())) == 60  # 15 pages of 4
     with pytest.raises(InvalidEventError, match="pass \\['Even'\\]"):
@@ -357,8 +381,7 @@ def test_read_all_filters_event_types_across_pages(events: EventStore,
 
 
 def test_read_all_arguments_are_checked(events: EventStore) -> None:
-    for bad in ({"from_position": -1}, {"limit": -2}, {"to_position": -1},
-                {"from_position": 1.5}):
+    for bad in ({"from_position": -1}, {"limit": -2}, {"to_position": -1}, {"from_position": 1.5}):
         with pytest.raises(InvalidEventError):
             events.read_all(**bad)
 
@@ -367,7 +390,8 @@ def test_read_all_arguments_are_checked(events: EventStore) -> None:
 
 
 def test_a_tailing_reader_sees_every_committed_event_once_in_order(
-        events: EventStore, open_events: OpenStore) -> None:
+    events: EventStore, open_events: OpenStore
+) -> None:
     """8 writers append in transactions that sleep at random before committing (so positions
     commit out of order) and sometimes roll back (gaps); a reader tails read_all from the last
     position it saw. It must see exactly the committed events, each once, positions strictly
@@ -386,8 +410,7 @@ def test_a_tailing_reader_sees_every_committed_event_once_in_order(
             while time.monotonic() < deadline:
                 try:
                     with store.transaction() as tx:
-                        recorded = tx.append(f"w{n}", [ev(w=n), ev(w=n)][:rng.randint(1, 2)],
-                                             ANY)
+                        recorded = tx.append(f"w{n}", [ev(w=n), ev(w=n)][: rng.randint(1, 2)], ANY)
                         time.sleep(rng.uniform(0, 0.003))
                         if rng.random() < 0.1:
                             raise KeyError("roll back")
@@ -431,7 +454,8 @@ def test_a_tailing_reader_sees_every_committed_event_once_in_order(
 
 
 def test_tailing_readers_see_every_event_of_concurrent_single_statement_appends(
-        events: EventStore, open_events: OpenStore) -> None:
+    events: EventStore, open_events: OpenStore
+) -> None:
     """The same guarantee on the append path most writers take: append() outside a transaction,
     one statement each, as fast as the writers go, with two readers tailing at once."""
     writers, duration = 6, 1.0
@@ -497,12 +521,15 @@ def test_a_rolled_back_append_does_not_stall_readers(events: EventStore) -> None
 
 
 def test_read_all_stops_below_an_append_still_in_flight(
-        events: EventStore, open_events: OpenStore, backend: str) -> None:
+    events: EventStore, open_events: OpenStore, backend: str
+) -> None:
     """PostgreSQL: a later position committed while an earlier one is in flight stays invisible
     to read_all until the earlier one commits, so a reader never steps over it."""
     if backend == "sqlite":
-        pytest.skip("SQLite has one writer at a time: the later append would wait for the "
-                    "earlier one, positions are handed out in commit order")
+        pytest.skip(
+            "SQLite has one writer at a time: the later append would wait for the "
+            "earlier one, positions are handed out in commit order"
+        )
     before = events.append("s", [ev(n=0)], NO_STREAM)[0].position
     other = open_events()
     with events.transaction() as tx:
@@ -518,7 +545,8 @@ def test_read_all_stops_below_an_append_still_in_flight(
 
 
 def test_an_appender_holds_the_horizon_from_before_it_draws(
-        events: EventStore, open_events: OpenStore, backend: str, db_url: str) -> None:
+    events: EventStore, open_events: OpenStore, backend: str, db_url: str
+) -> None:
     """The race the announcement closes, played step by step with the appender's protocol
     (migration 0004): an appender announces its floor (the last drawn position + 1) before it
     draws, so no position it draws is ever counted as settled while it is in flight - not before
@@ -533,8 +561,7 @@ def test_an_appender_holds_the_horizon_from_before_it_draws(
         assert row is not None
         floor = row[0]
         assert floor == base + 1
-        appender.execute("SELECT pg_advisory_xact_lock_shared(%s)",
-                         ((FLOOR_PREFIX << 48) | floor,))
+        appender.execute("SELECT pg_advisory_xact_lock_shared(%s)", ((FLOOR_PREFIX << 48) | floor,))
         assert events.head_position() == base  # announced, nothing drawn: nothing to read
         later = open_events().append("t", [ev(n=1)], NO_STREAM)[0].position  # commits at once
         assert later == floor
@@ -552,7 +579,8 @@ def test_an_appender_holds_the_horizon_from_before_it_draws(
 
 
 def test_failed_appends_leave_no_lock_behind(
-        events: EventStore, open_events: OpenStore, backend: str, db_url: str) -> None:
+    events: EventStore, open_events: OpenStore, backend: str, db_url: str
+) -> None:
     taken = events.append("s", [ev()], NO_STREAM)[0].event_id
     for _ in range(3):  # fails after announcing its floor and drawing a position
         with pytest.raises(DuplicateEventIdError):
@@ -585,17 +613,20 @@ def upcasters() -> Upcasters:
     return up
 
 
-def test_upcasters_apply_on_every_read_path(open_events: OpenStore,
-                                            upcasters: Upcasters) -> None:
+def test_upcasters_apply_on_every_read_path(open_events: OpenStore, upcasters: Upcasters) -> None:
     store = open_events(upcasters=upcasters, page_size=2)
     store.migrate()
-    returned = store.append("p", [
-        NewEvent("NameSet", {"name": "Ada Lovelace"}, schema_version=1),
-        NewEvent("NameSet", {"first": "Ada", "last": "L"}, schema_version=2),
-        NewEvent("NameSet", {"first": "A", "last": "B", "title": "Dr"}),  # current: 3
-        NewEvent("Legacy", {"v": 7}),
-        NewEvent("Modern", {"value": 8}),
-    ], NO_STREAM)
+    returned = store.append(
+        "p",
+        [
+            NewEvent("NameSet", {"name": "Ada Lovelace"}, schema_version=1),
+            NewEvent("NameSet", {"first": "Ada", "last": "L"}, schema_version=2),
+            NewEvent("NameSet", {"first": "A", "last": "B", "title": "Dr"}),  # current: 3
+            NewEvent("Legacy", {"v": 7}),
+            NewEvent("Modern", {"value": 8}),
+        ],
+        NO_STREAM,
+    )
     expected = [
         ("NameSet", 3, {"first": "Ada", "last": "Lovelace", "title": ""}),
         ("NameSet", 3, {"first": "Ada", "last": "L", "title": ""}),
@@ -603,18 +634,26 @@ def test_upcasters_apply_on_every_read_path(open_events: OpenStore,
         ("Modern", 2, {"value": 7}),
         ("Modern", 2, {"value": 8}),
     ]
-    for read in (returned, list(store.read_stream("p")), list(store.read_all()),
-                 list(store.read_stream("p", backwards=True))[::-1]):
+    for read in (
+        returned,
+        list(store.read_stream("p")),
+        list(store.read_all()),
+        list(store.read_stream("p", backwards=True))[::-1],
+    ):
         assert [(e.event_type, e.schema_version, e.data) for e in read] == expected
     assert [e.event_type for e in store.read_all(event_types=["Legacy"])] == ["Modern"]
     plain = open_events()  # without upcasters the stored shapes are unchanged
     assert [(e.event_type, e.schema_version) for e in plain.read_stream("p")] == [
-        ("NameSet", 1), ("NameSet", 2), ("NameSet", 3), ("Legacy", 1), ("Modern", 2)]
+        ("NameSet", 1),
+        ("NameSet", 2),
+        ("NameSet", 3),
+        ("Legacy", 1),
+        ("Modern", 2),
+    ]
     assert next(plain.read_stream("p")).data == {"name": "Ada Lovelace"}
 
 
-def test_upcaster_registration_and_failures(events: EventStore,
-                                            open_events: OpenStore) -> None:
+def test_upcaster_registration_and_failures(events: EventStore, open_events: OpenStore) -> None:
     up = Upcasters()
     up.register("E", 1, lambda d: {**d, "b": 1})
     with pytest.raises(UpcastingError, match="already registered"):
@@ -677,8 +716,9 @@ def test_snapshot_of_a_version_the_stream_has_not_reached_is_refused(events: Eve
     assert events.load_snapshot("s") is None
 
 
-def test_versioned_snapshots_are_upcast_on_load(open_events: OpenStore,
-                                                upcasters: Upcasters) -> None:
+def test_versioned_snapshots_are_upcast_on_load(
+    open_events: OpenStore, upcasters: Upcasters
+) -> None:
     store = open_events(upcasters=upcasters)
     store.migrate()
     store.append("p", [ev()], NO_STREAM)
@@ -693,10 +733,19 @@ def test_versioned_snapshots_are_upcast_on_load(open_events: OpenStore,
 # --- what may be appended ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("data", [{"at": datetime(2030, 1, 1)}, {"n": Decimal("1.5")},
-                                  {"tags": {"a"}}, {"x": math.nan}, {"id": uuid.uuid4()}])
-def test_data_that_is_not_json_is_refused_and_nothing_written(events: EventStore,
-                                                              data: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"at": datetime(2030, 1, 1)},
+        {"n": Decimal("1.5")},
+        {"tags": {"a"}},
+        {"x": math.nan},
+        {"id": uuid.uuid4()},
+    ],
+)
+def test_data_that_is_not_json_is_refused_and_nothing_written(
+    events: EventStore, data: dict[str, Any]
+) -> None:
     with pytest.raises(EventNotSerializableError, match="not JSON-serialisable") as caught:
         events.append("s", [NewEvent("E", data)], ANY)
     assert isinstance(caught.value, EventStoreError) and isinstance(caught.value, TypeError)
@@ -706,11 +755,10 @@ def test_data_that_is_not_json_is_refused_and_nothing_written(events: EventStore
 
 
 def test_json_comes_back_as_json_with_its_key_order(events: EventStore) -> None:
-    data = {"z": 1, "a": [1, 2.5, None, True, 10**20], "m": {"y": "é🎉\x01\\\"", "b": ("t",)}}
+    data = {"z": 1, "a": [1, 2.5, None, True, 10**20], "m": {"y": 'é🎉\x01\\"', "b": ("t",)}}
     returned = events.append("s", [NewEvent("E", data, {"trace": "t-1"})], ANY)[0]
     read = next(events.read_stream("s"))
-    expected = {"z": 1, "a": [1, 2.5, None, True, 10**20],
-                "m": {"y": "é🎉\x01\\\"", "b": ["t"]}}
+    expected = {"z": 1, "a": [1, 2.5, None, True, 10**20], "m": {"y": 'é🎉\x01\\"', "b": ["t"]}}
     assert returned.data == read.data == expected
     assert list(read.data) == ["z", "a", "m"] and read.metadata == {"trace": "t-1"}
     assert returned == read
@@ -725,16 +773,27 @@ def _circular() -> dict[str, Any]:
 _SHARED = [1, {"x": None}]
 
 
-@pytest.mark.parametrize("value", [
-    {}, {"z": 1, "a": [1, 2.5, None, True, False, 10**30, -0.0, 1e300, -7]},
-    {"s": "é🎉\x01\\\"\n\u2028\x7f", "t": ("x", ["y", ()])},
-    {1: "int key", 2.5: "float key", None: "none key", False: "bool key"},
-    OrderedDict(b=1, a=2), {"deep": {"deeper": [{"k": [[{}]]}]}},
-    {"same": _SHARED, "again": _SHARED},
-    {"nan": math.nan}, {"inf": [math.inf]}, {"at": datetime(2030, 1, 1)},
-    {"n": Decimal("1.5")}, {"tags": {"a"}}, {("tuple", "key"): 1}, {"x": object()},
-    MappingProxyType({"a": 1}), _circular(),
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        {},
+        {"z": 1, "a": [1, 2.5, None, True, False, 10**30, -0.0, 1e300, -7]},
+        {"s": 'é🎉\x01\\"\n\u2028\x7f', "t": ("x", ["y", ()])},
+        {1: "int key", 2.5: "float key", None: "none key", False: "bool key"},
+        OrderedDict(b=1, a=2),
+        {"deep": {"deeper": [{"k": [[{}]]}]}},
+        {"same": _SHARED, "again": _SHARED},
+        {"nan": math.nan},
+        {"inf": [math.inf]},
+        {"at": datetime(2030, 1, 1)},
+        {"n": Decimal("1.5")},
+        {"tags": {"a"}},
+        {("tuple", "key"): 1},
+        {"x": object()},
+        MappingProxyType({"a": 1}),
+        _circular(),
+    ],
+)
 def test_the_append_encoder_matches_encode_json(value: Any) -> None:
     """Appends encode data and metadata with json's C encoder called directly; it must write
     exactly what encode_json writes, and refuse exactly what it refuses."""
@@ -749,13 +808,13 @@ def test_the_append_encoder_matches_encode_json(value: Any) -> None:
         assert check_text(encode(value), value, what="v") == expected
         assert check_text(encode(value), value, what="v") == expected  # one encoder per append
         assert check_text(encode({"after": value}), value, what="v") == encode_json(
-            {"after": value}, "the value")
+            {"after": value}, "the value"
+        )
 
 
 def test_stream_ids_keys_and_results_beyond_ascii(events: EventStore) -> None:
     stream, key, result = "ordre-é🎉", "clé-🎉", '{"reçu": "🎉"}'
-    recorded = events.append(stream, [ev(n=1)], NO_STREAM, idempotency_key=key,
-                             result_json=result)
+    recorded = events.append(stream, [ev(n=1)], NO_STREAM, idempotency_key=key, result_json=result)
     assert [(e.stream_id, e.data) for e in events.read_stream(stream)] == [(stream, {"n": 1})]
     assert everything(events) == recorded
     record = events.get_idempotent_result(key)
@@ -790,8 +849,7 @@ def test_causation_and_correlation_are_recorded(events: EventStore) -> None:
     after = events.append("c", [ev().caused_by(effect)], ANY)[0]
     read = {e.stream_id: e for e in events.read_all()}
     assert (read["b"].causation_id, read["b"].correlation_id) == (cause.event_id, cause.event_id)
-    assert (read["c"].causation_id, read["c"].correlation_id) == (effect.event_id,
-                                                                 cause.event_id)
+    assert (read["c"].causation_id, read["c"].correlation_id) == (effect.event_id, cause.event_id)
     assert read["c"] == after and read["a"].causation_id is None
 
 
@@ -800,9 +858,12 @@ def test_invalid_stream_ids_are_refused(events: EventStore, stream_id: Any) -> N
     with pytest.raises(InvalidStreamIdError, match="stream_id") as caught:
         events.append(stream_id, [ev()], ANY)
     assert isinstance(caught.value, ValueError)
-    for call in (lambda: events.read_stream(stream_id), lambda: events.stream_version(stream_id),
-                 lambda: events.load_snapshot(stream_id),
-                 lambda: events.save_snapshot(stream_id, 1, {})):
+    for call in (
+        lambda: events.read_stream(stream_id),
+        lambda: events.stream_version(stream_id),
+        lambda: events.load_snapshot(stream_id),
+        lambda: events.save_snapshot(stream_id, 1, {}),
+    ):
         with pytest.raises(InvalidStreamIdError):
             call()
     assert everything(events) == []
@@ -817,14 +878,19 @@ def test_the_longest_stream_id_is_accepted(events: EventStore) -> None:
 # --- idempotency ---------------------------------------------------------------------------------
 
 
-def test_idempotency_key_is_recorded_with_the_events(events: EventStore,
-                                                     clock: ManualClock) -> None:
+def test_idempotency_key_is_recorded_with_the_events(
+    events: EventStore, clock: ManualClock
+) -> None:
     assert events.get_idempotent_result("cmd-1") is None
     events.append("s", [ev()], NO_STREAM, idempotency_key="cmd-1", result_json='{"id": 7}')
     record = events.get_idempotent_result("cmd-1")
     assert record is not None
     assert (record.key, record.stream_id, record.result_json, record.recorded_at) == (
-        "cmd-1", "s", '{"id": 7}', clock.now())
+        "cmd-1",
+        "s",
+        '{"id": 7}',
+        clock.now(),
+    )
     with pytest.raises(DuplicateIdempotencyKeyError) as caught:
         events.append("s", [ev()], 1, idempotency_key="cmd-1", result_json='{"id": 8}')
     assert (caught.value.key, caught.value.result_json) == ("cmd-1", '{"id": 7}')
@@ -863,12 +929,16 @@ def test_idempotency_arguments_are_checked(events: EventStore) -> None:
 
 
 def test_a_concurrent_retry_of_a_command_waits_and_is_reported_as_duplicate(
-        events: EventStore, open_events: OpenStore) -> None:
+    events: EventStore, open_events: OpenStore
+) -> None:
     other = open_events()
     with events.transaction() as tx:
         tx.append("s", [ev()], NO_STREAM, idempotency_key="cmd", result_json='"first"')
-        thread, result = in_thread(lambda: other.append(
-            "s", [ev()], NO_STREAM, idempotency_key="cmd", result_json='"second"'))
+        thread, result = in_thread(
+            lambda: other.append(
+                "s", [ev()], NO_STREAM, idempotency_key="cmd", result_json='"second"'
+            )
+        )
         assert_blocked(thread, events.url)
     thread.join(10)
     assert isinstance(result["error"], DuplicateIdempotencyKeyError)
@@ -876,8 +946,9 @@ def test_a_concurrent_retry_of_a_command_waits_and_is_reported_as_duplicate(
 
     with pytest.raises(RuntimeError), events.transaction() as tx:  # first attempt rolls back
         tx.append("t", [ev()], NO_STREAM, idempotency_key="cmd-2")
-        thread, result = in_thread(lambda: other.append(
-            "t", [ev()], NO_STREAM, idempotency_key="cmd-2"))
+        thread, result = in_thread(
+            lambda: other.append("t", [ev()], NO_STREAM, idempotency_key="cmd-2")
+        )
         assert_blocked(thread, events.url)
         raise RuntimeError
     thread.join(10)
@@ -925,7 +996,8 @@ def projection_table(events: EventStore, backend: str) -> Iterator[str]:
 
 
 def test_a_projection_commits_its_rows_with_its_checkpoint(
-        events: EventStore, backend: str, projection_table: str) -> None:
+    events: EventStore, backend: str, projection_table: str
+) -> None:
     for i in range(3):
         events.append(f"s{i}", [ev(n=i), ev(n=i)], NO_STREAM)
 
@@ -934,17 +1006,26 @@ def test_a_projection_commits_its_rows_with_its_checkpoint(
             position = tx.lock_checkpoint("totals")
             for event in events.read_all(position):
                 tx.connection.execute(
-                    _sql(backend, f"INSERT INTO {projection_table} (stream_id, n) VALUES (%s, 1) "
-                                  "ON CONFLICT (stream_id) DO UPDATE SET n = "
-                                  f"{projection_table}.n + 1"), (event.stream_id,))
+                    _sql(
+                        backend,
+                        f"INSERT INTO {projection_table} (stream_id, n) VALUES (%s, 1) "
+                        "ON CONFLICT (stream_id) DO UPDATE SET n = "
+                        f"{projection_table}.n + 1",
+                    ),
+                    (event.stream_id,),
+                )
                 tx.advance_checkpoint("totals", event.position)
             if fail:
                 raise RuntimeError("crash before commit")
 
     def totals() -> list[tuple[Any, ...]]:
         with events.transaction() as tx:
-            return [tuple(r) for r in tx.connection.execute(
-                f"SELECT stream_id, n FROM {projection_table} ORDER BY stream_id").fetchall()]
+            return [
+                tuple(r)
+                for r in tx.connection.execute(
+                    f"SELECT stream_id, n FROM {projection_table} ORDER BY stream_id"
+                ).fetchall()
+            ]
 
     with pytest.raises(RuntimeError):
         project(fail=True)
@@ -957,7 +1038,8 @@ def test_a_projection_commits_its_rows_with_its_checkpoint(
 
 
 def test_a_checkpoint_lock_makes_a_second_handler_instance_wait(
-        events: EventStore, open_events: OpenStore) -> None:
+    events: EventStore, open_events: OpenStore
+) -> None:
     other = open_events()
 
     def second_instance() -> int:
@@ -989,8 +1071,9 @@ def test_a_handler_appends_new_events_with_its_checkpoint(events: EventStore) ->
 # --- wiring --------------------------------------------------------------------------------------
 
 
-def test_migrate_is_idempotent_and_the_schema_is_required(events: EventStore, backend: str,
-                                                          tmp_path: Any) -> None:
+def test_migrate_is_idempotent_and_the_schema_is_required(
+    events: EventStore, backend: str, tmp_path: Any
+) -> None:
     assert events.migrate() == []
     if backend == "sqlite":
         bare = open_event_store(f"sqlite:///{tmp_path / 'bare.db'}")
@@ -1003,8 +1086,9 @@ def test_migrate_is_idempotent_and_the_schema_is_required(events: EventStore, ba
             bare.close()
 
 
-def test_an_unmigrated_postgres_database_is_reported(backend: str, db_url: str,
-                                                    clock: ManualClock) -> None:
+def test_an_unmigrated_postgres_database_is_reported(
+    backend: str, db_url: str, clock: ManualClock
+) -> None:
     if backend == "sqlite":
         pytest.skip("the SQLite case is in test_migrate_is_idempotent_and_the_schema_is_required")
     with empty_database(db_url) as url:
@@ -1021,7 +1105,8 @@ def test_an_unmigrated_postgres_database_is_reported(backend: str, db_url: str,
 
 
 def test_appends_prepare_their_statement_again_if_it_was_deallocated(
-        backend: str, db_url: str, clock: ManualClock) -> None:
+    backend: str, db_url: str, clock: ManualClock
+) -> None:
     """The append runs as a prepared statement of its own (postgres/event_store.py); code on
     tx.connection may deallocate it, in or out of a transaction."""
     if backend == "sqlite":
@@ -1053,7 +1138,8 @@ def test_an_append_inside_a_pipeline(events: EventStore, backend: str) -> None:
 
 
 def test_an_append_in_a_transaction_is_one_round_trip(
-        backend: str, db_url: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend: str, db_url: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """SAVEPOINT, the append and RELEASE go to the server together; a refused append costs one
     more (the rollback to the savepoint) and leaves the statement prepared, even when psycopg
     has statements of its own prepared on the connection (its rollback would drop them all)."""
@@ -1090,7 +1176,8 @@ def test_an_append_in_a_transaction_is_one_round_trip(
 
 
 def test_a_lost_connection_inside_a_transaction_is_reported_and_replaced(
-        backend: str, db_url: str, clock: ManualClock) -> None:
+    backend: str, db_url: str, clock: ManualClock
+) -> None:
     if backend == "sqlite":
         pytest.skip("a PostgreSQL server connection")
     store = PostgresEventStore(db_url, clock, pool_size=1)
@@ -1111,7 +1198,8 @@ def test_a_lost_connection_inside_a_transaction_is_reported_and_replaced(
 
 
 def test_an_append_interrupted_inside_a_transaction_gives_up_its_connection(
-        backend: str, db_url: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend: str, db_url: str, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Interrupted half-way through its pipeline (Ctrl-C while waiting for the server), an
     append closes the connection, which libpq may still expect results on: the pool replaces
     it and the transaction is gone."""
@@ -1141,8 +1229,9 @@ def test_an_append_interrupted_inside_a_transaction_gives_up_its_connection(
 
 
 @pytest.mark.parametrize("idle", [True, False], ids=["idle: checked", "busy: retried"])
-def test_a_lost_connection_is_replaced(backend: str, db_url: str, clock: ManualClock,
-                                       idle: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_lost_connection_is_replaced(
+    backend: str, db_url: str, clock: ManualClock, idle: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A pooled connection killed under the store: a connection that sat idle is checked (an
     empty query) and replaced before it is handed out, so the append never sees it - even with
     no client retries at all; one in use a moment ago is handed out unchecked (a check per
@@ -1172,8 +1261,9 @@ def test_a_lost_connection_is_replaced(backend: str, db_url: str, clock: ManualC
         store.close()
 
 
-def test_event_stores_can_share_a_flow_stores_connections(db_url: str, backend: str,
-                                                          clock: ManualClock) -> None:
+def test_event_stores_can_share_a_flow_stores_connections(
+    db_url: str, backend: str, clock: ManualClock
+) -> None:
     flows: SQLiteStore | PostgresStore
     shared: SQLiteEventStore | PostgresEventStore
     if backend == "sqlite":
@@ -1197,8 +1287,9 @@ def test_unsupported_urls_are_refused() -> None:
         open_event_store("mysql://localhost/db")
 
 
-def test_a_database_of_migration_3_upgrades_to_floor_locks(backend: str, db_url: str,
-                                                            clock: ManualClock) -> None:
+def test_a_database_of_migration_3_upgrades_to_floor_locks(
+    backend: str, db_url: str, clock: ManualClock
+) -> None:
     """Migration 0004 replaces the append and horizon functions in place: events appended by the
     functions of 0002 stay readable, new appends continue the same positions and streams, and
     the old functions are gone (an old process fails instead of skipping the announcement)."""
@@ -1209,19 +1300,36 @@ def test_a_database_of_migration_3_upgrades_to_floor_locks(backend: str, db_url:
     with empty_database(db_url, "tideflow_up") as url:
         with psycopg.connect(url, autocommit=True) as conn, conn.transaction():
             conn.execute("CREATE SCHEMA tideflow")
-            conn.execute("CREATE TABLE tideflow.schema_migrations (version integer PRIMARY KEY, "
-                         "name text NOT NULL, applied_at timestamptz NOT NULL)")
+            conn.execute(
+                "CREATE TABLE tideflow.schema_migrations (version integer PRIMARY KEY, "
+                "name text NOT NULL, applied_at timestamptz NOT NULL)"
+            )
             migrations = load_migrations("tideflow.storage.postgres")
             for m in migrations:
                 if m.version <= 3:
                     conn.execute(m.sql.encode())
-                    conn.execute("INSERT INTO tideflow.schema_migrations VALUES (%s, %s, now())",
-                                 (m.version, m.name))
-            old = json.dumps([{"event_id": str(uuid.uuid4()), "event_type": "Happened",
-                               "schema_version": 1, "data": '{"n":1}', "metadata": "{}",
-                               "causation_id": None, "correlation_id": None}])
-            conn.execute("SELECT * FROM tideflow.append_events_v1('s', 'no_stream', 0, "
-                         "%s::json, now(), NULL, NULL)", (old,))
+                    conn.execute(
+                        "INSERT INTO tideflow.schema_migrations VALUES (%s, %s, now())",
+                        (m.version, m.name),
+                    )
+            old = json.dumps(
+                [
+                    {
+                        "event_id": str(uuid.uuid4()),
+                        "event_type": "Happened",
+                        "schema_version": 1,
+                        "data": '{"n":1}',
+                        "metadata": "{}",
+                        "causation_id": None,
+                        "correlation_id": None,
+                    }
+                ]
+            )
+            conn.execute(
+                "SELECT * FROM tideflow.append_events_v1('s', 'no_stream', 0, "
+                "%s::json, now(), NULL, NULL)",
+                (old,),
+            )
         store = PostgresEventStore(url, clock)
         try:
             applied = store.migrate()
@@ -1229,7 +1337,9 @@ def test_a_database_of_migration_3_upgrades_to_floor_locks(backend: str, db_url:
             assert applied == [f"{m.version:04d}_{m.name}" for m in migrations if m.version > 3]
             store.append("s", [ev(n=2)], 1)
             assert [(e.position, e.version, e.data) for e in store.read_all()] == [
-                (1, 1, {"n": 1}), (2, 2, {"n": 2})]
+                (1, 1, {"n": 1}),
+                (2, 2, {"n": 2}),
+            ]
             with pytest.raises(psycopg.errors.UndefinedFunction), store.transaction() as tx:
                 tx.connection.execute("SELECT tideflow.event_horizon_v1()")
         finally:
@@ -1263,18 +1373,19 @@ def test_a_transaction_reads_its_own_appends(events: EventStore) -> None:
     assert [e.data["n"] for e in events.read_stream("order-1")] == [1]
 
 
-def test_a_transaction_reads_its_appends_page_by_page_and_upcast(
-        open_events: OpenStore) -> None:
+def test_a_transaction_reads_its_appends_page_by_page_and_upcast(open_events: OpenStore) -> None:
     upcasters = Upcasters()
     upcasters.register("Happened", 1, lambda data: {**data, "seen": True})
     store = open_events(page_size=2, upcasters=upcasters)
     store.migrate()
     with store.transaction() as tx:
-        tx.append("s", [NewEvent("Happened", {"n": n}, schema_version=1) for n in range(5)],
-                  NO_STREAM)
+        tx.append(
+            "s", [NewEvent("Happened", {"n": n}, schema_version=1) for n in range(5)], NO_STREAM
+        )
         read = list(tx.read_stream("s"))
         assert [(e.version, e.data) for e in read] == [
-            (n + 1, {"n": n, "seen": True}) for n in range(5)]
+            (n + 1, {"n": n, "seen": True}) for n in range(5)
+        ]
         assert [e.version for e in tx.read_stream("s", 4, limit=3, backwards=True)] == [4, 3, 2]
         pages = tx.read_stream("s")
         next(pages)

@@ -46,22 +46,29 @@ def driver_outage(dialect: str) -> Exception:
     store judges its own driver's errors: a psycopg error inside a handler on SQLite comes from
     some other database, and counts as the handler failing)."""
     if dialect == "postgresql":
-        return psycopg.OperationalError("consuming input failed: server closed the connection "
-                                        "unexpectedly")
+        return psycopg.OperationalError(
+            "consuming input failed: server closed the connection unexpectedly"
+        )
     locked = sqlite3.OperationalError("database is locked")
     locked.sqlite_errorcode = 5  # SQLITE_BUSY, as the driver sets it
     return locked
 
 
 def test_an_outage_inside_handle_is_waited_out_not_counted(
-        stores: tuple[EventStore, HandlerStore], caplog: pytest.LogCaptureFixture) -> None:
+    stores: tuple[EventStore, HandlerStore], caplog: pytest.LogCaptureFixture
+) -> None:
     events, handler_store = stores
-    appended = [events.append(f"s-{i % 2}", [NewEvent("A", {"i": i})],
-                             ExpectedVersion.ANY)[0]
-                for i in range(5)]
+    appended = [
+        events.append(f"s-{i % 2}", [NewEvent("A", {"i": i})], ExpectedVersion.ANY)[0]
+        for i in range(5)
+    ]
     handler = Outaged()
-    runner = HandlerRunner(events, handler_store, [handler],
-                           options=HandlerRunnerOptions(poll_interval=0.02, lease_ttl=5))
+    runner = HandlerRunner(
+        events,
+        handler_store,
+        [handler],
+        options=HandlerRunnerOptions(poll_interval=0.02, lease_ttl=5),
+    )
     with caplog.at_level(logging.INFO, "tideflow"):
         runner.run_until_idle()
     assert handler.handled == [e.position for e in appended]  # each once, in order

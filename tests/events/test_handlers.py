@@ -75,8 +75,9 @@ def handler_store(events: EventStore, open_handlers: OpenHandlerStore) -> Handle
     return open_handlers()
 
 
-def runner(events: EventStore, store: HandlerStore, *handlers: EventHandler,
-           **kwargs: Any) -> HandlerRunner:
+def runner(
+    events: EventStore, store: HandlerStore, *handlers: EventHandler, **kwargs: Any
+) -> HandlerRunner:
     kwargs.setdefault("options", FAST)
     return HandlerRunner(events, store, handlers, **kwargs)
 
@@ -85,8 +86,7 @@ def append(events: EventStore, n: int, start: int = 0, streams: int = 3) -> list
     """``n`` events over a few streams, alternating types A and B; data n = start, start+1..."""
     out: list[RecordedEvent] = []
     for i in range(start, start + n):
-        out += events.append(f"s-{i % streams}", [NewEvent("A" if i % 2 else "B", {"n": i})],
-                             ANY)
+        out += events.append(f"s-{i % streams}", [NewEvent("A" if i % 2 else "B", {"n": i})], ANY)
     return out
 
 
@@ -147,10 +147,12 @@ class Counts(Projection):
 
     def handle(self, event: RecordedEvent, ctx: HandlerContext) -> None:
         ctx.execute("INSERT INTO counts_seen (position) VALUES (%(p)s)", {"p": event.position})
-        ctx.execute("INSERT INTO counts (stream, n, total) VALUES (%(s)s, 1, %(v)s) "
-                    "ON CONFLICT (stream) DO UPDATE SET n = counts.n + 1, "
-                    "total = counts.total + excluded.total",
-                    {"s": event.stream_id, "v": event.data["n"]})
+        ctx.execute(
+            "INSERT INTO counts (stream, n, total) VALUES (%(s)s, 1, %(v)s) "
+            "ON CONFLICT (stream) DO UPDATE SET n = counts.n + 1, "
+            "total = counts.total + excluded.total",
+            {"s": event.stream_id, "v": event.data["n"]},
+        )
 
 
 def counts(events: EventStore) -> dict[str, tuple[int, int]]:
@@ -202,7 +204,8 @@ class _FailingTx:
 
 
 def test_every_event_in_order_and_a_restart_resumes_from_the_checkpoint(
-        events: EventStore, handler_store: HandlerStore) -> None:
+    events: EventStore, handler_store: HandlerStore
+) -> None:
     appended = append(events, 25)
     first, b_only = Recorder(), OnlyB()
     runner(events, handler_store, first, b_only).run_until_idle()
@@ -220,16 +223,17 @@ def test_every_event_in_order_and_a_restart_resumes_from_the_checkpoint(
 
 
 async def test_a_running_handler_wakes_for_new_events(
-        events: EventStore, handler_store: HandlerStore) -> None:
+    events: EventStore, handler_store: HandlerStore
+) -> None:
     handler = Recorder()
-    r = runner(events, handler_store, handler,
-               options=HandlerRunnerOptions(poll_interval=0.05))
+    r = runner(events, handler_store, handler, options=HandlerRunnerOptions(poll_interval=0.05))
     task = asyncio.create_task(r.run())
     try:
         for burst in range(3):
             last = append(events, 4, start=burst * 4)[-1].position
-            await wait_until_async(lambda last=last: handler.seen[-1:] == [last],
-                                   what=f"event {last} handled")
+            await wait_until_async(
+                lambda last=last: handler.seen[-1:] == [last], what=f"event {last} handled"
+            )
     finally:
         r.stop()
         await task
@@ -249,23 +253,32 @@ store.close()
 
 
 async def test_appends_by_another_process_wake_a_runner_long_before_its_poll(
-        db_url: str, events: EventStore, handler_store: HandlerStore) -> None:
+    db_url: str, events: EventStore, handler_store: HandlerStore
+) -> None:
     """PostgreSQL: the appender's NOTIFY reaches the runner's LISTEN; SQLite: the commit is seen
     by the file watcher. Either way, not the 60-second poll."""
     handler = Recorder()
     first = append(events, 1)[-1].position
-    r = runner(events, handler_store, handler,
-               options=HandlerRunnerOptions(poll_interval=60.0, acquire_interval=0.05))
+    r = runner(
+        events,
+        handler_store,
+        handler,
+        options=HandlerRunnerOptions(poll_interval=60.0, acquire_interval=0.05),
+    )
     task = asyncio.create_task(r.run())
     try:
         await wait_until_async(lambda: handler.seen == [first], what="the first event handled")
         await asyncio.sleep(0.2)  # the runner is now napping for its poll interval
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", APPEND_ELSEWHERE, db_url, "3", cwd=ROOT)
+            sys.executable, "-c", APPEND_ELSEWHERE, db_url, "3", cwd=ROOT
+        )
         assert await proc.wait() == 0
         done = time.monotonic()
-        await wait_until_async(lambda: len(handler.seen) == 4, timeout=10.0,
-                               what="the other process's 3 events handled")
+        await wait_until_async(
+            lambda: len(handler.seen) == 4,
+            timeout=10.0,
+            what="the other process's 3 events handled",
+        )
         woke_after = time.monotonic() - done
     finally:
         r.stop()
@@ -275,7 +288,8 @@ async def test_appends_by_another_process_wake_a_runner_long_before_its_poll(
 
 
 def test_a_non_transactional_handler_gets_every_event_at_least_once(
-        events: EventStore, handler_store: HandlerStore) -> None:
+    events: EventStore, handler_store: HandlerStore
+) -> None:
     class Mailer(EventHandler):
         name = "mailer"
         transactional = False
@@ -302,8 +316,9 @@ def test_a_non_transactional_handler_gets_every_event_at_least_once(
 # --- exactly once ---------------------------------------------------------------------------------
 
 
-def test_projection_rows_commit_with_the_checkpoint(events: EventStore,
-                                                    handler_store: HandlerStore) -> None:
+def test_projection_rows_commit_with_the_checkpoint(
+    events: EventStore, handler_store: HandlerStore
+) -> None:
     appended = append(events, 23)
     flaky = FailingCommits(events, failures=2)  # two batches lose their commit
     runner(flaky, handler_store, Counts()).run_until_idle()  # type: ignore[arg-type]
@@ -314,7 +329,8 @@ def test_projection_rows_commit_with_the_checkpoint(events: EventStore,
 
 
 def test_a_failure_after_the_handler_wrote_rolls_its_writes_back(
-        events: EventStore, handler_store: HandlerStore) -> None:
+    events: EventStore, handler_store: HandlerStore
+) -> None:
     class Fragile(Counts):
         name = "fragile"
         max_attempts = 3
@@ -336,7 +352,8 @@ def test_a_failure_after_the_handler_wrote_rolls_its_writes_back(
 
 
 def test_async_handlers_write_and_append_in_the_batch_transaction(
-        events: EventStore, handler_store: HandlerStore) -> None:
+    events: EventStore, handler_store: HandlerStore
+) -> None:
     class Shipping(EventHandler):
         """A process manager: each order placed leads to a shipment, appended exactly once."""
 
@@ -346,9 +363,11 @@ def test_async_handlers_write_and_append_in_the_batch_transaction(
 
         async def handle(self, event: RecordedEvent, ctx: HandlerContext) -> None:
             await asyncio.sleep(0)
-            ctx.append(f"shipment-{event.data['order']}",
-                       [NewEvent("ShipmentRequested", {"order": event.data["order"]})],
-                       ExpectedVersion.NO_STREAM)
+            ctx.append(
+                f"shipment-{event.data['order']}",
+                [NewEvent("ShipmentRequested", {"order": event.data["order"]})],
+                ExpectedVersion.NO_STREAM,
+            )
 
     class Shipments(Projection):
         name = "shipments"
@@ -359,8 +378,10 @@ def test_async_handlers_write_and_append_in_the_batch_transaction(
         async def handle(self, event: RecordedEvent, ctx: HandlerContext) -> None:
             ctx.execute("INSERT INTO shipments (order_id) VALUES (%s)", (event.data["order"],))
 
-    placed = [events.append(f"order-{i}", [NewEvent("OrderPlaced", {"order": i})], ANY)[0]
-              for i in range(8)]
+    placed = [
+        events.append(f"order-{i}", [NewEvent("OrderPlaced", {"order": i})], ANY)[0]
+        for i in range(8)
+    ]
     flaky = FailingCommits(events, failures=1)
     runner(flaky, handler_store, Shipping(), Shipments()).run_until_idle()  # type: ignore[arg-type]
     for i, cause in enumerate(placed):
@@ -369,8 +390,10 @@ def test_async_handlers_write_and_append_in_the_batch_transaction(
         assert shipment.correlation_id == cause.event_id
     assert sorted(r[0] for r in query(events, "SELECT order_id FROM shipments")) == list(range(8))
 
+
 def test_a_ctx_kept_after_handle_returned_refuses_to_be_used(
-        events: EventStore, handler_store: HandlerStore) -> None:
+    events: EventStore, handler_store: HandlerStore
+) -> None:
     class Leaky(EventHandler):
         name = "leaky"
         kept: ClassVar[list[HandlerContext]] = []
@@ -388,7 +411,8 @@ def test_a_ctx_kept_after_handle_returned_refuses_to_be_used(
 
 
 async def test_a_failed_event_is_retried_after_its_backoff(
-        events: EventStore, handler_store: HandlerStore, clock: ManualClock) -> None:
+    events: EventStore, handler_store: HandlerStore, clock: ManualClock
+) -> None:
     class Flaky(EventHandler):
         name = "flaky"
         max_attempts = 3
@@ -410,28 +434,35 @@ async def test_a_failed_event_is_retried_after_its_backoff(
     task = asyncio.create_task(r.run())
     try:
         # Event 1 fails: the batch rolls back, and event 0 is handled (and committed) again.
-        await wait_until_async(lambda: handler.tries == [(0, 1), (1, 1), (0, 1)],
-                               what="event 1's first try")
-        await wait_until_async(lambda: record(handler_store, "flaky").attempts == 1,
-                               what="the first failure recorded")
+        await wait_until_async(
+            lambda: handler.tries == [(0, 1), (1, 1), (0, 1)], what="event 1's first try"
+        )
+        await wait_until_async(
+            lambda: record(handler_store, "flaky").attempts == 1, what="the first failure recorded"
+        )
         rec = record(handler_store, "flaky")
         assert rec.last_error == "RuntimeError: try 1 fails"
         assert rec.failing_position == events.get_checkpoint("flaky") + 1
         # Not a quiet period: the runner has looked at the clock for the pending retry three
         # times, and declined each time, since the clock has not moved.
         seen = looks.reads
-        await wait_until_async(lambda: looks.reads >= seen + 3,
-                               what="the runner to check the pending retry's time thrice")
+        await wait_until_async(
+            lambda: looks.reads >= seen + 3,
+            what="the runner to check the pending retry's time thrice",
+        )
         assert len(handler.tries) == 3, "the retry must wait for its backoff"
         clock.advance(10)
         r.wake()
-        await wait_until_async(lambda: record(handler_store, "flaky").attempts == 2,
-                               what="the second failure recorded")
+        await wait_until_async(
+            lambda: record(handler_store, "flaky").attempts == 2, what="the second failure recorded"
+        )
         assert handler.tries[-1:] == [(1, 2)]
         clock.advance(10)
         r.wake()
-        await wait_until_async(lambda: handler.tries[-1:] == [(2, 1)],
-                               what="event 2 handled after the third try of event 1")
+        await wait_until_async(
+            lambda: handler.tries[-1:] == [(2, 1)],
+            what="event 2 handled after the third try of event 1",
+        )
     finally:
         r.stop()
         await task
@@ -457,7 +488,8 @@ class Picky(Projection):
 
 
 def test_exhausted_retries_make_a_dead_letter_the_handler_moves_on_and_it_can_be_retried(
-        events: EventStore, handler_store: HandlerStore) -> None:
+    events: EventStore, handler_store: HandlerStore
+) -> None:
     appended = append(events, 5)
     picky = Picky()
     runner(events, handler_store, picky).run_until_idle()
@@ -466,9 +498,17 @@ def test_exhausted_retries_make_a_dead_letter_the_handler_moves_on_and_it_can_be
     [dead] = handler_store.list_dead_letters("picky")
     bad = appended[2]
     assert (dead.handler, dead.position, dead.event_id, dead.event_type, dead.stream_id) == (
-        "picky", bad.position, str(bad.event_id), bad.event_type, bad.stream_id)
-    assert (dead.error, dead.attempts, dead.retried_at) == ("ValueError: n=2 is not allowed",
-                                                            2, None)
+        "picky",
+        bad.position,
+        str(bad.event_id),
+        bad.event_type,
+        bad.stream_id,
+    )
+    assert (dead.error, dead.attempts, dead.retried_at) == (
+        "ValueError: n=2 is not allowed",
+        2,
+        None,
+    )
     assert record(handler_store, "picky").dead_letters == 1
 
     with pytest.raises(HandlerFailedError, match=rf"failed again on dead letter {dead.id} "):
@@ -487,7 +527,8 @@ def test_exhausted_retries_make_a_dead_letter_the_handler_moves_on_and_it_can_be
 
 
 def test_non_retryable_errors_skip_the_remaining_attempts(
-        events: EventStore, handler_store: HandlerStore) -> None:
+    events: EventStore, handler_store: HandlerStore
+) -> None:
     class Strict(EventHandler):
         name = "strict_once"
         max_attempts = 5
@@ -504,7 +545,8 @@ def test_non_retryable_errors_skip_the_remaining_attempts(
 
 
 def test_the_stop_policy_halts_the_handler_until_it_is_resumed(
-        events: EventStore, handler_store: HandlerStore) -> None:
+    events: EventStore, handler_store: HandlerStore
+) -> None:
     class Ledger(Recorder):
         name = "ledger"
         on_failure = "stop"
@@ -548,8 +590,9 @@ def test_the_stop_policy_halts_the_handler_until_it_is_resumed(
 # --- reset and rebuild ----------------------------------------------------------------------------
 
 
-def test_reset_rebuilds_a_projection_to_the_same_table(events: EventStore,
-                                                       handler_store: HandlerStore) -> None:
+def test_reset_rebuilds_a_projection_to_the_same_table(
+    events: EventStore, handler_store: HandlerStore
+) -> None:
     appended = append(events, 40, streams=5)
     r = runner(events, handler_store, Counts())
     r.run_until_idle()
@@ -568,7 +611,8 @@ def test_reset_rebuilds_a_projection_to_the_same_table(events: EventStore,
 
 
 def test_a_projection_without_tables_refuses_a_reset_that_would_count_twice(
-        events: EventStore, handler_store: HandlerStore) -> None:
+    events: EventStore, handler_store: HandlerStore
+) -> None:
     class Untabled(Projection):
         name = "untabled"
 
@@ -580,8 +624,8 @@ def test_a_projection_without_tables_refuses_a_reset_that_would_count_twice(
 
 
 async def test_a_projection_whose_setup_fails_handles_nothing(
-        events: EventStore, handler_store: HandlerStore,
-        caplog: pytest.LogCaptureFixture) -> None:
+    events: EventStore, handler_store: HandlerStore, caplog: pytest.LogCaptureFixture
+) -> None:
     class Broken(Counts):
         name = "broken_schema"
         schema = "CREATE TABLE IF NOT EXISTS broken ("
@@ -593,9 +637,11 @@ async def test_a_projection_whose_setup_fails_handles_nothing(
         # Each try logs a line: after the third, the runner has gone round twice more and
         # still handled nothing (a batch between two tries would have come before the line).
         await wait_until_async(
-            lambda: [line for line in caplog.records
-                     if "setup(connection) failed" in line.getMessage()][2:],
-            what="the third failed setup(connection)")
+            lambda: [
+                line for line in caplog.records if "setup(connection) failed" in line.getMessage()
+            ][2:],
+            what="the third failed setup(connection)",
+        )
     finally:
         r.stop()
         await task
@@ -603,8 +649,7 @@ async def test_a_projection_whose_setup_fails_handles_nothing(
     assert handler_store.list_dead_letters() == []  # not one dead letter per event
 
 
-def test_a_plain_handler_is_reset_by_name(events: EventStore,
-                                          handler_store: HandlerStore) -> None:
+def test_a_plain_handler_is_reset_by_name(events: EventStore, handler_store: HandlerStore) -> None:
     appended = append(events, 6)
     first = Recorder()
     runner(events, handler_store, first).run_until_idle()
@@ -615,18 +660,21 @@ def test_a_plain_handler_is_reset_by_name(events: EventStore,
 
 
 async def test_a_reset_while_the_projection_runs_still_ends_exactly_right(
-        events: EventStore, handler_store: HandlerStore) -> None:
+    events: EventStore, handler_store: HandlerStore
+) -> None:
     appended = append(events, 60, streams=4)
     r = runner(events, handler_store, Counts())
     task = asyncio.create_task(r.run())
     try:
-        await wait_until_async(lambda: events.get_checkpoint("counts") > 0,
-                               what="a first batch committed")
+        await wait_until_async(
+            lambda: events.get_checkpoint("counts") > 0, what="a first batch committed"
+        )
         await asyncio.to_thread(r.reset, "counts")
         appended += append(events, 10, start=60, streams=4)
         await wait_until_async(
             lambda: events.get_checkpoint("counts") == appended[-1].position,
-            what="the projection caught up after the reset")
+            what="the projection caught up after the reset",
+        )
     finally:
         r.stop()
         await task
@@ -638,7 +686,8 @@ async def test_a_reset_while_the_projection_runs_still_ends_exactly_right(
 
 
 def test_a_lease_keeps_a_handler_on_one_worker_until_it_expires(
-        events: EventStore, handler_store: HandlerStore, clock: ManualClock) -> None:
+    events: EventStore, handler_store: HandlerStore, clock: ManualClock
+) -> None:
     assert handler_store.acquire("recorder", "handler", "worker-a", 30) is not None
     assert handler_store.acquire("recorder", "handler", "worker-b", 30) is None
     assert handler_store.renew(["recorder"], "worker-a", 30) == {"recorder"}
@@ -654,7 +703,8 @@ def test_a_lease_keeps_a_handler_on_one_worker_until_it_expires(
 
 
 def test_a_handler_held_by_a_dead_worker_is_taken_over_after_its_lease(
-        events: EventStore, handler_store: HandlerStore, clock: ManualClock) -> None:
+    events: EventStore, handler_store: HandlerStore, clock: ManualClock
+) -> None:
     handler_store.acquire("recorder", "handler", "dead-worker", 30)
     appended = append(events, 5)
     handler = Recorder()
@@ -666,16 +716,18 @@ def test_a_handler_held_by_a_dead_worker_is_taken_over_after_its_lease(
     assert handler.seen == [e.position for e in appended]
 
 
-def test_two_runners_never_run_one_handler_at_once(open_events: OpenStore,
-                                                   open_handlers: OpenHandlerStore,
-                                                   clock: ManualClock) -> None:
+def test_two_runners_never_run_one_handler_at_once(
+    open_events: OpenStore, open_handlers: OpenHandlerStore, clock: ManualClock
+) -> None:
     class Exclusive(Projection):
         name = "exclusive"
         batch_size = 5
         max_attempts = 1
         tables = "exclusive_seen"
-        schema = ("CREATE TABLE IF NOT EXISTS exclusive_seen (position BIGINT PRIMARY KEY, "
-                  "runner TEXT NOT NULL)")
+        schema = (
+            "CREATE TABLE IF NOT EXISTS exclusive_seen (position BIGINT PRIMARY KEY, "
+            "runner TEXT NOT NULL)"
+        )
         lock = threading.Lock()
         active = 0
         most = 0
@@ -689,30 +741,40 @@ def test_two_runners_never_run_one_handler_at_once(open_events: OpenStore,
                 cls.active += 1
                 cls.most = max(cls.most, cls.active)
             time.sleep(0.001)
-            ctx.execute("INSERT INTO exclusive_seen (position, runner) VALUES (%(p)s, %(r)s)",
-                        {"p": event.position, "r": self.tag})
+            ctx.execute(
+                "INSERT INTO exclusive_seen (position, runner) VALUES (%(p)s, %(r)s)",
+                {"p": event.position, "r": self.tag},
+            )
             with cls.lock:
                 cls.active -= 1
 
     # Leases run on the test's ManualClock (every store below shares it): they expire only
     # when the test moves the clock, never because a loaded machine was slow.
     ttl = 0.6
-    options = HandlerRunnerOptions(poll_interval=0.02, lease_ttl=ttl, heartbeat_interval=0.05,
-                                   acquire_interval=0.05)
+    options = HandlerRunnerOptions(
+        poll_interval=0.02, lease_ttl=ttl, heartbeat_interval=0.05, acquire_interval=0.05
+    )
     writer = open_events()
     writer.migrate()
-    runners = {tag: HandlerRunner(open_events(), open_handlers(), [Exclusive(tag)],
-                                  worker_id=tag, options=options)
-               for tag in ("a", "b")}
-    threads = {tag: threading.Thread(target=lambda r=r: asyncio.run(r.run()), daemon=True)
-               for tag, r in runners.items()}
+    runners = {
+        tag: HandlerRunner(
+            open_events(), open_handlers(), [Exclusive(tag)], worker_id=tag, options=options
+        )
+        for tag in ("a", "b")
+    }
+    threads = {
+        tag: threading.Thread(target=lambda r=r: asyncio.run(r.run()), daemon=True)
+        for tag, r in runners.items()
+    }
     for t in threads.values():
         t.start()
     store = open_handlers()
     try:
         appended = append(writer, 60)
-        wait_until(lambda: writer.get_checkpoint("exclusive") == appended[-1].position,
-                   what="every event handled")
+        wait_until(
+            lambda: writer.get_checkpoint("exclusive") == appended[-1].position,
+            what="every event handled",
+        )
         owner = record(store, "exclusive").owner
         assert owner in runners
         # The heartbeat keeps the lease with its owner: three times the clock moves half a
@@ -729,13 +791,17 @@ def test_two_runners_never_run_one_handler_at_once(open_events: OpenStore,
             wait_until(renewed, what="the owner's heartbeat renewing its lease")
             assert record(store, "exclusive").owner == owner
         appended += append(writer, 60, start=60)
-        wait_until(lambda: writer.get_checkpoint("exclusive") > appended[70].position,
-                   what="the second burst under way")
+        wait_until(
+            lambda: writer.get_checkpoint("exclusive") > appended[70].position,
+            what="the second burst under way",
+        )
         runners[owner].stop()  # a graceful stop releases the lease: the other takes over
         threads[owner].join(timeout=10)
         appended += append(writer, 30, start=120)
-        wait_until(lambda: writer.get_checkpoint("exclusive") == appended[-1].position,
-                   what="every event handled")
+        wait_until(
+            lambda: writer.get_checkpoint("exclusive") == appended[-1].position,
+            what="every event handled",
+        )
         assert record(store, "exclusive").owner == ({"a", "b"} - {owner}).pop()
     finally:
         for r in runners.values():
@@ -750,21 +816,27 @@ def test_two_runners_never_run_one_handler_at_once(open_events: OpenStore,
 
 
 def spawn_worker(db_url: str, ttl: float) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "tests.events.handler_worker", db_url,
-                             str(ttl)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.events.handler_worker", db_url, str(ttl)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def test_a_sigkilled_worker_is_replaced_after_its_lease_and_counts_stay_exact(
-        db_url: str, open_events: OpenStore, open_handlers: OpenHandlerStore) -> None:
+    db_url: str, open_events: OpenStore, open_handlers: OpenHandlerStore
+) -> None:
     events = open_events(clock=SystemClock())
     events.migrate()
     store = open_handlers(clock=SystemClock())
     appended = append(events, 200, streams=7)
     first = spawn_worker(db_url, ttl=1.0)
     try:
-        wait_until(lambda: events.get_checkpoint("tally") >= appended[40].position,
-                   what="the first worker 40 events in")
+        wait_until(
+            lambda: events.get_checkpoint("tally") >= appended[40].position,
+            what="the first worker 40 events in",
+        )
         os.kill(first.pid, signal.SIGKILL)  # in the middle of a batch, most likely
         first.wait(timeout=10)
     finally:
@@ -774,8 +846,10 @@ def test_a_sigkilled_worker_is_replaced_after_its_lease_and_counts_stay_exact(
     assert record(store, "tally").owner == f"worker-{first.pid}"  # its lease outlives it
     second = spawn_worker(db_url, ttl=1.0)
     try:
-        wait_until(lambda: events.get_checkpoint("tally") == appended[-1].position,
-                   what="the second worker done with every event")
+        wait_until(
+            lambda: events.get_checkpoint("tally") == appended[-1].position,
+            what="the second worker done with every event",
+        )
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=20)
@@ -792,17 +866,21 @@ def test_a_sigkilled_worker_is_replaced_after_its_lease_and_counts_stay_exact(
 # --- definitions and context ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({"name": "Bad Name"}, "name 'Bad Name' is invalid"),
-    ({"event_types": "A"}, "write ['A']"),
-    ({"event_types": [""]}, "event type must not be empty"),
-    ({"max_attempts": 0}, "max_attempts must be an int >= 1"),
-    ({"base_delay": -1}, "base_delay must be a number of seconds >= 0"),
-    ({"on_failure": "ignore"}, "on_failure must be 'dead_letter' or 'stop'"),
-    ({"batch_size": 0}, "batch_size must be an int >= 1"),
-])
-def test_handler_options_are_checked_when_the_class_is_defined(options: dict[str, Any],
-                                                                message: str) -> None:
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"name": "Bad Name"}, "name 'Bad Name' is invalid"),
+        ({"event_types": "A"}, "write ['A']"),
+        ({"event_types": [""]}, "event type must not be empty"),
+        ({"max_attempts": 0}, "max_attempts must be an int >= 1"),
+        ({"base_delay": -1}, "base_delay must be a number of seconds >= 0"),
+        ({"on_failure": "ignore"}, "on_failure must be 'dead_letter' or 'stop'"),
+        ({"batch_size": 0}, "batch_size must be an int >= 1"),
+    ],
+)
+def test_handler_options_are_checked_when_the_class_is_defined(
+    options: dict[str, Any], message: str
+) -> None:
     with pytest.raises(HandlerDefinitionError, match=message.replace("[", r"\[")):
         type("Bad", (EventHandler,), options)
 
@@ -823,18 +901,23 @@ def test_handler_names_default_to_the_class_name_and_must_be_unique() -> None:
 
 
 def test_ctx_execute_takes_one_placeholder_style_on_both_backends(
-        events: EventStore, handler_store: HandlerStore) -> None:
+    events: EventStore, handler_store: HandlerStore
+) -> None:
     class Notes(Projection):
         name = "notes"
         tables = "notes"
-        schema = {"sqlite": "CREATE TABLE IF NOT EXISTS notes (p INTEGER PRIMARY KEY, t TEXT)",
-                  "postgresql": "CREATE TABLE IF NOT EXISTS notes (p bigint PRIMARY KEY, t text)"}
+        schema = {
+            "sqlite": "CREATE TABLE IF NOT EXISTS notes (p INTEGER PRIMARY KEY, t TEXT)",
+            "postgresql": "CREATE TABLE IF NOT EXISTS notes (p bigint PRIMARY KEY, t text)",
+        }
 
         def handle(self, event: RecordedEvent, ctx: HandlerContext) -> None:
             assert ctx.dialect == ("sqlite" if events.url.startswith("sqlite") else "postgresql")
             ctx.execute("INSERT INTO notes (p, t) VALUES (%s, '100%%')", (event.position,))
-            ctx.execute("UPDATE notes SET t = t || %(suffix)s WHERE p = %(p)s",
-                        {"suffix": " sure", "p": event.position})
+            ctx.execute(
+                "UPDATE notes SET t = t || %(suffix)s WHERE p = %(p)s",
+                {"suffix": " sure", "p": event.position},
+            )
 
     append(events, 2)
     runner(events, handler_store, Notes()).run_until_idle()

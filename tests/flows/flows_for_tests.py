@@ -138,8 +138,19 @@ class FanFail(Flow, slug="fan_fail", max_attempts=1):
         return work
 
 
-ALL_FLOWS = [Chain, Diamond, MapFlow, RootMap, Flaky, Fatal, Slow, BadOutput, Sleeper,
-             OneShotSleeper, FanFail]
+ALL_FLOWS = [
+    Chain,
+    Diamond,
+    MapFlow,
+    RootMap,
+    Flaky,
+    Fatal,
+    Slow,
+    BadOutput,
+    Sleeper,
+    OneShotSleeper,
+    FanFail,
+]
 
 
 class Recorder(Flow, slug="recorder", max_attempts=2):

@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def spawn_worker(db_url: str, lease_margin: float) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "tests.flows.worker_process", db_url, str(lease_margin)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -49,8 +51,7 @@ def test_sigkilled_worker_task_is_finished_by_another_worker(db_url: str, tmp_pa
     app.close()
 
 
-def test_two_worker_processes_never_run_the_same_task_attempt(db_url: str,
-                                                               tmp_path: Path) -> None:
+def test_two_worker_processes_never_run_the_same_task_attempt(db_url: str, tmp_path: Path) -> None:
     app = App(db_url, flows=ALL_FLOWS)
     items = [{"dir": str(tmp_path)}] * 60
     run_ids = [app.start_flow(Recorder, items) for _ in range(3)]

@@ -166,8 +166,9 @@ def test_failure_cancels_every_other_task_of_the_run(store: FlowStore) -> None:
     assert claim(store, ["root_map"]) == []
 
 
-def test_stale_completion_from_an_earlier_attempt_is_ignored(store: FlowStore,
-                                                             clock: ManualClock) -> None:
+def test_stale_completion_from_an_earlier_attempt_is_ignored(
+    store: FlowStore, clock: ManualClock
+) -> None:
     start(store, Chain, {"n": 1})
     (old,) = claim(store, ["chain"], worker="w-old")
     clock.advance(31)  # lease expired: the old worker is presumed dead
@@ -182,7 +183,8 @@ def test_stale_completion_from_an_earlier_attempt_is_ignored(store: FlowStore,
 
 
 def test_lease_expiry_follows_heartbeats_and_fails_a_task_out_of_stalls(
-        store: FlowStore, clock: ManualClock) -> None:
+    store: FlowStore, clock: ManualClock
+) -> None:
     class OneShot(Flow, slug="one_shot", max_attempts=1, max_stalls=0):
         @step(timeout=5)
         def only(self, input): ...
@@ -198,8 +200,9 @@ def test_lease_expiry_follows_heartbeats_and_fails_a_task_out_of_stalls(
     assert store.requeue_stalled() == 1
     run = store.get_run("r1")
     assert run.status == "failed"
-    assert run.error == ("step 'only' failed: stalled 1 time: the worker running it was killed "
-                         "or lost each time")
+    assert run.error == (
+        "step 'only' failed: stalled 1 time: the worker running it was killed or lost each time"
+    )
 
 
 def test_release_returns_tasks_without_counting_the_attempt(store: FlowStore) -> None:
@@ -306,8 +309,9 @@ def test_concurrent_claimers_never_share_a_task_attempt(store: FlowStore) -> Non
             if not tasks:
                 return
             with lock:
-                seen.extend((t.key.run_id, t.key.step_slug, t.key.task_index, t.attempt)
-                            for t in tasks)
+                seen.extend(
+                    (t.key.run_id, t.key.step_slug, t.key.task_index, t.attempt) for t in tasks
+                )
 
     threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(4)]
     for t in threads:
@@ -317,15 +321,13 @@ def test_concurrent_claimers_never_share_a_task_attempt(store: FlowStore) -> Non
     assert len(seen) == 300 and len(set(seen)) == 300
 
 
-def test_complete_and_claim_takes_the_next_step_in_the_same_transaction(
-        store: FlowStore) -> None:
+def test_complete_and_claim_takes_the_next_step_in_the_same_transaction(store: FlowStore) -> None:
     from tideflow.storage.flow_contract import ClaimRequest
 
     start(store, Chain, {"n": 1})
     (first,) = claim(store, ["chain"])
     request = ClaimRequest(("chain",), 10, 30.0)
-    (second,) = store.complete_tasks(
-        W, [TaskCompletion(first.key, first.attempt, "2")], request)
+    (second,) = store.complete_tasks(W, [TaskCompletion(first.key, first.attempt, "2")], request)
     assert second.key.step_slug == "second" and second.attempt == 1
     assert json.loads(second.input_json) == {"first": 2}
     assert claim(store, ["chain"], worker="other") == []  # already ours

@@ -34,22 +34,24 @@ def start(store: FlowStore, run_id: str, flow: type[Chain] | type[Diamond] = Cha
     store.start_run(flow.definition, run_id, json.dumps({"n": 1}))
 
 
-def test_a_joined_run_commits_with_the_transaction(store: FlowStore,
-                                                   events: EventStore) -> None:
+def test_a_joined_run_commits_with_the_transaction(store: FlowStore, events: EventStore) -> None:
     with events.transaction() as tx, store.joined(tx.connection):
         start(store, "r1")
         tx.append("order-1", [NewEvent("OrderPlaced")], NO_STREAM)
         assert store.get_run("r1").status == "started"  # reads in the transaction see it
     run = store.get_run("r1")
     assert (run.status, [s.status for s in run.steps]) == (
-        "started", ["started", "created", "created"])
+        "started",
+        ["started", "created", "created"],
+    )
     assert [e.event_type for e in events.read_stream("order-1")] == ["OrderPlaced"]
     (task,) = store.claim_tasks("w", ["chain"], 10, 30.0)
     assert task.key.step_slug == "first"
 
 
 def test_workers_are_woken_when_the_joined_transaction_commits(
-        store: FlowStore, events: EventStore, backend: str, db_url: str) -> None:
+    store: FlowStore, events: EventStore, backend: str, db_url: str
+) -> None:
     if backend == "sqlite":
         # Woken at once; a worker's claim then waits for the lock the transaction holds.
         woken = threading.Event()
@@ -67,9 +69,13 @@ def test_workers_are_woken_when_the_joined_transaction_commits(
 
 
 def test_an_exception_in_the_block_rolls_back_the_run_and_the_events(
-        store: FlowStore, events: EventStore) -> None:
-    with pytest.raises(RuntimeError, match="boom"), events.transaction() as tx, \
-            store.joined(tx.connection):
+    store: FlowStore, events: EventStore
+) -> None:
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        events.transaction() as tx,
+        store.joined(tx.connection),
+    ):
         start(store, "r1", Diamond)
         tx.append("order-1", [NewEvent("OrderPlaced")], NO_STREAM)
         raise RuntimeError("boom")
@@ -83,8 +89,9 @@ def test_an_exception_in_the_block_rolls_back_the_run_and_the_events(
     assert [f.flow_slug for f in store.list_flows()] == ["diamond"]
 
 
-def test_a_refused_start_leaves_the_transaction_usable(store: FlowStore,
-                                                       events: EventStore) -> None:
+def test_a_refused_start_leaves_the_transaction_usable(
+    store: FlowStore, events: EventStore
+) -> None:
     start(store, "taken")
     with events.transaction() as tx, store.joined(tx.connection):
         tx.append("order-1", [NewEvent("OrderPlaced")], NO_STREAM)
@@ -92,8 +99,7 @@ def test_a_refused_start_leaves_the_transaction_usable(store: FlowStore,
             start(store, "taken")
         start(store, "r2")
         tx.append("order-1", [NewEvent("OrderShipped")], 1)
-    assert [e.event_type for e in events.read_stream("order-1")] == [
-        "OrderPlaced", "OrderShipped"]
+    assert [e.event_type for e in events.read_stream("order-1")] == ["OrderPlaced", "OrderShipped"]
     assert store.get_run("r2").status == "started"
     assert len(store.claim_tasks("w", ["chain"], 10, 30.0)) == 2  # "taken" and r2, once each
 
@@ -113,8 +119,9 @@ def test_other_threads_are_not_joined(store: FlowStore, events: EventStore) -> N
         store.get_run("inside")
 
 
-def test_only_an_open_transaction_can_be_joined(store: FlowStore, events: EventStore,
-                                                db_url: str, backend: str) -> None:
+def test_only_an_open_transaction_can_be_joined(
+    store: FlowStore, events: EventStore, db_url: str, backend: str
+) -> None:
     with events.transaction() as tx:
         connection = tx.connection
     with pytest.raises(StorageError, match="open"), store.joined(connection):
@@ -122,8 +129,11 @@ def test_only_an_open_transaction_can_be_joined(store: FlowStore, events: EventS
     if backend == "sqlite":
         other = open_event_store(db_url)  # a connection of its own
         try:
-            with other.transaction() as tx, pytest.raises(StorageError, match="event_store_on"), \
-                    store.joined(tx.connection):
+            with (
+                other.transaction() as tx,
+                pytest.raises(StorageError, match="event_store_on"),
+                store.joined(tx.connection),
+            ):
                 pass
         finally:
             other.close()

@@ -66,8 +66,10 @@ class Outages:
             self.calls[name] = self.calls.get(name, 0) + 1
             if self.fail.get(name, 0) > 0:
                 self.fail[name] -= 1
-                raise DatabaseUnavailableError(f"{name} failed: the database is unavailable "
-                                               "(server closed the connection unexpectedly)")
+                raise DatabaseUnavailableError(
+                    f"{name} failed: the database is unavailable "
+                    "(server closed the connection unexpectedly)"
+                )
             result = real(*args, **kwargs)
             if self.after.get(name, 0) > 0:
                 self.after[name] -= 1
@@ -76,13 +78,20 @@ class Outages:
 
         return call
 
-    def complete_tasks(self, worker_id: str, completions: Sequence[TaskCompletion],
-                       claim: ClaimRequest | None = None) -> list[ClaimedTask]:
+    def complete_tasks(
+        self,
+        worker_id: str,
+        completions: Sequence[TaskCompletion],
+        claim: ClaimRequest | None = None,
+    ) -> list[ClaimedTask]:
         if self.refuse(completions):
-            raise InvalidDataError("query complete_tasks_batch failed: PostgreSQL refused a "
-                                   "value (unsupported Unicode escape sequence)")
-        result: list[ClaimedTask] = self.__getattr__("complete_tasks")(worker_id, completions,
-                                                                       claim)
+            raise InvalidDataError(
+                "query complete_tasks_batch failed: PostgreSQL refused a "
+                "value (unsupported Unicode escape sequence)"
+            )
+        result: list[ClaimedTask] = self.__getattr__("complete_tasks")(
+            worker_id, completions, claim
+        )
         return result
 
 
@@ -95,8 +104,11 @@ def run_until_idle(app: App, store: Any, options: WorkerOptions = FAST) -> Worke
 
 
 def warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records
-            if r.levelno == logging.WARNING and text in r.getMessage()]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and text in r.getMessage()
+    ]
 
 
 @pytest.fixture
@@ -107,7 +119,8 @@ def flows_app(app: App) -> App:
 
 
 def test_a_batch_that_met_an_outage_is_committed_when_the_database_is_back(
-        flows_app: App, caplog: pytest.LogCaptureFixture) -> None:
+    flows_app: App, caplog: pytest.LogCaptureFixture
+) -> None:
     runs = [flows_app.start_flow(Chain, {"n": i}) for i in range(5)]
     store = Outages(flows_app.store)
     store.fail["complete_tasks"] = 4
@@ -124,7 +137,8 @@ def test_a_batch_that_met_an_outage_is_committed_when_the_database_is_back(
 
 
 def test_a_batch_whose_commit_landed_before_the_connection_dropped_is_not_applied_twice(
-        flows_app: App) -> None:
+    flows_app: App,
+) -> None:
     runs = [flows_app.start_flow(MapFlow, [1, 2, 3]) for _ in range(3)]
     store = Outages(flows_app.store)
     store.after["complete_tasks"] = 3  # committed, but the worker was told it failed
@@ -132,16 +146,23 @@ def test_a_batch_whose_commit_landed_before_the_connection_dropped_is_not_applie
     # expires: a short lease, and a worker that runs until the runs are done.
     for flow in flows_app.registry:
         flows_app.store.ensure_flow(flow.definition)
-    worker = Worker(store, flows_app.registry,  # type: ignore[arg-type]
-                    options=WorkerOptions(poll_interval=0.02, reap_interval=0.1,
-                                          lease_margin=1.0, heartbeat_interval=0.05))
+    worker = Worker(
+        store,
+        flows_app.registry,  # type: ignore[arg-type]
+        options=WorkerOptions(
+            poll_interval=0.02, reap_interval=0.1, lease_margin=1.0, heartbeat_interval=0.05
+        ),
+    )
     # The heartbeat renews leases 20 times a lease: a busy machine must not let a running
     # task's lease expire, or its re-run would add a (stale, ignored) completion to the count.
     thread = threading.Thread(target=lambda: asyncio.run(worker.run()))
     thread.start()
     try:
-        wait_until(lambda: all(flows_app.get_run(r).status == "completed" for r in runs),
-                   what="every run completed", interval=0.05)
+        wait_until(
+            lambda: all(flows_app.get_run(r).status == "completed" for r in runs),
+            what="every run completed",
+            interval=0.05,
+        )
     finally:
         worker.stop()
         thread.join(timeout=10)
@@ -155,7 +176,8 @@ def test_a_batch_whose_commit_landed_before_the_connection_dropped_is_not_applie
 
 
 def test_a_completion_the_database_refuses_fails_its_task_and_the_rest_of_the_batch_commits(
-        flows_app: App, caplog: pytest.LogCaptureFixture) -> None:
+    flows_app: App, caplog: pytest.LogCaptureFixture
+) -> None:
     good = [flows_app.start_flow(Echo, {"i": i}) for i in range(12)]
     bad = [flows_app.start_flow(Echo, {"poison": i}) for i in range(2)]
     store = Outages(flows_app.store)
@@ -167,8 +189,9 @@ def test_a_completion_the_database_refuses_fails_its_task_and_the_rest_of_the_ba
 
     store.refuse = refuse
     with caplog.at_level(logging.INFO, "tideflow"):
-        worker = run_until_idle(flows_app, store, WorkerOptions(
-            poll_interval=0.02, reap_interval=0.2, concurrency=20))
+        worker = run_until_idle(
+            flows_app, store, WorkerOptions(poll_interval=0.02, reap_interval=0.2, concurrency=20)
+        )
     for run_id in good:
         run = flows_app.get_run(run_id)
         assert run.status == "completed"
@@ -184,14 +207,18 @@ def test_a_completion_the_database_refuses_fails_its_task_and_the_rest_of_the_ba
 
 
 def test_claims_heartbeats_and_reaping_wait_out_an_outage(
-        flows_app: App, caplog: pytest.LogCaptureFixture) -> None:
+    flows_app: App, caplog: pytest.LogCaptureFixture
+) -> None:
     runs = [flows_app.start_flow(Chain, {"n": i}) for i in range(3)]
     store = Outages(flows_app.store)
     for name in ("claim_tasks", "requeue_stalled", "count_queued", "extend_leases"):
         store.fail[name] = 3
     with caplog.at_level(logging.INFO, "tideflow"):
-        worker = run_until_idle(flows_app, store, WorkerOptions(
-            poll_interval=0.02, reap_interval=0.05, heartbeat_interval=0.05))
+        worker = run_until_idle(
+            flows_app,
+            store,
+            WorkerOptions(poll_interval=0.02, reap_interval=0.05, heartbeat_interval=0.05),
+        )
     assert all(flows_app.get_run(r).status == "completed" for r in runs)
     assert worker.completed == 9
     assert store.fail["claim_tasks"] == 0 and store.fail["requeue_stalled"] == 0
@@ -212,7 +239,8 @@ def test_a_bug_in_a_loop_stops_the_worker_and_is_raised(flows_app: App) -> None:
 
 
 def test_run_worker_stops_the_handlers_and_reraises_when_the_flow_worker_hits_a_bug(
-        flows_app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    flows_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tideflow.events.projections import Projection
 
     class Nothing(Projection):
@@ -238,7 +266,8 @@ def test_run_worker_stops_the_handlers_and_reraises_when_the_flow_worker_hits_a_
 
 
 def test_start_flow_retries_an_outage_and_never_starts_a_run_twice(
-        flows_app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    flows_app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import functools
 
     import tideflow.client
@@ -257,8 +286,9 @@ def test_start_flow_retries_an_outage_and_never_starts_a_run_twice(
     runs = flows_app.list_runs(flow=Echo)
     assert sorted(r.run_id for r in runs) == sorted([first, second, third])
     store.fail["start_run"] = 1000
-    monkeypatch.setattr(tideflow.client, "retry_briefly",
-                        functools.partial(retry_briefly, seconds=0.3))
+    monkeypatch.setattr(
+        tideflow.client, "retry_briefly", functools.partial(retry_briefly, seconds=0.3)
+    )
     with pytest.raises(DatabaseUnavailableError):
         client.start_flow(Echo, {"a": 4})  # gives up after a few seconds
 
@@ -295,7 +325,8 @@ def test_dispatch_retries_an_outage_and_never_records_twice(app: App, key: str |
 
 
 def test_a_worker_waits_out_a_sqlite_file_locked_by_another_connection(
-        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     app = App(f"sqlite:///{tmp_path / 'locked.db'}", flows=[Chain])
     try:
         runs = [app.start_flow(Chain, {"n": i}) for i in range(3)]
@@ -317,8 +348,10 @@ def test_a_worker_waits_out_a_sqlite_file_locked_by_another_connection(
         with caplog.at_level(logging.INFO, "tideflow"):
             thread = threading.Thread(target=work)
             thread.start()
-            wait_until(lambda: warnings(caplog, "database is locked"),
-                       what="the worker to meet the lock")
+            wait_until(
+                lambda: warnings(caplog, "database is locked"), what="the worker to meet the lock"
+            )
+
             # It keeps trying (not dead, not given up) and does not warn again: wait for two
             # more of its writes against the locked file, not for a quiet period.
             def writes() -> int:
@@ -344,12 +377,17 @@ def test_a_worker_waits_out_a_sqlite_file_locked_by_another_connection(
 
 @pytest.mark.parametrize("force", [False, True])
 def test_a_worker_stops_within_its_deadline_while_the_database_is_away(
-        flows_app: App, caplog: pytest.LogCaptureFixture, force: bool) -> None:
+    flows_app: App, caplog: pytest.LogCaptureFixture, force: bool
+) -> None:
     run_id = flows_app.start_flow(Chain, {"n": 1})
     store = Outages(flows_app.store)
-    worker = Worker(store, flows_app.registry,  # type: ignore[arg-type]
-                    options=WorkerOptions(poll_interval=0.02, reap_interval=0.05,
-                                          heartbeat_interval=0.05, shutdown_grace=0.5))
+    worker = Worker(
+        store,
+        flows_app.registry,  # type: ignore[arg-type]
+        options=WorkerOptions(
+            poll_interval=0.02, reap_interval=0.05, heartbeat_interval=0.05, shutdown_grace=0.5
+        ),
+    )
     for flow in flows_app.registry:
         flows_app.store.ensure_flow(flow.definition)
     for name in ("complete_tasks", "release_tasks", "fail_task", "extend_leases"):
@@ -379,7 +417,8 @@ def test_a_worker_stops_within_its_deadline_while_the_database_is_away(
 
 
 def test_a_killed_listen_connection_is_reestablished_and_subscribers_catch_up(
-        db_url: str, backend: str, caplog: pytest.LogCaptureFixture) -> None:
+    db_url: str, backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
     if backend != "postgres":
         pytest.skip("LISTEN/NOTIFY: SQLite's watcher reads the file, it has no connection to lose")
     import psycopg
@@ -395,8 +434,11 @@ def test_a_killed_listen_connection_is_reestablished_and_subscribers_catch_up(
                 wait_until(  # the listener may not have connected yet
                     lambda: admin.execute(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = "
-                        "'LISTEN tideflow_tasks' AND datname = current_database()").fetchall(),
-                    what="the LISTEN connection to kill", interval=0.02)
+                        "'LISTEN tideflow_tasks' AND datname = current_database()"
+                    ).fetchall(),
+                    what="the LISTEN connection to kill",
+                    interval=0.02,
+                )
                 assert wakes.acquire(timeout=10), "no catch-up wake after reconnecting"
                 while wakes.acquire(blocking=False):
                     pass

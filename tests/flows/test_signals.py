@@ -33,11 +33,24 @@ def spawn(db_url: str, log: Path, *options: str) -> subprocess.Popen[bytes]:
     """``tideflow worker`` with its stderr in ``log`` (readable while it runs)."""
     with log.open("w") as err:
         return subprocess.Popen(
-            [sys.executable, "-c", "from tideflow.cli.main import main; main()", "worker",
-             "--app", "tests.flows.flows_for_tests", "-d", db_url, "--poll-interval", "0.05",
-             *options],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
-            env={**os.environ, "COLUMNS": "300"})
+            [
+                sys.executable,
+                "-c",
+                "from tideflow.cli.main import main; main()",
+                "worker",
+                "--app",
+                "tests.flows.flows_for_tests",
+                "-d",
+                db_url,
+                "--poll-interval",
+                "0.05",
+                *options,
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env={**os.environ, "COLUMNS": "300"},
+        )
 
 
 def wait_for_step(tmp_path: Path, worker: subprocess.Popen[bytes], log: Path) -> None:
@@ -49,7 +62,8 @@ def wait_for_step(tmp_path: Path, worker: subprocess.Popen[bytes], log: Path) ->
 
 
 def test_sigterm_drains_up_to_the_deadline_then_releases_the_step_and_exits_0(
-        db_url: str, sleeping: tuple[App, str], tmp_path: Path) -> None:
+    db_url: str, sleeping: tuple[App, str], tmp_path: Path
+) -> None:
     app, run_id = sleeping
     log = tmp_path / "worker.err"
     worker = spawn(db_url, log, "--shutdown-grace", "0.5")
@@ -66,7 +80,8 @@ def test_sigterm_drains_up_to_the_deadline_then_releases_the_step_and_exits_0(
 
 
 def test_a_second_ctrl_c_stops_at_once_and_exits_130(
-        db_url: str, sleeping: tuple[App, str], tmp_path: Path) -> None:
+    db_url: str, sleeping: tuple[App, str], tmp_path: Path
+) -> None:
     app, run_id = sleeping
     log = tmp_path / "worker.err"
     worker = spawn(db_url, log, "--shutdown-grace", "60")
@@ -74,8 +89,12 @@ def test_a_second_ctrl_c_stops_at_once_and_exits_130(
     worker.send_signal(signal.SIGINT)
     # The first one waits for the running step: not a quiet period, the worker's own word that
     # it is draining (a worker that stopped at once would have exited instead).
-    wait_until(lambda: "waiting up to 60s for 1 running task" in log.read_text()
-               or worker.poll() is not None, what="the worker to start draining")
+    wait_until(
+        lambda: (
+            "waiting up to 60s for 1 running task" in log.read_text() or worker.poll() is not None
+        ),
+        what="the worker to start draining",
+    )
     assert worker.poll() is None, log.read_text()
     started = time.monotonic()
     worker.send_signal(signal.SIGINT)

@@ -175,8 +175,9 @@ def test_graceful_shutdown_finishes_running_tasks(flows_app: App, tmp_path: Path
     assert run.status == "completed" and run.step("nap").attempts == 1
 
 
-def test_shutdown_past_grace_releases_tasks_without_counting_attempts(flows_app: App,
-                                                                      tmp_path: Path) -> None:
+def test_shutdown_past_grace_releases_tasks_without_counting_attempts(
+    flows_app: App, tmp_path: Path
+) -> None:
     run_id = flows_app.start_flow(Sleeper, {"dir": str(tmp_path), "seconds": 3})
     worker = flows_app.worker(**FAST, shutdown_grace=0.1)
     thread = threading.Thread(target=lambda: asyncio.run(worker.run()))

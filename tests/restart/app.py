@@ -48,8 +48,11 @@ class Tally(Projection):
 
     def handle(self, event: RecordedEvent, ctx: HandlerContext) -> None:
         ctx.execute("INSERT INTO tally_seen (position) VALUES (%(p)s)", {"p": event.position})
-        ctx.execute("INSERT INTO tally_totals (stream, n) VALUES (%(s)s, 1) ON CONFLICT (stream) "
-                    "DO UPDATE SET n = tally_totals.n + 1", {"s": event.stream_id})
+        ctx.execute(
+            "INSERT INTO tally_totals (stream, n) VALUES (%(s)s, 1) ON CONFLICT (stream) "
+            "DO UPDATE SET n = tally_totals.n + 1",
+            {"s": event.stream_id},
+        )
 
 
 app = App("sqlite:///never-used.db", flows=[Pipeline], handlers=[Tally])

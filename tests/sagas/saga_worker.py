@@ -33,8 +33,9 @@ async def main(url: str) -> None:
     app = shop(url)
     app.handlers = [SlowFulfilment]
     worker_id = f"saga-worker-{os.getpid()}"
-    runner = app.handler_runner(worker_id, HandlerRunnerOptions(
-        poll_interval=0.05, lease_ttl=1.0, acquire_interval=0.1))
+    runner = app.handler_runner(
+        worker_id, HandlerRunnerOptions(poll_interval=0.05, lease_ttl=1.0, acquire_interval=0.1)
+    )
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, runner.stop)
     try:
         await runner.run()

@@ -63,8 +63,11 @@ def catch_up(app: App) -> None:
 
 
 def instance(app: App, order: str) -> ProcessInstance:
-    [found] = [i for i in app.process_store.list_instances("order_fulfilment")
-               if i.state.get("order") == order]
+    [found] = [
+        i
+        for i in app.process_store.list_instances("order_fulfilment")
+        if i.state.get("order") == order
+    ]
     return found
 
 
@@ -84,7 +87,8 @@ def handler_record(app: App, name: str = "order_fulfilment") -> Any:
 
 
 def test_a_paid_order_is_confirmed_and_its_shipment_flow_runs(
-        open_shop: Callable[..., App]) -> None:
+    open_shop: Callable[..., App],
+) -> None:
     app = open_shop()
     placed = place(app, "o-1", qty=2, amount=120)
     app.run_worker(until_idle=True, poll_interval=0.02)
@@ -104,8 +108,11 @@ def test_a_paid_order_is_confirmed_and_its_shipment_flow_runs(
 
     # Every event of the process carries the first command's correlation id, and each event the
     # instance caused names the event it reacted to as the cause of its command.
-    log = [e for e in app.event_store.read_all() if e.stream_id != "stock-tea"
-           or e.event_type != "StockAdded"]
+    log = [
+        e
+        for e in app.event_store.read_all()
+        if e.stream_id != "stock-tea" or e.event_type != "StockAdded"
+    ]
     assert {str(e.correlation_id) for e in log} == {placed.command_id}
     by_id = {e.event_id: e for e in log}
     reserved = next(e for e in log if e.event_type == "StockReserved")
@@ -119,7 +126,8 @@ def _uuid(text: str) -> Any:
 
 
 def test_a_declined_card_releases_the_stock_and_cancels_the_order(
-        open_shop: Callable[..., App]) -> None:
+    open_shop: Callable[..., App],
+) -> None:
     app = open_shop()
     place(app, "o-2", qty=1, amount=900)
     catch_up(app)
@@ -134,7 +142,8 @@ def test_a_declined_card_releases_the_stock_and_cancels_the_order(
 
 
 def test_an_order_beyond_the_stock_is_cancelled_at_the_first_step(
-        open_shop: Callable[..., App]) -> None:
+    open_shop: Callable[..., App],
+) -> None:
     app = open_shop()
     place(app, "o-3", qty=5)
     catch_up(app)
@@ -154,20 +163,24 @@ class StubbornCompensation(OrderFulfilment):
 
 
 def test_a_refused_compensation_fails_the_instance_which_then_ignores_its_events(
-        open_shop: Callable[..., App]) -> None:
+    open_shop: Callable[..., App],
+) -> None:
     app = open_shop(StubbornCompensation)
     place(app, "o-2", amount=900)
     catch_up(app)
     [failed] = app.process_store.list_instances("stubborn")
     assert failed.status == "failed"
-    assert failed.error is not None and "compensation ConfirmOrder for 'ghost' was refused too" \
-        in failed.error
+    assert (
+        failed.error is not None
+        and "compensation ConfirmOrder for 'ghost' was refused too" in failed.error
+    )
     assert app.process_store.counts() == {("stubborn", "failed"): 1}
     # The order stays placed with its stock reserved: a person has to look at it.
     assert stream(app, "order-o-2") == ["OrderPlaced"]
     before = failed.version
-    app.dispatch(Command("CancelOrder", "o-2", {"reason": "by hand"}, correlation_id=
-                         failed.process_id))
+    app.dispatch(
+        Command("CancelOrder", "o-2", {"reason": "by hand"}, correlation_id=failed.process_id)
+    )
     catch_up(app)
     assert app.process_store.get("stubborn", failed.process_id) == failed
     assert failed.version == before
@@ -193,7 +206,8 @@ class FailsOnceAfterCharging(OrderFulfilment):
 
 
 def test_a_reaction_that_fails_after_dispatching_is_done_again_exactly_once(
-        open_shop: Callable[..., App]) -> None:
+    open_shop: Callable[..., App],
+) -> None:
     app = open_shop(FailsOnceAfterCharging)
     FailsOnceAfterCharging.failures = 0
     place(app, "o-1")
@@ -207,7 +221,8 @@ def test_a_reaction_that_fails_after_dispatching_is_done_again_exactly_once(
 
 
 def test_replaying_the_log_after_a_reset_sends_no_command_twice(
-        open_shop: Callable[..., App]) -> None:
+    open_shop: Callable[..., App],
+) -> None:
     app = open_shop()
     place(app, "o-1")
     place(app, "o-2", amount=900)
@@ -248,15 +263,19 @@ def test_a_flow_started_by_a_reaction_rolls_back_with_it(open_shop: Callable[...
 # --- definitions and outputs ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("body", "message"), [
-    ({"handle": lambda self, event, ctx: None}, "defines handle()"),
-    ({"transactional": False}, "sets transactional = False"),
-    ({"event_types": None}, "has no event_types"),
-    ({"event_types": ["A"], "starts_with": ["B"]}, r"starts_with names \['B'\]"),
-    ({"event_types": ["A"], "starts_with": "A"}, "starts_with must be a list"),
-])
-def test_definitions_are_checked_when_the_class_is_defined(body: dict[str, Any],
-                                                           message: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"handle": lambda self, event, ctx: None}, "defines handle()"),
+        ({"transactional": False}, "sets transactional = False"),
+        ({"event_types": None}, "has no event_types"),
+        ({"event_types": ["A"], "starts_with": ["B"]}, r"starts_with names \['B'\]"),
+        ({"event_types": ["A"], "starts_with": "A"}, "starts_with must be a list"),
+    ],
+)
+def test_definitions_are_checked_when_the_class_is_defined(
+    body: dict[str, Any], message: str
+) -> None:
     attrs = {"name": "bad", "event_types": ["A"], **body}
     with pytest.raises(HandlerDefinitionError, match=message):
         type("Bad", (ProcessManager,), attrs)
@@ -276,12 +295,16 @@ class KeepsADate(OrderFulfilment):
         return {"when": datetime(2026, 1, 1)}
 
 
-@pytest.mark.parametrize(("manager", "reason"), [
-    (SaysOops, "react() returned str; return a list of Command and StartFlow"),
-    (KeepsADate, "is not JSON-serialisable"),
-])
+@pytest.mark.parametrize(
+    ("manager", "reason"),
+    [
+        (SaysOops, "react() returned str; return a list of Command and StartFlow"),
+        (KeepsADate, "is not JSON-serialisable"),
+    ],
+)
 def test_bad_outputs_stop_the_manager_with_a_reason_and_write_nothing(
-        open_shop: Callable[..., App], manager: type[ProcessManager], reason: str) -> None:
+    open_shop: Callable[..., App], manager: type[ProcessManager], reason: str
+) -> None:
     app = open_shop(manager)
     place(app, "o-1")
     catch_up(app)
@@ -293,21 +316,27 @@ def test_bad_outputs_stop_the_manager_with_a_reason_and_write_nothing(
 
 
 async def test_a_manager_run_without_an_app_says_how_to_bind_it(
-        open_shop: Callable[..., App], clock: ManualClock) -> None:
+    open_shop: Callable[..., App], clock: ManualClock
+) -> None:
     app = open_shop()
     place(app, "o-1")
     from tideflow.worker.handlers import HandlerRunner
 
     # Three attempts, with 1 s and 2 s of backoff between them: on the test's clock, moved past
     # each backoff as soon as the failure is recorded, instead of waited out.
-    runner = HandlerRunner(app.event_store, app.handler_store, [OrderFulfilment()],
-                           clock=clock, options=FAST)
+    runner = HandlerRunner(
+        app.event_store, app.handler_store, [OrderFulfilment()], clock=clock, options=FAST
+    )
     task = asyncio.create_task(runner.run(until_idle=True))
     for attempt in (1, 2):
         await wait_until_async(
-            lambda attempt=attempt: [r for r in app.handler_store.list_handlers()
-                                     if r.name == "order_fulfilment" and r.attempts == attempt],
-            what=f"failed attempt {attempt} recorded")
+            lambda attempt=attempt: [
+                r
+                for r in app.handler_store.list_handlers()
+                if r.name == "order_fulfilment" and r.attempts == attempt
+            ],
+            what=f"failed attempt {attempt} recorded",
+        )
         clock.advance(60)
         runner.wake()
     await asyncio.wait_for(task, timeout=20)
@@ -324,7 +353,8 @@ def test_start_flow_actions_are_plain_data() -> None:
 
 
 def test_a_sigkilled_saga_worker_is_replaced_and_no_command_runs_twice(
-        open_shop: Callable[..., App], db_url: str) -> None:
+    open_shop: Callable[..., App], db_url: str
+) -> None:
     app = open_shop()
     orders = 24
     app.dispatch(Command("AddStock", "tea", {"qty": orders}))
@@ -340,8 +370,9 @@ def test_a_sigkilled_saga_worker_is_replaced_and_no_command_runs_twice(
     assert _completed(app) < orders, "the first worker must not have finished"
     second = spawn(db_url)
     try:
-        wait_until(lambda: _completed(app) == orders, timeout=60,
-                   what=f"all {orders} orders fulfilled")
+        wait_until(
+            lambda: _completed(app) == orders, timeout=60, what=f"all {orders} orders fulfilled"
+        )
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=20)
@@ -360,15 +391,18 @@ def _completed(app: App) -> int:
 
 
 def spawn(db_url: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "tests.sagas.saga_worker", db_url], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.sagas.saga_worker", db_url],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 # --- the CLI --------------------------------------------------------------------------------------
 
 
-def test_the_cli_lists_instances_and_shows_one(open_shop: Callable[..., App],
-                                               db_url: str) -> None:
+def test_the_cli_lists_instances_and_shows_one(open_shop: Callable[..., App], db_url: str) -> None:
     from typer.testing import CliRunner
 
     from tests.test_cli import assert_one_line_error
@@ -392,14 +426,19 @@ def test_the_cli_lists_instances_and_shows_one(open_shop: Callable[..., App],
     assert '"order": "o-2"' in shown.output and "events applied 2" in shown.output
     assert "compensation ConfirmOrder for 'ghost' was refused too" in shown.output
 
-    assert_one_line_error(CliRunner().invoke(cli, ["sagas", "--status", "lost"], env=env), 2,
-                          "--status 'lost' is not a process status")
-    assert_one_line_error(CliRunner().invoke(cli, ["saga", "stubborn", "nope"], env=env), 1,
-                          "process manager 'stubborn' has no instance 'nope'")
+    assert_one_line_error(
+        CliRunner().invoke(cli, ["sagas", "--status", "lost"], env=env),
+        2,
+        "--status 'lost' is not a process status",
+    )
+    assert_one_line_error(
+        CliRunner().invoke(cli, ["saga", "stubborn", "nope"], env=env),
+        1,
+        "process manager 'stubborn' has no instance 'nope'",
+    )
 
 
-def test_the_worker_command_runs_an_apps_process_managers_on_another_database(
-        db_url: str) -> None:
+def test_the_worker_command_runs_an_apps_process_managers_on_another_database(db_url: str) -> None:
     """``tideflow worker --app examples.order_saga -d URL``: the URL overrides the App's, and
     the App's aggregates and process managers come along with its flows."""
     from typer.testing import CliRunner
@@ -409,8 +448,19 @@ def test_the_worker_command_runs_an_apps_process_managers_on_another_database(
     with shop(db_url) as app:
         app.dispatch(Command("AddStock", "tea", {"qty": 4}))
         place(app, "o-1")
-    result = CliRunner().invoke(cli, ["worker", "--app", "examples.order_saga", "-d", db_url,
-                                      "--until-idle", "--poll-interval", "0.05"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "worker",
+            "--app",
+            "examples.order_saga",
+            "-d",
+            db_url,
+            "--until-idle",
+            "--poll-interval",
+            "0.05",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "worker for ship_order, order_fulfilment" in result.output
     with shop(db_url) as app:

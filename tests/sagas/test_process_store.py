@@ -42,8 +42,9 @@ def open_stores(db_url: str, clock: ManualClock) -> Iterator[Opener]:
     database, each with connections of its own; closed at the end of the test."""
     opened: list[EventStore | ProcessStore] = []
 
-    def open_one(opener: Callable[..., EventStore | ProcessStore], url: str = db_url,
-                 **kwargs: Any) -> Any:
+    def open_one(
+        opener: Callable[..., EventStore | ProcessStore], url: str = db_url, **kwargs: Any
+    ) -> Any:
         kwargs.setdefault("clock", clock)
         store = opener(url, **kwargs)
         opened.append(store)
@@ -67,27 +68,54 @@ def processes(open_stores: Opener) -> ProcessStore:
     return store
 
 
-def save(processes: ProcessStore, events: EventStore, manager: str, process_id: str, *,
-         status: ProcessStatus = "running", state: str = '{"step":1}', version: int = 1,
-         last_position: int = 1, error: str | None = None) -> None:
+def save(
+    processes: ProcessStore,
+    events: EventStore,
+    manager: str,
+    process_id: str,
+    *,
+    status: ProcessStatus = "running",
+    state: str = '{"step":1}',
+    version: int = 1,
+    last_position: int = 1,
+    error: str | None = None,
+) -> None:
     with events.transaction() as tx:
-        processes.save(tx, manager, process_id, status=status, state_json=state,
-                       version=version, last_position=last_position, error=error)
+        processes.save(
+            tx,
+            manager,
+            process_id,
+            status=status,
+            state_json=state,
+            version=version,
+            last_position=last_position,
+            error=error,
+        )
 
 
 # --- reading and writing -------------------------------------------------------------------------
 
 
-def test_an_instance_round_trips(processes: ProcessStore, events: EventStore,
-                                 clock: ManualClock) -> None:
+def test_an_instance_round_trips(
+    processes: ProcessStore, events: EventStore, clock: ManualClock
+) -> None:
     state = '{"order":"o-1","paid":false,"items":["tea","caf\\u00e9"]}'
     with events.transaction() as tx:
         assert processes.load(tx, "fulfilment", "o-1") is None
-        processes.save(tx, "fulfilment", "o-1", status="running", state_json=state,
-                       version=1, last_position=7, error=None)
+        processes.save(
+            tx,
+            "fulfilment",
+            "o-1",
+            status="running",
+            state_json=state,
+            version=1,
+            last_position=7,
+            error=None,
+        )
         loaded = processes.load(tx, "fulfilment", "o-1")
-    expected = ProcessInstance("fulfilment", "o-1", "running", state, 1, 7, None, clock.now(),
-                               clock.now())
+    expected = ProcessInstance(
+        "fulfilment", "o-1", "running", state, 1, 7, None, clock.now(), clock.now()
+    )
     assert loaded == expected
     assert processes.get("fulfilment", "o-1") == expected
     assert expected.state == {"order": "o-1", "paid": False, "items": ["tea", "café"]}
@@ -96,42 +124,83 @@ def test_an_instance_round_trips(processes: ProcessStore, events: EventStore,
 
 
 def test_a_save_replaces_the_instance_and_keeps_its_start(
-        processes: ProcessStore, events: EventStore, clock: ManualClock) -> None:
+    processes: ProcessStore, events: EventStore, clock: ManualClock
+) -> None:
     started = clock.now()
     save(processes, events, "fulfilment", "o-1")
     clock.advance(90)
     with events.transaction() as tx:
         before = processes.load(tx, "fulfilment", "o-1")
         assert before is not None and before.version == 1
-        processes.save(tx, "fulfilment", "o-1", status="failed", state_json='{"step":2}',
-                       version=2, last_position=12, error="PaymentRefused: no funds")
+        processes.save(
+            tx,
+            "fulfilment",
+            "o-1",
+            status="failed",
+            state_json='{"step":2}',
+            version=2,
+            last_position=12,
+            error="PaymentRefused: no funds",
+        )
     after = processes.get("fulfilment", "o-1")
-    assert after == ProcessInstance("fulfilment", "o-1", "failed", '{"step":2}', 2, 12,
-                                    "PaymentRefused: no funds", started,
-                                    started + timedelta(seconds=90))
+    assert after == ProcessInstance(
+        "fulfilment",
+        "o-1",
+        "failed",
+        '{"step":2}',
+        2,
+        12,
+        "PaymentRefused: no funds",
+        started,
+        started + timedelta(seconds=90),
+    )
     clock.advance(5)
     save(processes, events, "fulfilment", "o-1", status="completed", version=3, error=None)
     last = processes.get("fulfilment", "o-1")
     assert last is not None
     assert (last.status, last.error, last.started_at, last.updated_at) == (
-        "completed", None, started, started + timedelta(seconds=95))
+        "completed",
+        None,
+        started,
+        started + timedelta(seconds=95),
+    )
 
 
 def test_a_save_in_a_transaction_that_fails_is_not_committed(
-        processes: ProcessStore, events: EventStore) -> None:
+    processes: ProcessStore, events: EventStore
+) -> None:
     with pytest.raises(RuntimeError, match="crash"), events.transaction() as tx:
-        processes.save(tx, "fulfilment", "o-1", status="running", state_json="{}", version=1,
-                       last_position=1, error=None)
+        processes.save(
+            tx,
+            "fulfilment",
+            "o-1",
+            status="running",
+            state_json="{}",
+            version=1,
+            last_position=1,
+            error=None,
+        )
         raise RuntimeError("crash")
     assert processes.get("fulfilment", "o-1") is None
     save(processes, events, "fulfilment", "o-1", state='{"kept":true}')
     with pytest.raises(RuntimeError, match="crash"), events.transaction() as tx:
-        processes.save(tx, "fulfilment", "o-1", status="failed", state_json="{}", version=2,
-                       last_position=2, error="lost")
+        processes.save(
+            tx,
+            "fulfilment",
+            "o-1",
+            status="failed",
+            state_json="{}",
+            version=2,
+            last_position=2,
+            error="lost",
+        )
         raise RuntimeError("crash")
     kept = processes.get("fulfilment", "o-1")
     assert kept is not None and (kept.status, kept.state, kept.version) == (
-        "running", {"kept": True}, 1)
+        "running",
+        {"kept": True},
+        1,
+    )
 
 
 def test_a_store_on_the_flow_store_shares_its_connections(store: FlowStore) -> None:
@@ -140,8 +209,16 @@ def test_a_store_on_the_flow_store_shares_its_connections(store: FlowStore) -> N
     processes = open_process_store_on(store)
     assert processes.migrate() == []
     with events.transaction() as tx:
-        processes.save(tx, "fulfilment", "o-1", status="running", state_json="[]", version=1,
-                       last_position=3, error=None)
+        processes.save(
+            tx,
+            "fulfilment",
+            "o-1",
+            status="running",
+            state_json="[]",
+            version=1,
+            last_position=3,
+            error=None,
+        )
     found = processes.get("fulfilment", "o-1")
     assert found is not None and found.last_position == 3
     processes.close()
@@ -153,12 +230,15 @@ def test_a_store_on_the_flow_store_shares_its_connections(store: FlowStore) -> N
 
 
 def test_instances_are_listed_most_recently_updated_first(
-        processes: ProcessStore, events: EventStore, clock: ManualClock) -> None:
+    processes: ProcessStore, events: EventStore, clock: ManualClock
+) -> None:
     assert processes.list_instances() == []
-    for manager, process_id, status in [("shipping", "a", "running"),
-                                        ("shipping", "b", "completed"),
-                                        ("billing", "a", "failed"),
-                                        ("shipping", "c", "running")]:
+    for manager, process_id, status in [
+        ("shipping", "a", "running"),
+        ("shipping", "b", "completed"),
+        ("billing", "a", "failed"),
+        ("shipping", "c", "running"),
+    ]:
         save(processes, events, manager, process_id, status=status)
         clock.advance(1)
     save(processes, events, "billing", "z", status="running")
@@ -167,11 +247,21 @@ def test_instances_are_listed_most_recently_updated_first(
     def listed(*args: Any, **kwargs: Any) -> list[tuple[str, str]]:
         return [(i.manager, i.process_id) for i in processes.list_instances(*args, **kwargs)]
 
-    assert listed() == [("billing", "y"), ("billing", "z"), ("shipping", "c"),
-                        ("billing", "a"), ("shipping", "b"), ("shipping", "a")]
+    assert listed() == [
+        ("billing", "y"),
+        ("billing", "z"),
+        ("shipping", "c"),
+        ("billing", "a"),
+        ("shipping", "b"),
+        ("shipping", "a"),
+    ]
     assert listed("shipping") == [("shipping", "c"), ("shipping", "b"), ("shipping", "a")]
-    assert listed(status="running") == [("billing", "y"), ("billing", "z"), ("shipping", "c"),
-                                        ("shipping", "a")]
+    assert listed(status="running") == [
+        ("billing", "y"),
+        ("billing", "z"),
+        ("shipping", "c"),
+        ("shipping", "a"),
+    ]
     assert listed("shipping", "running") == [("shipping", "c"), ("shipping", "a")]
     assert listed("shipping", "running", limit=1) == [("shipping", "c")]
     assert listed(limit=2) == [("billing", "y"), ("billing", "z")]
@@ -184,15 +274,19 @@ def test_counts_per_manager_and_status(processes: ProcessStore, events: EventSto
         save(processes, events, "shipping", process_id)
     save(processes, events, "shipping", "d", status="completed")
     save(processes, events, "billing", "a", status="failed")
-    assert processes.counts() == {("shipping", "running"): 3, ("shipping", "completed"): 1,
-                                  ("billing", "failed"): 1}
+    assert processes.counts() == {
+        ("shipping", "running"): 3,
+        ("shipping", "completed"): 1,
+        ("billing", "failed"): 1,
+    }
 
 
 # --- locking -------------------------------------------------------------------------------------
 
 
 def test_load_holds_the_instance_until_the_transaction_ends(
-        processes: ProcessStore, events: EventStore, open_stores: Opener) -> None:
+    processes: ProcessStore, events: EventStore, open_stores: Opener
+) -> None:
     """A worker that takes a handler over waits for the batch in flight, then reads the state it
     committed (PostgreSQL: the row lock of FOR UPDATE; SQLite: the write lock)."""
     other: EventStore = open_stores(open_event_store)
@@ -209,14 +303,23 @@ def test_load_holds_the_instance_until_the_transaction_ends(
         assert first is not None
         thread, result = in_thread(second)
         assert_blocked(thread, events.url)
-        processes.save(tx, "fulfilment", "o-1", status="running", state_json="{}",
-                       version=first.version + 1, last_position=2, error=None)
+        processes.save(
+            tx,
+            "fulfilment",
+            "o-1",
+            status="running",
+            state_json="{}",
+            version=first.version + 1,
+            last_position=2,
+            error=None,
+        )
     thread.join(5.0)
     assert result == {"value": 2}
 
 
-def test_load_locks_only_its_instance(processes: ProcessStore, events: EventStore,
-                                      open_stores: Opener, backend: str) -> None:
+def test_load_locks_only_its_instance(
+    processes: ProcessStore, events: EventStore, open_stores: Opener, backend: str
+) -> None:
     if backend == "sqlite":
         pytest.skip("SQLite has one writer at a time: every batch waits for the one in flight")
     other: EventStore = open_stores(open_event_store)
@@ -233,8 +336,9 @@ def test_load_locks_only_its_instance(processes: ProcessStore, events: EventStor
 # --- wiring --------------------------------------------------------------------------------------
 
 
-def test_an_unmigrated_database_is_reported(backend: str, db_url: str, tmp_path: Path,
-                                            open_stores: Opener) -> None:
+def test_an_unmigrated_database_is_reported(
+    backend: str, db_url: str, tmp_path: Path, open_stores: Opener
+) -> None:
     if backend == "sqlite":
         _check_unmigrated(open_stores, f"sqlite:///{tmp_path / 'bare.db'}")
         return
@@ -255,28 +359,42 @@ def _check_unmigrated(open_stores: Opener, url: str) -> None:
         with pytest.raises(SchemaNotReadyError), events.transaction() as tx:
             processes.load(tx, "m", "p")
         with pytest.raises(SchemaNotReadyError), events.transaction() as tx:
-            processes.save(tx, "m", "p", status="running", state_json="{}", version=1,
-                           last_position=1, error=None)
+            processes.save(
+                tx,
+                "m",
+                "p",
+                status="running",
+                state_json="{}",
+                version=1,
+                last_position=1,
+                error=None,
+            )
     finally:
         processes.close()
         events.close()
 
 
-def test_migrate_creates_the_table_and_urls_are_checked(backend: str,
-                                                        open_stores: Opener) -> None:
+def test_migrate_creates_the_table_and_urls_are_checked(backend: str, open_stores: Opener) -> None:
     processes: ProcessStore = open_stores(open_process_store)
     if backend == "sqlite":  # a new file; SQLite's 0004 is a comment only, to keep numbers aligned
-        assert processes.migrate() == ["0001_initial", "0002_events", "0003_handlers",
-                                       "0004_event_floor_locks", "0005_process_managers",
-                                       "0006_process_manager_kind", "0007_task_stalls"]
+        assert processes.migrate() == [
+            "0001_initial",
+            "0002_events",
+            "0003_handlers",
+            "0004_event_floor_locks",
+            "0005_process_managers",
+            "0006_process_manager_kind",
+            "0007_task_stalls",
+        ]
     assert processes.migrate() == []
     assert processes.list_instances() == []
     with pytest.raises(UnsupportedDatabaseURLError, match="unsupported database URL 'mysql'"):
         open_process_store("mysql://localhost/db")
 
 
-def test_sqlite_migration_6_keeps_the_handler_rows_it_rebuilds(backend: str,
-                                                              tmp_path: Path) -> None:
+def test_sqlite_migration_6_keeps_the_handler_rows_it_rebuilds(
+    backend: str, tmp_path: Path
+) -> None:
     """SQLite cannot alter a CHECK, so 0006 rebuilds event_handlers: every row must survive."""
     if backend == "postgres":
         pytest.skip("PostgreSQL alters the constraint in place; the saga tests store the kind")
@@ -287,29 +405,36 @@ def test_sqlite_migration_6_keeps_the_handler_rows_it_rebuilds(backend: str,
 
     path = tmp_path / "v5.db"
     conn = sqlite3.connect(path)
-    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT "
-                 "NULL, applied_at REAL NOT NULL)")
+    conn.execute(
+        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT "
+        "NULL, applied_at REAL NOT NULL)"
+    )
     for m in load_migrations("tideflow.storage.sqlite"):
         if m.version <= 5:
             conn.executescript(m.sql)
             conn.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (m.version, m.name))
-    conn.execute("INSERT INTO event_handlers (name, kind, status, owner, lease_expires_at, "
-                 "failing_position, attempts, last_error, stopped_reason, updated_at) VALUES "
-                 "('mailer', 'handler', 'stopped', NULL, NULL, 7, 3, 'smtp down', 'gave up', 1.5)")
+    conn.execute(
+        "INSERT INTO event_handlers (name, kind, status, owner, lease_expires_at, "
+        "failing_position, attempts, last_error, stopped_reason, updated_at) VALUES "
+        "('mailer', 'handler', 'stopped', NULL, NULL, 7, 3, 'smtp down', 'gave up', 1.5)"
+    )
     conn.commit()
     conn.close()
     store = SQLiteStore(path)
     try:
         assert store.migrate() == ["0006_process_manager_kind", "0007_task_stalls"]
         rows = store.connection.execute("SELECT * FROM event_handlers").fetchall()
-        assert rows == [("mailer", "handler", "stopped", None, None, 7, 3, "smtp down",
-                         "gave up", 1.5)]
+        assert rows == [
+            ("mailer", "handler", "stopped", None, None, 7, 3, "smtp down", "gave up", 1.5)
+        ]
         store.connection.execute(
             "INSERT INTO event_handlers (name, kind, status, updated_at) VALUES "
-            "('saga', 'process_manager', 'running', 2.0)")
+            "('saga', 'process_manager', 'running', 2.0)"
+        )
         with pytest.raises(sqlite3.IntegrityError):
             store.connection.execute(
                 "INSERT INTO event_handlers (name, kind, status, updated_at) VALUES "
-                "('odd', 'cron', 'running', 2.0)")
+                "('odd', 'cron', 'running', 2.0)"
+            )
     finally:
         store.close()

@@ -34,10 +34,21 @@ from tideflow.storage.flow_contract import RunRecord
 GAP = 3
 UP, DOWN, LEFT, RIGHT = 1, 2, 4, 8
 _LINES = {
-    UP: "│", DOWN: "│", UP | DOWN: "│", LEFT: "─", RIGHT: "─", LEFT | RIGHT: "─",
-    DOWN | RIGHT: "┌", DOWN | LEFT: "┐", UP | RIGHT: "└", UP | LEFT: "┘",
-    UP | DOWN | RIGHT: "├", UP | DOWN | LEFT: "┤", DOWN | LEFT | RIGHT: "┬",
-    UP | LEFT | RIGHT: "┴", UP | DOWN | LEFT | RIGHT: "┼",
+    UP: "│",
+    DOWN: "│",
+    UP | DOWN: "│",
+    LEFT: "─",
+    RIGHT: "─",
+    LEFT | RIGHT: "─",
+    DOWN | RIGHT: "┌",
+    DOWN | LEFT: "┐",
+    UP | RIGHT: "└",
+    UP | LEFT: "┘",
+    UP | DOWN | RIGHT: "├",
+    UP | DOWN | LEFT: "┤",
+    DOWN | LEFT | RIGHT: "┬",
+    UP | LEFT | RIGHT: "┴",
+    UP | DOWN | LEFT | RIGHT: "┼",
 }
 LINE_STYLE = "dim"
 TIMES = "\u00d7"  # multiplication sign, before a map step's task count
@@ -60,8 +71,9 @@ class Node:
 
 
 def nodes_from_run(run: RunRecord) -> list[Node]:
-    return [Node(s.step_slug, tuple(s.depends_on), s.kind, s.status, s.initial_tasks)
-            for s in run.steps]
+    return [
+        Node(s.step_slug, tuple(s.depends_on), s.kind, s.status, s.initial_tasks) for s in run.steps
+    ]
 
 
 def nodes_from_definition(definition: FlowDefinition) -> list[Node]:
@@ -224,8 +236,10 @@ class _Canvas:
     def render(self) -> Text:
         out = Text(no_wrap=True, overflow="crop")
         for y, row in enumerate(self.rows):
-            cells = [(_LINES[m], LINE_STYLE) if m and ch == " " else (ch, st)
-                     for (ch, st), m in zip(row, self.masks[y], strict=True)]
+            cells = [
+                (_LINES[m], LINE_STYLE) if m and ch == " " else (ch, st)
+                for (ch, st), m in zip(row, self.masks[y], strict=True)
+            ]
             while cells and cells[-1][0] == " ":
                 cells.pop()
             for style, run in groupby(cells, key=lambda cell: cell[1]):

@@ -44,8 +44,14 @@ def fresh_sqlite_url() -> str:
 def run_demo(console: Console, database_url: str | None) -> list[RunRecord]:
     url = database_url or fresh_sqlite_url()
     check_reachable(url)
-    console.print(Text.assemble(("tideflow demo", "bold"), "  database ", (redact(url), "cyan"),
-                                "" if database_url else " (recreated)"))
+    console.print(
+        Text.assemble(
+            ("tideflow demo", "bold"),
+            "  database ",
+            (redact(url), "cyan"),
+            "" if database_url else " (recreated)",
+        )
+    )
     with App(url, flows=DEMO_FLOWS) as app:
         captions: dict[str, str] = {}
         expected: dict[str, str] = {}
@@ -55,13 +61,21 @@ def run_demo(console: Console, database_url: str | None) -> list[RunRecord]:
             expected[run_id] = status
         worker = app.worker(concurrency=8, poll_interval=0.05, reap_interval=1.0)
         failure: list[BaseException] = []
-        thread = threading.Thread(target=_work, args=(worker, failure), name="tideflow-demo",
-                                  daemon=True)
+        thread = threading.Thread(
+            target=_work, args=(worker, failure), name="tideflow-demo", daemon=True
+        )
         thread.start()
         try:
-            runs = watch_runs(app, list(captions), console, timeout=DEMO_TIMEOUT, interval=0.1,
-                              captions=captions, keep_going=thread.is_alive,
-                              display=console.is_terminal)
+            runs = watch_runs(
+                app,
+                list(captions),
+                console,
+                timeout=DEMO_TIMEOUT,
+                interval=0.1,
+                captions=captions,
+                keep_going=thread.is_alive,
+                display=console.is_terminal,
+            )
         finally:
             if thread.is_alive():
                 # stop() raises once the worker's loop has closed, which can happen between
@@ -73,13 +87,20 @@ def run_demo(console: Console, database_url: str | None) -> list[RunRecord]:
             raise failure[0]
         console.print()
         for run in runs:
-            console.print(_summary(run, captions[run.run_id], expected[run.run_id],
-                                   min(SUMMARY_WIDTH, console.width)))
+            console.print(
+                _summary(
+                    run,
+                    captions[run.run_id],
+                    expected[run.run_id],
+                    min(SUMMARY_WIDTH, console.width),
+                )
+            )
         wrong = [r for r in runs if r.status != expected[r.run_id]]
         if wrong:
             raise CommandFailed(
                 f"demo run {wrong[0].run_id} ({wrong[0].flow_slug}) ended {wrong[0].status}, "
-                f"expected {expected[wrong[0].run_id]}; this installation is not working")
+                f"expected {expected[wrong[0].run_id]}; this installation is not working"
+            )
         _next_steps(console, url, runs)
         return runs
 
@@ -92,26 +113,38 @@ def _work(worker: Worker, failure: list[BaseException]) -> None:
 
 
 def _summary(run: RunRecord, caption: str, expected: str, width: int) -> Panel:
-    title = Text.assemble((run.flow_slug, "bold"), "  ",
-                          (run.status, status_style(run.status)),
-                          f" in {fmt_duration(run.duration)}")
+    title = Text.assemble(
+        (run.flow_slug, "bold"),
+        "  ",
+        (run.status, status_style(run.status)),
+        f" in {fmt_duration(run.duration)}",
+    )
     if run.status == expected:
         verdict = Text(f"as expected: {caption}", style="dim")
     else:
         verdict = Text(f"expected {expected}: {caption}", style="bold red")
-    detail = (Text(f"output: {compact_json(run.output, 2000)}", no_wrap=True,
-                   overflow="ellipsis") if run.status == "completed"
-              else Text(f"error: {run.error}", style="red"))
-    return Panel(Group(steps_table(run, error_width=50), detail, verdict), title=title,
-                 subtitle=Text(run.run_id, style="dim"), title_align="left",
-                 subtitle_align="right", width=width)
+    detail = (
+        Text(f"output: {compact_json(run.output, 2000)}", no_wrap=True, overflow="ellipsis")
+        if run.status == "completed"
+        else Text(f"error: {run.error}", style="red")
+    )
+    return Panel(
+        Group(steps_table(run, error_width=50), detail, verdict),
+        title=title,
+        subtitle=Text(run.run_id, style="dim"),
+        title_align="left",
+        subtitle_align="right",
+        width=width,
+    )
 
 
 def _next_steps(console: Console, url: str, runs: list[RunRecord]) -> None:
     flag = f" -d {redact(url)}"
     failed = next((r for r in runs if r.status == "failed"), runs[0])
     console.print(Text("next:", style="bold"))
-    for command in (f"tideflow runs{flag}",
-                    f"tideflow run {failed.run_id}{flag}",
-                    "tideflow worker --app examples.order_pipeline   # from a clone of the repo"):
+    for command in (
+        f"tideflow runs{flag}",
+        f"tideflow run {failed.run_id}{flag}",
+        "tideflow worker --app examples.order_pipeline   # from a clone of the repo",
+    ):
         console.print(Text(f"  {command}", style="cyan"), soft_wrap=True)

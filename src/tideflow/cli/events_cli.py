@@ -55,15 +55,19 @@ from tideflow.worker.handlers import reset_handler, retry_dead_letter
 HANDLERS_APP_HELP = (
     "Your event handlers, for commands that run their code: module:attr naming an App or "
     "HandlerRunner (its handlers), a handler class, or a list of them; or a module (its "
-    "'handlers', else the handler classes it defines).")
+    "'handlers', else the handler classes it defines)."
+)
 
 #: As the flow commands (``main.PIPE_WIDTH``): piped output gets wide lines, not truncated ids.
 PIPE_WIDTH = 160
 
-HandlersAppOpt = Annotated[str | None, typer.Option(
-    "--app", "-a", envvar="TIDEFLOW_APP", show_default=False, help=HANDLERS_APP_HELP)]
-DatabaseOpt = Annotated[str | None, typer.Option(
-    "--database-url", "-d", help=DATABASE_HELP, show_default=False)]
+HandlersAppOpt = Annotated[
+    str | None,
+    typer.Option("--app", "-a", envvar="TIDEFLOW_APP", show_default=False, help=HANDLERS_APP_HELP),
+]
+DatabaseOpt = Annotated[
+    str | None, typer.Option("--database-url", "-d", help=DATABASE_HELP, show_default=False)
+]
 
 events_app = typer.Typer(add_completion=False)
 """The event commands; ``main`` mounts them on the root ``tideflow`` command."""
@@ -87,7 +91,8 @@ def load_handlers(app_path: str) -> tuple[str | None, list[EventHandler]]:
     if not found:
         raise CliUsageError(
             f"{app_path!r} names no event handlers: point --app at an App or HandlerRunner with "
-            "handlers, a handler class, a list of handlers, or a module that defines some")
+            "handlers, a handler class, a list of handlers, or a module that defines some"
+        )
     return (url if isinstance(url, str) else None), found
 
 
@@ -106,19 +111,26 @@ def _handlers_of(obj: object) -> list[EventHandler]:
         return _handlers_of(listed)
     if isinstance(obj, ModuleType):
         app = getattr(obj, "app", None)
-        if app is not None and (callable(getattr(app, "bound_handlers", None))
-                                or isinstance(getattr(app, "handlers", None), list | tuple)):
+        if app is not None and (
+            callable(getattr(app, "bound_handlers", None))
+            or isinstance(getattr(app, "handlers", None), list | tuple)
+        ):
             return _handlers_of(app)
-        return [cls() for cls in vars(obj).values()
-                if isinstance(cls, type) and issubclass(cls, EventHandler)
-                and cls.__module__ == obj.__name__ and cls.handle is not EventHandler.handle]
+        return [
+            cls()
+            for cls in vars(obj).values()
+            if isinstance(cls, type)
+            and issubclass(cls, EventHandler)
+            and cls.__module__ == obj.__name__
+            and cls.handle is not EventHandler.handle
+        ]
     return []
 
 
 @contextmanager
-def stores(database_url: str | None,
-           app_path: str | None = None) -> Iterator[tuple[EventStore, HandlerStore,
-                                                          list[EventHandler]]]:
+def stores(
+    database_url: str | None, app_path: str | None = None
+) -> Iterator[tuple[EventStore, HandlerStore, list[EventHandler]]]:
     """The event and handler stores of the database and the handlers named by ``--app``; the
     URL is ``--database-url``, else the App's, else the default of ``resolve_url``.
 
@@ -151,33 +163,57 @@ def stores(database_url: str | None,
 def event_line(event: RecordedEvent, width: int) -> Text:
     """One event on one line: position, time, stream@version, type, data (cut to fit)."""
     head = Text.assemble(
-        (f"{event.position:>8}", "bold"), "  ", (fmt_time(event.recorded_at), "dim"), "  ",
-        (f"{event.stream_id}@{event.version}", "cyan"), "  ", (event.event_type, "bold"), "  ")
+        (f"{event.position:>8}", "bold"),
+        "  ",
+        (fmt_time(event.recorded_at), "dim"),
+        "  ",
+        (f"{event.stream_id}@{event.version}", "cyan"),
+        "  ",
+        (event.event_type, "bold"),
+        "  ",
+    )
     return head + Text(compact_json(event.data, max(20, width - len(head) - 1)))
 
 
 def event_json(event: RecordedEvent) -> str:
-    return json.dumps({
-        "position": event.position, "stream_id": event.stream_id, "version": event.version,
-        "event_type": event.event_type, "event_id": str(event.event_id),
-        "recorded_at": event.recorded_at.isoformat(), "data": event.data,
-        "metadata": event.metadata,
-        "causation_id": None if event.causation_id is None else str(event.causation_id),
-        "correlation_id": None if event.correlation_id is None else str(event.correlation_id),
-    }, ensure_ascii=False)
+    return json.dumps(
+        {
+            "position": event.position,
+            "stream_id": event.stream_id,
+            "version": event.version,
+            "event_type": event.event_type,
+            "event_id": str(event.event_id),
+            "recorded_at": event.recorded_at.isoformat(),
+            "data": event.data,
+            "metadata": event.metadata,
+            "causation_id": None if event.causation_id is None else str(event.causation_id),
+            "correlation_id": None if event.correlation_id is None else str(event.correlation_id),
+        },
+        ensure_ascii=False,
+    )
 
 
-def _select(store: EventStore, types: list[str] | None, stream: str | None, after: int,
-            to_position: int | None = None) -> Iterator[RecordedEvent]:
+def _select(
+    store: EventStore,
+    types: list[str] | None,
+    stream: str | None,
+    after: int,
+    to_position: int | None = None,
+) -> Iterator[RecordedEvent]:
     if stream is None:
         return store.read_all(after, types, to_position=to_position)
-    return (e for e in store.read_stream(stream)
-            if e.position > after and (to_position is None or e.position <= to_position)
-            and (types is None or e.event_type in types))
+    return (
+        e
+        for e in store.read_stream(stream)
+        if e.position > after
+        and (to_position is None or e.position <= to_position)
+        and (types is None or e.event_type in types)
+    )
 
 
-def _tail(store: EventStore, types: list[str] | None, stream: str | None,
-          limit: int) -> tuple[list[RecordedEvent], int]:
+def _tail(
+    store: EventStore, types: list[str] | None, stream: str | None, limit: int
+) -> tuple[list[RecordedEvent], int]:
     """The last ``limit`` matching events, and the head they were read up to. Reads growing
     windows back from the head, so a tail of a large log does not read all of it."""
     head = store.head_position()
@@ -192,22 +228,38 @@ def _tail(store: EventStore, types: list[str] | None, stream: str | None,
 
 @events_app.command("events")
 def events_command(
-    event_types: Annotated[list[str] | None, typer.Option(
-        "--type", "-t", help="Only events of this type (repeatable).",
-        show_default=False)] = None,
-    stream: Annotated[str | None, typer.Option(
-        "--stream", "-s", help="Only events of this stream.", show_default=False)] = None,
-    from_position: Annotated[int | None, typer.Option(
-        "--from", help="Events after this position, oldest first (default: the last --limit "
-                       "events).", min=0, show_default=False)] = None,
+    event_types: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--type", "-t", help="Only events of this type (repeatable).", show_default=False
+        ),
+    ] = None,
+    stream: Annotated[
+        str | None,
+        typer.Option("--stream", "-s", help="Only events of this stream.", show_default=False),
+    ] = None,
+    from_position: Annotated[
+        int | None,
+        typer.Option(
+            "--from",
+            help="Events after this position, oldest first (default: the last --limit events).",
+            min=0,
+            show_default=False,
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many.", min=0)] = 20,
-    follow: Annotated[bool, typer.Option(
-        "--follow", "-f", help="Keep printing new events as they are appended (Ctrl-C to "
-                               "stop).")] = False,
-    as_json: Annotated[bool, typer.Option(
-        "--json", help="One JSON object per event and line, for scripts.")] = False,
-    interval: Annotated[float, typer.Option(
-        help="With --follow: seconds between looks for new events.", min=0.01)] = 0.5,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow", "-f", help="Keep printing new events as they are appended (Ctrl-C to stop)."
+        ),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per event and line, for scripts.")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(help="With --follow: seconds between looks for new events.", min=0.01)
+    ] = 0.5,
     database_url: DatabaseOpt = None,
 ) -> None:
     """Show events of the whole log, newest last; with --follow, keep tailing it."""
@@ -246,19 +298,27 @@ def events_command(
 
 @events_app.command("stream")
 def stream_command(
-    stream_id: Annotated[str, typer.Argument(
-        metavar="ID", help="The stream's id.", show_default=False)],
+    stream_id: Annotated[
+        str, typer.Argument(metavar="ID", help="The stream's id.", show_default=False)
+    ],
     database_url: DatabaseOpt = None,
 ) -> None:
     """Show every event of one stream, in version order."""
     with stores(database_url) as (store, _, _):
         events = list(store.read_stream(stream_id))
         if not events:
-            raise CommandFailed(f"stream {stream_id!r} has no events; `tideflow events` shows "
-                                "the streams that do")
+            raise CommandFailed(
+                f"stream {stream_id!r} has no events; `tideflow events` shows the streams that do"
+            )
         out = _console()
-        out.print(Text.assemble("stream ", (stream_id, "bold"), f"  version {events[-1].version}"
-                                f", {len(events)} event(s)"), soft_wrap=True)
+        out.print(
+            Text.assemble(
+                "stream ",
+                (stream_id, "bold"),
+                f"  version {events[-1].version}, {len(events)} event(s)",
+            ),
+            soft_wrap=True,
+        )
         table = Table(header_style="bold", expand=False)
         table.add_column("version", justify="right", no_wrap=True)
         table.add_column("position", justify="right", no_wrap=True, style="dim")
@@ -266,8 +326,13 @@ def stream_command(
         table.add_column("type", no_wrap=True, style="bold")
         table.add_column("data", overflow="fold")
         for e in events:
-            table.add_row(str(e.version), str(e.position), fmt_time(e.recorded_at),
-                          e.event_type, compact_json(e.data, 400))
+            table.add_row(
+                str(e.version),
+                str(e.position),
+                fmt_time(e.recorded_at),
+                e.event_type,
+                compact_json(e.data, 400),
+            )
         out.print(table)
 
 
@@ -275,7 +340,9 @@ def stream_command(
 
 handlers_cli = typer.Typer(
     help="Event handlers: their position, lag, status and owner; reset and resume them.",
-    no_args_is_help=False, add_completion=False)
+    no_args_is_help=False,
+    add_completion=False,
+)
 events_app.add_typer(handlers_cli, name="handlers")
 
 
@@ -291,8 +358,9 @@ def handler_status(record: HandlerRecord | None, now: datetime) -> Text:
     return Text("○ no worker", style="yellow")
 
 
-def handlers_table(records: Sequence[HandlerRecord], known: Sequence[EventHandler],
-                   head: int, now: datetime) -> Table:
+def handlers_table(
+    records: Sequence[HandlerRecord], known: Sequence[EventHandler], head: int, now: datetime
+) -> Table:
     """Handlers from the database, and those of ``--app`` that never ran there."""
     by_name: dict[str, HandlerRecord | None] = {r.name: r for r in records}
     kinds = {h.name: h.kind for h in known}
@@ -315,14 +383,22 @@ def handlers_table(records: Sequence[HandlerRecord], known: Sequence[EventHandle
         if r is not None and r.status == "stopped":
             problem = Text(r.stopped_reason or "stopped", style="red")
         elif r is not None and r.last_error:
-            problem = Text(f"retrying event {r.failing_position} (attempt {r.attempts}): "
-                           f"{truncate(r.last_error, 200)}", style="yellow")
+            problem = Text(
+                f"retrying event {r.failing_position} (attempt {r.attempts}): "
+                f"{truncate(r.last_error, 200)}",
+                style="yellow",
+            )
         dead = r.dead_letters if r else 0
         table.add_row(
-            name, (r.kind if r and r.kind else kinds.get(name)) or "-", handler_status(r, now),
-            str(position), Text(str(lag), style="yellow" if lag else "green"),
+            name,
+            (r.kind if r and r.kind else kinds.get(name)) or "-",
+            handler_status(r, now),
+            str(position),
+            Text(str(lag), style="yellow" if lag else "green"),
             r.owner if r is not None and r.is_held(now) and r.owner else "-",
-            Text(str(dead), style="bold red" if dead else "dim"), problem)
+            Text(str(dead), style="bold red" if dead else "dim"),
+            problem,
+        )
     return table
 
 
@@ -339,8 +415,12 @@ def handlers_command(
         records = handler_store.list_handlers()
         out = _console()
         if not records and not known:
-            out.print(Text("no handlers have run on this database yet (pass --app to list "
-                           "yours)", style="dim"))
+            out.print(
+                Text(
+                    "no handlers have run on this database yet (pass --app to list yours)",
+                    style="dim",
+                )
+            )
             return
         head = store.head_position()
         out.print(handlers_table(records, known, head, datetime.now(UTC)))
@@ -349,10 +429,10 @@ def handlers_command(
 
 @handlers_cli.command("reset")
 def handlers_reset(
-    name: Annotated[str, typer.Argument(
-        metavar="NAME", help="The handler's name.", show_default=False)],
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")
-                   ] = False,
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="The handler's name.", show_default=False)
+    ],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     app_path: HandlersAppOpt = None,
     database_url: DatabaseOpt = None,
 ) -> None:
@@ -360,51 +440,72 @@ def handlers_reset(
     running it processes the whole log again. A stopped handler runs again."""
     with stores(database_url, app_path) as (store, handler_store, known):
         handler: EventHandler | str = next((h for h in known if h.name == name), name)
-        if isinstance(handler, str) and known and not any(
-                r.name == name for r in handler_store.list_handlers()):
-            raise HandlerNotFoundError(f"no handler named {name!r} in --app or in the "
-                                       f"database; --app has {sorted(h.name for h in known)}")
-        what = "its tables are emptied and " if getattr(handler, "kind", "") == "projection" \
-            else ""
+        if (
+            isinstance(handler, str)
+            and known
+            and not any(r.name == name for r in handler_store.list_handlers())
+        ):
+            raise HandlerNotFoundError(
+                f"no handler named {name!r} in --app or in the "
+                f"database; --app has {sorted(h.name for h in known)}"
+            )
+        what = "its tables are emptied and " if getattr(handler, "kind", "") == "projection" else ""
         if not yes:
-            typer.confirm(f"Reset handler {name!r} to position 0? {what.capitalize()}every "
-                          "event is processed again.", abort=True)
+            typer.confirm(
+                f"Reset handler {name!r} to position 0? {what.capitalize()}every "
+                "event is processed again.",
+                abort=True,
+            )
         reset_handler(store, handler_store, handler)
-        _console().print(Text.assemble(
-            "reset handler ", (name, "bold"), " to position 0; ", what,
-            "a worker running it catches up from the start"), soft_wrap=True)
+        _console().print(
+            Text.assemble(
+                "reset handler ",
+                (name, "bold"),
+                " to position 0; ",
+                what,
+                "a worker running it catches up from the start",
+            ),
+            soft_wrap=True,
+        )
 
 
 @handlers_cli.command("resume")
 def handlers_resume(
-    name: Annotated[str, typer.Argument(
-        metavar="NAME", help="The handler's name.", show_default=False)],
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="The handler's name.", show_default=False)
+    ],
     database_url: DatabaseOpt = None,
 ) -> None:
     """Let a stopped handler run again from where it stopped (retrying the event it stopped
     on, with its attempts counted afresh)."""
     with stores(database_url) as (_, handler_store, _):
         if not handler_store.restart(name):
-            raise HandlerNotFoundError(f"no handler named {name!r} has run on this database; "
-                                       "`tideflow handlers` lists those that have")
+            raise HandlerNotFoundError(
+                f"no handler named {name!r} has run on this database; "
+                "`tideflow handlers` lists those that have"
+            )
         _console().print(Text.assemble("resumed handler ", (name, "bold")), soft_wrap=True)
 
 
 # --- dead letters ---------------------------------------------------------------------------------
 
 deadletters_cli = typer.Typer(
-    help="Events handlers gave up on: list them, retry them.", no_args_is_help=False,
-    add_completion=False)
+    help="Events handlers gave up on: list them, retry them.",
+    no_args_is_help=False,
+    add_completion=False,
+)
 events_app.add_typer(deadletters_cli, name="deadletters")
 
 
 @deadletters_cli.callback(invoke_without_command=True)
 def deadletters_command(
     ctx: typer.Context,
-    handler: Annotated[str | None, typer.Option(
-        "--handler", help="Only this handler's.", show_default=False)] = None,
-    include_retried: Annotated[bool, typer.Option(
-        "--all", help="Also those retried successfully.")] = False,
+    handler: Annotated[
+        str | None, typer.Option("--handler", help="Only this handler's.", show_default=False)
+    ] = None,
+    include_retried: Annotated[
+        bool, typer.Option("--all", help="Also those retried successfully.")
+    ] = False,
     limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many.", min=1)] = 50,
     database_url: DatabaseOpt = None,
 ) -> None:
@@ -412,33 +513,48 @@ def deadletters_command(
     if ctx.invoked_subcommand is not None:
         return
     with stores(database_url) as (_, handler_store, _):
-        letters = handler_store.list_dead_letters(handler, include_retried=include_retried,
-                                                  limit=limit)
+        letters = handler_store.list_dead_letters(
+            handler, include_retried=include_retried, limit=limit
+        )
         out = _console()
         if not letters:
-            out.print(Text("no dead letters" + (f" for handler {handler!r}" if handler else ""),
-                           style="dim"))
+            out.print(
+                Text(
+                    "no dead letters" + (f" for handler {handler!r}" if handler else ""),
+                    style="dim",
+                )
+            )
             return
         table = Table(header_style="bold", expand=False)
         for column in ("id", "handler", "position", "event", "stream", "attempts"):
-            table.add_column(column, no_wrap=True,
-                             justify="right" if column in ("id", "position", "attempts")
-                             else "left")
+            table.add_column(
+                column,
+                no_wrap=True,
+                justify="right" if column in ("id", "position", "attempts") else "left",
+            )
         table.add_column("error", overflow="fold")
         table.add_column("created", no_wrap=True)
         table.add_column("retried", no_wrap=True)
         for d in letters:
-            table.add_row(str(d.id), d.handler, str(d.position), d.event_type, d.stream_id,
-                          str(d.attempts), Text(truncate(d.error, 300), style="red"),
-                          fmt_time(d.created_at),
-                          Text(fmt_time(d.retried_at), style="green") if d.retried_at else "-")
+            table.add_row(
+                str(d.id),
+                d.handler,
+                str(d.position),
+                d.event_type,
+                d.stream_id,
+                str(d.attempts),
+                Text(truncate(d.error, 300), style="red"),
+                fmt_time(d.created_at),
+                Text(fmt_time(d.retried_at), style="green") if d.retried_at else "-",
+            )
         out.print(table)
 
 
 @deadletters_cli.command("retry")
 def deadletters_retry(
-    dead_letter_id: Annotated[int, typer.Argument(
-        metavar="ID", help="The dead letter's id.", show_default=False)],
+    dead_letter_id: Annotated[
+        int, typer.Argument(metavar="ID", help="The dead letter's id.", show_default=False)
+    ],
     app_path: HandlersAppOpt = None,
     database_url: DatabaseOpt = None,
 ) -> None:
@@ -451,12 +567,19 @@ def deadletters_retry(
             raise CliUsageError(
                 f"dead letter {dead.id} belongs to handler {dead.handler!r}, whose code is "
                 "needed to retry it: pass --app naming your handlers"
-                + (f" (the --app given has {sorted(h.name for h in known)})" if known else ""))
+                + (f" (the --app given has {sorted(h.name for h in known)})" if known else "")
+            )
         try:
             retry_dead_letter(store, handler_store, handler, dead.id)
         except HandlerUsageError as exc:
             raise CommandFailed(str(exc)) from exc
-        _console().print(Text.assemble(
-            "retried dead letter ", (str(dead.id), "bold"), ": handler ", (dead.handler, "bold"),
-            f" handled event {dead.position} ({dead.event_type} in stream {dead.stream_id!r})"),
-            soft_wrap=True)
+        _console().print(
+            Text.assemble(
+                "retried dead letter ",
+                (str(dead.id), "bold"),
+                ": handler ",
+                (dead.handler, "bold"),
+                f" handled event {dead.position} ({dead.event_type} in stream {dead.stream_id!r})",
+            ),
+            soft_wrap=True,
+        )

@@ -24,11 +24,17 @@ from tideflow.storage.flow_contract import RunRecord
 IDLE_HINT_AFTER = 3.0
 
 
-def watch_runs(app: App, run_ids: Sequence[str], console: Console, *,
-               timeout: float | None = None, interval: float = 0.2,
-               captions: dict[str, str] | None = None,
-               keep_going: Callable[[], bool] | None = None,
-               display: bool = True) -> list[RunRecord]:
+def watch_runs(
+    app: App,
+    run_ids: Sequence[str],
+    console: Console,
+    *,
+    timeout: float | None = None,
+    interval: float = 0.2,
+    captions: dict[str, str] | None = None,
+    keep_going: Callable[[], bool] | None = None,
+    display: bool = True,
+) -> list[RunRecord]:
     """Show the runs' progress until all are final; return their final records.
 
     ``keep_going`` lets a caller with its own worker stop watching when that worker dies,
@@ -42,13 +48,17 @@ def watch_runs(app: App, run_ids: Sequence[str], console: Console, *,
         body = progress_view(runs, captions=captions)
         waited = time.monotonic() - started
         if waited > IDLE_HINT_AFTER and _nothing_started(runs):
-            hint = Text("nothing has started yet: is a worker running for these flows? "
-                        "(tideflow worker --app ...)", style="yellow")
+            hint = Text(
+                "nothing has started yet: is a worker running for these flows? "
+                "(tideflow worker --app ...)",
+                style="yellow",
+            )
             return Group(body, hint)
         return body
 
-    live = Live(view(), console=console, refresh_per_second=10, transient=False,
-                auto_refresh=display)
+    live = Live(
+        view(), console=console, refresh_per_second=10, transient=False, auto_refresh=display
+    )
     with live if display else contextlib.nullcontext(live):
         while not all(r.is_final for r in runs):
             if timeout is not None and time.monotonic() - started > timeout:
@@ -56,7 +66,8 @@ def watch_runs(app: App, run_ids: Sequence[str], console: Console, *,
                 raise RunTimeoutError(
                     f"run {pending[0].run_id} of flow {pending[0].flow_slug!r} is still "
                     f"{pending[0].status} after {timeout:g}s; it goes on running - check it "
-                    f"later with `tideflow run {pending[0].run_id}`")
+                    f"later with `tideflow run {pending[0].run_id}`"
+                )
             if keep_going is not None and not keep_going():
                 break
             time.sleep(interval)
@@ -70,5 +81,6 @@ def watch_runs(app: App, run_ids: Sequence[str], console: Console, *,
 
 
 def _nothing_started(runs: Sequence[RunRecord]) -> bool:
-    return all(t.started_at is None for r in runs if not r.is_final
-               for s in r.steps for t in s.tasks)
+    return all(
+        t.started_at is None for r in runs if not r.is_final for s in r.steps for t in s.tasks
+    )

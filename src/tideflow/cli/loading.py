@@ -91,8 +91,11 @@ def _flows_of_module(module: ModuleType) -> tuple[App | None, list[type[Flow]]]:
     app = getattr(module, "app", None)
     if isinstance(app, App | FlowRegistry):
         return _flows_of(app, module.__name__)
-    flows = [obj for obj in vars(module).values()
-             if is_flow_class(obj) and obj.__module__ == module.__name__]
+    flows = [
+        obj
+        for obj in vars(module).values()
+        if is_flow_class(obj) and obj.__module__ == module.__name__
+    ]
     if not flows:
         raise NotAFlowError(
             f"module {module.__name__!r} has no 'app' and defines no Flow classes; "
@@ -113,9 +116,14 @@ def _flows_of(obj: object, path: str) -> tuple[App | None, list[type[Flow]]]:
     raise NotAFlowError(f"{path!r} is a {type(obj).__name__}; it must name {APP_FORMS}")
 
 
-def build_app(database_url: str | None, app_path: str | None = None,
-              flow_paths: Iterable[str] = (), *, need_flows: bool = False,
-              migrate: bool = True) -> App:
+def build_app(
+    database_url: str | None,
+    app_path: str | None = None,
+    flow_paths: Iterable[str] = (),
+    *,
+    need_flows: bool = False,
+    migrate: bool = True,
+) -> App:
     """The App a command works with.
 
     The database URL is the first of: ``--database-url``; the URL of an App named by ``--app``;
@@ -162,5 +170,7 @@ def one_line(text: str) -> str:
 redact = redact_url
 
 
-DATABASE_HELP = (f"Database URL: postgresql://user@host:5432/dbname or sqlite:///path.db "
-                 f"(default: ${URL_ENV}, else sqlite:///tideflow.db)")
+DATABASE_HELP = (
+    f"Database URL: postgresql://user@host:5432/dbname or sqlite:///path.db "
+    f"(default: ${URL_ENV}, else sqlite:///tideflow.db)"
+)

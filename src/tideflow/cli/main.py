@@ -58,23 +58,35 @@ cli = typer.Typer(
     cls=_Group,
     name="tideflow",
     help="Durable workflows, event sourcing and sagas on PostgreSQL or SQLite. New here? Run: "
-         "tideflow demo",
+    "tideflow demo",
     epilog="Exit codes: 0 success; 1 failure (a run failed, a database error, an unknown run); "
-           "2 the command line is wrong (bad JSON, unknown flow, an --app that does not load).",
+    "2 the command line is wrong (bad JSON, unknown flow, an --app that does not load).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
 
-DatabaseOpt = Annotated[str | None, typer.Option(
-    "--database-url", "-d", help=DATABASE_HELP, show_default=False)]
-AppOpt = Annotated[str | None, typer.Option(
-    "--app", "-a", envvar=APP_ENV, show_default=False,
-    help=f"Your flows: module:attr naming {APP_FORMS}, or a module (its 'app', else all "
-         f"its flow classes). A file path works too: examples/order_pipeline.py")]
-FlowOpt = Annotated[list[str] | None, typer.Option(
-    "--flow", "-f", show_default=False, help="One more flow class, module:Class (repeatable).")]
+DatabaseOpt = Annotated[
+    str | None, typer.Option("--database-url", "-d", help=DATABASE_HELP, show_default=False)
+]
+AppOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--app",
+        "-a",
+        envvar=APP_ENV,
+        show_default=False,
+        help=f"Your flows: module:attr naming {APP_FORMS}, or a module (its 'app', else all "
+        f"its flow classes). A file path works too: examples/order_pipeline.py",
+    ),
+]
+FlowOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--flow", "-f", show_default=False, help="One more flow class, module:Class (repeatable)."
+    ),
+]
 
 
 def _console(stderr: bool = False) -> Console:
@@ -92,10 +104,18 @@ def _version(value: bool) -> None:
 
 @cli.callback()
 def _root(
-    debug: Annotated[bool, typer.Option(
-        "--debug", help="Show full tracebacks and debug logs instead of one-line errors.")] = False,
-    version: Annotated[bool, typer.Option(
-        "--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", help="Show full tracebacks and debug logs instead of one-line errors."
+        ),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     if debug:
         logging.basicConfig(level=logging.DEBUG)
@@ -106,42 +126,76 @@ def worker(
     app_path: AppOpt = None,
     flows: FlowOpt = None,
     database_url: DatabaseOpt = None,
-    concurrency: Annotated[int, typer.Option(
-        help="Tasks run at once by this worker.", min=1)] = 10,
-    poll_interval: Annotated[float, typer.Option(
-        help="Seconds between checks for due tasks when no wake-up arrives.", min=0.01)] = 1.0,
-    lease_margin: Annotated[float, typer.Option(
-        help="Failover delay for flows: seconds (beyond a step's timeout) before another "
-             "worker retries the tasks of a worker that died or lost the database.",
-        min=0.1)] = 30.0,
-    heartbeat_interval: Annotated[float | None, typer.Option(
-        help="Seconds between lease renewals of running tasks [default: lease margin / 3].",
-        min=0.01, show_default=False)] = None,
-    handler_lease: Annotated[float, typer.Option(
-        help="Failover delay for event handlers: seconds before another worker takes over "
-             "the handlers of a worker that died.", min=0.1)] = 30.0,
-    shutdown_grace: Annotated[float, typer.Option(
-        help="On Ctrl-C or SIGTERM, seconds running tasks get to finish before they are "
-             "released to the queue (a second Ctrl-C releases them at once).", min=0.0)] = 30.0,
-    until_idle: Annotated[bool, typer.Option(
-        help="Exit once no task of these flows is queued or running.")] = False,
+    concurrency: Annotated[int, typer.Option(help="Tasks run at once by this worker.", min=1)] = 10,
+    poll_interval: Annotated[
+        float,
+        typer.Option(
+            help="Seconds between checks for due tasks when no wake-up arrives.", min=0.01
+        ),
+    ] = 1.0,
+    lease_margin: Annotated[
+        float,
+        typer.Option(
+            help="Failover delay for flows: seconds (beyond a step's timeout) before another "
+            "worker retries the tasks of a worker that died or lost the database.",
+            min=0.1,
+        ),
+    ] = 30.0,
+    heartbeat_interval: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds between lease renewals of running tasks [default: lease margin / 3].",
+            min=0.01,
+            show_default=False,
+        ),
+    ] = None,
+    handler_lease: Annotated[
+        float,
+        typer.Option(
+            help="Failover delay for event handlers: seconds before another worker takes over "
+            "the handlers of a worker that died.",
+            min=0.1,
+        ),
+    ] = 30.0,
+    shutdown_grace: Annotated[
+        float,
+        typer.Option(
+            help="On Ctrl-C or SIGTERM, seconds running tasks get to finish before they are "
+            "released to the queue (a second Ctrl-C releases them at once).",
+            min=0.0,
+        ),
+    ] = 30.0,
+    until_idle: Annotated[
+        bool, typer.Option(help="Exit once no task of these flows is queued or running.")
+    ] = False,
 ) -> None:
     """Run a worker for your flows until Ctrl-C or SIGTERM (running tasks finish first).
 
     Database restarts and lost connections are waited out (one warning each); the worker exits
     only when told to (0; 130 after a second Ctrl-C) or on a bug (1, with a traceback)."""
-    with (build_app(database_url, app_path, flows or [], need_flows=True) as app,
-          _setup_logging()):
+    with build_app(database_url, app_path, flows or [], need_flows=True) as app, _setup_logging():
         work = [*app.registry.slugs(), *(str(getattr(h, "name", h)) for h in app.handlers)]
-        _console(stderr=True).print(Text.assemble(
-            "worker for ", (", ".join(work), "bold"), " on ",
-            (redact(app.database_url), "cyan"), f", concurrency {concurrency}",
-            "" if until_idle else "; Ctrl-C to stop"), soft_wrap=True)
+        _console(stderr=True).print(
+            Text.assemble(
+                "worker for ",
+                (", ".join(work), "bold"),
+                " on ",
+                (redact(app.database_url), "cyan"),
+                f", concurrency {concurrency}",
+                "" if until_idle else "; Ctrl-C to stop",
+            ),
+            soft_wrap=True,
+        )
         try:
-            app.run_worker(until_idle=until_idle, concurrency=concurrency,
-                           poll_interval=poll_interval, lease_margin=lease_margin,
-                           heartbeat_interval=heartbeat_interval, handler_lease=handler_lease,
-                           shutdown_grace=shutdown_grace)
+            app.run_worker(
+                until_idle=until_idle,
+                concurrency=concurrency,
+                poll_interval=poll_interval,
+                lease_margin=lease_margin,
+                heartbeat_interval=heartbeat_interval,
+                handler_lease=handler_lease,
+                shutdown_grace=shutdown_grace,
+            )
         except KeyboardInterrupt:
             _exit_now_if_steps_linger(130)
             raise
@@ -153,14 +207,14 @@ def _exit_now_if_steps_linger(code: int) -> None:
     """End the process without waiting for step threads the worker released (a sync step
     cannot be cancelled; Python would otherwise wait for it at exit). Their tasks are back in
     the queue already: the work is not lost, another worker runs it."""
-    others = [t for t in threading.enumerate()
-              if t.name.startswith("tideflow-") and not t.daemon]
+    others = [t for t in threading.enumerate() if t.name.startswith("tideflow-") and not t.daemon]
     deadline = time.monotonic() + 1.0
     for t in others:  # idle pool threads end at once
         t.join(max(0.0, deadline - time.monotonic()))
     if any(t.is_alive() for t in others):
         logging.getLogger("tideflow.worker").warning(
-            "exiting without waiting for released steps still running in threads")
+            "exiting without waiting for released steps still running in threads"
+        )
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -208,19 +262,32 @@ def parse_input(text: str) -> Any:
 
 @cli.command()
 def start(
-    flow: Annotated[str, typer.Argument(
-        metavar="FLOW", help="Slug of the flow to run.", show_default=False)],
-    input: Annotated[str, typer.Option(
-        "--input", "-i", help="Run input as JSON, @file.json, or - for stdin.")] = "null",
-    run_id: Annotated[str | None, typer.Option(
-        help="Your own run id (e.g. an idempotency key); default: a new UUID.",
-        show_default=False)] = None,
-    wait: Annotated[bool, typer.Option(
-        "--wait", "-w", help="Show progress until the run finishes; exit 1 unless it "
-                             "completed.")] = False,
-    timeout: Annotated[float | None, typer.Option(
-        help="With --wait: give up waiting after this many seconds (the run goes on).",
-        show_default=False)] = None,
+    flow: Annotated[
+        str, typer.Argument(metavar="FLOW", help="Slug of the flow to run.", show_default=False)
+    ],
+    input: Annotated[
+        str, typer.Option("--input", "-i", help="Run input as JSON, @file.json, or - for stdin.")
+    ] = "null",
+    run_id: Annotated[
+        str | None,
+        typer.Option(
+            help="Your own run id (e.g. an idempotency key); default: a new UUID.",
+            show_default=False,
+        ),
+    ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait", "-w", help="Show progress until the run finishes; exit 1 unless it completed."
+        ),
+    ] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="With --wait: give up waiting after this many seconds (the run goes on).",
+            show_default=False,
+        ),
+    ] = None,
     app_path: AppOpt = None,
     flows: FlowOpt = None,
     database_url: DatabaseOpt = None,
@@ -233,31 +300,42 @@ def start(
             typer.echo(new_id)
             return
         out = _console()
-        out.print(Text.assemble("started run ", (new_id, "bold"), f" of flow {flow}"),
-                  soft_wrap=True)
+        out.print(
+            Text.assemble("started run ", (new_id, "bold"), f" of flow {flow}"), soft_wrap=True
+        )
         try:
             [run] = watch_runs(app, [new_id], out, timeout=timeout)
         except KeyboardInterrupt:
             _console(stderr=True).print(
-                f"stopped watching; run {new_id} goes on (tideflow run {new_id})",
-                soft_wrap=True)
+                f"stopped watching; run {new_id} goes on (tideflow run {new_id})", soft_wrap=True
+            )
             raise typer.Exit(130) from None
         if run.status == "completed":
             out.print(Text("output", style="bold green"))
             out.print(JSON.from_data(run.output, ensure_ascii=False))
             return
-        out.print(Text.assemble(("run " + run.status, "bold red"),
-                                f": {run.error}" if run.error else ""), soft_wrap=True)
+        out.print(
+            Text.assemble(("run " + run.status, "bold red"), f": {run.error}" if run.error else ""),
+            soft_wrap=True,
+        )
         raise typer.Exit(1)
 
 
 @cli.command("runs")
 def list_runs(
-    flow: Annotated[str | None, typer.Option(
-        "--flow", "-f", help="Only runs of this flow (slug).", show_default=False)] = None,
-    status: Annotated[str | None, typer.Option(
-        "--status", "-s", help="Only runs in this status: started, completed, failed, "
-                               "cancelled.", show_default=False)] = None,
+    flow: Annotated[
+        str | None,
+        typer.Option("--flow", "-f", help="Only runs of this flow (slug).", show_default=False),
+    ] = None,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            "--status",
+            "-s",
+            help="Only runs in this status: started, completed, failed, cancelled.",
+            show_default=False,
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many.")] = 20,
     database_url: DatabaseOpt = None,
 ) -> None:
@@ -273,10 +351,12 @@ def list_runs(
 
 @cli.command("run")
 def show_run(
-    run_id: Annotated[str, typer.Argument(
-        metavar="RUN_ID", help="The run's id.", show_default=False)],
-    tasks: Annotated[bool, typer.Option(
-        "--tasks", "-t", help="Also list every task (one per map element).")] = False,
+    run_id: Annotated[
+        str, typer.Argument(metavar="RUN_ID", help="The run's id.", show_default=False)
+    ],
+    tasks: Annotated[
+        bool, typer.Option("--tasks", "-t", help="Also list every task (one per map element).")
+    ] = False,
     database_url: DatabaseOpt = None,
 ) -> None:
     """Show one run: status, input, output or error, its steps, and its DAG."""
@@ -306,19 +386,29 @@ def list_flows(
         if stored:
             out.print(stored_flows_table(stored, registered if registered else None))
         else:
-            out.print(Text("none yet: a version is stored when a worker starts or a run starts",
-                           style="dim"))
+            out.print(
+                Text(
+                    "none yet: a version is stored when a worker starts or a run starts",
+                    style="dim",
+                )
+            )
         for cls in app.registry:
-            out.print(Rule(f"{cls.slug}  version {cls.definition.version}  "
-                           f"({cls.__module__}.{cls.__qualname__})", align="left"))
+            out.print(
+                Rule(
+                    f"{cls.slug}  version {cls.definition.version}  "
+                    f"({cls.__module__}.{cls.__qualname__})",
+                    align="left",
+                )
+            )
             out.print(definition_table(cls.definition))
             out.print(render_dag(nodes_from_definition(cls.definition), max_width=out.width))
 
 
 @cli.command()
 def cancel(
-    run_id: Annotated[str, typer.Argument(
-        metavar="RUN_ID", help="The run's id.", show_default=False)],
+    run_id: Annotated[
+        str, typer.Argument(metavar="RUN_ID", help="The run's id.", show_default=False)
+    ],
     database_url: DatabaseOpt = None,
 ) -> None:
     """Cancel a run: its queued and running tasks are cancelled, its unfinished steps skipped."""
@@ -343,11 +433,17 @@ def migrate(database_url: DatabaseOpt = None) -> None:
 
 @cli.command()
 def demo(
-    database_url: Annotated[str | None, typer.Option(
-        "--database-url", "-d", show_default=False,
-        help="Where to run the demo (default: a fresh ./tideflow-demo.db; "
-             "$TIDEFLOW_DATABASE_URL is deliberately ignored, so a demo never lands in a "
-             "real database by accident)")] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            "-d",
+            show_default=False,
+            help="Where to run the demo (default: a fresh ./tideflow-demo.db; "
+            "$TIDEFLOW_DATABASE_URL is deliberately ignored, so a demo never lands in a "
+            "real database by accident)",
+        ),
+    ] = None,
 ) -> None:
     """Run the example flows - a fork/join, a map step, retries, a permanent failure - with a
     worker in this process and live progress. Needs no setup."""

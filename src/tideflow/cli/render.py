@@ -108,8 +108,14 @@ def runs_table(runs: Sequence[RunRecord]) -> Table:
     table.add_column("started", no_wrap=True)
     table.add_column("duration", justify="right", no_wrap=True)
     for run in runs:
-        table.add_row(run.run_id, run.flow_slug, run.flow_version, status_text(run.status),
-                      fmt_time(run.started_at), elapsed(run.started_at, run.finished_at))
+        table.add_row(
+            run.run_id,
+            run.flow_slug,
+            run.flow_version,
+            status_text(run.status),
+            fmt_time(run.started_at),
+            elapsed(run.started_at, run.finished_at),
+        )
     return table
 
 
@@ -134,7 +140,7 @@ def run_header(run: RunRecord) -> Table:
 
 
 def task_counts(step: StepRecord) -> str:
-    """"done/total" tasks, or "-" before the step has tasks."""
+    """ "done/total" tasks, or "-" before the step has tasks."""
     total = step.initial_tasks
     if total is None:
         return "-"
@@ -148,8 +154,13 @@ def step_duration(step: StepRecord, now: datetime | None = None) -> str:
     return elapsed(step.started_at, step.finished_at, now=now)
 
 
-def steps_table(run: RunRecord, *, error_width: int = 60, now: datetime | None = None,
-                always_errors: bool = False) -> Table:
+def steps_table(
+    run: RunRecord,
+    *,
+    error_width: int = 60,
+    now: datetime | None = None,
+    always_errors: bool = False,
+) -> Table:
     """One row per step. The error column is left out when no step has an error and the caller
     does not insist, which keeps the demo's summaries narrow."""
     table = Table(header_style="bold", expand=False)
@@ -163,9 +174,14 @@ def steps_table(run: RunRecord, *, error_width: int = 60, now: datetime | None =
     if errors:
         table.add_column("error", overflow="fold", style="red")
     for step in run.steps:
-        row: list[RenderableType] = [step.step_slug, step.kind, status_text(step.status),
-                                     task_counts(step), str(step.attempts),
-                                     step_duration(step, now)]
+        row: list[RenderableType] = [
+            step.step_slug,
+            step.kind,
+            status_text(step.status),
+            task_counts(step),
+            str(step.attempts),
+            step_duration(step, now),
+        ]
         table.add_row(*row, *([truncate(step.error, error_width)] if errors else []))
     return table
 
@@ -182,16 +198,31 @@ def tasks_table(run: RunRecord) -> Table:
     table.add_column("output / error", overflow="fold")
     tasks: list[TaskRecord] = [t for s in run.steps for t in s.tasks]
     for t in tasks:
-        detail = (Text(truncate(t.error, 80), style="red") if t.error and t.status != "completed"
-                  else Text(compact_json(t.output, 80)) if t.status == "completed" else Text(""))
-        table.add_row(t.step_slug, str(t.task_index), status_text(t.status), str(t.attempts),
-                      str(t.stalls), elapsed(t.started_at, t.finished_at) if t.started_at else "-",
-                      detail)
+        detail = (
+            Text(truncate(t.error, 80), style="red")
+            if t.error and t.status != "completed"
+            else Text(compact_json(t.output, 80))
+            if t.status == "completed"
+            else Text("")
+        )
+        table.add_row(
+            t.step_slug,
+            str(t.task_index),
+            status_text(t.status),
+            str(t.attempts),
+            str(t.stalls),
+            elapsed(t.started_at, t.finished_at) if t.started_at else "-",
+            detail,
+        )
     return table
 
 
-def progress_view(runs: Iterable[RunRecord], *, captions: dict[str, str] | None = None,
-                  now: datetime | None = None) -> RenderableType:
+def progress_view(
+    runs: Iterable[RunRecord],
+    *,
+    captions: dict[str, str] | None = None,
+    now: datetime | None = None,
+) -> RenderableType:
     """One compact block per run: a title line, then its steps with live task counts."""
     blocks: list[RenderableType] = []
     for run in runs:
@@ -209,16 +240,21 @@ def progress_view(runs: Iterable[RunRecord], *, captions: dict[str, str] | None 
         for _ in range(5):
             table.add_column(no_wrap=True)
         for step in run.steps:
-            label = Text.assemble(("  " + glyph(step.status) + " ", status_style(step.status)),
-                                  step.step_slug)
+            label = Text.assemble(
+                ("  " + glyph(step.status) + " ", status_style(step.status)), step.step_slug
+            )
             if step.kind == "map":
                 label.append(" (map)", style="dim")
             retries = step.attempts - sum(1 for t in step.tasks if t.attempts > 0)
-            table.add_row(label, Text(step.status, style=status_style(step.status)),
-                          task_counts(step) + " tasks",
-                          Text(f"{retries} retr{'y' if retries == 1 else 'ies'}",
-                               style="yellow") if retries > 0 else "",
-                          step_duration(step, now))
+            table.add_row(
+                label,
+                Text(step.status, style=status_style(step.status)),
+                task_counts(step) + " tasks",
+                Text(f"{retries} retr{'y' if retries == 1 else 'ies'}", style="yellow")
+                if retries > 0
+                else "",
+                step_duration(step, now),
+            )
         blocks.extend([title, table])
     return Group(*blocks)
 
@@ -226,8 +262,9 @@ def progress_view(runs: Iterable[RunRecord], *, captions: dict[str, str] | None 
 # --- flows ------------------------------------------------------------------------------------
 
 
-def stored_flows_table(records: Sequence[FlowVersionRecord],
-                       registered: dict[str, str] | None = None) -> Table:
+def stored_flows_table(
+    records: Sequence[FlowVersionRecord], registered: dict[str, str] | None = None
+) -> Table:
     table = Table(header_style="bold", expand=False)
     table.add_column("flow", no_wrap=True)
     table.add_column("version", no_wrap=True)
@@ -240,8 +277,11 @@ def stored_flows_table(records: Sequence[FlowVersionRecord],
         row: list[RenderableType] = [rec.flow_slug, rec.version, steps, fmt_time(rec.created_at)]
         if registered is not None:
             current = registered.get(rec.flow_slug)
-            row.append(Text("current", style="green") if current == rec.version
-                       else Text("older" if current else "not registered", style="dim"))
+            row.append(
+                Text("current", style="green")
+                if current == rec.version
+                else Text("older" if current else "not registered", style="dim")
+            )
         table.add_row(*row)
     return table
 
@@ -256,7 +296,9 @@ def definition_table(definition: FlowDefinition) -> Table:
     table.add_column("timeout", justify="right", no_wrap=True)
     for s in definition.steps:
         table.add_row(
-            s.slug, s.kind, ", ".join(s.depends_on) or Text("(run input)", style="dim"),
+            s.slug,
+            s.kind,
+            ", ".join(s.depends_on) or Text("(run input)", style="dim"),
             str(s.retry.max_attempts),
             f"{s.retry.base_delay:g}s doubling, max {s.retry.max_delay:g}s",
             f"{s.timeout:g}s" if s.timeout is not None else "-",

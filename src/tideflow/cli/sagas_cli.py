@@ -66,29 +66,50 @@ def instances_table(instances: list[ProcessInstance]) -> Table:
     table.add_column("updated", no_wrap=True)
     table.add_column("state / problem", overflow="fold")
     for i in instances:
-        detail = (Text(truncate(i.error, 200), style="red" if i.status == "failed" else "yellow")
-                  if i.error else Text(compact_json(i.state, 160), style="dim"))
-        table.add_row(i.manager, i.process_id, Text(i.status, style=_STYLES[i.status]),
-                      str(i.version), str(i.last_position), fmt_time(i.updated_at), detail)
+        detail = (
+            Text(truncate(i.error, 200), style="red" if i.status == "failed" else "yellow")
+            if i.error
+            else Text(compact_json(i.state, 160), style="dim")
+        )
+        table.add_row(
+            i.manager,
+            i.process_id,
+            Text(i.status, style=_STYLES[i.status]),
+            str(i.version),
+            str(i.last_position),
+            fmt_time(i.updated_at),
+            detail,
+        )
     return table
 
 
 @sagas_app.command("sagas")
 def sagas_command(
-    manager: Annotated[str | None, typer.Option(
-        "--manager", "-m", help="Only this process manager's instances.",
-        show_default=False)] = None,
-    status: Annotated[str | None, typer.Option(
-        "--status", "-s", help="Only instances in this status: running, completed or failed.",
-        show_default=False)] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many, most "
-                                       "recently updated first.")] = 50,
+    manager: Annotated[
+        str | None,
+        typer.Option(
+            "--manager", "-m", help="Only this process manager's instances.", show_default=False
+        ),
+    ] = None,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            "--status",
+            "-s",
+            help="Only instances in this status: running, completed or failed.",
+            show_default=False,
+        ),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", "-n", help="At most this many, most recently updated first.")
+    ] = 50,
     database_url: DatabaseOpt = None,
 ) -> None:
     """List process manager (saga) instances: status, events applied, state or last failure."""
     if status is not None and status not in PROCESS_STATUSES:
-        raise CliUsageError(f"--status {status!r} is not a process status; use one of "
-                            f"{', '.join(PROCESS_STATUSES)}")
+        raise CliUsageError(
+            f"--status {status!r} is not a process status; use one of {', '.join(PROCESS_STATUSES)}"
+        )
     if limit < 1:
         raise CliUsageError(f"--limit must be at least 1, got {limit}")
     checked: ProcessStatus | None = status  # narrowed by the check above
@@ -97,34 +118,56 @@ def sagas_command(
         counts = store.counts()
     out = _console()
     if not instances:
-        out.print(Text("no process manager instances" + (" match" if manager or status else
-                                                          " on this database yet"), style="dim"))
+        out.print(
+            Text(
+                "no process manager instances"
+                + (" match" if manager or status else " on this database yet"),
+                style="dim",
+            )
+        )
         return
     out.print(instances_table(instances))
-    summary = ", ".join(f"{m} {s}: {n}" for (m, s), n in sorted(counts.items())
-                        if manager is None or m == manager)
+    summary = ", ".join(
+        f"{m} {s}: {n}" for (m, s), n in sorted(counts.items()) if manager is None or m == manager
+    )
     out.print(Text(summary, style="dim"))
 
 
 @sagas_app.command("saga")
 def saga_command(
-    manager: Annotated[str, typer.Argument(metavar="MANAGER", help="The process manager's name.",
-                                           show_default=False)],
-    process_id: Annotated[str, typer.Argument(metavar="PROCESS_ID", show_default=False,
-                                              help="The instance's process id.")],
+    manager: Annotated[
+        str,
+        typer.Argument(metavar="MANAGER", help="The process manager's name.", show_default=False),
+    ],
+    process_id: Annotated[
+        str,
+        typer.Argument(metavar="PROCESS_ID", show_default=False, help="The instance's process id."),
+    ],
     database_url: DatabaseOpt = None,
 ) -> None:
     """Show one process manager instance: status, timings, last failure and its whole state."""
     with _store(database_url) as store:
         found = store.get(manager, process_id)
     if found is None:
-        raise CommandFailed(f"process manager {manager!r} has no instance {process_id!r}; "
-                            f"`tideflow sagas --manager {manager}` lists those it has")
+        raise CommandFailed(
+            f"process manager {manager!r} has no instance {process_id!r}; "
+            f"`tideflow sagas --manager {manager}` lists those it has"
+        )
     out = _console()
-    out.print(Text.assemble((found.manager, "bold"), " / ", found.process_id, "  ",
-                            (found.status, _STYLES[found.status])), soft_wrap=True)
-    out.print(f"events applied {found.version}, last at position {found.last_position}; "
-              f"started {fmt_time(found.started_at)}, updated {fmt_time(found.updated_at)}")
+    out.print(
+        Text.assemble(
+            (found.manager, "bold"),
+            " / ",
+            found.process_id,
+            "  ",
+            (found.status, _STYLES[found.status]),
+        ),
+        soft_wrap=True,
+    )
+    out.print(
+        f"events applied {found.version}, last at position {found.last_position}; "
+        f"started {fmt_time(found.started_at)}, updated {fmt_time(found.updated_at)}"
+    )
     if found.error:
         out.print(Text(found.error, style="red" if found.status == "failed" else "yellow"))
     out.print(json.dumps(found.state, indent=2, ensure_ascii=False), soft_wrap=True)

@@ -101,6 +101,7 @@ from tideflow.events.upcasting import Upcasters, UpcastFn
 if TYPE_CHECKING:  # for type checkers; at run time ``__getattr__`` imports them when first used
     from tideflow.runtime.dispatch import AsyncCommandDispatcher, CommandDispatcher
 
+
 def __getattr__(name: str) -> object:
     """``tideflow.events.CommandDispatcher`` without the domain importing the runtime: the
     dispatcher runs commands against a store, so it lives in ``tideflow.runtime.dispatch``."""

@@ -100,12 +100,14 @@ class InvalidDecisionError(AggregateError):
 
 def _check_type_names(names: tuple[str, ...], decorator: str) -> None:
     if not names:
-        raise AggregateDefinitionError(f"@{decorator}() needs at least one type name, e.g. "
-                                       f"@{decorator}('StockAdded')")
+        raise AggregateDefinitionError(
+            f"@{decorator}() needs at least one type name, e.g. @{decorator}('StockAdded')"
+        )
     for name in names:
         if not isinstance(name, str) or not name:
             raise AggregateDefinitionError(
-                f"@{decorator}() takes type names as non-empty strs, got {name!r}")
+                f"@{decorator}() takes type names as non-empty strs, got {name!r}"
+            )
 
 
 def handles(*command_types: str) -> Callable[[F], F]:
@@ -115,6 +117,7 @@ def handles(*command_types: str) -> Callable[[F], F]:
     def mark(fn: F) -> F:
         setattr(fn, _HANDLES, (*getattr(fn, _HANDLES, ()), *command_types))
         return fn
+
     return mark
 
 
@@ -126,6 +129,7 @@ def applies(*event_types: str) -> Callable[[F], F]:
     def mark(fn: F) -> F:
         setattr(fn, _APPLIES, (*getattr(fn, _APPLIES, ()), *event_types))
         return fn
+
     return mark
 
 
@@ -166,8 +170,9 @@ class Aggregate:
         what may be returned), or raise a ``DomainError``. Routes to the ``@handles`` method."""
         name = self._handlers.get(command.command_type)
         if name is None:
-            raise UnknownCommandError(command.command_type, list(self.command_types),
-                                      f"aggregate {self.aggregate_type!r}")
+            raise UnknownCommandError(
+                command.command_type, list(self.command_types), f"aggregate {self.aggregate_type!r}"
+            )
         return getattr(self, name)(state, command)
 
     def apply(self, state: Any, event: RecordedEvent) -> Any:
@@ -184,7 +189,8 @@ class Aggregate:
             raise AggregateError(
                 f"the state of aggregate {self.aggregate_type!r} is a {type(state).__name__}, "
                 "not a dict, so it cannot be snapshotted as it is: override to_snapshot and "
-                "from_snapshot to convert it to and from a JSON object")
+                "from_snapshot to convert it to and from a JSON object"
+            )
         return state
 
     def from_snapshot(self, data: dict[str, Any]) -> Any:
@@ -203,13 +209,15 @@ def _check_signature(cls: type, attr: str, fn: Any, third: str) -> None:
         raise AggregateDefinitionError(
             f"{cls.__name__}.{attr} is async; aggregate methods are plain functions of the state "
             "(fetch what a decision needs before dispatching, or give the aggregate a service "
-            "in __init__)")
+            "in __init__)"
+        )
     try:
         inspect.signature(fn).bind(None, None, None)
     except TypeError:
         raise AggregateDefinitionError(
             f"{cls.__name__}.{attr} must take (self, state, {third}); its signature is "
-            f"{inspect.signature(fn)}") from None
+            f"{inspect.signature(fn)}"
+        ) from None
     except ValueError:  # no signature to inspect (a builtin): trust it
         pass
 
@@ -227,7 +235,8 @@ def _routes(cls: type, marker: str, third: str) -> dict[str, str]:
                     kind = "command" if marker == _HANDLES else "event"
                     raise AggregateDefinitionError(
                         f"aggregate {klass.__name__}: {kind} type {type_name!r} is routed to both "
-                        f"{local[type_name]}() and {attr}(); keep one")
+                        f"{local[type_name]}() and {attr}(); keep one"
+                    )
                 local[type_name] = attr
         routes.update(local)
     for attr in set(routes.values()):
@@ -240,34 +249,42 @@ def _define(cls: type[Aggregate]) -> None:
     where = f"aggregate class {cls.__name__}"
     explicit = cls.__dict__.get("aggregate_type")
     aggregate_type = _snake_case(cls.__name__) if explicit is None else explicit
-    if (not isinstance(aggregate_type, str) or not _SLUG.match(aggregate_type)
-            or len(aggregate_type) > MAX_AGGREGATE_TYPE_LENGTH):
+    if (
+        not isinstance(aggregate_type, str)
+        or not _SLUG.match(aggregate_type)
+        or len(aggregate_type) > MAX_AGGREGATE_TYPE_LENGTH
+    ):
         raise AggregateDefinitionError(
             f"{where}: aggregate_type {aggregate_type!r} is invalid: use lowercase letters, "
             f"digits and underscores, starting with a letter, at most "
             f"{MAX_AGGREGATE_TYPE_LENGTH} characters"
-            + ("" if explicit is not None else " (set aggregate_type = '...' on the class)"))
+            + ("" if explicit is not None else " (set aggregate_type = '...' on the class)")
+        )
     cls.aggregate_type = aggregate_type
     every = cls.snapshot_every
     if every is not None and (type(every) is not int or every < 1):
         raise AggregateDefinitionError(
             f"{where}: snapshot_every must be None (never) or an int >= 1 (take a snapshot "
-            f"every that many events), got {every!r}")
+            f"every that many events), got {every!r}"
+        )
     if type(cls.snapshot_version) is not int or cls.snapshot_version < 1:
-        raise AggregateDefinitionError(f"{where}: snapshot_version must be an int >= 1, got "
-                                       f"{cls.snapshot_version!r}")
+        raise AggregateDefinitionError(
+            f"{where}: snapshot_version must be an int >= 1, got {cls.snapshot_version!r}"
+        )
     listed = cls.__dict__.get("command_types", ())
     if isinstance(listed, str) or not all(isinstance(t, str) and t for t in listed):
         raise AggregateDefinitionError(
             f"{where}: command_types must be a collection of command type names, got "
-            f"{listed!r}" + (f": write {{{listed!r}}}" if isinstance(listed, str) else ""))
+            f"{listed!r}" + (f": write {{{listed!r}}}" if isinstance(listed, str) else "")
+        )
     cls._handlers = _routes(cls, _HANDLES, "command")
     cls._appliers = _routes(cls, _APPLIES, "event")
     unrouted = set(listed) - set(cls._handlers)
     if unrouted and cls.execute is Aggregate.execute:
         raise AggregateDefinitionError(
             f"{where}: command_types lists {sorted(unrouted)} but no method is marked "
-            "@handles for them; mark one, or override execute() to handle them")
+            "@handles for them; mark one, or override execute() to handle them"
+        )
     cls.command_types = frozenset(listed) | frozenset(cls._handlers)
 
 
@@ -282,7 +299,8 @@ def as_aggregate(aggregate: type[Aggregate] | Aggregate) -> Aggregate:
         return aggregate
     raise AggregateDefinitionError(
         f"{aggregate!r} is not an aggregate: pass a subclass of "
-        "tideflow.events.aggregate.Aggregate (or an instance of one)")
+        "tideflow.events.aggregate.Aggregate (or an instance of one)"
+    )
 
 
 def _is_pair(value: object) -> bool:
@@ -296,7 +314,8 @@ def _to_event(item: object, where: str) -> NewEvent:
         return NewEvent(item[0], item[1])
     raise InvalidDecisionError(
         f"{where} returned {type(item).__name__} {item!r:.100}; return NewEvent(...) or "
-        "('EventType', {...data}) pairs, a list of them, or None for no event")
+        "('EventType', {...data}) pairs, a list of them, or None for no event"
+    )
 
 
 def decide(aggregate: Aggregate, state: Any, command: Command) -> list[NewEvent]:
@@ -311,7 +330,8 @@ def decide(aggregate: Aggregate, state: Any, command: Command) -> list[NewEvent]
     if isinstance(result, str | bytes | Mapping) or not isinstance(result, Iterable):
         raise InvalidDecisionError(
             f"{where} returned {type(result).__name__} {result!r:.100}; return NewEvent(...) "
-            "or ('EventType', {...data}) pairs, a list of them, or None for no event")
+            "or ('EventType', {...data}) pairs, a list of them, or None for no event"
+        )
     return [_to_event(item, where) for item in result]
 
 
@@ -323,7 +343,8 @@ def apply_event(aggregate: Aggregate, state: Any, event: RecordedEvent) -> Any:
         raise InvalidDecisionError(
             f"aggregate {aggregate.aggregate_type!r} returned None from apply() for event "
             f"{event.event_type!r} (version {event.version} of {event.stream_id!r}); return the "
-            "new state (`return state` after changing it in place)")
+            "new state (`return state` after changing it in place)"
+        )
     return new_state
 
 
@@ -334,8 +355,7 @@ def evolve(aggregate: Aggregate, state: Any, events: Iterable[RecordedEvent]) ->
     return state
 
 
-def stamp_events(events: list[NewEvent], command: Command,
-                 aggregate: Aggregate) -> list[NewEvent]:
+def stamp_events(events: list[NewEvent], command: Command, aggregate: Aggregate) -> list[NewEvent]:
     """The events as recorded: caused by the command, in its correlation, carrying its
     metadata (the event's own metadata wins over the command's, the dispatcher's keys -
     ``command_type``, ``aggregate_type``, ``command_causation_id`` - over both)."""
@@ -344,6 +364,15 @@ def stamp_events(events: list[NewEvent], command: Command,
     stamp = {"command_type": command.command_type, "aggregate_type": aggregate.aggregate_type}
     if command.causation_id is not None:
         stamp["command_causation_id"] = command.causation_id
-    return [NewEvent(e.event_type, e.data, {**command.metadata, **e.metadata, **stamp},
-                     e.event_id, causation, correlation, e.schema_version)
-            for e in events]
+    return [
+        NewEvent(
+            e.event_type,
+            e.data,
+            {**command.metadata, **e.metadata, **stamp},
+            e.event_id,
+            causation,
+            correlation,
+            e.schema_version,
+        )
+        for e in events
+    ]

@@ -73,7 +73,8 @@ class UnknownCommandError(CommandError, LookupError):
         super().__init__(
             f"no aggregate handles command type {command_type!r} in {where} (known command "
             f"types: {listed}).{hint} Register the aggregate that handles it (a method marked "
-            f"@handles({command_type!r})); nothing was written.")
+            f"@handles({command_type!r})); nothing was written."
+        )
 
 
 # --- the command ----------------------------------------------------------------------------------
@@ -87,13 +88,17 @@ def _check_object(value: object, what: str, name: str) -> None:
     if not isinstance(value, Mapping):
         raise CommandNotSerializableError(
             f"{name} of {what} must be a dict (a JSON object), got {type(value).__name__}: "
-            f"wrap it, e.g. {{'items': [...]}}. Nothing was dispatched.", name)
+            f"wrap it, e.g. {{'items': [...]}}. Nothing was dispatched.",
+            name,
+        )
     bad_keys = [k for k in value if not isinstance(k, str)]
     if bad_keys:
         # json would turn 1 into "1" silently; the handler would then read a different key
         raise CommandNotSerializableError(
             f"{name} of {what} has non-str keys {bad_keys[:3]!r}; JSON object keys are "
-            "strings: convert them (str(key)) first. Nothing was dispatched.", name)
+            "strings: convert them (str(key)) first. Nothing was dispatched.",
+            name,
+        )
     try:
         text = _ENCODER.encode(value)
     except RecursionError:
@@ -102,7 +107,9 @@ def _check_object(value: object, what: str, name: str) -> None:
         raise CommandNotSerializableError(
             f"{name} of {what} is not JSON-serialisable: {exc}. Use only dict (str keys), list, "
             "str, int, float, bool and None; convert dates, decimals, UUIDs and objects to "
-            "strings or numbers first. Nothing was dispatched.", name) from exc
+            "strings or numbers first. Nothing was dispatched.",
+            name,
+        ) from exc
     try:
         check_text(text, value, what=f"{name} of {what}")
     except InvalidDataError as exc:
@@ -133,7 +140,9 @@ def _check_uuid(value: object, what: str, name: str) -> str:
     raise InvalidCommandError(
         f"{name} of {what} must be a UUID (uuid.UUID or its text), got {value!r}: it becomes "
         "the causation/correlation id of the events the command causes, which are UUIDs. "
-        "Leave command_id out to get a fresh one.", name)
+        "Leave command_id out to get a fresh one.",
+        name,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +179,9 @@ class Command:
         if not isinstance(self.aggregate_id, str) or not self.aggregate_id:
             raise InvalidCommandDataError(
                 f"aggregate_id of {what} must be a non-empty str naming the aggregate to change "
-                f"(e.g. 'sku-1' or a uuid), got {self.aggregate_id!r}", "aggregate_id")
+                f"(e.g. 'sku-1' or a uuid), got {self.aggregate_id!r}",
+                "aggregate_id",
+            )
         _check_name(self.aggregate_id, f"aggregate_id of {what}", "aggregate_id")
         what = f"command {self.command_type!r} for aggregate {self.aggregate_id!r}"
         _check_object(self.payload, what, "payload")
@@ -183,17 +194,25 @@ class Command:
         command_id = _check_uuid(self.command_id, what, "command_id")
         object.__setattr__(self, "command_id", command_id)
         if self.causation_id is not None:
-            object.__setattr__(self, "causation_id",
-                               _check_uuid(self.causation_id, what, "causation_id"))
-        correlation = (command_id if self.correlation_id is None
-                       else _check_uuid(self.correlation_id, what, "correlation_id"))
+            object.__setattr__(
+                self, "causation_id", _check_uuid(self.causation_id, what, "causation_id")
+            )
+        correlation = (
+            command_id
+            if self.correlation_id is None
+            else _check_uuid(self.correlation_id, what, "correlation_id")
+        )
         object.__setattr__(self, "correlation_id", correlation)
 
     def caused_by(self, cause: RecordedEvent) -> Command:
         """This command as a reaction to ``cause`` (what a process manager sends): causation is
         the event, correlation carries on the event's chain, and the command gets a fresh id."""
-        return replace(self, command_id=str(new_event_id()), causation_id=str(cause.event_id),
-                       correlation_id=str(cause.correlation_id or cause.event_id))
+        return replace(
+            self,
+            command_id=str(new_event_id()),
+            causation_id=str(cause.event_id),
+            correlation_id=str(cause.correlation_id or cause.event_id),
+        )
 
 
 # --- the result -----------------------------------------------------------------------------------
@@ -253,7 +272,8 @@ class ConcurrencyRetriesExhaustedError(CommandError):
             f"stream {stream_id!r} to other writers {attempts} times in a row "
             f"(max_conflict_retries={attempts - 1}); nothing was written. The aggregate is "
             "too busy for optimistic concurrency: raise max_conflict_retries, send its commands "
-            "through one worker, or split it into smaller aggregates.")
+            "through one worker, or split it into smaller aggregates."
+        )
 
 
 class UnknownAggregateError(CommandError, LookupError):
@@ -266,5 +286,7 @@ class IdempotencyKeyConflictError(CommandError):
 
     def __init__(self, key: str, problem: str) -> None:
         self.key = key
-        super().__init__(f"idempotency key {key!r} {problem}; nothing was written. Use one key "
-                         "per distinct command (e.g. a uuid made when the request is created)")
+        super().__init__(
+            f"idempotency key {key!r} {problem}; nothing was written. Use one key "
+            "per distinct command (e.g. a uuid made when the request is created)"
+        )

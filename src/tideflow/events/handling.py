@@ -145,9 +145,14 @@ class HandlerContext(Protocol):
         rewritten to its own style. ``HandlerUsageError`` in a non-transactional handler."""
         ...
 
-    def append(self, stream_id: str, events: Sequence[NewEvent],
-               expected_version: ExpectedVersion | int = ExpectedVersion.ANY, *,
-               idempotency_key: str | None = None) -> list[RecordedEvent]:
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion | int = ExpectedVersion.ANY,
+        *,
+        idempotency_key: str | None = None,
+    ) -> list[RecordedEvent]:
         """Append events caused by the current event (causation and correlation ids are set
         from it, unless an event has its own). Transactional handlers append in the batch's
         transaction - exactly once; others append at once, in a transaction of their own - at
@@ -190,8 +195,10 @@ class EventHandler:
 
     def handle(self, event: RecordedEvent, ctx: HandlerContext) -> Awaitable[None] | None:
         """Process one event. Raise to have it retried (``NonRetryableError``: not retried)."""
-        raise NotImplementedError(f"handler {self.name!r} ({type(self).__qualname__}) must "
-                                  "define handle(self, event, ctx)")
+        raise NotImplementedError(
+            f"handler {self.name!r} ({type(self).__qualname__}) must "
+            "define handle(self, event, ctx)"
+        )
 
     def __repr__(self) -> str:
         return f"<{type(self).__qualname__} handler {self.name!r}>"
@@ -207,13 +214,17 @@ def check_handler_options(cls: type[EventHandler]) -> None:
 
     name = cls.name
     if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > MAX_NAME_LENGTH:
-        raise bad(f"name {name!r} is invalid: use lowercase letters, digits and underscores, "
-                  f"starting with a letter, at most {MAX_NAME_LENGTH} characters")
+        raise bad(
+            f"name {name!r} is invalid: use lowercase letters, digits and underscores, "
+            f"starting with a letter, at most {MAX_NAME_LENGTH} characters"
+        )
     types = cls.event_types
     if types is not None:
         if isinstance(types, str) or not isinstance(types, Sequence | set | frozenset):
-            raise bad(f"event_types must be a list of event type names or None, got "
-                      f"{type(types).__name__} {types!r}: write [{types!r}]")
+            raise bad(
+                f"event_types must be a list of event type names or None, got "
+                f"{type(types).__name__} {types!r}: write [{types!r}]"
+            )
         for event_type in types:
             check_name(event_type, f"{where}: event type", HandlerDefinitionError)
         cls.event_types = tuple(types)
@@ -241,9 +252,11 @@ def check_handler(handler: object) -> EventHandler:
     if not isinstance(handler, EventHandler):
         raise HandlerDefinitionError(
             f"{handler!r} is not an event handler: pass an instance (or subclass) of "
-            "tideflow.events.handling.EventHandler")
+            "tideflow.events.handling.EventHandler"
+        )
     if type(handler).handle is EventHandler.handle:
         raise HandlerDefinitionError(
             f"handler class {type(handler).__qualname__} does not define "
-            "handle(self, event, ctx): subclass EventHandler and define it")
+            "handle(self, event, ctx): subclass EventHandler and define it"
+        )
     return handler

@@ -51,8 +51,10 @@ class CommandRejectedError(CommandError):
     def __init__(self, command: Command, reason: str) -> None:
         self.command = command
         self.reason = reason
-        super().__init__(f"command {command.command_type!r} for aggregate "
-                         f"{command.aggregate_id!r} was rejected: {reason}; nothing was written")
+        super().__init__(
+            f"command {command.command_type!r} for aggregate "
+            f"{command.aggregate_id!r} was rejected: {reason}; nothing was written"
+        )
 
 
 @dataclass
@@ -91,8 +93,11 @@ class Middleware:
         written."""
 
 
-def run_pipeline(middleware: Sequence[Middleware], ctx: DispatchContext,
-                 dispatch: Callable[[DispatchContext], DispatchResult]) -> DispatchResult:
+def run_pipeline(
+    middleware: Sequence[Middleware],
+    ctx: DispatchContext,
+    dispatch: Callable[[DispatchContext], DispatchResult],
+) -> DispatchResult:
     """Run ``dispatch(ctx)`` inside the hooks of ``middleware``, in the order described in the
     module docstring."""
     entered: list[Middleware] = []
@@ -106,7 +111,8 @@ def run_pipeline(middleware: Sequence[Middleware], ctx: DispatchContext,
                     raise CommandError(
                         f"{type(m).__name__}.before_dispatch returned {type(result).__name__}; "
                         "return None to go on or a DispatchResult to answer in place of the "
-                        "dispatch")
+                        "dispatch"
+                    )
                 break
         if result is None:
             result = dispatch(ctx)
@@ -115,15 +121,21 @@ def run_pipeline(middleware: Sequence[Middleware], ctx: DispatchContext,
             try:
                 m.after_failure(ctx, exc)
             except Exception:
-                log.exception("%s.after_failure raised while handling the failure of command "
-                              "%r; the command's own error is re-raised", type(m).__name__,
-                              ctx.command.command_type)
+                log.exception(
+                    "%s.after_failure raised while handling the failure of command "
+                    "%r; the command's own error is re-raised",
+                    type(m).__name__,
+                    ctx.command.command_type,
+                )
         raise
     for m in reversed(entered):
         try:
             m.after_dispatch(ctx, result)
         except Exception:
-            log.exception("%s.after_dispatch raised after command %r (id %s) committed; the "
-                          "command stands", type(m).__name__, ctx.command.command_type,
-                          ctx.command.command_id)
+            log.exception(
+                "%s.after_dispatch raised after command %r (id %s) committed; the command stands",
+                type(m).__name__,
+                ctx.command.command_type,
+                ctx.command.command_id,
+            )
     return result

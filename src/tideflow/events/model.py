@@ -57,8 +57,11 @@ class ExpectedVersion(Enum):
 
     def describe(self) -> str:
         """How an error message says what was expected."""
-        return {"any": "any version", "no_stream": "no stream (version 0)",
-                "exists": "an existing stream"}[self.value]
+        return {
+            "any": "any version",
+            "no_stream": "no stream (version 0)",
+            "exists": "an existing stream",
+        }[self.value]
 
 
 ANY = ExpectedVersion.ANY
@@ -75,12 +78,15 @@ def check_name(value: object, what: str, error: type[ValueError] = InvalidEventT
     if not value:
         raise error(f"{what} must not be empty: name the thing, e.g. 'order-42'")
     if len(value) > MAX_ID_LENGTH:
-        raise error(f"{what} {value[:40]!r}... is {len(value)} characters long; the limit is "
-                    f"{MAX_ID_LENGTH}: use a shorter id (a uuid, a hash)")
+        raise error(
+            f"{what} {value[:40]!r}... is {len(value)} characters long; the limit is "
+            f"{MAX_ID_LENGTH}: use a shorter id (a uuid, a hash)"
+        )
     bad = bad_character(value)
     if bad is not None:
-        raise error(f"{what} {value[:60]!r} contains {bad}, which the database cannot store: "
-                    "remove it")
+        raise error(
+            f"{what} {value[:60]!r} contains {bad}, which the database cannot store: remove it"
+        )
     return value
 
 
@@ -152,8 +158,11 @@ class NewEvent:
                     f"{name} of event {self.event_type!r} must be a dict (a JSON object), got "
                     f"{type(mapping).__name__}: wrap it, e.g. {{'items': [...]}}"
                 )
-        for name, value in (("event_id", self.event_id), ("causation_id", self.causation_id),
-                            ("correlation_id", self.correlation_id)):
+        for name, value in (
+            ("event_id", self.event_id),
+            ("causation_id", self.causation_id),
+            ("correlation_id", self.correlation_id),
+        ):
             if not isinstance(value, UUID) and (value is not None or name == "event_id"):
                 raise InvalidEventError(
                     f"{name} of event {self.event_type!r} must be a uuid.UUID, got "
@@ -161,14 +170,17 @@ class NewEvent:
                 )
         version = self.schema_version
         if version is not None and (type(version) is not int or version < 1):
-            raise InvalidEventError(f"schema_version of event {self.event_type!r} must be an "
-                                    f"int >= 1 (or None for the current one), got {version!r}")
+            raise InvalidEventError(
+                f"schema_version of event {self.event_type!r} must be an "
+                f"int >= 1 (or None for the current one), got {version!r}"
+            )
 
     def caused_by(self, cause: RecordedEvent) -> NewEvent:
         """This event as a consequence of ``cause``: causation is the cause's id, correlation is
         carried over from it (or starts at it), so a whole chain can be traced."""
-        return replace(self, causation_id=cause.event_id,
-                       correlation_id=cause.correlation_id or cause.event_id)
+        return replace(
+            self, causation_id=cause.event_id, correlation_id=cause.correlation_id or cause.event_id
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,23 +66,27 @@ class Projection(EventHandler):
         if not cls.transactional:
             raise HandlerDefinitionError(
                 f"{where}: a projection must be transactional (its rows commit with its "
-                "checkpoint); use an EventHandler with transactional = False for external work")
+                "checkpoint); use an EventHandler with transactional = False for external work"
+            )
         for table in table_names(cls):
             if not TABLE_RE.match(table):
                 raise HandlerDefinitionError(
                     f"{where}: table name {table!r} is not a plain SQL identifier (letters, "
-                    "digits, underscores; optionally schema.table)")
+                    "digits, underscores; optionally schema.table)"
+                )
         schema = cls.schema
         if isinstance(schema, Mapping):
             unknown = set(schema) - {"sqlite", "postgresql"}
             if unknown:
                 raise HandlerDefinitionError(
                     f"{where}: schema keys must be 'sqlite' and/or 'postgresql', got "
-                    f"{sorted(unknown)}")
+                    f"{sorted(unknown)}"
+                )
         elif schema is not None and not isinstance(schema, str | Sequence):
             raise HandlerDefinitionError(
                 f"{where}: schema must be SQL text, a list of statements or a mapping by "
-                f"dialect, got {type(schema).__name__}")
+                f"dialect, got {type(schema).__name__}"
+            )
 
     def setup(self, tx: EventTransaction) -> None:
         """Create the read model if it does not exist, in the caller's transaction ``tx`` (an
@@ -98,10 +102,12 @@ class Projection(EventHandler):
             raise HandlerUsageError(
                 f"projection {self.name!r} names no tables and does not override "
                 "reset(tx), so a reset would replay every event onto rows it keeps: set "
-                "tables = 'its_table' on the class (or override reset)")
+                "tables = 'its_table' on the class (or override reset)"
+            )
         for table in table_names(type(self)):
-            tx.connection.execute(f"DELETE FROM {table}" if tx.dialect == "sqlite"
-                                  else f"TRUNCATE {table}")
+            tx.connection.execute(
+                f"DELETE FROM {table}" if tx.dialect == "sqlite" else f"TRUNCATE {table}"
+            )
 
     def schema_statements(self, dialect: Dialect) -> list[str]:
         """The SQL of ``schema`` for ``dialect`` (none if it has none for it): one text, which

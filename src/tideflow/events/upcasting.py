@@ -59,11 +59,15 @@ class _Chain:
         if rename_to is not None:
             check_name(rename_to, "rename_to", InvalidUpcasterError)
         if type(from_version) is not int or from_version < 1:
-            raise InvalidUpcasterError(f"from_version of the {self.kind} upcaster for "
-                                      f"{type_name!r} must be an int >= 1, got {from_version!r}")
+            raise InvalidUpcasterError(
+                f"from_version of the {self.kind} upcaster for "
+                f"{type_name!r} must be an int >= 1, got {from_version!r}"
+            )
         if not callable(fn):
-            raise InvalidUpcasterError(f"the {self.kind} upcaster for {type_name!r} version "
-                                      f"{from_version} must be callable, got {fn!r}")
+            raise InvalidUpcasterError(
+                f"the {self.kind} upcaster for {type_name!r} version "
+                f"{from_version} must be callable, got {fn!r}"
+            )
         key = (type_name, from_version)
         if key in self.steps:
             raise UpcastingError(
@@ -77,8 +81,9 @@ class _Chain:
     def version_of(self, type_name: str) -> int:
         return self.current.get(type_name, 1)
 
-    def apply(self, type_name: str, version: int, data: dict[str, Any],
-              where: Callable[[], str]) -> tuple[str, int, dict[str, Any]]:
+    def apply(
+        self, type_name: str, version: int, data: dict[str, Any], where: Callable[[], str]
+    ) -> tuple[str, int, dict[str, Any]]:
         """Run the chain from (type_name, version); ``where()`` names the item in errors (a
         function, so that the hot read path formats nothing unless something fails)."""
         step = self.steps.get((type_name, version))
@@ -115,19 +120,23 @@ class Upcasters:
         self._events = _Chain("event")
         self._snapshots = _Chain("snapshot")
 
-    def register(self, event_type: str, from_version: int, fn: UpcastFn, *,
-                 rename_to: str | None = None) -> None:
+    def register(
+        self, event_type: str, from_version: int, fn: UpcastFn, *, rename_to: str | None = None
+    ) -> None:
         """Upcast the data of ``event_type`` events at ``from_version`` to ``from_version + 1``
         (renaming the type to ``rename_to`` if given). ``UpcastingError`` if one is already
         registered for that (type, version)."""
         self._events.add(event_type, from_version, fn, rename_to)
 
-    def upcaster(self, event_type: str, from_version: int, *,
-                 rename_to: str | None = None) -> Callable[[F], F]:
+    def upcaster(
+        self, event_type: str, from_version: int, *, rename_to: str | None = None
+    ) -> Callable[[F], F]:
         """Decorator form of ``register``."""
+
         def decorate(fn: F) -> F:
             self.register(event_type, from_version, fn, rename_to=rename_to)
             return fn
+
         return decorate
 
     def register_snapshot(self, snapshot_type: str, from_version: int, fn: UpcastFn) -> None:
@@ -143,8 +152,9 @@ class Upcasters:
         """The schema version new ``snapshot_type`` snapshots are saved at."""
         return self._snapshots.version_of(snapshot_type)
 
-    def upcast_data(self, event_type: str, schema_version: int, data: dict[str, Any],
-                    where: str) -> tuple[str, int, dict[str, Any]]:
+    def upcast_data(
+        self, event_type: str, schema_version: int, data: dict[str, Any], where: str
+    ) -> tuple[str, int, dict[str, Any]]:
         """(type, schema version, data) of an event as readers see it; ``where`` names the
         event in errors. The store runs this on appended events *before* writing them, so an
         event no reader could read (a gap in the chain) is refused rather than recorded."""
@@ -164,8 +174,11 @@ class Upcasters:
         if not self._events.steps:
             return event
         event_type, version, data = self._events.apply(
-            event.event_type, event.schema_version, event.data,
-            lambda: f"event at position {event.position} (stream {event.stream_id!r})")
+            event.event_type,
+            event.schema_version,
+            event.data,
+            lambda: f"event at position {event.position} (stream {event.stream_id!r})",
+        )
         if version == event.schema_version:
             return event
         return replace(event, event_type=event_type, schema_version=version, data=data)
@@ -173,8 +186,11 @@ class Upcasters:
     def upcast_snapshot(self, snapshot: Snapshot) -> Snapshot:
         """``snapshot`` with its state at the current schema version of its type."""
         _, version, state = self._snapshots.apply(
-            snapshot.snapshot_type, snapshot.schema_version, snapshot.state,
-            lambda: f"the snapshot of stream {snapshot.stream_id!r}")
+            snapshot.snapshot_type,
+            snapshot.schema_version,
+            snapshot.state,
+            lambda: f"the snapshot of stream {snapshot.stream_id!r}",
+        )
         if version == snapshot.schema_version:
             return snapshot
         return replace(snapshot, schema_version=version, state=state)

@@ -115,8 +115,10 @@ class FlowDefinition:
         object.__setattr__(self, "version", version_of(self.shape()))
 
     def shape(self) -> dict[str, Any]:
-        return {"slug": self.slug, "steps": sorted((s.shape() for s in self.steps),
-                                                   key=lambda s: s["slug"])}
+        return {
+            "slug": self.slug,
+            "steps": sorted((s.shape() for s in self.steps), key=lambda s: s["slug"]),
+        }
 
     def step(self, slug: str) -> StepDefinition:
         for s in self.steps:

@@ -163,8 +163,9 @@ class Flow:
         super().__init_subclass__(**kwargs)
         flow_slug = slug if slug is not None else _default_slug(cls.__name__)
         check_slug(flow_slug, flow=str(flow_slug))
-        _check_options(flow_slug, None, max_attempts, base_delay, max_delay, timeout, 0.0,
-                       max_stalls)
+        _check_options(
+            flow_slug, None, max_attempts, base_delay, max_delay, timeout, 0.0, max_stalls
+        )
         retry = RetryPolicy(max_attempts, float(base_delay), float(max_delay))
         cls.slug = flow_slug
         cls.definition = _build_definition(cls, flow_slug, retry, timeout, max_stalls)
@@ -203,9 +204,12 @@ def _check_options(
     # it can help it). A bool is refused although Python counts it as an int: True is a typo.
     # None means "the flow's" on a step; a flow has nothing to fall back to.
     if (max_stalls is not None or step_slug is None) and (
-            not isinstance(max_stalls, int) or isinstance(max_stalls, bool) or max_stalls < 0):
-        raise bad(f"max_stalls must be an int >= 0 (lease expiries requeued before the task "
-                  f"fails), got {max_stalls!r}")
+        not isinstance(max_stalls, int) or isinstance(max_stalls, bool) or max_stalls < 0
+    ):
+        raise bad(
+            f"max_stalls must be an int >= 0 (lease expiries requeued before the task "
+            f"fails), got {max_stalls!r}"
+        )
 
 
 def _build_definition(
@@ -255,8 +259,16 @@ def _build_definition(
     steps = []
     for index, step_slug in enumerate(order):
         attr, fn, spec = specs[step_slug]
-        _check_options(flow_slug, step_slug, spec.max_attempts, spec.base_delay, spec.max_delay,
-                       spec.timeout, spec.start_delay, spec.max_stalls)
+        _check_options(
+            flow_slug,
+            step_slug,
+            spec.max_attempts,
+            spec.base_delay,
+            spec.max_delay,
+            spec.timeout,
+            spec.start_delay,
+            spec.max_stalls,
+        )
         wants_ctx = _check_signature(flow_slug, step_slug, fn, spec)
         steps.append(
             StepDefinition(
@@ -276,8 +288,9 @@ def _build_definition(
                 max_stalls=spec.max_stalls if spec.max_stalls is not None else max_stalls,
             )
         )
-    return FlowDefinition(slug=flow_slug, steps=tuple(steps), retry=retry, timeout=flow_timeout,
-                          max_stalls=max_stalls)
+    return FlowDefinition(
+        slug=flow_slug, steps=tuple(steps), retry=retry, timeout=flow_timeout, max_stalls=max_stalls
+    )
 
 
 def _topological_order(flow_slug: str, deps: dict[str, tuple[str, ...]]) -> list[str]:
@@ -290,7 +303,8 @@ def _topological_order(flow_slug: str, deps: dict[str, tuple[str, ...]]) -> list
             cycle = _find_cycle(remaining)
             raise CycleError(
                 flow_slug,
-                "dependencies form a cycle " + " -> ".join(cycle)
+                "dependencies form a cycle "
+                + " -> ".join(cycle)
                 + "; remove one of these depends_on entries",
                 cycle[0],
             )
@@ -309,11 +323,12 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str]:
     while node not in path:
         path.append(node)
         node = next(iter(graph[node]))
-    return [*path[path.index(node):], node]
+    return [*path[path.index(node) :], node]
 
 
-def _check_signature(flow_slug: str, step_slug: str, fn: Callable[..., Any],
-                     spec: _StepSpec) -> bool:
+def _check_signature(
+    flow_slug: str, step_slug: str, fn: Callable[..., Any], spec: _StepSpec
+) -> bool:
     """Refuse a method that could not be called with the inputs its position in the DAG gives."""
     try:
         sig = inspect.signature(fn)
@@ -323,14 +338,20 @@ def _check_signature(flow_slug: str, step_slug: str, fn: Callable[..., Any],
     names = {p.name for p in params}
     has_var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
     wants_ctx = "ctx" in names or has_var_kw
-    positional = [p for p in params if p.name != "ctx" and p.kind in
-                  (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    positional = [
+        p
+        for p in params
+        if p.name != "ctx" and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
     if spec.map or not spec.depends_on:
         what = "each array element" if spec.map else "the run input"
         if not positional and not any(p.kind is p.VAR_POSITIONAL for p in params):
             raise FlowDefinitionError(
-                flow_slug, f"must take one positional parameter for {what}, e.g. "
-                f"def {fn.__name__}(self, {'item' if spec.map else 'input'})", step_slug)
+                flow_slug,
+                f"must take one positional parameter for {what}, e.g. "
+                f"def {fn.__name__}(self, {'item' if spec.map else 'input'})",
+                step_slug,
+            )
     else:
         missing = [d for d in spec.depends_on if d not in names]
         if missing and not has_var_kw:

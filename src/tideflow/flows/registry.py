@@ -109,8 +109,9 @@ def _load(path: str) -> object:
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:
-        raise FlowImportError(f"cannot load {path!r}: importing {module_name!r} failed: "
-                              f"{type(exc).__name__}: {exc}") from exc
+        raise FlowImportError(
+            f"cannot load {path!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from exc
     obj: object = module
     for part in attr.split("."):
         try:

@@ -126,21 +126,37 @@ class DispatchStore(Protocol):
     """What the dispatcher needs of an event store: an ``EventStore``, or one transaction of it
     (``CommandDispatcher.within``)."""
 
-    def append(self, stream_id: str, events: Sequence[NewEvent],
-               expected_version: ExpectedVersion | int, *, idempotency_key: str | None = None,
-               result_json: str | None = None) -> list[RecordedEvent]: ...
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion | int,
+        *,
+        idempotency_key: str | None = None,
+        result_json: str | None = None,
+    ) -> list[RecordedEvent]: ...
 
     def get_idempotent_result(self, key: str) -> IdempotencyRecord | None: ...
 
-    def read_stream(self, stream_id: str, from_version: int | None = None,
-                    limit: int | None = None, backwards: bool = False
-                    ) -> Iterator[RecordedEvent]: ...
+    def read_stream(
+        self,
+        stream_id: str,
+        from_version: int | None = None,
+        limit: int | None = None,
+        backwards: bool = False,
+    ) -> Iterator[RecordedEvent]: ...
 
     def load_snapshot(self, stream_id: str) -> Snapshot | None: ...
 
-    def save_snapshot(self, stream_id: str, version: int, state: Mapping[str, Any], *,
-                      snapshot_type: str = "snapshot", schema_version: int | None = None
-                      ) -> None: ...
+    def save_snapshot(
+        self,
+        stream_id: str,
+        version: int,
+        state: Mapping[str, Any],
+        *,
+        snapshot_type: str = "snapshot",
+        schema_version: int | None = None,
+    ) -> None: ...
 
 
 class _TransactionStore:
@@ -154,26 +170,47 @@ class _TransactionStore:
         self._store = store
         self._tx = tx
 
-    def append(self, stream_id: str, events: Sequence[NewEvent],
-               expected_version: ExpectedVersion | int, *, idempotency_key: str | None = None,
-               result_json: str | None = None) -> list[RecordedEvent]:
-        return self._tx.append(stream_id, events, expected_version,
-                               idempotency_key=idempotency_key, result_json=result_json)
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion | int,
+        *,
+        idempotency_key: str | None = None,
+        result_json: str | None = None,
+    ) -> list[RecordedEvent]:
+        return self._tx.append(
+            stream_id,
+            events,
+            expected_version,
+            idempotency_key=idempotency_key,
+            result_json=result_json,
+        )
 
     def get_idempotent_result(self, key: str) -> IdempotencyRecord | None:
         return self._tx.get_idempotent_result(key)
 
-    def read_stream(self, stream_id: str, from_version: int | None = None,
-                    limit: int | None = None, backwards: bool = False
-                    ) -> Iterator[RecordedEvent]:
+    def read_stream(
+        self,
+        stream_id: str,
+        from_version: int | None = None,
+        limit: int | None = None,
+        backwards: bool = False,
+    ) -> Iterator[RecordedEvent]:
         return self._tx.read_stream(stream_id, from_version, limit, backwards)
 
     def load_snapshot(self, stream_id: str) -> Snapshot | None:
         return self._store.load_snapshot(stream_id)
 
-    def save_snapshot(self, stream_id: str, version: int, state: Mapping[str, Any], *,
-                      snapshot_type: str = "snapshot", schema_version: int | None = None
-                      ) -> None:
+    def save_snapshot(
+        self,
+        stream_id: str,
+        version: int,
+        state: Mapping[str, Any],
+        *,
+        snapshot_type: str = "snapshot",
+        schema_version: int | None = None,
+    ) -> None:
         return None
 
 
@@ -183,40 +220,57 @@ def _fingerprint(command: Command) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _record(command: Command, stream_id: str, first_version: int,
-            events: Sequence[NewEvent]) -> str:
+def _record(
+    command: Command, stream_id: str, first_version: int, events: Sequence[NewEvent]
+) -> str:
     """The JSON recorded under the command's idempotency key: enough to rebuild the result (the
     events themselves are read back from the stream) and to recognise the same command again.
     The versions are known before the append: it succeeds at exactly ``first_version`` or not
     at all."""
-    return json.dumps({
-        "format": RESULT_FORMAT, "command_id": command.command_id,
-        "command_type": command.command_type, "stream_id": stream_id,
-        "first_version": first_version, "event_ids": [str(e.event_id) for e in events],
-        "payload_sha256": _fingerprint(command),
-    }, separators=(",", ":"))
+    return json.dumps(
+        {
+            "format": RESULT_FORMAT,
+            "command_id": command.command_id,
+            "command_type": command.command_type,
+            "stream_id": stream_id,
+            "first_version": first_version,
+            "event_ids": [str(e.event_id) for e in events],
+            "payload_sha256": _fingerprint(command),
+        },
+        separators=(",", ":"),
+    )
 
 
 class CommandDispatcher:
     """Routes commands to aggregates and records their events; see the module docstring."""
 
-    def __init__(self, event_store: EventStore,
-                 aggregates: Iterable[type[Aggregate] | Aggregate] = (), *,
-                 middleware: Iterable[Middleware] = (), max_conflict_retries: int = 5) -> None:
+    def __init__(
+        self,
+        event_store: EventStore,
+        aggregates: Iterable[type[Aggregate] | Aggregate] = (),
+        *,
+        middleware: Iterable[Middleware] = (),
+        max_conflict_retries: int = 5,
+    ) -> None:
         if type(max_conflict_retries) is not int or max_conflict_retries < 0:
             raise DispatcherConfigurationError(
                 f"max_conflict_retries must be an int >= 0 (0: fail at the first version "
-                f"conflict), got {max_conflict_retries!r}")
+                f"conflict), got {max_conflict_retries!r}"
+            )
         self.store: DispatchStore = event_store
         self.max_conflict_retries = max_conflict_retries
         self.middleware: list[Middleware] = []
         for m in middleware:
-            missing = [hook for hook in ("before_dispatch", "after_dispatch", "after_failure")
-                       if not callable(getattr(m, hook, None))]
+            missing = [
+                hook
+                for hook in ("before_dispatch", "after_dispatch", "after_failure")
+                if not callable(getattr(m, hook, None))
+            ]
             if missing:
                 raise DispatcherConfigurationError(
                     f"middleware {m!r} has no {', '.join(missing)}; subclass "
-                    "tideflow.events.middleware.Middleware and override the hooks you need")
+                    "tideflow.events.middleware.Middleware and override the hooks you need"
+                )
             self.middleware.append(m)
         self._routes: dict[str, Aggregate] = {}
         self._aggregates: dict[str, Aggregate] = {}
@@ -232,19 +286,22 @@ class CommandDispatcher:
         name = type(instance).__name__
         if not instance.command_types:
             raise AggregateDefinitionError(
-                f"aggregate {name} handles no command type: mark a method @handles('...')")
+                f"aggregate {name} handles no command type: mark a method @handles('...')"
+            )
         other = self._aggregates.get(instance.aggregate_type)
         if other is not None:
             raise DuplicateCommandHandlerError(
                 f"aggregate {name} has aggregate_type {instance.aggregate_type!r}, already used "
                 f"by {type(other).__name__}: their streams would mix. Give one of them another "
-                "aggregate_type")
+                "aggregate_type"
+            )
         for command_type in sorted(instance.command_types):
             if command_type in self._routes:
                 raise DuplicateCommandHandlerError(
                     f"command type {command_type!r} is handled by both "
                     f"{type(self._routes[command_type]).__name__} and {name}; a command changes "
-                    "exactly one aggregate, so keep the handler in one of them")
+                    "exactly one aggregate, so keep the handler in one of them"
+                )
         self._aggregates[instance.aggregate_type] = instance
         self._routes.update(dict.fromkeys(instance.command_types, instance))
         return aggregate
@@ -291,9 +348,11 @@ class CommandDispatcher:
         one, the first attempt may have committed, and a second dispatch decides again.
         """
         if not isinstance(command, Command):
-            raise InvalidCommandError(f"dispatch() takes a tideflow.events.commands.Command, got "
-                                      f"{type(command).__name__}: wrap it, e.g. "
-                                      "Command('AddStock', 'sku-1', {'qty': 3})")
+            raise InvalidCommandError(
+                f"dispatch() takes a tideflow.events.commands.Command, got "
+                f"{type(command).__name__}: wrap it, e.g. "
+                "Command('AddStock', 'sku-1', {'qty': 3})"
+            )
         aggregate = self._route(command)
         ctx = DispatchContext(command, aggregate, aggregate.stream_id(command.aggregate_id))
         return run_pipeline(self.middleware, ctx, self._dispatch)
@@ -307,33 +366,40 @@ class CommandDispatcher:
             raise InvalidCommandError(
                 f"command {command.command_type!r} says aggregate_type {expected!r}, but it is "
                 f"handled by aggregate {aggregate.aggregate_type!r}; fix the command's "
-                "aggregate_type (or leave it out)", "aggregate_type")
+                "aggregate_type (or leave it out)",
+                "aggregate_type",
+            )
         room = MAX_ID_LENGTH - len(aggregate.aggregate_type) - 1
         if len(command.aggregate_id) > room:
             raise InvalidCommandError(
                 f"aggregate_id {command.aggregate_id[:40]!r}... of command "
                 f"{command.command_type!r} is {len(command.aggregate_id)} characters; with the "
                 f"aggregate_type prefix at most {room} fit in a stream id: use a shorter id "
-                "(a uuid, a hash)", "aggregate_id")
+                "(a uuid, a hash)",
+                "aggregate_id",
+            )
         return aggregate
 
     def _dispatch(self, ctx: DispatchContext) -> DispatchResult:
         """Steps 3 to 6, inside the middleware."""
         command = ctx.command
         aggregate, stream_id = ctx.aggregate, ctx.stream_id
-        if (self._route(command) is not aggregate
-                or aggregate.stream_id(command.aggregate_id) != stream_id):
+        if (
+            self._route(command) is not aggregate
+            or aggregate.stream_id(command.aggregate_id) != stream_id
+        ):
             raise InvalidCommandError(
                 f"a middleware replaced command {command.command_type!r} with one for another "
                 f"aggregate (stream {aggregate.stream_id(command.aggregate_id)!r} instead of "
                 f"{stream_id!r}); middleware may change metadata, not the target: dispatch a "
-                "new command instead", "command_type")
+                "new command instead",
+                "command_type",
+            )
         key = command.idempotency_key
         conflict: WrongExpectedVersionError | None = None
         for attempt in range(1, self.max_conflict_retries + 2):
             ctx.attempts = attempt
-            loaded = self._retrying(lambda: self._load(aggregate, stream_id,
-                                                       command.aggregate_id))
+            loaded = self._retrying(lambda: self._load(aggregate, stream_id, command.aggregate_id))
             try:
                 decided = decide(aggregate, loaded.state, command)
             except Exception:
@@ -346,11 +412,18 @@ class CommandDispatcher:
                 return self._replay(command, aggregate, stream_id, key, record.result_json)
             events = stamp_events(decided, command, aggregate)
             if not events and key is None:
-                return DispatchResult(command.command_id, command.command_type,
-                                      aggregate.aggregate_type, command.aggregate_id, stream_id,
-                                      (), loaded.version)
-            result_json = (None if key is None
-                           else _record(command, stream_id, loaded.version + 1, events))
+                return DispatchResult(
+                    command.command_id,
+                    command.command_type,
+                    aggregate.aggregate_type,
+                    command.aggregate_id,
+                    stream_id,
+                    (),
+                    loaded.version,
+                )
+            result_json = (
+                None if key is None else _record(command, stream_id, loaded.version + 1, events)
+            )
             try:
                 recorded = self._append(stream_id, events, loaded.version, key, result_json)
             except DuplicateIdempotencyKeyError as exc:
@@ -360,9 +433,15 @@ class CommandDispatcher:
                 continue
             if recorded:
                 self._snapshot_if_due(aggregate, stream_id, loaded, recorded)
-            return DispatchResult(command.command_id, command.command_type,
-                                  aggregate.aggregate_type, command.aggregate_id, stream_id,
-                                  tuple(recorded), loaded.version + len(recorded))
+            return DispatchResult(
+                command.command_id,
+                command.command_type,
+                aggregate.aggregate_type,
+                command.aggregate_id,
+                stream_id,
+                tuple(recorded),
+                loaded.version + len(recorded),
+            )
         raise ConcurrencyRetriesExhaustedError(command, stream_id, ctx.attempts) from conflict
 
     def _retrying(self, call: Callable[[], T]) -> T:
@@ -372,8 +451,14 @@ class CommandDispatcher:
             return call()
         return retry_briefly(call)
 
-    def _append(self, stream_id: str, events: list[NewEvent], version: int, key: str | None,
-                result_json: str | None) -> list[RecordedEvent]:
+    def _append(
+        self,
+        stream_id: str,
+        events: list[NewEvent],
+        version: int,
+        key: str | None,
+        result_json: str | None,
+    ) -> list[RecordedEvent]:
         """The append of a decided command, retried through a brief outage. Safe to repeat:
         the repeat carries the same expected version and the same event ids, so it cannot
         append twice. If the first try committed but its answer was lost, the repeat is
@@ -386,20 +471,30 @@ class CommandDispatcher:
             nonlocal tries
             tries += 1
             try:
-                return self.store.append(stream_id, events, version or NO_STREAM,
-                                         idempotency_key=key, result_json=result_json)
+                return self.store.append(
+                    stream_id,
+                    events,
+                    version or NO_STREAM,
+                    idempotency_key=key,
+                    result_json=result_json,
+                )
             except (WrongExpectedVersionError, DuplicateEventIdError):
                 if tries > 1 and events:
-                    ours = list(self.store.read_stream(stream_id, version + 1,
-                                                       limit=len(events)))
+                    ours = list(self.store.read_stream(stream_id, version + 1, limit=len(events)))
                     if [e.event_id for e in ours] == [e.event_id for e in events]:
                         return ours
                 raise
 
         return self._retrying(attempt)
 
-    def _replay(self, command: Command, aggregate: Aggregate, stream_id: str, key: str,
-                result_json: str | None) -> DispatchResult:
+    def _replay(
+        self,
+        command: Command,
+        aggregate: Aggregate,
+        stream_id: str,
+        key: str,
+        result_json: str | None,
+    ) -> DispatchResult:
         """The result recorded under ``key`` the first time, its events read back."""
         try:
             record = json.loads(result_json) if result_json else None
@@ -407,16 +502,22 @@ class CommandDispatcher:
             record = None
         if not isinstance(record, dict) or record.get("format") != RESULT_FORMAT:
             raise IdempotencyKeyConflictError(
-                key, "is recorded, but not by a command dispatcher (an append made with it "
-                "directly?), so there is no command result to return")
+                key,
+                "is recorded, but not by a command dispatcher (an append made with it "
+                "directly?), so there is no command result to return",
+            )
         if (record["command_type"], record["stream_id"]) != (command.command_type, stream_id):
             raise IdempotencyKeyConflictError(
-                key, f"was already used by command {record['command_type']!r} for stream "
-                f"{record['stream_id']!r}, not {command.command_type!r} for {stream_id!r}")
+                key,
+                f"was already used by command {record['command_type']!r} for stream "
+                f"{record['stream_id']!r}, not {command.command_type!r} for {stream_id!r}",
+            )
         if record["payload_sha256"] != _fingerprint(command):
             raise IdempotencyKeyConflictError(
-                key, f"was already used by command {command.command_type!r} for stream "
-                f"{stream_id!r} with a different payload")
+                key,
+                f"was already used by command {command.command_type!r} for stream "
+                f"{stream_id!r} with a different payload",
+            )
         ids: list[str] = record["event_ids"]
         first: int = record["first_version"]
         events = tuple(self.store.read_stream(stream_id, first, limit=len(ids))) if ids else ()
@@ -424,10 +525,18 @@ class CommandDispatcher:
             raise CommandError(
                 f"idempotency key {key!r} records events {ids} at version {first} of stream "
                 f"{stream_id!r}, but the stream holds others there: was the stream deleted or "
-                "rewritten? Events are meant to be immutable")
-        return DispatchResult(record["command_id"], command.command_type,
-                              aggregate.aggregate_type, command.aggregate_id, stream_id, events,
-                              first - 1 + len(ids), replayed=True)
+                "rewritten? Events are meant to be immutable"
+            )
+        return DispatchResult(
+            record["command_id"],
+            command.command_type,
+            aggregate.aggregate_type,
+            command.aggregate_id,
+            stream_id,
+            events,
+            first - 1 + len(ids),
+            replayed=True,
+        )
 
     # --- loading and snapshots ------------------------------------------------------------------
 
@@ -438,8 +547,10 @@ class CommandDispatcher:
         instance = self._aggregates.get(name)
         if instance is None:
             known = ", ".join(repr(t) for t in sorted(self._aggregates)) or "none"
-            raise UnknownAggregateError(f"no aggregate of type {name!r} is registered (known: "
-                                        f"{known}); register it with the dispatcher first")
+            raise UnknownAggregateError(
+                f"no aggregate of type {name!r} is registered (known: "
+                f"{known}); register it with the dispatcher first"
+            )
         return self._load(instance, instance.stream_id(aggregate_id), aggregate_id)
 
     def _load(self, aggregate: Aggregate, stream_id: str, aggregate_id: str) -> LoadedAggregate:
@@ -462,22 +573,38 @@ class CommandDispatcher:
         try:
             snapshot = self.store.load_snapshot(stream_id)
         except UpcastingError:
-            log.warning("the snapshot of %r cannot be upcast; replaying the stream instead",
-                        stream_id, exc_info=True)
+            log.warning(
+                "the snapshot of %r cannot be upcast; replaying the stream instead",
+                stream_id,
+                exc_info=True,
+            )
             return None
-        if (snapshot is None or snapshot.snapshot_type != aggregate.aggregate_type
-                or snapshot.schema_version != aggregate.snapshot_version):
+        if (
+            snapshot is None
+            or snapshot.snapshot_type != aggregate.aggregate_type
+            or snapshot.schema_version != aggregate.snapshot_version
+        ):
             return None
         try:
             return aggregate.from_snapshot(snapshot.state), snapshot.version
         except Exception:
-            log.warning("%s.from_snapshot failed on the snapshot of %r at version %d; replaying "
-                        "the stream instead", type(aggregate).__name__, stream_id,
-                        snapshot.version, exc_info=True)
+            log.warning(
+                "%s.from_snapshot failed on the snapshot of %r at version %d; replaying "
+                "the stream instead",
+                type(aggregate).__name__,
+                stream_id,
+                snapshot.version,
+                exc_info=True,
+            )
             return None
 
-    def _snapshot_if_due(self, aggregate: Aggregate, stream_id: str, loaded: LoadedAggregate,
-                         recorded: list[RecordedEvent]) -> None:
+    def _snapshot_if_due(
+        self,
+        aggregate: Aggregate,
+        stream_id: str,
+        loaded: LoadedAggregate,
+        recorded: list[RecordedEvent],
+    ) -> None:
         """Save the state after ``recorded`` if the stream just crossed a multiple of
         ``snapshot_every``. After the commit, and never raising: the events are what counts."""
         every = aggregate.snapshot_every
@@ -486,13 +613,22 @@ class CommandDispatcher:
             return
         try:
             state = evolve(aggregate, loaded.state, recorded)
-            self.store.save_snapshot(stream_id, version, aggregate.to_snapshot(state),
-                                     snapshot_type=aggregate.aggregate_type,
-                                     schema_version=aggregate.snapshot_version)
+            self.store.save_snapshot(
+                stream_id,
+                version,
+                aggregate.to_snapshot(state),
+                snapshot_type=aggregate.aggregate_type,
+                schema_version=aggregate.snapshot_version,
+            )
         except Exception:
-            log.warning("could not snapshot %r at version %d; the command stands, the next "
-                        "snapshot will be tried %d events later", stream_id, version, every,
-                        exc_info=True)
+            log.warning(
+                "could not snapshot %r at version %d; the command stands, the next "
+                "snapshot will be tried %d events later",
+                stream_id,
+                version,
+                every,
+                exc_info=True,
+            )
 
 
 class AsyncCommandDispatcher:

@@ -59,8 +59,9 @@ class ProcessBindings:
         return react_to(manager, self, event, ctx)
 
 
-def react_to(manager: ProcessManager, bindings: ProcessBindings, event: RecordedEvent,
-             ctx: HandlerContext) -> bool:
+def react_to(
+    manager: ProcessManager, bindings: ProcessBindings, event: RecordedEvent, ctx: HandlerContext
+) -> bool:
     """Apply ``event`` to its instance of ``manager``; False when no instance follows it (no
     process id, not a starting event, finished, or already applied)."""
     process_id = _process_id(manager, event)
@@ -89,8 +90,9 @@ def react_to(manager: ProcessManager, bindings: ProcessBindings, event: Recorded
         try:
             dispatcher.dispatch(command)
         except DomainError as exc:
-            error = (f"{command.command_type} for {command.aggregate_id!r} was refused: "
-                     f"{_describe(exc)}")
+            error = (
+                f"{command.command_type} for {command.aggregate_id!r} was refused: {_describe(exc)}"
+            )
             refused = command, exc
             break  # the rest of the reaction depended on the refused command
 
@@ -99,21 +101,38 @@ def react_to(manager: ProcessManager, bindings: ProcessBindings, event: Recorded
         # After apply: compensating is about the process as it now stands, this event
         # included (the first event's refusal would otherwise see only the initial state).
         assert error is not None
-        log.info("process manager %s, instance %s: %s; compensating", manager.name,
-                 process_id, error)
-        status, error = _compensate(manager, dispatcher, new_state, *refused, event,
-                                    process_id, error)
+        log.info(
+            "process manager %s, instance %s: %s; compensating", manager.name, process_id, error
+        )
+        status, error = _compensate(
+            manager, dispatcher, new_state, *refused, event, process_id, error
+        )
     state_json = _encode_state(manager, process_id, new_state)
     if status == "running" and manager.is_done(new_state):
         status = "completed"
-    bindings.processes.save(tx, manager.name, process_id, status=status, state_json=state_json,
-                            version=version + 1, last_position=event.position, error=error)
+    bindings.processes.save(
+        tx,
+        manager.name,
+        process_id,
+        status=status,
+        state_json=state_json,
+        version=version + 1,
+        last_position=event.position,
+        error=error,
+    )
     return True
 
 
-def _compensate(manager: ProcessManager, dispatcher: CommandDispatcher, state: Any,
-                command: Command, exc: DomainError, event: RecordedEvent, process_id: str,
-                error: str) -> tuple[ProcessStatus, str]:
+def _compensate(
+    manager: ProcessManager,
+    dispatcher: CommandDispatcher,
+    state: Any,
+    command: Command,
+    exc: DomainError,
+    event: RecordedEvent,
+    process_id: str,
+    error: str,
+) -> tuple[ProcessStatus, str]:
     """Dispatch ``compensate``'s commands; a refused one fails the instance."""
     undo = manager.compensate(state, command, exc)
     for action in _actions(manager, undo, commands_only=True):
@@ -122,22 +141,33 @@ def _compensate(manager: ProcessManager, dispatcher: CommandDispatcher, state: A
         try:
             dispatcher.dispatch(compensation)
         except DomainError as again:
-            failure = (f"{error}; then compensation {compensation.command_type} for "
-                       f"{compensation.aggregate_id!r} was refused too: {_describe(again)}")
-            log.warning("process manager %s, instance %s failed: %s", manager.name,
-                        process_id, failure)
+            failure = (
+                f"{error}; then compensation {compensation.command_type} for "
+                f"{compensation.aggregate_id!r} was refused too: {_describe(again)}"
+            )
+            log.warning(
+                "process manager %s, instance %s failed: %s", manager.name, process_id, failure
+            )
             return "failed", failure
     return "running", error
 
 
-def _start_flow(manager: ProcessManager, bindings: ProcessBindings, action: StartFlow,
-                process_id: str, event: RecordedEvent, index: int, ctx: HandlerContext) -> str:
+def _start_flow(
+    manager: ProcessManager,
+    bindings: ProcessBindings,
+    action: StartFlow,
+    process_id: str,
+    event: RecordedEvent,
+    index: int,
+    ctx: HandlerContext,
+) -> str:
     client = bindings.flows
     if client is None:
         raise ProcessNotBoundError(
             f"process manager {manager.name!r} started a flow, but it was bound without a flow "
             "client: register it with the App that has the flow, or pass flows=Client(...) to "
-            "ProcessBindings")
+            "ProcessBindings"
+        )
     run_id = action.run_id or _run_id(manager, process_id, event, index)
     with client.store.joined(ctx.transaction.connection):
         return client.start_flow(action.flow, action.input, run_id=run_id)
@@ -157,18 +187,24 @@ def _process_id(manager: ProcessManager, event: RecordedEvent) -> str | None:
     process_id = manager.process_id(event)
     if process_id is None:
         return None
-    if (not isinstance(process_id, str) or not process_id
-            or len(process_id) > MAX_PROCESS_ID_LENGTH or bad_character(process_id)):
+    if (
+        not isinstance(process_id, str)
+        or not process_id
+        or len(process_id) > MAX_PROCESS_ID_LENGTH
+        or bad_character(process_id)
+    ):
         raise ProcessStateError(
             f"process manager {manager.name!r}: process_id() returned {process_id!r} for event "
             f"{event.event_type!r} at position {event.position}; return a non-empty str of at "
             f"most {MAX_PROCESS_ID_LENGTH} characters without NUL or surrogates, or None to "
-            "ignore the event")
+            "ignore the event"
+        )
     return process_id
 
 
-def _actions(manager: ProcessManager, actions: Iterable[Any] | None, *,
-             commands_only: bool = False) -> list[Action]:
+def _actions(
+    manager: ProcessManager, actions: Iterable[Any] | None, *, commands_only: bool = False
+) -> list[Action]:
     """The actions returned by ``react`` (or ``compensate``), checked before any is done."""
     if actions is None:
         return []
@@ -178,8 +214,8 @@ def _actions(manager: ProcessManager, actions: Iterable[Any] | None, *,
     if isinstance(actions, str | bytes | dict) or not isinstance(actions, Iterable):
         raise ProcessStateError(
             f"process manager {manager.name!r}: {what} returned {type(actions).__name__}; "
-            "return a list of Command" + ("" if commands_only else " and StartFlow")
-            + " (or None)")
+            "return a list of Command" + ("" if commands_only else " and StartFlow") + " (or None)"
+        )
     out = list(actions)
     allowed: tuple[type, ...] = (Command,) if commands_only else (Command, StartFlow)
     for item in out:
@@ -187,7 +223,9 @@ def _actions(manager: ProcessManager, actions: Iterable[Any] | None, *,
             raise ProcessStateError(
                 f"process manager {manager.name!r}: {what} returned a "
                 f"{type(item).__name__} ({item!r}); it may return only "
-                + ("Command" if commands_only else "Command and StartFlow") + " objects")
+                + ("Command" if commands_only else "Command and StartFlow")
+                + " objects"
+            )
     return out
 
 
@@ -198,17 +236,22 @@ def _caused_by(command: Command, event: RecordedEvent) -> Command:
     return replace(
         command,
         causation_id=command.causation_id or str(event.event_id),
-        correlation_id=(command.correlation_id if own
-                        else str(event.correlation_id or event.event_id)))
+        correlation_id=(
+            command.correlation_id if own else str(event.correlation_id or event.event_id)
+        ),
+    )
 
 
 def _encode_state(manager: ProcessManager, process_id: str, state: Any) -> str:
     try:
-        return encode_json(state, f"the state of process manager {manager.name!r}, instance "
-                                  f"{process_id!r}")
+        return encode_json(
+            state, f"the state of process manager {manager.name!r}, instance {process_id!r}"
+        )
     except Exception as exc:
-        raise ProcessStateError(f"{exc} (apply() must return JSON: dicts with str keys, lists, "
-                                "str, numbers, bool, None)") from exc
+        raise ProcessStateError(
+            f"{exc} (apply() must return JSON: dicts with str keys, lists, "
+            "str, numbers, bool, None)"
+        ) from exc
 
 
 def _describe(exc: BaseException) -> str:

@@ -123,24 +123,28 @@ class ProcessManager(EventHandler):
         if "handle" in cls.__dict__:
             raise HandlerDefinitionError(
                 f"{where} defines handle(); a process manager defines react(state, event) and "
-                "apply(state, event) instead - handle() is how the runner calls it")
+                "apply(state, event) instead - handle() is how the runner calls it"
+            )
         if not cls.transactional:
             raise HandlerDefinitionError(
                 f"{where} sets transactional = False; a process manager's commands, state and "
-                "checkpoint commit together, so it runs in a transaction: remove the option")
+                "checkpoint commit together, so it runs in a transaction: remove the option"
+            )
         if not cls.event_types:
             raise HandlerDefinitionError(
                 f"{where} has no event_types: list the event types it follows, e.g. "
-                "event_types = ['OrderPlaced', 'PaymentCharged']")
-        if isinstance(cls.starts_with, str) or not all(
-                isinstance(t, str) for t in cls.starts_with):
+                "event_types = ['OrderPlaced', 'PaymentCharged']"
+            )
+        if isinstance(cls.starts_with, str) or not all(isinstance(t, str) for t in cls.starts_with):
             raise HandlerDefinitionError(
-                f"{where}: starts_with must be a list of event types, got {cls.starts_with!r}")
+                f"{where}: starts_with must be a list of event types, got {cls.starts_with!r}"
+            )
         missing = sorted(set(cls.starts_with) - set(cls.event_types))
         if missing:
             raise HandlerDefinitionError(
                 f"{where}: starts_with names {missing}, which are not in event_types; an "
-                "instance cannot start on an event it is not given: add them to event_types")
+                "instance cannot start on an event it is not given: add them to event_types"
+            )
 
     _bindings: ProcessRuntime | Callable[[], ProcessRuntime] | None = None  # by bind()
 
@@ -164,8 +168,9 @@ class ProcessManager(EventHandler):
         """The state after ``event`` (must be JSON: it is stored). Default: unchanged."""
         return state
 
-    def compensate(self, state: Any, command: Command,
-                   error: Exception) -> Sequence[Command] | None:
+    def compensate(
+        self, state: Any, command: Command, error: Exception
+    ) -> Sequence[Command] | None:
         """``command`` was refused with ``error``: the commands that undo what this instance
         did, or None to carry on without compensating (the error is still recorded). ``state``
         is the state after the event whose reaction was refused."""
@@ -191,7 +196,8 @@ class ProcessManager(EventHandler):
             raise ProcessNotBoundError(
                 f"process manager {self.name!r} has no dispatcher to send commands with: "
                 "register it with the App (app.process_manager(...)) or call "
-                "manager.bind(ProcessBindings(...)) before running it")
+                "manager.bind(ProcessBindings(...)) before running it"
+            )
         self._bindings.react(self, event, ctx)
 
     def __repr__(self) -> str:

@@ -65,7 +65,8 @@ from tideflow.retrying import retry_briefly
 ExpectedKind = Literal["any", "no_stream", "exists", "exact"]
 
 _KINDS: dict[ExpectedVersion, ExpectedKind] = {
-    ExpectedVersion.ANY: "any", ExpectedVersion.NO_STREAM: "no_stream",
+    ExpectedVersion.ANY: "any",
+    ExpectedVersion.NO_STREAM: "no_stream",
     ExpectedVersion.EXISTS: "exists",
 }
 
@@ -103,9 +104,15 @@ class EventTransaction(Protocol):
         whole."""
         ...
 
-    def append(self, stream_id: str, events: Sequence[NewEvent],
-               expected_version: ExpectedVersion | int, *, idempotency_key: str | None = None,
-               result_json: str | None = None) -> list[RecordedEvent]:
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion | int,
+        *,
+        idempotency_key: str | None = None,
+        result_json: str | None = None,
+    ) -> list[RecordedEvent]:
         """``EventStore.append`` inside this transaction. On PostgreSQL the events' positions
         stay in flight - holding back every ``read_all`` reader - until the block ends: keep
         transactions that append short."""
@@ -115,8 +122,13 @@ class EventTransaction(Protocol):
         """``EventStore.get_idempotent_result`` inside this transaction."""
         ...
 
-    def read_stream(self, stream_id: str, from_version: int | None = None,
-                    limit: int | None = None, backwards: bool = False) -> Iterator[RecordedEvent]:
+    def read_stream(
+        self,
+        stream_id: str,
+        from_version: int | None = None,
+        limit: int | None = None,
+        backwards: bool = False,
+    ) -> Iterator[RecordedEvent]:
         """``EventStore.read_stream`` inside this transaction: it sees the events this
         transaction appended, so that a second command to the same aggregate in one transaction
         (a process manager's batch) loads the state the first left. Consume the iterator inside
@@ -129,8 +141,7 @@ class EventTransaction(Protocol):
         the same events at once. Call it before reading the events to process."""
         ...
 
-    def advance_checkpoint(self, name: str, position: int, *,
-                           expected: int | None = None) -> None:
+    def advance_checkpoint(self, name: str, position: int, *, expected: int | None = None) -> None:
         """Move checkpoint ``name`` to ``position``, committing with this transaction.
         ``CheckpointConflictError`` if ``expected`` is given and the checkpoint is elsewhere,
         or if ``position`` is behind it (the transaction stays usable)."""
@@ -164,9 +175,15 @@ class EventStore(Protocol):
         """Release the connection(s), unless they belong to a flow store passed in."""
         ...
 
-    def append(self, stream_id: str, events: Sequence[NewEvent],
-               expected_version: ExpectedVersion | int, *, idempotency_key: str | None = None,
-               result_json: str | None = None) -> list[RecordedEvent]:
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion | int,
+        *,
+        idempotency_key: str | None = None,
+        result_json: str | None = None,
+    ) -> list[RecordedEvent]:
         """Append ``events`` to the end of stream ``stream_id`` in one transaction, if the stream
         is at ``expected_version``; return them as recorded (versions, positions, upcast).
 
@@ -181,17 +198,27 @@ class EventStore(Protocol):
         """
         ...
 
-    def read_stream(self, stream_id: str, from_version: int | None = None,
-                    limit: int | None = None, backwards: bool = False) -> Iterator[RecordedEvent]:
+    def read_stream(
+        self,
+        stream_id: str,
+        from_version: int | None = None,
+        limit: int | None = None,
+        backwards: bool = False,
+    ) -> Iterator[RecordedEvent]:
         """The events of one stream in version order, from ``from_version`` (default: the first
         event, or the last one when ``backwards``), at most ``limit``. Pages through the stream
         (``page_size`` events per query), so a long stream never sits in memory whole. A stream
         without events yields nothing. Arguments are checked when called, not when iterated."""
         ...
 
-    def read_all(self, from_position: int = 0, event_types: Iterable[str] | None = None,
-                 limit: int | None = None, *, to_position: int | None = None,
-                 ) -> Iterator[RecordedEvent]:
+    def read_all(
+        self,
+        from_position: int = 0,
+        event_types: Iterable[str] | None = None,
+        limit: int | None = None,
+        *,
+        to_position: int | None = None,
+    ) -> Iterator[RecordedEvent]:
         """Events with ``position > from_position`` in strictly increasing position order, only
         of ``event_types`` if given, at most ``limit``, none beyond ``to_position``; paged.
 
@@ -214,8 +241,15 @@ class EventStore(Protocol):
         """The version of the stream's last event; 0 when it has none."""
         ...
 
-    def save_snapshot(self, stream_id: str, version: int, state: Mapping[str, Any], *,
-                      snapshot_type: str = "snapshot", schema_version: int | None = None) -> None:
+    def save_snapshot(
+        self,
+        stream_id: str,
+        version: int,
+        state: Mapping[str, Any],
+        *,
+        snapshot_type: str = "snapshot",
+        schema_version: int | None = None,
+    ) -> None:
         """Store ``state`` as the stream's state after event ``version``, replacing an older
         snapshot (a snapshot older than the stored one is ignored: it would only slow loading).
         ``schema_version`` defaults to the upcasters' current version of ``snapshot_type``.
@@ -235,8 +269,7 @@ class EventStore(Protocol):
         """The position handler ``name`` has processed up to; 0 if it never advanced."""
         ...
 
-    def advance_checkpoint(self, name: str, position: int, *,
-                           expected: int | None = None) -> None:
+    def advance_checkpoint(self, name: str, position: int, *, expected: int | None = None) -> None:
         """Move checkpoint ``name`` forward to ``position`` in its own transaction (see
         ``EventTransaction.advance_checkpoint`` to do it atomically with other writes).
         ``CheckpointConflictError`` if ``expected`` is given and the checkpoint is elsewhere, or
@@ -279,13 +312,24 @@ class PreparedAppend:
     """Per event, (type, schema version, data, metadata) as readers will see it: decoded from
     the JSON that is stored (a tuple comes back as a list here too) and upcast."""
 
-    def recorded(self, first_version: int, positions: Sequence[int],
-                 recorded_at: datetime) -> list[RecordedEvent]:
+    def recorded(
+        self, first_version: int, positions: Sequence[int], recorded_at: datetime
+    ) -> list[RecordedEvent]:
         """The events as a reader will see them, now that the database numbered them."""
         return [
-            RecordedEvent(self.event_ids[i], event_type, self.stream_id, first_version + i,
-                          positions[i], data, metadata, self.causation_ids[i],
-                          self.correlation_ids[i], recorded_at, schema_version)
+            RecordedEvent(
+                self.event_ids[i],
+                event_type,
+                self.stream_id,
+                first_version + i,
+                positions[i],
+                data,
+                metadata,
+                self.causation_ids[i],
+                self.correlation_ids[i],
+                recorded_at,
+                schema_version,
+            )
             for i, (event_type, schema_version, data, metadata) in enumerate(self.read_as)
         ]
 
@@ -316,15 +360,17 @@ def check_limit(limit: object) -> int | None:
 
 def check_version(version: object) -> int | None:
     if version is not None and (type(version) is not int or version < 1):
-        raise InvalidEventError(f"from_version must be None or an int >= 1 (versions start at "
-                                f"1), got {version!r}")
+        raise InvalidEventError(
+            f"from_version must be None or an int >= 1 (versions start at 1), got {version!r}"
+        )
     return version
 
 
 def check_position(position: object, what: str) -> int:
     if type(position) is not int or position < 0:
-        raise InvalidEventError(f"{what} must be an int >= 0 (a position from an event), got "
-                                f"{position!r}")
+        raise InvalidEventError(
+            f"{what} must be an int >= 0 (a position from an event), got {position!r}"
+        )
     return position
 
 
@@ -332,16 +378,19 @@ def check_event_types(event_types: Iterable[str] | None) -> list[str] | None:
     if event_types is None:
         return None
     if isinstance(event_types, str):
-        raise InvalidEventError(f"event_types must be a collection of type names, got the str "
-                                f"{event_types!r}: pass [{event_types!r}]")
+        raise InvalidEventError(
+            f"event_types must be a collection of type names, got the str "
+            f"{event_types!r}: pass [{event_types!r}]"
+        )
     return [check_name(t, "event type") for t in event_types]
 
 
 def check_checkpoint(name: object, position: object = 0) -> str:
     checked = check_name(name, "checkpoint name", InvalidCheckpointError)
     if type(position) is not int or position < 0:
-        raise InvalidCheckpointError(f"checkpoint {checked!r}: position must be an int >= 0, "
-                                     f"got {position!r}")
+        raise InvalidCheckpointError(
+            f"checkpoint {checked!r}: position must be an int >= 0, got {position!r}"
+        )
     return checked
 
 
@@ -354,22 +403,34 @@ class PreparedSnapshot:
     state_json: str
 
 
-def prepare_snapshot(stream_id: object, version: object, state: object, snapshot_type: object,
-                     schema_version: object, upcasters: Upcasters) -> PreparedSnapshot:
+def prepare_snapshot(
+    stream_id: object,
+    version: object,
+    state: object,
+    snapshot_type: object,
+    schema_version: object,
+    upcasters: Upcasters,
+) -> PreparedSnapshot:
     """Validate and encode a snapshot before anything is written."""
     checked = check_stream_id(stream_id)
     if type(version) is not int or version < 1:
-        raise InvalidSnapshotError(f"snapshot of stream {checked!r}: version must be the int "
-                                   f"version of the last event folded in (>= 1), got {version!r}")
+        raise InvalidSnapshotError(
+            f"snapshot of stream {checked!r}: version must be the int "
+            f"version of the last event folded in (>= 1), got {version!r}"
+        )
     kind = check_name(snapshot_type, "snapshot_type", InvalidSnapshotError)
     if not isinstance(state, Mapping):
-        raise InvalidSnapshotError(f"snapshot of stream {checked!r}: state must be a dict (a JSON "
-                                   f"object), got {type(state).__name__}")
+        raise InvalidSnapshotError(
+            f"snapshot of stream {checked!r}: state must be a dict (a JSON "
+            f"object), got {type(state).__name__}"
+        )
     if schema_version is None:
         schema_version = upcasters.current_snapshot_version(kind)
     elif type(schema_version) is not int or schema_version < 1:
-        raise InvalidSnapshotError(f"snapshot of stream {checked!r}: schema_version must be an "
-                                   f"int >= 1 or None, got {schema_version!r}")
+        raise InvalidSnapshotError(
+            f"snapshot of stream {checked!r}: schema_version must be an "
+            f"int >= 1 or None, got {schema_version!r}"
+        )
     assert isinstance(schema_version, int)
     state_json = encode_json(state, f"the snapshot state of stream {checked!r}")
     return PreparedSnapshot(checked, version, kind, schema_version, state_json)
@@ -381,7 +442,8 @@ def prepare_snapshot(stream_id: object, version: object, state: object, snapshot
 #: it skips what ``JSONEncoder.encode`` redoes on every call (a closure, a new C encoder
 #: object), which costs as much as encoding a small event.
 _C_ENCODER: Callable[..., Callable[[Any, int], Iterable[str]]] | None = getattr(
-    json.encoder, "c_make_encoder", None)
+    json.encoder, "c_make_encoder", None
+)
 _PLAIN_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
 
 
@@ -391,11 +453,21 @@ def append_encoder() -> Callable[[Any], str]:
     one (the C encoder's circular-reference bookkeeping is left half done)."""
     if _C_ENCODER is None:  # pragma: no cover - a Python without json's C accelerator
         return _PLAIN_ENCODER.encode
-    chunks = _C_ENCODER({}, _PLAIN_ENCODER.default, json.encoder.encode_basestring, None,
-                        ":", ",", False, False, False)
+    chunks = _C_ENCODER(
+        {},
+        _PLAIN_ENCODER.default,
+        json.encoder.encode_basestring,
+        None,
+        ":",
+        ",",
+        False,
+        False,
+        False,
+    )
 
     def encode(value: Any) -> str:
         return "".join(chunks(value, 0))
+
     return encode
 
 
@@ -403,8 +475,11 @@ def append_encoder() -> Callable[[Any], str]:
 _CONFIRM_WINDOW = 1000
 
 
-def append_retrying(read_stream: Callable[..., Iterator[RecordedEvent]], p: PreparedAppend,
-                    write: Callable[[], list[RecordedEvent]]) -> list[RecordedEvent]:
+def append_retrying(
+    read_stream: Callable[..., Iterator[RecordedEvent]],
+    p: PreparedAppend,
+    write: Callable[[], list[RecordedEvent]],
+) -> list[RecordedEvent]:
     """``write()`` (one append of ``p`` in a transaction of its own), retried for a few seconds
     while the database is unavailable - the ``append`` that clients call.
 
@@ -430,8 +505,9 @@ def append_retrying(read_stream: Callable[..., Iterator[RecordedEvent]], p: Prep
     return retry_briefly(attempt)
 
 
-def _find_appended(read_stream: Callable[..., Iterator[RecordedEvent]],
-                   p: PreparedAppend) -> list[RecordedEvent] | None:
+def _find_appended(
+    read_stream: Callable[..., Iterator[RecordedEvent]], p: PreparedAppend
+) -> list[RecordedEvent] | None:
     """The events of ``p`` if the stream's last ``_CONFIRM_WINDOW`` events hold them."""
     recent = list(read_stream(p.stream_id, None, _CONFIRM_WINDOW, True))[::-1]
     ids = [e.event_id for e in recent]
@@ -439,13 +515,18 @@ def _find_appended(read_stream: Callable[..., Iterator[RecordedEvent]],
         start = ids.index(p.event_ids[0])
     except ValueError:
         return None
-    found = recent[start:start + len(p.event_ids)]
+    found = recent[start : start + len(p.event_ids)]
     return found if [e.event_id for e in found] == p.event_ids else None
 
 
-def prepare_append(stream_id: object, events: Sequence[NewEvent],
-                   expected_version: ExpectedVersion | int, idempotency_key: str | None,
-                   result_json: str | None, upcasters: Upcasters) -> PreparedAppend:
+def prepare_append(
+    stream_id: object,
+    events: Sequence[NewEvent],
+    expected_version: ExpectedVersion | int,
+    idempotency_key: str | None,
+    result_json: str | None,
+    upcasters: Upcasters,
+) -> PreparedAppend:
     """Validate and encode an append, raising the event store's typed errors before anything is
     written."""
     checked = check_stream_id(stream_id)
@@ -461,29 +542,36 @@ def prepare_append(stream_id: object, events: Sequence[NewEvent],
             f"{expected_version!r}"
         )
     if type(events) is not list and (  # a list is the common case: skip the ABC check
-            isinstance(events, NewEvent | str | bytes) or not isinstance(events, Sequence)):
-        raise InvalidEventError(f"events appended to {checked!r} must be a list of NewEvent, got "
-                                f"{type(events).__name__}: wrap a single event in a list")
+        isinstance(events, NewEvent | str | bytes) or not isinstance(events, Sequence)
+    ):
+        raise InvalidEventError(
+            f"events appended to {checked!r} must be a list of NewEvent, got "
+            f"{type(events).__name__}: wrap a single event in a list"
+        )
     if idempotency_key is not None:
         check_name(idempotency_key, "idempotency_key", InvalidIdempotencyKeyError)
     if result_json is not None:
         if idempotency_key is None:
             raise InvalidIdempotencyKeyError(
                 f"result_json was given for the append to {checked!r} without an "
-                "idempotency_key to record it under; pass both or neither")
+                "idempotency_key to record it under; pass both or neither"
+            )
         if not isinstance(result_json, str):
             raise EventNotSerializableError(
                 f"result_json for idempotency key {idempotency_key!r} must be JSON text (a str), "
-                f"got {type(result_json).__name__}: pass json.dumps(result)")
+                f"got {type(result_json).__name__}: pass json.dumps(result)"
+            )
         try:
             result = json.loads(result_json)
         except RecursionError:
-            raise as_event_data_error(too_deep(
-                f"result_json for idempotency key {idempotency_key!r}")) from None
+            raise as_event_data_error(
+                too_deep(f"result_json for idempotency key {idempotency_key!r}")
+            ) from None
         except ValueError as exc:
             raise EventNotSerializableError(
                 f"result_json for idempotency key {idempotency_key!r} is not valid JSON text "
-                f"({exc}); pass json.dumps(result). Nothing was written.") from exc
+                f"({exc}); pass json.dumps(result). Nothing was written."
+            ) from exc
         # Re-encoded to check it as stored values are checked: the text may hide a NUL or a
         # surrogate behind an escape, which PostgreSQL would refuse when reading it as JSON.
         encode_json(result, f"the result_json for idempotency key {idempotency_key!r}")
@@ -497,8 +585,9 @@ def prepare_append(stream_id: object, events: Sequence[NewEvent],
     encode = append_encoder()
     for i, event in enumerate(events):
         if not isinstance(event, NewEvent):
-            raise InvalidEventError(f"event #{i} appended to {checked!r} must be a NewEvent, got "
-                                    f"{type(event).__name__}")
+            raise InvalidEventError(
+                f"event #{i} appended to {checked!r} must be a NewEvent, got {type(event).__name__}"
+            )
         ids.append(event.event_id)
         types.append(event.event_type)
         versions.append(event.schema_version or upcasters.current_version(event.event_type))
@@ -516,8 +605,10 @@ def prepare_append(stream_id: object, events: Sequence[NewEvent],
         correlations.append(event.correlation_id)
     n = len(ids)
     if n > 1 and len(set(ids)) != n:
-        raise InvalidEventError(f"the events appended to {checked!r} repeat an event_id; each "
-                                "event needs its own (leave event_id out to get a fresh one)")
+        raise InvalidEventError(
+            f"the events appended to {checked!r} repeat an event_id; each "
+            "event needs its own (leave event_id out to get a fresh one)"
+        )
     texts = data + metadata
     _check_texts(texts, events, checked)
     values = decode_objects(texts)
@@ -525,10 +616,25 @@ def prepare_append(stream_id: object, events: Sequence[NewEvent],
     read_as = []
     for i in range(n):
         read_type, read_version, read_data = upcasters.upcast_data(
-            types[i], versions[i], values[i], f"event #{i} ({types[i]!r}) appended to {checked!r}")
+            types[i], versions[i], values[i], f"event #{i} ({types[i]!r}) appended to {checked!r}"
+        )
         read_as.append((read_type, read_version, read_data, values[n + i]))
-    return PreparedAppend(checked, expected_version, kind, number, ids, types, versions, data,
-                          metadata, causes, correlations, idempotency_key, result_json, read_as)
+    return PreparedAppend(
+        checked,
+        expected_version,
+        kind,
+        number,
+        ids,
+        types,
+        versions,
+        data,
+        metadata,
+        causes,
+        correlations,
+        idempotency_key,
+        result_json,
+        read_as,
+    )
 
 
 def _check_texts(texts: list[str], events: Sequence[NewEvent], stream_id: str) -> None:
@@ -537,8 +643,11 @@ def _check_texts(texts: list[str], events: Sequence[NewEvent], stream_id: str) -
     written. One scan of all the texts joined for the common case, each one only when that
     finds something: an append of small events stays a few microseconds."""
     joined = ",".join(texts)
-    if (("\\u0000" not in joined and joined.isascii())
-            and joined.count("[") + joined.count("{") <= MAX_DEPTH and "e+" not in joined):
+    if (
+        ("\\u0000" not in joined and joined.isascii())
+        and joined.count("[") + joined.count("{") <= MAX_DEPTH
+        and "e+" not in joined
+    ):
         return
     n = len(events)
     for j, text in enumerate(texts):

@@ -191,7 +191,11 @@ class FlowStore(Protocol):
         ...
 
     def list_runs(
-        self, *, flow_slug: str | None = None, status: str | None = None, limit: int = 50,
+        self,
+        *,
+        flow_slug: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
         offset: int = 0,
     ) -> list[RunRecord]:
         """Runs newest first, without steps."""
@@ -211,8 +215,12 @@ class FlowStore(Protocol):
         task attempt."""
         ...
 
-    def complete_tasks(self, worker_id: str, completions: Sequence[TaskCompletion],
-                       claim: ClaimRequest | None = None) -> list[ClaimedTask]:
+    def complete_tasks(
+        self,
+        worker_id: str,
+        completions: Sequence[TaskCompletion],
+        claim: ClaimRequest | None = None,
+    ) -> list[ClaimedTask]:
         """Record outputs of several tasks in one transaction, advancing steps and runs.
         A completion whose task is no longer this worker's started attempt is ignored. With
         ``claim``, tasks that became ready are claimed for ``worker_id`` in the same

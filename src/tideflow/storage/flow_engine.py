@@ -63,8 +63,7 @@ Pair = tuple[str, str]  # (run_id, step_slug)
 #: The (store, connection) pairs of the ``joined`` blocks this context is in, innermost last. A
 #: context variable rather than a store attribute, so that other threads and asyncio tasks using
 #: the same store keep their own transactions.
-_JOINED: ContextVar[tuple[tuple[SqlEngine, Any], ...]] = ContextVar("tideflow_joined",
-                                                                      default=())
+_JOINED: ContextVar[tuple[tuple[SqlEngine, Any], ...]] = ContextVar("tideflow_joined", default=())
 
 
 #: The first words of a stalled task's ``error`` while it is requeued.
@@ -141,8 +140,13 @@ class SqlEngine:
         with self._tx() as tx:
             if key not in self._known_versions:
                 shape = stored_shape(definition)
-                tx.run("insert_flow", flow_slug=definition.slug, version=definition.version,
-                       shape=json.dumps(shape), created_at=self.clock.now())
+                tx.run(
+                    "insert_flow",
+                    flow_slug=definition.slug,
+                    version=definition.version,
+                    shape=json.dumps(shape),
+                    created_at=self.clock.now(),
+                )
                 self._shapes[key] = _with_dependents(shape)
                 # Joined, the row commits (or not) with the caller's transaction, later.
                 remember = self._joined_connection() is None
@@ -152,8 +156,12 @@ class SqlEngine:
 
     def list_flows(self) -> list[FlowVersionRecord]:
         with self._tx() as tx:
-            return [FlowVersionRecord(r["flow_slug"], r["version"], json.loads(r["shape"]),
-                                      r["created_at"]) for r in tx.rows("list_flows")]
+            return [
+                FlowVersionRecord(
+                    r["flow_slug"], r["version"], json.loads(r["shape"]), r["created_at"]
+                )
+                for r in tx.rows("list_flows")
+            ]
 
     def _shape(self, tx: Tx, flow_slug: str, version: str) -> dict[str, Any]:
         """A stored flow version's shape; runs are scheduled from it, not from the code."""
@@ -168,15 +176,22 @@ class SqlEngine:
     def start_run(self, definition: FlowDefinition, run_id: str, input_json: str) -> None:
         with self._flow_tx(definition) as tx:
             now = self.clock.now()
-            tx.run("insert_run", run_id=run_id, flow_slug=definition.slug,
-                   flow_version=definition.version, input=input_json,
-                   remaining_steps=len(definition.steps), started_at=now)
+            tx.run(
+                "insert_run",
+                run_id=run_id,
+                flow_slug=definition.slug,
+                flow_version=definition.version,
+                input=input_json,
+                remaining_steps=len(definition.steps),
+                started_at=now,
+            )
             tx.run("insert_steps", created_at=now, rows=step_rows(definition, run_id))
             roots = [(run_id, s.slug) for s in definition.steps if s.is_root]
             self._start_steps(tx, roots, now, {run_id: input_json})
 
-    def _start_steps(self, tx: Tx, pairs: list[Pair], now: datetime,
-                     run_inputs: dict[str, str]) -> None:
+    def _start_steps(
+        self, tx: Tx, pairs: list[Pair], now: datetime, run_inputs: dict[str, str]
+    ) -> None:
         """Queue the tasks of steps whose dependencies have all completed."""
         if not pairs:
             return
@@ -196,26 +211,40 @@ class SqlEngine:
                 source = json.loads(source_json)
                 if not isinstance(source, list):
                     origin = f"step {deps[0]!r}" if deps else "the run input"
-                    failures.setdefault(run_id, (slug, (
-                        f"map step {slug!r} needs a list from {origin}, got "
-                        f"{_json_type(source)}; make {origin} a JSON array")))
+                    failures.setdefault(
+                        run_id,
+                        (
+                            slug,
+                            (
+                                f"map step {slug!r} needs a list from {origin}, got "
+                                f"{_json_type(source)}; make {origin} a JSON array"
+                            ),
+                        ),
+                    )
                     continue
                 # jsonutil.dumps, not json.dumps: it writes big floats so they stay floats
-                inputs = [dumps(item, what=f"an element for map step {slug!r}")
-                          for item in source]
+                inputs = [dumps(item, what=f"an element for map step {slug!r}") for item in source]
                 if not inputs:
                     empty.append((run_id, slug))
             elif deps:
-                inputs = ["{" + ",".join(f"{json.dumps(d)}:{outputs[(run_id, d)]}"
-                                         for d in deps) + "}"]
+                inputs = [
+                    "{" + ",".join(f"{json.dumps(d)}:{outputs[(run_id, d)]}" for d in deps) + "}"
+                ]
             else:
                 inputs = [run_inputs[run_id]]
             started.append({"run_id": run_id, "step_slug": slug, "n": len(inputs)})
             tasks.extend(
-                {"run_id": run_id, "step_slug": slug, "task_index": i, "input": text,
-                 "flow_slug": s["flow_slug"], "timeout": s["timeout"],
-                 "start_delay": s["start_delay"]}
-                for i, text in enumerate(inputs))
+                {
+                    "run_id": run_id,
+                    "step_slug": slug,
+                    "task_index": i,
+                    "input": text,
+                    "flow_slug": s["flow_slug"],
+                    "timeout": s["timeout"],
+                    "start_delay": s["start_delay"],
+                }
+                for i, text in enumerate(inputs)
+            )
         if started:
             tx.run("start_steps", rows=batch(started), started_at=now)
         if tasks:
@@ -230,38 +259,57 @@ class SqlEngine:
     def _step_outputs(self, tx: Tx, pairs: set[Pair]) -> dict[Pair, str]:
         if not pairs:
             return {}
-        return {(r["run_id"], r["step_slug"]): r["output"]
-                for r in tx.rows("get_step_outputs", rows=_pairs(pairs))}
+        return {
+            (r["run_id"], r["step_slug"]): r["output"]
+            for r in tx.rows("get_step_outputs", rows=_pairs(pairs))
+        }
 
     # --- completing -----------------------------------------------------------------------------
-    def complete_tasks(self, worker_id: str, completions: Sequence[TaskCompletion],
-                       claim: ClaimRequest | None = None) -> list[ClaimedTask]:
+    def complete_tasks(
+        self,
+        worker_id: str,
+        completions: Sequence[TaskCompletion],
+        claim: ClaimRequest | None = None,
+    ) -> list[ClaimedTask]:
         if not completions:
             return []
         with self._tx() as tx:
             self._complete_tasks(tx, worker_id, completions)
             return self._claim_ready(tx, worker_id, claim)
 
-    def _claim_ready(self, tx: Tx, worker_id: str,
-                     claim: ClaimRequest | None) -> list[ClaimedTask]:
+    def _claim_ready(self, tx: Tx, worker_id: str, claim: ClaimRequest | None) -> list[ClaimedTask]:
         """The claim half of complete-and-claim: only when the completions queued tasks."""
         if claim is None or not tx.notify:
             return []
         return self._claim(tx, worker_id, claim.flow_slugs, claim.limit, claim.lease_margin)
 
-    def _complete_tasks(self, tx: Tx, worker_id: str,
-                        completions: Sequence[TaskCompletion]) -> None:
+    def _complete_tasks(
+        self, tx: Tx, worker_id: str, completions: Sequence[TaskCompletion]
+    ) -> None:
         tx.rows("lock_runs", run_ids=sorted({c.key.run_id for c in completions}))
         now = self.clock.now()
-        done = tx.rows("complete_tasks", worker_id=worker_id, finished_at=now, rows=batch(
-            {"run_id": c.key.run_id, "step_slug": c.key.step_slug,
-             "task_index": c.key.task_index, "attempt": c.attempt, "output": c.output_json}
-            for c in completions))
+        done = tx.rows(
+            "complete_tasks",
+            worker_id=worker_id,
+            finished_at=now,
+            rows=batch(
+                {
+                    "run_id": c.key.run_id,
+                    "step_slug": c.key.step_slug,
+                    "task_index": c.key.task_index,
+                    "attempt": c.attempt,
+                    "output": c.output_json,
+                }
+                for c in completions
+            ),
+        )
         if not done:
             return  # all stale: lease lost, or run cancelled or failed meanwhile
         counts = Counter((d["run_id"], d["step_slug"]) for d in done)
-        steps = tx.rows("decrement_step_tasks", rows=batch(
-            {"run_id": r, "step_slug": s, "n": n} for (r, s), n in counts.items()))
+        steps = tx.rows(
+            "decrement_step_tasks",
+            rows=batch({"run_id": r, "step_slug": s, "n": n} for (r, s), n in counts.items()),
+        )
         outputs = {(c.key.run_id, c.key.step_slug): c.output_json for c in completions}
         finished: list[tuple[str, str, str]] = []
         maps: list[Pair] = []
@@ -281,13 +329,16 @@ class SqlEngine:
         if finished:
             self._complete_steps(tx, finished, now)
 
-    def _complete_steps(self, tx: Tx, finished: list[tuple[str, str, str]],
-                        now: datetime) -> None:
-        tx.run("complete_steps", finished_at=now, rows=batch(
-            {"run_id": r, "step_slug": s, "output": out} for r, s, out in finished))
+    def _complete_steps(self, tx: Tx, finished: list[tuple[str, str, str]], now: datetime) -> None:
+        tx.run(
+            "complete_steps",
+            finished_at=now,
+            rows=batch({"run_id": r, "step_slug": s, "output": out} for r, s, out in finished),
+        )
         per_run = Counter(r for r, _, _ in finished)
-        runs = tx.rows("decrement_run_steps", rows=batch(
-            {"run_id": r, "n": n} for r, n in per_run.items()))
+        runs = tx.rows(
+            "decrement_run_steps", rows=batch({"run_id": r, "n": n} for r, n in per_run.items())
+        )
         shapes = {r["run_id"]: self._shape(tx, r["flow_slug"], r["flow_version"]) for r in runs}
         dependents: Counter[Pair] = Counter()
         for run_id, slug, _ in finished:
@@ -295,18 +346,33 @@ class SqlEngine:
                 dependents[(run_id, dependent)] += 1
         ready: list[Pair] = []
         if dependents:
-            counted = tx.rows("decrement_deps", rows=batch(
-                {"run_id": r, "step_slug": s, "n": n} for (r, s), n in dependents.items()))
+            counted = tx.rows(
+                "decrement_deps",
+                rows=batch(
+                    {"run_id": r, "step_slug": s, "n": n} for (r, s), n in dependents.items()
+                ),
+            )
             ready = [(r["run_id"], r["step_slug"]) for r in counted if r["remaining_deps"] == 0]
         done = [r["run_id"] for r in runs if r["remaining_steps"] == 0]
         if done:
             leaves = {(run_id, leaf) for run_id in done for leaf in shapes[run_id]["leaves"]}
             outputs = self._step_outputs(tx, leaves)
-            tx.run("complete_runs", finished_at=now, rows=batch(
-                {"run_id": run_id, "output": "{" + ",".join(
-                    f"{json.dumps(leaf)}:{outputs[(run_id, leaf)]}"
-                    for leaf in shapes[run_id]["leaves"]) + "}"}
-                for run_id in done))
+            tx.run(
+                "complete_runs",
+                finished_at=now,
+                rows=batch(
+                    {
+                        "run_id": run_id,
+                        "output": "{"
+                        + ",".join(
+                            f"{json.dumps(leaf)}:{outputs[(run_id, leaf)]}"
+                            for leaf in shapes[run_id]["leaves"]
+                        )
+                        + "}",
+                    }
+                    for run_id in done
+                ),
+            )
         self._start_steps(tx, ready, now, {})
 
     # --- failing and cancelling ------------------------------------------------------------------
@@ -314,31 +380,45 @@ class SqlEngine:
         key = failure.key
         with self._tx() as tx:
             tx.rows("lock_runs", run_ids=[key.run_id])
-            task = tx.rows("get_started_task", run_id=key.run_id, step_slug=key.step_slug,
-                           task_index=key.task_index, attempt=failure.attempt,
-                           worker_id=worker_id)
+            task = tx.rows(
+                "get_started_task",
+                run_id=key.run_id,
+                step_slug=key.step_slug,
+                task_index=key.task_index,
+                attempt=failure.attempt,
+                worker_id=worker_id,
+            )
             if not task:
                 return None  # stale: lease lost, or run failed or cancelled meanwhile
-            return self._fail_task(tx, task[0], failure.error, failure.retryable,
-                                   self.clock.now())
+            return self._fail_task(tx, task[0], failure.error, failure.retryable, self.clock.now())
 
-    def _fail_task(self, tx: Tx, task: Row, error: str, retryable: bool,
-                   now: datetime) -> datetime | None:
-        key = {"run_id": task["run_id"], "step_slug": task["step_slug"],
-               "task_index": task["task_index"]}
+    def _fail_task(
+        self, tx: Tx, task: Row, error: str, retryable: bool, now: datetime
+    ) -> datetime | None:
+        key = {
+            "run_id": task["run_id"],
+            "step_slug": task["step_slug"],
+            "task_index": task["task_index"],
+        }
         error = storable_text(error)  # a user exception's text: NUL must not fail the failure
         attempts, max_attempts = task["attempts"], task["max_attempts"]
         if retryable and attempts < max_attempts:
-            visible_at = now + timedelta(seconds=backoff_delay(
-                attempts, task["base_delay"], task["max_delay"]))
+            visible_at = now + timedelta(
+                seconds=backoff_delay(attempts, task["base_delay"], task["max_delay"])
+            )
             tx.run("retry_task", **key, error=error, visible_at=visible_at)
             tx.notify = True
             return visible_at
         tx.run("fail_task", **key, error=error, finished_at=now)
         why = "failed" if not retryable else f"failed after {attempts} attempt(s)"
         index = f"[{task['task_index']}]" if task["kind"] == "map" else ""
-        self._fail_run(tx, task["run_id"], task["step_slug"], now,
-                       f"step {task['step_slug']!r}{index} {why}: {error}")
+        self._fail_run(
+            tx,
+            task["run_id"],
+            task["step_slug"],
+            now,
+            f"step {task['step_slug']!r}{index} {why}: {error}",
+        )
         return None
 
     def _fail_run(self, tx: Tx, run_id: str, step_slug: str, now: datetime, error: str) -> None:
@@ -364,56 +444,87 @@ class SqlEngine:
         with self._tx() as tx:
             found = tx.rows("get_run", run_id=run_id)
             if not found:
-                raise RunNotFoundError(f"no run with id {run_id!r}; list runs with "
-                                       "`tideflow runs`")
+                raise RunNotFoundError(f"no run with id {run_id!r}; list runs with `tideflow runs`")
             steps: list[StepRecord] = []
             if with_steps:
                 tasks: dict[str, list[TaskRecord]] = defaultdict(list)
                 for t in tx.rows("get_run_tasks", run_id=run_id):
                     tasks[t["step_slug"]].append(task_record(t))
-                steps = [step_record(s, tasks[s["step_slug"]])
-                         for s in tx.rows("get_run_steps", run_id=run_id)]
+                steps = [
+                    step_record(s, tasks[s["step_slug"]])
+                    for s in tx.rows("get_run_steps", run_id=run_id)
+                ]
             return run_record(found[0], steps)
 
-    def list_runs(self, *, flow_slug: str | None = None, status: str | None = None,
-                  limit: int = 50, offset: int = 0) -> list[RunRecord]:
+    def list_runs(
+        self,
+        *,
+        flow_slug: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[RunRecord]:
         with self._tx() as tx:
-            return [run_record(r, []) for r in tx.rows(
-                "list_runs", flow_slug=flow_slug, status=status, limit=limit, offset=offset)]
+            return [
+                run_record(r, [])
+                for r in tx.rows(
+                    "list_runs", flow_slug=flow_slug, status=status, limit=limit, offset=offset
+                )
+            ]
 
     # --- the worker's side -----------------------------------------------------------------------
-    def claim_tasks(self, worker_id: str, flow_slugs: Sequence[str], limit: int,
-                    lease_margin: float) -> list[ClaimedTask]:
+    def claim_tasks(
+        self, worker_id: str, flow_slugs: Sequence[str], limit: int, lease_margin: float
+    ) -> list[ClaimedTask]:
         if not flow_slugs or limit <= 0:
             return []
         with self._tx() as tx:
             return self._claim(tx, worker_id, flow_slugs, limit, lease_margin)
 
-    def _claim(self, tx: Tx, worker_id: str, flow_slugs: Sequence[str], limit: int,
-               lease_margin: float) -> list[ClaimedTask]:
+    def _claim(
+        self, tx: Tx, worker_id: str, flow_slugs: Sequence[str], limit: int, lease_margin: float
+    ) -> list[ClaimedTask]:
         if not flow_slugs or limit <= 0:
             return []
-        rows = tx.rows("claim_tasks", worker_id=worker_id, flow_slugs=list(flow_slugs),
-                       limit=limit, now=self.clock.now(), margin=lease_margin)
+        rows = tx.rows(
+            "claim_tasks",
+            worker_id=worker_id,
+            flow_slugs=list(flow_slugs),
+            limit=limit,
+            now=self.clock.now(),
+            margin=lease_margin,
+        )
         if not rows:
             return []
         if "run_input" in rows[0]:  # the dialect's claim returned the run context too
-            runs = {r["run_id"]: {"input": r["run_input"], "flow_version": r["flow_version"]}
-                    for r in rows}
+            runs = {
+                r["run_id"]: {"input": r["run_input"], "flow_version": r["flow_version"]}
+                for r in rows
+            }
         else:
-            runs = {r["run_id"]: r for r in tx.rows(
-                "get_runs_context", run_ids=sorted({r["run_id"] for r in rows}))}
+            runs = {
+                r["run_id"]: r
+                for r in tx.rows("get_runs_context", run_ids=sorted({r["run_id"] for r in rows}))
+            }
         claimed = []
         for r in rows:
             run = runs[r["run_id"]]
             shape = self._shape(tx, r["flow_slug"], run["flow_version"])
             step = shape["by_slug"][r["step_slug"]]
-            claimed.append(ClaimedTask(
-                key=TaskKey(r["run_id"], r["step_slug"], r["task_index"]),
-                flow_slug=r["flow_slug"], flow_version=run["flow_version"],
-                step_kind=step["kind"], depends_on=tuple(step["depends_on"]),
-                attempt=r["attempts"], input_json=r["input"], run_input_json=run["input"],
-                timeout=r["timeout"], lease_expires_at=r["lease_expires_at"]))
+            claimed.append(
+                ClaimedTask(
+                    key=TaskKey(r["run_id"], r["step_slug"], r["task_index"]),
+                    flow_slug=r["flow_slug"],
+                    flow_version=run["flow_version"],
+                    step_kind=step["kind"],
+                    depends_on=tuple(step["depends_on"]),
+                    attempt=r["attempts"],
+                    input_json=r["input"],
+                    run_input_json=run["input"],
+                    timeout=r["timeout"],
+                    lease_expires_at=r["lease_expires_at"],
+                )
+            )
         return claimed
 
     def count_queued(self, flow_slugs: Sequence[str]) -> int:
@@ -423,14 +534,20 @@ class SqlEngine:
     def extend_leases(self, worker_id: str, keys: Sequence[TaskKey], lease_margin: float) -> None:
         if keys:
             with self._tx() as tx:
-                tx.run("extend_leases", worker_id=worker_id, now=self.clock.now(),
-                       margin=lease_margin, rows=_keys(keys))
+                tx.run(
+                    "extend_leases",
+                    worker_id=worker_id,
+                    now=self.clock.now(),
+                    margin=lease_margin,
+                    rows=_keys(keys),
+                )
 
     def release_tasks(self, worker_id: str, keys: Sequence[TaskKey]) -> None:
         if keys:
             with self._tx() as tx:
-                if tx.run("release_tasks", worker_id=worker_id, now=self.clock.now(),
-                          rows=_keys(keys)):
+                if tx.run(
+                    "release_tasks", worker_id=worker_id, now=self.clock.now(), rows=_keys(keys)
+                ):
                     tx.notify = True
 
     def requeue_stalled(self) -> int:
@@ -460,31 +577,61 @@ class SqlEngine:
                 return 0
             tx.rows("lock_runs", run_ids=sorted({t["run_id"] for t in candidates}))
             # Re-read under the run locks: a task may have completed, or failed with its run.
-            stalled = tx.rows("get_stalled_tasks", now=now, rows=batch(
-                {"run_id": c["run_id"], "step_slug": c["step_slug"],
-                 "task_index": c["task_index"]} for c in candidates))
+            stalled = tx.rows(
+                "get_stalled_tasks",
+                now=now,
+                rows=batch(
+                    {
+                        "run_id": c["run_id"],
+                        "step_slug": c["step_slug"],
+                        "task_index": c["task_index"],
+                    }
+                    for c in candidates
+                ),
+            )
             requeue = [t for t in stalled if t["stalls"] < t["max_stalls"]]
             handled = 0
             if requeue:
-                handled = tx.run("requeue_stalled_tasks", now=now, rows=batch(
-                    {"run_id": t["run_id"], "step_slug": t["step_slug"],
-                     "task_index": t["task_index"],
-                     "error": f"{STALL_ERROR}; requeued (stall {t['stalls'] + 1} of "
-                              f"{t['max_stalls']})"}
-                    for t in requeue))
+                handled = tx.run(
+                    "requeue_stalled_tasks",
+                    now=now,
+                    rows=batch(
+                        {
+                            "run_id": t["run_id"],
+                            "step_slug": t["step_slug"],
+                            "task_index": t["task_index"],
+                            "error": f"{STALL_ERROR}; requeued (stall {t['stalls'] + 1} of "
+                            f"{t['max_stalls']})",
+                        }
+                        for t in requeue
+                    ),
+                )
                 if handled:
                     tx.notify = True
             for t in stalled:
                 if t["stalls"] < t["max_stalls"]:
                     continue
                 n = t["stalls"] + 1
-                error = (f"stalled {n} time{'s' if n != 1 else ''}: the worker running it was "
-                         "killed or lost each time")
-                if tx.run("fail_stalled_task", run_id=t["run_id"], step_slug=t["step_slug"],
-                          task_index=t["task_index"], error=error, finished_at=now):
+                error = (
+                    f"stalled {n} time{'s' if n != 1 else ''}: the worker running it was "
+                    "killed or lost each time"
+                )
+                if tx.run(
+                    "fail_stalled_task",
+                    run_id=t["run_id"],
+                    step_slug=t["step_slug"],
+                    task_index=t["task_index"],
+                    error=error,
+                    finished_at=now,
+                ):
                     index = f"[{t['task_index']}]" if t["kind"] == "map" else ""
-                    self._fail_run(tx, t["run_id"], t["step_slug"], now,
-                                   f"step {t['step_slug']!r}{index} failed: {error}")
+                    self._fail_run(
+                        tx,
+                        t["run_id"],
+                        t["step_slug"],
+                        now,
+                        f"step {t['step_slug']!r}{index} failed: {error}",
+                    )
                     handled += 1
             return handled
 
@@ -496,11 +643,18 @@ def step_rows(definition: FlowDefinition, run_id: str | None = None) -> str:
         for d in s.depends_on:
             dependents[d].append(s.slug)
     return batch(
-        {"run_id": run_id, "step_slug": s.slug, "step_index": s.index, "kind": s.kind,
-         "depends_on": json.dumps(list(s.depends_on)),
-         "dependents": json.dumps(dependents[s.slug]),
-         "remaining_deps": len(s.depends_on), **s.options()}
-        for s in definition.steps)
+        {
+            "run_id": run_id,
+            "step_slug": s.slug,
+            "step_index": s.index,
+            "kind": s.kind,
+            "depends_on": json.dumps(list(s.depends_on)),
+            "dependents": json.dumps(dependents[s.slug]),
+            "remaining_deps": len(s.depends_on),
+            **s.options(),
+        }
+        for s in definition.steps
+    )
 
 
 def stored_shape(definition: FlowDefinition) -> dict[str, Any]:
@@ -509,8 +663,10 @@ def stored_shape(definition: FlowDefinition) -> dict[str, Any]:
     return {
         "slug": definition.slug,
         "version": definition.version,
-        "steps": [{"slug": s.slug, "depends_on": list(s.depends_on), "kind": s.kind,
-                   "index": s.index} for s in definition.steps],
+        "steps": [
+            {"slug": s.slug, "depends_on": list(s.depends_on), "kind": s.kind, "index": s.index}
+            for s in definition.steps
+        ],
         "leaves": list(definition.leaves),
     }
 
@@ -541,5 +697,6 @@ def _pairs(pairs: Sequence[Pair] | set[Pair]) -> str:
 
 
 def _keys(keys: Sequence[TaskKey]) -> str:
-    return batch({"run_id": k.run_id, "step_slug": k.step_slug, "task_index": k.task_index}
-                 for k in keys)
+    return batch(
+        {"run_id": k.run_id, "step_slug": k.step_slug, "task_index": k.task_index} for k in keys
+    )

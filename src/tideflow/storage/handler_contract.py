@@ -69,8 +69,11 @@ class HandlerRecord:
 
     def is_held(self, now: datetime) -> bool:
         """Whether a worker holds a live lease on it."""
-        return (self.owner is not None and self.lease_expires_at is not None
-                and self.lease_expires_at > now)
+        return (
+            self.owner is not None
+            and self.lease_expires_at is not None
+            and self.lease_expires_at > now
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +118,7 @@ class HandlerStore(Protocol):
 
     # --- leases ---------------------------------------------------------------------------------
 
-    def acquire(self, name: str, kind: HandlerKind, owner: str,
-                ttl: float) -> HandlerLease | None:
+    def acquire(self, name: str, kind: HandlerKind, owner: str, ttl: float) -> HandlerLease | None:
         """Take handler ``name`` for ``owner`` until now + ``ttl`` seconds, creating its row,
         unless another owner holds a live lease or the handler is stopped (then None). Taking
         a handler whose owner's lease expired is how a dead worker is replaced."""
@@ -141,8 +143,9 @@ class HandlerStore(Protocol):
 
     # --- failures -------------------------------------------------------------------------------
 
-    def record_failure(self, name: str, owner: str, position: int, attempts: int,
-                       error: str) -> None:
+    def record_failure(
+        self, name: str, owner: str, position: int, attempts: int, error: str
+    ) -> None:
         """Remember that the handler has failed ``attempts`` times on the event at
         ``position`` (so a worker taking over goes on counting), with the last error."""
         ...
@@ -151,8 +154,9 @@ class HandlerStore(Protocol):
         """Forget the pending failure: the handler got past the event."""
         ...
 
-    def record_dead_letter(self, tx: EventTransaction, name: str, event: RecordedEvent,
-                           error: str, attempts: int) -> int:
+    def record_dead_letter(
+        self, tx: EventTransaction, name: str, event: RecordedEvent, error: str, attempts: int
+    ) -> int:
         """Record that the handler gave up on ``event``, in the transaction that moves its
         checkpoint past it; return the dead letter's id. One dead letter per (handler, event):
         giving up on it again (after a reset) updates it."""
@@ -165,8 +169,9 @@ class HandlerStore(Protocol):
 
     # --- administration -------------------------------------------------------------------------
 
-    def lock_handler(self, tx: EventTransaction, name: str,
-                     kind: HandlerKind) -> tuple[HandlerKind, HandlerStatus]:
+    def lock_handler(
+        self, tx: EventTransaction, name: str, kind: HandlerKind
+    ) -> tuple[HandlerKind, HandlerStatus]:
         """Lock the handler's row for an administrative change (creating it with ``kind`` if it
         has none), waiting for a batch in flight to commit; return its kind and status."""
         ...
@@ -185,8 +190,9 @@ class HandlerStore(Protocol):
         """Every handler that has a row or a checkpoint, by name."""
         ...
 
-    def list_dead_letters(self, handler: str | None = None, *, include_retried: bool = False,
-                          limit: int = 100) -> list[DeadLetter]:
+    def list_dead_letters(
+        self, handler: str | None = None, *, include_retried: bool = False, limit: int = 100
+    ) -> list[DeadLetter]:
         """Dead letters, oldest first: only ``handler``'s if given, pending ones unless
         ``include_retried``, at most ``limit``."""
         ...

@@ -20,8 +20,9 @@ from tideflow.storage.process_contract import ProcessStore
 from tideflow.storage.urls import POSTGRES_SCHEMES, redact_url, resolve_url, sqlite_path
 
 
-def open_store(url: str | None = None, *, clock: Clock | None = None,
-               create: bool = True) -> FlowStore:
+def open_store(
+    url: str | None = None, *, clock: Clock | None = None, create: bool = True
+) -> FlowStore:
     """The flow store for a database URL (checked by ``resolve_url``; default
     ``$TIDEFLOW_DATABASE_URL``, else ``sqlite:///tideflow.db``).
 
@@ -39,7 +40,8 @@ def open_store(url: str | None = None, *, clock: Clock | None = None,
 
         return SQLiteStore(sqlite_path(url), clock, create=create)
     raise UnsupportedDatabaseURLError(  # pragma: no cover - resolve_url refuses it first
-        f"unsupported database URL {redact_url(url)}")
+        f"unsupported database URL {redact_url(url)}"
+    )
 
 
 def check_schema(store: FlowStore) -> None:
@@ -104,9 +106,13 @@ def open_process_store_on(flow_store: FlowStore) -> ProcessStore:
     raise TypeError(f"no process store for {type(flow_store).__name__}")
 
 
-def open_event_store(url: str | None = None, *, clock: Clock | None = None,
-                     upcasters: Upcasters | None = None,
-                     page_size: int = DEFAULT_PAGE_SIZE) -> EventStore:
+def open_event_store(
+    url: str | None = None,
+    *,
+    clock: Clock | None = None,
+    upcasters: Upcasters | None = None,
+    page_size: int = DEFAULT_PAGE_SIZE,
+) -> EventStore:
     """The event store for a database URL (``postgresql://...`` or ``sqlite:///path``; default
     as for ``open_store``: ``$TIDEFLOW_DATABASE_URL``, else ``sqlite:///tideflow.db``).
     Call ``migrate()`` on it (or on the flow store) before first use."""

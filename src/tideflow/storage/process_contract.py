@@ -75,9 +75,18 @@ class ProcessStore(Protocol):
         transaction holds the database's write lock), or None if it does not exist."""
         ...
 
-    def save(self, tx: EventTransaction, manager: str, process_id: str, *,
-             status: ProcessStatus, state_json: str, version: int, last_position: int,
-             error: str | None) -> None:
+    def save(
+        self,
+        tx: EventTransaction,
+        manager: str,
+        process_id: str,
+        *,
+        status: ProcessStatus,
+        state_json: str,
+        version: int,
+        last_position: int,
+        error: str | None,
+    ) -> None:
         """Create or replace the instance in ``tx``. ``started_at`` is set when it is created,
         ``updated_at`` every time (both from the store's clock)."""
         ...
@@ -86,8 +95,9 @@ class ProcessStore(Protocol):
         """The instance as committed, or None."""
         ...
 
-    def list_instances(self, manager: str | None = None, status: ProcessStatus | None = None,
-                       limit: int = 100) -> list[ProcessInstance]:
+    def list_instances(
+        self, manager: str | None = None, status: ProcessStatus | None = None, limit: int = 100
+    ) -> list[ProcessInstance]:
         """Instances, most recently updated first, optionally of one manager and one status."""
         ...
 

@@ -35,26 +35,48 @@ def loads(text: str | None) -> Any:
 
 def task_record(t: Row) -> TaskRecord:
     return TaskRecord(
-        step_slug=t["step_slug"], task_index=t["task_index"], status=t["status"],
-        attempts=t["attempts"], error=t["error"], output=loads(t["output"]),
-        queued_at=t["queued_at"], started_at=t["started_at"], finished_at=t["finished_at"],
-        visible_at=t["visible_at"], stalls=t["stalls"],
+        step_slug=t["step_slug"],
+        task_index=t["task_index"],
+        status=t["status"],
+        attempts=t["attempts"],
+        error=t["error"],
+        output=loads(t["output"]),
+        queued_at=t["queued_at"],
+        started_at=t["started_at"],
+        finished_at=t["finished_at"],
+        visible_at=t["visible_at"],
+        stalls=t["stalls"],
     )
 
 
 def step_record(s: Row, tasks: list[TaskRecord]) -> StepRecord:
     return StepRecord(
-        step_slug=s["step_slug"], step_index=s["step_index"], kind=s["kind"],
-        depends_on=json.loads(s["depends_on"]), status=s["status"], output=loads(s["output"]),
-        error=s["error"], initial_tasks=s["initial_tasks"], remaining_tasks=s["remaining_tasks"],
-        created_at=s["created_at"], started_at=s["started_at"], finished_at=s["finished_at"],
+        step_slug=s["step_slug"],
+        step_index=s["step_index"],
+        kind=s["kind"],
+        depends_on=json.loads(s["depends_on"]),
+        status=s["status"],
+        output=loads(s["output"]),
+        error=s["error"],
+        initial_tasks=s["initial_tasks"],
+        remaining_tasks=s["remaining_tasks"],
+        created_at=s["created_at"],
+        started_at=s["started_at"],
+        finished_at=s["finished_at"],
         tasks=tasks,
     )
 
 
 def run_record(r: Row, steps: list[StepRecord]) -> RunRecord:
     return RunRecord(
-        run_id=str(r["run_id"]), flow_slug=r["flow_slug"], flow_version=r["flow_version"],
-        status=r["status"], input=loads(r["input"]), output=loads(r["output"]),
-        error=r["error"], started_at=r["started_at"], finished_at=r["finished_at"], steps=steps,
+        run_id=str(r["run_id"]),
+        flow_slug=r["flow_slug"],
+        flow_version=r["flow_version"],
+        status=r["status"],
+        input=loads(r["input"]),
+        output=loads(r["output"]),
+        error=r["error"],
+        started_at=r["started_at"],
+        finished_at=r["finished_at"],
+        steps=steps,
     )

@@ -25,8 +25,9 @@ URL_ENV = "TIDEFLOW_DATABASE_URL"
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 POSTGRES_FORM = "postgresql://user@host:5432/dbname"
-SQLITE_FORM = "sqlite:///tideflow.db (relative path), sqlite:////var/lib/app/tideflow.db " \
-              "(absolute path)"
+SQLITE_FORM = (
+    "sqlite:///tideflow.db (relative path), sqlite:////var/lib/app/tideflow.db (absolute path)"
+)
 
 
 def resolve_url(url: str | None) -> str:
@@ -52,7 +53,8 @@ def check_url(url: str, *, origin: str = "database URL") -> str:
         raise UnsupportedDatabaseURLError(
             f"{origin} {shown} is not a URL: for a SQLite file write {suggestion} "
             f"(sqlite:/// then the path, e.g. {DEFAULT_URL}); for PostgreSQL write "
-            f"{POSTGRES_FORM}")
+            f"{POSTGRES_FORM}"
+        )
     if url.startswith(POSTGRES_SCHEMES):
         _check_postgres(url, origin)
         return url
@@ -60,11 +62,13 @@ def check_url(url: str, *, origin: str = "database URL") -> str:
         if rest and not rest.startswith("/"):
             raise UnsupportedDatabaseURLError(
                 f"{origin} {url!r} has two slashes after 'sqlite:', so its path would be read "
-                f"as a host: write sqlite:///{rest} ({SQLITE_FORM})")
+                f"as a host: write sqlite:///{rest} ({SQLITE_FORM})"
+            )
         return url
     raise UnsupportedDatabaseURLError(
         f"unsupported {origin} {scheme!r}://...: tideflow has backends for PostgreSQL "
-        f"({POSTGRES_FORM}) and SQLite ({DEFAULT_URL})")
+        f"({POSTGRES_FORM}) and SQLite ({DEFAULT_URL})"
+    )
 
 
 def _check_postgres(url: str, origin: str) -> None:
@@ -72,8 +76,7 @@ def _check_postgres(url: str, origin: str) -> None:
     query = parse_qs(parts.query)
     host = parts.netloc.rpartition("@")[2]
     missing = []
-    if (not host or host.startswith(":")) and not query.get("host") \
-            and not query.get("hostaddr"):
+    if (not host or host.startswith(":")) and not query.get("host") and not query.get("hostaddr"):
         missing.append("a host")
     if not parts.path.lstrip("/") and not query.get("dbname"):
         missing.append("a database name")
@@ -81,7 +84,8 @@ def _check_postgres(url: str, origin: str) -> None:
         raise UnsupportedDatabaseURLError(
             f"{origin} {redact_url(url)} names no {' and no '.join(m[2:] for m in missing)}: "
             f"write {POSTGRES_FORM} (tideflow does not let libpq pick a Unix socket, $PGHOST "
-            "or a default database for it)")
+            "or a default database for it)"
+        )
 
 
 def sqlite_path(url: str) -> str:
@@ -108,4 +112,5 @@ def schema_error(where: str, url: str, pending: list[str] | None) -> SchemaNotRe
         return SchemaMissingError(f"no tideflow schema in {where}: run {command}")
     return SchemaNotReadyError(
         f"the tideflow schema in {where} is older than this tideflow (pending migrations: "
-        f"{', '.join(pending)}); reads do not migrate: run {command}")
+        f"{', '.join(pending)}); reads do not migrate: run {command}"
+    )

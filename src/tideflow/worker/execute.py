@@ -24,13 +24,17 @@ class StepGone(NonRetryableError):
     """The run's flow version has a step the current code no longer defines."""
 
 
-async def execute(task: ClaimedTask, flow: Flow,
-                  executor: Executor) -> TaskCompletion | TaskFailure:
+async def execute(
+    task: ClaimedTask, flow: Flow, executor: Executor
+) -> TaskCompletion | TaskFailure:
     key = task.key
     try:
         output = await _call(task, flow, executor)
-        return TaskCompletion(key, task.attempt, dumps(
-            output, what=f"output of step {key.step_slug!r} of flow {task.flow_slug!r}"))
+        return TaskCompletion(
+            key,
+            task.attempt,
+            dumps(output, what=f"output of step {key.step_slug!r} of flow {task.flow_slug!r}"),
+        )
     except asyncio.CancelledError:
         raise
     except StepTimeoutError as exc:
@@ -69,8 +73,12 @@ async def _call(task: ClaimedTask, flow: Flow, executor: Executor) -> Any:
         kwargs = dict(value)
     if step.wants_ctx:
         kwargs["ctx"] = StepContext(
-            run_id=task.key.run_id, flow_slug=task.flow_slug, flow_version=task.flow_version,
-            step_slug=task.key.step_slug, task_index=task.key.task_index, attempt=task.attempt,
+            run_id=task.key.run_id,
+            flow_slug=task.flow_slug,
+            flow_version=task.flow_version,
+            step_slug=task.key.step_slug,
+            task_index=task.key.task_index,
+            attempt=task.attempt,
             run_input=json.loads(task.run_input_json),
         )
     if inspect.iscoroutinefunction(fn):

@@ -63,8 +63,12 @@ class Outage:
             if first:
                 self.outages += 1
         if first:
-            self._log.warning("%s: %s failed: %s; retrying with backoff until the database is "
-                              "back", self._who, what, _one_line(exc))
+            self._log.warning(
+                "%s: %s failed: %s; retrying with backoff until the database is back",
+                self._who,
+                what,
+                _one_line(exc),
+            )
 
     def recovered(self, what: str) -> None:
         """Loop ``what`` reached the database; "database back" once no loop is failing."""
@@ -79,11 +83,16 @@ class Outage:
             self._log.info("%s: database back", self._who)
 
 
-async def retrying(outage: Outage, what: str, call: Callable[[], T], *,
-                   backoff: Backoff | None = None,
-                   give_up: Callable[[], bool] = lambda: False,
-                   interrupt: asyncio.Event | None = None,
-                   executor: concurrent.futures.Executor | None = None) -> T:
+async def retrying(
+    outage: Outage,
+    what: str,
+    call: Callable[[], T],
+    *,
+    backoff: Backoff | None = None,
+    give_up: Callable[[], bool] = lambda: False,
+    interrupt: asyncio.Event | None = None,
+    executor: concurrent.futures.Executor | None = None,
+) -> T:
     """``call()`` in a thread until it does not raise a ``WAIT_OUT`` error, sleeping by
     ``backoff`` between tries (cut short when ``interrupt`` is set); re-raises the last error
     once ``give_up()`` says so (shutting down). Other exceptions propagate at once. ``executor``:

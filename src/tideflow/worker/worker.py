@@ -83,8 +83,14 @@ class WorkerOptions:
 
 
 class Worker:
-    def __init__(self, store: FlowStore, registry: FlowRegistry, *,
-                 options: WorkerOptions | None = None, worker_id: str | None = None) -> None:
+    def __init__(
+        self,
+        store: FlowStore,
+        registry: FlowRegistry,
+        *,
+        options: WorkerOptions | None = None,
+        worker_id: str | None = None,
+    ) -> None:
         self.store = store
         self.registry = registry
         self.options = options or WorkerOptions()
@@ -137,21 +143,27 @@ class Worker:
         if self._stopping:
             self._on_stop()
         opts = self.options
-        executor = self._executor = ThreadPoolExecutor(max_workers=opts.concurrency,
-                                                       thread_name_prefix="tideflow-step")
+        executor = self._executor = ThreadPoolExecutor(
+            max_workers=opts.concurrency, thread_name_prefix="tideflow-step"
+        )
         unsubscribe = self.store.subscribe(self._wake_threadsafe)
         background = [
-            asyncio.create_task(self._every(opts.heartbeat_interval or opts.lease_margin / 3,
-                                            "renewing task leases", self._heartbeat)),
-            asyncio.create_task(self._every(opts.reap_interval, "recovering stalled tasks",
-                                            self._reaper)),
+            asyncio.create_task(
+                self._every(
+                    opts.heartbeat_interval or opts.lease_margin / 3,
+                    "renewing task leases",
+                    self._heartbeat,
+                )
+            ),
+            asyncio.create_task(
+                self._every(opts.reap_interval, "recovering stalled tasks", self._reaper)
+            ),
         ]
         flusher = asyncio.create_task(self._flush_loop())
         claimer = asyncio.create_task(self._claim_loop(executor, until_idle))
         log.info("worker %s started: flows %s", self.worker_id, self.registry.slugs())
         try:
-            await asyncio.wait([claimer, flusher, *background],
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([claimer, flusher, *background], return_when=asyncio.FIRST_COMPLETED)
         finally:
             self._stopping = True
             self._on_stop()
@@ -199,13 +211,24 @@ class Worker:
             return False
         return self._loop.time() > self._stop_at + self.options.shutdown_grace
 
-    async def _retrying(self, what: str, call: Callable[[], T], backoff: Backoff,
-                        give_up: Callable[[], bool],
-                        interrupt: asyncio.Event | None = None) -> T:
+    async def _retrying(
+        self,
+        what: str,
+        call: Callable[[], T],
+        backoff: Backoff,
+        give_up: Callable[[], bool],
+        interrupt: asyncio.Event | None = None,
+    ) -> T:
         """``call()`` in a thread, outages waited out (``outage.retrying``) until ``give_up()``;
         ``interrupt`` (the stop or the force event) cuts a backoff pause short."""
-        return await retrying(self.outage, what, call, backoff=backoff, give_up=give_up,
-                              interrupt=interrupt or self._forced_event)
+        return await retrying(
+            self.outage,
+            what,
+            call,
+            backoff=backoff,
+            give_up=give_up,
+            interrupt=interrupt or self._forced_event,
+        )
 
     async def _claim_loop(self, executor: ThreadPoolExecutor, until_idle: bool) -> None:
         assert self._wake is not None
@@ -214,8 +237,9 @@ class Worker:
         stopping: Callable[[], bool] = lambda: self._stopping  # noqa: E731
         slugs = self.registry.slugs()
         try:
-            await self._retrying("recovering stalled tasks", self._reap, backoff, stopping,
-                                 self._stopped)
+            await self._retrying(
+                "recovering stalled tasks", self._reap, backoff, stopping, self._stopped
+            )
             while not self._stopping:
                 self._wake.clear()
                 busy = len(self._running) + len(self._pending) + len(self._flushing)
@@ -224,9 +248,13 @@ class Worker:
                 if free > 0:
                     claimed = await self._retrying(
                         "claiming tasks",
-                        functools.partial(self.store.claim_tasks, self.worker_id, slugs, free,
-                                          opts.lease_margin),
-                        backoff, stopping, self._stopped)
+                        functools.partial(
+                            self.store.claim_tasks, self.worker_id, slugs, free, opts.lease_margin
+                        ),
+                        backoff,
+                        stopping,
+                        self._stopped,
+                    )
                     if self._stopping:
                         await self._release(claimed)
                         return
@@ -235,8 +263,12 @@ class Worker:
                     continue  # there may be more: claim again as soon as a slot frees
                 if until_idle and not claimed and not busy:
                     queued = await self._retrying(
-                        "counting queued tasks", lambda: self.store.count_queued(slugs),
-                        backoff, stopping, self._stopped)
+                        "counting queued tasks",
+                        lambda: self.store.count_queued(slugs),
+                        backoff,
+                        stopping,
+                        self._stopped,
+                    )
                     if not queued:
                         return
                 with contextlib.suppress(TimeoutError):
@@ -265,9 +297,12 @@ class Worker:
             else:
                 await self._fail(outcome)
         except WAIT_OUT:
-            log.warning("task %s attempt %d: its failure was not recorded (the database stayed "
-                        "unavailable until shutdown); it runs again once its lease expires",
-                        task.key, task.attempt)
+            log.warning(
+                "task %s attempt %d: its failure was not recorded (the database stayed "
+                "unavailable until shutdown); it runs again once its lease expires",
+                task.key,
+                task.attempt,
+            )
         except Exception as exc:
             # A bug in tideflow (step exceptions become outcomes in execute): stop the worker
             # and let run() raise it rather than limp on without this task.
@@ -280,8 +315,11 @@ class Worker:
 
     async def _fail(self, outcome: TaskFailure) -> None:
         retry_at = await self._retrying(
-            "recording a failed task", lambda: self.store.fail_task(self.worker_id, outcome),
-            Backoff(), self._past_deadline)
+            "recording a failed task",
+            lambda: self.store.fail_task(self.worker_id, outcome),
+            Backoff(),
+            self._past_deadline,
+        )
         self.failed += 1
         if retry_at is not None:
             # Wake when the retry becomes visible instead of at the next poll.
@@ -307,8 +345,11 @@ class Worker:
         free = self.options.concurrency - len(self._running) - len(self._pending)
         claim = None
         if not self._stopping and free > 0:
-            claim = ClaimRequest(tuple(self.registry.slugs()), min(free, self.options.max_batch),
-                                 self.options.lease_margin)
+            claim = ClaimRequest(
+                tuple(self.registry.slugs()),
+                min(free, self.options.max_batch),
+                self.options.lease_margin,
+            )
         try:
             claimed = await self._commit(self._flushing, claim, Backoff())
             if self._stopping:
@@ -316,16 +357,19 @@ class Worker:
             else:
                 self._start(claimed)
         except WAIT_OUT:
-            log.warning("%d completion(s) were not recorded: the database stayed unavailable "
-                        "until shutdown; their tasks run again once their leases expire",
-                        len(self._flushing))
+            log.warning(
+                "%d completion(s) were not recorded: the database stayed unavailable "
+                "until shutdown; their tasks run again once their leases expire",
+                len(self._flushing),
+            )
         finally:
             self._flushing = []
             if self._wake is not None:
                 self._wake.set()  # their slots are free now
 
-    async def _commit(self, completions: list[TaskCompletion], claim: ClaimRequest | None,
-                      backoff: Backoff) -> list[ClaimedTask]:
+    async def _commit(
+        self, completions: list[TaskCompletion], claim: ClaimRequest | None, backoff: Backoff
+    ) -> list[ClaimedTask]:
         """Commit ``completions``, waiting out outages. A batch the database refuses is split
         in halves until the healthy completions commit; a single refused completion fails its
         task without retries (no retry can make the same output acceptable)."""
@@ -337,26 +381,38 @@ class Worker:
             # counting the attempt) - claiming again would only add to them.
             nonlocal tries
             tries += 1
-            return self.store.complete_tasks(self.worker_id, completions,
-                                             claim if tries == 1 else None)
+            return self.store.complete_tasks(
+                self.worker_id, completions, claim if tries == 1 else None
+            )
 
         try:
-            claimed = await self._retrying("committing completions", commit, backoff,
-                                           self._past_deadline)
+            claimed = await self._retrying(
+                "committing completions", commit, backoff, self._past_deadline
+            )
         except WAIT_OUT:
             raise
         except (StorageError, InvalidDataError) as exc:
             if len(completions) == 1:
                 done = completions[0]
-                failure = TaskFailure(done.key, done.attempt,
-                                      f"its output could not be stored: {exc}", retryable=False)
-                log.error("task %s attempt %d: the database refused its output; failing it: %s",
-                          done.key, done.attempt, exc)
+                failure = TaskFailure(
+                    done.key,
+                    done.attempt,
+                    f"its output could not be stored: {exc}",
+                    retryable=False,
+                )
+                log.error(
+                    "task %s attempt %d: the database refused its output; failing it: %s",
+                    done.key,
+                    done.attempt,
+                    exc,
+                )
                 await self._fail(failure)
                 return []
             half = len(completions) // 2
-            return [*await self._commit(completions[:half], None, backoff),
-                    *await self._commit(completions[half:], None, backoff)]
+            return [
+                *await self._commit(completions[:half], None, backoff),
+                *await self._commit(completions[half:], None, backoff),
+            ]
         self.completed += len(completions)
         return claimed
 
@@ -371,11 +427,17 @@ class Worker:
         loop = self._loop
         try:
             await self._retrying(
-                "releasing tasks", lambda: self.store.release_tasks(self.worker_id, keys),
-                Backoff(), lambda: self._forced or loop.time() > until)
+                "releasing tasks",
+                lambda: self.store.release_tasks(self.worker_id, keys),
+                Backoff(),
+                lambda: self._forced or loop.time() > until,
+            )
         except WAIT_OUT:
-            log.warning("%d task(s) could not be released (the database is unavailable); they "
-                        "run again once their leases expire", len(keys))
+            log.warning(
+                "%d task(s) could not be released (the database is unavailable); they "
+                "run again once their leases expire",
+                len(keys),
+            )
             return
         log.info("released %d unfinished task(s) back to the queue", len(keys))
 
@@ -386,8 +448,11 @@ class Worker:
         assert self._loop is not None and self._stop_at is not None
         assert self._forced_event is not None
         if not self._forced:
-            log.info("waiting up to %.0fs for %d running task(s); Ctrl-C again to stop at once",
-                     self.options.shutdown_grace, len(self._running))
+            log.info(
+                "waiting up to %.0fs for %d running task(s); Ctrl-C again to stop at once",
+                self.options.shutdown_grace,
+                len(self._running),
+            )
         forced = asyncio.create_task(self._forced_event.wait())
         try:
             deadline = self._stop_at + self.options.shutdown_grace
@@ -395,8 +460,11 @@ class Worker:
                 remaining = deadline - self._loop.time()
                 if remaining <= 0:
                     break
-                await asyncio.wait([*self._running.values(), forced], timeout=remaining,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    [*self._running.values(), forced],
+                    timeout=remaining,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
         finally:
             forced.cancel()
         if self._running:
@@ -406,8 +474,9 @@ class Worker:
             await asyncio.gather(*late.values(), return_exceptions=True)
             await self._release_keys(list(late))
 
-    async def _every(self, seconds: float, what: str,
-                     prepare: Callable[[], Callable[[], object] | None]) -> None:
+    async def _every(
+        self, seconds: float, what: str, prepare: Callable[[], Callable[[], object] | None]
+    ) -> None:
         """Every ``seconds``, the call ``prepare()`` returns (prepared on the loop, run in a
         thread), retried through outages. Runs on during a graceful stop: running tasks still
         need their leases renewed; ``run()`` cancels it once they are done."""
@@ -418,8 +487,7 @@ class Worker:
             if call is None:
                 continue
             try:
-                await self._retrying(what, call, backoff, lambda: self._forced,
-                                     self._forced_event)
+                await self._retrying(what, call, backoff, lambda: self._forced, self._forced_event)
             except WAIT_OUT:
                 return  # forced to stop while the database is away: nothing left to renew
 

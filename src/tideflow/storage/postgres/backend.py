@@ -50,7 +50,8 @@ def _configure(conn: psycopg.Connection[Any] | psycopg.Cursor[Any]) -> None:
 #: A connection returned to the pool less than this long ago is handed out again unchecked.
 CHECK_AFTER_IDLE = 1.0
 _returned_at: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
-    weakref.WeakKeyDictionary())
+    weakref.WeakKeyDictionary()
+)
 
 
 def _mark_returned(conn: psycopg.Connection[Any]) -> None:
@@ -88,8 +89,9 @@ def _connect_error(url: str, exc: BaseException) -> StorageError:
     if not issubclass(kind, StorageError):  # pragma: no cover - translate maps to storage errors
         kind = StorageError
     detail = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    return kind(f"cannot connect to PostgreSQL at {redact_url(url)}: "
-                f"{detail or type(exc).__name__}")
+    return kind(
+        f"cannot connect to PostgreSQL at {redact_url(url)}: {detail or type(exc).__name__}"
+    )
 
 
 class _PgTx:
@@ -133,9 +135,15 @@ class PostgresStore(SqlEngine):
             # replaced before it is handed out, instead of failing the caller's first query
             # (_check_if_idle says when it is worth a round trip).
             self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
-                url, min_size=1, max_size=pool_size, open=True, configure=_configure,
-                kwargs={"autocommit": True}, name="tideflow",
-                check=_check_if_idle, reset=_mark_returned,
+                url,
+                min_size=1,
+                max_size=pool_size,
+                open=True,
+                configure=_configure,
+                kwargs={"autocommit": True},
+                name="tideflow",
+                check=_check_if_idle,
+                reset=_mark_returned,
                 # A caller waits at most this long for a connection - the pool's default of
                 # 30 s would make a client's ~5 s of retries (retrying.py) last half a minute
                 # when the server is down. Workers back off and try again regardless.
@@ -156,8 +164,10 @@ class PostgresStore(SqlEngine):
     def _tx(self) -> Iterator[_PgTx]:
         joined: psycopg.Connection[Any] | None = self._joined_connection()
         try:
-            with (nullcontext(joined) if joined is not None
-                  else self._pool.connection()) as conn, conn.transaction():
+            with (
+                nullcontext(joined) if joined is not None else self._pool.connection() as conn,
+                conn.transaction(),
+            ):
                 tx = _PgTx(conn, foreign=joined is not None)
                 yield tx
                 if tx.notify:
@@ -171,32 +181,58 @@ class PostgresStore(SqlEngine):
 
     def _joinable(self, connection: Any) -> None:
         if not isinstance(connection, psycopg.Connection):
-            raise StorageError(f"a PostgreSQL flow store can only join a psycopg connection "
-                               f"(an event store transaction's tx.connection), not "
-                               f"{type(connection).__name__}")
+            raise StorageError(
+                f"a PostgreSQL flow store can only join a psycopg connection "
+                f"(an event store transaction's tx.connection), not "
+                f"{type(connection).__name__}"
+            )
         if connection.info.transaction_status != psycopg.pq.TransactionStatus.INTRANS:
-            raise StorageError("joined() needs an open, healthy transaction on the connection: "
-                               "call it inside `with event_store.transaction() as tx`")
+            raise StorageError(
+                "joined() needs an open, healthy transaction on the connection: "
+                "call it inside `with event_store.transaction() as tx`"
+            )
 
     # start_run and complete_tasks run as PL/pgSQL functions: one round trip instead of a dozen.
     def start_run(self, definition: FlowDefinition, run_id: str, input_json: str) -> None:
         with self._flow_tx(definition) as tx:
-            tx.notify = bool(tx.rows(
-                "start_run", run_id=run_id, flow_slug=definition.slug,
-                flow_version=definition.version, input=input_json,
-                steps=step_rows(definition), now=self.clock.now())[0]["notify"])
+            tx.notify = bool(
+                tx.rows(
+                    "start_run",
+                    run_id=run_id,
+                    flow_slug=definition.slug,
+                    flow_version=definition.version,
+                    input=input_json,
+                    steps=step_rows(definition),
+                    now=self.clock.now(),
+                )[0]["notify"]
+            )
 
-    def complete_tasks(self, worker_id: str, completions: Sequence[TaskCompletion],
-                       claim: ClaimRequest | None = None) -> list[ClaimedTask]:
+    def complete_tasks(
+        self,
+        worker_id: str,
+        completions: Sequence[TaskCompletion],
+        claim: ClaimRequest | None = None,
+    ) -> list[ClaimedTask]:
         if not completions:
             return []
         with self._tx() as tx:
-            tx.notify = bool(tx.rows(
-                "complete_tasks_batch", worker_id=worker_id, now=self.clock.now(), rows=batch(
-                    {"run_id": c.key.run_id, "step_slug": c.key.step_slug,
-                     "task_index": c.key.task_index, "attempt": c.attempt,
-                     "output": c.output_json}
-                    for c in completions))[0]["notify"])
+            tx.notify = bool(
+                tx.rows(
+                    "complete_tasks_batch",
+                    worker_id=worker_id,
+                    now=self.clock.now(),
+                    rows=batch(
+                        {
+                            "run_id": c.key.run_id,
+                            "step_slug": c.key.step_slug,
+                            "task_index": c.key.task_index,
+                            "attempt": c.attempt,
+                            "output": c.output_json,
+                        }
+                        for c in completions
+                    ),
+                )[0]["notify"]
+            )
             return self._claim_ready(tx, worker_id, claim)
 
     def migrate(self) -> list[str]:
@@ -215,23 +251,27 @@ class PostgresStore(SqlEngine):
                 if m.version in done:
                     continue
                 conn.execute(m.sql.encode())  # no parameters: may hold several statements
-                conn.execute("INSERT INTO tideflow.schema_migrations VALUES (%s, %s, %s)",
-                             (m.version, m.name, self.clock.now()))
+                conn.execute(
+                    "INSERT INTO tideflow.schema_migrations VALUES (%s, %s, %s)",
+                    (m.version, m.name, self.clock.now()),
+                )
                 applied.append(f"{m.version:04d}_{m.name}")
         return applied
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         unsubscribe = super().subscribe(callback)
         if self._listener is None:
-            self._listener = threading.Thread(target=self._listen, name="tideflow-listen",
-                                              daemon=True)
+            self._listener = threading.Thread(
+                target=self._listen, name="tideflow-listen", daemon=True
+            )
             self._listener.start()
         return unsubscribe
 
     def _listen(self) -> None:
         """Forward NOTIFYs from other processes to subscribers; reconnect on failure."""
-        listen_forever(self.url, CHANNEL, self._notify_local, self._stopping,
-                       "workers poll until it is back")
+        listen_forever(
+            self.url, CHANNEL, self._notify_local, self._stopping, "workers poll until it is back"
+        )
 
     def close(self) -> None:
         self._stopping.set()
@@ -244,16 +284,21 @@ class PostgresStore(SqlEngine):
         only, so a read pointed at the wrong database leaves it as it was."""
         try:
             with self._pool.connection() as conn:
-                if conn.execute("SELECT to_regclass('tideflow.schema_migrations')"
-                                ).fetchone() in (None, (None,)):
+                if conn.execute("SELECT to_regclass('tideflow.schema_migrations')").fetchone() in (
+                    None,
+                    (None,),
+                ):
                     return None
-                done = {r[0] for r in conn.execute(
-                    "SELECT version FROM tideflow.schema_migrations")}
+                done = {
+                    r[0] for r in conn.execute("SELECT version FROM tideflow.schema_migrations")
+                }
         except psycopg.Error as exc:
-            raise translate(exc, f"reading the tideflow schema of {redact_url(self.url)}"
-                            ) from exc
-        return [f"{m.version:04d}_{m.name}" for m in load_migrations("tideflow.storage.postgres")
-                if m.version not in done]
+            raise translate(exc, f"reading the tideflow schema of {redact_url(self.url)}") from exc
+        return [
+            f"{m.version:04d}_{m.name}"
+            for m in load_migrations("tideflow.storage.postgres")
+            if m.version not in done
+        ]
 
     def check_schema(self) -> None:
         """Raise ``SchemaMissingError`` / ``SchemaNotReadyError`` unless the schema is current."""
@@ -261,14 +306,21 @@ class PostgresStore(SqlEngine):
         if pending is None or pending:
             raise schema_error(redact_url(self.url), self.url, pending)
 
+
 #: A listening connection only reads, so a peer that vanished without closing it (a network
 #: partition, a VM frozen) would never be noticed: TCP keepalives notice it in about 25 s.
-LISTEN_CONNECT: dict[str, Any] = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 10,
-                                  "keepalives_interval": 5, "keepalives_count": 3}
+LISTEN_CONNECT: dict[str, Any] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
 
 
-def listen_forever(url: str, channel: str, on_notify: Callable[[], None],
-                   stopping: threading.Event, meanwhile: str) -> None:
+def listen_forever(
+    url: str, channel: str, on_notify: Callable[[], None], stopping: threading.Event, meanwhile: str
+) -> None:
     """LISTEN on ``channel`` and call ``on_notify`` for each notification until ``stopping``.
 
     A lost connection (a server restart) is retried with ``Backoff`` - one warning per outage,
@@ -294,6 +346,10 @@ def listen_forever(url: str, channel: str, on_notify: Callable[[], None],
                 return
             if not lost:
                 lost = True
-                log.warning("LISTEN %s connection lost (%s); %s", channel,
-                            " ".join(str(exc).split()) or type(exc).__name__, meanwhile)
+                log.warning(
+                    "LISTEN %s connection lost (%s); %s",
+                    channel,
+                    " ".join(str(exc).split()) or type(exc).__name__,
+                    meanwhile,
+                )
             stopping.wait(backoff.next_delay())

@@ -77,21 +77,25 @@ def translate(exc: BaseException, what: str = "PostgreSQL operation") -> Tideflo
     if is_transient(exc):
         return DatabaseUnavailableError(
             f"{what} failed: the database is unavailable ({detail}); it is retried when the "
-            "server is back")
+            "server is back"
+        )
     state = getattr(exc, "sqlstate", None)
     if state == _NO_SCHEMA:
         return SchemaMissingError(
-            f"{what} failed: the database has no tideflow schema ({detail}); run "
-            "`tideflow migrate`")
+            f"{what} failed: the database has no tideflow schema ({detail}); run `tideflow migrate`"
+        )
     if state in _SCHEMA_STATES:
         return SchemaNotReadyError(
             f"{what} failed: the tideflow schema is missing or older than this version of "
-            f"tideflow ({detail}); run `tideflow migrate`")
-    if (isinstance(exc, psycopg.DataError | UnicodeEncodeError)
-            or (state is not None and state.startswith("22"))):
+            f"tideflow ({detail}); run `tideflow migrate`"
+        )
+    if isinstance(exc, psycopg.DataError | UnicodeEncodeError) or (
+        state is not None and state.startswith("22")
+    ):
         return InvalidDataError(
             f"{what} failed: PostgreSQL refused a value ({detail}); strings must not contain "
-            "NUL characters or lone surrogates")
+            "NUL characters or lone surrogates"
+        )
     return StorageError(f"{what} failed: {type(exc).__name__}: {detail}")
 
 

@@ -111,9 +111,12 @@ def _events(rows: list[tuple[Any, ...]]) -> list[RecordedEvent]:
     """A page of event rows (columns as in events_queries.sql) as events, not yet upcast."""
     n = len(rows)
     values = decode_objects([r[9] for r in rows] + [r[10] for r in rows])
-    return [RecordedEvent(r[4], r[5], r[3], r[1], r[0], values[i], values[n + i], r[6], r[7],
-                          r[8], r[2])
-            for i, r in enumerate(rows)]
+    return [
+        RecordedEvent(
+            r[4], r[5], r[3], r[1], r[0], values[i], values[n + i], r[6], r[7], r[8], r[2]
+        )
+        for i, r in enumerate(rows)
+    ]
 
 
 def _events_document(p: PreparedAppend) -> str:
@@ -121,13 +124,23 @@ def _events_document(p: PreparedAppend) -> str:
     with everything but its data and metadata (those travel in arrays of their own, see
     ``_json_array`` and migration 0004). Spliced together, not re-encoded."""
     quote = json.encoder.encode_basestring_ascii  # what json.dumps does with a str, minus a call
-    return "[" + ",".join(
-        f'{{"event_id":"{event_id.hex}","event_type":{quote(event_type)},'
-        f'"schema_version":{schema_version},"causation_id":{_json_uuid(cause)},'
-        f'"correlation_id":{_json_uuid(correlation)}}}'
-        for event_id, event_type, schema_version, cause, correlation
-        in zip(p.event_ids, p.event_types, p.schema_versions, p.causation_ids,
-               p.correlation_ids, strict=True)) + "]"
+    return (
+        "["
+        + ",".join(
+            f'{{"event_id":"{event_id.hex}","event_type":{quote(event_type)},'
+            f'"schema_version":{schema_version},"causation_id":{_json_uuid(cause)},'
+            f'"correlation_id":{_json_uuid(correlation)}}}'
+            for event_id, event_type, schema_version, cause, correlation in zip(
+                p.event_ids,
+                p.event_types,
+                p.schema_versions,
+                p.causation_ids,
+                p.correlation_ids,
+                strict=True,
+            )
+        )
+        + "]"
+    )
 
 
 def _json_array(texts: list[str]) -> str:
@@ -142,8 +155,9 @@ def _json_uuid(value: UUID | None) -> str:
     return "null" if value is None else f'"{value.hex}"'
 
 
-def _execute(conn: Conn, name: str, params: dict[str, Any], *,
-             binary: bool = False) -> psycopg.Cursor[Any]:
+def _execute(
+    conn: Conn, name: str, params: dict[str, Any], *, binary: bool = False
+) -> psycopg.Cursor[Any]:
     """Run one of our named queries, its driver errors mapped (``errors.translate``). (The
     caller's own SQL on ``tx.connection`` is not mapped: its errors are the caller's.)"""
     try:
@@ -195,12 +209,24 @@ def _run_append(conn: Conn, args: AppendArgs, savepoint: bool) -> tuple[int, lis
     stream_id, kind, number, events, data, metadata, recorded_at, key, result_json = args
     # The JSON documents are ASCII (json escapes the rest); the caller's texts are encoded as
     # psycopg would, in the connection's encoding - which matters only if they are not ASCII.
-    enc = ("ascii" if stream_id.isascii() and (key is None or key.isascii())
-           and (result_json is None or result_json.isascii()) else conn.info.encoding)
-    params = [stream_id.encode(enc), kind.encode(), _INT8(number), events.encode(),
-              data.encode(), metadata.encode(), recorded_at.isoformat().encode(),
-              None if key is None else key.encode(enc),
-              None if result_json is None else result_json.encode(enc)]
+    enc = (
+        "ascii"
+        if stream_id.isascii()
+        and (key is None or key.isascii())
+        and (result_json is None or result_json.isascii())
+        else conn.info.encoding
+    )
+    params = [
+        stream_id.encode(enc),
+        kind.encode(),
+        _INT8(number),
+        events.encode(),
+        data.encode(),
+        metadata.encode(),
+        recorded_at.isoformat().encode(),
+        None if key is None else key.encode(enc),
+        None if result_json is None else result_json.encode(enc),
+    ]
     with conn.lock:
         if savepoint:
             result = _under_savepoint(conn, params)
@@ -292,24 +318,36 @@ class PostgresEventStore:
     page_size: int
     dialect: Dialect = "postgresql"
 
-    def __init__(self, url: str, clock: Clock | None = None, *,
-                 upcasters: Upcasters | None = None, page_size: int = DEFAULT_PAGE_SIZE,
-                 pool_size: int = 8) -> None:
+    def __init__(
+        self,
+        url: str,
+        clock: Clock | None = None,
+        *,
+        upcasters: Upcasters | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        pool_size: int = 8,
+    ) -> None:
         """Connect with a pool of up to ``pool_size`` connections (``StorageError`` if the
         server cannot be reached)."""
         self._setup(PostgresStore(url, clock, pool_size=pool_size), True, upcasters, page_size)
 
     @classmethod
-    def sharing(cls, flow_store: PostgresStore, *, upcasters: Upcasters | None = None,
-                page_size: int = DEFAULT_PAGE_SIZE) -> PostgresEventStore:
+    def sharing(
+        cls,
+        flow_store: PostgresStore,
+        *,
+        upcasters: Upcasters | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> PostgresEventStore:
         """An event store on ``flow_store``'s pool and clock, so that one process opens one set
         of connections for flows and events. Closing it leaves the flow store open."""
         store = cls.__new__(cls)
         store._setup(flow_store, False, upcasters, page_size)
         return store
 
-    def _setup(self, flows: PostgresStore, owns: bool, upcasters: Upcasters | None,
-               page_size: int) -> None:
+    def _setup(
+        self, flows: PostgresStore, owns: bool, upcasters: Upcasters | None, page_size: int
+    ) -> None:
         self._flows = flows
         self._owns_flows = owns
         self._pool: ConnectionPool[Conn] = flows.pool
@@ -361,8 +399,9 @@ class PostgresEventStore:
         with self._connection() as conn:
             return _execute(conn, query, params).fetchall()
 
-    def _event_rows(self, query: str, tx: PostgresEventTransaction | None = None, /,
-                    **params: Any) -> list[tuple[Any, ...]]:
+    def _event_rows(
+        self, query: str, tx: PostgresEventTransaction | None = None, /, **params: Any
+    ) -> list[tuple[Any, ...]]:
         """Rows of events, in binary format: uuid, bigint and timestamptz arrive without
         parsing text (about a fifth of read_all's time per event). On ``tx``'s connection if
         given, else on a pooled one."""
@@ -373,11 +412,18 @@ class PostgresEventStore:
 
     # --- appending ------------------------------------------------------------------------------
 
-    def append(self, stream_id: str, events: Sequence[NewEvent],
-               expected_version: ExpectedVersion | int, *, idempotency_key: str | None = None,
-               result_json: str | None = None) -> list[RecordedEvent]:
-        prepared = prepare_append(stream_id, events, expected_version, idempotency_key,
-                                  result_json, self.upcasters)
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion | int,
+        *,
+        idempotency_key: str | None = None,
+        result_json: str | None = None,
+    ) -> list[RecordedEvent]:
+        prepared = prepare_append(
+            stream_id, events, expected_version, idempotency_key, result_json, self.upcasters
+        )
 
         def write() -> list[RecordedEvent]:
             with self._connection() as conn:
@@ -392,17 +438,24 @@ class PostgresEventStore:
 
     def _append(self, conn: Conn, p: PreparedAppend, *, savepoint: bool) -> list[RecordedEvent]:
         recorded_at = self.clock.now()
-        args: AppendArgs = (p.stream_id, p.expected_kind, p.expected_number,
-                            _events_document(p), _json_array(p.data), _json_array(p.metadata),
-                            recorded_at, p.idempotency_key, p.result_json)
+        args: AppendArgs = (
+            p.stream_id,
+            p.expected_kind,
+            p.expected_number,
+            _events_document(p),
+            _json_array(p.data),
+            _json_array(p.metadata),
+            recorded_at,
+            p.idempotency_key,
+            p.result_json,
+        )
         try:
             first_version, positions = _append_row(conn, args, savepoint)
         except psycopg.DatabaseError as exc:
             raise self._append_error(conn, p, exc) from exc
         return p.recorded(first_version, positions, recorded_at)
 
-    def _append_error(self, conn: Conn, p: PreparedAppend,
-                      exc: psycopg.DatabaseError) -> Exception:
+    def _append_error(self, conn: Conn, p: PreparedAppend, exc: psycopg.DatabaseError) -> Exception:
         if exc.sqlstate == _WRONG_VERSION:
             actual = int(exc.diag.message_detail or 0)
             return WrongExpectedVersionError(p.stream_id, p.expected, actual)
@@ -412,33 +465,51 @@ class PostgresEventStore:
             # which ON CONFLICT only reports once the transaction that wrote it has committed.
             record = self._idempotent_result(conn, p.idempotency_key)
             return DuplicateIdempotencyKeyError(
-                p.idempotency_key, record.stream_id if record else None,
-                record.result_json if record else None)
-        if (isinstance(exc, pg_errors.UniqueViolation)
-                and exc.diag.constraint_name == "events_event_id"):
+                p.idempotency_key,
+                record.stream_id if record else None,
+                record.result_json if record else None,
+            )
+        if (
+            isinstance(exc, pg_errors.UniqueViolation)
+            and exc.diag.constraint_name == "events_event_id"
+        ):
             return DuplicateEventIdError(
                 f"an event appended to {p.stream_id!r} has an event_id that is already recorded "
                 f"({exc.diag.message_detail}); nothing was written. Event ids are unique across "
-                "the store: leave event_id out to get a fresh uuid4, and never reuse one.")
+                "the store: leave event_id out to get a fresh uuid4, and never reuse one."
+            )
         return translate(exc, f"appending to stream {p.stream_id!r}")
 
     # --- reading --------------------------------------------------------------------------------
 
-    def read_stream(self, stream_id: str, from_version: int | None = None,
-                    limit: int | None = None, backwards: bool = False) -> Iterator[RecordedEvent]:
-        return self._read_stream(check_stream_id(stream_id), check_version(from_version),
-                                 check_limit(limit), bool(backwards))
+    def read_stream(
+        self,
+        stream_id: str,
+        from_version: int | None = None,
+        limit: int | None = None,
+        backwards: bool = False,
+    ) -> Iterator[RecordedEvent]:
+        return self._read_stream(
+            check_stream_id(stream_id),
+            check_version(from_version),
+            check_limit(limit),
+            bool(backwards),
+        )
 
-    def _read_stream(self, stream_id: str, from_version: int | None, limit: int | None,
-                     backwards: bool, tx: PostgresEventTransaction | None = None,
-                     ) -> Iterator[RecordedEvent]:
+    def _read_stream(
+        self,
+        stream_id: str,
+        from_version: int | None,
+        limit: int | None,
+        backwards: bool,
+        tx: PostgresEventTransaction | None = None,
+    ) -> Iterator[RecordedEvent]:
         name = "read_stream_backwards" if backwards else "read_stream_forwards"
         version = from_version or (_LAST_VERSION if backwards else 1)
         remaining = limit
         while remaining != 0 and version >= 1:
             size = self.page_size if remaining is None else min(self.page_size, remaining)
-            rows = self._event_rows(name, tx, stream_id=stream_id, from_version=version,
-                                    limit=size)
+            rows = self._event_rows(name, tx, stream_id=stream_id, from_version=version, limit=size)
             yield from self.upcasters.upcast_all(_events(rows))
             if len(rows) < size:
                 return
@@ -446,16 +517,24 @@ class PostgresEventStore:
             if remaining is not None:
                 remaining -= len(rows)
 
-    def read_all(self, from_position: int = 0, event_types: Iterable[str] | None = None,
-                 limit: int | None = None, *, to_position: int | None = None,
-                 ) -> Iterator[RecordedEvent]:
+    def read_all(
+        self,
+        from_position: int = 0,
+        event_types: Iterable[str] | None = None,
+        limit: int | None = None,
+        *,
+        to_position: int | None = None,
+    ) -> Iterator[RecordedEvent]:
         return self._read_all(
-            check_position(from_position, "from_position"), check_event_types(event_types),
+            check_position(from_position, "from_position"),
+            check_event_types(event_types),
             check_limit(limit),
-            None if to_position is None else check_position(to_position, "to_position"))
+            None if to_position is None else check_position(to_position, "to_position"),
+        )
 
-    def _read_all(self, after: int, types: list[str] | None, limit: int | None,
-                  to_position: int | None) -> Iterator[RecordedEvent]:
+    def _read_all(
+        self, after: int, types: list[str] | None, limit: int | None, to_position: int | None
+    ) -> Iterator[RecordedEvent]:
         if limit == 0 or types == []:
             return
         until = self.head_position()  # a statement of its own, BEFORE the reads: see migration 0004
@@ -465,8 +544,7 @@ class PostgresEventStore:
         remaining = limit
         while after < until:
             size = self.page_size if remaining is None else min(self.page_size, remaining)
-            rows = self._event_rows(name, after=after, until=until, limit=size,
-                                    event_types=types)
+            rows = self._event_rows(name, after=after, until=until, limit=size, event_types=types)
             yield from self.upcasters.upcast_all(_events(rows))
             if len(rows) < size:
                 return
@@ -486,19 +564,34 @@ class PostgresEventStore:
 
     # --- snapshots ------------------------------------------------------------------------------
 
-    def save_snapshot(self, stream_id: str, version: int, state: Mapping[str, Any], *,
-                      snapshot_type: str = "snapshot", schema_version: int | None = None) -> None:
-        s = prepare_snapshot(stream_id, version, state, snapshot_type, schema_version,
-                             self.upcasters)
-        rows = self._rows("save_snapshot", stream_id=s.stream_id, version=s.version,
-                          snapshot_type=s.snapshot_type, schema_version=s.schema_version,
-                          state=s.state_json, taken_at=self.clock.now())
+    def save_snapshot(
+        self,
+        stream_id: str,
+        version: int,
+        state: Mapping[str, Any],
+        *,
+        snapshot_type: str = "snapshot",
+        schema_version: int | None = None,
+    ) -> None:
+        s = prepare_snapshot(
+            stream_id, version, state, snapshot_type, schema_version, self.upcasters
+        )
+        rows = self._rows(
+            "save_snapshot",
+            stream_id=s.stream_id,
+            version=s.version,
+            snapshot_type=s.snapshot_type,
+            schema_version=s.schema_version,
+            state=s.state_json,
+            taken_at=self.clock.now(),
+        )
         stream_version = int(rows[0][0])
         if stream_version < s.version:
             raise InvalidSnapshotError(
                 f"cannot snapshot stream {s.stream_id!r} at version {s.version}: the stream is at "
                 f"version {stream_version}. Snapshot only a state folded from events read from "
-                "the stream, with the version of the last one. Nothing was written.")
+                "the stream, with the version of the last one. Nothing was written."
+            )
 
     def load_snapshot(self, stream_id: str) -> Snapshot | None:
         rows = self._rows("load_snapshot", stream_id=check_stream_id(stream_id))
@@ -506,7 +599,8 @@ class PostgresEventStore:
             return None
         sid, version, state, snapshot_type, schema_version, taken_at = rows[0]
         return self.upcasters.upcast_snapshot(
-            Snapshot(sid, version, json.loads(state), snapshot_type, schema_version, taken_at))
+            Snapshot(sid, version, json.loads(state), snapshot_type, schema_version, taken_at)
+        )
 
     # --- idempotency and checkpoints ------------------------------------------------------------
 
@@ -524,16 +618,21 @@ class PostgresEventStore:
         rows = self._rows("get_checkpoint", name=check_checkpoint(name))
         return int(rows[0][0]) if rows else 0
 
-    def advance_checkpoint(self, name: str, position: int, *,
-                           expected: int | None = None) -> None:
+    def advance_checkpoint(self, name: str, position: int, *, expected: int | None = None) -> None:
         with self.transaction() as tx:
             tx.advance_checkpoint(name, position, expected=expected)
 
     def reset_checkpoint(self, name: str, position: int = 0) -> None:
         with self._connection() as conn:
-            _execute(conn, "reset_checkpoint",
-                     {"name": check_checkpoint(name, position), "position": position,
-                      "updated_at": self.clock.now()})
+            _execute(
+                conn,
+                "reset_checkpoint",
+                {
+                    "name": check_checkpoint(name, position),
+                    "position": position,
+                    "updated_at": self.clock.now(),
+                },
+            )
 
     @contextmanager
     def transaction(self) -> Iterator[PostgresEventTransaction]:
@@ -561,7 +660,6 @@ class PostgresEventTransaction:
         self.appended = False  # whether to NOTIFY the handler runners when it ends
         self.closed = False  # the block ended: the connection is back in the pool
 
-
     def execute_script(self, script: str) -> None:
         self.connection.execute(script)  # no parameters: PostgreSQL runs several statements
 
@@ -570,17 +668,26 @@ class PostgresEventTransaction:
         the block would otherwise read its next page on a connection that is back in the pool,
         perhaps in another thread's transaction."""
         if self.closed:
-            raise StorageError("this event store transaction has ended: consume tx.read_stream() "
-                               "inside its `with store.transaction()` block, or use "
-                               "store.read_stream() after it")
+            raise StorageError(
+                "this event store transaction has ended: consume tx.read_stream() "
+                "inside its `with store.transaction()` block, or use "
+                "store.read_stream() after it"
+            )
         return self.connection
 
-    def append(self, stream_id: str, events: Sequence[NewEvent],
-               expected_version: ExpectedVersion | int, *, idempotency_key: str | None = None,
-               result_json: str | None = None) -> list[RecordedEvent]:
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion | int,
+        *,
+        idempotency_key: str | None = None,
+        result_json: str | None = None,
+    ) -> list[RecordedEvent]:
         store = self._store
-        prepared = prepare_append(stream_id, events, expected_version, idempotency_key,
-                                  result_json, store.upcasters)
+        prepared = prepare_append(
+            stream_id, events, expected_version, idempotency_key, result_json, store.upcasters
+        )
         self.appended = True
         return store._append(self.connection, prepared, savepoint=True)
 
@@ -588,27 +695,42 @@ class PostgresEventTransaction:
         check_name(key, "idempotency key", InvalidIdempotencyKeyError)
         return self._store._idempotent_result(self.connection, key)
 
-    def read_stream(self, stream_id: str, from_version: int | None = None,
-                    limit: int | None = None, backwards: bool = False) -> Iterator[RecordedEvent]:
-        return self._store._read_stream(check_stream_id(stream_id), check_version(from_version),
-                                        check_limit(limit), bool(backwards), self)
+    def read_stream(
+        self,
+        stream_id: str,
+        from_version: int | None = None,
+        limit: int | None = None,
+        backwards: bool = False,
+    ) -> Iterator[RecordedEvent]:
+        return self._store._read_stream(
+            check_stream_id(stream_id),
+            check_version(from_version),
+            check_limit(limit),
+            bool(backwards),
+            self,
+        )
 
     def lock_checkpoint(self, name: str) -> int:
         name = check_checkpoint(name)
         if name not in self._checkpoints:
-            row = _execute(self.connection, "lock_checkpoint",
-                           {"name": name, "updated_at": self._store.clock.now()}).fetchone()
+            row = _execute(
+                self.connection,
+                "lock_checkpoint",
+                {"name": name, "updated_at": self._store.clock.now()},
+            ).fetchone()
             assert row is not None
             self._checkpoints[name] = int(row[0])
         return self._checkpoints[name]
 
-    def advance_checkpoint(self, name: str, position: int, *,
-                           expected: int | None = None) -> None:
+    def advance_checkpoint(self, name: str, position: int, *, expected: int | None = None) -> None:
         name = check_checkpoint(name, position)
         current = self.lock_checkpoint(name)
         if (expected is not None and expected != current) or position < current:
             raise CheckpointConflictError(name, position, current, expected)
         if position != current:
-            _execute(self.connection, "set_checkpoint",
-                     {"name": name, "position": position, "updated_at": self._store.clock.now()})
+            _execute(
+                self.connection,
+                "set_checkpoint",
+                {"name": name, "position": position, "updated_at": self._store.clock.now()},
+            )
             self._checkpoints[name] = position

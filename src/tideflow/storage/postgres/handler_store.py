@@ -65,8 +65,9 @@ class PostgresHandlerStore(PostgresSideStore):
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         self._subscribers.append(callback)
         if self._listener is None:
-            self._listener = threading.Thread(target=self._listen, daemon=True,
-                                              name="tideflow-events-listen")
+            self._listener = threading.Thread(
+                target=self._listen, daemon=True, name="tideflow-events-listen"
+            )
             self._listener.start()
 
         def unsubscribe() -> None:
@@ -78,8 +79,13 @@ class PostgresHandlerStore(PostgresSideStore):
     def _listen(self) -> None:
         """Forward NOTIFYs on the events channel to subscribers; reconnect on failure (and
         wake the subscribers once then: appends made meanwhile sent no NOTIFY they heard)."""
-        listen_forever(self.url, EVENTS_CHANNEL, self._wake_subscribers, self._stopping,
-                       "handler runners poll until it is back")
+        listen_forever(
+            self.url,
+            EVENTS_CHANNEL,
+            self._wake_subscribers,
+            self._stopping,
+            "handler runners poll until it is back",
+        )
 
     def _wake_subscribers(self) -> None:
         for callback in list(self._subscribers):
@@ -90,25 +96,38 @@ class PostgresHandlerStore(PostgresSideStore):
 
     # --- leases ---------------------------------------------------------------------------------
 
-    def acquire(self, name: str, kind: HandlerKind, owner: str,
-                ttl: float) -> HandlerLease | None:
-        rows = self._run("acquire", name=name, kind=kind, owner=owner,
-                         expires=self._expires(ttl), now=self.clock.now())
+    def acquire(self, name: str, kind: HandlerKind, owner: str, ttl: float) -> HandlerLease | None:
+        rows = self._run(
+            "acquire",
+            name=name,
+            kind=kind,
+            owner=owner,
+            expires=self._expires(ttl),
+            now=self.clock.now(),
+        )
         return HandlerLease(rows[0]["failing_position"], rows[0]["attempts"]) if rows else None
 
     def hold(self, tx: EventTransaction, name: str, owner: str, ttl: float) -> HandlerLease:
-        rows = self._in(tx, "hold", name=name, owner=owner, expires=self._expires(ttl),
-                        now=self.clock.now())
+        rows = self._in(
+            tx, "hold", name=name, owner=owner, expires=self._expires(ttl), now=self.clock.now()
+        )
         if not rows:
-            raise LeaseLostError(f"handler {name!r} is no longer held by worker {owner!r}: "
-                                 "another worker took it over, or it was stopped")
+            raise LeaseLostError(
+                f"handler {name!r} is no longer held by worker {owner!r}: "
+                "another worker took it over, or it was stopped"
+            )
         return HandlerLease(rows[0]["failing_position"], rows[0]["attempts"])
 
     def renew(self, names: Sequence[str], owner: str, ttl: float) -> set[str]:
         if not names:
             return set()
-        rows = self._run("renew", names=list(names), owner=owner, expires=self._expires(ttl),
-                         now=self.clock.now())
+        rows = self._run(
+            "renew",
+            names=list(names),
+            owner=owner,
+            expires=self._expires(ttl),
+            now=self.clock.now(),
+        )
         return {r["name"] for r in rows}
 
     def release(self, names: Sequence[str], owner: str) -> None:
@@ -117,20 +136,37 @@ class PostgresHandlerStore(PostgresSideStore):
 
     # --- failures -------------------------------------------------------------------------------
 
-    def record_failure(self, name: str, owner: str, position: int, attempts: int,
-                       error: str) -> None:
-        self._run("record_failure", name=name, owner=owner, position=position,
-                  attempts=attempts, error=error, now=self.clock.now())
+    def record_failure(
+        self, name: str, owner: str, position: int, attempts: int, error: str
+    ) -> None:
+        self._run(
+            "record_failure",
+            name=name,
+            owner=owner,
+            position=position,
+            attempts=attempts,
+            error=error,
+            now=self.clock.now(),
+        )
 
     def clear_failure(self, tx: EventTransaction, name: str) -> None:
         self._in(tx, "clear_failure", name=name, now=self.clock.now())
 
-    def record_dead_letter(self, tx: EventTransaction, name: str, event: RecordedEvent,
-                           error: str, attempts: int) -> int:
-        rows = self._in(tx, "insert_dead_letter", handler=name, position=event.position,
-                        event_id=event.event_id, event_type=event.event_type,
-                        stream_id=event.stream_id, error=error, attempts=attempts,
-                        now=self.clock.now())
+    def record_dead_letter(
+        self, tx: EventTransaction, name: str, event: RecordedEvent, error: str, attempts: int
+    ) -> int:
+        rows = self._in(
+            tx,
+            "insert_dead_letter",
+            handler=name,
+            position=event.position,
+            event_id=event.event_id,
+            event_type=event.event_type,
+            stream_id=event.stream_id,
+            error=error,
+            attempts=attempts,
+            now=self.clock.now(),
+        )
         return int(rows[0]["id"])
 
     def stop(self, tx: EventTransaction, name: str, reason: str, error: str) -> None:
@@ -138,8 +174,9 @@ class PostgresHandlerStore(PostgresSideStore):
 
     # --- administration -------------------------------------------------------------------------
 
-    def lock_handler(self, tx: EventTransaction, name: str,
-                     kind: HandlerKind) -> tuple[HandlerKind, HandlerStatus]:
+    def lock_handler(
+        self, tx: EventTransaction, name: str, kind: HandlerKind
+    ) -> tuple[HandlerKind, HandlerStatus]:
         row = self._in(tx, "lock_handler", name=name, kind=kind, now=self.clock.now())[0]
         return row["kind"], row["status"]
 
@@ -152,21 +189,39 @@ class PostgresHandlerStore(PostgresSideStore):
         self._in(tx, "reset_checkpoint", name=name, position=position, now=self.clock.now())
 
     def list_handlers(self) -> list[HandlerRecord]:
-        return [HandlerRecord(
-            r["name"], r["kind"], r["status"], r["owner"], r["lease_expires_at"],
-            r["failing_position"], r["attempts"], r["last_error"], r["stopped_reason"],
-            r["position"], r["dead_letters"]) for r in self._run("list_handlers")]
+        return [
+            HandlerRecord(
+                r["name"],
+                r["kind"],
+                r["status"],
+                r["owner"],
+                r["lease_expires_at"],
+                r["failing_position"],
+                r["attempts"],
+                r["last_error"],
+                r["stopped_reason"],
+                r["position"],
+                r["dead_letters"],
+            )
+            for r in self._run("list_handlers")
+        ]
 
-    def list_dead_letters(self, handler: str | None = None, *, include_retried: bool = False,
-                          limit: int = 100) -> list[DeadLetter]:
-        return [DeadLetter(**r) for r in self._run(
-            "list_dead_letters", handler=handler, include_retried=include_retried, limit=limit)]
+    def list_dead_letters(
+        self, handler: str | None = None, *, include_retried: bool = False, limit: int = 100
+    ) -> list[DeadLetter]:
+        return [
+            DeadLetter(**r)
+            for r in self._run(
+                "list_dead_letters", handler=handler, include_retried=include_retried, limit=limit
+            )
+        ]
 
     def get_dead_letter(self, dead_letter_id: int) -> DeadLetter:
         rows = self._run("get_dead_letter", id=dead_letter_id)
         if not rows:
             raise DeadLetterNotFoundError(
-                f"no dead letter has id {dead_letter_id}; list them with `tideflow deadletters`")
+                f"no dead letter has id {dead_letter_id}; list them with `tideflow deadletters`"
+            )
         return DeadLetter(**rows[0])
 
     def mark_dead_letter_retried(self, tx: EventTransaction, dead_letter_id: int) -> None:

@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 class CoalescingNotifier:
     """Sends ``NOTIFY channel`` after ``poke()`` calls, at most one in flight. Thread-safe."""
 
-    def __init__(self, url: str, channel: str, *, min_interval: float = 0.005,
-                 retry_delay: float = 5.0) -> None:
+    def __init__(
+        self, url: str, channel: str, *, min_interval: float = 0.005, retry_delay: float = 5.0
+    ) -> None:
         self._url = url
         self._channel = channel
         self._min_interval = min_interval
@@ -55,8 +56,9 @@ class CoalescingNotifier:
         if self._thread is None:
             with self._start_lock:
                 if self._thread is None and not self._closing.is_set():
-                    self._thread = threading.Thread(target=self._run, daemon=True,
-                                                    name=f"tideflow-notify-{self._channel}")
+                    self._thread = threading.Thread(
+                        target=self._run, daemon=True, name=f"tideflow-notify-{self._channel}"
+                    )
                     self._thread.start()
 
     def close(self, timeout: float = 2.0) -> None:
@@ -74,9 +76,15 @@ class CoalescingNotifier:
         lost = False
         while True:
             try:
-                with psycopg.connect(self._url, autocommit=True, connect_timeout=5, keepalives=1,
-                                     keepalives_idle=10, keepalives_interval=5,
-                                     keepalives_count=3) as conn:
+                with psycopg.connect(
+                    self._url,
+                    autocommit=True,
+                    connect_timeout=5,
+                    keepalives=1,
+                    keepalives_idle=10,
+                    keepalives_interval=5,
+                    keepalives_count=3,
+                ) as conn:
                     conn.execute("SET synchronous_commit = off")
                     if lost:
                         lost = False
@@ -97,7 +105,10 @@ class CoalescingNotifier:
                     return
                 if not lost:  # one line per outage, not one per try
                     lost = True
-                    log.warning("NOTIFY %s failed (%s); handler runners poll until it works "
-                                "again", self._channel, " ".join(str(exc).split()))
+                    log.warning(
+                        "NOTIFY %s failed (%s); handler runners poll until it works again",
+                        self._channel,
+                        " ".join(str(exc).split()),
+                    )
                 self._pending.set()  # the failed NOTIFY may not have gone out: send it again
                 self._closing.wait(backoff.next_delay())

@@ -25,21 +25,42 @@ class PostgresProcessStore(PostgresSideStore):
         rows = self._in(tx, "load", manager=manager, process_id=process_id)
         return ProcessInstance(**rows[0]) if rows else None
 
-    def save(self, tx: EventTransaction, manager: str, process_id: str, *,
-             status: ProcessStatus, state_json: str, version: int, last_position: int,
-             error: str | None) -> None:
-        self._in(tx, "save", manager=manager, process_id=process_id, status=status,
-                 state=state_json, version=version, last_position=last_position, error=error,
-                 now=self.clock.now())
+    def save(
+        self,
+        tx: EventTransaction,
+        manager: str,
+        process_id: str,
+        *,
+        status: ProcessStatus,
+        state_json: str,
+        version: int,
+        last_position: int,
+        error: str | None,
+    ) -> None:
+        self._in(
+            tx,
+            "save",
+            manager=manager,
+            process_id=process_id,
+            status=status,
+            state=state_json,
+            version=version,
+            last_position=last_position,
+            error=error,
+            now=self.clock.now(),
+        )
 
     def get(self, manager: str, process_id: str) -> ProcessInstance | None:
         rows = self._run("get", manager=manager, process_id=process_id)
         return ProcessInstance(**rows[0]) if rows else None
 
-    def list_instances(self, manager: str | None = None, status: ProcessStatus | None = None,
-                       limit: int = 100) -> list[ProcessInstance]:
-        return [ProcessInstance(**r) for r in self._run(
-            "list_instances", manager=manager, status=status, limit=limit)]
+    def list_instances(
+        self, manager: str | None = None, status: ProcessStatus | None = None, limit: int = 100
+    ) -> list[ProcessInstance]:
+        return [
+            ProcessInstance(**r)
+            for r in self._run("list_instances", manager=manager, status=status, limit=limit)
+        ]
 
     def counts(self) -> dict[tuple[str, ProcessStatus], int]:
         return {(r["manager"], r["status"]): r["instances"] for r in self._run("counts")}

@@ -87,7 +87,8 @@ class PostgresSideStore:
             if isinstance(error, SchemaNotReadyError):
                 error = type(error)(  # SchemaMissingError stays one
                     f"{self._schema_missing} from this database; run `tideflow migrate` (or "
-                    f"store.migrate()) first: {exc}")
+                    f"store.migrate()) first: {exc}"
+                )
             raise error from exc
         return cur.fetchall() if cur.description else []
 

@@ -38,8 +38,9 @@ from tideflow.storage.urls import schema_error
 #: How often a subscribed store checks whether another process committed.
 WATCH_INTERVAL = 0.005
 _PARAM = re.compile(r"%\((\w+)\)s")
-_QUERIES = {name: _PARAM.sub(r":\1", sql)
-            for name, sql in load_queries("tideflow.storage.sqlite").items()}
+_QUERIES = {
+    name: _PARAM.sub(r":\1", sql) for name, sql in load_queries("tideflow.storage.sqlite").items()
+}
 
 
 def _param(value: Any) -> Any:
@@ -79,16 +80,18 @@ class _SQLiteTx:
     def rows(self, name: str, **params: Any) -> list[Row]:
         cur = self._execute(name, params)
         names = [d[0] for d in cur.description or ()]
-        return [{n: _column(n, v) for n, v in zip(names, row, strict=True)}
-                for row in cur.fetchall()]
+        return [
+            {n: _column(n, v) for n, v in zip(names, row, strict=True)} for row in cur.fetchall()
+        ]
 
     def run(self, name: str, **params: Any) -> int:
         return self._execute(name, params).rowcount
 
 
 class SQLiteStore(SqlEngine):
-    def __init__(self, path: str | Path, clock: Clock | None = None, *,
-                 create: bool = True) -> None:
+    def __init__(
+        self, path: str | Path, clock: Clock | None = None, *, create: bool = True
+    ) -> None:
         """``create=False`` opens the file for reading (and the writes of a database that has
         the schema, such as a cancel) without creating anything: a missing file raises
         ``SchemaMissingError`` and neither it nor its folder is created, and the journal mode is
@@ -110,16 +113,21 @@ class SQLiteStore(SqlEngine):
             if create or memory:
                 if not memory:
                     Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(self.path, isolation_level=None,
-                                       check_same_thread=False, timeout=30.0)
+                conn = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+                )
                 conn.execute("PRAGMA journal_mode=WAL")
             else:
                 # mode=rw: never creates the file (plain connect would). Not mode=ro: a
                 # read-only connection cannot rebuild a WAL database's -shm index when it is
                 # missing, and cancel/reset/resume write through this connection.
-                conn = sqlite3.connect(f"file:{quote(self.path)}?mode=rw", uri=True,
-                                       isolation_level=None, check_same_thread=False,
-                                       timeout=30.0)
+                conn = sqlite3.connect(
+                    f"file:{quote(self.path)}?mode=rw",
+                    uri=True,
+                    isolation_level=None,
+                    check_same_thread=False,
+                    timeout=30.0,
+                )
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=30000")
@@ -171,16 +179,20 @@ class SQLiteStore(SqlEngine):
             raise StorageError(
                 "a SQLite flow store can only join a transaction on its own connection; open "
                 "the event store on this flow store (tideflow.storage.open_event_store_on("
-                "flow_store)) so that both share it")
+                "flow_store)) so that both share it"
+            )
         if not self._conn.in_transaction:
-            raise StorageError("joined() needs an open transaction on the connection: call it "
-                               "inside `with event_store.transaction() as tx`")
+            raise StorageError(
+                "joined() needs an open transaction on the connection: call it "
+                "inside `with event_store.transaction() as tx`"
+            )
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         unsubscribe = super().subscribe(callback)
         if self._watcher is None and self.path != ":memory:":
-            self._watcher = threading.Thread(target=self._watch, name="tideflow-sqlite-watch",
-                                             daemon=True)
+            self._watcher = threading.Thread(
+                target=self._watch, name="tideflow-sqlite-watch", daemon=True
+            )
             self._watcher.start()
         return unsubscribe
 
@@ -237,15 +249,22 @@ class SQLiteStore(SqlEngine):
         only (an empty file stays empty)."""
         try:
             with self._lock:
-                if self._conn.execute(
+                if (
+                    self._conn.execute(
                         "SELECT 1 FROM sqlite_master WHERE type = 'table' "
-                        "AND name = 'schema_migrations'").fetchone() is None:
+                        "AND name = 'schema_migrations'"
+                    ).fetchone()
+                    is None
+                ):
                     return None
                 done = {r[0] for r in self._conn.execute("SELECT version FROM schema_migrations")}
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"cannot read SQLite database {self.path!r}: {exc}") from exc
-        return [f"{m.version:04d}_{m.name}" for m in load_migrations("tideflow.storage.sqlite")
-                if m.version not in done]
+        return [
+            f"{m.version:04d}_{m.name}"
+            for m in load_migrations("tideflow.storage.sqlite")
+            if m.version not in done
+        ]
 
     def check_schema(self) -> None:
         """Raise ``SchemaMissingError`` / ``SchemaNotReadyError`` unless the schema is current."""

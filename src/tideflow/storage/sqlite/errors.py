@@ -54,15 +54,18 @@ def translate(exc: BaseException, what: str = "SQLite operation") -> TideflowErr
     if is_transient(exc):
         return DatabaseUnavailableError(
             f"{what} failed: the database is unavailable ({detail}); it is retried when the "
-            "file is free")
+            "file is free"
+        )
     if isinstance(exc, sqlite3.OperationalError) and "no such table" in detail:
         return SchemaNotReadyError(
             f"{what} failed: the tideflow schema is missing or older than this version of "
-            f"tideflow ({detail}); run `tideflow migrate`")
+            f"tideflow ({detail}); run `tideflow migrate`"
+        )
     if _primary_code(exc) in _DATA or isinstance(exc, UnicodeEncodeError):
         return InvalidDataError(
             f"{what} failed: SQLite refused a value ({detail}); strings must not contain "
-            "NUL characters or lone surrogates")
+            "NUL characters or lone surrogates"
+        )
     return StorageError(f"{what} failed: {type(exc).__name__}: {detail}")
 
 

@@ -65,8 +65,10 @@ from tideflow.storage.sqlite.errors import is_transient, rollback_quietly, trans
 from tideflow.storage.unavailable import is_unavailable
 
 _PARAM = re.compile(r"%\((\w+)\)s")
-_QUERIES = {name: _PARAM.sub(r":\1", sql)
-            for name, sql in load_queries("tideflow.storage.sqlite", "events_queries.sql").items()}
+_QUERIES = {
+    name: _PARAM.sub(r":\1", sql)
+    for name, sql in load_queries("tideflow.storage.sqlite", "events_queries.sql").items()
+}
 _LAST_VERSION = 2**62  # "from the end" for backwards reads; above any real version
 
 
@@ -78,9 +80,22 @@ def _events(rows: list[tuple[Any, ...]]) -> list[RecordedEvent]:
     """A page of event rows (columns as in events_queries.sql) as events, not yet upcast."""
     n = len(rows)
     values = decode_objects([r[9] for r in rows] + [r[10] for r in rows])
-    return [RecordedEvent(UUID(r[4]), r[5], r[3], r[1], r[0], values[i], values[n + i],
-                          _uuid(r[6]), _uuid(r[7]), datetime.fromtimestamp(r[8], UTC), r[2])
-            for i, r in enumerate(rows)]
+    return [
+        RecordedEvent(
+            UUID(r[4]),
+            r[5],
+            r[3],
+            r[1],
+            r[0],
+            values[i],
+            values[n + i],
+            _uuid(r[6]),
+            _uuid(r[7]),
+            datetime.fromtimestamp(r[8], UTC),
+            r[2],
+        )
+        for i, r in enumerate(rows)
+    ]
 
 
 def _stored_time(moment: datetime) -> tuple[float, datetime]:
@@ -114,23 +129,34 @@ class SQLiteEventStore:
     page_size: int
     dialect: Dialect = "sqlite"
 
-    def __init__(self, path: str | Path, clock: Clock | None = None, *,
-                 upcasters: Upcasters | None = None,
-                 page_size: int = DEFAULT_PAGE_SIZE) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        clock: Clock | None = None,
+        *,
+        upcasters: Upcasters | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> None:
         """Open (creating it if needed) the database file at ``path``."""
         self._setup(SQLiteStore(path, clock), True, upcasters, page_size)
 
     @classmethod
-    def sharing(cls, flow_store: SQLiteStore, *, upcasters: Upcasters | None = None,
-                page_size: int = DEFAULT_PAGE_SIZE) -> SQLiteEventStore:
+    def sharing(
+        cls,
+        flow_store: SQLiteStore,
+        *,
+        upcasters: Upcasters | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+    ) -> SQLiteEventStore:
         """An event store on ``flow_store``'s connection, lock and clock. Closing it leaves the
         flow store open."""
         store = cls.__new__(cls)
         store._setup(flow_store, False, upcasters, page_size)
         return store
 
-    def _setup(self, flows: SQLiteStore, owns: bool, upcasters: Upcasters | None,
-               page_size: int) -> None:
+    def _setup(
+        self, flows: SQLiteStore, owns: bool, upcasters: Upcasters | None, page_size: int
+    ) -> None:
         self._flows = flows
         self._owns_flows = owns
         self._conn: sqlite3.Connection = flows.connection
@@ -161,7 +187,8 @@ class SQLiteEventStore:
             if isinstance(error, SchemaNotReadyError):
                 error = SchemaNotReadyError(
                     "the tideflow event tables are missing from this database; run `tideflow "
-                    f"migrate` (or store.migrate()) first: {exc}")
+                    f"migrate` (or store.migrate()) first: {exc}"
+                )
             raise error from exc
 
     def _rows(self, query: str, **params: Any) -> list[tuple[Any, ...]]:
@@ -193,11 +220,18 @@ class SQLiteEventStore:
 
     # --- appending ------------------------------------------------------------------------------
 
-    def append(self, stream_id: str, events: Sequence[NewEvent],
-               expected_version: ExpectedVersion | int, *, idempotency_key: str | None = None,
-               result_json: str | None = None) -> list[RecordedEvent]:
-        prepared = prepare_append(stream_id, events, expected_version, idempotency_key,
-                                  result_json, self.upcasters)
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion | int,
+        *,
+        idempotency_key: str | None = None,
+        result_json: str | None = None,
+    ) -> list[RecordedEvent]:
+        prepared = prepare_append(
+            stream_id, events, expected_version, idempotency_key, result_json, self.upcasters
+        )
 
         def write() -> list[RecordedEvent]:
             with self._write():
@@ -209,31 +243,50 @@ class SQLiteEventStore:
         """The append's statements; the caller holds ``_write()``, which rolls back on error."""
         seconds, recorded_at = _stored_time(self.clock.now())
         if p.idempotency_key is not None:
-            inserted = self._execute("insert_idempotency_key", {
-                "key": p.idempotency_key, "stream_id": p.stream_id, "result": p.result_json,
-                "recorded_at": seconds}).rowcount
+            inserted = self._execute(
+                "insert_idempotency_key",
+                {
+                    "key": p.idempotency_key,
+                    "stream_id": p.stream_id,
+                    "result": p.result_json,
+                    "recorded_at": seconds,
+                },
+            ).rowcount
             if not inserted:
                 record = self._idempotent_result(p.idempotency_key)
                 raise DuplicateIdempotencyKeyError(
-                    p.idempotency_key, record.stream_id if record else None,
-                    record.result_json if record else None)
+                    p.idempotency_key,
+                    record.stream_id if record else None,
+                    record.result_json if record else None,
+                )
         row = self._execute("stream_version", {"stream_id": p.stream_id}).fetchone()
         current = row[0] if row else 0
         kind = p.expected_kind
-        if ((kind == "no_stream" and row) or (kind == "exists" and not row)
-                or (kind == "exact" and current != p.expected_number)):
+        if (
+            (kind == "no_stream" and row)
+            or (kind == "exists" and not row)
+            or (kind == "exact" and current != p.expected_number)
+        ):
             raise WrongExpectedVersionError(p.stream_id, p.expected, current)
         positions = []
         for i, event_id in enumerate(p.event_ids):
             causation, correlation = p.causation_ids[i], p.correlation_ids[i]
             try:
-                cur = self._execute("insert_event", {
-                    "version": current + 1 + i, "schema_version": p.schema_versions[i],
-                    "stream_id": p.stream_id, "event_id": str(event_id),
-                    "event_type": p.event_types[i],
-                    "causation_id": None if causation is None else str(causation),
-                    "correlation_id": None if correlation is None else str(correlation),
-                    "recorded_at": seconds, "data": p.data[i], "metadata": p.metadata[i]})
+                cur = self._execute(
+                    "insert_event",
+                    {
+                        "version": current + 1 + i,
+                        "schema_version": p.schema_versions[i],
+                        "stream_id": p.stream_id,
+                        "event_id": str(event_id),
+                        "event_type": p.event_types[i],
+                        "causation_id": None if causation is None else str(causation),
+                        "correlation_id": None if correlation is None else str(correlation),
+                        "recorded_at": seconds,
+                        "data": p.data[i],
+                        "metadata": p.metadata[i],
+                    },
+                )
             except sqlite3.IntegrityError as exc:
                 raise DuplicateEventIdError(
                     f"event #{i} appended to {p.stream_id!r} has event_id {event_id}, which is "
@@ -242,19 +295,31 @@ class SQLiteEventStore:
                 ) from exc
             positions.append(cur.fetchone()[0])
         if positions:
-            self._execute("set_stream_version",
-                          {"stream_id": p.stream_id, "version": current + len(positions)})
+            self._execute(
+                "set_stream_version",
+                {"stream_id": p.stream_id, "version": current + len(positions)},
+            )
         return p.recorded(current + 1, positions, recorded_at)
 
     # --- reading --------------------------------------------------------------------------------
 
-    def read_stream(self, stream_id: str, from_version: int | None = None,
-                    limit: int | None = None, backwards: bool = False) -> Iterator[RecordedEvent]:
-        return self._read_stream(check_stream_id(stream_id), check_version(from_version),
-                                 check_limit(limit), bool(backwards))
+    def read_stream(
+        self,
+        stream_id: str,
+        from_version: int | None = None,
+        limit: int | None = None,
+        backwards: bool = False,
+    ) -> Iterator[RecordedEvent]:
+        return self._read_stream(
+            check_stream_id(stream_id),
+            check_version(from_version),
+            check_limit(limit),
+            bool(backwards),
+        )
 
-    def _read_stream(self, stream_id: str, from_version: int | None, limit: int | None,
-                     backwards: bool) -> Iterator[RecordedEvent]:
+    def _read_stream(
+        self, stream_id: str, from_version: int | None, limit: int | None, backwards: bool
+    ) -> Iterator[RecordedEvent]:
         name = "read_stream_backwards" if backwards else "read_stream_forwards"
         version = from_version or (_LAST_VERSION if backwards else 1)
         remaining = limit
@@ -268,16 +333,24 @@ class SQLiteEventStore:
             if remaining is not None:
                 remaining -= len(rows)
 
-    def read_all(self, from_position: int = 0, event_types: Iterable[str] | None = None,
-                 limit: int | None = None, *, to_position: int | None = None,
-                 ) -> Iterator[RecordedEvent]:
+    def read_all(
+        self,
+        from_position: int = 0,
+        event_types: Iterable[str] | None = None,
+        limit: int | None = None,
+        *,
+        to_position: int | None = None,
+    ) -> Iterator[RecordedEvent]:
         return self._read_all(
-            check_position(from_position, "from_position"), check_event_types(event_types),
+            check_position(from_position, "from_position"),
+            check_event_types(event_types),
             check_limit(limit),
-            None if to_position is None else check_position(to_position, "to_position"))
+            None if to_position is None else check_position(to_position, "to_position"),
+        )
 
-    def _read_all(self, after: int, types: list[str] | None, limit: int | None,
-                  to_position: int | None) -> Iterator[RecordedEvent]:
+    def _read_all(
+        self, after: int, types: list[str] | None, limit: int | None, to_position: int | None
+    ) -> Iterator[RecordedEvent]:
         if limit == 0 or types == []:
             return
         until = self.head_position()
@@ -307,10 +380,18 @@ class SQLiteEventStore:
 
     # --- snapshots ------------------------------------------------------------------------------
 
-    def save_snapshot(self, stream_id: str, version: int, state: Mapping[str, Any], *,
-                      snapshot_type: str = "snapshot", schema_version: int | None = None) -> None:
-        s = prepare_snapshot(stream_id, version, state, snapshot_type, schema_version,
-                             self.upcasters)
+    def save_snapshot(
+        self,
+        stream_id: str,
+        version: int,
+        state: Mapping[str, Any],
+        *,
+        snapshot_type: str = "snapshot",
+        schema_version: int | None = None,
+    ) -> None:
+        s = prepare_snapshot(
+            stream_id, version, state, snapshot_type, schema_version, self.upcasters
+        )
         with self._write():
             row = self._execute("stream_version", {"stream_id": s.stream_id}).fetchone()
             stream_version = row[0] if row else 0
@@ -318,20 +399,35 @@ class SQLiteEventStore:
                 raise InvalidSnapshotError(
                     f"cannot snapshot stream {s.stream_id!r} at version {s.version}: the stream "
                     f"is at version {stream_version}. Snapshot only a state folded from events "
-                    "read from the stream, with the version of the last one. Nothing was written.")
-            self._execute("save_snapshot", {
-                "stream_id": s.stream_id, "version": s.version, "snapshot_type": s.snapshot_type,
-                "schema_version": s.schema_version, "state": s.state_json,
-                "taken_at": self.clock.now().timestamp()})
+                    "read from the stream, with the version of the last one. Nothing was written."
+                )
+            self._execute(
+                "save_snapshot",
+                {
+                    "stream_id": s.stream_id,
+                    "version": s.version,
+                    "snapshot_type": s.snapshot_type,
+                    "schema_version": s.schema_version,
+                    "state": s.state_json,
+                    "taken_at": self.clock.now().timestamp(),
+                },
+            )
 
     def load_snapshot(self, stream_id: str) -> Snapshot | None:
         rows = self._rows("load_snapshot", stream_id=check_stream_id(stream_id))
         if not rows:
             return None
         sid, version, state, snapshot_type, schema_version, taken_at = rows[0]
-        return self.upcasters.upcast_snapshot(Snapshot(
-            sid, version, json.loads(state), snapshot_type, schema_version,
-            datetime.fromtimestamp(taken_at, UTC)))
+        return self.upcasters.upcast_snapshot(
+            Snapshot(
+                sid,
+                version,
+                json.loads(state),
+                snapshot_type,
+                schema_version,
+                datetime.fromtimestamp(taken_at, UTC),
+            )
+        )
 
     # --- idempotency and checkpoints ------------------------------------------------------------
 
@@ -350,16 +446,17 @@ class SQLiteEventStore:
         rows = self._rows("get_checkpoint", name=check_checkpoint(name))
         return int(rows[0][0]) if rows else 0
 
-    def advance_checkpoint(self, name: str, position: int, *,
-                           expected: int | None = None) -> None:
+    def advance_checkpoint(self, name: str, position: int, *, expected: int | None = None) -> None:
         with self.transaction() as tx:
             tx.advance_checkpoint(name, position, expected=expected)
 
     def reset_checkpoint(self, name: str, position: int = 0) -> None:
         name = check_checkpoint(name, position)
         with self._write():
-            self._execute("reset_checkpoint", {"name": name, "position": position,
-                                               "updated_at": self.clock.now().timestamp()})
+            self._execute(
+                "reset_checkpoint",
+                {"name": name, "position": position, "updated_at": self.clock.now().timestamp()},
+            )
 
     @contextmanager
     def transaction(self) -> Iterator[SQLiteEventTransaction]:
@@ -377,17 +474,23 @@ class SQLiteEventTransaction:
         self._store = store
         self.connection = store._conn
 
-
     def execute_script(self, script: str) -> None:
         for statement in split_script(script):
             self.connection.execute(statement)
 
-    def append(self, stream_id: str, events: Sequence[NewEvent],
-               expected_version: ExpectedVersion | int, *, idempotency_key: str | None = None,
-               result_json: str | None = None) -> list[RecordedEvent]:
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion | int,
+        *,
+        idempotency_key: str | None = None,
+        result_json: str | None = None,
+    ) -> list[RecordedEvent]:
         store = self._store
-        prepared = prepare_append(stream_id, events, expected_version, idempotency_key,
-                                  result_json, store.upcasters)
+        prepared = prepare_append(
+            stream_id, events, expected_version, idempotency_key, result_json, store.upcasters
+        )
         with store._write():
             return store._append(prepared)
 
@@ -395,25 +498,35 @@ class SQLiteEventTransaction:
         check_name(key, "idempotency key", InvalidIdempotencyKeyError)
         return self._store._idempotent_result(key)
 
-    def read_stream(self, stream_id: str, from_version: int | None = None,
-                    limit: int | None = None, backwards: bool = False) -> Iterator[RecordedEvent]:
+    def read_stream(
+        self,
+        stream_id: str,
+        from_version: int | None = None,
+        limit: int | None = None,
+        backwards: bool = False,
+    ) -> Iterator[RecordedEvent]:
         # The store's one connection is this transaction's: its reads already see our appends.
         return self._store.read_stream(stream_id, from_version, limit, backwards)
 
     def lock_checkpoint(self, name: str) -> int:
         name = check_checkpoint(name)
         store = self._store
-        store._execute("ensure_checkpoint",
-                       {"name": name, "updated_at": store.clock.now().timestamp()})
+        store._execute(
+            "ensure_checkpoint", {"name": name, "updated_at": store.clock.now().timestamp()}
+        )
         return int(store._execute("get_checkpoint", {"name": name}).fetchone()[0])
 
-    def advance_checkpoint(self, name: str, position: int, *,
-                           expected: int | None = None) -> None:
+    def advance_checkpoint(self, name: str, position: int, *, expected: int | None = None) -> None:
         name = check_checkpoint(name, position)
         current = self.lock_checkpoint(name)
         if (expected is not None and expected != current) or position < current:
             raise CheckpointConflictError(name, position, current, expected)
         if position != current:
-            self._store._execute("set_checkpoint", {
-                "name": name, "position": position,
-                "updated_at": self._store.clock.now().timestamp()})
+            self._store._execute(
+                "set_checkpoint",
+                {
+                    "name": name,
+                    "position": position,
+                    "updated_at": self._store.clock.now().timestamp(),
+                },
+            )

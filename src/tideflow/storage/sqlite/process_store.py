@@ -19,9 +19,17 @@ from tideflow.storage.sqlite.side_store import SQLiteSideStore, sqlite_queries
 
 def _instance(row: tuple[Any, ...]) -> ProcessInstance:
     manager, process_id, status, state, version, last_position, error, started, updated = row
-    return ProcessInstance(manager, process_id, status, state, version, last_position, error,
-                           datetime.fromtimestamp(started, UTC),
-                           datetime.fromtimestamp(updated, UTC))
+    return ProcessInstance(
+        manager,
+        process_id,
+        status,
+        state,
+        version,
+        last_position,
+        error,
+        datetime.fromtimestamp(started, UTC),
+        datetime.fromtimestamp(updated, UTC),
+    )
 
 
 class SQLiteProcessStore(SQLiteSideStore):
@@ -32,29 +40,52 @@ class SQLiteProcessStore(SQLiteSideStore):
     _store_name = "process store"
 
     def load(self, tx: EventTransaction, manager: str, process_id: str) -> ProcessInstance | None:
-        row = self._execute(self._tx(tx), "load",
-                            {"manager": manager, "process_id": process_id}).fetchone()
+        row = self._execute(
+            self._tx(tx), "load", {"manager": manager, "process_id": process_id}
+        ).fetchone()
         return None if row is None else _instance(row)
 
-    def save(self, tx: EventTransaction, manager: str, process_id: str, *,
-             status: ProcessStatus, state_json: str, version: int, last_position: int,
-             error: str | None) -> None:
-        self._execute(self._tx(tx), "save", {
-            "manager": manager, "process_id": process_id, "status": status, "state": state_json,
-            "version": version, "last_position": last_position, "error": error,
-            "now": self.clock.now().timestamp()})
+    def save(
+        self,
+        tx: EventTransaction,
+        manager: str,
+        process_id: str,
+        *,
+        status: ProcessStatus,
+        state_json: str,
+        version: int,
+        last_position: int,
+        error: str | None,
+    ) -> None:
+        self._execute(
+            self._tx(tx),
+            "save",
+            {
+                "manager": manager,
+                "process_id": process_id,
+                "status": status,
+                "state": state_json,
+                "version": version,
+                "last_position": last_position,
+                "error": error,
+                "now": self.clock.now().timestamp(),
+            },
+        )
 
     def get(self, manager: str, process_id: str) -> ProcessInstance | None:
         with self._lock:
-            row = self._execute(self._conn, "get",
-                                {"manager": manager, "process_id": process_id}).fetchone()
+            row = self._execute(
+                self._conn, "get", {"manager": manager, "process_id": process_id}
+            ).fetchone()
         return None if row is None else _instance(row)
 
-    def list_instances(self, manager: str | None = None, status: ProcessStatus | None = None,
-                       limit: int = 100) -> list[ProcessInstance]:
+    def list_instances(
+        self, manager: str | None = None, status: ProcessStatus | None = None, limit: int = 100
+    ) -> list[ProcessInstance]:
         with self._lock:
-            rows = self._execute(self._conn, "list_instances", {
-                "manager": manager, "status": status, "limit": limit}).fetchall()
+            rows = self._execute(
+                self._conn, "list_instances", {"manager": manager, "status": status, "limit": limit}
+            ).fetchall()
         return [_instance(r) for r in rows]
 
     def counts(self) -> dict[tuple[str, ProcessStatus], int]:

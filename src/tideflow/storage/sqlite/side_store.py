@@ -33,8 +33,10 @@ _PARAM = re.compile(r"%\((\w+)\)s")
 
 def sqlite_queries(filename: str) -> dict[str, str]:
     """The named queries of one of our ``.sql`` files, parameters rewritten to ``:name``."""
-    return {name: _PARAM.sub(r":\1", sql)
-            for name, sql in load_queries("tideflow.storage.sqlite", filename).items()}
+    return {
+        name: _PARAM.sub(r":\1", sql)
+        for name, sql in load_queries("tideflow.storage.sqlite", filename).items()
+    }
 
 
 class SQLiteSideStore:
@@ -74,8 +76,9 @@ class SQLiteSideStore:
         if self._owns_flows:
             self._flows.close()
 
-    def _execute(self, conn: sqlite3.Connection, name: str,
-                 params: dict[str, Any]) -> sqlite3.Cursor:
+    def _execute(
+        self, conn: sqlite3.Connection, name: str, params: dict[str, Any]
+    ) -> sqlite3.Cursor:
         """Run one of our named queries; a missing table becomes ``SchemaNotReadyError``."""
         try:
             return conn.execute(self._queries[name], params)
@@ -84,7 +87,8 @@ class SQLiteSideStore:
             if isinstance(error, SchemaNotReadyError):
                 error = SchemaNotReadyError(
                     f"{self._schema_missing} from this database; run `tideflow migrate` (or "
-                    f"store.migrate()) first: {exc}")
+                    f"store.migrate()) first: {exc}"
+                )
             raise error from exc
 
     @contextmanager

@@ -78,9 +78,18 @@ class HandlerBatches:
     """Batches and failures of the handlers of one ``HandlerRunner.run()``; every method runs in
     the handler's own thread (``HandlerSlot.executor``)."""
 
-    def __init__(self, event_store: EventStore, handler_store: HandlerStore, *,
-                 worker_id: str, lease_ttl: float, clock: Clock, dialect: Dialect,
-                 loop: asyncio.AbstractEventLoop, stopping: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        event_store: EventStore,
+        handler_store: HandlerStore,
+        *,
+        worker_id: str,
+        lease_ttl: float,
+        clock: Clock,
+        dialect: Dialect,
+        loop: asyncio.AbstractEventLoop,
+        stopping: Callable[[], bool],
+    ) -> None:
         """``stopping`` tells whether the runner is shutting down (a non-transactional handler
         then stops after the event in hand); ``loop`` runs ``async`` handlers."""
         self.event_store = event_store
@@ -99,8 +108,10 @@ class HandlerBatches:
             try:
                 projection.setup(tx)
             except Exception as exc:
-                raise HandlerError(f"projection {slot.name!r}: setup(connection) failed, so it "
-                                   f"cannot run: {describe(exc)}; fix its schema") from exc
+                raise HandlerError(
+                    f"projection {slot.name!r}: setup(connection) failed, so it "
+                    f"cannot run: {describe(exc)}; fix its schema"
+                ) from exc
 
     def run(self, slot: HandlerSlot) -> BatchOutcome:
         """Handle the next batch of ``slot``'s handler; a failure comes back in the outcome."""
@@ -114,33 +125,41 @@ class HandlerBatches:
         """After a failed attempt: schedule a retry, or apply the handler's ``on_failure``."""
         h, event = slot.handler, failure.event
         error = describe(failure.error)
-        what = (f"handler {slot.name!r} failed on event {event.position} ({event.event_type} "
-                f"in stream {event.stream_id!r}), attempt {failure.attempts}/{h.max_attempts}")
-        final = (failure.attempts >= h.max_attempts
-                 or isinstance(failure.error, NonRetryableError))
+        what = (
+            f"handler {slot.name!r} failed on event {event.position} ({event.event_type} "
+            f"in stream {event.stream_id!r}), attempt {failure.attempts}/{h.max_attempts}"
+        )
+        final = failure.attempts >= h.max_attempts or isinstance(failure.error, NonRetryableError)
         if not final:
             delay = backoff_delay(failure.attempts, h.base_delay, h.max_delay)
             # Counted from the failure, before anything else takes time (or a test moves the
             # clock on seeing the failure recorded).
             slot.retry_at = self.clock.now() + timedelta(seconds=delay)
             log.warning("%s: %s; retrying in %.2fs", what, error, delay)
-            self.handler_store.record_failure(slot.name, self.worker_id, event.position,
-                                              failure.attempts, error)
+            self.handler_store.record_failure(
+                slot.name, self.worker_id, event.position, failure.attempts, error
+            )
             return
-        log.error("%s: %s; giving up (%s)", what, error, h.on_failure.replace("_", " "),
-                  exc_info=failure.error)
+        log.error(
+            "%s: %s; giving up (%s)",
+            what,
+            error,
+            h.on_failure.replace("_", " "),
+            exc_info=failure.error,
+        )
         with self.event_store.transaction() as tx:
             self.handler_store.hold(tx, slot.name, self.worker_id, self.lease_ttl)
             if tx.lock_checkpoint(slot.name) != failure.checkpoint:
                 return  # reset meanwhile: the event will come again
             if h.on_failure == "dead_letter":
-                self.handler_store.record_dead_letter(tx, slot.name, event, error,
-                                                      failure.attempts)
+                self.handler_store.record_dead_letter(tx, slot.name, event, error, failure.attempts)
                 tx.advance_checkpoint(slot.name, event.position)
                 self.handler_store.clear_failure(tx, slot.name)
             else:
-                reason = (f"event {event.position} ({event.event_type} in stream "
-                          f"{event.stream_id!r}) failed {failure.attempts} time(s): {error}")
+                reason = (
+                    f"event {event.position} ({event.event_type} in stream "
+                    f"{event.stream_id!r}) failed {failure.attempts} time(s): {error}"
+                )
                 self.handler_store.stop(tx, slot.name, reason, error)
         if h.on_failure == "stop":
             slot.owned = False
@@ -165,14 +184,15 @@ class HandlerBatches:
         head = self.event_store.head_position()
         if head <= position:
             return [], position
-        events = list(self.event_store.read_all(position, h.event_types, limit=h.batch_size,
-                                                to_position=head))
+        events = list(
+            self.event_store.read_all(position, h.event_types, limit=h.batch_size, to_position=head)
+        )
         full = len(events) == h.batch_size
         return events, events[-1].position if full else head
 
-    def _transactional_batch(self, slot: HandlerSlot, position: int,
-                             events: list[RecordedEvent], upto: int,
-                             more: bool) -> BatchOutcome:
+    def _transactional_batch(
+        self, slot: HandlerSlot, position: int, events: list[RecordedEvent], upto: int, more: bool
+    ) -> BatchOutcome:
         failure: Failure | None = None
         lease = HandlerLease(None, 0)
         while True:
@@ -180,8 +200,7 @@ class HandlerBatches:
             slot.appended = False  # what a rolled-back attempt appended is gone
             try:
                 with self.event_store.transaction() as tx:
-                    lease = self.handler_store.hold(tx, slot.name, self.worker_id,
-                                                    self.lease_ttl)
+                    lease = self.handler_store.hold(tx, slot.name, self.worker_id, self.lease_ttl)
                     if tx.lock_checkpoint(slot.name) != position:
                         return BatchOutcome(more=True)  # reset meanwhile: read again
                     self._deliver(slot, tx, lease, events)
@@ -192,16 +211,18 @@ class HandlerBatches:
             except HandleRaised as raised:  # rolled back
                 event = events[raised.index]
                 checkpoint = events[raised.index - 1].position if raised.index else position
-                failure = Failure(event, raised.error, lease.attempts_at(event.position) + 1,
-                                  checkpoint)
+                failure = Failure(
+                    event, raised.error, lease.attempts_at(event.position) + 1, checkpoint
+                )
                 if not raised.index:
                     return BatchOutcome(failure=failure)
-                events, upto = events[:raised.index], checkpoint
+                events, upto = events[: raised.index], checkpoint
             finally:
                 slot.in_tx = False
 
-    def _plain_batch(self, slot: HandlerSlot, position: int, events: list[RecordedEvent],
-                     upto: int, more: bool) -> BatchOutcome:
+    def _plain_batch(
+        self, slot: HandlerSlot, position: int, events: list[RecordedEvent], upto: int, more: bool
+    ) -> BatchOutcome:
         with self.event_store.transaction() as tx:
             lease = self.handler_store.hold(tx, slot.name, self.worker_id, self.lease_ttl)
         failure: Failure | None = None
@@ -211,8 +232,9 @@ class HandlerBatches:
             done = raised.index
             event = events[done]
             checkpoint = events[done - 1].position if done else position
-            failure = Failure(event, raised.error, lease.attempts_at(event.position) + 1,
-                              checkpoint)
+            failure = Failure(
+                event, raised.error, lease.attempts_at(event.position) + 1, checkpoint
+            )
         if done < len(events):
             upto, more = (events[done - 1].position if done else position), False
         if upto > position:
@@ -228,16 +250,20 @@ class HandlerBatches:
 
     # --- delivering events to handle() ---------------------------------------------------------
 
-    def _deliver(self, slot: HandlerSlot, tx: EventTransaction | None, lease: HandlerLease,
-                 events: Sequence[RecordedEvent]) -> int:
+    def _deliver(
+        self,
+        slot: HandlerSlot,
+        tx: EventTransaction | None,
+        lease: HandlerLease,
+        events: Sequence[RecordedEvent],
+    ) -> int:
         """Handle ``events`` in order; raise ``HandleRaised`` at the first failure. A
         non-transactional handler stops early (returning how many it handled) if its lease is
         lost or the runner is stopping: nothing holds its batch together, so it commits what it
         did."""
         if slot.is_async:
             # One trip to the loop per batch, not per event (a trip costs ~70 us).
-            return slot.bridge.wait_for(self._loop,
-                                        self._deliver_async(slot, tx, lease, events))
+            return slot.bridge.wait_for(self._loop, self._deliver_async(slot, tx, lease, events))
         for i, event in enumerate(events):
             if tx is None and (not slot.owned or self._stopping()):
                 return i
@@ -252,8 +278,13 @@ class HandlerBatches:
             slot.appended |= ctx.appended
         return len(events)
 
-    async def _deliver_async(self, slot: HandlerSlot, tx: EventTransaction | None,
-                             lease: HandlerLease, events: Sequence[RecordedEvent]) -> int:
+    async def _deliver_async(
+        self,
+        slot: HandlerSlot,
+        tx: EventTransaction | None,
+        lease: HandlerLease,
+        events: Sequence[RecordedEvent],
+    ) -> int:
         """``_deliver`` for an ``async def handle``, on the loop."""
         handle = slot.handler.handle
         for i, event in enumerate(events):
@@ -273,10 +304,22 @@ class HandlerBatches:
         if result is not None and inspect.isawaitable(result):
             slot.bridge.wait_for(self._loop, result)
 
-    def _context(self, slot: HandlerSlot, tx: EventTransaction | None, lease: HandlerLease,
-                 event: RecordedEvent) -> DeliveryContext:
-        return DeliveryContext(slot.handler, event, lease.attempts_at(event.position) + 1, tx,
-                               self.event_store, self.dialect, slot.bridge.call)
+    def _context(
+        self,
+        slot: HandlerSlot,
+        tx: EventTransaction | None,
+        lease: HandlerLease,
+        event: RecordedEvent,
+    ) -> DeliveryContext:
+        return DeliveryContext(
+            slot.handler,
+            event,
+            lease.attempts_at(event.position) + 1,
+            tx,
+            self.event_store,
+            self.dialect,
+            slot.bridge.call,
+        )
 
 
 def _raise_if_unavailable(event_store: EventStore, exc: Exception) -> None:
@@ -287,4 +330,5 @@ def _raise_if_unavailable(event_store: EventStore, exc: Exception) -> None:
         if isinstance(exc, DatabaseUnavailableError):
             raise exc
         raise DatabaseUnavailableError(
-            f"the database became unavailable while a handler ran: {exc}") from exc
+            f"the database became unavailable while a handler ran: {exc}"
+        ) from exc

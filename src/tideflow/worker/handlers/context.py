@@ -33,8 +33,9 @@ _PYFORMAT = re.compile(r"%\((\w+)\)s|%s|%%")
 def sqlite_sql(sql: str) -> str:
     """``%(name)s`` / ``%s`` / ``%%`` placeholders (psycopg's, tideflow's SQL style) in SQLite's
     style, so that a handler writes its SQL once for both backends."""
-    return _PYFORMAT.sub(lambda m: f":{m.group(1)}" if m.group(1)
-                         else "?" if m.group(0) == "%s" else "%", sql)
+    return _PYFORMAT.sub(
+        lambda m: f":{m.group(1)}" if m.group(1) else "?" if m.group(0) == "%s" else "%", sql
+    )
 
 
 def describe(exc: BaseException) -> str:
@@ -53,12 +54,28 @@ class DeliveryContext:
     """``HandlerContext`` for one event. ``call`` runs database work in the thread that owns the
     transaction (see ``ThreadBridge``)."""
 
-    __slots__ = ("_call", "_store", "_tx", "appended", "attempt", "dialect", "event",
-                 "handler", "transactional")
+    __slots__ = (
+        "_call",
+        "_store",
+        "_tx",
+        "appended",
+        "attempt",
+        "dialect",
+        "event",
+        "handler",
+        "transactional",
+    )
 
-    def __init__(self, handler: EventHandler, event: RecordedEvent, attempt: int,
-                 tx: EventTransaction | None, store: EventStore, dialect: Dialect,
-                 call: Callable[[Callable[[], Any]], Any] = _direct) -> None:
+    def __init__(
+        self,
+        handler: EventHandler,
+        event: RecordedEvent,
+        attempt: int,
+        tx: EventTransaction | None,
+        store: EventStore,
+        dialect: Dialect,
+        call: Callable[[Callable[[], Any]], Any] = _direct,
+    ) -> None:
         self.handler = handler.name
         self.event = event
         self.attempt = attempt
@@ -74,7 +91,8 @@ class DeliveryContext:
             raise HandlerUsageError(
                 f"handler {self.handler!r} is not transactional, so there is no transaction "
                 "whose connection it could write in: set transactional = True on the handler "
-                "class to write atomically with its checkpoint")
+                "class to write atomically with its checkpoint"
+            )
         return self._tx
 
     @property
@@ -96,22 +114,32 @@ class DeliveryContext:
         text = sqlite_sql(sql) if self.dialect == "sqlite" else sql
         return self._call(lambda: conn.execute(text, params))  # type: ignore[no-any-return]
 
-    def append(self, stream_id: str, events: Sequence[NewEvent],
-               expected_version: ExpectedVersion | int = ExpectedVersion.ANY, *,
-               idempotency_key: str | None = None) -> list[RecordedEvent]:
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion | int = ExpectedVersion.ANY,
+        *,
+        idempotency_key: str | None = None,
+    ) -> list[RecordedEvent]:
         if not isinstance(events, NewEvent) and isinstance(events, Sequence):
-            events = [e.caused_by(self.event)
-                      if isinstance(e, NewEvent) and e.causation_id is None else e
-                      for e in events]
+            events = [
+                e.caused_by(self.event) if isinstance(e, NewEvent) and e.causation_id is None else e
+                for e in events
+            ]
         target: EventTransaction | EventStore = self._tx if self._tx is not None else self._store
         self.appended = True
         return self._call(  # type: ignore[no-any-return]
-            lambda: target.append(stream_id, events, expected_version,
-                                  idempotency_key=idempotency_key))
+            lambda: target.append(
+                stream_id, events, expected_version, idempotency_key=idempotency_key
+            )
+        )
 
 
-_LEAKED_CTX = ("a handler's ctx was used after its handle() returned (from a task or thread it "
-               "started?): use ctx only while handle() runs, or the transaction is gone")
+_LEAKED_CTX = (
+    "a handler's ctx was used after its handle() returned (from a task or thread it "
+    "started?): use ctx only while handle() runs, or the transaction is gone"
+)
 
 
 class ThreadBridge:
@@ -123,7 +151,8 @@ class ThreadBridge:
         self.thread_id: int | None = None
         self.serving = False
         self._requests: queue.SimpleQueue[
-            tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None] = queue.SimpleQueue()
+            tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None
+        ] = queue.SimpleQueue()
 
     def call(self, fn: Callable[[], T]) -> T:
         if threading.get_ident() == self.thread_id:
@@ -180,4 +209,5 @@ def invoke_inline(handler: EventHandler, event: RecordedEvent, ctx: DeliveryCont
             result.close()
         raise HandlerUsageError(
             f"handler {handler.name!r} is async and this call is synchronous: call it from a "
-            "thread without a running event loop (await asyncio.to_thread(...))")
+            "thread without a running event loop (await asyncio.to_thread(...))"
+        )

@@ -58,10 +58,16 @@ class HandlerRunnerOptions:
 class HandlerRunner:
     """Runs event handlers until ``stop()``: see the package docstring for the model."""
 
-    def __init__(self, event_store: EventStore, handler_store: HandlerStore,
-                 handlers: Iterable[EventHandler | type[EventHandler]], *,
-                 worker_id: str | None = None, clock: Clock | None = None,
-                 options: HandlerRunnerOptions | None = None) -> None:
+    def __init__(
+        self,
+        event_store: EventStore,
+        handler_store: HandlerStore,
+        handlers: Iterable[EventHandler | type[EventHandler]],
+        *,
+        worker_id: str | None = None,
+        clock: Clock | None = None,
+        options: HandlerRunnerOptions | None = None,
+    ) -> None:
         """``clock`` (default: the handler store's) times retries; lease times come from the
         handler store's clock. ``worker_id`` must differ between runners: two runners with one
         id would share leases."""
@@ -73,10 +79,10 @@ class HandlerRunner:
             if h.name in self._by_name:
                 raise HandlerDefinitionError(
                     f"two handlers are named {h.name!r} ({type(self._by_name[h.name]).__qualname__}"
-                    f" and {type(h).__qualname__}); a name is a checkpoint: give each its own")
+                    f" and {type(h).__qualname__}); a name is a checkpoint: give each its own"
+                )
             self._by_name[h.name] = h
-        self.worker_id = (worker_id
-                          or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.clock = clock or handler_store.clock
         self.options = options or HandlerRunnerOptions()
         self.dialect = event_store.dialect
@@ -102,7 +108,8 @@ class HandlerRunner:
         except KeyError:
             raise HandlerNotFoundError(
                 f"this runner has no handler named {name!r}; it runs "
-                f"{sorted(self._by_name) or 'none'}") from None
+                f"{sorted(self._by_name) or 'none'}"
+            ) from None
 
     def stop(self, *, force: bool = False) -> None:
         """Ask the runner to shut down gracefully (batches in hand get ``shutdown_grace`` to
@@ -136,9 +143,15 @@ class HandlerRunner:
                     await asyncio.sleep(self.options.poll_interval)
             return
         batches = HandlerBatches(
-            self.event_store, self.handler_store, worker_id=self.worker_id,
-            lease_ttl=self.options.lease_ttl, clock=self.clock, dialect=self.dialect,
-            loop=self._loop, stopping=lambda: self._stopping)
+            self.event_store,
+            self.handler_store,
+            worker_id=self.worker_id,
+            lease_ttl=self.options.lease_ttl,
+            clock=self.clock,
+            dialect=self.dialect,
+            loop=self._loop,
+            stopping=lambda: self._stopping,
+        )
         unsubscribe = self.handler_store.subscribe(self.wake)
         admin = handler_thread_pool("handlers")
         heartbeat = asyncio.create_task(self._heartbeat(admin))
@@ -158,11 +171,13 @@ class HandlerRunner:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, *tasks, return_exceptions=True)
             unsubscribe()
-            held = [s.name for s, t in zip(self._slots, tasks, strict=True)
-                    if s.owned and t not in late]
+            held = [
+                s.name for s, t in zip(self._slots, tasks, strict=True) if s.owned and t not in late
+            ]
             try:  # one try: a database that is away lets the leases expire instead
-                await self._loop.run_in_executor(admin, self.handler_store.release, held,
-                                                 self.worker_id)
+                await self._loop.run_in_executor(
+                    admin, self.handler_store.release, held, self.worker_id
+                )
             except Exception:
                 log.exception("releasing handlers %s failed; their leases will expire", held)
             for slot in self._slots:
@@ -179,8 +194,11 @@ class HandlerRunner:
         forced = asyncio.create_task(self._forced_event.wait())
         finished = asyncio.create_task(asyncio.wait(pending))
         try:
-            await asyncio.wait([finished, forced], timeout=self.options.shutdown_grace,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                [finished, forced],
+                timeout=self.options.shutdown_grace,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
             forced.cancel()
             finished.cancel()
@@ -201,8 +219,9 @@ class HandlerRunner:
     def retry_dead_letter(self, dead_letter_id: int) -> DeadLetter:
         """``retry_dead_letter`` with the handler the dead letter belongs to."""
         dead = self.handler_store.get_dead_letter(dead_letter_id)
-        return retry_dead_letter(self.event_store, self.handler_store, self.handler(dead.handler),
-                                 dead_letter_id)
+        return retry_dead_letter(
+            self.event_store, self.handler_store, self.handler(dead.handler), dead_letter_id
+        )
 
     # --- the loop of one handler ----------------------------------------------------------------
 
@@ -253,8 +272,12 @@ class HandlerRunner:
                 # Not the database's weather: the handler's own code outside handle() (a
                 # projection's setup, an upcaster) or a bug. Logged in full, retried; it must
                 # not stop the other handlers or the flows of this worker.
-                log.exception("handler %s: %s; trying again in %gs", slot.name, describe(exc),
-                              opts.poll_interval)
+                log.exception(
+                    "handler %s: %s; trying again in %gs",
+                    slot.name,
+                    describe(exc),
+                    opts.poll_interval,
+                )
                 await self._nap(slot, opts.poll_interval)
 
     def _reached_database(self, slot: HandlerSlot, backoff: Backoff) -> None:
@@ -263,8 +286,14 @@ class HandlerRunner:
 
     async def _acquire(self, slot: HandlerSlot, batches: HandlerBatches) -> bool:
         h = slot.handler
-        lease = await self._in_thread(slot, self.handler_store.acquire, slot.name, h.kind,
-                                      self.worker_id, self.options.lease_ttl)
+        lease = await self._in_thread(
+            slot,
+            self.handler_store.acquire,
+            slot.name,
+            h.kind,
+            self.worker_id,
+            self.options.lease_ttl,
+        )
         if lease is None:
             return False
         if isinstance(h, Projection):  # before it counts as running: no table, no batches
@@ -290,8 +319,11 @@ class HandlerRunner:
 
     def _set_idle(self, slot: HandlerSlot, idle: bool, generation: int = -1) -> None:
         slot.idle, slot.idle_at = idle, generation
-        if idle and self._until_idle and all(s.idle and s.idle_at == self._generation
-                                             for s in self._slots):
+        if (
+            idle
+            and self._until_idle
+            and all(s.idle and s.idle_at == self._generation for s in self._slots)
+        ):
             self.stop()
 
     async def _heartbeat(self, admin: concurrent.futures.Executor) -> None:
@@ -304,15 +336,20 @@ class HandlerRunner:
             names = [s.name for s in self._slots if s.owned and not s.in_tx]
             try:
                 held = await retrying(
-                    self.outage, "renewing handler leases",
-                    functools.partial(self.handler_store.renew, names, self.worker_id,
-                                      opts.lease_ttl),
-                    executor=admin)
+                    self.outage,
+                    "renewing handler leases",
+                    functools.partial(
+                        self.handler_store.renew, names, self.worker_id, opts.lease_ttl
+                    ),
+                    executor=admin,
+                )
             except Exception:
                 log.exception("renewing handler leases failed; retrying")
                 continue
             for slot in self._slots:
                 if slot.name in names and slot.name not in held and slot.owned:
                     slot.owned = False
-                    log.warning("handler %s: lease lost (another worker took over, or it was "
-                                "stopped)", slot.name)
+                    log.warning(
+                        "handler %s: lease lost (another worker took over, or it was stopped)",
+                        slot.name,
+                    )
