@@ -47,27 +47,27 @@ def _configure(conn: psycopg.Connection[Any] | psycopg.Cursor[Any]) -> None:
     conn.adapters.register_loader("json", TextLoader)
 
 
-#: A connection returned to the pool less than this long ago is handed out again unchecked.
+#: A connection handed out less than this long ago is handed out again unchecked.
 CHECK_AFTER_IDLE = 1.0
-_returned_at: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
+_handed_out_at: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = (
     weakref.WeakKeyDictionary()
 )
-
-
-def _mark_returned(conn: psycopg.Connection[Any]) -> None:
-    """The pool's ``reset`` hook: remember when the connection was last given back."""
-    _returned_at[conn] = time.monotonic()
 
 
 def _check_if_idle(conn: psycopg.Connection[Any]) -> None:
     """The pool's ``check`` hook. A connection that sat idle may have died with a server
     restart; one more round trip (an empty query) finds out before a caller's statement does,
-    and the pool replaces it. Under load connections come back within milliseconds, and a check
-    on each of them would cost a round trip per transaction (+6% wall time, +30% client CPU on a
-    dispatch): a connection that was in use under a second ago is handed out as it is - if it
-    did die meanwhile, the caller sees DatabaseUnavailableError and retries like any outage."""
-    returned = _returned_at.get(conn)
-    if returned is not None and time.monotonic() - returned < CHECK_AFTER_IDLE:
+    and the pool replaces it. Under load a connection comes back within milliseconds, and a
+    check on each checkout would cost a round trip per transaction (+6% wall time, +30% client
+    CPU on a dispatch): a connection last handed out under a second ago - so idle for less than
+    that - goes out as it is; if it did die meanwhile, the caller sees DatabaseUnavailableError
+    and retries like through any outage. (Timed at checkout, not return: a ``reset`` hook to
+    time returns would make the pool return every connection through a worker thread, which
+    costs more than the check.)"""
+    now = time.monotonic()
+    last = _handed_out_at.get(conn)
+    _handed_out_at[conn] = now
+    if last is not None and now - last < CHECK_AFTER_IDLE:
         return
     ConnectionPool.check_connection(conn)
 
@@ -143,7 +143,6 @@ class PostgresStore(SqlEngine):
                 kwargs={"autocommit": True},
                 name="tideflow",
                 check=_check_if_idle,
-                reset=_mark_returned,
                 # A caller waits at most this long for a connection - the pool's default of
                 # 30 s would make a client's ~5 s of retries (retrying.py) last half a minute
                 # when the server is down. Workers back off and try again regardless.
