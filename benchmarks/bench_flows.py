@@ -35,6 +35,7 @@ def worker_main(url: str, until_idle: bool, concurrency: int, results: mp.Queue 
     app.run_worker(until_idle=until_idle, concurrency=concurrency, poll_interval=0.05)
     if results is not None:
         results.put(time.perf_counter() - t0)
+    app.close()
 
 
 def drain_in_worker_process(url: str, concurrency: int = 256) -> float:
@@ -102,7 +103,8 @@ def run_backend(backend: str, runs: int) -> dict[str, str]:
         tmp = tempfile.mkdtemp()
         url, drop = f"sqlite:///{tmp}/bench.db", lambda: None
     try:
-        App(url).migrate()
+        with App(url) as app:
+            app.migrate()
         a, _ = bench_throughput(url, NoOp, runs)
         b, _ = bench_throughput(url, Chain3, runs // 5)
         c = bench_map(url)
