@@ -266,3 +266,24 @@ def test_dead_letter_error_text_with_nul_and_surrogates_is_stored(flows: App) ->
     ).run_until_idle()
     [dead] = flows.handler_store.list_dead_letters("poison_fails")
     assert dead.error == "NonRetryableError: bad \ufffd text ?"
+
+
+@pytest.mark.parametrize("big", [2**63, 2**70])
+def test_numbers_beyond_64_bits_are_bad_input_not_driver_overflows(flows: App, big: int) -> None:
+    """Versions, positions and limits live in 64-bit integers on both backends: a larger one
+    is refused as bad input, where SQLite's driver would raise a bare OverflowError and
+    PostgreSQL an out-of-range error."""
+    store = flows.event_store
+    store.append("s", [NewEvent("Happened", {})], ANY)
+    calls = {
+        "read_stream from_version": lambda: list(store.read_stream("s", big)),
+        "read_stream limit": lambda: list(store.read_stream("s", None, big)),
+        "read_all from_position": lambda: list(store.read_all(big)),
+        "read_all to_position": lambda: list(store.read_all(0, to_position=big)),
+        "append expected_version": lambda: store.append("s", [NewEvent("Happened", {})], big),
+    }
+    for what, call in calls.items():
+        with pytest.raises(TideflowError):
+            call()
+            pytest.fail(f"{what} accepted {big}")
+    assert [e.version for e in store.read_stream("s")] == [1]

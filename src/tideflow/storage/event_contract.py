@@ -352,14 +352,19 @@ def check_page_size(page_size: object) -> int:
     return page_size
 
 
+#: The largest version, position or limit a store takes: both backends keep them in 64-bit
+#: integers (a larger Python int would overflow in the driver, not fail as bad input).
+MAX_INT64 = 2**63 - 1
+
+
 def check_limit(limit: object) -> int | None:
-    if limit is not None and (type(limit) is not int or limit < 0):
+    if limit is not None and (type(limit) is not int or not 0 <= limit <= MAX_INT64):
         raise InvalidEventError(f"limit must be None or an int >= 0, got {limit!r}")
     return limit
 
 
 def check_version(version: object) -> int | None:
-    if version is not None and (type(version) is not int or version < 1):
+    if version is not None and (type(version) is not int or not 1 <= version <= MAX_INT64):
         raise InvalidEventError(
             f"from_version must be None or an int >= 1 (versions start at 1), got {version!r}"
         )
@@ -367,7 +372,7 @@ def check_version(version: object) -> int | None:
 
 
 def check_position(position: object, what: str) -> int:
-    if type(position) is not int or position < 0:
+    if type(position) is not int or not 0 <= position <= MAX_INT64:
         raise InvalidEventError(
             f"{what} must be an int >= 0 (a position from an event), got {position!r}"
         )
@@ -387,7 +392,7 @@ def check_event_types(event_types: Iterable[str] | None) -> list[str] | None:
 
 def check_checkpoint(name: object, position: object = 0) -> str:
     checked = check_name(name, "checkpoint name", InvalidCheckpointError)
-    if type(position) is not int or position < 0:
+    if type(position) is not int or not 0 <= position <= MAX_INT64:
         raise InvalidCheckpointError(
             f"checkpoint {checked!r}: position must be an int >= 0, got {position!r}"
         )
@@ -533,7 +538,7 @@ def prepare_append(
     kind: ExpectedKind
     if isinstance(expected_version, ExpectedVersion):
         kind, number = _KINDS[expected_version], 0
-    elif type(expected_version) is int and expected_version >= 0:
+    elif type(expected_version) is int and 0 <= expected_version <= MAX_INT64:
         kind, number = "exact", expected_version
     else:
         raise InvalidEventError(
