@@ -216,3 +216,27 @@ def test_unencodable_text_is_invalid_data_on_both() -> None:
     exc = UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
     assert isinstance(pg_mapping.translate(exc), InvalidDataError)
     assert isinstance(sqlite_mapping.translate(exc), InvalidDataError)
+
+
+def test_postgres_connections_have_keepalives_unless_the_url_says_otherwise(
+    request: pytest.FixtureRequest,
+) -> None:
+    """A peer that vanished without closing the connection (a partition, a frozen VM) must be
+    noticed, not waited on forever: every connection tideflow opens has TCP keepalives and a
+    connect timeout - settings the URL names itself are left as the URL says."""
+    url: str = request.getfixturevalue("pg_url")
+
+    def options(store_url: str) -> dict[str, str]:
+        store = PostgresStore(store_url)
+        try:
+            with store.pool.connection() as conn:
+                return {
+                    o.keyword.decode(): (o.val or b"").decode()
+                    for o in conn.pgconn.info
+                    if o.keyword in (b"keepalives", b"keepalives_idle", b"connect_timeout")
+                }
+        finally:
+            store.close()
+
+    assert options(url) == {"keepalives": "1", "keepalives_idle": "10", "connect_timeout": "5"}
+    assert options(url + "?keepalives_idle=30")["keepalives_idle"] == "30"

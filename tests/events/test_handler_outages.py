@@ -13,7 +13,8 @@ import pytest
 from tideflow.errors import DatabaseUnavailableError
 from tideflow.events.handling import EventHandler, HandlerContext
 from tideflow.events.model import ExpectedVersion, NewEvent, RecordedEvent
-from tideflow.storage.event_contract import EventStore
+from tideflow.events.projections import Projection
+from tideflow.storage.event_contract import EventStore, EventTransaction
 from tideflow.storage.handler_contract import HandlerStore
 from tideflow.worker.handlers import HandlerRunner, HandlerRunnerOptions
 
@@ -79,3 +80,46 @@ def test_an_outage_inside_handle_is_waited_out_not_counted(
     assert len([m for m in lines if "handler outaged failed" in m]) == 1  # one per outage
     assert any("database back" in r.getMessage() for r in caplog.records)
     assert not [r for r in caplog.records if r.exc_info]
+
+
+class SetUpInAnOutage(Projection):
+    """Its tables are created while the database goes away (a restart while the runner takes
+    the projection over): the setup's driver error is the outage's, not the schema's."""
+
+    name = "set_up_in_an_outage"
+    tables = "outage_counts"
+    schema = "CREATE TABLE IF NOT EXISTS outage_counts (position bigint PRIMARY KEY)"
+
+    def __init__(self) -> None:
+        self.setups = 0
+
+    def setup(self, tx: EventTransaction) -> None:
+        self.setups += 1
+        if self.setups == 1:
+            raise driver_outage(tx.dialect)
+        super().setup(tx)
+
+    def handle(self, event: RecordedEvent, ctx: HandlerContext) -> None:
+        ctx.execute("INSERT INTO outage_counts (position) VALUES (%s)", (event.position,))
+
+
+def test_an_outage_during_a_projections_setup_is_waited_out(
+    stores: tuple[EventStore, HandlerStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    events, handler_store = stores
+    events.append("s", [NewEvent("A", {}), NewEvent("A", {})], ExpectedVersion.NO_STREAM)
+    projection = SetUpInAnOutage()
+    runner = HandlerRunner(
+        events,
+        handler_store,
+        [projection],
+        options=HandlerRunnerOptions(poll_interval=0.02, lease_ttl=5),
+    )
+    with caplog.at_level(logging.INFO, "tideflow"):
+        runner.run_until_idle()
+    assert projection.setups == 2
+    with events.transaction() as tx:
+        rows = tx.connection.execute("SELECT count(*) FROM outage_counts").fetchone()
+    assert rows is not None and rows[0] == 2
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert any("database back" in r.getMessage() for r in caplog.records)

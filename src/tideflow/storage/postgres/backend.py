@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg.types.string import TextLoader
 from psycopg_pool import ConnectionPool
@@ -45,6 +46,29 @@ _MIGRATION_LOCK = 0x7469_6465_666C  # "tidefl"
 def _configure(conn: psycopg.Connection[Any] | psycopg.Cursor[Any]) -> None:
     conn.adapters.register_loader("jsonb", TextLoader)
     conn.adapters.register_loader("json", TextLoader)
+
+
+#: Connection settings for every connection tideflow opens, unless the URL sets them: give up
+#: connecting after 5 s (libpq's default waits for the operating system, minutes when a host is
+#: unreachable), and TCP keepalives, so that a peer that vanished without closing the connection
+#: (a network partition, a frozen VM) is noticed in about 25 s - a listening connection only
+#: reads and would otherwise wait forever, a pooled one would hang its caller.
+CONNECT_DEFAULTS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+
+
+def connect_kwargs(url: str) -> dict[str, Any]:
+    """``CONNECT_DEFAULTS`` minus what ``url`` sets itself (the user's settings win)."""
+    try:
+        given = conninfo_to_dict(url)
+    except psycopg.Error:  # a malformed URL: let connecting report it
+        given = {}
+    return {k: v for k, v in CONNECT_DEFAULTS.items() if k not in given}
 
 
 #: A connection handed out less than this long ago is handed out again unchecked.
@@ -140,7 +164,7 @@ class PostgresStore(SqlEngine):
                 max_size=pool_size,
                 open=True,
                 configure=_configure,
-                kwargs={"autocommit": True},
+                kwargs={"autocommit": True, **connect_kwargs(url)},
                 name="tideflow",
                 check=_check_if_idle,
                 # A caller waits at most this long for a connection - the pool's default of
@@ -306,17 +330,6 @@ class PostgresStore(SqlEngine):
             raise schema_error(redact_url(self.url), self.url, pending)
 
 
-#: A listening connection only reads, so a peer that vanished without closing it (a network
-#: partition, a VM frozen) would never be noticed: TCP keepalives notice it in about 25 s.
-LISTEN_CONNECT: dict[str, Any] = {
-    "connect_timeout": 5,
-    "keepalives": 1,
-    "keepalives_idle": 10,
-    "keepalives_interval": 5,
-    "keepalives_count": 3,
-}
-
-
 def listen_forever(
     url: str, channel: str, on_notify: Callable[[], None], stopping: threading.Event, meanwhile: str
 ) -> None:
@@ -330,7 +343,7 @@ def listen_forever(
     lost = False
     while not stopping.is_set():
         try:
-            with psycopg.connect(url, autocommit=True, **LISTEN_CONNECT) as conn:
+            with psycopg.connect(url, autocommit=True, **connect_kwargs(url)) as conn:
                 conn.execute(f"LISTEN {channel}")
                 if lost:
                     lost = False

@@ -31,6 +31,7 @@ import threading
 import psycopg
 
 from tideflow.retrying import Backoff
+from tideflow.storage.postgres.backend import connect_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +78,7 @@ class CoalescingNotifier:
         while True:
             try:
                 with psycopg.connect(
-                    self._url,
-                    autocommit=True,
-                    connect_timeout=5,
-                    keepalives=1,
-                    keepalives_idle=10,
-                    keepalives_interval=5,
-                    keepalives_count=3,
+                    self._url, autocommit=True, **connect_kwargs(self._url)
                 ) as conn:
                     conn.execute("SET synchronous_commit = off")
                     if lost:

@@ -108,6 +108,13 @@ class HandlerBatches:
             try:
                 projection.setup(tx)
             except Exception as exc:
+                if self.event_store.is_unavailable(exc):
+                    # The database went away under the setup, not a fault of the schema: the
+                    # runner waits it out like any outage.
+                    raise DatabaseUnavailableError(
+                        f"projection {slot.name!r}: setting up its tables failed: "
+                        f"{describe(exc)}"
+                    ) from exc
                 raise HandlerError(
                     f"projection {slot.name!r}: setup(connection) failed, so it "
                     f"cannot run: {describe(exc)}; fix its schema"
