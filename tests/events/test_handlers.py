@@ -638,9 +638,9 @@ async def test_a_projection_whose_setup_fails_handles_nothing(
         # still handled nothing (a batch between two tries would have come before the line).
         await wait_until_async(
             lambda: [
-                line for line in caplog.records if "setup(connection) failed" in line.getMessage()
+                line for line in caplog.records if "setup(tx) failed" in line.getMessage()
             ][2:],
-            what="the third failed setup(connection)",
+            what="the third failed setup(tx)",
         )
     finally:
         r.stop()

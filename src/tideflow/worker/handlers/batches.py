@@ -116,7 +116,7 @@ class HandlerBatches:
                         f"{describe(exc)}"
                     ) from exc
                 raise HandlerError(
-                    f"projection {slot.name!r}: setup(connection) failed, so it "
+                    f"projection {slot.name!r}: setup(tx) failed, so it "
                     f"cannot run: {describe(exc)}; fix its schema"
                 ) from exc
 
