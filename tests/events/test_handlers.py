@@ -637,9 +637,9 @@ async def test_a_projection_whose_setup_fails_handles_nothing(
         # Each try logs a line: after the third, the runner has gone round twice more and
         # still handled nothing (a batch between two tries would have come before the line).
         await wait_until_async(
-            lambda: [
-                line for line in caplog.records if "setup(tx) failed" in line.getMessage()
-            ][2:],
+            lambda: [line for line in caplog.records if "setup(tx) failed" in line.getMessage()][
+                2:
+            ],
             what="the third failed setup(tx)",
         )
     finally:

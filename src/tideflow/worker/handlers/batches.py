@@ -112,8 +112,7 @@ class HandlerBatches:
                     # The database went away under the setup, not a fault of the schema: the
                     # runner waits it out like any outage.
                     raise DatabaseUnavailableError(
-                        f"projection {slot.name!r}: setting up its tables failed: "
-                        f"{describe(exc)}"
+                        f"projection {slot.name!r}: setting up its tables failed: {describe(exc)}"
                     ) from exc
                 raise HandlerError(
                     f"projection {slot.name!r}: setup(tx) failed, so it "
