@@ -27,6 +27,9 @@ from tideflow.storage.sqlite import SQLiteStore
 
 ADMIN_URL = os.environ.get("TIDEFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", "postgres"]
+#: BACKENDS plus PostgreSQL without its fast paths (PostgresStore(fast_paths=False): the engine's
+#: plain Python transitions): for the flow-store suites, which override ``backend`` with it.
+FLOW_BACKENDS = [*BACKENDS, "postgres-plain"]
 
 
 def _with_db(url: str, dbname: str) -> str:
@@ -109,7 +112,7 @@ def db_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
     without tables in schema ``public``: on PostgreSQL a migrated database, on SQLite the path
     of a file that does not exist yet (the first write, through an App, creates and migrates
     it)."""
-    if backend == "postgres":
+    if backend.startswith("postgres"):
         url: str = request.getfixturevalue("pg_url")
         _reset(url)
         return url
@@ -122,12 +125,12 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def store(db_url: str, clock: ManualClock) -> Iterator[SQLiteStore | PostgresStore]:
+def store(backend: str, db_url: str, clock: ManualClock) -> Iterator[SQLiteStore | PostgresStore]:
     s: SQLiteStore | PostgresStore
     if db_url.startswith("sqlite"):
         s = SQLiteStore(db_url.removeprefix("sqlite:///"), clock)
     else:
-        s = PostgresStore(db_url, clock)
+        s = PostgresStore(db_url, clock, fast_paths=backend != "postgres-plain")
     s.migrate()
     yield s
     s.close()

@@ -1,7 +1,9 @@
 """The run state machine through the storage contract, on both backends, with a manual clock.
 
 These tests drive ``FlowStore`` directly (claim, complete, fail) so that every transition and its
-timing is checked without workers or sleeps.
+timing is checked without workers or sleeps. On PostgreSQL they run twice: with the PL/pgSQL fast
+paths (the default) and without them ("postgres-plain": the engine's Python transitions), so
+that both paths are held to the same behaviour.
 """
 
 from __future__ import annotations
@@ -12,12 +14,18 @@ from datetime import timedelta
 
 import pytest
 
+from tests.conftest import FLOW_BACKENDS
 from tests.flows.flows_for_tests import Chain, Diamond, MapFlow, RootMap
 from tideflow import Flow, RunAlreadyExistsError, RunNotFoundError, step
 from tideflow.clock import ManualClock
 from tideflow.storage.flow_contract import FlowStore, TaskCompletion, TaskFailure
 
 W = "worker-a"
+
+
+@pytest.fixture(params=FLOW_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 def start(store: FlowStore, flow: type[Flow], value: object, run_id: str = "r1") -> str:

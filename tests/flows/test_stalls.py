@@ -1,10 +1,10 @@
 """Stalls: a task whose lease expired (its worker killed or lost) is requeued at once without
 costing an attempt, up to its step's ``max_stalls``; the stall after that fails it with its run.
 
-Driven through the storage contract with a manual clock, on both backends; the real SIGKILL is in
-test_crash.py. Cases follow the ones pgflow's requeue_stalled_tasks tests cover (basic requeue,
-the requeue limit, per-flow timeouts, stale tasks of finished runs), adapted to counting stalls
-apart from attempts.
+Driven through the storage contract with a manual clock, on both backends (on PostgreSQL with and
+without the fast paths: "postgres-plain"); the real SIGKILL is in test_crash.py. Cases follow the
+ones pgflow's requeue_stalled_tasks tests cover (basic requeue, the requeue limit, per-flow
+timeouts, stale tasks of finished runs), adapted to counting stalls apart from attempts.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.conftest import BACKENDS, FLOW_BACKENDS
 from tests.flows.flows_for_tests import Chain, RootMap
 from tests.pgdb import empty_database
 from tideflow import Flow, FlowDefinitionError, step
@@ -38,6 +39,11 @@ W = "worker-a"
 MARGIN = 30.0
 EXPIRED = MARGIN + 1  # seconds after a claim (no step timeout) at which its lease has expired
 LOST = "the worker running it was killed or lost each time"
+
+
+@pytest.fixture(params=FLOW_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 class OneShot(Flow, slug="stall_one_shot", max_attempts=1):
@@ -357,6 +363,7 @@ def _old_step_rows(flow: type[Flow]) -> str:
     return json.dumps(rows)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)  # a schema test: the fast paths play no part
 def test_a_database_of_migration_6_upgrades_with_runs_in_flight(
     backend: str, db_url: str, tmp_path: Path, clock: ManualClock
 ) -> None:

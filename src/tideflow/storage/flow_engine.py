@@ -75,6 +75,10 @@ class SqlEngine:
 
     url: str
     clock: Clock
+    #: Backend hook: True when the dialect's ``claim_tasks`` query also returns each task's
+    #: ``run_input`` and ``flow_version`` (a join), so that ``_claim`` needs no
+    #: ``get_runs_context`` query; False runs that query (one more statement per claim).
+    claim_returns_run_context: bool = False
 
     def __init__(self, clock: Clock | None = None) -> None:
         self.clock = clock or SystemClock()
@@ -496,7 +500,7 @@ class SqlEngine:
         )
         if not rows:
             return []
-        if "run_input" in rows[0]:  # the dialect's claim returned the run context too
+        if self.claim_returns_run_context:
             runs = {
                 r["run_id"]: {"input": r["run_input"], "flow_version": r["flow_version"]}
                 for r in rows

@@ -150,9 +150,35 @@ class _PgTx:
 
 
 class PostgresStore(SqlEngine):
-    def __init__(self, url: str, clock: Clock | None = None, *, pool_size: int = 8) -> None:
+    """The flow store on PostgreSQL: the shared engine's transitions, with two fast paths.
+
+    ``fast_paths`` (default True) is a backend hook, not a second engine: the two hottest
+    transitions run as one PL/pgSQL call each instead of the engine's Python over named
+    queries. ``start_run`` calls ``tideflow.start_run_v2`` (replacing insert_run, insert_steps
+    and the root steps' get_steps / start_steps / insert_tasks) and ``complete_tasks`` calls
+    ``tideflow.complete_tasks_v1`` (replacing lock_runs, complete_tasks, decrement_step_tasks,
+    get_map_outputs, complete_steps, decrement_run_steps, decrement_deps, complete_runs and
+    the dependents' start): one round trip instead of up to a dozen, which is what a flow's
+    throughput is made of (docs/benchmarks.md, "How we got there"). With ``fast_paths=False``
+    the engine's plain Python transitions run instead (SqlEngine.start_run / complete_tasks);
+    the flow-store tests run on both, so the two cannot drift apart unnoticed.
+    """
+
+    #: claim_tasks (postgres/queries.sql) joins runs and returns each task's run_input and
+    #: flow_version: no get_runs_context round trip.
+    claim_returns_run_context = True
+
+    def __init__(
+        self,
+        url: str,
+        clock: Clock | None = None,
+        *,
+        pool_size: int = 8,
+        fast_paths: bool = True,
+    ) -> None:
         super().__init__(clock)
         self.url = url
+        self.fast_paths = fast_paths
         check_connection(url)
         try:
             # check: a connection that died while idle in the pool (a server restart) is
@@ -215,8 +241,11 @@ class PostgresStore(SqlEngine):
                 "call it inside `with event_store.transaction() as tx`"
             )
 
-    # start_run and complete_tasks run as PL/pgSQL functions: one round trip instead of a dozen.
+    # The fast paths (see the class docstring): PL/pgSQL, one round trip instead of a dozen.
     def start_run(self, definition: FlowDefinition, run_id: str, input_json: str) -> None:
+        if not self.fast_paths:
+            super().start_run(definition, run_id, input_json)
+            return
         with self._flow_tx(definition) as tx:
             tx.notify = bool(
                 tx.rows(
@@ -236,6 +265,8 @@ class PostgresStore(SqlEngine):
         completions: Sequence[TaskCompletion],
         claim: ClaimRequest | None = None,
     ) -> list[ClaimedTask]:
+        if not self.fast_paths:
+            return super().complete_tasks(worker_id, completions, claim)
         if not completions:
             return []
         with self._tx() as tx:

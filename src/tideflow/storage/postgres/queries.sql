@@ -183,9 +183,6 @@ WITH claimed AS (
 SELECT c.*, r.input AS run_input, r.flow_version
 FROM claimed c JOIN tideflow.runs r ON r.run_id = c.run_id
 
--- name: get_runs_context
-SELECT run_id, input, flow_version FROM tideflow.runs WHERE run_id = ANY(%(run_ids)s)
-
 -- name: count_queued
 SELECT count(*) AS n FROM tideflow.tasks
 WHERE status = 'queued' AND flow_slug = ANY(%(flow_slugs)s)
