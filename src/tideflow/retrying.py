@@ -15,6 +15,7 @@ seconds than hang. ``retry_briefly`` retries for a short, bounded time, then let
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -60,17 +61,31 @@ def retry_briefly(
     most about ``seconds`` (default ``CLIENT_RETRY_SECONDS``); then the last error propagates.
     Only for calls that are safe to repeat: ones that wrote nothing when they failed, or whose
     repeat is recognised (an idempotency key, a run id chosen before the first try, event ids
-    drawn before the first try)."""
-    backoff = Backoff()
-    deadline = time.monotonic() + (CLIENT_RETRY_SECONDS if seconds is None else seconds)
-    while True:
-        try:
-            return call()
-        except DatabaseUnavailableError:
-            delay = backoff.next_delay()
-            if time.monotonic() + delay > deadline:
-                raise
-            sleep(delay)
+    drawn before the first try).
+
+    Nested calls collapse into the outermost: a dispatch retries its append, and the store's
+    ``append`` it calls retries too - the inner one then tries once and leaves the waiting to
+    the outer, so an outage costs a caller one budget, not one per layer."""
+    if getattr(_retrying_here, "active", False):
+        return call()
+    _retrying_here.active = True
+    try:
+        backoff = Backoff()
+        deadline = time.monotonic() + (CLIENT_RETRY_SECONDS if seconds is None else seconds)
+        while True:
+            try:
+                return call()
+            except DatabaseUnavailableError:
+                delay = backoff.next_delay()
+                if time.monotonic() + delay > deadline:
+                    raise
+                sleep(delay)
+    finally:
+        _retrying_here.active = False
+
+
+#: Whether this thread is inside ``retry_briefly`` (see its docstring).
+_retrying_here = threading.local()
 
 
 def backoff_delay(

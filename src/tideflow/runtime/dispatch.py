@@ -79,7 +79,6 @@ from tideflow.events.commands import (
     UnknownCommandError,
 )
 from tideflow.events.errors import (
-    DuplicateEventIdError,
     DuplicateIdempotencyKeyError,
     UpcastingError,
     WrongExpectedVersionError,
@@ -95,8 +94,9 @@ from tideflow.events.model import (
     Snapshot,
 )
 from tideflow.retrying import retry_briefly
+from tideflow.storage.event_contract import append_retrying
 
-if TYPE_CHECKING:  # the store is passed in: this module needs its type, not the storage layer
+if TYPE_CHECKING:  # the store is passed in: its types only
     from tideflow.storage.event_contract import EventStore, EventTransaction
 
 A = TypeVar("A", bound="type[Aggregate] | Aggregate")
@@ -459,33 +459,24 @@ class CommandDispatcher:
         key: str | None,
         result_json: str | None,
     ) -> list[RecordedEvent]:
-        """The append of a decided command, retried through a brief outage. Safe to repeat:
-        the repeat carries the same expected version and the same event ids, so it cannot
-        append twice. If the first try committed but its answer was lost, the repeat is
-        refused - by the idempotency key (``DuplicateIdempotencyKeyError``: the caller
-        replays), or by the version or an event id already taken - and the events read back
-        from the stream, ours by their ids, are the result."""
-        tries = 0
+        """The append of a decided command, retried through a brief outage
+        (``append_retrying``: it never appends twice, and recognises a first try whose answer
+        was lost) - unless this dispatcher records into a caller's transaction."""
 
-        def attempt() -> list[RecordedEvent]:
-            nonlocal tries
-            tries += 1
-            try:
-                return self.store.append(
-                    stream_id,
-                    events,
-                    version or NO_STREAM,
-                    idempotency_key=key,
-                    result_json=result_json,
-                )
-            except (WrongExpectedVersionError, DuplicateEventIdError):
-                if tries > 1 and events:
-                    ours = list(self.store.read_stream(stream_id, version + 1, limit=len(events)))
-                    if [e.event_id for e in ours] == [e.event_id for e in events]:
-                        return ours
-                raise
+        def write() -> list[RecordedEvent]:
+            return self.store.append(
+                stream_id,
+                events,
+                version or NO_STREAM,
+                idempotency_key=key,
+                result_json=result_json,
+            )
 
-        return self._retrying(attempt)
+        if isinstance(self.store, _TransactionStore):
+            return write()
+        return append_retrying(
+            self.store.read_stream, stream_id, [e.event_id for e in events], write
+        )
 
     def _replay(
         self,

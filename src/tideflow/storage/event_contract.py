@@ -482,17 +482,19 @@ _CONFIRM_WINDOW = 1000
 
 def append_retrying(
     read_stream: Callable[..., Iterator[RecordedEvent]],
-    p: PreparedAppend,
+    stream_id: str,
+    event_ids: Sequence[UUID],
     write: Callable[[], list[RecordedEvent]],
 ) -> list[RecordedEvent]:
-    """``write()`` (one append of ``p`` in a transaction of its own), retried for a few seconds
-    while the database is unavailable - the ``append`` that clients call.
+    """``write()`` - one append of the events ``event_ids`` to ``stream_id``, in a transaction
+    of its own - retried for a few seconds while the database is unavailable: the ``append``
+    that clients call, and the dispatcher's.
 
-    A repeat cannot append twice: it carries the same event ids (drawn once, in
-    ``prepare_append``), the same expected version and idempotency key. When the first try did
-    commit but its answer was lost with the connection, the repeat is refused by one of those;
-    then the events are read back from the end of the stream and, when they are ours (same ids,
-    in order), returned as the first try's result."""
+    A repeat cannot append twice: it carries the same event ids (drawn before the first try),
+    the same expected version and idempotency key. When the first try did commit but its answer
+    was lost with the connection, the repeat is refused by one of those; then the events are
+    read back from the end of the stream and, when they are ours (same ids, in order), returned
+    as the first try's result."""
     tries = 0
 
     def attempt() -> list[RecordedEvent]:
@@ -501,8 +503,8 @@ def append_retrying(
         try:
             return write()
         except (WrongExpectedVersionError, DuplicateEventIdError, DuplicateIdempotencyKeyError):
-            if tries > 1 and p.event_ids:
-                ours = _find_appended(read_stream, p)
+            if tries > 1 and event_ids:
+                ours = _find_appended(read_stream, stream_id, event_ids)
                 if ours is not None:
                     return ours
             raise
@@ -511,17 +513,19 @@ def append_retrying(
 
 
 def _find_appended(
-    read_stream: Callable[..., Iterator[RecordedEvent]], p: PreparedAppend
+    read_stream: Callable[..., Iterator[RecordedEvent]],
+    stream_id: str,
+    event_ids: Sequence[UUID],
 ) -> list[RecordedEvent] | None:
-    """The events of ``p`` if the stream's last ``_CONFIRM_WINDOW`` events hold them."""
-    recent = list(read_stream(p.stream_id, None, _CONFIRM_WINDOW, True))[::-1]
+    """The events ``event_ids`` if the stream's last ``_CONFIRM_WINDOW`` events hold them."""
+    recent = list(read_stream(stream_id, None, _CONFIRM_WINDOW, True))[::-1]
     ids = [e.event_id for e in recent]
     try:
-        start = ids.index(p.event_ids[0])
+        start = ids.index(event_ids[0])
     except ValueError:
         return None
-    found = recent[start : start + len(p.event_ids)]
-    return found if [e.event_id for e in found] == p.event_ids else None
+    found = recent[start : start + len(event_ids)]
+    return found if [e.event_id for e in found] == list(event_ids) else None
 
 
 def prepare_append(

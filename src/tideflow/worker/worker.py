@@ -156,7 +156,7 @@ class Worker:
                 )
             ),
             asyncio.create_task(
-                self._every(opts.reap_interval, "recovering stalled tasks", self._reaper)
+                self._every(opts.reap_interval, "recovering stalled tasks", lambda: self._reap)
             ),
         ]
         flusher = asyncio.create_task(self._flush_loop())
@@ -377,8 +377,8 @@ class Worker:
 
         def commit() -> list[ClaimedTask]:
             # Only the first try claims: after a COMMIT whose answer was lost, the tasks it
-            # claimed are this worker's until their lease expires (then the reaper retries them,
-            # counting the attempt) - claiming again would only add to them.
+            # claimed are this worker's until their lease expires (then the reaper requeues them
+            # as a stall, not an attempt) - claiming again would only add to them.
             nonlocal tries
             tries += 1
             return self.store.complete_tasks(
@@ -496,9 +496,6 @@ class Worker:
         if not keys:
             return None
         return lambda: self.store.extend_leases(self.worker_id, keys, self.options.lease_margin)
-
-    def _reaper(self) -> Callable[[], object]:
-        return self._reap
 
     def _reap(self) -> None:
         n = self.store.requeue_stalled()

@@ -430,7 +430,7 @@ class PostgresEventStore:
                 return self._append(conn, prepared, savepoint=False)
 
         try:
-            return append_retrying(self.read_stream, prepared, write)
+            return append_retrying(self.read_stream, prepared.stream_id, prepared.event_ids, write)
         finally:
             # Failed appends too: one that rolled back after drawing a position held back the
             # readers' horizon, and the appends it held back have already sent their NOTIFY.

@@ -237,7 +237,7 @@ class SQLiteEventStore:
             with self._write():
                 return self._append(prepared)
 
-        return append_retrying(self.read_stream, prepared, write)
+        return append_retrying(self.read_stream, prepared.stream_id, prepared.event_ids, write)
 
     def _append(self, p: PreparedAppend) -> list[RecordedEvent]:
         """The append's statements; the caller holds ``_write()``, which rolls back on error."""
