@@ -1,0 +1,29 @@
+"""Python blocks that the docs added for issue 7 run as written (the others say they are
+fragments)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "concepts"
+
+
+def python_blocks(page: str) -> list[str]:
+    text = (DOCS / page).read_text(encoding="utf-8")
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def test_the_max_stalls_example_defines_what_it_says() -> None:
+    [block] = [b for b in python_blocks("flows.md") if "max_stalls=5" in b]
+    namespace: dict[str, Any] = {}
+    exec(compile(block, "flows.md", "exec"), namespace)
+    definition = namespace["Import"].definition
+    assert definition.step("fetch").options()["max_stalls"] == 5
+    assert definition.step("send_invoice").options()["max_stalls"] == 0
+
+
+def test_the_operations_page_marks_its_fragment() -> None:
+    for block in python_blocks("operations.md"):
+        assert block.startswith("# fragment:"), block
