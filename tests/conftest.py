@@ -22,13 +22,14 @@ import pytest
 from tideflow.app import App
 from tideflow.clock import ManualClock
 from tideflow.retrying import Backoff
-from tideflow.storage.postgres import PostgresStore
-from tideflow.storage.sqlite import SQLiteStore
+from tideflow.storage import open_store
+from tideflow.storage.flow_store import SqlFlowStore
 
 ADMIN_URL = os.environ.get("TIDEFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", "postgres"]
-#: BACKENDS plus PostgreSQL without its fast paths (PostgresStore(fast_paths=False): the engine's
-#: plain Python transitions): for the flow-store suites, which override ``backend`` with it.
+#: BACKENDS plus PostgreSQL without its fast paths (``fast_paths=False``: the flow store's plain
+#: Python transitions, the append through a cursor): for the flow-store and event-store suites,
+#: which override ``backend`` with it.
 FLOW_BACKENDS = [*BACKENDS, "postgres-plain"]
 
 
@@ -50,7 +51,7 @@ def pg_url() -> Iterator[str]:
     with admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     url = _with_db(ADMIN_URL, name)
-    store = PostgresStore(url)
+    store = open_store(url)
     store.migrate()
     store.close()
     try:
@@ -125,12 +126,8 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def store(backend: str, db_url: str, clock: ManualClock) -> Iterator[SQLiteStore | PostgresStore]:
-    s: SQLiteStore | PostgresStore
-    if db_url.startswith("sqlite"):
-        s = SQLiteStore(db_url.removeprefix("sqlite:///"), clock)
-    else:
-        s = PostgresStore(db_url, clock, fast_paths=backend != "postgres-plain")
+def store(backend: str, db_url: str, clock: ManualClock) -> Iterator[SqlFlowStore]:
+    s = open_store(db_url, clock=clock, fast_paths=backend != "postgres-plain")
     s.migrate()
     yield s
     s.close()

@@ -25,12 +25,13 @@ from tideflow.errors import (
 )
 from tideflow.events import ANY, NewEvent
 from tideflow.storage import EventStore, open_event_store
-from tideflow.storage.postgres import PostgresStore
+from tideflow.storage.flow_store import SqlFlowStore
+from tideflow.storage.postgres import PostgresDatabase
 from tideflow.storage.postgres import errors as pg_mapping
-from tideflow.storage.sqlite import SQLiteStore
+from tideflow.storage.sqlite import SQLiteDatabase
 from tideflow.storage.sqlite import errors as sqlite_mapping
 
-Store = SQLiteStore | PostgresStore
+Store = SqlFlowStore
 
 
 class One(Flow, slug="mapping_one"):
@@ -51,8 +52,17 @@ def unmigrated(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> 
 
 def open_store(url: str) -> Store:
     if url.startswith("sqlite"):
-        return SQLiteStore(url.removeprefix("sqlite:///"))
-    return PostgresStore(url, pool_size=2)
+        return sqlite_store(url.removeprefix("sqlite:///"))[0]
+    return pg_store(url)
+
+
+def pg_store(url: str) -> Store:
+    return SqlFlowStore(PostgresDatabase(url, pool_size=2), owns_db=True)
+
+
+def sqlite_store(path: str) -> tuple[Store, SQLiteDatabase]:
+    db = SQLiteDatabase(path)
+    return SqlFlowStore(db, owns_db=True), db
 
 
 def test_missing_schema_is_schema_not_ready(
@@ -81,7 +91,7 @@ def test_values_the_driver_refuses_are_invalid_data(store: Store) -> None:
         store.start_run(One.definition, "r-\ud800", "{}")
     with pytest.raises(InvalidDataError):
         store.get_run("r-\udfff")
-    if isinstance(store, PostgresStore):
+    if store.db.dialect == "postgresql":
         with pytest.raises(InvalidDataError, match="NUL"):
             store.start_run(One.definition, "r-\x00", "{}")
         with pytest.raises(InvalidDataError):
@@ -94,11 +104,14 @@ def test_lost_postgres_connection_inside_a_transaction(request: pytest.FixtureRe
     the end of the transaction fail as DatabaseUnavailableError, nothing is committed, and the
     store works again on a fresh connection."""
     url = request.getfixturevalue("pg_url")
-    store = PostgresStore(url, pool_size=2)
+    store = pg_store(url)
     events = open_event_store(url)
     try:
-        # store._tx: the engine's transaction, as every FlowStore call runs
-        with pytest.raises(DatabaseUnavailableError, match="unavailable"), store._tx() as tx:
+        # the Database's transaction, as every FlowStore call runs
+        with (
+            pytest.raises(DatabaseUnavailableError, match="unavailable"),
+            store.db.transaction() as tx,
+        ):
             tx.run(
                 "insert_flow",
                 flow_slug="lost",
@@ -106,7 +119,7 @@ def test_lost_postgres_connection_inside_a_transaction(request: pytest.FixtureRe
                 shape="{}",
                 created_at=store.clock.now(),
             )
-            _terminate(url, tx.conn.info.backend_pid)
+            _terminate(url, tx.connection.info.backend_pid)
             tx.rows("get_run", run_id="r-1")
         with pytest.raises(DatabaseUnavailableError), events.transaction() as etx:
             etx.append("lost-1", [NewEvent("E")], ANY)
@@ -128,9 +141,9 @@ def test_locked_sqlite_file_past_the_busy_timeout(tmp_path: Path) -> None:
     """Another connection holds the write lock longer than the store's busy timeout: the write
     fails as DatabaseUnavailableError (transient), and succeeds once the lock is released."""
     path = tmp_path / "locked.db"
-    store = SQLiteStore(str(path))
+    store, db = sqlite_store(str(path))
     store.migrate()
-    store.connection.execute("PRAGMA busy_timeout=50")
+    db.connection.execute("PRAGMA busy_timeout=50")
     other = sqlite3.connect(str(path), isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")
@@ -167,17 +180,17 @@ def test_full_sqlite_database_rolls_back_and_recovers(tmp_path: Path) -> None:
     SQLITE_FULL. It is DatabaseUnavailableError, the transaction leaves nothing behind, and the
     same write works once there is room again."""
     path = tmp_path / "full.db"
-    store = SQLiteStore(str(path))
+    store, db = sqlite_store(str(path))
     store.migrate()
     try:
-        pages = store.connection.execute("PRAGMA page_count").fetchone()[0]
-        store.connection.execute(f"PRAGMA max_page_count={pages}")
+        pages = db.connection.execute("PRAGMA page_count").fetchone()[0]
+        db.connection.execute(f"PRAGMA max_page_count={pages}")
         big = '{"blob":"' + "x" * 200_000 + '"}'
         with pytest.raises(DatabaseUnavailableError, match="full"):
             store.start_run(One.definition, "r-1", big)
-        assert store.connection.execute("SELECT count(*) FROM runs").fetchone() == (0,)
-        assert store.connection.execute("SELECT count(*) FROM tasks").fetchone() == (0,)
-        store.connection.execute("PRAGMA max_page_count=1073741823")
+        assert db.connection.execute("SELECT count(*) FROM runs").fetchone() == (0,)
+        assert db.connection.execute("SELECT count(*) FROM tasks").fetchone() == (0,)
+        db.connection.execute("PRAGMA max_page_count=1073741823")
         store.start_run(One.definition, "r-1", big)
         assert store.get_run("r-1").input == {"blob": "x" * 200_000}
     finally:
@@ -227,16 +240,16 @@ def test_postgres_connections_have_keepalives_unless_the_url_says_otherwise(
     url: str = request.getfixturevalue("pg_url")
 
     def options(store_url: str) -> dict[str, str]:
-        store = PostgresStore(store_url)
+        db = PostgresDatabase(store_url)
         try:
-            with store.pool.connection() as conn:
+            with db.pool.connection() as conn:
                 return {
                     o.keyword.decode(): (o.val or b"").decode()
                     for o in conn.pgconn.info
                     if o.keyword in (b"keepalives", b"keepalives_idle", b"connect_timeout")
                 }
         finally:
-            store.close()
+            db.close()
 
     assert options(url) == {"keepalives": "1", "keepalives_idle": "10", "connect_timeout": "5"}
     assert options(url + "?keepalives_idle=30")["keepalives_idle"] == "30"

@@ -6,12 +6,16 @@ The layers, bottom to top (``LAYERS``):
 * domain - ``flows``, ``events``, ``sagas``: what a flow, an event, a handler and a process
   manager *are*; no storage, no runtime, no driver (flows know nothing of events, events nothing
   of sagas);
-* storage contracts - ``storage/flow_contract.py``, ``event_contract.py``, ``handler_contract.py``,
-  ``process_contract.py`` and the driver-free code beside them (``flow_engine``, ``rows``,
-  ``sqlfile``, ``urls``, ``unavailable``): they may use the domain, never a backend;
-* backends - ``storage/sqlite/``, ``storage/postgres/``: implement the contracts, never each other;
+* storage contracts - the seam (``storage/database.py``: ``Database``, ``Tx``),
+  ``storage/flow_contract.py``, ``event_contract.py``, ``handler_contract.py``,
+  ``process_contract.py`` and the driver-free code beside them (``rows``, ``sqlfile``, ``urls``,
+  ``unavailable``): they may use the domain, never a backend;
+* stores - ``storage/flow_store.py``, ``event_store.py``, ``handler_store.py``,
+  ``process_store.py``: written once over the seam; they use the contracts, never a backend;
+* backends - ``storage/sqlite/``, ``storage/postgres/``: implement the seam, never each other
+  (nor the stores);
 * opening - ``storage/opening.py`` (and ``tideflow.storage``, which re-exports it): picks a
-  backend for a URL, the one place above the backends that names them;
+  backend for a URL and puts the stores on its Database, the one place that names backends;
 * runtime - ``worker/``, ``runtime/`` (command dispatch, process manager reactions),
   ``client.py``: handed stores by the App, they use the contracts and the domain, and neither
   open a store nor import a backend;
@@ -70,7 +74,11 @@ LAYERS: dict[str, str] = {
     "tideflow.storage.event_contract": "contracts",
     "tideflow.storage.handler_contract": "contracts",
     "tideflow.storage.process_contract": "contracts",
-    "tideflow.storage.flow_engine": "contracts",
+    "tideflow.storage.database": "contracts",
+    "tideflow.storage.flow_store": "stores",
+    "tideflow.storage.event_store": "stores",
+    "tideflow.storage.handler_store": "stores",
+    "tideflow.storage.process_store": "stores",
     "tideflow.storage.rows": "contracts",
     "tideflow.storage.sqlfile": "contracts",
     "tideflow.storage.urls": "contracts",
@@ -92,7 +100,8 @@ MAY_REACH: dict[str, set[str]] = {
     "contracts": _DOMAIN | {"contracts"},
     "sqlite": _DOMAIN | {"contracts", "sqlite"},
     "postgres": _DOMAIN | {"contracts", "postgres"},
-    "opening": _DOMAIN | {"contracts", "sqlite", "postgres", "opening"},
+    "stores": _DOMAIN | {"contracts", "stores"},
+    "opening": _DOMAIN | {"contracts", "stores", "sqlite", "postgres", "opening"},
     "runtime": _DOMAIN | {"contracts", "runtime"},
     "top": set(),  # anything
 }

@@ -26,9 +26,8 @@ import psycopg
 import pytest
 
 from tests.pgdb import empty_database
-from tideflow.storage.postgres import PostgresStore
+from tideflow.storage import open_store
 from tideflow.storage.sqlfile import load_migrations
-from tideflow.storage.sqlite import SQLiteStore
 
 #: One category of a catalog: object key -> its description (anything comparable and printable).
 Category = dict[str, Any]
@@ -207,7 +206,7 @@ def pg_server(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="module")
 def pg_migrated(pg_server: str) -> Iterator[tuple[str, Catalog]]:
     with empty_database(pg_server, "tideflow_schema_mig") as url:
-        store = PostgresStore(url)
+        store = open_store(url)
         try:
             store.migrate()
         finally:
@@ -219,12 +218,12 @@ def pg_from_script(server: str, script: str) -> Catalog:
     with empty_database(server, "tideflow_schema_sql") as url:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(script.encode())  # several statements, no parameters
-        store = PostgresStore(url)
+        store = open_store(url)
         try:
             # A database made by schema.sql counts as fully migrated: nothing left to apply.
-            assert store.pending_migrations() == [], (
+            assert store.db.pending_migrations() == [], (
                 "a database created from postgres/schema.sql still lacks migrations "
-                f"{store.pending_migrations()}: add them to its INSERT INTO schema_migrations"
+                f"{store.db.pending_migrations()}: add them to its INSERT INTO schema_migrations"
             )
         finally:
             store.close()
@@ -350,7 +349,7 @@ def sqlite_catalog(path: Path) -> Catalog:
 @pytest.fixture(scope="module")
 def sqlite_migrated(tmp_path_factory: pytest.TempPathFactory) -> Catalog:
     path = tmp_path_factory.mktemp("schema") / "migrated.db"
-    store = SQLiteStore(path)
+    store = open_store(f"sqlite:///{path}")
     try:
         store.migrate()
     finally:
@@ -364,11 +363,11 @@ def sqlite_from_script(path: Path, script: str) -> Catalog:
         conn.executescript(script)
     finally:
         conn.close()
-    store = SQLiteStore(path, create=False)
+    store = open_store(f"sqlite:///{path}", create=False)
     try:
-        assert store.pending_migrations() == [], (
+        assert store.db.pending_migrations() == [], (
             "a database created from sqlite/schema.sql still lacks migrations "
-            f"{store.pending_migrations()}: add them to its INSERT INTO schema_migrations"
+            f"{store.db.pending_migrations()}: add them to its INSERT INTO schema_migrations"
         )
     finally:
         store.close()

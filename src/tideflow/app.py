@@ -30,16 +30,7 @@ from tideflow.flows.registry import FlowRegistry
 from tideflow.runtime.dispatch import CommandDispatcher
 from tideflow.runtime.sagas import ProcessBindings
 from tideflow.sagas import ProcessManager
-from tideflow.storage import (
-    EventStore,
-    HandlerStore,
-    check_schema,
-    open_event_store_on,
-    open_handler_store_on,
-    open_process_store_on,
-    open_store,
-    resolve_url,
-)
+from tideflow.storage import EventStore, HandlerStore, Stores, open_database, resolve_url
 from tideflow.storage.flow_contract import FlowStore, RunRecord
 from tideflow.storage.process_contract import ProcessStore
 from tideflow.storage.urls import sqlite_path
@@ -138,11 +129,8 @@ class App:
         self._middleware = list(command_middleware)
         self._migrate = migrate
         self._clock = clock
-        self._store: FlowStore | None = None
+        self._stores: Stores | None = None
         self._schema_ready = False  # migrated or checked current: reads need not check again
-        self._event_store: EventStore | None = None
-        self._handler_store: HandlerStore | None = None
-        self._process_store: ProcessStore | None = None
         self._dispatcher: CommandDispatcher | None = None
 
     @property
@@ -151,17 +139,20 @@ class App:
         and the event, handler and process stores, which share its connections). With
         ``migrate=True``, getting it the first time applies pending migrations - creating the
         schema, and a SQLite file, if need be. Code that only reads uses ``read_store()``."""
-        if self._store is None:
-            store = open_store(self.database_url, clock=self._clock)
+        return self._open().flows
+
+    def _open(self) -> Stores:
+        if self._stores is None:
+            stores = open_database(self.database_url, clock=self._clock, upcasters=self.upcasters)
             if self._migrate:
                 try:
-                    store.migrate()
+                    stores.db.migrate()
                 except BaseException:
-                    store.close()
+                    stores.close()
                     raise
-            self._store = store
+            self._stores = stores
             self._schema_ready = self._migrate
-        return self._store
+        return self._stores
 
     def read_store(self) -> FlowStore:
         """The flow store for reading: whatever ``migrate`` says, it creates and migrates
@@ -174,34 +165,32 @@ class App:
             self.database_url.startswith("sqlite://")
             and sqlite_path(self.database_url) == ":memory:"
         )
-        if self._store is None and not memory:
-            store = open_store(self.database_url, clock=self._clock, create=False)
+        if self._stores is None and not memory:
+            stores = open_database(
+                self.database_url, clock=self._clock, create=False, upcasters=self.upcasters
+            )
             try:
-                check_schema(store)
+                stores.db.check_schema()
             except BaseException:
-                store.close()
+                stores.close()
                 raise
-            self._store, self._schema_ready = store, True
-            return store
-        store = self.store
+            self._stores, self._schema_ready = stores, True
+            return stores.flows
+        stores = self._open()
         if not self._schema_ready:
-            check_schema(store)
+            stores.db.check_schema()
             self._schema_ready = True
-        return store
+        return stores.flows
 
     @property
     def event_store(self) -> EventStore:
         """The event store, on the same connections as the flow store."""
-        if self._event_store is None:
-            self._event_store = open_event_store_on(self.store, upcasters=self.upcasters)
-        return self._event_store
+        return self._open().events
 
     @property
     def handler_store(self) -> HandlerStore:
         """Handler leases and dead letters, on the same connections as the flow store."""
-        if self._handler_store is None:
-            self._handler_store = open_handler_store_on(self.store)
-        return self._handler_store
+        return self._open().handlers
 
     def handler(self, cls: HandlerT) -> HandlerT:
         """Register an event handler or projection; usable as a class decorator."""
@@ -238,9 +227,7 @@ class App:
     @property
     def process_store(self) -> ProcessStore:
         """Process manager instances, on the same connections as the flow store."""
-        if self._process_store is None:
-            self._process_store = open_process_store_on(self.store)
-        return self._process_store
+        return self._open().processes
 
     def handler_runner(
         self, worker_id: str | None = None, options: HandlerRunnerOptions | None = None
@@ -468,19 +455,10 @@ class App:
             raise KeyboardInterrupt
 
     def close(self) -> None:
-        if self._process_store is not None:
-            self._process_store.close()
-            self._process_store = None
-        if self._handler_store is not None:
-            self._handler_store.close()
-            self._handler_store = None
-        if self._event_store is not None:
-            self._event_store.close()
-            self._event_store = None
+        if self._stores is not None:
+            self._stores.close()
+            self._stores = None
             self._dispatcher = None
-        if self._store is not None:
-            self._store.close()
-            self._store = None
 
     def __enter__(self) -> App:
         return self

@@ -23,6 +23,7 @@ from tideflow.flows.registry import FlowRegistry
 from tideflow.ids import new_run_id
 from tideflow.jsonutil import check_id, dumps
 from tideflow.retrying import Backoff, retry_briefly
+from tideflow.storage.database import Tx
 from tideflow.storage.flow_contract import RUN_FINAL, FlowStore, RunRecord
 
 RUN_STATUSES = ("started", "completed", "failed", "cancelled")
@@ -69,19 +70,31 @@ class Client:
         self.registry = registry
 
     def start_flow(
-        self, flow: type[Flow] | str, input: Any = None, *, run_id: str | None = None
+        self,
+        flow: type[Flow] | str,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        tx: Tx | None = None,
     ) -> str:
         """Start a run and return its id. Nothing is written when the flow is unknown, the
         input is not JSON-serialisable or not storable (``InvalidDataError``: NUL, surrogates,
         too deep), ``run_id`` is malformed (``InvalidDataError``) or taken. While the database
         is unavailable (a restart) it retries for about 5 s, then raises
-        ``DatabaseUnavailableError``; retrying never starts the run twice."""
+        ``DatabaseUnavailableError``; retrying never starts the run twice.
+
+        With ``tx`` - an event store transaction (a handler's ``ctx.transaction``) - the run is
+        created in that transaction: it starts if, and when, the transaction commits (and is
+        not retried here: the transaction's owner retries the whole of it)."""
         cls = flow if is_flow_class(flow) else self.registry.get(flow)
         definition = cls.definition
         input_json = dumps(input, what=f"run input of flow {definition.slug!r}")
         generated = run_id is None
         run_id = new_run_id() if run_id is None else check_id(run_id, "run_id", max_length=200)
-        start_run_retrying(self.store, definition, run_id, input_json, generated=generated)
+        if tx is not None:
+            self.store.start_run(definition, run_id, input_json, tx=tx)
+        else:
+            start_run_retrying(self.store, definition, run_id, input_json, generated=generated)
         return run_id
 
     def get_run(self, run_id: str) -> RunRecord:

@@ -142,6 +142,16 @@ class DatabaseUnavailableError(StorageError):
     docs/concepts/failures.md for which calls are safe to repeat."""
 
 
+class DuplicateKeyError(StorageError):
+    """A write broke a unique constraint. The store that ran it says what that means (a run id
+    already taken, an event id already recorded) with an error of its own; this one reaches a
+    caller only for a constraint no store expected."""
+
+    def __init__(self, message: str, constraint: str | None = None) -> None:
+        super().__init__(message)
+        self.constraint = constraint
+
+
 class SchemaNotReadyError(StorageError):
     """The database schema is older than this version of tideflow; run ``tideflow migrate``."""
 

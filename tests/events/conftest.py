@@ -15,13 +15,14 @@ OpenStore = Callable[..., EventStore]
 
 
 @pytest.fixture
-def open_events(db_url: str, clock: ManualClock) -> Iterator[OpenStore]:
+def open_events(backend: str, db_url: str, clock: ManualClock) -> Iterator[OpenStore]:
     """Open more stores on the test's database (each with its own connections, like another
     process would), closed at the end of the test."""
     opened: list[EventStore] = []
 
     def open_store(**kwargs: Any) -> EventStore:
         kwargs.setdefault("clock", clock)
+        kwargs.setdefault("fast_paths", backend != "postgres-plain")
         store = open_event_store(db_url, **kwargs)
         opened.append(store)
         return store

@@ -3,8 +3,6 @@ try committed and only its answer was lost with the connection."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import pytest
@@ -21,26 +19,23 @@ def _lose_answers(
 ) -> list[int]:
     """Make the next ``times`` appends fail with ``DatabaseUnavailableError``: before they
     write anything, or (``after_commit``) once they have committed - the answer lost with the
-    connection. Patches the seam each backend runs one append's transaction through."""
-    name = "_write" if hasattr(store, "_write") else "_connection"
-    real = getattr(store, name)
+    connection. Patches the Database's append hook, which an append outside a transaction runs
+    as a transaction of its own."""
+    db = store.db  # type: ignore[attr-defined]
+    real = db.append_events
     failures = [times]
 
-    @contextmanager
-    def flaky() -> Iterator[Any]:
+    def flaky(tx: Any, prepared: Any, recorded_at: Any) -> Any:
         if failures[0] and not after_commit:
             failures[0] -= 1
             raise DatabaseUnavailableError("the server is restarting (simulated)")
-        with real() as value:
-            yield value
+        result = real(tx, prepared, recorded_at)
         if failures[0] and after_commit:
             failures[0] -= 1
             raise DatabaseUnavailableError("connection lost during COMMIT (simulated)")
+        return result
 
-    def patched() -> AbstractContextManager[Any]:
-        return flaky()
-
-    monkeypatch.setattr(store, name, patched)
+    monkeypatch.setattr(db, "append_events", flaky)
     return failures
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.conftest import FLOW_BACKENDS
 from tests.pgdb import empty_database
 from tests.threads import assert_blocked, in_thread
 from tideflow.clock import ManualClock
@@ -52,14 +53,23 @@ from tideflow.events import (
 )
 from tideflow.events.model import encode_json
 from tideflow.jsonutil import check_text
-from tideflow.storage import open_event_store
+from tideflow.storage import open_event_store, open_event_store_on, open_store
 from tideflow.storage.event_contract import EventStore, append_encoder
-from tideflow.storage.postgres import PostgresStore
-from tideflow.storage.postgres.event_store import PostgresEventStore
-from tideflow.storage.sqlite import SQLiteStore
-from tideflow.storage.sqlite.event_store import SQLiteEventStore
+from tideflow.storage.event_store import SqlEventStore
+from tideflow.storage.postgres import PostgresDatabase
 
 from .conftest import OpenStore
+
+
+@pytest.fixture(params=FLOW_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """SQLite, PostgreSQL, and PostgreSQL's plain append (no pipelined fast path)."""
+    return str(request.param)
+
+
+def pg_events(url: str, clock: ManualClock, pool_size: int = 8) -> SqlEventStore:
+    return SqlEventStore(PostgresDatabase(url, clock, pool_size=pool_size), owns_db=True)
+
 
 FLOOR_PREFIX = 0x7466  # high 16 bits of the appenders' floor locks (migration 0004)
 FLOOR_LOCKS_HELD = (  # floor locks held in this database, by anyone
@@ -588,7 +598,7 @@ def test_failed_appends_leave_no_lock_behind(
     thread, result = in_thread(open_events().head_position)
     thread.join(5)
     assert result.get("value", 0) >= 1
-    if backend == "postgres":
+    if backend.startswith("postgres"):
         with psycopg.connect(db_url) as conn:
             held = conn.execute(FLOOR_LOCKS_HELD, (FLOOR_PREFIX,)).fetchone()
         assert held == (0,)
@@ -1092,7 +1102,7 @@ def test_an_unmigrated_postgres_database_is_reported(
     if backend == "sqlite":
         pytest.skip("the SQLite case is in test_migrate_is_idempotent_and_the_schema_is_required")
     with empty_database(db_url) as url:
-        bare = PostgresEventStore(url, clock)
+        bare = pg_events(url, clock)
         try:
             with pytest.raises(SchemaNotReadyError, match="tideflow migrate"):
                 bare.append("s", [ev()], ANY)
@@ -1107,11 +1117,11 @@ def test_an_unmigrated_postgres_database_is_reported(
 def test_appends_prepare_their_statement_again_if_it_was_deallocated(
     backend: str, db_url: str, clock: ManualClock
 ) -> None:
-    """The append runs as a prepared statement of its own (postgres/event_store.py); code on
+    """The append runs as a prepared statement of its own (postgres/fast_paths.py); code on
     tx.connection may deallocate it, in or out of a transaction."""
     if backend == "sqlite":
         pytest.skip("PostgreSQL's prepared statements")
-    store = PostgresEventStore(db_url, clock, pool_size=1)  # one connection: always the same
+    store = pg_events(db_url, clock, pool_size=1)  # one connection: always the same
     try:
         store.migrate()
         store.append("s", [ev(n=1)], NO_STREAM)
@@ -1143,9 +1153,9 @@ def test_an_append_in_a_transaction_is_one_round_trip(
     """SAVEPOINT, the append and RELEASE go to the server together; a refused append costs one
     more (the rollback to the savepoint) and leaves the statement prepared, even when psycopg
     has statements of its own prepared on the connection (its rollback would drop them all)."""
-    if backend == "sqlite":
-        pytest.skip("PostgreSQL round trips")
-    store = PostgresEventStore(db_url, clock, pool_size=1)
+    if backend != "postgres":
+        pytest.skip("PostgreSQL's pipelined append (its fast path)")
+    store = pg_events(db_url, clock, pool_size=1)
     waits: list[psycopg.Connection[Any]] = []  # a wait: one exchange with the server
     real_wait = psycopg.Connection.wait
 
@@ -1180,7 +1190,7 @@ def test_a_lost_connection_inside_a_transaction_is_reported_and_replaced(
 ) -> None:
     if backend == "sqlite":
         pytest.skip("a PostgreSQL server connection")
-    store = PostgresEventStore(db_url, clock, pool_size=1)
+    store = pg_events(db_url, clock, pool_size=1)
     try:
         store.migrate()
         with pytest.raises(StorageError), store.transaction() as tx:
@@ -1203,9 +1213,9 @@ def test_an_append_interrupted_inside_a_transaction_gives_up_its_connection(
     """Interrupted half-way through its pipeline (Ctrl-C while waiting for the server), an
     append closes the connection, which libpq may still expect results on: the pool replaces
     it and the transaction is gone."""
-    if backend == "sqlite":
-        pytest.skip("libpq's pipeline mode")
-    from tideflow.storage.postgres import event_store as module
+    if backend != "postgres":
+        pytest.skip("libpq's pipeline mode (PostgreSQL's fast path)")
+    from tideflow.storage.postgres import fast_paths as module
 
     real_results = module._pipeline_results
 
@@ -1213,7 +1223,7 @@ def test_an_append_interrupted_inside_a_transaction_gives_up_its_connection(
         yield from psycopg.generators.send(pgconn)
         raise KeyboardInterrupt
 
-    store = PostgresEventStore(db_url, clock, pool_size=1)
+    store = pg_events(db_url, clock, pool_size=1)
     try:
         store.migrate()
         with pytest.raises(KeyboardInterrupt), store.transaction() as tx:
@@ -1239,14 +1249,14 @@ def test_a_lost_connection_is_replaced(
     gets a fresh one."""
     if backend == "sqlite":
         pytest.skip("a PostgreSQL server connection")
-    from tideflow.storage.postgres import backend as pg_backend
+    from tideflow.storage.postgres import database as pg_backend
 
     if idle:
         monkeypatch.setattr(pg_backend, "CHECK_AFTER_IDLE", 0.0)
         monkeypatch.setattr("tideflow.retrying.CLIENT_RETRY_SECONDS", 0.0)
     else:
         monkeypatch.setattr(pg_backend, "CHECK_AFTER_IDLE", 3600.0)
-    store = PostgresEventStore(db_url, clock, pool_size=1)
+    store = pg_events(db_url, clock, pool_size=1)
     try:
         store.migrate()
         store.append("s", [ev(n=1)], NO_STREAM)
@@ -1264,14 +1274,8 @@ def test_a_lost_connection_is_replaced(
 def test_event_stores_can_share_a_flow_stores_connections(
     db_url: str, backend: str, clock: ManualClock
 ) -> None:
-    flows: SQLiteStore | PostgresStore
-    shared: SQLiteEventStore | PostgresEventStore
-    if backend == "sqlite":
-        flows = SQLiteStore(db_url.removeprefix("sqlite:///"), clock)
-        shared = SQLiteEventStore.sharing(flows)
-    else:
-        flows = PostgresStore(db_url, clock)
-        shared = PostgresEventStore.sharing(flows)
+    flows = open_store(db_url, clock=clock)
+    shared = open_event_store_on(flows)
     try:
         shared.migrate()
         recorded = shared.append("s", [ev()], NO_STREAM)
@@ -1330,7 +1334,7 @@ def test_a_database_of_migration_3_upgrades_to_floor_locks(
                 "%s::json, now(), NULL, NULL)",
                 (old,),
             )
-        store = PostgresEventStore(url, clock)
+        store = pg_events(url, clock)
         try:
             applied = store.migrate()
             assert applied[0] == "0004_event_floor_locks"
@@ -1389,8 +1393,7 @@ def test_a_transaction_reads_its_appends_page_by_page_and_upcast(open_events: Op
         assert [e.version for e in tx.read_stream("s", 4, limit=3, backwards=True)] == [4, 3, 2]
         pages = tx.read_stream("s")
         next(pages)
-    if isinstance(store, PostgresEventStore):
-        # The next page would be read on a connection that is back in the pool.
-        next(pages)
-        with pytest.raises(StorageError, match="inside"):
-            list(pages)
+    # On PostgreSQL, the next page would be read on a connection that is back in the pool.
+    next(pages)
+    with pytest.raises(StorageError, match="inside"):
+        list(pages)

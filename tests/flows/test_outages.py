@@ -330,7 +330,7 @@ def test_a_worker_waits_out_a_sqlite_file_locked_by_another_connection(
     app = App(f"sqlite:///{tmp_path / 'locked.db'}", flows=[Chain])
     try:
         runs = [app.start_flow(Chain, {"n": i}) for i in range(3)]
-        app.store.connection.execute("PRAGMA busy_timeout=50")  # type: ignore[attr-defined]
+        app.store.db.connection.execute("PRAGMA busy_timeout=50")  # type: ignore[attr-defined]
         store = Outages(app.store)  # fails nothing: counts the worker's calls
         other = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
@@ -423,9 +423,9 @@ def test_a_killed_listen_connection_is_reestablished_and_subscribers_catch_up(
         pytest.skip("LISTEN/NOTIFY: SQLite's watcher reads the file, it has no connection to lose")
     import psycopg
 
-    from tideflow.storage.postgres import PostgresStore
+    from tideflow.storage import open_store
 
-    store = PostgresStore(db_url)
+    store = open_store(db_url)
     wakes = threading.Semaphore(0)
     try:
         with caplog.at_level(logging.INFO, "tideflow"):

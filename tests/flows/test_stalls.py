@@ -23,6 +23,7 @@ from tests.pgdb import empty_database
 from tideflow import Flow, FlowDefinitionError, step
 from tideflow.clock import ManualClock
 from tideflow.flows.definition import DEFAULT_MAX_STALLS
+from tideflow.storage import open_store
 from tideflow.storage.flow_contract import (
     ClaimedTask,
     FlowStore,
@@ -30,10 +31,8 @@ from tideflow.storage.flow_contract import (
     TaskFailure,
     TaskRecord,
 )
-from tideflow.storage.flow_engine import STALL_ERROR, step_rows, stored_shape
-from tideflow.storage.postgres import PostgresStore
+from tideflow.storage.flow_store import STALL_ERROR, step_rows, stored_shape
 from tideflow.storage.sqlfile import load_migrations
-from tideflow.storage.sqlite import SQLiteStore
 
 W = "worker-a"
 MARGIN = 30.0
@@ -370,7 +369,6 @@ def test_a_database_of_migration_6_upgrades_with_runs_in_flight(
     """Runs started before 0007 (and, on PostgreSQL, by workers still calling start_run_v1
     after it) get no stall so far and the default cap."""
     now = clock.now()
-    store: SQLiteStore | PostgresStore
     if backend == "sqlite":
         path = tmp_path / "v6.db"
         conn = sqlite3.connect(path)
@@ -385,7 +383,7 @@ def test_a_database_of_migration_6_upgrades_with_runs_in_flight(
         _insert_old_run_sqlite(conn, now.timestamp())
         conn.commit()
         conn.close()
-        store = SQLiteStore(path, clock)
+        store = open_store(f"sqlite:///{path}", clock=clock)
         try:
             assert store.migrate() == ["0007_task_stalls"]
             _check_upgraded(store, clock, ["old"])
@@ -407,7 +405,7 @@ def test_a_database_of_migration_6_upgrades_with_runs_in_flight(
                         (m.version, m.name),
                     )
             _start_run_v1(conn, "old", now)
-        store = PostgresStore(url, clock)
+        store = open_store(url, clock=clock)
         try:
             assert store.migrate() == ["0007_task_stalls"]
             with psycopg.connect(url, autocommit=True) as conn:

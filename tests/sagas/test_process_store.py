@@ -400,8 +400,8 @@ def test_sqlite_migration_6_keeps_the_handler_rows_it_rebuilds(
         pytest.skip("PostgreSQL alters the constraint in place; the saga tests store the kind")
     import sqlite3
 
+    from tideflow.storage import open_store
     from tideflow.storage.sqlfile import load_migrations
-    from tideflow.storage.sqlite import SQLiteStore
 
     path = tmp_path / "v5.db"
     conn = sqlite3.connect(path)
@@ -420,19 +420,19 @@ def test_sqlite_migration_6_keeps_the_handler_rows_it_rebuilds(
     )
     conn.commit()
     conn.close()
-    store = SQLiteStore(path)
+    store = open_store(f"sqlite:///{path}")
     try:
         assert store.migrate() == ["0006_process_manager_kind", "0007_task_stalls"]
-        rows = store.connection.execute("SELECT * FROM event_handlers").fetchall()
+        rows = store.db.connection.execute("SELECT * FROM event_handlers").fetchall()
         assert rows == [
             ("mailer", "handler", "stopped", None, None, 7, 3, "smtp down", "gave up", 1.5)
         ]
-        store.connection.execute(
+        store.db.connection.execute(
             "INSERT INTO event_handlers (name, kind, status, updated_at) VALUES "
             "('saga', 'process_manager', 'running', 2.0)"
         )
         with pytest.raises(sqlite3.IntegrityError):
-            store.connection.execute(
+            store.db.connection.execute(
                 "INSERT INTO event_handlers (name, kind, status, updated_at) VALUES "
                 "('odd', 'cron', 'running', 2.0)"
             )

@@ -6,7 +6,7 @@ Everything it writes goes through the batch's transaction ``tx``:
 
 * the instance row, read locked (``ProcessStore.load``) and written back (``save``);
 * the commands, through ``CommandDispatcher.within(tx)`` - their events are appended in ``tx``;
-* the flows, through ``FlowStore.joined(tx.connection)`` - their runs are created in ``tx``.
+* the flows, through ``Client.start_flow(..., tx=tx)`` - their runs are created in ``tx``.
 
 So the reaction commits with the handler's checkpoint or vanishes with it, and an event the
 instance has already applied (``position <= last_position``: a reset handler replaying the log)
@@ -169,8 +169,7 @@ def _start_flow(
             "ProcessBindings"
         )
     run_id = action.run_id or _run_id(manager, process_id, event, index)
-    with client.store.joined(ctx.transaction.connection):
-        return client.start_flow(action.flow, action.input, run_id=run_id)
+    return client.start_flow(action.flow, action.input, run_id=run_id, tx=ctx.transaction)
 
 
 def _run_id(manager: ProcessManager, process_id: str, event: RecordedEvent, index: int) -> str:

@@ -61,6 +61,7 @@ from tideflow.events.model import (
 from tideflow.events.upcasting import Upcasters
 from tideflow.jsonutil import MAX_DEPTH, check_text, too_deep
 from tideflow.retrying import retry_briefly
+from tideflow.storage.database import Tx
 
 ExpectedKind = Literal["any", "no_stream", "exists", "exact"]
 
@@ -74,7 +75,7 @@ _KINDS: dict[ExpectedVersion, ExpectedKind] = {
 DEFAULT_PAGE_SIZE = 1000
 
 
-class EventTransaction(Protocol):
+class EventTransaction(Tx, Protocol):
     """One open database transaction of an event store (``store.transaction()``).
 
     Everything done through it commits together when the ``with`` block ends, or not at all if
@@ -87,22 +88,10 @@ class EventTransaction(Protocol):
     such reads see committed events only (on SQLite, whose one connection is this transaction's,
     also its writes); to see the transaction's own appends on both backends, read through it:
     ``tx.read_stream``. (``read_all`` stops at the horizon taken when it started, below them.)
+
+    It is a storage ``Tx``: ``tx.connection`` and ``tx.execute_script`` run a projection's own
+    SQL in it, and the other stores take it (``tx=``) to commit their writes with it.
     """
-
-    connection: Any
-    """The driver connection of this transaction (``psycopg.Connection`` on PostgreSQL,
-    ``sqlite3.Connection`` on SQLite), for the caller's own SQL - typically a projection's
-    rows - to commit atomically with the checkpoint. Do not commit or roll it back yourself."""
-    dialect: Dialect
-    """Which database ``connection`` talks to (``"sqlite"`` or ``"postgresql"``): the store
-    says, so that code above the storage layer never inspects a driver's classes."""
-
-    def execute_script(self, script: str) -> None:
-        """Run SQL text holding one or more statements (separated by ``;``) in this transaction
-        - a projection's DDL. SQLite's driver runs one statement per ``execute`` (and its
-        ``executescript`` would commit), so its backend splits the text; PostgreSQL runs it
-        whole."""
-        ...
 
     def append(
         self,
@@ -332,6 +321,14 @@ class PreparedAppend:
             )
             for i, (event_type, schema_version, data, metadata) in enumerate(self.read_as)
         ]
+
+
+def duplicate_event_id(stream_id: str, detail: str | None) -> DuplicateEventIdError:
+    return DuplicateEventIdError(
+        f"an event appended to {stream_id!r} has an event_id that is already recorded "
+        f"({detail}); nothing was written. Event ids are unique across the store: leave "
+        "event_id out to get a fresh uuid4, and never reuse one."
+    )
 
 
 def decode_objects(texts: list[str]) -> list[Any]:

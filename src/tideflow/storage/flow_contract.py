@@ -19,13 +19,13 @@ encode), the engine stores and concatenates them without re-parsing, and readers
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from tideflow.clock import Clock
 from tideflow.flows.definition import FlowDefinition
+from tideflow.storage.database import Tx
 
 RunStatus = Literal["started", "completed", "failed", "cancelled"]
 StepStatus = Literal["created", "started", "completed", "failed", "skipped"]
@@ -161,8 +161,8 @@ class FlowVersionRecord:
 
 
 class FlowStore(Protocol):
-    """Engine operations on runs, steps and tasks. Every method is one transaction (a savepoint
-    of the caller's, within ``joined``)."""
+    """Operations on runs, steps and tasks. Every method is one transaction; ``start_run`` given
+    a caller's transaction (``tx=``) runs in it, under a savepoint."""
 
     url: str
     clock: Clock
@@ -181,9 +181,14 @@ class FlowStore(Protocol):
     def list_flows(self) -> list[FlowVersionRecord]: ...
 
     # --- runs ---------------------------------------------------------------------------------
-    def start_run(self, definition: FlowDefinition, run_id: str, input_json: str) -> None:
+    def start_run(
+        self, definition: FlowDefinition, run_id: str, input_json: str, *, tx: Tx | None = None
+    ) -> None:
         """Create the run, its steps and the tasks of its root steps; completes empty map steps
-        at once. Raises ``RunAlreadyExistsError`` if ``run_id`` is taken (writing nothing)."""
+        at once. Raises ``RunAlreadyExistsError`` if ``run_id`` is taken (writing nothing).
+        With ``tx`` (a process manager's reaction, an event store transaction) it all happens
+        in that transaction, under a savepoint: it commits with it, and a refusal leaves it
+        usable."""
         ...
 
     def get_run(self, run_id: str, *, with_steps: bool = True) -> RunRecord:
@@ -255,19 +260,4 @@ class FlowStore(Protocol):
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` (from any thread) when new tasks may be ready. Returns a function
         that unsubscribes. Delivery is best effort: workers also poll."""
-        ...
-
-    # --- joining another transaction ----------------------------------------------------------
-    def joined(self, connection: Any) -> AbstractContextManager[None]:
-        """Within the block, flow store writes made by this thread (start_run, ensure_flow, ...)
-        run inside the caller's open transaction on ``connection`` - under a savepoint - so they
-        commit or roll back with it. For process managers that start flows in their handler's
-        batch transaction.
-
-        ``connection`` is an event store transaction's (``tx.connection``), and must be in a
-        transaction (``StorageError`` otherwise). A failed operation - ``RunAlreadyExistsError``,
-        say - rolls back its savepoint only: the caller's transaction stays usable. On SQLite
-        only the flow store's own connection can be joined: open the event store on the flow
-        store (``tideflow.storage.open_event_store_on``). "This thread" is this context: an
-        asyncio task, or another thread, keeps running its own transactions meanwhile."""
         ...

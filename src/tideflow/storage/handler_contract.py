@@ -30,7 +30,7 @@ from typing import Literal, Protocol
 from tideflow.clock import Clock
 from tideflow.events.handling import HandlerKind
 from tideflow.events.model import RecordedEvent
-from tideflow.storage.event_contract import EventTransaction
+from tideflow.storage.database import EVENTS_CHANNEL, Tx
 
 HandlerStatus = Literal["running", "stopped"]
 
@@ -124,7 +124,7 @@ class HandlerStore(Protocol):
         a handler whose owner's lease expired is how a dead worker is replaced."""
         ...
 
-    def hold(self, tx: EventTransaction, name: str, owner: str, ttl: float) -> HandlerLease:
+    def hold(self, tx: Tx, name: str, owner: str, ttl: float) -> HandlerLease:
         """In a batch transaction, before reading events: check that ``owner`` still holds
         the handler and that it should run, extend the lease, and lock the row until the
         transaction ends, so that no other worker can take it over meanwhile. Raises
@@ -150,19 +150,19 @@ class HandlerStore(Protocol):
         ``position`` (so a worker taking over goes on counting), with the last error."""
         ...
 
-    def clear_failure(self, tx: EventTransaction, name: str) -> None:
+    def clear_failure(self, tx: Tx, name: str) -> None:
         """Forget the pending failure: the handler got past the event."""
         ...
 
     def record_dead_letter(
-        self, tx: EventTransaction, name: str, event: RecordedEvent, error: str, attempts: int
+        self, tx: Tx, name: str, event: RecordedEvent, error: str, attempts: int
     ) -> int:
         """Record that the handler gave up on ``event``, in the transaction that moves its
         checkpoint past it; return the dead letter's id. One dead letter per (handler, event):
         giving up on it again (after a reset) updates it."""
         ...
 
-    def stop(self, tx: EventTransaction, name: str, reason: str, error: str) -> None:
+    def stop(self, tx: Tx, name: str, reason: str, error: str) -> None:
         """Halt the handler (status ``stopped``, with ``reason``) and release its lease: no
         worker runs it until ``restart``."""
         ...
@@ -170,18 +170,18 @@ class HandlerStore(Protocol):
     # --- administration -------------------------------------------------------------------------
 
     def lock_handler(
-        self, tx: EventTransaction, name: str, kind: HandlerKind
+        self, tx: Tx, name: str, kind: HandlerKind
     ) -> tuple[HandlerKind, HandlerStatus]:
         """Lock the handler's row for an administrative change (creating it with ``kind`` if it
         has none), waiting for a batch in flight to commit; return its kind and status."""
         ...
 
-    def restart(self, name: str, tx: EventTransaction | None = None) -> bool:
+    def restart(self, name: str, tx: Tx | None = None) -> bool:
         """Let a stopped handler run again and forget its pending failure (resume; part of a
         reset). False if the handler has no row."""
         ...
 
-    def reset_checkpoint(self, tx: EventTransaction, name: str, position: int = 0) -> None:
+    def reset_checkpoint(self, tx: Tx, name: str, position: int = 0) -> None:
         """Set the handler's checkpoint to ``position`` (backwards too) in ``tx``, so that a
         projection's table is emptied in the same transaction."""
         ...
@@ -201,7 +201,7 @@ class HandlerStore(Protocol):
         """One dead letter; ``DeadLetterNotFoundError`` if there is no such id."""
         ...
 
-    def mark_dead_letter_retried(self, tx: EventTransaction, dead_letter_id: int) -> None:
+    def mark_dead_letter_retried(self, tx: Tx, dead_letter_id: int) -> None:
         """Record, in the transaction of the successful retry, that it succeeded."""
         ...
 
@@ -210,5 +210,4 @@ class HandlerStore(Protocol):
         ...
 
 
-#: The PostgreSQL channel handler runners LISTEN on for "events were appended".
-EVENTS_CHANNEL = "tideflow_events"
+__all__ = ["EVENTS_CHANNEL", "DeadLetter", "HandlerLease", "HandlerRecord", "HandlerStore"]

@@ -1,109 +1,115 @@
-"""Opening stores by database URL: the one module of the storage layer that knows its backends.
+"""Opening a database by URL: the one module of the storage layer that knows its backends.
 
-The contracts (``flow_contract``, ``event_contract``, ``handler_contract``, ``process_contract``)
-say what a store does and import no backend; the backends (``sqlite/``, ``postgres/``) implement
-them. Something must pick a backend for a URL - that is this module, above both, and everything
-that opens a store (the App, the CLI, tests) comes through it (``tideflow.storage`` re-exports
-it). The runtime (worker, dispatcher, process managers) is handed stores and never opens one.
-Backends are imported inside the functions, so that using SQLite never imports psycopg.
+``open_database(url)`` gives every store on one ``Database`` - one pool (PostgreSQL) or one
+connection (SQLite) for flows, events, handlers and process instances. The ``open_*`` functions
+below it open one store on a Database of its own (closed with it), for scripts and tools that
+need one. The contracts and the stores import no backend; the runtime (worker, dispatcher,
+process managers) is handed stores and never opens one. Backends are imported inside the
+functions, so that using SQLite never imports psycopg.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from types import TracebackType
+
 from tideflow.clock import Clock
-from tideflow.errors import UnsupportedDatabaseURLError
 from tideflow.events.upcasting import Upcasters
-from tideflow.storage.event_contract import DEFAULT_PAGE_SIZE, EventStore
-from tideflow.storage.flow_contract import FlowStore
-from tideflow.storage.handler_contract import HandlerStore
-from tideflow.storage.process_contract import ProcessStore
-from tideflow.storage.urls import POSTGRES_SCHEMES, redact_url, resolve_url, sqlite_path
+from tideflow.storage.database import Database
+from tideflow.storage.event_contract import DEFAULT_PAGE_SIZE
+from tideflow.storage.event_store import SqlEventStore
+from tideflow.storage.flow_store import SqlFlowStore
+from tideflow.storage.handler_store import SqlHandlerStore
+from tideflow.storage.process_store import SqlProcessStore
+from tideflow.storage.urls import POSTGRES_SCHEMES, resolve_url, sqlite_path
 
 
-def open_store(
-    url: str | None = None, *, clock: Clock | None = None, create: bool = True
-) -> FlowStore:
-    """The flow store for a database URL (checked by ``resolve_url``; default
+def connect(
+    url: str | None = None,
+    *,
+    clock: Clock | None = None,
+    create: bool = True,
+    fast_paths: bool = True,
+) -> Database:
+    """The ``Database`` for a URL (checked by ``resolve_url``; default
     ``$TIDEFLOW_DATABASE_URL``, else ``sqlite:///tideflow.db``).
 
-    ``create=False`` opens for reading: nothing is created - no SQLite file or folder (a
-    missing file raises ``SchemaMissingError``) - and nothing is migrated; call
-    ``check_schema`` before the first read. Connecting to PostgreSQL creates nothing either way;
-    the schema is only ever created by ``migrate()``."""
+    ``create=False`` opens for reading: nothing is created - no SQLite file or folder (a missing
+    file raises ``SchemaMissingError``) - and nothing is migrated; call ``check_schema`` before
+    the first read. Connecting to PostgreSQL creates nothing either way; the schema is only
+    ever created by ``migrate()``. ``fast_paths=False`` runs PostgreSQL's plain paths (for
+    tests that hold both to the same behaviour)."""
     url = resolve_url(url)
     if url.startswith(POSTGRES_SCHEMES):
-        from tideflow.storage.postgres import PostgresStore
+        from tideflow.storage.postgres import PostgresDatabase
 
-        return PostgresStore(url, clock)
-    if url.startswith("sqlite://"):
-        from tideflow.storage.sqlite import SQLiteStore
+        return PostgresDatabase(url, clock, fast_paths=fast_paths)
+    from tideflow.storage.sqlite import SQLiteDatabase
 
-        return SQLiteStore(sqlite_path(url), clock, create=create)
-    raise UnsupportedDatabaseURLError(  # pragma: no cover - resolve_url refuses it first
-        f"unsupported database URL {redact_url(url)}"
+    return SQLiteDatabase(sqlite_path(url), clock, create=create)
+
+
+@dataclass(frozen=True)
+class Stores:
+    """Every store on one Database; ``close()`` (or leaving a ``with`` block) closes it."""
+
+    db: Database
+    flows: SqlFlowStore
+    events: SqlEventStore
+    handlers: SqlHandlerStore
+    processes: SqlProcessStore
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Stores:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def open_database(
+    url: str | None = None,
+    *,
+    clock: Clock | None = None,
+    create: bool = True,
+    upcasters: Upcasters | None = None,
+    page_size: int = DEFAULT_PAGE_SIZE,
+) -> Stores:
+    """Every store for a database URL (``connect`` says which URLs and what ``create`` does),
+    on one Database. Call ``stores.db.migrate()`` (or ``tideflow migrate``) before first use."""
+    return stores_on(connect(url, clock=clock, create=create), upcasters, page_size)
+
+
+def stores_on(
+    db: Database, upcasters: Upcasters | None = None, page_size: int = DEFAULT_PAGE_SIZE
+) -> Stores:
+    """Every store on ``db``."""
+    return Stores(
+        db,
+        SqlFlowStore(db),
+        SqlEventStore(db, upcasters=upcasters, page_size=page_size),
+        SqlHandlerStore(db),
+        SqlProcessStore(db),
     )
 
 
-def check_schema(store: FlowStore) -> None:
-    """Raise ``SchemaMissingError`` if the store's database has no tideflow schema, or
-    ``SchemaNotReadyError`` if migrations are pending; write nothing. What every read path
-    calls instead of migrating."""
-    from tideflow.storage.postgres import PostgresStore
-    from tideflow.storage.sqlite import SQLiteStore
-
-    if isinstance(store, PostgresStore | SQLiteStore):
-        store.check_schema()
-        return
-    raise TypeError(f"no schema check for {type(store).__name__}")
-
-
-def open_event_store_on(flow_store: FlowStore, *, upcasters: Upcasters | None = None) -> EventStore:
-    """An event store sharing ``flow_store``'s connections and clock, so that one process opens
-    one pool (PostgreSQL) or one connection (SQLite) for flows and events alike."""
-    from tideflow.storage.postgres import PostgresStore
-    from tideflow.storage.sqlite import SQLiteStore
-
-    if isinstance(flow_store, PostgresStore):
-        from tideflow.storage.postgres.event_store import PostgresEventStore
-
-        return PostgresEventStore.sharing(flow_store, upcasters=upcasters)
-    if isinstance(flow_store, SQLiteStore):
-        from tideflow.storage.sqlite.event_store import SQLiteEventStore
-
-        return SQLiteEventStore.sharing(flow_store, upcasters=upcasters)
-    raise TypeError(f"no event store for {type(flow_store).__name__}")
-
-
-def open_handler_store_on(flow_store: FlowStore) -> HandlerStore:
-    """The handler store (leases, dead letters) on ``flow_store``'s connections."""
-    from tideflow.storage.postgres import PostgresStore
-    from tideflow.storage.sqlite import SQLiteStore
-
-    if isinstance(flow_store, PostgresStore):
-        from tideflow.storage.postgres.handler_store import PostgresHandlerStore
-
-        return PostgresHandlerStore.sharing(flow_store)
-    if isinstance(flow_store, SQLiteStore):
-        from tideflow.storage.sqlite.handler_store import SQLiteHandlerStore
-
-        return SQLiteHandlerStore.sharing(flow_store)
-    raise TypeError(f"no handler store for {type(flow_store).__name__}")
-
-
-def open_process_store_on(flow_store: FlowStore) -> ProcessStore:
-    """The process store (process manager instances) on ``flow_store``'s connections."""
-    from tideflow.storage.postgres import PostgresStore
-    from tideflow.storage.sqlite import SQLiteStore
-
-    if isinstance(flow_store, PostgresStore):
-        from tideflow.storage.postgres.process_store import PostgresProcessStore
-
-        return PostgresProcessStore.sharing(flow_store)
-    if isinstance(flow_store, SQLiteStore):
-        from tideflow.storage.sqlite.process_store import SQLiteProcessStore
-
-        return SQLiteProcessStore.sharing(flow_store)
-    raise TypeError(f"no process store for {type(flow_store).__name__}")
+def open_store(
+    url: str | None = None,
+    *,
+    clock: Clock | None = None,
+    create: bool = True,
+    fast_paths: bool = True,
+) -> SqlFlowStore:
+    """The flow store for a database URL, on a Database of its own."""
+    db = connect(url, clock=clock, create=create, fast_paths=fast_paths)
+    return SqlFlowStore(db, owns_db=True)
 
 
 def open_event_store(
@@ -112,71 +118,52 @@ def open_event_store(
     clock: Clock | None = None,
     upcasters: Upcasters | None = None,
     page_size: int = DEFAULT_PAGE_SIZE,
-) -> EventStore:
-    """The event store for a database URL (``postgresql://...`` or ``sqlite:///path``; default
-    as for ``open_store``: ``$TIDEFLOW_DATABASE_URL``, else ``sqlite:///tideflow.db``).
-    Call ``migrate()`` on it (or on the flow store) before first use."""
-    url = resolve_url(url)
-    if url.startswith(("postgresql://", "postgres://")):
-        from tideflow.storage.postgres.event_store import PostgresEventStore
-
-        return PostgresEventStore(url, clock, upcasters=upcasters, page_size=page_size)
-    if url.startswith("sqlite://"):
-        from tideflow.storage.sqlite.event_store import SQLiteEventStore
-
-        path = url.removeprefix("sqlite://").removeprefix("/") or ":memory:"
-        return SQLiteEventStore(path, clock, upcasters=upcasters, page_size=page_size)
-    raise UnsupportedDatabaseURLError(
-        f"unsupported database URL {url.split('://')[0]!r}://... for the event store: use "
-        "postgresql://user@host/db or sqlite:///path/to/file.db"
-    )
+    fast_paths: bool = True,
+) -> SqlEventStore:
+    """The event store for a database URL, on a Database of its own."""
+    db = connect(url, clock=clock, fast_paths=fast_paths)
+    return SqlEventStore(db, upcasters=upcasters, page_size=page_size, owns_db=True)
 
 
-def open_handler_store(url: str | None = None, *, clock: Clock | None = None) -> HandlerStore:
-    """The handler store for a database URL, as ``open_event_store`` (same default). It opens
-    its own connection(s); use ``SQLiteHandlerStore.sharing`` / ``PostgresHandlerStore.sharing``
-    to run on a flow store's."""
-    url = resolve_url(url)
-    if url.startswith(("postgresql://", "postgres://")):
-        from tideflow.storage.postgres.handler_store import PostgresHandlerStore
-
-        return PostgresHandlerStore(url, clock)
-    if url.startswith("sqlite://"):
-        from tideflow.storage.sqlite.handler_store import SQLiteHandlerStore
-
-        path = url.removeprefix("sqlite://").removeprefix("/") or ":memory:"
-        return SQLiteHandlerStore(path, clock)
-    raise UnsupportedDatabaseURLError(
-        f"unsupported database URL {url.split('://')[0]!r}://... for the handler store: use "
-        "postgresql://user@host/db or sqlite:///path/to/file.db"
-    )
+def open_handler_store(url: str | None = None, *, clock: Clock | None = None) -> SqlHandlerStore:
+    """The handler store for a database URL, on a Database of its own."""
+    return SqlHandlerStore(connect(url, clock=clock), owns_db=True)
 
 
-def open_process_store(url: str | None = None, *, clock: Clock | None = None) -> ProcessStore:
-    """The process store for a database URL, as ``open_event_store`` (same default). It opens
-    its own connection(s); use ``SQLiteProcessStore.sharing`` / ``PostgresProcessStore.sharing``
-    (or ``tideflow.storage.open_process_store_on``) to run on a flow store's."""
-    url = resolve_url(url)
-    if url.startswith(("postgresql://", "postgres://")):
-        from tideflow.storage.postgres.process_store import PostgresProcessStore
+def open_process_store(url: str | None = None, *, clock: Clock | None = None) -> SqlProcessStore:
+    """The process store for a database URL, on a Database of its own."""
+    return SqlProcessStore(connect(url, clock=clock), owns_db=True)
 
-        return PostgresProcessStore(url, clock)
-    if url.startswith("sqlite://"):
-        from tideflow.storage.sqlite.process_store import SQLiteProcessStore
 
-        path = url.removeprefix("sqlite://").removeprefix("/") or ":memory:"
-        return SQLiteProcessStore(path, clock)
-    raise UnsupportedDatabaseURLError(
-        f"unsupported database URL {url.split('://')[0]!r}://... for the process store: use "
-        "postgresql://user@host/db or sqlite:///path/to/file.db"
-    )
+def open_event_store_on(
+    flow_store: SqlFlowStore, *, upcasters: Upcasters | None = None
+) -> SqlEventStore:
+    """An event store on ``flow_store``'s Database (left open when the event store closes)."""
+    return SqlEventStore(flow_store.db, upcasters=upcasters)
+
+
+def open_handler_store_on(flow_store: SqlFlowStore) -> SqlHandlerStore:
+    """The handler store on ``flow_store``'s Database."""
+    return SqlHandlerStore(flow_store.db)
+
+
+def open_process_store_on(flow_store: SqlFlowStore) -> SqlProcessStore:
+    """The process store on ``flow_store``'s Database."""
+    return SqlProcessStore(flow_store.db)
+
+
+def check_schema(store: SqlFlowStore) -> None:
+    """Raise ``SchemaMissingError`` if the store's database has no tideflow schema, or
+    ``SchemaNotReadyError`` if migrations are pending; write nothing. What every read path
+    calls instead of migrating."""
+    store.db.check_schema()
 
 
 def check_connection(url: str) -> None:
     """Connect once to a PostgreSQL URL and raise a typed error at once if that fails (the
     stores connect lazily); nothing to do for SQLite, whose file opens when first used."""
     if url.startswith(POSTGRES_SCHEMES):
-        from tideflow.storage.postgres.backend import check_connection as connect_once
+        from tideflow.storage.postgres.connecting import check_connection as connect_once
 
         connect_once(url)
 

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from tideflow.clock import Clock
-from tideflow.storage.event_contract import EventTransaction
+from tideflow.storage.database import Tx
 
 ProcessStatus = Literal["running", "completed", "failed"]
 PROCESS_STATUSES: tuple[ProcessStatus, ...] = ("running", "completed", "failed")
@@ -70,14 +70,14 @@ class ProcessStore(Protocol):
         """Release the connection(s), unless they belong to a flow store passed in."""
         ...
 
-    def load(self, tx: EventTransaction, manager: str, process_id: str) -> ProcessInstance | None:
+    def load(self, tx: Tx, manager: str, process_id: str) -> ProcessInstance | None:
         """The instance, locked until ``tx`` ends (PostgreSQL: the row, FOR UPDATE; SQLite: the
         transaction holds the database's write lock), or None if it does not exist."""
         ...
 
     def save(
         self,
-        tx: EventTransaction,
+        tx: Tx,
         manager: str,
         process_id: str,
         *,

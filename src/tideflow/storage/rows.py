@@ -1,25 +1,14 @@
-"""What crosses between the engine and a backend's SQL: the transaction protocol, batch
-parameters, and the mapping of result rows to the contract's records."""
+"""What crosses between the flow store and a backend's SQL: batch parameters, and the mapping of
+result rows to the contract's records."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any
 
+from tideflow.storage.database import Row
 from tideflow.storage.flow_contract import RunRecord, StepRecord, TaskRecord
-
-Row = dict[str, Any]
-
-
-class Tx(Protocol):
-    """One open transaction: named queries in, dict rows out."""
-
-    notify: bool  # set when the transaction made tasks visible; the backend wakes workers
-
-    def rows(self, name: str, **params: Any) -> list[Row]: ...
-
-    def run(self, name: str, **params: Any) -> int: ...
 
 
 def batch(rows: Iterable[dict[str, Any]]) -> str:

@@ -26,6 +26,19 @@ def load_queries(package: str, filename: str = "queries.sql") -> dict[str, str]:
     return queries
 
 
+def load_dialect(package: str) -> dict[str, str]:
+    """Every named query of a backend: ``queries.sql`` and each ``*_queries.sql`` beside it (one
+    file per store), in one namespace - a name may be defined once per backend."""
+    queries: dict[str, str] = {}
+    for entry in sorted(resources.files(package).iterdir(), key=lambda e: e.name):
+        if entry.name.endswith("queries.sql"):
+            for name, sql in load_queries(package, entry.name).items():
+                if name in queries:  # pragma: no cover - caught by the test that loads them
+                    raise ValueError(f"{package}: query {name!r} is defined in two files")
+                queries[name] = sql
+    return queries
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int

@@ -1,5 +1,5 @@
-"""PostgreSQL backend (production)."""
+"""PostgreSQL backend (production): its Database, SQL, migrations and fast paths."""
 
-from tideflow.storage.postgres.backend import PostgresStore
+from tideflow.storage.postgres.database import PostgresDatabase
 
-__all__ = ["PostgresStore"]
+__all__ = ["PostgresDatabase"]

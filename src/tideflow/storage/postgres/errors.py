@@ -36,12 +36,15 @@ from psycopg_pool import PoolTimeout
 
 from tideflow.errors import (
     DatabaseUnavailableError,
+    DuplicateKeyError,
     InvalidDataError,
     SchemaMissingError,
     SchemaNotReadyError,
     StorageError,
     TideflowError,
 )
+from tideflow.events.errors import DuplicateIdempotencyKeyError, WrongExpectedVersionError
+from tideflow.storage.event_contract import PreparedAppend, duplicate_event_id
 
 _TRANSIENT_CLASSES = ("08", "53", "57")
 _TRANSIENT_STATES = frozenset({"40001", "40P01", "40003", "40000", "55P03", "58000", "58030"})
@@ -89,6 +92,8 @@ def translate(exc: BaseException, what: str = "PostgreSQL operation") -> Tideflo
             f"{what} failed: the tideflow schema is missing or older than this version of "
             f"tideflow ({detail}); run `tideflow migrate`"
         )
+    if isinstance(exc, psycopg.errors.UniqueViolation):
+        return DuplicateKeyError(f"{what} failed: {detail}", exc.diag.constraint_name)
     if isinstance(exc, psycopg.DataError | UnicodeEncodeError) or (
         state is not None and state.startswith("22")
     ):
@@ -111,3 +116,21 @@ def translated(what: str = "PostgreSQL operation") -> Iterator[None]:
 def is_driver_error(exc: BaseException) -> bool:
     """Whether ``exc`` is an error of psycopg or its pool."""
     return isinstance(exc, psycopg.Error | PoolTimeout)
+
+
+def append_error(exc: psycopg.DatabaseError, p: PreparedAppend) -> Exception:
+    """The event store's error for a refused ``append_events_v2`` call: its own SQLSTATEs
+    ``TF001`` (wrong expected version, the actual one in DETAIL) and ``TF002`` (duplicate
+    idempotency key; the event store reads the recorded result), a duplicate event id, or
+    ``translate``'s."""
+    if exc.sqlstate == "TF001":
+        return WrongExpectedVersionError(p.stream_id, p.expected, int(exc.diag.message_detail or 0))
+    if exc.sqlstate == "TF002":
+        assert p.idempotency_key is not None
+        return DuplicateIdempotencyKeyError(p.idempotency_key, None, None)
+    if (
+        isinstance(exc, psycopg.errors.UniqueViolation)
+        and exc.diag.constraint_name == "events_event_id"
+    ):
+        return duplicate_event_id(p.stream_id, exc.diag.message_detail)
+    return translate(exc, f"appending to stream {p.stream_id!r}")

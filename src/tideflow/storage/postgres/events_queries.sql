@@ -1,6 +1,5 @@
--- Named queries of the PostgreSQL event store (tideflow/storage/postgres/event_store.py).
--- Parameters are %(name)s, but for the append's ($1...). The append and the safe horizon are
--- functions of migration 0004; its header explains why read_all must call event_horizon_v2 in a
+-- Named queries of the event store (tideflow/storage/event_store.py) on PostgreSQL. The append
+-- (postgres/fast_paths.py) and the safe horizon are functions of migration 0004; its header explains why read_all must call event_horizon_v2 in a
 -- statement of its own, before the statement that reads events. JSON columns are read as text
 -- and decoded in Python.
 --
@@ -11,13 +10,6 @@
 -- sorting it - every page of a catch-up then reads everything up to the horizon (measured: 500 ms
 -- a page at 150,000 events, against 0.5 ms). An unknown limit makes it plan for a fraction of the
 -- range, which only an ordered index scan serves well; with statistics it chooses that anyway.
-
--- name: append
--- Positional parameters: event_store.py runs this one through libpq as a prepared statement of
--- its own (_run_append), the hot path of every write.
-SELECT first_version, positions
-FROM tideflow.append_events_v2($1::text, $2::text, $3::bigint, $4::json, $5::json, $6::json,
-                               $7::timestamptz, $8::text, $9::text)
 
 -- name: horizon
 SELECT tideflow.event_horizon_v2()
@@ -60,24 +52,16 @@ LIMIT (SELECT %(limit)s::bigint)
 SELECT version FROM tideflow.streams WHERE stream_id = %(stream_id)s
 
 -- name: save_snapshot
--- One statement: store the snapshot if the stream has reached its version (and it is not older
--- than the stored one), and report the stream's version so the caller can refuse the rest.
-WITH stream AS (
-    SELECT version FROM tideflow.streams WHERE stream_id = %(stream_id)s
-), saved AS (
-    INSERT INTO tideflow.snapshots AS s (stream_id, version, snapshot_type, schema_version,
-                                         state, taken_at)
-    SELECT %(stream_id)s, %(version)s, %(snapshot_type)s, %(schema_version)s,
-           %(state)s::json, %(taken_at)s
-    FROM stream WHERE stream.version >= %(version)s
-    ON CONFLICT (stream_id) DO UPDATE
-    SET version = EXCLUDED.version, snapshot_type = EXCLUDED.snapshot_type,
-        schema_version = EXCLUDED.schema_version, state = EXCLUDED.state,
-        taken_at = EXCLUDED.taken_at
-    WHERE s.version <= EXCLUDED.version
-    RETURNING 1
-)
-SELECT coalesce((SELECT version FROM stream), 0) AS stream_version
+-- The event store has checked, in this transaction, that the stream reached the version; an
+-- older snapshot never replaces a newer one.
+INSERT INTO tideflow.snapshots AS s (stream_id, version, snapshot_type, schema_version, state,
+                                     taken_at)
+VALUES (%(stream_id)s, %(version)s, %(snapshot_type)s, %(schema_version)s, %(state)s::json,
+        %(taken_at)s)
+ON CONFLICT (stream_id) DO UPDATE
+SET version = EXCLUDED.version, snapshot_type = EXCLUDED.snapshot_type,
+    schema_version = EXCLUDED.schema_version, state = EXCLUDED.state, taken_at = EXCLUDED.taken_at
+WHERE s.version <= EXCLUDED.version
 
 -- name: load_snapshot
 SELECT stream_id, version, state::text, snapshot_type, schema_version, taken_at

@@ -74,7 +74,7 @@ SET status = 'running', stopped_reason = NULL, failing_position = NULL, attempts
 WHERE name = %(name)s
 RETURNING name
 
--- name: reset_checkpoint
+-- name: reset_handler_checkpoint
 -- Back to the start, in the reset's transaction (EventTransaction has no backwards move yet).
 INSERT INTO tideflow.handler_checkpoints AS c (name, position, updated_at)
 VALUES (%(name)s, %(position)s, %(now)s)
@@ -122,8 +122,3 @@ UPDATE tideflow.dead_letters SET retried_at = %(now)s WHERE id = %(id)s
 
 -- name: record_dead_letter_failure
 UPDATE tideflow.dead_letters SET error = %(error)s, attempts = attempts + 1 WHERE id = %(id)s
-
--- name: wake_listeners
--- Wakes every LISTEN on the channel (a closing store's own listener among them); runners take a
--- spurious wake-up for a look at the log, nothing more.
-SELECT pg_notify(%(channel)s, '')

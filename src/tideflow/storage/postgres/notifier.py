@@ -31,7 +31,7 @@ import threading
 import psycopg
 
 from tideflow.retrying import Backoff
-from tideflow.storage.postgres.backend import connect_kwargs
+from tideflow.storage.postgres.connecting import connect_kwargs
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
-"""SQLite backend (embedded default)."""
+"""SQLite backend (embedded default): its Database, SQL and migrations."""
 
-from tideflow.storage.sqlite.backend import SQLiteStore
+from tideflow.storage.sqlite.database import SQLiteDatabase
 
-__all__ = ["SQLiteStore"]
+__all__ = ["SQLiteDatabase"]

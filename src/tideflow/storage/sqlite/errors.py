@@ -24,6 +24,7 @@ from contextlib import contextmanager
 
 from tideflow.errors import (
     DatabaseUnavailableError,
+    DuplicateKeyError,
     InvalidDataError,
     SchemaNotReadyError,
     StorageError,
@@ -61,6 +62,9 @@ def translate(exc: BaseException, what: str = "SQLite operation") -> TideflowErr
             f"{what} failed: the tideflow schema is missing or older than this version of "
             f"tideflow ({detail}); run `tideflow migrate`"
         )
+    if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in detail:
+        # "UNIQUE constraint failed: events.event_id": the columns stand for the constraint.
+        return DuplicateKeyError(f"{what} failed: {detail}", detail.rpartition(": ")[2])
     if _primary_code(exc) in _DATA or isinstance(exc, UnicodeEncodeError):
         return InvalidDataError(
             f"{what} failed: SQLite refused a value ({detail}); strings must not contain "

@@ -80,10 +80,13 @@ SELECT key, stream_id, result, recorded_at FROM idempotency_keys WHERE key = %(k
 -- name: get_checkpoint
 SELECT position FROM handler_checkpoints WHERE name = %(name)s
 
--- name: ensure_checkpoint
-INSERT INTO handler_checkpoints (name, position, updated_at)
+-- name: lock_checkpoint
+-- Creates the row at 0 if needed; either way returns it unchanged. The transaction holds SQLite's
+-- write lock already (BEGIN IMMEDIATE): that is the lock.
+INSERT INTO handler_checkpoints AS c (name, position, updated_at)
 VALUES (%(name)s, 0, %(updated_at)s)
-ON CONFLICT (name) DO NOTHING
+ON CONFLICT (name) DO UPDATE SET position = c.position
+RETURNING position
 
 -- name: set_checkpoint
 UPDATE handler_checkpoints SET position = %(position)s, updated_at = %(updated_at)s

@@ -4,7 +4,8 @@
 -- without FOR UPDATE: the handler's batch transaction holds SQLite's write lock instead.
 
 -- name: load
-SELECT manager, process_id, status, state, version, last_position, error, started_at, updated_at
+SELECT manager, process_id, status, state AS state_json, version, last_position, error,
+       started_at, updated_at
 FROM process_instances
 WHERE manager = %(manager)s AND process_id = %(process_id)s
 
@@ -20,12 +21,14 @@ SET status = excluded.status, state = excluded.state, version = excluded.version
     updated_at = excluded.updated_at
 
 -- name: get
-SELECT manager, process_id, status, state, version, last_position, error, started_at, updated_at
+SELECT manager, process_id, status, state AS state_json, version, last_position, error,
+       started_at, updated_at
 FROM process_instances
 WHERE manager = %(manager)s AND process_id = %(process_id)s
 
 -- name: list_instances
-SELECT manager, process_id, status, state, version, last_position, error, started_at, updated_at
+SELECT manager, process_id, status, state AS state_json, version, last_position, error,
+       started_at, updated_at
 FROM process_instances
 WHERE (%(manager)s IS NULL OR manager = %(manager)s)
   AND (%(status)s IS NULL OR status = %(status)s)

@@ -169,11 +169,9 @@ WHERE rowid IN (
     ORDER BY visible_at
     LIMIT %(limit)s
 )
-RETURNING run_id, step_slug, task_index, flow_slug, attempts, input, timeout, lease_expires_at
-
--- name: get_runs_context
-SELECT run_id, input, flow_version FROM runs
-WHERE run_id IN (SELECT value FROM json_each(%(run_ids)s))
+RETURNING run_id, step_slug, task_index, flow_slug, attempts, input, timeout, lease_expires_at,
+          (SELECT r.input FROM runs r WHERE r.run_id = tasks.run_id) AS run_input,
+          (SELECT r.flow_version FROM runs r WHERE r.run_id = tasks.run_id) AS flow_version
 
 -- name: count_queued
 SELECT count(*) AS n FROM tasks

@@ -1,4 +1,4 @@
-"""``FlowStore.joined``: flow store writes inside an event store transaction, on both backends.
+"""``start_run(..., tx=)``: a run started inside an event store transaction, on both backends.
 
 A process manager starts flows in its handler's batch transaction; the run must commit with the
 batch's events and checkpoint, or vanish with them, and a refused start (the run id is taken)
@@ -18,9 +18,10 @@ from tests.flows.flows_for_tests import Chain, Diamond
 from tideflow import RunAlreadyExistsError, RunNotFoundError
 from tideflow.errors import StorageError
 from tideflow.events import NO_STREAM, NewEvent
-from tideflow.storage import EventStore, open_event_store, open_event_store_on
+from tideflow.storage import EventStore, open_event_store_on
+from tideflow.storage.database import TASKS_CHANNEL as CHANNEL
+from tideflow.storage.database import Tx
 from tideflow.storage.flow_contract import FlowStore
-from tideflow.storage.postgres.backend import CHANNEL
 
 
 @pytest.fixture
@@ -30,15 +31,21 @@ def events(store: FlowStore) -> Iterator[EventStore]:
     opened.close()
 
 
-def start(store: FlowStore, run_id: str, flow: type[Chain] | type[Diamond] = Chain) -> None:
-    store.start_run(flow.definition, run_id, json.dumps({"n": 1}))
+def start(
+    store: FlowStore,
+    run_id: str,
+    flow: type[Chain] | type[Diamond] = Chain,
+    tx: Tx | None = None,
+) -> None:
+    store.start_run(flow.definition, run_id, json.dumps({"n": 1}), tx=tx)
 
 
-def test_a_joined_run_commits_with_the_transaction(store: FlowStore, events: EventStore) -> None:
-    with events.transaction() as tx, store.joined(tx.connection):
-        start(store, "r1")
+def test_a_run_started_in_a_transaction_commits_with_it(
+    store: FlowStore, events: EventStore
+) -> None:
+    with events.transaction() as tx:
+        start(store, "r1", tx=tx)
         tx.append("order-1", [NewEvent("OrderPlaced")], NO_STREAM)
-        assert store.get_run("r1").status == "started"  # reads in the transaction see it
     run = store.get_run("r1")
     assert (run.status, [s.status for s in run.steps]) == (
         "started",
@@ -49,21 +56,21 @@ def test_a_joined_run_commits_with_the_transaction(store: FlowStore, events: Eve
     assert task.key.step_slug == "first"
 
 
-def test_workers_are_woken_when_the_joined_transaction_commits(
+def test_workers_are_woken_when_the_transaction_commits(
     store: FlowStore, events: EventStore, backend: str, db_url: str
 ) -> None:
     if backend == "sqlite":
         # Woken at once; a worker's claim then waits for the lock the transaction holds.
         woken = threading.Event()
         store.subscribe(woken.set)
-        with events.transaction() as tx, store.joined(tx.connection):
-            start(store, "r1")
+        with events.transaction() as tx:
+            start(store, "r1", tx=tx)
         assert woken.is_set()
         return
     with psycopg.connect(db_url, autocommit=True) as listener:
         listener.execute(f"LISTEN {CHANNEL}")
-        with events.transaction() as tx, store.joined(tx.connection):
-            start(store, "r1")
+        with events.transaction() as tx:
+            start(store, "r1", tx=tx)
             assert list(listener.notifies(timeout=0.2, stop_after=1)) == []
         assert len(list(listener.notifies(timeout=5.0, stop_after=1))) == 1
 
@@ -74,9 +81,8 @@ def test_an_exception_in_the_block_rolls_back_the_run_and_the_events(
     with (
         pytest.raises(RuntimeError, match="boom"),
         events.transaction() as tx,
-        store.joined(tx.connection),
     ):
-        start(store, "r1", Diamond)
+        start(store, "r1", Diamond, tx=tx)
         tx.append("order-1", [NewEvent("OrderPlaced")], NO_STREAM)
         raise RuntimeError("boom")
     with pytest.raises(RunNotFoundError):
@@ -93,25 +99,26 @@ def test_a_refused_start_leaves_the_transaction_usable(
     store: FlowStore, events: EventStore
 ) -> None:
     start(store, "taken")
-    with events.transaction() as tx, store.joined(tx.connection):
+    with events.transaction() as tx:
         tx.append("order-1", [NewEvent("OrderPlaced")], NO_STREAM)
         with pytest.raises(RunAlreadyExistsError):
-            start(store, "taken")
-        start(store, "r2")
+            start(store, "taken", tx=tx)
+        start(store, "r2", tx=tx)
         tx.append("order-1", [NewEvent("OrderShipped")], 1)
     assert [e.event_type for e in events.read_stream("order-1")] == ["OrderPlaced", "OrderShipped"]
     assert store.get_run("r2").status == "started"
     assert len(store.claim_tasks("w", ["chain"], 10, 30.0)) == 2  # "taken" and r2, once each
 
 
-def test_other_threads_are_not_joined(store: FlowStore, events: EventStore) -> None:
-    """Joining is per thread: another thread's start commits on its own (on SQLite after waiting
-    for the lock, which the joined transaction holds), whatever becomes of the joined one."""
+def test_a_start_without_the_transaction_commits_on_its_own(
+    store: FlowStore, events: EventStore
+) -> None:
+    """Only a start given ``tx`` is in it: another thread's start commits on its own (on SQLite
+    after waiting for the lock, which the transaction holds), whatever becomes of ``tx``."""
     other = threading.Thread(target=start, args=(store, "other"))
     with pytest.raises(RuntimeError), events.transaction() as tx:
-        with store.joined(tx.connection):
-            start(store, "inside")
-            other.start()
+        start(store, "inside", tx=tx)
+        other.start()
         raise RuntimeError("undo")
     other.join(5.0)
     assert store.get_run("other").status == "started"
@@ -119,21 +126,10 @@ def test_other_threads_are_not_joined(store: FlowStore, events: EventStore) -> N
         store.get_run("inside")
 
 
-def test_only_an_open_transaction_can_be_joined(
-    store: FlowStore, events: EventStore, db_url: str, backend: str
-) -> None:
+def test_an_ended_transaction_is_refused(store: FlowStore, events: EventStore) -> None:
     with events.transaction() as tx:
-        connection = tx.connection
-    with pytest.raises(StorageError, match="open"), store.joined(connection):
         pass
-    if backend == "sqlite":
-        other = open_event_store(db_url)  # a connection of its own
-        try:
-            with (
-                other.transaction() as tx,
-                pytest.raises(StorageError, match="event_store_on"),
-                store.joined(tx.connection),
-            ):
-                pass
-        finally:
-            other.close()
+    with pytest.raises(StorageError, match="has ended"):
+        start(store, "late", tx=tx)
+    with pytest.raises(RunNotFoundError):
+        store.get_run("late")

@@ -35,16 +35,16 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
-from contextvars import ContextVar
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from tideflow.clock import Clock, SystemClock
-from tideflow.errors import RunNotFoundError
+from tideflow.clock import Clock
+from tideflow.errors import DuplicateKeyError, RunAlreadyExistsError, RunNotFoundError
 from tideflow.flows.definition import FlowDefinition
 from tideflow.jsonutil import dumps, storable_text
 from tideflow.retrying import backoff_delay
+from tideflow.storage.database import TASKS_CHANNEL, Database, Row, Tx
 from tideflow.storage.flow_contract import (
     ClaimedTask,
     ClaimRequest,
@@ -56,74 +56,52 @@ from tideflow.storage.flow_contract import (
     TaskKey,
     TaskRecord,
 )
-from tideflow.storage.rows import Row, Tx, batch, run_record, step_record, task_record
+from tideflow.storage.rows import batch, run_record, step_record, task_record
 
 Pair = tuple[str, str]  # (run_id, step_slug)
-
-#: The (store, connection) pairs of the ``joined`` blocks this context is in, innermost last. A
-#: context variable rather than a store attribute, so that other threads and asyncio tasks using
-#: the same store keep their own transactions.
-_JOINED: ContextVar[tuple[tuple[SqlEngine, Any], ...]] = ContextVar("tideflow_joined", default=())
-
 
 #: The first words of a stalled task's ``error`` while it is requeued.
 STALL_ERROR = "lease expired: the worker running this task stopped heartbeating (killed or lost)"
 
 
-class SqlEngine:
-    """Shared implementation of ``FlowStore`` on top of a backend's ``_tx()``."""
+class SqlFlowStore:
+    """``FlowStore`` over a ``Database``, for every backend.
 
-    url: str
-    clock: Clock
-    #: Backend hook: True when the dialect's ``claim_tasks`` query also returns each task's
-    #: ``run_input`` and ``flow_version`` (a join), so that ``_claim`` needs no
-    #: ``get_runs_context`` query; False runs that query (one more statement per claim).
-    claim_returns_run_context: bool = False
+    ``owns_db``: ``close()`` closes the Database too (a store opened on its own by
+    ``open_store``); stores opened together by ``open_database`` share one and leave it open.
+    """
 
-    def __init__(self, clock: Clock | None = None) -> None:
-        self.clock = clock or SystemClock()
+    def __init__(self, db: Database, *, owns_db: bool = False) -> None:
+        self.db = db
+        self.url = db.url
+        self.clock: Clock = db.clock
+        self._owns_db = owns_db
         self._known_versions: set[tuple[str, str]] = set()
         self._shapes: dict[tuple[str, str], dict[str, Any]] = {}
-        self._subscribers: list[Callable[[], None]] = []
 
-    # --- backend hooks ----------------------------------------------------------------------------
-    def _tx(self) -> AbstractContextManager[Tx]:
-        raise NotImplementedError
+    def migrate(self) -> list[str]:
+        return self.db.migrate()
 
-    def _joinable(self, connection: Any) -> None:
-        """Raise ``StorageError`` unless this backend can run inside ``connection``'s open
-        transaction."""
-        raise NotImplementedError
+    def check_schema(self) -> None:
+        self.db.check_schema()
 
-    @contextmanager
-    def joined(self, connection: Any) -> Iterator[None]:
-        self._joinable(connection)
-        token = _JOINED.set((*_JOINED.get(), (self, connection)))
-        try:
-            yield
-        finally:
-            _JOINED.reset(token)
-
-    def _joined_connection(self) -> Any | None:
-        """The connection ``_tx`` must run on (under a savepoint), or None: a transaction of its
-        own."""
-        for store, connection in reversed(_JOINED.get()):
-            if store is self:
-                return connection
-        return None
-
-    def _notify_local(self) -> None:
-        for callback in list(self._subscribers):
-            callback()
+    def close(self) -> None:
+        if self._owns_db:
+            self.db.close()
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
-        self._subscribers.append(callback)
+        return self.db.subscribe(TASKS_CHANNEL, callback)
 
-        def unsubscribe() -> None:
-            if callback in self._subscribers:
-                self._subscribers.remove(callback)
-
-        return unsubscribe
+    @contextmanager
+    def _tx(self, outer: Tx | None = None) -> Iterator[Tx]:
+        """A transaction of its own, or a savepoint of ``outer`` (a process manager's reaction
+        starting a run): its writes commit, or not, with that transaction."""
+        if outer is None:
+            with self.db.transaction() as tx:
+                yield tx
+        else:
+            with outer.savepoint():
+                yield outer
 
     # --- flows -----------------------------------------------------------------------------------
     def ensure_flow(self, definition: FlowDefinition) -> None:
@@ -132,7 +110,7 @@ class SqlEngine:
                 pass
 
     @contextmanager
-    def _flow_tx(self, definition: FlowDefinition) -> Iterator[Tx]:
+    def _flow_tx(self, definition: FlowDefinition, outer: Tx | None = None) -> Iterator[Tx]:
         """A transaction that first records ``definition``'s version (its runs' foreign key
         needs the row). The version is remembered - and its insert skipped from then on - only
         once this transaction has committed: remembered earlier, a transaction that failed
@@ -141,7 +119,7 @@ class SqlEngine:
         on the foreign key."""
         key = (definition.slug, definition.version)
         remember = False
-        with self._tx() as tx:
+        with self._tx(outer) as tx:
             if key not in self._known_versions:
                 shape = stored_shape(definition)
                 tx.run(
@@ -152,8 +130,8 @@ class SqlEngine:
                     created_at=self.clock.now(),
                 )
                 self._shapes[key] = _with_dependents(shape)
-                # Joined, the row commits (or not) with the caller's transaction, later.
-                remember = self._joined_connection() is None
+                # In a caller's transaction, the row commits (or not) with it, later.
+                remember = outer is None
             yield tx
         if remember:
             self._known_versions.add(key)
@@ -177,21 +155,51 @@ class SqlEngine:
         return shape
 
     # --- starting runs and steps -----------------------------------------------------------------
-    def start_run(self, definition: FlowDefinition, run_id: str, input_json: str) -> None:
-        with self._flow_tx(definition) as tx:
-            now = self.clock.now()
-            tx.run(
-                "insert_run",
-                run_id=run_id,
-                flow_slug=definition.slug,
-                flow_version=definition.version,
-                input=input_json,
-                remaining_steps=len(definition.steps),
-                started_at=now,
-            )
-            tx.run("insert_steps", created_at=now, rows=step_rows(definition, run_id))
-            roots = [(run_id, s.slug) for s in definition.steps if s.is_root]
-            self._start_steps(tx, roots, now, {run_id: input_json})
+    def start_run(
+        self, definition: FlowDefinition, run_id: str, input_json: str, *, tx: Tx | None = None
+    ) -> None:
+        try:
+            with self._flow_tx(definition, tx) as inner:
+                if self.db.fast_paths:
+                    self._start_run_fast(inner, definition, run_id, input_json)
+                else:
+                    self._start_run(inner, definition, run_id, input_json)
+        except DuplicateKeyError as exc:
+            raise RunAlreadyExistsError(
+                f"a run with id {run_id!r} already exists; pass another run_id or none to get "
+                "a fresh one"
+            ) from exc
+
+    def _start_run_fast(
+        self, tx: Tx, definition: FlowDefinition, run_id: str, input_json: str
+    ) -> None:
+        """The fast path (``Database.fast_paths``): the dialect's ``start_run`` query does all
+        of ``_start_run`` in one round trip (PostgreSQL: ``tideflow.start_run_v2``)."""
+        notify = tx.rows(
+            "start_run",
+            run_id=run_id,
+            flow_slug=definition.slug,
+            flow_version=definition.version,
+            input=input_json,
+            steps=step_rows(definition),
+            now=self.clock.now(),
+        )[0]["notify"]
+        tx.notify = tx.notify or bool(notify)
+
+    def _start_run(self, tx: Tx, definition: FlowDefinition, run_id: str, input_json: str) -> None:
+        now = self.clock.now()
+        tx.run(
+            "insert_run",
+            run_id=run_id,
+            flow_slug=definition.slug,
+            flow_version=definition.version,
+            input=input_json,
+            remaining_steps=len(definition.steps),
+            started_at=now,
+        )
+        tx.run("insert_steps", created_at=now, rows=step_rows(definition, run_id))
+        roots = [(run_id, s.slug) for s in definition.steps if s.is_root]
+        self._start_steps(tx, roots, now, {run_id: input_json})
 
     def _start_steps(
         self, tx: Tx, pairs: list[Pair], now: datetime, run_inputs: dict[str, str]
@@ -278,7 +286,18 @@ class SqlEngine:
         if not completions:
             return []
         with self._tx() as tx:
-            self._complete_tasks(tx, worker_id, completions)
+            if self.db.fast_paths:
+                # The dialect's complete_tasks_batch does all of _complete_tasks in one round
+                # trip (PostgreSQL: tideflow.complete_tasks_v1).
+                notify = tx.rows(
+                    "complete_tasks_batch",
+                    worker_id=worker_id,
+                    now=self.clock.now(),
+                    rows=_completions(completions),
+                )[0]["notify"]
+                tx.notify = bool(notify)
+            else:
+                self._complete_tasks(tx, worker_id, completions)
             return self._claim_ready(tx, worker_id, claim)
 
     def _claim_ready(self, tx: Tx, worker_id: str, claim: ClaimRequest | None) -> list[ClaimedTask]:
@@ -296,16 +315,7 @@ class SqlEngine:
             "complete_tasks",
             worker_id=worker_id,
             finished_at=now,
-            rows=batch(
-                {
-                    "run_id": c.key.run_id,
-                    "step_slug": c.key.step_slug,
-                    "task_index": c.key.task_index,
-                    "attempt": c.attempt,
-                    "output": c.output_json,
-                }
-                for c in completions
-            ),
+            rows=_completions(completions),
         )
         if not done:
             return  # all stale: lease lost, or run cancelled or failed meanwhile
@@ -500,16 +510,9 @@ class SqlEngine:
         )
         if not rows:
             return []
-        if self.claim_returns_run_context:
-            runs = {
-                r["run_id"]: {"input": r["run_input"], "flow_version": r["flow_version"]}
-                for r in rows
-            }
-        else:
-            runs = {
-                r["run_id"]: r
-                for r in tx.rows("get_runs_context", run_ids=sorted({r["run_id"] for r in rows}))
-            }
+        runs = {
+            r["run_id"]: {"input": r["run_input"], "flow_version": r["flow_version"]} for r in rows
+        }
         claimed = []
         for r in rows:
             run = runs[r["run_id"]]
@@ -694,6 +697,19 @@ def _json_type(value: Any) -> str:
     if isinstance(value, int | float):
         return "a number"
     return "null"
+
+
+def _completions(completions: Sequence[TaskCompletion]) -> str:
+    return batch(
+        {
+            "run_id": c.key.run_id,
+            "step_slug": c.key.step_slug,
+            "task_index": c.key.task_index,
+            "attempt": c.attempt,
+            "output": c.output_json,
+        }
+        for c in completions
+    )
 
 
 def _pairs(pairs: Sequence[Pair] | set[Pair]) -> str:

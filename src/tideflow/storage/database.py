@@ -1,0 +1,164 @@
+"""The seam under every store: a ``Database`` hands out transactions, a ``Tx`` runs named queries.
+
+Every store - flows, events, handlers, process instances, and the ones to come - is written once,
+in Python, over these two protocols; a backend (``sqlite/``, ``postgres/``) supplies a Database,
+its SQL files (one ``-- name:`` per query, the same names in each dialect) and, where they
+measurably win, fast paths behind documented hooks::
+
+    FlowStore  EventStore  HandlerStore  ProcessStore      storage/*_store.py: written once
+         \\          |            |            /
+          +---------- Database / Tx ----------+            storage/database.py: this seam
+               |                        |
+       sqlite/database.py       postgres/database.py       connections, locking, NOTIFY,
+       sqlite/*.sql             postgres/*.sql             migrations, error mapping, SQL
+
+A unit of work that spans stores - a process manager's reaction writes its instance row, the
+commands' events, the flow runs it starts and its checkpoint - is one ``Tx``, handed to each
+store's method (``tx=``); nothing else carries a transaction from one store to another.
+
+Errors: every driver error leaving a Tx or a Database is already one of ``tideflow.errors``'
+storage errors (each backend maps them in one module, ``<backend>/errors.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+from uuid import UUID
+
+from tideflow.clock import Clock
+from tideflow.events.handling import Dialect
+
+if TYPE_CHECKING:
+    from tideflow.storage.event_contract import PreparedAppend
+
+Row = dict[str, Any]
+
+#: The channel flow workers listen on: a transaction that made tasks visible wakes them.
+TASKS_CHANNEL = "tideflow_tasks"
+#: The channel event handler runners listen on: appended events wake them.
+EVENTS_CHANNEL = "tideflow_events"
+
+
+class Tx(Protocol):
+    """One open transaction (or, from ``Database.statement()``, a connection on which each
+    statement commits on its own)."""
+
+    dialect: Dialect
+    notify: bool
+    """Set by a store when this transaction made flow tasks visible: the Database wakes the flow
+    workers once it commits (``TASKS_CHANNEL``)."""
+
+    @property
+    def connection(self) -> Any:
+        """The driver connection (``sqlite3.Connection`` or ``psycopg.Connection``): for a
+        backend's fast paths, and for an application's own SQL in an event store transaction.
+        Do not commit or roll it back."""
+        ...
+
+    def rows(self, name: str, /, **params: Any) -> list[Row]:
+        """Run named query ``name``; its rows as dicts (timestamps as aware datetimes)."""
+        ...
+
+    def run(self, name: str, /, **params: Any) -> int:
+        """Run named query ``name`` for its effect; the number of rows it changed."""
+        ...
+
+    def records(self, name: str, /, **params: Any) -> list[tuple[Any, ...]]:
+        """Run named query ``name``; its rows as tuples in the query's column order, values as
+        the driver gives them (``Database.decode_time`` / ``decode_uuid`` finish the job): the
+        cheap form for hot reads such as pages of events."""
+        ...
+
+    def execute_script(self, script: str) -> None:
+        """Run SQL text of one or more statements (an application's DDL) in this transaction."""
+        ...
+
+    def savepoint(self) -> AbstractContextManager[None]:
+        """A nested atomic unit: if the block raises, what it did is undone and the transaction
+        stays usable."""
+        ...
+
+    def on_end(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the transaction has ended, committed or rolled back."""
+        ...
+
+
+class Database(Protocol):
+    """One database, for every store of a process: one pool (PostgreSQL) or one connection
+    (SQLite). Safe to share between threads."""
+
+    url: str
+    clock: Clock
+    dialect: Dialect
+    fast_paths: bool
+    """Whether the backend's fast paths run (PostgreSQL's PL/pgSQL transitions and pipelined
+    append); False runs their plain counterparts, which the same tests hold to the same
+    behaviour."""
+
+    def transaction(self) -> AbstractContextManager[Tx]:
+        """A transaction, committed when the block ends, rolled back if it raises. Inside
+        another transaction of this thread (SQLite) it is a savepoint of that one."""
+        ...
+
+    def statement(self) -> AbstractContextManager[Tx]:
+        """A connection on which each statement commits on its own, each with a fresh
+        snapshot: for reads, and for writes that are one statement."""
+        ...
+
+    def append_events(
+        self, tx: Tx | None, prepared: PreparedAppend, recorded_at: datetime
+    ) -> tuple[int, list[int]]:
+        """Append hook: write ``prepared``'s events in ``tx`` (under a savepoint, so that a
+        refused append leaves ``tx`` usable) or, with None, atomically on its own; the first
+        version and the events' positions. One backend operation because each dialect keeps
+        the log's order its own way: PostgreSQL in ``append_events_v2`` (floor locks, see its
+        migration), SQLite by statements under its single write lock. Raises
+        ``WrongExpectedVersionError``, ``DuplicateEventIdError`` or
+        ``DuplicateIdempotencyKeyError`` (without the recorded result: the event store reads
+        it), having written nothing."""
+        ...
+
+    def stored_time(self, moment: datetime) -> datetime:
+        """``moment`` as it reads back once stored (SQLite keeps seconds as a float), so that
+        what a write returns equals what a later read gives."""
+        ...
+
+    def decode_time(self, value: Any) -> datetime:
+        """A timestamp column of ``Tx.records`` as an aware datetime."""
+        ...
+
+    def decode_uuid(self, value: Any) -> UUID | None:
+        """A uuid column of ``Tx.records`` as a UUID (or None)."""
+        ...
+
+    def subscribe(self, channel: str, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` when ``channel`` is woken, from any process; returns the function
+        that unsubscribes it."""
+        ...
+
+    def wake(self, channel: str) -> None:
+        """Wake ``channel``'s subscribers in every process, soon (coalesced: cheap to call after
+        every append)."""
+        ...
+
+    def is_unavailable(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the database cannot serve now (worth waiting out)."""
+        ...
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations under a lock; the ones applied."""
+        ...
+
+    def pending_migrations(self) -> list[str] | None:
+        """The migrations this database lacks, or None if it has no tideflow schema; reads
+        only."""
+        ...
+
+    def check_schema(self) -> None:
+        """``SchemaMissingError`` / ``SchemaNotReadyError`` unless the schema is current."""
+        ...
+
+    def close(self) -> None: ...

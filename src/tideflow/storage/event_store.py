@@ -1,0 +1,452 @@
+"""The event store, written once over a ``Database``: appends, reads, snapshots, checkpoints.
+
+The append is the Database's hook (``Database.append_events``: PostgreSQL keeps the log's order
+with floor locks in ``append_events_v2``, SQLite with its single write lock); everything around
+it - validation and encoding (``event_contract.prepare_append``), retrying a lost answer, the
+idempotency record of a refused key, waking handler runners - is here.
+
+Reads page with keyset queries, one short statement per page, so an iterator left half-consumed
+holds nothing. ``read_all`` first computes the safe horizon in a statement of its own, then reads
+up to it: PostgreSQL's migration 0004 says why that order, and why each page needs a snapshot of
+its own (``Database.statement()`` gives one per statement).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+from tideflow.clock import Clock
+from tideflow.errors import StorageError
+from tideflow.events.errors import (
+    CheckpointConflictError,
+    DuplicateIdempotencyKeyError,
+    InvalidIdempotencyKeyError,
+    InvalidSnapshotError,
+)
+from tideflow.events.handling import Dialect
+from tideflow.events.model import (
+    ExpectedVersion,
+    IdempotencyRecord,
+    NewEvent,
+    RecordedEvent,
+    Snapshot,
+    check_name,
+)
+from tideflow.events.upcasting import Upcasters
+from tideflow.storage.database import EVENTS_CHANNEL, Database, Row, Tx
+from tideflow.storage.event_contract import (
+    DEFAULT_PAGE_SIZE,
+    PreparedAppend,
+    append_retrying,
+    check_checkpoint,
+    check_event_types,
+    check_limit,
+    check_page_size,
+    check_position,
+    check_stream_id,
+    check_version,
+    decode_objects,
+    prepare_append,
+    prepare_snapshot,
+)
+
+_LAST_VERSION = 2**62  # "from the end" for backwards reads; above any real version
+
+
+class SqlEventStore:
+    """``EventStore`` over a ``Database``. Safe to share between threads.
+
+    ``owns_db``: ``close()`` closes the Database too (a store opened on its own)."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        upcasters: Upcasters | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        owns_db: bool = False,
+    ) -> None:
+        self.db = db
+        self.url = db.url
+        self.clock: Clock = db.clock
+        self.dialect: Dialect = db.dialect
+        self.upcasters = upcasters if upcasters is not None else Upcasters()
+        self.page_size = check_page_size(page_size)
+        self._owns_db = owns_db
+
+    def is_unavailable(self, exc: BaseException) -> bool:
+        return self.db.is_unavailable(exc)
+
+    def migrate(self) -> list[str]:
+        return self.db.migrate()
+
+    def close(self) -> None:
+        if self._owns_db:
+            self.db.close()
+
+    def _records(self, tx: Tx | None, name: str, /, **params: Any) -> list[tuple[Any, ...]]:
+        if tx is not None:
+            return tx.records(name, **params)
+        with self.db.statement() as own:
+            return own.records(name, **params)
+
+    def _rows(self, name: str, /, **params: Any) -> list[Row]:
+        with self.db.statement() as own:
+            return own.rows(name, **params)
+
+    def _events(self, rows: list[tuple[Any, ...]]) -> list[RecordedEvent]:
+        """A page of event rows (columns as in events_queries.sql) as events, not yet upcast."""
+        n = len(rows)
+        values = decode_objects([r[9] for r in rows] + [r[10] for r in rows])
+        uuid, time = self.db.decode_uuid, self.db.decode_time
+        return [
+            RecordedEvent(
+                uuid(r[4]),  # type: ignore[arg-type]  # event ids are never null
+                r[5],
+                r[3],
+                r[1],
+                r[0],
+                values[i],
+                values[n + i],
+                uuid(r[6]),
+                uuid(r[7]),
+                time(r[8]),
+                r[2],
+            )
+            for i, r in enumerate(rows)
+        ]
+
+    # --- appending ------------------------------------------------------------------------------
+
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion | int,
+        *,
+        idempotency_key: str | None = None,
+        result_json: str | None = None,
+    ) -> list[RecordedEvent]:
+        prepared = prepare_append(
+            stream_id, events, expected_version, idempotency_key, result_json, self.upcasters
+        )
+        try:
+            return append_retrying(
+                self.read_stream,
+                prepared.stream_id,
+                prepared.event_ids,
+                lambda: self._append(None, prepared),
+            )
+        finally:
+            # Failed appends too: one that rolled back after drawing a position held back the
+            # readers' horizon, and the appends it held back have already woken them.
+            self.db.wake(EVENTS_CHANNEL)
+
+    def _append(self, tx: Tx | None, p: PreparedAppend) -> list[RecordedEvent]:
+        recorded_at = self.db.stored_time(self.clock.now())
+        try:
+            first_version, positions = self.db.append_events(tx, p, recorded_at)
+        except DuplicateIdempotencyKeyError as exc:
+            # Rolled back (the append, or its savepoint): the key's first use can be read now,
+            # once the transaction that recorded it has committed.
+            record = self._idempotent_result(tx, exc.key)
+            raise DuplicateIdempotencyKeyError(
+                exc.key,
+                record.stream_id if record else None,
+                record.result_json if record else None,
+            ) from None
+        return p.recorded(first_version, positions, recorded_at)
+
+    # --- reading --------------------------------------------------------------------------------
+
+    def read_stream(
+        self,
+        stream_id: str,
+        from_version: int | None = None,
+        limit: int | None = None,
+        backwards: bool = False,
+    ) -> Iterator[RecordedEvent]:
+        return self._read_stream(
+            check_stream_id(stream_id),
+            check_version(from_version),
+            check_limit(limit),
+            bool(backwards),
+        )
+
+    def _read_stream(
+        self,
+        stream_id: str,
+        from_version: int | None,
+        limit: int | None,
+        backwards: bool,
+        tx: SqlEventTransaction | None = None,
+    ) -> Iterator[RecordedEvent]:
+        name = "read_stream_backwards" if backwards else "read_stream_forwards"
+        version = from_version or (_LAST_VERSION if backwards else 1)
+        remaining = limit
+        while remaining != 0 and version >= 1:
+            size = self.page_size if remaining is None else min(self.page_size, remaining)
+            rows = self._records(
+                None if tx is None else tx.open(),
+                name,
+                stream_id=stream_id,
+                from_version=version,
+                limit=size,
+            )
+            yield from self.upcasters.upcast_all(self._events(rows))
+            if len(rows) < size:
+                return
+            version = rows[-1][1] - 1 if backwards else rows[-1][1] + 1
+            if remaining is not None:
+                remaining -= len(rows)
+
+    def read_all(
+        self,
+        from_position: int = 0,
+        event_types: Iterable[str] | None = None,
+        limit: int | None = None,
+        *,
+        to_position: int | None = None,
+    ) -> Iterator[RecordedEvent]:
+        return self._read_all(
+            check_position(from_position, "from_position"),
+            check_event_types(event_types),
+            check_limit(limit),
+            None if to_position is None else check_position(to_position, "to_position"),
+        )
+
+    def _read_all(
+        self, after: int, types: list[str] | None, limit: int | None, to_position: int | None
+    ) -> Iterator[RecordedEvent]:
+        if limit == 0 or types == []:
+            return
+        until = self.head_position()  # a statement of its own, BEFORE the reads: see above
+        if to_position is not None:
+            until = min(until, to_position)
+        name = "read_all" if types is None else "read_all_of_types"
+        remaining = limit
+        while after < until:
+            size = self.page_size if remaining is None else min(self.page_size, remaining)
+            rows = self._records(
+                None, name, after=after, until=until, limit=size, event_types=types
+            )
+            yield from self.upcasters.upcast_all(self._events(rows))
+            if len(rows) < size:
+                return
+            after = rows[-1][0]
+            if remaining is not None:
+                remaining -= len(rows)
+                if remaining == 0:
+                    return
+
+    def head_position(self) -> int:
+        return int(self._records(None, "horizon")[0][0])
+
+    def stream_version(self, stream_id: str) -> int:
+        rows = self._records(None, "stream_version", stream_id=check_stream_id(stream_id))
+        return int(rows[0][0]) if rows else 0
+
+    # --- snapshots ------------------------------------------------------------------------------
+
+    def save_snapshot(
+        self,
+        stream_id: str,
+        version: int,
+        state: Mapping[str, Any],
+        *,
+        snapshot_type: str = "snapshot",
+        schema_version: int | None = None,
+    ) -> None:
+        s = prepare_snapshot(
+            stream_id, version, state, snapshot_type, schema_version, self.upcasters
+        )
+        with self.db.transaction() as tx:
+            found = tx.records("stream_version", stream_id=s.stream_id)
+            stream_version = found[0][0] if found else 0
+            if stream_version < s.version:
+                raise InvalidSnapshotError(
+                    f"cannot snapshot stream {s.stream_id!r} at version {s.version}: the stream "
+                    f"is at version {stream_version}. Snapshot only a state folded from events "
+                    "read from the stream, with the version of the last one. Nothing was written."
+                )
+            tx.run(
+                "save_snapshot",
+                stream_id=s.stream_id,
+                version=s.version,
+                snapshot_type=s.snapshot_type,
+                schema_version=s.schema_version,
+                state=s.state_json,
+                taken_at=self.clock.now(),
+            )
+
+    def load_snapshot(self, stream_id: str) -> Snapshot | None:
+        rows = self._rows("load_snapshot", stream_id=check_stream_id(stream_id))
+        if not rows:
+            return None
+        r = rows[0]
+        return self.upcasters.upcast_snapshot(
+            Snapshot(
+                r["stream_id"],
+                r["version"],
+                json.loads(r["state"]),
+                r["snapshot_type"],
+                r["schema_version"],
+                r["taken_at"],
+            )
+        )
+
+    # --- idempotency and checkpoints ------------------------------------------------------------
+
+    def get_idempotent_result(self, key: str) -> IdempotencyRecord | None:
+        check_name(key, "idempotency key", InvalidIdempotencyKeyError)
+        return self._idempotent_result(None, key)
+
+    def _idempotent_result(self, tx: Tx | None, key: str) -> IdempotencyRecord | None:
+        if tx is None:
+            rows = self._rows("get_idempotent_result", key=key)
+        else:
+            rows = tx.rows("get_idempotent_result", key=key)
+        if not rows:
+            return None
+        r = rows[0]
+        return IdempotencyRecord(r["key"], r["stream_id"], r["result"], r["recorded_at"])
+
+    def get_checkpoint(self, name: str) -> int:
+        rows = self._records(None, "get_checkpoint", name=check_checkpoint(name))
+        return int(rows[0][0]) if rows else 0
+
+    def advance_checkpoint(self, name: str, position: int, *, expected: int | None = None) -> None:
+        with self.transaction() as tx:
+            tx.advance_checkpoint(name, position, expected=expected)
+
+    def reset_checkpoint(self, name: str, position: int = 0) -> None:
+        name = check_checkpoint(name, position)
+        with self.db.transaction() as tx:
+            tx.run("reset_checkpoint", name=name, position=position, updated_at=self.clock.now())
+
+    @contextmanager
+    def transaction(self) -> Iterator[SqlEventTransaction]:
+        with self.db.transaction() as tx:
+            event_tx = SqlEventTransaction(self, tx)
+            try:
+                yield event_tx
+            finally:
+                event_tx.closed = True
+
+
+class SqlEventTransaction:
+    """``EventTransaction``: a ``Tx`` of the store's Database with the event store's operations.
+    Being a Tx, it is what a reaction hands to the other stores (handler leases, process
+    instances, flow runs), so that all of it commits together."""
+
+    def __init__(self, store: SqlEventStore, tx: Tx) -> None:
+        self._store = store
+        self.tx = tx
+        self.dialect: Dialect = tx.dialect
+        self._checkpoints: dict[str, int] = {}  # locked in this transaction -> position
+        self._woke = False
+        self.closed = False  # the block ended
+
+    # --- Tx, delegated --------------------------------------------------------------------------
+
+    @property
+    def connection(self) -> Any:
+        return self.tx.connection
+
+    @property
+    def notify(self) -> bool:
+        return self.tx.notify
+
+    @notify.setter
+    def notify(self, value: bool) -> None:
+        self.tx.notify = value
+
+    def rows(self, name: str, /, **params: Any) -> list[Row]:
+        return self.tx.rows(name, **params)
+
+    def run(self, name: str, /, **params: Any) -> int:
+        return self.tx.run(name, **params)
+
+    def records(self, name: str, /, **params: Any) -> list[tuple[Any, ...]]:
+        return self.tx.records(name, **params)
+
+    def execute_script(self, script: str) -> None:
+        self.tx.execute_script(script)
+
+    def savepoint(self) -> AbstractContextManager[None]:
+        return self.open().savepoint()
+
+    def on_end(self, callback: Callable[[], None]) -> None:
+        self.tx.on_end(callback)
+
+    def open(self) -> Tx:
+        """The transaction, while it is open. A ``read_stream`` iterator kept past the block
+        would otherwise read its next page on a connection that is back in the pool, perhaps in
+        another thread's transaction."""
+        if self.closed:
+            raise StorageError(
+                "this event store transaction has ended: consume tx.read_stream() "
+                "inside its `with store.transaction()` block, or use "
+                "store.read_stream() after it"
+            )
+        return self.tx
+
+    # --- the event store's operations -----------------------------------------------------------
+
+    def append(
+        self,
+        stream_id: str,
+        events: Sequence[NewEvent],
+        expected_version: ExpectedVersion | int,
+        *,
+        idempotency_key: str | None = None,
+        result_json: str | None = None,
+    ) -> list[RecordedEvent]:
+        store = self._store
+        prepared = prepare_append(
+            stream_id, events, expected_version, idempotency_key, result_json, store.upcasters
+        )
+        if not self._woke:
+            self._woke = True
+            self.tx.on_end(lambda: store.db.wake(EVENTS_CHANNEL))
+        return store._append(self.tx, prepared)
+
+    def get_idempotent_result(self, key: str) -> IdempotencyRecord | None:
+        check_name(key, "idempotency key", InvalidIdempotencyKeyError)
+        return self._store._idempotent_result(self.tx, key)
+
+    def read_stream(
+        self,
+        stream_id: str,
+        from_version: int | None = None,
+        limit: int | None = None,
+        backwards: bool = False,
+    ) -> Iterator[RecordedEvent]:
+        return self._store._read_stream(
+            check_stream_id(stream_id),
+            check_version(from_version),
+            check_limit(limit),
+            bool(backwards),
+            self,
+        )
+
+    def lock_checkpoint(self, name: str) -> int:
+        name = check_checkpoint(name)
+        if name not in self._checkpoints:
+            rows = self.tx.records("lock_checkpoint", name=name, updated_at=self._store.clock.now())
+            self._checkpoints[name] = int(rows[0][0])
+        return self._checkpoints[name]
+
+    def advance_checkpoint(self, name: str, position: int, *, expected: int | None = None) -> None:
+        name = check_checkpoint(name, position)
+        current = self.lock_checkpoint(name)
+        if (expected is not None and expected != current) or position < current:
+            raise CheckpointConflictError(name, position, current, expected)
+        if position != current:
+            self.tx.run(
+                "set_checkpoint", name=name, position=position, updated_at=self._store.clock.now()
+            )
+            self._checkpoints[name] = position

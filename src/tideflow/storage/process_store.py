@@ -1,0 +1,81 @@
+"""The process store, written once over a ``Database``: the instances of process managers
+(migration 0005 of each backend).
+
+``load`` and ``save`` run in the caller's transaction - the event store transaction of the
+manager's batch. ``load`` locks the instance until that transaction ends (PostgreSQL: the row,
+FOR UPDATE; SQLite: the transaction already holds the database's write lock), so that a worker
+taking the handler over cannot apply an event to the instance before the batch in flight has
+committed its state, and then reads the state that batch left.
+"""
+
+from __future__ import annotations
+
+from tideflow.clock import Clock
+from tideflow.storage.database import Database, Row, Tx
+from tideflow.storage.process_contract import ProcessInstance, ProcessStatus
+
+
+class SqlProcessStore:
+    """``ProcessStore`` over a ``Database``. Safe to share between threads.
+
+    ``owns_db``: ``close()`` closes the Database too (a store opened on its own)."""
+
+    def __init__(self, db: Database, *, owns_db: bool = False) -> None:
+        self.db = db
+        self.url = db.url
+        self.clock: Clock = db.clock
+        self._owns_db = owns_db
+
+    def migrate(self) -> list[str]:
+        return self.db.migrate()
+
+    def close(self) -> None:
+        if self._owns_db:
+            self.db.close()
+
+    def _one(self, name: str, /, **params: object) -> list[Row]:
+        with self.db.statement() as tx:
+            return tx.rows(name, **params)
+
+    def load(self, tx: Tx, manager: str, process_id: str) -> ProcessInstance | None:
+        rows = tx.rows("load", manager=manager, process_id=process_id)
+        return ProcessInstance(**rows[0]) if rows else None
+
+    def save(
+        self,
+        tx: Tx,
+        manager: str,
+        process_id: str,
+        *,
+        status: ProcessStatus,
+        state_json: str,
+        version: int,
+        last_position: int,
+        error: str | None,
+    ) -> None:
+        tx.run(
+            "save",
+            manager=manager,
+            process_id=process_id,
+            status=status,
+            state=state_json,
+            version=version,
+            last_position=last_position,
+            error=error,
+            now=self.clock.now(),
+        )
+
+    def get(self, manager: str, process_id: str) -> ProcessInstance | None:
+        rows = self._one("get", manager=manager, process_id=process_id)
+        return ProcessInstance(**rows[0]) if rows else None
+
+    def list_instances(
+        self, manager: str | None = None, status: ProcessStatus | None = None, limit: int = 100
+    ) -> list[ProcessInstance]:
+        return [
+            ProcessInstance(**r)
+            for r in self._one("list_instances", manager=manager, status=status, limit=limit)
+        ]
+
+    def counts(self) -> dict[tuple[str, ProcessStatus], int]:
+        return {(r["manager"], r["status"]): r["instances"] for r in self._one("counts")}

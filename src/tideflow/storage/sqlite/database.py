@@ -1,0 +1,399 @@
+"""SQLite's ``Database``: the embedded default, no server needed.
+
+One connection per Database, shared by the threads of this process under a lock; other processes
+(a CLI, a second worker) coordinate through SQLite's own database lock. Every write transaction
+starts with ``BEGIN IMMEDIATE`` so that it takes the write lock up front: a deferred transaction
+that reads and then writes can fail with SQLITE_BUSY half way, which would turn a claim into an
+error instead of a short wait. WAL mode lets readers run while a writer holds the lock. A
+transaction begun inside another on the same thread is a savepoint of it.
+
+SQLite has no NOTIFY. Subscribers in this process are woken directly; to hear of commits from
+other processes, the first subscriber starts a watcher thread that reads ``PRAGMA data_version``
+every few milliseconds - a check of the shared WAL index, no disk read - on a connection of its
+own, and wakes every subscriber when another connection has committed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+from uuid import UUID
+
+from tideflow.clock import Clock, SystemClock
+from tideflow.errors import DuplicateKeyError, StorageError
+from tideflow.events.errors import DuplicateIdempotencyKeyError, WrongExpectedVersionError
+from tideflow.events.handling import Dialect
+from tideflow.storage.database import TASKS_CHANNEL, Row, Tx
+from tideflow.storage.event_contract import duplicate_event_id
+from tideflow.storage.sqlfile import load_dialect, load_migrations
+from tideflow.storage.sqlite.errors import is_transient, rollback_quietly, translate, translated
+from tideflow.storage.unavailable import is_unavailable
+from tideflow.storage.urls import schema_error
+
+if TYPE_CHECKING:
+    from tideflow.storage.event_contract import PreparedAppend
+
+#: How often a subscribed database checks whether another connection committed.
+WATCH_INTERVAL = 0.005
+_PARAM = re.compile(r"%\((\w+)\)s")
+QUERIES = {
+    name: _PARAM.sub(r":\1", sql) for name, sql in load_dialect("tideflow.storage.sqlite").items()
+}
+
+
+def _param(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, list | tuple):
+        return json.dumps(list(value))
+    if isinstance(value, UUID):
+        return str(value)
+    return value
+
+
+def _column(name: str, value: Any) -> Any:
+    if name.endswith("_at") and value is not None:
+        return datetime.fromtimestamp(value, UTC)
+    return value
+
+
+def split_script(script: str) -> Iterator[str]:
+    """Statements of an SQL script, for SQLite, whose ``execute`` runs one statement (and whose
+    ``executescript`` would commit the caller's transaction). ``sqlite3.complete_statement``
+    knows where one ends, triggers' ``BEGIN ... END`` included."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip().strip(";").strip():
+                yield buffer
+            buffer = ""
+    if buffer.strip():
+        yield buffer
+
+
+class SQLiteTx:
+    """``Tx`` on the Database's connection; the caller holds its lock."""
+
+    dialect: Dialect = "sqlite"
+
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self.connection = conn
+        self.notify = False
+        self._path = path
+        self._on_end: list[Callable[[], None]] = []
+
+    def _execute(self, name: str, params: dict[str, Any]) -> sqlite3.Cursor:
+        try:
+            return self.connection.execute(QUERIES[name], {k: _param(v) for k, v in params.items()})
+        except (sqlite3.Error, UnicodeEncodeError) as exc:
+            raise translate(exc, f"SQLite database {self._path!r}: query {name}") from exc
+
+    def rows(self, name: str, /, **params: Any) -> list[Row]:
+        cur = self._execute(name, params)
+        names = [d[0] for d in cur.description or ()]
+        return [
+            {n: _column(n, v) for n, v in zip(names, row, strict=True)} for row in cur.fetchall()
+        ]
+
+    def run(self, name: str, /, **params: Any) -> int:
+        return self._execute(name, params).rowcount
+
+    def records(self, name: str, /, **params: Any) -> list[tuple[Any, ...]]:
+        return self._execute(name, params).fetchall()
+
+    def execute_script(self, script: str) -> None:
+        for statement in split_script(script):
+            self.connection.execute(statement)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        with _atomic(self.connection, self._path, nested=True):
+            yield
+
+    def on_end(self, callback: Callable[[], None]) -> None:
+        self._on_end.append(callback)
+
+
+@contextmanager
+def _atomic(conn: sqlite3.Connection, path: str, nested: bool) -> Iterator[None]:
+    """A transaction (``BEGIN IMMEDIATE``), or a savepoint of the open one when ``nested``."""
+    if nested:
+        begin, commit = "SAVEPOINT tideflow", "RELEASE tideflow"
+        rollback: tuple[str, ...] = ("ROLLBACK TO tideflow", commit)
+    else:
+        begin, commit, rollback = "BEGIN IMMEDIATE", "COMMIT", ("ROLLBACK",)
+    with translated(f"SQLite database {path!r}: beginning a transaction"):
+        conn.execute(begin)
+    try:
+        yield
+    except BaseException:
+        rollback_quietly(conn, rollback)
+        raise
+    try:
+        conn.execute(commit)
+    except sqlite3.Error as exc:
+        rollback_quietly(conn, rollback)
+        raise translate(exc, f"SQLite database {path!r}: committing") from exc
+
+
+class SQLiteDatabase:
+    """``Database`` on one SQLite file. It has no fast paths."""
+
+    dialect: Dialect = "sqlite"
+    fast_paths = False
+
+    def __init__(
+        self, path: str | Path, clock: Clock | None = None, *, create: bool = True
+    ) -> None:
+        """``create=False`` opens the file for reading (and the writes of a database that has
+        the schema, such as a cancel) without creating anything: a missing file raises
+        ``SchemaMissingError`` and neither it nor its folder is created, and the journal mode is
+        left alone (a tideflow database is already in WAL mode: ``migrate`` set it, and WAL mode
+        is a property of the file)."""
+        self.clock = clock or SystemClock()
+        self.path = str(path)
+        self.url = "sqlite:///" + self.path
+        self._lock = threading.RLock()
+        self._subscribers: dict[str, list[Callable[[], None]]] = {}
+        self._watcher: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._conn = self._open(create)
+
+    def _open(self, create: bool) -> sqlite3.Connection:
+        memory = self.path == ":memory:"
+        if not create and not memory and not Path(self.path).is_file():
+            raise schema_error(f"{self.path} (no such file)", self.url, None)
+        try:
+            if create or memory:
+                if not memory:
+                    Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+                )
+                conn.execute("PRAGMA journal_mode=WAL")
+            else:
+                # mode=rw: never creates the file (plain connect would). Not mode=ro: a
+                # read-only connection cannot rebuild a WAL database's -shm index when it is
+                # missing, and cancel/reset/resume write through this connection.
+                conn = sqlite3.connect(
+                    f"file:{quote(self.path)}?mode=rw",
+                    uri=True,
+                    isolation_level=None,
+                    check_same_thread=False,
+                    timeout=30.0,
+                )
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+            return conn
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(
+                f"cannot open SQLite database {self.path!r}: {exc}; check that the directory "
+                "exists and is writable, or pass another sqlite:/// URL"
+            ) from exc
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The one connection of this Database; hold ``lock`` while using it."""
+        return self._conn
+
+    @property
+    def lock(self) -> threading.RLock:
+        return self._lock
+
+    @contextmanager
+    def statement(self) -> Iterator[SQLiteTx]:
+        with self._lock:
+            yield SQLiteTx(self._conn, self.path)
+
+    @contextmanager
+    def transaction(self) -> Iterator[SQLiteTx]:
+        with self._lock:
+            tx = SQLiteTx(self._conn, self.path)
+            try:
+                with _atomic(self._conn, self.path, nested=self._conn.in_transaction):
+                    yield tx
+            finally:
+                for callback in tx._on_end:
+                    callback()
+        # Nested, this is before the outer commit: a worker of this process that wakes now
+        # waits for the lock, which the outer transaction holds until it ends.
+        if tx.notify:
+            self._wake_local(TASKS_CHANNEL)
+
+    def append_events(
+        self, tx: Tx | None, prepared: PreparedAppend, recorded_at: datetime
+    ) -> tuple[int, list[int]]:
+        """The append as statements, under SQLite's one write lock: with a single writer at a
+        time, positions are handed out in commit order, which is all ``read_all`` needs to never
+        miss an event (see migration 0002)."""
+        if tx is None:
+            with self.transaction() as own:
+                return _append(own, prepared, recorded_at)
+        with tx.savepoint():
+            return _append(tx, prepared, recorded_at)
+
+    def stored_time(self, moment: datetime) -> datetime:
+        return datetime.fromtimestamp(moment.timestamp(), UTC)
+
+    def decode_time(self, value: Any) -> datetime:
+        return datetime.fromtimestamp(value, UTC)
+
+    def decode_uuid(self, value: Any) -> UUID | None:
+        return None if value is None else UUID(value)
+
+    # --- wake-ups -------------------------------------------------------------------------------
+
+    def _wake_local(self, channel: str | None = None) -> None:
+        for name, callbacks in list(self._subscribers.items()):
+            if channel is None or name == channel:
+                for callback in list(callbacks):
+                    callback()
+
+    def subscribe(self, channel: str, callback: Callable[[], None]) -> Callable[[], None]:
+        subscribers = self._subscribers.setdefault(channel, [])
+        subscribers.append(callback)
+        with self._lock:
+            if self._watcher is None and self.path != ":memory:":
+                self._watcher = threading.Thread(
+                    target=self._watch, name="tideflow-sqlite-watch", daemon=True
+                )
+                self._watcher.start()
+
+        def unsubscribe() -> None:
+            if callback in subscribers:
+                subscribers.remove(callback)
+
+        return unsubscribe
+
+    def wake(self, channel: str) -> None:
+        self._wake_local(channel)
+
+    def _watch(self) -> None:
+        conn = sqlite3.connect(self.path, check_same_thread=False)
+        try:
+            last = conn.execute("PRAGMA data_version").fetchone()[0]
+            while not self._closing.wait(WATCH_INTERVAL):
+                version = conn.execute("PRAGMA data_version").fetchone()[0]
+                if version != last:
+                    last = version
+                    self._wake_local()
+        except sqlite3.Error:  # pragma: no cover - the file went away; workers still poll
+            pass
+        finally:
+            conn.close()
+
+    def is_unavailable(self, exc: BaseException) -> bool:
+        return is_unavailable(exc, is_transient)
+
+    def close(self) -> None:
+        self._closing.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=1.0)
+        with self._lock:
+            self._conn.close()
+
+    # --- schema ---------------------------------------------------------------------------------
+
+    def migrate(self) -> list[str]:
+        applied: list[str] = []
+        with self._lock:
+            with translated(f"SQLite database {self.path!r}: migrating"):
+                self._conn.execute("BEGIN EXCLUSIVE")
+            try:
+                self._conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, "
+                    "name TEXT NOT NULL, applied_at REAL NOT NULL)"
+                )
+                done = {r[0] for r in self._conn.execute("SELECT version FROM schema_migrations")}
+                for m in load_migrations("tideflow.storage.sqlite"):
+                    if m.version in done:
+                        continue
+                    for statement in split_script(m.sql):
+                        self._conn.execute(statement)
+                    self._conn.execute(
+                        "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                        (m.version, m.name, self.clock.now().timestamp()),
+                    )
+                    applied.append(f"{m.version:04d}_{m.name}")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        return applied
+
+    def pending_migrations(self) -> list[str] | None:
+        try:
+            with self._lock:
+                found = self._conn.execute(
+                    "SELECT 1 FROM sqlite_master "
+                    "WHERE type = 'table' AND name = 'schema_migrations'"
+                ).fetchone()
+                if found is None:
+                    return None
+                done = {r[0] for r in self._conn.execute("SELECT version FROM schema_migrations")}
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"cannot read SQLite database {self.path!r}: {exc}") from exc
+        return [
+            f"{m.version:04d}_{m.name}"
+            for m in load_migrations("tideflow.storage.sqlite")
+            if m.version not in done
+        ]
+
+    def check_schema(self) -> None:
+        pending = self.pending_migrations()
+        if pending is None or pending:
+            raise schema_error(self.path, self.url, pending)
+
+
+def _append(tx: Tx, p: PreparedAppend, recorded_at: datetime) -> tuple[int, list[int]]:
+    if p.idempotency_key is not None:
+        inserted = tx.run(
+            "insert_idempotency_key",
+            key=p.idempotency_key,
+            stream_id=p.stream_id,
+            result=p.result_json,
+            recorded_at=recorded_at,
+        )
+        if not inserted:
+            raise DuplicateIdempotencyKeyError(p.idempotency_key, None, None)
+    found = tx.records("stream_version", stream_id=p.stream_id)
+    current = found[0][0] if found else 0
+    kind = p.expected_kind
+    if (
+        (kind == "no_stream" and found)
+        or (kind == "exists" and not found)
+        or (kind == "exact" and current != p.expected_number)
+    ):
+        raise WrongExpectedVersionError(p.stream_id, p.expected, current)
+    positions = []
+    for i, event_id in enumerate(p.event_ids):
+        try:
+            row = tx.records(
+                "insert_event",
+                version=current + 1 + i,
+                schema_version=p.schema_versions[i],
+                stream_id=p.stream_id,
+                event_id=event_id,
+                event_type=p.event_types[i],
+                causation_id=p.causation_ids[i],
+                correlation_id=p.correlation_ids[i],
+                recorded_at=recorded_at,
+                data=p.data[i],
+                metadata=p.metadata[i],
+            )
+        except DuplicateKeyError as exc:
+            raise duplicate_event_id(p.stream_id, f"event #{i}: {event_id}") from exc
+        positions.append(row[0][0])
+    if positions:
+        tx.run("set_stream_version", stream_id=p.stream_id, version=current + len(positions))
+    return current + 1, positions
