@@ -41,13 +41,7 @@ from tideflow.cli.loading import DATABASE_HELP, check_reachable, load_object
 from tideflow.cli.render import compact_json, fmt_time, truncate
 from tideflow.events.handling import EventHandler, HandlerNotFoundError, HandlerUsageError
 from tideflow.events.model import RecordedEvent
-from tideflow.storage import (
-    check_schema,
-    open_event_store_on,
-    open_handler_store_on,
-    open_store,
-    resolve_url,
-)
+from tideflow.storage import open_database, resolve_url
 from tideflow.storage.event_contract import EventStore
 from tideflow.storage.handler_contract import HandlerRecord, HandlerStore
 from tideflow.worker.handlers import reset_handler, retry_dead_letter
@@ -143,18 +137,9 @@ def stores(
         app_url, handlers = load_handlers(app_path)
     url = resolve_url(database_url or app_url)
     check_reachable(url)
-    flow_store = open_store(url, create=False)
-    try:
-        check_schema(flow_store)
-        events = open_event_store_on(flow_store)
-        handler_store = open_handler_store_on(flow_store)
-        try:
-            yield events, handler_store, handlers
-        finally:
-            handler_store.close()
-            events.close()
-    finally:
-        flow_store.close()
+    with open_database(url, create=False) as stores:
+        stores.db.check_schema()
+        yield stores.events, stores.handlers, handlers
 
 
 # --- events ---------------------------------------------------------------------------------------

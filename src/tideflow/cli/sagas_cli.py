@@ -24,7 +24,7 @@ from tideflow.cli.errors import CliUsageError, CommandFailed
 from tideflow.cli.events_cli import DatabaseOpt, _console
 from tideflow.cli.loading import check_reachable
 from tideflow.cli.render import compact_json, fmt_time, truncate
-from tideflow.storage import check_schema, open_process_store_on, open_store, resolve_url
+from tideflow.storage import open_database, resolve_url
 from tideflow.storage.process_contract import (
     PROCESS_STATUSES,
     ProcessInstance,
@@ -44,16 +44,9 @@ def _store(database_url: str | None) -> Iterator[ProcessStore]:
     on a database without the schema)."""
     url = resolve_url(database_url)
     check_reachable(url)
-    flow_store = open_store(url, create=False)
-    try:
-        check_schema(flow_store)
-        store = open_process_store_on(flow_store)
-        try:
-            yield store
-        finally:
-            store.close()
-    finally:
-        flow_store.close()
+    with open_database(url, create=False) as stores:
+        stores.db.check_schema()
+        yield stores.processes
 
 
 def instances_table(instances: list[ProcessInstance]) -> Table:

@@ -1,9 +1,8 @@
 """The event store contract: append to streams, read them back, in one store-wide order.
 
-Two implementations live beside the flow backends: ``sqlite/event_store.py`` (embedded default)
-and ``postgres/event_store.py`` (production, many writers), held to one behavioural suite
-(``tests/events``). ``tideflow.storage.open_event_store`` (``storage/opening.py``) picks one from
-a database URL, like ``open_store``; this module imports neither.
+One implementation, ``storage/event_store.py``, runs on every backend's ``Database`` (its append
+is the Database's hook), held to one behavioural suite (``tests/events``) on SQLite, PostgreSQL
+and PostgreSQL without its fast path. This module imports no backend.
 
 The contract is a small ladder, each rung what the next part of tideflow builds on:
 

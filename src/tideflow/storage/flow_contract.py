@@ -1,11 +1,11 @@
-"""The storage contract: the engine operations every backend provides.
+"""The flow store contract: the operations on runs, steps and tasks.
 
 The worker and the client talk only to a ``FlowStore``; they never see SQL. Each operation is one
 database transaction, so a crash at any instant leaves either the state before it or the state
-after it. Two implementations live beside this module: ``sqlite`` (embedded default) and
-``postgres`` (production, many workers). Both are held to the same behavioural tests, so what
-one does the other does: ``tests/flows/test_engine.py`` (these operations), ``test_worker.py``,
-``test_stalls.py`` and the rest of ``tests/flows/`` run each test on both backends through the
+after it. One implementation, ``storage/flow_store.py``, runs over every backend's ``Database``
+(SQLite, the embedded default; PostgreSQL, production, many workers), held on each to the same
+behavioural tests, so what one does the other does: ``tests/flows/test_engine.py`` (these
+operations), ``test_worker.py``, ``test_stalls.py`` and the rest of ``tests/flows/`` run each test on both backends through the
 ``backend``/``db_url`` fixtures of ``tests/conftest.py``; ``tests/test_schema.py`` checks that
 their tables match.
 

@@ -15,9 +15,8 @@ many workers needs (migration 0003 of each backend):
 
 Methods that take ``tx`` run on that event store transaction's connection, so they commit or roll
 back with the checkpoint and the handler's own writes; every other method is a transaction of its
-own. Timestamps come from the store's ``Clock``. Two implementations live beside the other
-backends: ``sqlite/handler_store.py`` and ``postgres/handler_store.py``, held to one suite
-(``tests/events/test_handlers.py``).
+own. Timestamps come from the store's ``Clock``. One implementation, ``storage/handler_store.py``,
+over every backend's ``Database``, held to one suite on both (``tests/events/test_handlers.py``).
 """
 
 from __future__ import annotations

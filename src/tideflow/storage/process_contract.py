@@ -11,8 +11,8 @@ none of them does.
 it has already been handled (a reset of the handler replays the log), and the runtime skips it.
 That is what makes a replay harmless.
 
-Two implementations live beside the other backends: ``sqlite/process_store.py`` and
-``postgres/process_store.py``, held to one suite (``tests/sagas/test_process_store.py``).
+One implementation, ``storage/process_store.py``, over every backend's ``Database``, held to one
+suite on both (``tests/sagas/test_process_store.py``).
 """
 
 from __future__ import annotations

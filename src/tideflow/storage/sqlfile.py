@@ -39,6 +39,11 @@ def load_dialect(package: str) -> dict[str, str]:
     return queries
 
 
+def pending(package: str, done: set[int]) -> list[str]:
+    """The names of ``package``'s migrations whose versions are not in ``done``."""
+    return [f"{m.version:04d}_{m.name}" for m in load_migrations(package) if m.version not in done]
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int

@@ -1,4 +1,5 @@
-"""Is this exception the database being away? The chain walk every backend's store shares.
+"""What every backend's error module shares: is this exception the database being away (a walk
+of the exception chain), and a block whose driver errors leave as tideflow's.
 
 Runtime code (the worker, the handler runner) never imports a driver, but a handler's own SQL
 (``ctx.execute``) reaches it unwrapped: a ``psycopg.OperationalError`` or ``sqlite3``'s "database
@@ -11,7 +12,8 @@ knows its driver). This module imports no backend.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from tideflow.errors import DatabaseUnavailableError
 
@@ -27,3 +29,16 @@ def is_unavailable(exc: BaseException, driver_transient: Callable[[BaseException
             return True
         current = current.__cause__ or current.__context__
     return False
+
+
+@contextmanager
+def translating(
+    kinds: tuple[type[BaseException], ...],
+    translate: Callable[[BaseException, str], Exception],
+    what: str,
+) -> Iterator[None]:
+    """Run a block, raising the driver errors ``kinds`` as ``translate`` maps them."""
+    try:
+        yield
+    except kinds as exc:
+        raise translate(exc, what) from exc

@@ -114,3 +114,9 @@ def schema_error(where: str, url: str, pending: list[str] | None) -> SchemaNotRe
         f"the tideflow schema in {where} is older than this tideflow (pending migrations: "
         f"{', '.join(pending)}); reads do not migrate: run {command}"
     )
+
+
+def require_current(pending: list[str] | None, where: str, url: str) -> None:
+    """``schema_error`` unless the schema is there with no migration ``pending``."""
+    if pending is None or pending:
+        raise schema_error(where, url, pending)

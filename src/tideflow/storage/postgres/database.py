@@ -41,9 +41,9 @@ from tideflow.storage.postgres.connecting import (
 )
 from tideflow.storage.postgres.errors import is_transient, translate, translated
 from tideflow.storage.postgres.notifier import CoalescingNotifier
-from tideflow.storage.sqlfile import load_dialect, load_migrations
+from tideflow.storage.sqlfile import load_dialect, load_migrations, pending
 from tideflow.storage.unavailable import is_unavailable
-from tideflow.storage.urls import redact_url, schema_error
+from tideflow.storage.urls import redact_url, require_current
 
 if TYPE_CHECKING:
     from tideflow.storage.event_contract import PreparedAppend
@@ -331,13 +331,7 @@ class PostgresDatabase:
                 }
         except psycopg.Error as exc:
             raise translate(exc, f"reading the tideflow schema of {redact_url(self.url)}") from exc
-        return [
-            f"{m.version:04d}_{m.name}"
-            for m in load_migrations("tideflow.storage.postgres")
-            if m.version not in done
-        ]
+        return pending("tideflow.storage.postgres", done)
 
     def check_schema(self) -> None:
-        pending = self.pending_migrations()
-        if pending is None or pending:
-            raise schema_error(redact_url(self.url), self.url, pending)
+        require_current(self.pending_migrations(), redact_url(self.url), self.url)

@@ -28,8 +28,7 @@ hands everything else to ``translate``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 import psycopg
 from psycopg_pool import PoolTimeout
@@ -45,6 +44,7 @@ from tideflow.errors import (
 )
 from tideflow.events.errors import DuplicateIdempotencyKeyError, WrongExpectedVersionError
 from tideflow.storage.event_contract import PreparedAppend, duplicate_event_id
+from tideflow.storage.unavailable import translating
 
 _TRANSIENT_CLASSES = ("08", "53", "57")
 _TRANSIENT_STATES = frozenset({"40001", "40P01", "40003", "40000", "55P03", "58000", "58030"})
@@ -104,13 +104,9 @@ def translate(exc: BaseException, what: str = "PostgreSQL operation") -> Tideflo
     return StorageError(f"{what} failed: {type(exc).__name__}: {detail}")
 
 
-@contextmanager
-def translated(what: str = "PostgreSQL operation") -> Iterator[None]:
+def translated(what: str = "PostgreSQL operation") -> AbstractContextManager[None]:
     """Run a block, raising driver errors as tideflow's (``translate``)."""
-    try:
-        yield
-    except (psycopg.Error, UnicodeEncodeError) as exc:
-        raise translate(exc, what) from exc
+    return translating((psycopg.Error, UnicodeEncodeError), translate, what)
 
 
 def is_driver_error(exc: BaseException) -> bool:

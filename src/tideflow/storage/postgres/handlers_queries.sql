@@ -1,4 +1,4 @@
--- Named queries of the PostgreSQL handler store (tideflow/storage/postgres/handler_store.py).
+-- Named queries of the handler store (tideflow/storage/handler_store.py) on PostgreSQL.
 -- Parameters are %(name)s; lists arrive as text[]. Migration 0003 explains the lease model and
 -- the lock order (event_handlers row -> checkpoint row -> the handler's rows). Queries marked
 -- "in the batch transaction" run on the connection of an event store transaction, so that they

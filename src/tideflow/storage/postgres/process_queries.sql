@@ -1,4 +1,4 @@
--- Named queries of the PostgreSQL process store (tideflow/storage/postgres/process_store.py).
+-- Named queries of the process store (tideflow/storage/process_store.py) on PostgreSQL.
 -- Parameters are %(name)s. Migration 0005 explains the table. Queries marked "in the batch
 -- transaction" run on the connection of an event store transaction, so that the instance's row
 -- lock and new state belong to the handler's batch.

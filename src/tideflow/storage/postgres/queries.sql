@@ -1,4 +1,4 @@
--- Named queries of the PostgreSQL backend; tideflow/storage/flow_engine.py says when each runs.
+-- Named queries of the flow store (tideflow/storage/flow_store.py says when each runs) on PostgreSQL.
 --
 -- Parameters are %(name)s. A `rows` parameter is a batch: a JSON array of objects unpacked with
 -- jsonb_to_recordset; `*_ids`/`flow_slugs` parameters are text arrays. JSON values travel as text

@@ -33,10 +33,10 @@ from tideflow.events.errors import DuplicateIdempotencyKeyError, WrongExpectedVe
 from tideflow.events.handling import Dialect
 from tideflow.storage.database import TASKS_CHANNEL, Row, Tx
 from tideflow.storage.event_contract import duplicate_event_id
-from tideflow.storage.sqlfile import load_dialect, load_migrations
+from tideflow.storage.sqlfile import load_dialect, load_migrations, pending
 from tideflow.storage.sqlite.errors import is_transient, rollback_quietly, translate, translated
 from tideflow.storage.unavailable import is_unavailable
-from tideflow.storage.urls import schema_error
+from tideflow.storage.urls import require_current, schema_error
 
 if TYPE_CHECKING:
     from tideflow.storage.event_contract import PreparedAppend
@@ -343,16 +343,10 @@ class SQLiteDatabase:
                 done = {r[0] for r in self._conn.execute("SELECT version FROM schema_migrations")}
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"cannot read SQLite database {self.path!r}: {exc}") from exc
-        return [
-            f"{m.version:04d}_{m.name}"
-            for m in load_migrations("tideflow.storage.sqlite")
-            if m.version not in done
-        ]
+        return pending("tideflow.storage.sqlite", done)
 
     def check_schema(self) -> None:
-        pending = self.pending_migrations()
-        if pending is None or pending:
-            raise schema_error(self.path, self.url, pending)
+        require_current(self.pending_migrations(), self.path, self.url)
 
 
 def _append(tx: Tx, p: PreparedAppend, recorded_at: datetime) -> tuple[int, list[int]]:

@@ -19,8 +19,7 @@ knows what the statement meant; it hands everything else to ``translate``.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 from tideflow.errors import (
     DatabaseUnavailableError,
@@ -30,6 +29,7 @@ from tideflow.errors import (
     StorageError,
     TideflowError,
 )
+from tideflow.storage.unavailable import translating
 
 _BUSY, _LOCKED, _NOMEM, _IOERR, _FULL, _CANTOPEN, _PROTOCOL = 5, 6, 7, 10, 13, 14, 15
 _TOOBIG, _MISMATCH = 18, 20
@@ -86,13 +86,9 @@ def rollback_quietly(conn: sqlite3.Connection, statements: tuple[str, ...]) -> N
             return
 
 
-@contextmanager
-def translated(what: str = "SQLite operation") -> Iterator[None]:
+def translated(what: str = "SQLite operation") -> AbstractContextManager[None]:
     """Run a block, raising driver errors as tideflow's (``translate``)."""
-    try:
-        yield
-    except (sqlite3.Error, UnicodeEncodeError) as exc:
-        raise translate(exc, what) from exc
+    return translating((sqlite3.Error, UnicodeEncodeError), translate, what)
 
 
 def is_driver_error(exc: BaseException) -> bool:

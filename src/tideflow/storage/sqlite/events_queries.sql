@@ -1,4 +1,5 @@
--- Named queries of the SQLite event store (tideflow/storage/sqlite/event_store.py).
+-- Named queries of the event store (tideflow/storage/event_store.py) on SQLite; the append is
+-- SQLiteDatabase.append_events (sqlite/database.py).
 -- Parameters are %(name)s (rewritten to :name at load); list parameters arrive as JSON arrays
 -- read with json_each; timestamps are REAL epoch seconds; UUIDs are text.
 -- An append is several statements inside one BEGIN IMMEDIATE transaction (or a savepoint of

@@ -1,4 +1,4 @@
--- Named queries of the SQLite handler store (tideflow/storage/sqlite/handler_store.py).
+-- Named queries of the handler store (tideflow/storage/handler_store.py) on SQLite.
 -- Parameters are %(name)s (rewritten to :name at load); lists arrive as JSON arrays read with
 -- json_each; timestamps are REAL epoch seconds. The queries mirror the PostgreSQL ones (see
 -- postgres/handlers_queries.sql and migration 0003 for the lease model); SQLite's single writer

@@ -1,4 +1,4 @@
--- Named queries of the SQLite process store (tideflow/storage/sqlite/process_store.py).
+-- Named queries of the process store (tideflow/storage/process_store.py) on SQLite.
 -- Parameters are %(name)s (rewritten to :name at load); timestamps are REAL epoch seconds. The
 -- queries mirror the PostgreSQL ones (see postgres/process_queries.sql and migration 0005),
 -- without FOR UPDATE: the handler's batch transaction holds SQLite's write lock instead.

@@ -1,4 +1,4 @@
--- Named queries of the SQLite backend; tideflow/storage/flow_engine.py says when each runs.
+-- Named queries of the flow store (tideflow/storage/flow_store.py says when each runs) on SQLite.
 --
 -- Parameters are %(name)s (rewritten to :name at load). A `rows` parameter is a batch: a JSON
 -- array of objects unpacked with json_each; an `*_ids`/`flow_slugs` parameter is a JSON array of

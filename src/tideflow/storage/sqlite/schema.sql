@@ -21,7 +21,7 @@
 -- json_valid), UUIDs are TEXT in their 36-character form, timestamps are REAL seconds since the
 -- Unix epoch (read them with datetime(col, 'unixepoch')), booleans and big integers are INTEGER.
 -- No stored functions: the transitions that PostgreSQL runs as functions run from Python
--- (tideflow/storage/engine.py), and none of PostgreSQL's event-horizon machinery is needed, since
+-- (tideflow/storage/flow_store.py), and none of PostgreSQL's event-horizon machinery is needed, since
 -- SQLite has one writer at a time and so hands out event positions in commit order.
 --
 -- Using it. Run on an empty file (sqlite3 tideflow.db < schema.sql), it gives a database that

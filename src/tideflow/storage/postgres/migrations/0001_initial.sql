@@ -96,7 +96,7 @@ CREATE INDEX tasks_started ON tideflow.tasks (lease_expires_at) WHERE status = '
 -- and added ~5 ms to every step of every run. Inside the server the same statements cost tens of
 -- microseconds and use primary-key lookups only, whatever the tables' statistics say.
 --
--- These functions implement exactly the transitions of tideflow/storage/engine.py (which SQLite
+-- These functions implement exactly the transitions of tideflow/storage/flow_store.py (which SQLite
 -- runs from Python); tests/flows/test_engine.py holds both backends to the same behaviour.
 -- Names carry a version suffix (_v1) so that during an upgrade old and new workers can share a
 -- database: a changed function gets a new name in a new migration.

@@ -4,7 +4,7 @@
 -- was stopped by a forced deploy) used to count as a failed attempt, so a step with
 -- max_attempts=1 failed its run on any such kill. Now the reaper undoes the attempt its claim
 -- counted and counts a stall instead (tasks.stalls); a task fails only after more than
--- run_steps.max_stalls stalls (tideflow/storage/engine.py, requeue_stalled). max_stalls is copied
+-- run_steps.max_stalls stalls (tideflow/storage/flow_store.py, requeue_stalled). max_stalls is copied
 -- onto each run's step rows like max_attempts, so a run keeps the cap it started with.
 --
 -- Existing rows take the defaults: no stall so far, a cap of 3 (the DSL's default).
