@@ -5,9 +5,9 @@ database transaction, so a crash at any instant leaves either the state before i
 after it. One implementation, ``storage/flow_store.py``, runs over every backend's ``Database``
 (SQLite, the embedded default; PostgreSQL, production, many workers), held on each to the same
 behavioural tests, so what one does the other does: ``tests/flows/test_engine.py`` (these
-operations), ``test_worker.py``, ``test_stalls.py`` and the rest of ``tests/flows/`` run each test on both backends through the
-``backend``/``db_url`` fixtures of ``tests/conftest.py``; ``tests/test_schema.py`` checks that
-their tables match.
+operations), ``test_worker.py``, ``test_stalls.py`` and the rest of ``tests/flows/`` run each
+test on both backends through the ``backend``/``db_url`` fixtures of ``tests/conftest.py``;
+``tests/test_schema.py`` checks that their tables match.
 
 Timestamps come from the ``Clock`` the store was built with (see ``tideflow.clock``), never from
 the database, so that tests can move time.
