@@ -72,6 +72,12 @@ class Tx(Protocol):
         cheap form for hot reads such as pages of events."""
         ...
 
+    def execute(self, sql: str, params: Any = None) -> Any:
+        """Run an application's own statement (a projection's row) in this transaction; the
+        driver's cursor. Placeholders are written as psycopg's (``%s``, ``%(name)s``, ``%%``)
+        for both dialects: SQLite's Tx rewrites them, so that a handler's SQL is written once."""
+        ...
+
     def execute_script(self, script: str) -> None:
         """Run SQL text of one or more statements (an application's DDL) in this transaction."""
         ...

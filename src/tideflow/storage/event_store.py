@@ -373,6 +373,9 @@ class SqlEventTransaction:
     def records(self, name: str, /, **params: Any) -> list[tuple[Any, ...]]:
         return self.tx.records(name, **params)
 
+    def execute(self, sql: str, params: Any = None) -> Any:
+        return self.tx.execute(sql, params)
+
     def execute_script(self, script: str) -> None:
         self.tx.execute_script(script)
 

@@ -118,6 +118,9 @@ class PgTx:
         except (psycopg.Error, UnicodeEncodeError) as exc:
             raise translate(exc, f"query {name}") from exc
 
+    def execute(self, sql: str, params: Any = None) -> psycopg.Cursor[Any]:
+        return self.connection.execute(sql, params)
+
     def execute_script(self, script: str) -> None:
         self.connection.execute(script)  # no parameters: PostgreSQL runs several statements
 

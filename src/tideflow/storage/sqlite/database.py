@@ -15,6 +15,7 @@ own, and wakes every subscriber when another connection has committed.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import sqlite3
@@ -43,10 +44,19 @@ if TYPE_CHECKING:
 
 #: How often a subscribed database checks whether another connection committed.
 WATCH_INTERVAL = 0.005
-_PARAM = re.compile(r"%\((\w+)\)s")
-QUERIES = {
-    name: _PARAM.sub(r":\1", sql) for name, sql in load_dialect("tideflow.storage.sqlite").items()
-}
+_PYFORMAT = re.compile(r"%\((\w+)\)s|%s|%%")
+
+
+@functools.lru_cache(maxsize=512)
+def sqlite_sql(sql: str) -> str:
+    """``%(name)s`` / ``%s`` / ``%%`` placeholders (psycopg's, tideflow's SQL style) in SQLite's
+    style (``:name``, ``?``, ``%``): SQL is written once for both dialects."""
+    return _PYFORMAT.sub(
+        lambda m: f":{m.group(1)}" if m.group(1) else "?" if m.group(0) == "%s" else "%", sql
+    )
+
+
+QUERIES = {name: sqlite_sql(sql) for name, sql in load_dialect("tideflow.storage.sqlite").items()}
 
 
 def _param(value: Any) -> Any:
@@ -109,6 +119,11 @@ class SQLiteTx:
 
     def records(self, name: str, /, **params: Any) -> list[tuple[Any, ...]]:
         return self._execute(name, params).fetchall()
+
+    def execute(self, sql: str, params: Any = None) -> sqlite3.Cursor:
+        if params is None:
+            return self.connection.execute(sql)
+        return self.connection.execute(sqlite_sql(sql), params)
 
     def execute_script(self, script: str) -> None:
         for statement in split_script(script):

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import inspect
 import queue
-import re
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -25,17 +23,6 @@ from tideflow.jsonutil import storable_text
 from tideflow.storage.event_contract import EventStore, EventTransaction
 
 T = TypeVar("T")
-
-_PYFORMAT = re.compile(r"%\((\w+)\)s|%s|%%")
-
-
-@functools.lru_cache(maxsize=512)
-def sqlite_sql(sql: str) -> str:
-    """``%(name)s`` / ``%s`` / ``%%`` placeholders (psycopg's, tideflow's SQL style) in SQLite's
-    style, so that a handler writes its SQL once for both backends."""
-    return _PYFORMAT.sub(
-        lambda m: f":{m.group(1)}" if m.group(1) else "?" if m.group(0) == "%s" else "%", sql
-    )
 
 
 def describe(exc: BaseException) -> str:
@@ -108,11 +95,8 @@ class DeliveryContext:
         return self._transaction().connection
 
     def execute(self, sql: str, params: Any = None) -> Cursor:
-        conn = self.connection
-        if params is None:
-            return self._call(lambda: conn.execute(sql))  # type: ignore[no-any-return]
-        text = sqlite_sql(sql) if self.dialect == "sqlite" else sql
-        return self._call(lambda: conn.execute(text, params))  # type: ignore[no-any-return]
+        tx = self._transaction()
+        return self._call(lambda: tx.execute(sql, params))  # type: ignore[no-any-return]
 
     def append(
         self,
