@@ -43,8 +43,7 @@ EVENTS_CHANNEL = "tideflow_events"
 
 
 class Tx(Protocol):
-    """One open transaction (or, from ``Database.statement()``, a connection on which each
-    statement commits on its own)."""
+    """One open transaction."""
 
     dialect: Dialect
     notify: bool
@@ -109,9 +108,13 @@ class Database(Protocol):
         another transaction of this thread (SQLite) it is a savepoint of that one."""
         ...
 
-    def statement(self) -> AbstractContextManager[Tx]:
-        """A connection on which each statement commits on its own, each with a fresh
-        snapshot: for reads, and for writes that are one statement."""
+    def rows(self, name: str, /, **params: Any) -> list[Row]:
+        """Named query ``name`` as a statement of its own - committed on its own, with a fresh
+        snapshot - for reads, and writes that are one statement; its rows as ``Tx.rows``."""
+        ...
+
+    def records(self, name: str, /, **params: Any) -> list[tuple[Any, ...]]:
+        """``rows``, as tuples (``Tx.records``)."""
         ...
 
     def append_events(
@@ -136,8 +139,8 @@ class Database(Protocol):
         """A timestamp column of ``Tx.records`` as an aware datetime."""
         ...
 
-    def decode_uuid(self, value: Any) -> UUID | None:
-        """A uuid column of ``Tx.records`` as a UUID (or None)."""
+    def decode_uuid(self, value: Any) -> UUID:
+        """A uuid column of ``Tx.records``, not null, as a UUID."""
         ...
 
     def subscribe(self, channel: str, callback: Callable[[], None]) -> Callable[[], None]:

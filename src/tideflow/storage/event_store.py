@@ -8,7 +8,7 @@ idempotency record of a refused key, waking handler runners - is here.
 Reads page with keyset queries, one short statement per page, so an iterator left half-consumed
 holds nothing. ``read_all`` first computes the safe horizon in a statement of its own, then reads
 up to it: PostgreSQL's migration 0004 says why that order, and why each page needs a snapshot of
-its own (``Database.statement()`` gives one per statement).
+its own (``Database.records`` runs each statement on its own).
 """
 
 from __future__ import annotations
@@ -90,12 +90,7 @@ class SqlEventStore:
     def _records(self, tx: Tx | None, name: str, /, **params: Any) -> list[tuple[Any, ...]]:
         if tx is not None:
             return tx.records(name, **params)
-        with self.db.statement() as own:
-            return own.records(name, **params)
-
-    def _rows(self, name: str, /, **params: Any) -> list[Row]:
-        with self.db.statement() as own:
-            return own.rows(name, **params)
+        return self.db.records(name, **params)
 
     def _events(self, rows: list[tuple[Any, ...]]) -> list[RecordedEvent]:
         """A page of event rows (columns as in events_queries.sql) as events, not yet upcast."""
@@ -104,15 +99,15 @@ class SqlEventStore:
         uuid, time = self.db.decode_uuid, self.db.decode_time
         return [
             RecordedEvent(
-                uuid(r[4]),  # type: ignore[arg-type]  # event ids are never null
+                uuid(r[4]),
                 r[5],
                 r[3],
                 r[1],
                 r[0],
                 values[i],
                 values[n + i],
-                uuid(r[6]),
-                uuid(r[7]),
+                r[6] and uuid(r[6]),  # no call for a null: most events have no causation
+                r[7] and uuid(r[7]),
                 time(r[8]),
                 r[2],
             )
@@ -283,7 +278,7 @@ class SqlEventStore:
             )
 
     def load_snapshot(self, stream_id: str) -> Snapshot | None:
-        rows = self._rows("load_snapshot", stream_id=check_stream_id(stream_id))
+        rows = self.db.rows("load_snapshot", stream_id=check_stream_id(stream_id))
         if not rows:
             return None
         r = rows[0]
@@ -306,7 +301,7 @@ class SqlEventStore:
 
     def _idempotent_result(self, tx: Tx | None, key: str) -> IdempotencyRecord | None:
         if tx is None:
-            rows = self._rows("get_idempotent_result", key=key)
+            rows = self.db.rows("get_idempotent_result", key=key)
         else:
             rows = tx.rows("get_idempotent_result", key=key)
         if not rows:

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
 
 from tideflow.clock import Clock
 from tideflow.events.handling import DeadLetterNotFoundError, HandlerKind, LeaseLostError
 from tideflow.events.model import RecordedEvent
-from tideflow.storage.database import EVENTS_CHANNEL, Database, Row, Tx
+from tideflow.storage.database import EVENTS_CHANNEL, Database, Tx
 from tideflow.storage.handler_contract import DeadLetter, HandlerLease, HandlerRecord, HandlerStatus
 
 
@@ -42,18 +41,13 @@ class SqlHandlerStore:
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         return self.db.subscribe(EVENTS_CHANNEL, callback)
 
-    def _one(self, name: str, /, **params: Any) -> list[Row]:
-        """A named query that is one statement, committed on its own."""
-        with self.db.statement() as tx:
-            return tx.rows(name, **params)
-
     def _expires(self, ttl: float) -> datetime:
         return self.clock.now() + timedelta(seconds=ttl)
 
     # --- leases ---------------------------------------------------------------------------------
 
     def acquire(self, name: str, kind: HandlerKind, owner: str, ttl: float) -> HandlerLease | None:
-        rows = self._one(
+        rows = self.db.rows(
             "acquire",
             name=name,
             kind=kind,
@@ -77,7 +71,7 @@ class SqlHandlerStore:
     def renew(self, names: Sequence[str], owner: str, ttl: float) -> set[str]:
         if not names:
             return set()
-        rows = self._one(
+        rows = self.db.rows(
             "renew",
             names=list(names),
             owner=owner,
@@ -88,14 +82,14 @@ class SqlHandlerStore:
 
     def release(self, names: Sequence[str], owner: str) -> None:
         if names:
-            self._one("release", names=list(names), owner=owner, now=self.clock.now())
+            self.db.rows("release", names=list(names), owner=owner, now=self.clock.now())
 
     # --- failures -------------------------------------------------------------------------------
 
     def record_failure(
         self, name: str, owner: str, position: int, attempts: int, error: str
     ) -> None:
-        self._one(
+        self.db.rows(
             "record_failure",
             name=name,
             owner=owner,
@@ -138,7 +132,7 @@ class SqlHandlerStore:
     def restart(self, name: str, tx: Tx | None = None) -> bool:
         if tx is not None:
             return bool(tx.rows("restart_handler", name=name, now=self.clock.now()))
-        return bool(self._one("restart_handler", name=name, now=self.clock.now()))
+        return bool(self.db.rows("restart_handler", name=name, now=self.clock.now()))
 
     def reset_checkpoint(self, tx: Tx, name: str, position: int = 0) -> None:
         tx.run("reset_handler_checkpoint", name=name, position=position, now=self.clock.now())
@@ -158,7 +152,7 @@ class SqlHandlerStore:
                 r["position"],
                 r["dead_letters"],
             )
-            for r in self._one("list_handlers")
+            for r in self.db.rows("list_handlers")
         ]
 
     def list_dead_letters(
@@ -166,13 +160,13 @@ class SqlHandlerStore:
     ) -> list[DeadLetter]:
         return [
             DeadLetter(**r)
-            for r in self._one(
+            for r in self.db.rows(
                 "list_dead_letters", handler=handler, include_retried=include_retried, limit=limit
             )
         ]
 
     def get_dead_letter(self, dead_letter_id: int) -> DeadLetter:
-        rows = self._one("get_dead_letter", id=dead_letter_id)
+        rows = self.db.rows("get_dead_letter", id=dead_letter_id)
         if not rows:
             raise DeadLetterNotFoundError(
                 f"no dead letter has id {dead_letter_id}; list them with `tideflow deadletters`"
@@ -183,4 +177,4 @@ class SqlHandlerStore:
         tx.run("mark_dead_letter_retried", id=dead_letter_id, now=self.clock.now())
 
     def record_dead_letter_failure(self, dead_letter_id: int, error: str) -> None:
-        self._one("record_dead_letter_failure", id=dead_letter_id, error=error)
+        self.db.rows("record_dead_letter_failure", id=dead_letter_id, error=error)

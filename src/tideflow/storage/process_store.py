@@ -11,7 +11,7 @@ committed its state, and then reads the state that batch left.
 from __future__ import annotations
 
 from tideflow.clock import Clock
-from tideflow.storage.database import Database, Row, Tx
+from tideflow.storage.database import Database, Tx
 from tideflow.storage.process_contract import ProcessInstance, ProcessStatus
 
 
@@ -32,10 +32,6 @@ class SqlProcessStore:
     def close(self) -> None:
         if self._owns_db:
             self.db.close()
-
-    def _one(self, name: str, /, **params: object) -> list[Row]:
-        with self.db.statement() as tx:
-            return tx.rows(name, **params)
 
     def load(self, tx: Tx, manager: str, process_id: str) -> ProcessInstance | None:
         rows = tx.rows("load", manager=manager, process_id=process_id)
@@ -66,7 +62,7 @@ class SqlProcessStore:
         )
 
     def get(self, manager: str, process_id: str) -> ProcessInstance | None:
-        rows = self._one("get", manager=manager, process_id=process_id)
+        rows = self.db.rows("get", manager=manager, process_id=process_id)
         return ProcessInstance(**rows[0]) if rows else None
 
     def list_instances(
@@ -74,8 +70,8 @@ class SqlProcessStore:
     ) -> list[ProcessInstance]:
         return [
             ProcessInstance(**r)
-            for r in self._one("list_instances", manager=manager, status=status, limit=limit)
+            for r in self.db.rows("list_instances", manager=manager, status=status, limit=limit)
         ]
 
     def counts(self) -> dict[tuple[str, ProcessStatus], int]:
-        return {(r["manager"], r["status"]): r["instances"] for r in self._one("counts")}
+        return {(r["manager"], r["status"]): r["instances"] for r in self.db.rows("counts")}

@@ -1,10 +1,10 @@
 """PostgreSQL's ``Database``: production, many workers on many machines.
 
-Connections come from a psycopg_pool pool, in autocommit mode: ``statement()`` lends one on which
-each statement commits on its own (one round trip, a fresh snapshot each - what ``read_all``'s
-horizon needs), ``transaction()`` one inside ``BEGIN ... COMMIT``. JSON columns are read back as
-text (a loader registered per connection): the stores move JSON between rows without looking
-inside it, and decode it themselves where they must.
+Connections come from a psycopg_pool pool, in autocommit mode: ``rows()`` and ``records()`` run
+a statement on one, which commits on its own (one round trip, a fresh snapshot each - what
+``read_all``'s horizon needs), ``transaction()`` one inside ``BEGIN ... COMMIT``. JSON columns are
+read back as text (a loader registered per connection): the stores move JSON between rows
+without looking inside it, and decode it themselves where they must.
 
 Wake-ups: flow workers LISTEN on ``TASKS_CHANNEL``, notified inside the transaction that made
 tasks visible, so a notification never arrives before the rows do; handler runners LISTEN on
@@ -190,6 +190,14 @@ class PostgresDatabase:
         except psycopg.Error as exc:
             raise translate(exc, "connecting") from exc
 
+    def rows(self, name: str, /, **params: Any) -> list[Row]:
+        with self.statement() as tx:
+            return tx.rows(name, **params)
+
+    def records(self, name: str, /, **params: Any) -> list[tuple[Any, ...]]:
+        with self.statement() as tx:
+            return tx.records(name, **params)
+
     @contextmanager
     def statement(self) -> Iterator[PgTx]:
         conn = self._getconn()
@@ -241,7 +249,7 @@ class PostgresDatabase:
     def decode_time(self, value: Any) -> datetime:
         return value  # type: ignore[no-any-return]
 
-    def decode_uuid(self, value: Any) -> UUID | None:
+    def decode_uuid(self, value: Any) -> UUID:
         return value  # type: ignore[no-any-return]
 
     # --- wake-ups -------------------------------------------------------------------------------

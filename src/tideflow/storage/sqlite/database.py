@@ -59,6 +59,20 @@ def sqlite_sql(sql: str) -> str:
 QUERIES = {name: sqlite_sql(sql) for name, sql in load_dialect("tideflow.storage.sqlite").items()}
 
 
+#: Parameter types the driver takes as they are.
+_AS_IS = frozenset({str, int, float, bytes, type(None)})
+
+
+def _params(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` in the driver's types: a datetime as epoch seconds, a list as a JSON array, a
+    UUID as text. Most statements have none of those, and are passed on as they are: this runs
+    for every statement, the append's included."""
+    for value in params.values():
+        if type(value) not in _AS_IS:
+            return {k: _param(v) for k, v in params.items()}
+    return params
+
+
 def _param(value: Any) -> Any:
     if isinstance(value, datetime):
         return value.timestamp()
@@ -103,7 +117,7 @@ class SQLiteTx:
 
     def _execute(self, name: str, params: dict[str, Any]) -> sqlite3.Cursor:
         try:
-            return self.connection.execute(QUERIES[name], {k: _param(v) for k, v in params.items()})
+            return self.connection.execute(QUERIES[name], _params(params))
         except (sqlite3.Error, UnicodeEncodeError) as exc:
             raise translate(exc, f"SQLite database {self._path!r}: query {name}") from exc
 
@@ -182,6 +196,7 @@ class SQLiteDatabase:
         self._watcher: threading.Thread | None = None
         self._closing = threading.Event()
         self._conn = self._open(create)
+        self._statements = SQLiteTx(self._conn, self.path)  # autocommit: outside transactions
 
     def _open(self, create: bool) -> sqlite3.Connection:
         memory = self.path == ":memory:"
@@ -225,10 +240,13 @@ class SQLiteDatabase:
     def lock(self) -> threading.RLock:
         return self._lock
 
-    @contextmanager
-    def statement(self) -> Iterator[SQLiteTx]:
+    def rows(self, name: str, /, **params: Any) -> list[Row]:
         with self._lock:
-            yield SQLiteTx(self._conn, self.path)
+            return self._statements.rows(name, **params)
+
+    def records(self, name: str, /, **params: Any) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._statements.records(name, **params)
 
     @contextmanager
     def transaction(self) -> Iterator[SQLiteTx]:
@@ -251,9 +269,9 @@ class SQLiteDatabase:
         """The append as statements, under SQLite's one write lock: with a single writer at a
         time, positions are handed out in commit order, which is all ``read_all`` needs to never
         miss an event (see migration 0002)."""
-        if tx is None:
-            with self.transaction() as own:
-                return _append(own, prepared, recorded_at)
+        if tx is None:  # a transaction of its own, without transaction()'s callbacks to run
+            with self._lock, _atomic(self._conn, self.path, nested=self._conn.in_transaction):
+                return _append(SQLiteTx(self._conn, self.path), prepared, recorded_at)
         with tx.savepoint():
             return _append(tx, prepared, recorded_at)
 
@@ -263,8 +281,8 @@ class SQLiteDatabase:
     def decode_time(self, value: Any) -> datetime:
         return datetime.fromtimestamp(value, UTC)
 
-    def decode_uuid(self, value: Any) -> UUID | None:
-        return None if value is None else UUID(value)
+    def decode_uuid(self, value: Any) -> UUID:
+        return UUID(value)
 
     # --- wake-ups -------------------------------------------------------------------------------
 
@@ -371,7 +389,7 @@ def _append(tx: Tx, p: PreparedAppend, recorded_at: datetime) -> tuple[int, list
             key=p.idempotency_key,
             stream_id=p.stream_id,
             result=p.result_json,
-            recorded_at=recorded_at,
+            recorded_at=recorded_at.timestamp(),
         )
         if not inserted:
             raise DuplicateIdempotencyKeyError(p.idempotency_key, None, None)
@@ -385,18 +403,20 @@ def _append(tx: Tx, p: PreparedAppend, recorded_at: datetime) -> tuple[int, list
     ):
         raise WrongExpectedVersionError(p.stream_id, p.expected, current)
     positions = []
+    seconds = recorded_at.timestamp()  # as the driver takes it, once for every event
     for i, event_id in enumerate(p.event_ids):
+        causation, correlation = p.causation_ids[i], p.correlation_ids[i]
         try:
             row = tx.records(
                 "insert_event",
                 version=current + 1 + i,
                 schema_version=p.schema_versions[i],
                 stream_id=p.stream_id,
-                event_id=event_id,
+                event_id=str(event_id),
                 event_type=p.event_types[i],
-                causation_id=p.causation_ids[i],
-                correlation_id=p.correlation_ids[i],
-                recorded_at=recorded_at,
+                causation_id=None if causation is None else str(causation),
+                correlation_id=None if correlation is None else str(correlation),
+                recorded_at=seconds,
                 data=p.data[i],
                 metadata=p.metadata[i],
             )
