@@ -20,6 +20,7 @@ import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any
 
 from tideflow.client import Client
@@ -27,16 +28,20 @@ from tideflow.events.aggregate import DomainError
 from tideflow.events.commands import Command
 from tideflow.events.handling import HandlerContext
 from tideflow.events.model import RecordedEvent, encode_json
-from tideflow.jsonutil import bad_character, storable_text
+from tideflow.jsonutil import bad_character, check_id, storable_text
 from tideflow.runtime.dispatch import CommandDispatcher
 from tideflow.sagas.manager import (
     Action,
+    CancelTimer,
     ProcessManager,
     ProcessNotBoundError,
     ProcessStateError,
+    ScheduleTimer,
     StartFlow,
 )
+from tideflow.storage.database import Tx
 from tideflow.storage.process_contract import ProcessStatus, ProcessStore
+from tideflow.storage.timer_contract import TIMER_METADATA, TimerStore
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,7 @@ class ProcessBindings:
     dispatcher: CommandDispatcher
     processes: ProcessStore
     flows: Client | None = None
+    timers: TimerStore | None = None
 
     def react(self, manager: ProcessManager, event: RecordedEvent, ctx: HandlerContext) -> bool:
         """``ProcessManager.handle`` calls this (``ProcessRuntime``): ``react_to`` with these
@@ -86,6 +92,9 @@ def react_to(
         if isinstance(action, StartFlow):
             _start_flow(manager, bindings, action, process_id, event, index, ctx)
             continue
+        if isinstance(action, ScheduleTimer | CancelTimer):
+            _timer(manager, bindings, action, process_id, tx)
+            continue
         command = _caused_by(action, event)
         try:
             dispatcher.dispatch(command)
@@ -110,6 +119,8 @@ def react_to(
     state_json = _encode_state(manager, process_id, new_state)
     if status == "running" and manager.is_done(new_state):
         status = "completed"
+    if status != "running" and bindings.timers is not None:
+        bindings.timers.cancel_all(tx, manager.name, process_id)  # an ended instance has none
     bindings.processes.save(
         tx,
         manager.name,
@@ -172,6 +183,53 @@ def _start_flow(
     return client.start_flow(action.flow, action.input, run_id=run_id, tx=ctx.transaction)
 
 
+def _timer(
+    manager: ProcessManager,
+    bindings: ProcessBindings,
+    action: ScheduleTimer | CancelTimer,
+    process_id: str,
+    tx: Tx,
+) -> None:
+    timers = bindings.timers
+    if timers is None:
+        raise ProcessNotBoundError(
+            f"process manager {manager.name!r} used a timer, but it was bound without a timer "
+            "store: register it with an App, or pass timers=... to ProcessBindings"
+        )
+    name = check_id(action.name, "timer name", max_length=MAX_PROCESS_ID_LENGTH)
+    if isinstance(action, CancelTimer):
+        timers.cancel(tx, manager.name, process_id, name)
+        return
+    if action.event_type not in (manager.event_types or ()):
+        raise ProcessStateError(
+            f"process manager {manager.name!r}: timer {name!r} would deliver "
+            f"{action.event_type!r}, which is not in its event_types; add it there, or pass "
+            "event_type= one of them"
+        )
+    now = timers.clock.now()
+    if (action.after is None) == (action.at is None):
+        raise ProcessStateError(
+            f"process manager {manager.name!r}: timer {name!r} needs exactly one of after= "
+            "(seconds or a timedelta) and at= (an aware datetime)"
+        )
+    if action.at is not None:
+        if action.at.tzinfo is None:
+            raise ProcessStateError(
+                f"process manager {manager.name!r}: timer {name!r} has a naive at= datetime; "
+                "pass an aware one (datetime.now(UTC) + ...)"
+            )
+        fire_at = action.at
+    else:
+        after = action.after
+        delay = after if isinstance(after, timedelta) else timedelta(seconds=float(after or 0))
+        fire_at = now + delay
+    data = encode_json(
+        {"timer": name, **action.data},
+        f"the data of timer {name!r} of process manager {manager.name!r}",
+    )
+    timers.schedule(tx, manager.name, process_id, name, fire_at, action.event_type, data)
+
+
 def _run_id(manager: ProcessManager, process_id: str, event: RecordedEvent, index: int) -> str:
     """Readable where it fits (manager, instance, event position, action index); hashed when
     the process id is too long for a run id."""
@@ -183,6 +241,9 @@ def _run_id(manager: ProcessManager, process_id: str, event: RecordedEvent, inde
 
 
 def _process_id(manager: ProcessManager, event: RecordedEvent) -> str | None:
+    addressed = event.metadata.get(TIMER_METADATA)
+    if isinstance(addressed, dict):  # a timer's event: for one instance of one manager
+        return str(addressed["process_id"]) if addressed.get("manager") == manager.name else None
     process_id = manager.process_id(event)
     if process_id is None:
         return None
@@ -216,13 +277,15 @@ def _actions(
             "return a list of Command" + ("" if commands_only else " and StartFlow") + " (or None)"
         )
     out = list(actions)
-    allowed: tuple[type, ...] = (Command,) if commands_only else (Command, StartFlow)
+    allowed: tuple[type, ...] = (
+        (Command,) if commands_only else (Command, StartFlow, ScheduleTimer, CancelTimer)
+    )
     for item in out:
         if not isinstance(item, allowed):
             raise ProcessStateError(
                 f"process manager {manager.name!r}: {what} returned a "
                 f"{type(item).__name__} ({item!r}); it may return only "
-                + ("Command" if commands_only else "Command and StartFlow")
+                + ("Command" if commands_only else "Command, StartFlow and timer")
                 + " objects"
             )
     return out

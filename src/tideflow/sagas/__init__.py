@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING
 
 from tideflow.sagas.manager import (
     Action,
+    CancelTimer,
     ProcessManager,
     ProcessManagerError,
     ProcessNotBoundError,
     ProcessRuntime,
     ProcessStateError,
+    ScheduleTimer,
     StartFlow,
 )
 
@@ -36,12 +38,14 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "Action",
+    "CancelTimer",
     "ProcessBindings",
     "ProcessManager",
     "ProcessManagerError",
     "ProcessNotBoundError",
     "ProcessRuntime",
     "ProcessStateError",
+    "ScheduleTimer",
     "StartFlow",
     "react_to",
 ]

@@ -46,8 +46,9 @@ App binds each process manager to a ``ProcessBindings`` (the runtime's ``Process
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
 from tideflow.errors import NonRetryableError
@@ -90,7 +91,30 @@ class StartFlow:
     run_id: str | None = None
 
 
-Action = Command | StartFlow
+@dataclass(frozen=True, slots=True)
+class ScheduleTimer:
+    """An action of ``react``: deliver an event of type ``event_type`` to this instance after
+    ``after`` seconds (a number or a ``timedelta``) or at ``at`` (an aware datetime) - exactly one
+    of them. Its data is ``{"timer": name, **data}``. Scheduling a name that is pending replaces
+    it. ``event_type`` must be one of the manager's ``event_types``. The timer is durable: it is
+    written in the reaction's transaction and fires once, whatever workers die meanwhile; it is
+    dropped when cancelled (``CancelTimer``) or when the instance ends."""
+
+    name: str
+    after: float | timedelta | None = None
+    at: datetime | None = None
+    event_type: str = "TimerElapsed"
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTimer:
+    """An action of ``react``: drop this instance's pending timer ``name`` (nothing if none)."""
+
+    name: str
+
+
+Action = Command | StartFlow | ScheduleTimer | CancelTimer
 
 
 class ProcessRuntime(Protocol):

@@ -1,0 +1,83 @@
+"""The timer store contract: durable timers of process manager instances.
+
+A process manager's reaction may schedule a timer (``tideflow.sagas.ScheduleTimer``): after a
+delay, or at a time, an event is delivered to that instance - "if PaymentCharged has not arrived
+within 15 minutes, undo". The timer is a row (``process_timers``), written in the reaction's
+transaction, so it exists if and only if the reaction committed; cancelling it
+(``CancelTimer``), or the instance ending, deletes it in the same way.
+
+Firing is a worker's job (``fire_due``): in one transaction, take the due rows (locked, skipping
+rows another worker holds), append each one's event, delete the rows. A timer therefore fires
+exactly once across any number of workers, survives SIGKILL and restarts (an uncommitted firing
+leaves the row for the next poll), and never fires once deleted. Times come from the store's
+``Clock``, so tests move a ``ManualClock`` past the due time instead of sleeping.
+
+The fired event is appended to stream ``timer-<manager>-<process id>`` (hashed when too long),
+caused by nothing, with metadata ``{TIMER_METADATA: {"manager": ..., "process_id": ...}}``:
+the saga runtime routes an event carrying that key to that instance of that manager, whatever
+``process_id()`` would say.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from tideflow.clock import Clock
+from tideflow.storage.database import Tx
+
+#: The metadata key that addresses an event to one instance of one process manager.
+TIMER_METADATA = "tideflow.process"
+
+
+@dataclass(frozen=True, slots=True)
+class TimerRecord:
+    """One pending timer, as stored."""
+
+    manager: str
+    process_id: str
+    name: str
+    fire_at: datetime
+    event_type: str
+    data: dict[str, Any]
+    scheduled_at: datetime
+
+
+class TimerStore(Protocol):
+    """Timers on one database. Safe to share between threads."""
+
+    url: str
+    clock: Clock
+
+    def schedule(
+        self,
+        tx: Tx,
+        manager: str,
+        process_id: str,
+        name: str,
+        fire_at: datetime,
+        event_type: str,
+        data_json: str,
+    ) -> None:
+        """Schedule (or reschedule: the name is unique per instance) a timer, in ``tx``."""
+        ...
+
+    def cancel(self, tx: Tx, manager: str, process_id: str, name: str) -> bool:
+        """Delete the instance's timer ``name`` in ``tx``; whether there was one."""
+        ...
+
+    def cancel_all(self, tx: Tx, manager: str, process_id: str) -> int:
+        """Delete every timer of the instance in ``tx`` (it ended); how many."""
+        ...
+
+    def pending(
+        self, manager: str | None = None, process_id: str | None = None
+    ) -> list[TimerRecord]:
+        """Timers not fired yet, soonest first."""
+        ...
+
+    def fire_due(self, limit: int = 100) -> int:
+        """Fire up to ``limit`` timers due by the clock's now, exactly once each (see the module
+        docstring); how many fired."""
+        ...
