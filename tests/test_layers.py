@@ -75,7 +75,6 @@ LAYERS: dict[str, str] = {
     "tideflow.storage.handler_contract": "contracts",
     "tideflow.storage.process_contract": "contracts",
     "tideflow.storage.timer_contract": "contracts",
-    "tideflow.storage.timer_store": "stores",
     "tideflow.storage.database": "contracts",
     "tideflow.storage.flow_store": "stores",
     "tideflow.storage.event_store": "stores",
