@@ -17,20 +17,23 @@ carry their own.
 from __future__ import annotations
 
 import hashlib
+import inspect
+import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
 from tideflow.client import Client
 from tideflow.events.aggregate import DomainError
-from tideflow.events.commands import Command
+from tideflow.events.commands import Command, DispatchResult
 from tideflow.events.handling import HandlerContext
 from tideflow.events.model import RecordedEvent, encode_json
 from tideflow.jsonutil import bad_character, check_id, storable_text
 from tideflow.runtime.dispatch import CommandDispatcher
 from tideflow.sagas.manager import (
+    SKIP,
     Action,
     CancelTimer,
     ProcessManager,
@@ -38,14 +41,19 @@ from tideflow.sagas.manager import (
     ProcessStateError,
     ScheduleTimer,
     StartFlow,
+    Undoable,
+    _Skip,
 )
 from tideflow.storage.database import Tx
-from tideflow.storage.process_contract import ProcessStatus, ProcessStore
+from tideflow.storage.event_contract import EventTransaction
+from tideflow.storage.process_contract import FINISHED, ProcessStatus, ProcessStore
 from tideflow.storage.timer_contract import TIMER_METADATA, TimerStore
 
 log = logging.getLogger(__name__)
 
 MAX_PROCESS_ID_LENGTH = 200
+#: How many of the commands an instance sent it keeps a record of (``tideflow saga``).
+MAX_SENT = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,56 +76,75 @@ class ProcessBindings:
 def react_to(
     manager: ProcessManager, bindings: ProcessBindings, event: RecordedEvent, ctx: HandlerContext
 ) -> bool:
-    """Apply ``event`` to its instance of ``manager``; False when no instance follows it (no
-    process id, not a starting event, finished, or already applied)."""
-    process_id = _process_id(manager, event)
-    if process_id is None:
-        return False
-    tx = ctx.transaction
+    """Apply ``event`` to each instance of ``manager`` it addresses, in order, in ``ctx``'s
+    transaction; False when none followed it (no process id, not a starting event, ended, or
+    already applied)."""
+    reacted = False
+    for process_id in _process_ids(manager, event):
+        reacted |= _react(manager, bindings, event, ctx.transaction, process_id)
+    return reacted
+
+
+@dataclass
+class _Reaction:
+    """One instance's reaction to one event, as it goes."""
+
+    manager: ProcessManager
+    bindings: ProcessBindings
+    event: RecordedEvent
+    tx: EventTransaction
+    process_id: str
+    undo: list[dict[str, Any]]
+    sent: list[dict[str, Any]]
+
+    def dispatch(self, command: Command, *, undoes: str | None = None) -> DispatchResult:
+        result = self.bindings.dispatcher.within(self.tx).dispatch(command)
+        entry: dict[str, Any] = {
+            "command_type": command.command_type,
+            "aggregate_id": command.aggregate_id,
+            "command_id": command.command_id,
+            "position": self.event.position,
+            "undo": undoes is not None,
+        }
+        self.sent = [*self.sent, entry][-MAX_SENT:]
+        return result
+
+
+def _react(
+    manager: ProcessManager,
+    bindings: ProcessBindings,
+    event: RecordedEvent,
+    tx: EventTransaction,
+    process_id: str,
+) -> bool:
     instance = bindings.processes.load(tx, manager.name, process_id)
-    if instance is None:
+    ended = instance is not None and instance.status in FINISHED
+    fresh = instance is None or (
+        ended
+        and bool(manager.starts_with)
+        and event.event_type in manager.starts_with
+        and event.position > instance.last_position
+    )
+    if fresh:
         if manager.starts_with and event.event_type not in manager.starts_with:
             return False
-        state: Any = manager.initial_state(process_id)
-        version, error = 0, None
+        state: Any = initial_state(manager, process_id, None)
+        version, error, undo, sent = 0, None, [], []
+        if manager.retention is not None:
+            bindings.processes.prune_finished(tx, manager.name, manager.retention)
     else:
-        if instance.status != "running" or event.position <= instance.last_position:
+        assert instance is not None
+        if ended or event.position <= instance.last_position:
             return False
         state, version, error = instance.state, instance.version, instance.error
+        undo, sent = json.loads(instance.undo_json), json.loads(instance.sent_json)
 
-    status: ProcessStatus = "running"
-    dispatcher = bindings.dispatcher.within(tx)
-    refused: tuple[Command, DomainError] | None = None
-    for index, action in enumerate(_actions(manager, manager.react(state, event))):
-        if isinstance(action, StartFlow):
-            _start_flow(manager, bindings, action, process_id, event, index, ctx)
-            continue
-        if isinstance(action, ScheduleTimer | CancelTimer):
-            _timer(manager, bindings, action, process_id, tx)
-            continue
-        command = _caused_by(action, event)
-        try:
-            dispatcher.dispatch(command)
-        except DomainError as exc:
-            error = (
-                f"{command.command_type} for {command.aggregate_id!r} was refused: {_describe(exc)}"
-            )
-            refused = command, exc
-            break  # the rest of the reaction depended on the refused command
-
-    new_state = manager.apply(state, event)
-    if refused is not None:
-        # After apply: compensating is about the process as it now stands, this event
-        # included (the first event's refusal would otherwise see only the initial state).
-        assert error is not None
-        log.info(
-            "process manager %s, instance %s: %s; compensating", manager.name, process_id, error
-        )
-        status, error = _compensate(
-            manager, dispatcher, new_state, *refused, event, process_id, error
-        )
+    reaction = _Reaction(manager, bindings, event, tx, process_id, undo, sent)
+    status, error, new_state = _run(reaction, state, manager.react(state, event), error)
     state_json = _encode_state(manager, process_id, new_state)
-    if status == "running" and manager.is_done(new_state):
+    if status == "running" and (
+        event.event_type in manager.stops_with or manager.is_done(new_state)
+    ):
         status = "completed"
     if status != "running" and bindings.timers is not None:
         bindings.timers.cancel_all(tx, manager.name, process_id)  # an ended instance has none
@@ -130,27 +157,94 @@ def react_to(
         version=version + 1,
         last_position=event.position,
         error=error,
+        undo_json=json.dumps(reaction.undo if status == "running" else []),
+        sent_json=json.dumps(reaction.sent),
+        finished=status != "running",
+        fresh=bool(fresh and instance is not None),
     )
     return True
 
 
-def _compensate(
-    manager: ProcessManager,
-    dispatcher: CommandDispatcher,
-    state: Any,
-    command: Command,
-    exc: DomainError,
-    event: RecordedEvent,
-    process_id: str,
-    error: str,
-) -> tuple[ProcessStatus, str]:
-    """Dispatch ``compensate``'s commands; a refused one fails the instance."""
-    undo = manager.compensate(state, command, exc)
-    for action in _actions(manager, undo, commands_only=True):
-        assert isinstance(action, Command)  # _actions checked it
-        compensation = _caused_by(action, event)
+def _run(
+    reaction: _Reaction, state: Any, actions: Iterable[Any] | None, error: str | None
+) -> tuple[ProcessStatus, str | None, Any]:
+    """Do ``actions`` in order, then apply the event; on a refused command, stop there and
+    compensate. The status, the error to keep and the new state."""
+    manager, event, process_id = reaction.manager, reaction.event, reaction.process_id
+    refused: tuple[Command, DomainError] | None = None
+    for index, action in enumerate(_actions(manager, actions)):
+        if isinstance(action, StartFlow):
+            _start_flow(manager, reaction.bindings, action, process_id, event, index, reaction.tx)
+            continue
+        if isinstance(action, ScheduleTimer | CancelTimer):
+            _timer(manager, reaction.bindings, action, process_id, reaction.tx)
+            continue
+        command = _caused_by(action.command if isinstance(action, Undoable) else action, event)
         try:
-            dispatcher.dispatch(compensation)
+            result = reaction.dispatch(command)
+        except DomainError as exc:
+            error = (
+                f"{command.command_type} for {command.aggregate_id!r} was refused: {_describe(exc)}"
+            )
+            refused = command, exc
+            break  # the rest of the reaction depended on the refused command
+        if isinstance(action, Undoable):
+            reaction.undo.extend(_undo_entries(manager, action, command, result))
+
+    new_state = manager.apply(state, event)
+    if refused is None:
+        return "running", error, new_state
+    # After apply: compensating is about the process as it now stands, this event included
+    # (the first event's refusal would otherwise see only the initial state).
+    assert error is not None
+    log.info("process manager %s, instance %s: %s; compensating", manager.name, process_id, error)
+    status, error = _compensate(reaction, new_state, *refused, error)
+    return status, error, new_state
+
+
+def _undo_entries(
+    manager: ProcessManager, action: Undoable, command: Command, result: DispatchResult
+) -> list[dict[str, Any]]:
+    """The undo commands of a command that succeeded, as stored on the instance."""
+    made: Command | Sequence[Command] | None = (
+        action.undo if isinstance(action.undo, Command) else action.undo(result.events)
+    )
+    commands: list[Any] = (
+        [] if made is None else [made] if isinstance(made, Command) else list(made)
+    )
+    for item in commands:
+        if not isinstance(item, Command):
+            raise ProcessStateError(
+                f"process manager {manager.name!r}: the undo of {command.command_type} returned "
+                f"{type(item).__name__} ({item!r}); return a Command, a list of them, or None"
+            )
+    return [{"undoes": command.command_id, "command": _command_json(c)} for c in commands]
+
+
+def _compensate(
+    reaction: _Reaction, state: Any, command: Command, exc: DomainError, error: str
+) -> tuple[ProcessStatus, str]:
+    """What ``compensate`` says: its commands (the instance carries on), nothing (``SKIP``), or
+    - by default - the recorded undos, newest first (the instance ends ``compensated``). A
+    refused compensation fails the instance, both errors kept."""
+    manager, process_id = reaction.manager, reaction.process_id
+    override = manager.compensate(state, command, exc)
+    if override is SKIP:
+        return "running", error
+    if override is not None:
+        assert not isinstance(override, _Skip)
+        commands = [(c, None) for c in _actions(manager, override, commands_only=True)]
+        ends: ProcessStatus = "running"
+    elif reaction.undo:
+        commands = [(_command_from(e["command"]), e["undoes"]) for e in reversed(reaction.undo)]
+        ends = "compensated"
+    else:
+        return "running", error
+    for undo, undoes in commands:
+        assert isinstance(undo, Command)  # _actions checked it
+        compensation = _caused_by(undo, reaction.event)
+        try:
+            reaction.dispatch(compensation, undoes=undoes or command.command_id)
         except DomainError as again:
             failure = (
                 f"{error}; then compensation {compensation.command_type} for "
@@ -160,7 +254,45 @@ def _compensate(
                 "process manager %s, instance %s failed: %s", manager.name, process_id, failure
             )
             return "failed", failure
-    return "running", error
+        log.info(
+            "process manager %s, instance %s: undo %s for %r dispatched",
+            manager.name,
+            process_id,
+            compensation.command_type,
+            compensation.aggregate_id,
+        )
+    reaction.undo = []
+    return ends, error
+
+
+def initial_state(manager: ProcessManager, process_id: str, config: Any) -> Any:
+    """``manager.initial_state``, with ``config`` if it takes one (older overrides take the
+    process id only)."""
+    try:
+        parameters = inspect.signature(manager.initial_state).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a builtin: pass both
+        parameters = {}  # type: ignore[assignment]
+    if len(parameters) == 1 and config is None:
+        return manager.initial_state(process_id)
+    return manager.initial_state(process_id, config)
+
+
+def _command_json(command: Command) -> dict[str, Any]:
+    return {
+        "command_type": command.command_type,
+        "aggregate_id": command.aggregate_id,
+        "payload": dict(command.payload),
+        "metadata": dict(command.metadata),
+        "idempotency_key": command.idempotency_key,
+        "aggregate_type": command.aggregate_type,
+        "command_id": command.command_id,
+        "causation_id": command.causation_id,
+        "correlation_id": command.correlation_id,
+    }
+
+
+def _command_from(data: dict[str, Any]) -> Command:
+    return Command(**data)
 
 
 def _start_flow(
@@ -170,7 +302,7 @@ def _start_flow(
     process_id: str,
     event: RecordedEvent,
     index: int,
-    ctx: HandlerContext,
+    tx: EventTransaction,
 ) -> str:
     client = bindings.flows
     if client is None:
@@ -180,7 +312,7 @@ def _start_flow(
             "ProcessBindings"
         )
     run_id = action.run_id or _run_id(manager, process_id, event, index)
-    return client.start_flow(action.flow, action.input, run_id=run_id, tx=ctx.transaction)
+    return client.start_flow(action.flow, action.input, run_id=run_id, tx=tx)
 
 
 def _timer(
@@ -240,26 +372,36 @@ def _run_id(manager: ProcessManager, process_id: str, event: RecordedEvent, inde
     return f"{manager.name[:100]}-{digest}-{event.position}-{index}"
 
 
-def _process_id(manager: ProcessManager, event: RecordedEvent) -> str | None:
+def _process_ids(manager: ProcessManager, event: RecordedEvent) -> list[str]:
+    """The instances ``event`` addresses: a timer's event its own instance (by its metadata),
+    any other what ``process_id`` says - one id, a list of them, or None."""
     addressed = event.metadata.get(TIMER_METADATA)
     if isinstance(addressed, dict):  # a timer's event: for one instance of one manager
-        return str(addressed["process_id"]) if addressed.get("manager") == manager.name else None
-    process_id = manager.process_id(event)
-    if process_id is None:
-        return None
-    if (
-        not isinstance(process_id, str)
-        or not process_id
-        or len(process_id) > MAX_PROCESS_ID_LENGTH
-        or bad_character(process_id)
-    ):
-        raise ProcessStateError(
-            f"process manager {manager.name!r}: process_id() returned {process_id!r} for event "
-            f"{event.event_type!r} at position {event.position}; return a non-empty str of at "
-            f"most {MAX_PROCESS_ID_LENGTH} characters without NUL or surrogates, or None to "
-            "ignore the event"
-        )
-    return process_id
+        if addressed.get("manager") != manager.name:
+            return []
+        return [str(addressed["process_id"])]
+    found = manager.process_id(event)
+    if found is None:
+        return []
+    many = isinstance(found, Iterable) and not isinstance(found, str | bytes | dict)
+    ids: list[Any] = list(found) if many else [found]
+    out: list[str] = []
+    for process_id in ids:
+        if (
+            not isinstance(process_id, str)
+            or not process_id
+            or len(process_id) > MAX_PROCESS_ID_LENGTH
+            or bad_character(process_id)
+        ):
+            raise ProcessStateError(
+                f"process manager {manager.name!r}: process_id() returned {found!r} for event "
+                f"{event.event_type!r} at position {event.position}; return a non-empty str of "
+                f"at most {MAX_PROCESS_ID_LENGTH} characters without NUL or surrogates (or a "
+                "list of them), or None to ignore the event"
+            )
+        if process_id not in out:
+            out.append(process_id)
+    return out
 
 
 def _actions(
@@ -278,7 +420,7 @@ def _actions(
         )
     out = list(actions)
     allowed: tuple[type, ...] = (
-        (Command,) if commands_only else (Command, StartFlow, ScheduleTimer, CancelTimer)
+        (Command,) if commands_only else (Command, StartFlow, ScheduleTimer, CancelTimer, Undoable)
     )
     for item in out:
         if not isinstance(item, allowed):
@@ -293,10 +435,14 @@ def _actions(
 
 def _caused_by(command: Command, event: RecordedEvent) -> Command:
     """The command as sent by an instance: caused by the event, in its correlation - unless
-    it names its own (a correlation id other than its command id, the default)."""
+    it names its own (a correlation id other than its command id, the default) - and with the
+    event's metadata (who asked, from where: Commanded copies it too), the command's own keys
+    winning; a timer's address is not copied."""
     own = command.correlation_id != command.command_id
+    inherited = {k: v for k, v in event.metadata.items() if k != TIMER_METADATA}
     return replace(
         command,
+        metadata={**inherited, **command.metadata},
         causation_id=command.causation_id or str(event.event_id),
         correlation_id=(
             command.correlation_id if own else str(event.correlation_id or event.event_id)

@@ -114,7 +114,39 @@ class CancelTimer:
     name: str
 
 
-Action = Command | StartFlow | ScheduleTimer | CancelTimer
+UndoFunction = Callable[[Sequence[RecordedEvent]], "Command | Sequence[Command] | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class Undoable:
+    """An action of ``react``: dispatch ``command``, and if it succeeds, remember how to undo
+    it - ``undo`` is the compensating command, or a function of the events the command recorded
+    that returns the compensating command(s) (None: nothing to undo). When a later command of
+    the instance is refused, the runtime dispatches the remembered undos, newest first, and the
+    instance ends ``compensated`` (unless ``compensate`` decides otherwise)."""
+
+    command: Command
+    undo: Command | UndoFunction
+
+
+class _Skip:
+    """``SKIP``: what ``compensate`` returns to say "nothing to undo"."""
+
+    _instance: ClassVar[_Skip | None] = None
+
+    def __new__(cls) -> _Skip:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "SKIP"
+
+
+#: Returned by ``compensate``: nothing to undo - the instance carries on (the error is kept).
+SKIP = _Skip()
+
+Action = Command | StartFlow | ScheduleTimer | CancelTimer | Undoable
 
 
 class ProcessRuntime(Protocol):
@@ -132,9 +164,16 @@ class ProcessManager(EventHandler):
     ``EventHandler`` (``name``, ``event_types``, retries, ``batch_size``), plus ``starts_with``."""
 
     starts_with: ClassVar[Sequence[str]] = ()
-    """Event types that create an instance when none exists for their process id; events of
-    other types for an unknown process id are ignored. Empty: every followed type may start
-    one."""
+    """Event types that create an instance when none exists for their process id - or when the
+    one that exists has ended: a new instance replaces it. Events of other types for an unknown
+    process id are ignored. Empty: every followed type may start an instance where none exists
+    (and none replaces an ended one)."""
+    stops_with: ClassVar[Sequence[str]] = ()
+    """Event types after which the instance ends (``completed``), once the event is applied -
+    Commanded's ``:stop``. ``is_done`` can end it too."""
+    retention: ClassVar[float | None] = 7 * 24 * 3600.0
+    """Seconds an ended instance is kept for inspection (``tideflow saga``) before it is
+    deleted; None keeps them forever. Pruned a few at a time when new instances start."""
     kind: ClassVar[HandlerKind] = "process_manager"
     on_failure: ClassVar[FailurePolicy] = "stop"
     batch_size: ClassVar[int] = 20
@@ -163,25 +202,50 @@ class ProcessManager(EventHandler):
             raise HandlerDefinitionError(
                 f"{where}: starts_with must be a list of event types, got {cls.starts_with!r}"
             )
-        missing = sorted(set(cls.starts_with) - set(cls.event_types))
-        if missing:
+        for option in ("starts_with", "stops_with"):
+            value = getattr(cls, option)
+            if isinstance(value, str) or not all(isinstance(t, str) for t in value):
+                raise HandlerDefinitionError(
+                    f"{where}: {option} must be a list of event types, got {value!r}"
+                )
+        parents = [
+            base
+            for base in cls.__mro__[1:]
+            if isinstance(base, type)
+            and issubclass(base, ProcessManager)
+            and base is not ProcessManager
+        ]
+        if parents and "name" not in cls.__dict__:
             raise HandlerDefinitionError(
-                f"{where}: starts_with names {missing}, which are not in event_types; an "
-                "instance cannot start on an event it is not given: add them to event_types"
+                f"{where} subclasses process manager {parents[0].__qualname__} "
+                f"({parents[0].name!r}) without a name of its own. A derived name would make it "
+                "a new manager that replays the whole log and sends every command again: set "
+                f"name = {parents[0].name!r} to carry on as the same manager (same instances, "
+                "same checkpoint), or a new name to start one from the beginning of the log"
             )
+        for option, verb in (("starts_with", "start"), ("stops_with", "stop")):
+            missing = sorted(set(getattr(cls, option)) - set(cls.event_types))
+            if missing:
+                raise HandlerDefinitionError(
+                    f"{where}: {option} names {missing}, which are not in event_types; an "
+                    f"instance cannot {verb} on an event it is not given: add them to event_types"
+                )
 
     _bindings: ProcessRuntime | Callable[[], ProcessRuntime] | None = None  # by bind()
 
     # --- what subclasses define -------------------------------------------------------------
 
-    def process_id(self, event: RecordedEvent) -> str | None:
-        """Which instance ``event`` belongs to; None to ignore it. Default: its correlation id
-        (the commands an instance sends carry it, so their events come back)."""
+    def process_id(self, event: RecordedEvent) -> str | Sequence[str] | None:
+        """Which instance ``event`` belongs to - or a list of them, each of which reacts to it
+        in turn (Commanded's multi-instance routing); None or [] to ignore it. Default: its
+        correlation id (the commands an instance sends carry it, so their events come back)."""
         cause = event.correlation_id or event.event_id
         return str(cause)
 
-    def initial_state(self, process_id: str) -> Any:
-        """The state of a new instance, before its first event is applied."""
+    def initial_state(self, process_id: str, config: Mapping[str, Any] | None = None) -> Any:
+        """The state of a new instance, before its first event is applied. ``config`` is what
+        ``start`` was given (the instance API: ``App.process(...).start(config)``); None for an
+        instance a starting event created. (Overrides may take ``process_id`` alone.)"""
         return {}
 
     def react(self, state: Any, event: RecordedEvent) -> Sequence[Action] | None:
@@ -194,10 +258,12 @@ class ProcessManager(EventHandler):
 
     def compensate(
         self, state: Any, command: Command, error: Exception
-    ) -> Sequence[Command] | None:
-        """``command`` was refused with ``error``: the commands that undo what this instance
-        did, or None to carry on without compensating (the error is still recorded). ``state``
-        is the state after the event whose reaction was refused."""
+    ) -> Sequence[Command] | _Skip | None:
+        """``command`` was refused with ``error``: what to undo. The default, None, dispatches
+        the undos the instance recorded (``Undoable`` actions), newest first, and ends it
+        ``compensated`` - or, with none recorded, carries on (the error is kept). Return
+        commands to dispatch those instead (the instance carries on), or ``SKIP`` for nothing
+        to undo. ``state`` is the state after the event whose reaction was refused."""
         return None
 
     def is_done(self, state: Any) -> bool:

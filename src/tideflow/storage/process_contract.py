@@ -25,8 +25,10 @@ from typing import Any, Literal, Protocol
 from tideflow.clock import Clock
 from tideflow.storage.database import Tx
 
-ProcessStatus = Literal["running", "completed", "failed"]
-PROCESS_STATUSES: tuple[ProcessStatus, ...] = ("running", "completed", "failed")
+ProcessStatus = Literal["running", "completed", "compensated", "failed"]
+PROCESS_STATUSES: tuple[ProcessStatus, ...] = ("running", "completed", "compensated", "failed")
+#: The statuses of an instance that has ended: it follows no more events.
+FINISHED: tuple[ProcessStatus, ...] = ("completed", "compensated", "failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +40,10 @@ class ProcessInstance:
     process_id: str
     """Which instance: by default the correlation id of the events it follows."""
     status: ProcessStatus
-    """running: it follows its events; completed: it reached its end (``done``); failed: a
-    compensation could not run - it handles nothing more until someone looks at ``error``."""
+    """running: it follows its events; completed: it reached its end (``is_done``,
+    ``stops_with``, or stopped); compensated: a command was refused and the instance undid what
+    it had done (its recorded undos, newest first), then ended; failed: an undo or a
+    compensation was refused too - ``error`` keeps both errors."""
     state_json: str
     version: int
     """How many events the instance has applied."""
@@ -49,11 +53,25 @@ class ProcessInstance:
     """Why it failed, or the last command failure it compensated."""
     started_at: datetime
     updated_at: datetime
+    undo_json: str = "[]"
+    """The undo commands of the commands it sent that declared one, oldest first (JSON)."""
+    sent_json: str = "[]"
+    """What it sent, and undid, in order (JSON; the most recent ``MAX_SENT``)."""
+    finished_at: datetime | None = None
+    """When it ended; None while running."""
 
     @property
     def state(self) -> Any:
         """The state, decoded from JSON."""
         return json.loads(self.state_json)
+
+    @property
+    def sent(self) -> list[dict[str, Any]]:
+        """The commands it sent (and undid), oldest first: ``command_type``, ``aggregate_id``,
+        ``command_id``, ``position`` (of the event it reacted to) and ``undo`` (True for an
+        undo)."""
+        sent: list[dict[str, Any]] = json.loads(self.sent_json)
+        return sent
 
 
 class ProcessStore(Protocol):
@@ -86,9 +104,23 @@ class ProcessStore(Protocol):
         version: int,
         last_position: int,
         error: str | None,
+        undo_json: str = "[]",
+        sent_json: str = "[]",
+        finished: bool = False,
+        fresh: bool = False,
     ) -> None:
-        """Create or replace the instance in ``tx``. ``started_at`` is set when it is created,
-        ``updated_at`` every time (both from the store's clock)."""
+        """Create or replace the instance in ``tx``. ``started_at`` is set when it is created
+        (or ``fresh``: a new instance replacing an ended one), ``updated_at`` every time, and
+        ``finished_at`` when ``finished`` (all from the store's clock)."""
+        ...
+
+    def prune_finished(self, tx: Tx, manager: str, retention: float, limit: int = 100) -> int:
+        """Delete up to ``limit`` instances of ``manager`` that ended more than ``retention``
+        seconds ago, in ``tx``; how many."""
+        ...
+
+    def delete(self, tx: Tx, manager: str, process_id: str) -> bool:
+        """Delete the instance in ``tx``; whether there was one."""
         ...
 
     def get(self, manager: str, process_id: str) -> ProcessInstance | None:

@@ -10,6 +10,8 @@ committed its state, and then reads the state that batch left.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from tideflow.clock import Clock
 from tideflow.storage.database import Database, Tx
 from tideflow.storage.process_contract import ProcessInstance, ProcessStatus
@@ -48,7 +50,12 @@ class SqlProcessStore:
         version: int,
         last_position: int,
         error: str | None,
+        undo_json: str = "[]",
+        sent_json: str = "[]",
+        finished: bool = False,
+        fresh: bool = False,
     ) -> None:
+        now = self.clock.now()
         tx.run(
             "save",
             manager=manager,
@@ -58,8 +65,19 @@ class SqlProcessStore:
             version=version,
             last_position=last_position,
             error=error,
-            now=self.clock.now(),
+            now=now,
+            undo=undo_json,
+            sent=sent_json,
+            finished_at=now if finished else None,
+            fresh=fresh,
         )
+
+    def prune_finished(self, tx: Tx, manager: str, retention: float, limit: int = 100) -> int:
+        before = self.clock.now() - timedelta(seconds=retention)
+        return tx.run("prune_finished", manager=manager, before=before, limit=limit)
+
+    def delete(self, tx: Tx, manager: str, process_id: str) -> bool:
+        return tx.run("delete_instance", manager=manager, process_id=process_id) > 0
 
     def get(self, manager: str, process_id: str) -> ProcessInstance | None:
         rows = self.db.rows("get", manager=manager, process_id=process_id)

@@ -238,19 +238,28 @@ CREATE INDEX dead_letters_pending ON tideflow.dead_letters (handler, id) WHERE r
 CREATE TABLE tideflow.process_instances (
     manager       text        NOT NULL,
     process_id    text        NOT NULL,
-    status        text        NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
+    status        text        NOT NULL,
     state         json        NOT NULL,
     version       bigint      NOT NULL CHECK (version >= 0),   -- events applied
     last_position bigint      NOT NULL CHECK (last_position >= 0),
     error         text,
     started_at    timestamptz NOT NULL,
     updated_at    timestamptz NOT NULL,
-    PRIMARY KEY (manager, process_id)
+    undo          json        NOT NULL,  -- undo commands, oldest first (0009)
+    sent          json        NOT NULL,  -- what it sent and undid, in order (0009)
+    finished_at   timestamptz,                        -- when it ended; pruned after retention
+    PRIMARY KEY (manager, process_id),
+    CONSTRAINT process_instances_status_check
+        CHECK (status IN ('running', 'completed', 'compensated', 'failed'))
 ) WITH (fillfactor = 80);
 
 -- `tideflow processes` lists the instances of a manager in a status, most recently updated first.
 CREATE INDEX process_instances_listing
     ON tideflow.process_instances (manager, status, updated_at DESC);
+
+-- Pruning finished instances once the manager's retention has passed (0009).
+CREATE INDEX process_instances_finished
+    ON tideflow.process_instances (manager, finished_at) WHERE finished_at IS NOT NULL;
 
 
 -- =================================================================================================
@@ -659,7 +668,7 @@ END
 $$;
 
 
--- A database created from this file has every migration up to 0007: record them, so that
+-- A database created from this file has every migration up to 0009: record them, so that
 -- `tideflow migrate` applies only later ones. applied_at is when this file ran.
 INSERT INTO tideflow.schema_migrations (version, name, applied_at) VALUES
     (1, 'initial', now()),
@@ -668,6 +677,8 @@ INSERT INTO tideflow.schema_migrations (version, name, applied_at) VALUES
     (4, 'event_floor_locks', now()),
     (5, 'process_managers', now()),
     (6, 'process_manager_kind', now()),
-    (7, 'task_stalls', now());
+    (7, 'task_stalls', now()),
+    (8, 'process_timers', now()),
+    (9, 'process_undo', now());
 
 COMMIT;

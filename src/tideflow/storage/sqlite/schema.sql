@@ -219,21 +219,29 @@ CREATE INDEX dead_letters_pending ON dead_letters (handler, id) WHERE retried_at
 CREATE TABLE process_instances (
     manager       TEXT    NOT NULL,
     process_id    TEXT    NOT NULL,
-    status        TEXT    NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
+    status        TEXT    NOT NULL
+                  CHECK (status IN ('running', 'completed', 'compensated', 'failed')),
     state         TEXT    NOT NULL CHECK (json_valid(state)),
     version       INTEGER NOT NULL CHECK (version >= 0),
     last_position INTEGER NOT NULL CHECK (last_position >= 0),
     error         TEXT,
     started_at    REAL    NOT NULL,
     updated_at    REAL    NOT NULL,
+    undo          TEXT    NOT NULL CHECK (json_valid(undo)),
+    sent          TEXT    NOT NULL CHECK (json_valid(sent)),
+    finished_at   REAL,
     PRIMARY KEY (manager, process_id)
 ) WITHOUT ROWID;
 
 -- `tideflow processes` lists the instances of a manager in a status, most recently updated first.
 CREATE INDEX process_instances_listing ON process_instances (manager, status, updated_at DESC);
 
+-- Pruning finished instances once the manager's retention has passed (0009).
+CREATE INDEX process_instances_finished
+    ON process_instances (manager, finished_at) WHERE finished_at IS NOT NULL;
 
--- A database created from this file has every migration up to 0007: record them, so that
+
+-- A database created from this file has every migration up to 0009: record them, so that
 -- `tideflow migrate` applies only later ones. applied_at is when this script ran (Unix seconds).
 INSERT INTO schema_migrations (version, name, applied_at) VALUES
     (1, 'initial', (julianday('now') - 2440587.5) * 86400.0),
@@ -242,6 +250,8 @@ INSERT INTO schema_migrations (version, name, applied_at) VALUES
     (4, 'event_floor_locks', (julianday('now') - 2440587.5) * 86400.0),
     (5, 'process_managers', (julianday('now') - 2440587.5) * 86400.0),
     (6, 'process_manager_kind', (julianday('now') - 2440587.5) * 86400.0),
-    (7, 'task_stalls', (julianday('now') - 2440587.5) * 86400.0);
+    (7, 'task_stalls', (julianday('now') - 2440587.5) * 86400.0),
+    (8, 'process_timers', (julianday('now') - 2440587.5) * 86400.0),
+    (9, 'process_undo', (julianday('now') - 2440587.5) * 86400.0);
 
 COMMIT;
