@@ -22,12 +22,14 @@ from tideflow.client import AsyncClient, Client
 from tideflow.clock import Clock
 from tideflow.events.aggregate import Aggregate
 from tideflow.events.commands import Command, DispatchResult
-from tideflow.events.handling import EventHandler, check_handler
+from tideflow.events.handling import EventHandler, HandlerNotFoundError, check_handler
 from tideflow.events.middleware import Middleware
 from tideflow.events.upcasting import Upcasters
 from tideflow.flows.dsl import Flow
 from tideflow.flows.registry import FlowRegistry
+from tideflow.jsonutil import check_id
 from tideflow.runtime.dispatch import CommandDispatcher
+from tideflow.runtime.instances import AsyncProcessHandle, ProcessHandle
 from tideflow.runtime.sagas import ProcessBindings
 from tideflow.sagas import ProcessManager
 from tideflow.storage import EventStore, HandlerStore, Stores, open_database, resolve_url
@@ -77,6 +79,10 @@ class AsyncApp(AsyncClient):
 
     async def dispatch(self, command: Command) -> DispatchResult:
         return await asyncio.to_thread(self._app.dispatch, command)
+
+    def process(self, manager: type[ProcessManager] | str, process_id: str) -> AsyncProcessHandle:
+        """``App.process``, awaitable."""
+        return self._app.process(manager, process_id).aio
 
 
 class _ReadClient(Client):
@@ -253,6 +259,23 @@ class App:
                     lambda: ProcessBindings(self.dispatcher, self.process_store, self.client)
                 )
         return handlers
+
+    def process(self, manager: type[ProcessManager] | str, process_id: str) -> ProcessHandle:
+        """The instance ``process_id`` of a registered process manager (its class or name):
+        start it with a config, feed it an event, read its state, compensate, stop, wait -
+        ``tideflow.runtime.instances.ProcessHandle``; ``.aio`` for the awaitable calls."""
+        name = manager if isinstance(manager, str) else getattr(manager, "name", None)
+        for handler in self.bound_handlers():
+            if isinstance(handler, ProcessManager) and handler.name == name:
+                bindings = handler.bindings()
+                assert isinstance(bindings, ProcessBindings)  # bound by bound_handlers()
+                process_id = check_id(process_id, "process_id")
+                return ProcessHandle(handler, process_id, bindings, self.event_store)
+        known = sorted(h.name for h in self.bound_handlers() if isinstance(h, ProcessManager))
+        raise HandlerNotFoundError(
+            f"no process manager {name!r} is registered with this app (registered: "
+            f"{', '.join(known) or 'none'}); register it with app.process_manager(...)"
+        )
 
     @property
     def dispatcher(self) -> CommandDispatcher:

@@ -91,7 +91,7 @@ class _Reaction:
 
     manager: ProcessManager
     bindings: ProcessBindings
-    event: RecordedEvent
+    event: RecordedEvent | None  # None: compensation asked for through the instance API
     tx: EventTransaction
     process_id: str
     undo: list[dict[str, Any]]
@@ -103,7 +103,7 @@ class _Reaction:
             "command_type": command.command_type,
             "aggregate_id": command.aggregate_id,
             "command_id": command.command_id,
-            "position": self.event.position,
+            "position": None if self.event is None else self.event.position,
             "undo": undoes is not None,
         }
         self.sent = [*self.sent, entry][-MAX_SENT:]
@@ -171,6 +171,7 @@ def _run(
     """Do ``actions`` in order, then apply the event; on a refused command, stop there and
     compensate. The status, the error to keep and the new state."""
     manager, event, process_id = reaction.manager, reaction.event, reaction.process_id
+    assert event is not None  # only compensation runs without one
     refused: tuple[Command, DomainError] | None = None
     for index, action in enumerate(_actions(manager, actions)):
         if isinstance(action, StartFlow):
@@ -222,7 +223,7 @@ def _undo_entries(
 
 
 def _compensate(
-    reaction: _Reaction, state: Any, command: Command, exc: DomainError, error: str
+    reaction: _Reaction, state: Any, command: Command, exc: Exception, error: str
 ) -> tuple[ProcessStatus, str]:
     """What ``compensate`` says: its commands (the instance carries on), nothing (``SKIP``), or
     - by default - the recorded undos, newest first (the instance ends ``compensated``). A
@@ -433,11 +434,13 @@ def _actions(
     return out
 
 
-def _caused_by(command: Command, event: RecordedEvent) -> Command:
+def _caused_by(command: Command, event: RecordedEvent | None) -> Command:
     """The command as sent by an instance: caused by the event, in its correlation - unless
     it names its own (a correlation id other than its command id, the default) - and with the
     event's metadata (who asked, from where: Commanded copies it too), the command's own keys
-    winning; a timer's address is not copied."""
+    winning; a timer's address is not copied. Without an event (the instance API), as it is."""
+    if event is None:
+        return command
     own = command.correlation_id != command.command_id
     inherited = {k: v for k, v in event.metadata.items() if k != TIMER_METADATA}
     return replace(

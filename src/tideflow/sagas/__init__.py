@@ -12,6 +12,7 @@ from here, lazily (``__getattr__`` below), so that no domain module depends on t
 from typing import TYPE_CHECKING
 
 from tideflow.sagas.manager import (
+    SKIP,
     Action,
     CancelTimer,
     ProcessManager,
@@ -21,6 +22,7 @@ from tideflow.sagas.manager import (
     ProcessStateError,
     ScheduleTimer,
     StartFlow,
+    Undoable,
 )
 
 if TYPE_CHECKING:  # for type checkers; at run time ``__getattr__`` imports them when first used
@@ -37,6 +39,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "SKIP",
     "Action",
     "CancelTimer",
     "ProcessBindings",
@@ -47,5 +50,6 @@ __all__ = [
     "ProcessStateError",
     "ScheduleTimer",
     "StartFlow",
+    "Undoable",
     "react_to",
 ]

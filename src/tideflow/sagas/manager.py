@@ -181,6 +181,7 @@ class ProcessManager(EventHandler):
     transactional: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
+        named = "name" in cls.__dict__  # before EventHandler derives one
         super().__init_subclass__(**kwargs)
         where = f"process manager {cls.__qualname__}"
         if "handle" in cls.__dict__:
@@ -215,7 +216,7 @@ class ProcessManager(EventHandler):
             and issubclass(base, ProcessManager)
             and base is not ProcessManager
         ]
-        if parents and "name" not in cls.__dict__:
+        if parents and not named:
             raise HandlerDefinitionError(
                 f"{where} subclasses process manager {parents[0].__qualname__} "
                 f"({parents[0].name!r}) without a name of its own. A derived name would make it "
@@ -279,7 +280,8 @@ class ProcessManager(EventHandler):
         self._bindings = bindings
         return self
 
-    def handle(self, event: RecordedEvent, ctx: HandlerContext) -> None:
+    def bindings(self) -> ProcessRuntime:
+        """What the manager was bound to (made now, if ``bind`` was given a function)."""
         if callable(self._bindings):
             self._bindings = self._bindings()
         if self._bindings is None:
@@ -288,7 +290,10 @@ class ProcessManager(EventHandler):
                 "register it with the App (app.process_manager(...)) or call "
                 "manager.bind(ProcessBindings(...)) before running it"
             )
-        self._bindings.react(self, event, ctx)
+        return self._bindings
+
+    def handle(self, event: RecordedEvent, ctx: HandlerContext) -> None:
+        self.bindings().react(self, event, ctx)
 
     def __repr__(self) -> str:
         return f"<{type(self).__qualname__} process manager {self.name!r}>"
