@@ -1,4 +1,4 @@
-"""Python blocks that the docs added for issue 7 run as written (the others say they are
+"""Python blocks of the docs that run as written (issues 7 and 9; the others say they are
 fragments)."""
 
 from __future__ import annotations
@@ -27,3 +27,14 @@ def test_the_max_stalls_example_defines_what_it_says() -> None:
 def test_the_operations_page_marks_its_fragment() -> None:
     for block in python_blocks("operations.md"):
         assert block.startswith("# fragment:"), block
+
+
+def test_the_automatic_undo_example_runs_as_printed(capsys: Any) -> None:
+    [block] = [b for b in python_blocks("sagas.md") if "class TripSaga" in b]
+    exec(compile(block, "sagas.md", "exec"), {"__name__": "sagas_md"})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [
+        "compensated",
+        "[('Book', 'hotel-bob'), ('Cancel', 'hotel-bob')]",
+        "running",
+    ]
