@@ -436,3 +436,30 @@ def test_process_id_lists_are_checked(db_url: str) -> None:
         assert "process_id() returned ['ok', '']" in (record.last_error or "")
     finally:
         app.close()
+
+
+def test_tideflow_saga_shows_what_was_sent_and_undone(app: App, db_url: str) -> None:
+    from typer.testing import CliRunner
+
+    from tideflow.cli.main import cli
+
+    book_trip(app, "t1")
+    book_trip(app, "t2")
+    catch_up(app)
+    result = CliRunner().invoke(
+        cli, ["saga", "trip_saga", "t2", "-d", db_url], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 0, result.output
+    lines = [line.strip() for line in result.output.splitlines()]
+    assert "compensated" in lines[0]
+    sent = [" ".join(line.split()) for line in lines if line.startswith(("sent", "undid"))]
+    assert [line.split(" (")[0] for line in sent] == [
+        "sent Book -> hotel-t2",
+        "sent Book -> car-t2",
+        "undid Cancel -> car-t2",
+        "undid Cancel -> hotel-t2",
+    ]
+    listing = CliRunner().invoke(
+        cli, ["sagas", "--status", "compensated", "-d", db_url], env={"COLUMNS": "200"}
+    )
+    assert listing.exit_code == 0 and "t2" in listing.output and "t1" not in listing.output

@@ -35,7 +35,7 @@ from tideflow.storage.process_contract import (
 sagas_app = typer.Typer(add_completion=False)
 """The process manager commands; ``main`` mounts them on the root ``tideflow`` command."""
 
-_STYLES = {"running": "green", "completed": "dim", "failed": "bold red"}
+_STYLES = {"running": "green", "completed": "dim", "compensated": "yellow", "failed": "bold red"}
 
 
 @contextmanager
@@ -89,7 +89,7 @@ def sagas_command(
         typer.Option(
             "--status",
             "-s",
-            help="Only instances in this status: running, completed or failed.",
+            help="Only instances in this status: running, completed, compensated or failed.",
             show_default=False,
         ),
     ] = None,
@@ -138,7 +138,8 @@ def saga_command(
     ],
     database_url: DatabaseOpt = None,
 ) -> None:
-    """Show one process manager instance: status, timings, last failure and its whole state."""
+    """Show one process manager instance: status, timings, failure, the commands it sent and
+    undid in order, and its whole state."""
     with _store(database_url) as store:
         found = store.get(manager, process_id)
     if found is None:
@@ -157,10 +158,22 @@ def saga_command(
         ),
         soft_wrap=True,
     )
+    ended = f", ended {fmt_time(found.finished_at)}" if found.finished_at else ""
     out.print(
         f"events applied {found.version}, last at position {found.last_position}; "
-        f"started {fmt_time(found.started_at)}, updated {fmt_time(found.updated_at)}"
+        f"started {fmt_time(found.started_at)}, updated {fmt_time(found.updated_at)}{ended}"
     )
     if found.error:
         out.print(Text(found.error, style="red" if found.status == "failed" else "yellow"))
+    for sent in found.sent:
+        at = "" if sent["position"] is None else f" (event at {sent['position']})"
+        out.print(
+            Text.assemble(
+                ("undid " if sent["undo"] else "sent  ", "yellow" if sent["undo"] else "dim"),
+                f"{sent['command_type']} -> {sent['aggregate_id']}{at}",
+            )
+        )
+    pending = len(json.loads(found.undo_json))
+    if pending and found.status == "running":
+        out.print(Text(f"{pending} undo(s) recorded, dispatched if a command is refused", "dim"))
     out.print(json.dumps(found.state, indent=2, ensure_ascii=False), soft_wrap=True)
