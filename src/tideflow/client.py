@@ -24,7 +24,7 @@ from tideflow.ids import new_run_id
 from tideflow.jsonutil import check_id, dumps
 from tideflow.retrying import Backoff, retry_briefly
 from tideflow.storage.database import Tx
-from tideflow.storage.flow_contract import RUN_FINAL, FlowStore, RunRecord
+from tideflow.storage.flow_contract import RUN_FINAL, FlowStore, RunRecord, RunReport
 
 RUN_STATUSES = ("started", "completed", "failed", "cancelled")
 
@@ -34,7 +34,13 @@ class InvalidArgumentError(TideflowError, ValueError):
 
 
 def start_run_retrying(
-    store: FlowStore, definition: FlowDefinition, run_id: str, input_json: str, *, generated: bool
+    store: FlowStore,
+    definition: FlowDefinition,
+    run_id: str,
+    input_json: str,
+    *,
+    generated: bool,
+    report: RunReport | None = None,
 ) -> None:
     """``store.start_run``, retried for a few seconds while the database is unavailable, then
     ``DatabaseUnavailableError``. Safe to repeat: the run id is fixed before the first try, so
@@ -48,7 +54,7 @@ def start_run_retrying(
         nonlocal tries
         tries += 1
         try:
-            store.start_run(definition, run_id, input_json)
+            store.start_run(definition, run_id, input_json, report=report)
         except RunAlreadyExistsError:
             if tries > 1 and (generated or _is_this_run(store, definition, run_id, input_json)):
                 return
@@ -76,6 +82,7 @@ class Client:
         *,
         run_id: str | None = None,
         tx: Tx | None = None,
+        report: RunReport | None = None,
     ) -> str:
         """Start a run and return its id. Nothing is written when the flow is unknown, the
         input is not JSON-serialisable or not storable (``InvalidDataError``: NUL, surrogates,
@@ -85,16 +92,22 @@ class Client:
 
         With ``tx`` - an event store transaction (a handler's ``ctx.transaction``) - the run is
         created in that transaction: it starts if, and when, the transaction commits (and is
-        not retried here: the transaction's owner retries the whole of it)."""
+        not retried here: the transaction's owner retries the whole of it). With ``report`` (or
+        for a flow declared with ``reports=True``) the run's end is appended to the event log
+        (``RunReport``)."""
         cls = flow if is_flow_class(flow) else self.registry.get(flow)
         definition = cls.definition
         input_json = dumps(input, what=f"run input of flow {definition.slug!r}")
         generated = run_id is None
         run_id = new_run_id() if run_id is None else check_id(run_id, "run_id", max_length=200)
+        if report is None and cls.reports:
+            report = RunReport()
         if tx is not None:
-            self.store.start_run(definition, run_id, input_json, tx=tx)
+            self.store.start_run(definition, run_id, input_json, tx=tx, report=report)
         else:
-            start_run_retrying(self.store, definition, run_id, input_json, generated=generated)
+            start_run_retrying(
+                self.store, definition, run_id, input_json, generated=generated, report=report
+            )
         return run_id
 
     def get_run(self, run_id: str) -> RunRecord:

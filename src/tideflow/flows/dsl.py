@@ -143,11 +143,17 @@ class Flow:
     """Base class of every flow. Subclass it with class keywords for flow options:
 
     ``class Import(Flow, slug="import", max_attempts=3, base_delay=1, max_delay=300, timeout=60,
-    max_stalls=3)``.
+    max_stalls=3, reports=False)``.
+
+    ``reports=True``: every run's end is appended to the event log (``FlowRunCompleted``,
+    ``FlowRunFailed``, ``FlowRunCancelled`` on stream ``run-<run id>``), in the transaction that
+    ends it - for event handlers and process managers to follow. Runs a process manager starts
+    report whatever this says.
     """
 
     definition: ClassVar[FlowDefinition]
     slug: ClassVar[str]
+    reports: ClassVar[bool] = False
 
     def __init_subclass__(
         cls,
@@ -158,6 +164,7 @@ class Flow:
         max_delay: float = 300.0,
         timeout: float | None = None,
         max_stalls: int = DEFAULT_MAX_STALLS,
+        reports: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
@@ -167,7 +174,10 @@ class Flow:
             flow_slug, None, max_attempts, base_delay, max_delay, timeout, 0.0, max_stalls
         )
         retry = RetryPolicy(max_attempts, float(base_delay), float(max_delay))
+        if not isinstance(reports, bool):
+            raise FlowDefinitionError(f"flow {flow_slug!r}: reports must be True or False")
         cls.slug = flow_slug
+        cls.reports = reports
         cls.definition = _build_definition(cls, flow_slug, retry, timeout, max_stalls)
 
     def __repr__(self) -> str:

@@ -46,6 +46,7 @@ from tideflow.sagas.manager import (
 )
 from tideflow.storage.database import Tx
 from tideflow.storage.event_contract import EventTransaction
+from tideflow.storage.flow_contract import RunReport
 from tideflow.storage.process_contract import FINISHED, ProcessStatus, ProcessStore
 from tideflow.storage.timer_contract import TIMER_METADATA, TimerStore
 
@@ -313,7 +314,14 @@ def _start_flow(
             "ProcessBindings"
         )
     run_id = action.run_id or _run_id(manager, process_id, event, index)
-    return client.start_flow(action.flow, action.input, run_id=run_id, tx=tx)
+    # The run reports its end back to this instance: correlated to the process, caused by the
+    # event that started it, addressed to the instance whatever process_id() would say.
+    report = RunReport(
+        correlation_id=str(event.correlation_id or event.event_id),
+        causation_id=str(event.event_id),
+        metadata={TIMER_METADATA: {"manager": manager.name, "process_id": process_id}},
+    )
+    return client.start_flow(action.flow, action.input, run_id=run_id, tx=tx, report=report)
 
 
 def _timer(

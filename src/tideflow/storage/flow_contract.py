@@ -18,7 +18,7 @@ encode), the engine stores and concatenates them without re-parsing, and readers
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -55,6 +55,9 @@ class ClaimedTask:
     run_input_json: str
     timeout: float | None
     lease_expires_at: datetime
+    reports: bool = False
+    """Whether the run reports its end to the event log (``RunReport``): its completion asks
+    the store to look for runs that ended."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,21 @@ class TaskCompletion:
     key: TaskKey
     attempt: int
     output_json: str
+    reports: bool = False  # the claimed task's
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """Where a run's end goes: when the run completes, fails or is cancelled, the transaction
+    that ends it appends ``FlowRunCompleted`` (data: run_id, flow, output), ``FlowRunFailed``
+    (run_id, flow, error) or ``FlowRunCancelled`` (run_id, flow) to stream ``run-<run id>``,
+    with these correlation and causation ids (uuids as text, or None) and this metadata. A
+    process manager's runs carry its correlation and its instance's address, so that the
+    instance continues when the flow ends."""
+
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -182,13 +200,19 @@ class FlowStore(Protocol):
 
     # --- runs ---------------------------------------------------------------------------------
     def start_run(
-        self, definition: FlowDefinition, run_id: str, input_json: str, *, tx: Tx | None = None
+        self,
+        definition: FlowDefinition,
+        run_id: str,
+        input_json: str,
+        *,
+        tx: Tx | None = None,
+        report: RunReport | None = None,
     ) -> None:
         """Create the run, its steps and the tasks of its root steps; completes empty map steps
         at once. Raises ``RunAlreadyExistsError`` if ``run_id`` is taken (writing nothing).
         With ``tx`` (a process manager's reaction, an event store transaction) it all happens
         in that transaction, under a savepoint: it commits with it, and a refusal leaves it
-        usable."""
+        usable. With ``report``, the run's end is appended to the event log (``RunReport``)."""
         ...
 
     def get_run(self, run_id: str, *, with_steps: bool = True) -> RunRecord:

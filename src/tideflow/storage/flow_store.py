@@ -32,33 +32,42 @@ locks its ``runs`` row first, in run_id order (``lock_runs``), then steps and ta
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
+from uuid import UUID
 
 from tideflow.clock import Clock
 from tideflow.errors import DuplicateKeyError, RunAlreadyExistsError, RunNotFoundError
+from tideflow.events.model import MAX_ID_LENGTH, ExpectedVersion, NewEvent
+from tideflow.events.upcasting import Upcasters
 from tideflow.flows.definition import FlowDefinition
 from tideflow.jsonutil import dumps, storable_text
 from tideflow.retrying import backoff_delay
-from tideflow.storage.database import TASKS_CHANNEL, Database, Row, Tx
+from tideflow.storage.database import EVENTS_CHANNEL, TASKS_CHANNEL, Database, Row, Tx
+from tideflow.storage.event_contract import prepare_append
 from tideflow.storage.flow_contract import (
     ClaimedTask,
     ClaimRequest,
     FlowVersionRecord,
     RunRecord,
+    RunReport,
     StepRecord,
     TaskCompletion,
     TaskFailure,
     TaskKey,
     TaskRecord,
 )
-from tideflow.storage.rows import batch, run_record, step_record, task_record
+from tideflow.storage.rows import batch, loads, run_record, step_record, task_record
 
 Pair = tuple[str, str]  # (run_id, step_slug)
+
+#: Lifecycle events are written as they are: no upcasting on the way in.
+_PLAIN = Upcasters()
 
 #: The first words of a stalled task's ``error`` while it is requeued.
 STALL_ERROR = "lease expired: the worker running this task stopped heartbeating (killed or lost)"
@@ -156,7 +165,13 @@ class SqlFlowStore:
 
     # --- starting runs and steps -----------------------------------------------------------------
     def start_run(
-        self, definition: FlowDefinition, run_id: str, input_json: str, *, tx: Tx | None = None
+        self,
+        definition: FlowDefinition,
+        run_id: str,
+        input_json: str,
+        *,
+        tx: Tx | None = None,
+        report: RunReport | None = None,
     ) -> None:
         try:
             with self._flow_tx(definition, tx) as inner:
@@ -164,6 +179,9 @@ class SqlFlowStore:
                     self._start_run_fast(inner, definition, run_id, input_json)
                 else:
                     self._start_run(inner, definition, run_id, input_json)
+                if report is not None:
+                    inner.run("set_report", run_id=run_id, report=_report_json(report))
+                    self._report(inner, [run_id])  # a run of empty maps ends as it starts
         except DuplicateKeyError as exc:
             raise RunAlreadyExistsError(
                 f"a run with id {run_id!r} already exists; pass another run_id or none to get "
@@ -298,6 +316,8 @@ class SqlFlowStore:
                 tx.notify = bool(notify)
             else:
                 self._complete_tasks(tx, worker_id, completions)
+            if any(c.reports for c in completions):
+                self._report(tx, [c.key.run_id for c in completions])
             return self._claim_ready(tx, worker_id, claim)
 
     def _claim_ready(self, tx: Tx, worker_id: str, claim: ClaimRequest | None) -> list[ClaimedTask]:
@@ -441,6 +461,7 @@ class SqlFlowStore:
         tx.run("fail_run", run_id=run_id, error=error, finished_at=now)
         tx.run("cancel_run_tasks", run_id=run_id, finished_at=now)
         tx.run("skip_run_steps", run_id=run_id, finished_at=now)
+        self._report(tx, [run_id])
 
     def cancel_run(self, run_id: str) -> bool:
         with self._tx() as tx:
@@ -451,7 +472,24 @@ class SqlFlowStore:
                 return False
             tx.run("cancel_run_tasks", run_id=run_id, finished_at=now)
             tx.run("skip_run_steps", run_id=run_id, finished_at=now)
+            self._report(tx, [run_id])
             return True
+
+    def _report(self, tx: Tx, run_ids: Sequence[str]) -> None:
+        """Append the lifecycle event of each of these runs that ended and reports
+        (``RunReport``), and clear its report: in the transaction that ended it, so that the
+        event exists if and only if the end does, once."""
+        ended = tx.rows("finished_reports", run_ids=sorted(set(run_ids)))
+        if not ended:
+            return
+        tx.run("clear_reports", run_ids=[r["run_id"] for r in ended])
+        recorded_at = self.db.stored_time(self.clock.now())
+        for r in ended:
+            prepared = prepare_append(
+                run_stream(r["run_id"]), [_lifecycle(r)], ExpectedVersion.ANY, None, None, _PLAIN
+            )
+            self.db.append_events(tx, prepared, recorded_at)
+        tx.on_end(lambda: self.db.wake(EVENTS_CHANNEL))
 
     # --- reading ---------------------------------------------------------------------------------
     def get_run(self, run_id: str, *, with_steps: bool = True) -> RunRecord:
@@ -530,6 +568,7 @@ class SqlFlowStore:
                     run_input_json=run["input"],
                     timeout=r["timeout"],
                     lease_expires_at=r["lease_expires_at"],
+                    reports=bool(r["reports"]),
                 )
             )
         return claimed
@@ -697,6 +736,51 @@ def _json_type(value: Any) -> str:
     if isinstance(value, int | float):
         return "a number"
     return "null"
+
+
+def run_stream(run_id: str) -> str:
+    """The stream a run reports to: ``run-<run id>``, hashed when that is too long."""
+    stream = f"run-{run_id}"
+    if len(stream) <= MAX_ID_LENGTH:
+        return stream
+    return f"run-{hashlib.sha256(run_id.encode()).hexdigest()}"
+
+
+def _report_json(report: RunReport) -> str:
+    return dumps(
+        {
+            "correlation_id": report.correlation_id,
+            "causation_id": report.causation_id,
+            "metadata": dict(report.metadata),
+        },
+        what="the report of a run",
+    )
+
+
+def _uuid(text: Any) -> UUID | None:
+    try:
+        return None if text is None else UUID(str(text))
+    except ValueError:
+        return None
+
+
+def _lifecycle(r: Row) -> NewEvent:
+    """A run's end as an event (``RunReport`` says which)."""
+    report = json.loads(r["report"])
+    data: dict[str, Any] = {"run_id": r["run_id"], "flow": r["flow_slug"]}
+    if r["status"] == "completed":
+        event_type, data["output"] = "FlowRunCompleted", loads(r["output"])
+    elif r["status"] == "failed":
+        event_type, data["error"] = "FlowRunFailed", r["error"]
+    else:
+        event_type = "FlowRunCancelled"
+    return NewEvent(
+        event_type,
+        data,
+        report["metadata"],
+        causation_id=_uuid(report["causation_id"]),
+        correlation_id=_uuid(report["correlation_id"]),
+    )
 
 
 def _completions(completions: Sequence[TaskCompletion]) -> str:

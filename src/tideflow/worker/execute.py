@@ -34,6 +34,7 @@ async def execute(
             key,
             task.attempt,
             dumps(output, what=f"output of step {key.step_slug!r} of flow {task.flow_slug!r}"),
+            task.reports,
         )
     except asyncio.CancelledError:
         raise

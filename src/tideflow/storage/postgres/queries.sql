@@ -180,7 +180,7 @@ WITH claimed AS (
     RETURNING t.run_id, t.step_slug, t.task_index, t.flow_slug, t.attempts, t.input, t.timeout,
               t.lease_expires_at
 )
-SELECT c.*, r.input AS run_input, r.flow_version
+SELECT c.*, r.input AS run_input, r.flow_version, r.report IS NOT NULL AS reports
 FROM claimed c JOIN tideflow.runs r ON r.run_id = c.run_id
 
 -- name: count_queued
@@ -274,3 +274,17 @@ SELECT tideflow.start_run_v2(%(run_id)s, %(flow_slug)s, %(flow_version)s, %(inpu
 -- name: complete_tasks_batch
 -- PL/pgSQL (migration 0001): a whole batch of completions in one round trip.
 SELECT tideflow.complete_tasks_v1(%(worker_id)s, %(rows)s::jsonb, %(now)s) AS notify
+
+-- name: set_report
+UPDATE tideflow.runs SET report = %(report)s::json WHERE run_id = %(run_id)s
+
+-- name: finished_reports
+-- Runs among these that ended and have not reported yet: the caller appends their events and
+-- clears the reports in the same transaction (clear_reports), which holds the runs' locks.
+SELECT run_id, flow_slug, status, output::text AS output, error, report::text AS report
+FROM tideflow.runs
+WHERE run_id = ANY(%(run_ids)s) AND report IS NOT NULL AND status <> 'started'
+ORDER BY run_id
+
+-- name: clear_reports
+UPDATE tideflow.runs SET report = NULL WHERE run_id = ANY(%(run_ids)s)

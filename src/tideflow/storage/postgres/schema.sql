@@ -71,6 +71,7 @@ CREATE TABLE tideflow.runs (
     remaining_steps integer     NOT NULL,           -- steps not yet completed
     started_at      timestamptz NOT NULL,
     finished_at     timestamptz,
+    report          json,                           -- its end goes to the event log (0011)
     FOREIGN KEY (flow_slug, flow_version) REFERENCES tideflow.flows (flow_slug, version)
 );
 CREATE INDEX runs_by_started ON tideflow.runs (started_at DESC);
@@ -668,7 +669,7 @@ END
 $$;
 
 
--- A database created from this file has every migration up to 0009: record them, so that
+-- A database created from this file has every migration up to 0011: record them, so that
 -- `tideflow migrate` applies only later ones. applied_at is when this file ran.
 INSERT INTO tideflow.schema_migrations (version, name, applied_at) VALUES
     (1, 'initial', now()),
@@ -679,6 +680,8 @@ INSERT INTO tideflow.schema_migrations (version, name, applied_at) VALUES
     (6, 'process_manager_kind', now()),
     (7, 'task_stalls', now()),
     (8, 'process_timers', now()),
-    (9, 'process_undo', now());
+    (9, 'process_undo', now()),
+    (10, 'stream_deletion', now()),
+    (11, 'run_reports', now());
 
 COMMIT;

@@ -171,7 +171,8 @@ WHERE rowid IN (
 )
 RETURNING run_id, step_slug, task_index, flow_slug, attempts, input, timeout, lease_expires_at,
           (SELECT r.input FROM runs r WHERE r.run_id = tasks.run_id) AS run_input,
-          (SELECT r.flow_version FROM runs r WHERE r.run_id = tasks.run_id) AS flow_version
+          (SELECT r.flow_version FROM runs r WHERE r.run_id = tasks.run_id) AS flow_version,
+          (SELECT r.report IS NOT NULL FROM runs r WHERE r.run_id = tasks.run_id) AS reports
 
 -- name: count_queued
 SELECT count(*) AS n FROM tasks
@@ -250,3 +251,18 @@ WHERE worker_id = %(worker_id)s AND status = 'started'
   AND (run_id, step_slug, task_index) IN (
       SELECT value ->> 'run_id', value ->> 'step_slug', value ->> 'task_index'
       FROM json_each(%(rows)s))
+
+-- name: set_report
+UPDATE runs SET report = %(report)s WHERE run_id = %(run_id)s
+
+-- name: finished_reports
+-- Runs among these that ended and have not reported yet: the caller appends their events and
+-- clears the reports in the same transaction (clear_reports).
+SELECT run_id, flow_slug, status, output, error, report
+FROM runs
+WHERE run_id IN (SELECT value FROM json_each(%(run_ids)s)) AND report IS NOT NULL
+  AND status <> 'started'
+ORDER BY run_id
+
+-- name: clear_reports
+UPDATE runs SET report = NULL WHERE run_id IN (SELECT value FROM json_each(%(run_ids)s))

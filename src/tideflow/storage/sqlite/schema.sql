@@ -62,6 +62,7 @@ CREATE TABLE runs (
     remaining_steps INTEGER NOT NULL,                -- steps not yet completed
     started_at      REAL NOT NULL,
     finished_at     REAL,
+    report          TEXT CHECK (report IS NULL OR json_valid(report)),  -- to the event log (0011)
     FOREIGN KEY (flow_slug, flow_version) REFERENCES flows (flow_slug, version)
 );
 CREATE INDEX runs_by_started ON runs (started_at DESC);
@@ -241,7 +242,7 @@ CREATE INDEX process_instances_finished
     ON process_instances (manager, finished_at) WHERE finished_at IS NOT NULL;
 
 
--- A database created from this file has every migration up to 0009: record them, so that
+-- A database created from this file has every migration up to 0011: record them, so that
 -- `tideflow migrate` applies only later ones. applied_at is when this script ran (Unix seconds).
 INSERT INTO schema_migrations (version, name, applied_at) VALUES
     (1, 'initial', (julianday('now') - 2440587.5) * 86400.0),
@@ -252,6 +253,8 @@ INSERT INTO schema_migrations (version, name, applied_at) VALUES
     (6, 'process_manager_kind', (julianday('now') - 2440587.5) * 86400.0),
     (7, 'task_stalls', (julianday('now') - 2440587.5) * 86400.0),
     (8, 'process_timers', (julianday('now') - 2440587.5) * 86400.0),
-    (9, 'process_undo', (julianday('now') - 2440587.5) * 86400.0);
+    (9, 'process_undo', (julianday('now') - 2440587.5) * 86400.0),
+    (10, 'stream_deletion', (julianday('now') - 2440587.5) * 86400.0),
+    (11, 'run_reports', (julianday('now') - 2440587.5) * 86400.0);
 
 COMMIT;
