@@ -279,6 +279,10 @@ class PostgresDatabase:
         return unsubscribe
 
     def wake(self, channel: str) -> None:
+        # This process's subscribers at once - a process manager's runner reacting to the events
+        # its own commands caused need not wait for the NOTIFY's round trip - and the others
+        # through the coalescing notifier.
+        self._wake_local(channel)
         notifier = self._notifiers.get(channel)
         if notifier is None:
             with self._lock:
