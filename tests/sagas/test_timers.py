@@ -10,6 +10,8 @@ typed error and write nothing.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -22,11 +24,13 @@ from typing import Any
 
 import pytest
 
-from tests.polling import wait_until
+from tests.polling import wait_until, wait_until_async
 from tests.sagas.timed import Timed, do, timed_app
 from tideflow import App
 from tideflow.clock import ManualClock
+from tideflow.errors import DatabaseUnavailableError
 from tideflow.storage import open_database
+from tideflow.storage.event_store import SqlEventTransaction
 from tideflow.storage.process_contract import ProcessInstance
 from tideflow.storage.timer_contract import TIMER_METADATA
 from tideflow.storage.timer_store import timer_stream
@@ -348,3 +352,82 @@ def test_a_bad_timer_stops_the_manager_with_a_reason_and_writes_nothing(
     assert app.process_store.list_instances() == []
     assert app.timer_store.pending() == []
     assert fired_events(app) == []
+
+
+def test_a_firing_that_fails_before_it_commits_leaves_the_timer_to_fire_once_later(
+    open_app: Callable[[], App], clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = open_app()
+    do(app, "p1", {"schedule": "t", "after": 1})
+    catch_up(app)
+    clock.advance(1)
+    real_append = SqlEventTransaction.append
+
+    def broken(self: SqlEventTransaction, *args: Any, **kwargs: Any) -> Any:
+        real_append(self, *args, **kwargs)  # appended, then the worker dies before commit
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(SqlEventTransaction, "append", broken)
+    with pytest.raises(RuntimeError, match="killed"):
+        app.timer_store.fire_due()
+    monkeypatch.setattr(SqlEventTransaction, "append", real_append)
+    assert [t.name for t in app.timer_store.pending()] == ["t"] and fired_events(app) == []
+    assert app.timer_store.fire_due() == 1
+    catch_up(app)
+    assert len(fired_events(app)) == 1
+    assert instance(app, "p1").state["fired"] == ["t"]
+
+
+# --- the worker's timer loop ----------------------------------------------------------------------
+
+
+async def test_a_serving_worker_wakes_for_a_timer_due_before_its_next_poll(
+    open_app: Callable[[], App],
+) -> None:
+    app = open_app()
+    slow = HandlerRunnerOptions(poll_interval=60, acquire_interval=0.05)
+    runner = app.handler_runner(options=slow)
+    task = asyncio.create_task(runner.run())
+    try:
+        await wait_until_async(
+            lambda: handler_record_or_none(app), what="the runner took the handler"
+        )
+        # Due at once (the clock stands still): without the wake-up it would wait a minute.
+        await asyncio.to_thread(do, app, "p1", {"schedule": "t", "after": 0})
+        await wait_until_async(
+            lambda: notes(app, "p1") == ["t"], what="the timer fired and its instance reacted"
+        )
+        assert runner.timers_fired == 1
+    finally:
+        runner.stop()
+        await asyncio.wait_for(task, timeout=20)
+
+
+def handler_record_or_none(app: App) -> Any:
+    return next((r for r in app.handler_store.list_handlers() if r.name == Timed.name), None)
+
+
+@pytest.mark.usefixtures("quick_backoff")
+def test_the_timer_loop_waits_out_a_database_outage(
+    open_app: Callable[[], App], clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = open_app()
+    do(app, "p1", {"schedule": "t", "after": 1})
+    catch_up(app)
+    clock.advance(1)
+    store = app.timer_store
+    real_fire_due = store.fire_due
+    failures = iter(range(3))
+
+    def flaky(limit: int = 100) -> int:
+        if next(failures, None) is not None:
+            raise DatabaseUnavailableError("the server is restarting (simulated)")
+        return real_fire_due(limit)
+
+    store.fire_due = flaky  # type: ignore[method-assign]
+    caplog.set_level(logging.INFO, "tideflow.handlers")
+    catch_up(app)
+    assert instance(app, "p1").state["fired"] == ["t"]
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("firing timers failed" in line for line in lines) == 1, lines
+    assert any("database back" in line for line in lines), lines

@@ -23,16 +23,21 @@ WHERE manager = %(manager)s AND process_id = %(process_id)s
 -- name: take_due
 -- In the firing transaction: the due timers, soonest first, deleted and returned. SKIP LOCKED
 -- passes over rows another worker is firing (or a reaction is rewriting) instead of waiting:
--- each row is taken by one transaction, and its event commits with its deletion.
-DELETE FROM tideflow.process_timers
-WHERE (manager, process_id, name) IN (
+-- each row is taken by one transaction, and its event commits with its deletion. MATERIALIZED:
+-- the rows are chosen and locked once, whatever plan the DELETE gets.
+WITH due AS MATERIALIZED (
     SELECT manager, process_id, name
     FROM tideflow.process_timers
     WHERE fire_at <= %(now)s
     ORDER BY fire_at
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED)
-RETURNING manager, process_id, name, fire_at, event_type, data::text AS data_json, scheduled_at
+    FOR UPDATE SKIP LOCKED
+)
+DELETE FROM tideflow.process_timers AS t
+USING due
+WHERE t.manager = due.manager AND t.process_id = due.process_id AND t.name = due.name
+RETURNING t.manager, t.process_id, t.name, t.fire_at, t.event_type, t.data::text AS data_json,
+          t.scheduled_at
 
 -- name: next_due
 SELECT min(fire_at) AS fire_at FROM tideflow.process_timers
