@@ -1,5 +1,5 @@
-"""Python blocks that the docs added for issue 7 run as written (the others say they are
-fragments)."""
+"""Python blocks that the docs added for issue 7, and the timer example of sagas.md (issue 9), run
+as written (the others say they are fragments)."""
 
 from __future__ import annotations
 
@@ -27,3 +27,10 @@ def test_the_max_stalls_example_defines_what_it_says() -> None:
 def test_the_operations_page_marks_its_fragment() -> None:
     for block in python_blocks("operations.md"):
         assert block.startswith("# fragment:"), block
+
+
+def test_the_timer_example_of_the_sagas_page_runs_as_written() -> None:
+    [block] = [b for b in python_blocks("sagas.md") if "class AwaitPayment" in b]
+    namespace: dict[str, Any] = {}
+    exec(compile(block, "sagas.md", "exec"), namespace)  # it asserts what it shows
+    assert namespace["AwaitPayment"].name == "await_payment"
