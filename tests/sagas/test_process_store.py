@@ -385,6 +385,7 @@ def test_migrate_creates_the_table_and_urls_are_checked(backend: str, open_store
             "0005_process_managers",
             "0006_process_manager_kind",
             "0007_task_stalls",
+            "0008_process_timers",
         ]
     assert processes.migrate() == []
     assert processes.list_instances() == []
@@ -422,7 +423,11 @@ def test_sqlite_migration_6_keeps_the_handler_rows_it_rebuilds(
     conn.close()
     store = open_store(f"sqlite:///{path}")
     try:
-        assert store.migrate() == ["0006_process_manager_kind", "0007_task_stalls"]
+        assert store.migrate() == [
+            "0006_process_manager_kind",
+            "0007_task_stalls",
+            "0008_process_timers",
+        ]
         rows = store.db.connection.execute("SELECT * FROM event_handlers").fetchall()
         assert rows == [
             ("mailer", "handler", "stopped", None, None, 7, 3, "smtp down", "gave up", 1.5)
