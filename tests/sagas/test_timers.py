@@ -74,7 +74,14 @@ def fired_events(app: App) -> list[Any]:
 
 
 def handler_record(app: App) -> Any:
-    return next(r for r in app.handler_store.list_handlers() if r.name == Timed.name)
+    return next((r for r in app.handler_store.list_handlers() if r.name == Timed.name), None)
+
+
+def due_now(app: App, clock: ManualClock, process: str) -> None:
+    """``process`` gets an instance with a timer "t", and the clock moves to its due time."""
+    do(app, process, {"schedule": "t", "after": 1})
+    catch_up(app)
+    clock.advance(1)
 
 
 # --- firing ---------------------------------------------------------------------------------------
@@ -207,9 +214,7 @@ def test_a_timer_of_a_long_process_id_goes_to_a_hashed_stream(
 ) -> None:
     app = open_app()
     process = "p" * 190  # fits a stream id, but not with "timer-timed-" before it
-    do(app, process, {"schedule": "t", "after": 1})
-    catch_up(app)
-    clock.advance(1)
+    due_now(app, clock, process)
     catch_up(app)
     [event] = fired_events(app)
     assert event.stream_id == timer_stream(Timed.name, process)
@@ -358,9 +363,7 @@ def test_a_firing_that_fails_before_it_commits_leaves_the_timer_to_fire_once_lat
     open_app: Callable[[], App], clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = open_app()
-    do(app, "p1", {"schedule": "t", "after": 1})
-    catch_up(app)
-    clock.advance(1)
+    due_now(app, clock, "p1")
     real_append = SqlEventTransaction.append
 
     def broken(self: SqlEventTransaction, *args: Any, **kwargs: Any) -> Any:
@@ -389,9 +392,7 @@ async def test_a_serving_worker_wakes_for_a_timer_due_before_its_next_poll(
     runner = app.handler_runner(options=slow)
     task = asyncio.create_task(runner.run())
     try:
-        await wait_until_async(
-            lambda: handler_record_or_none(app), what="the runner took the handler"
-        )
+        await wait_until_async(lambda: handler_record(app), what="the runner took the handler")
         # Due at once (the clock stands still): without the wake-up it would wait a minute.
         await asyncio.to_thread(do, app, "p1", {"schedule": "t", "after": 0})
         await wait_until_async(
@@ -403,18 +404,12 @@ async def test_a_serving_worker_wakes_for_a_timer_due_before_its_next_poll(
         await asyncio.wait_for(task, timeout=20)
 
 
-def handler_record_or_none(app: App) -> Any:
-    return next((r for r in app.handler_store.list_handlers() if r.name == Timed.name), None)
-
-
 @pytest.mark.usefixtures("quick_backoff")
 def test_the_timer_loop_waits_out_a_database_outage(
     open_app: Callable[[], App], clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     app = open_app()
-    do(app, "p1", {"schedule": "t", "after": 1})
-    catch_up(app)
-    clock.advance(1)
+    due_now(app, clock, "p1")
     store = app.timer_store
     real_fire_due = store.fire_due
     failures = iter(range(3))
