@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests.polling import wait_until, wait_until_async
-from tests.sagas.timed import Timed, do, timed_app
+from tests.sagas.timed import Ctl, Timed, do, timed_app
 from tideflow import App
 from tideflow.clock import ManualClock
 from tideflow.errors import DatabaseUnavailableError
@@ -426,3 +426,32 @@ def test_the_timer_loop_waits_out_a_database_outage(
     lines = [r.getMessage() for r in caplog.records]
     assert sum("firing timers failed" in line for line in lines) == 1, lines
     assert any("database back" in line for line in lines), lines
+
+
+class TimedToo(Timed):
+    name = "timed_too"
+
+
+def test_a_timer_event_goes_to_its_own_managers_instance_only(
+    db_url: str, clock: ManualClock
+) -> None:
+    # Two managers follow the same events and timer type, with the same process ids: each
+    # instance schedules "t", and each fired event reaches the instance that scheduled it only.
+    app = App(db_url, aggregates=[Ctl], handlers=[Timed, TimedToo], clock=clock)
+    try:
+        due_now(app, clock, "p1")
+        assert sorted(t.manager for t in app.timer_store.pending()) == ["timed", "timed_too"]
+        catch_up(app)
+        for manager in ("timed", "timed_too"):
+            found = app.process_store.get(manager, "p1")
+            assert found is not None and found.state["fired"] == ["t"], manager
+        assert notes(app, "p1") == ["t", "t"]
+        assert len(fired_events(app)) == 2
+    finally:
+        app.close()
+
+
+def test_a_runner_without_process_managers_fires_no_timers(db_url: str) -> None:
+    with App(db_url) as plain, timed_app(db_url) as timed:
+        assert plain.handler_runner().timers is None
+        assert timed.handler_runner().timers is timed.timer_store
