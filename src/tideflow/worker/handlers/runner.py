@@ -165,7 +165,7 @@ class HandlerRunner:
         unsubscribe = self.handler_store.subscribe(self.wake)
         admin = handler_thread_pool("handlers")
         heartbeat = asyncio.create_task(self._heartbeat(admin))
-        background = [heartbeat]
+        timer_jobs: list[asyncio.Task[None]] = []
         self._timer_loop = None
         if self.timers is not None:
             self._timer_loop = TimerLoop(
@@ -177,23 +177,23 @@ class HandlerRunner:
                 fired=self._timers_fired,
                 idle=self._timers_idle,
             )
-            background.append(asyncio.create_task(self._timer_loop.run()))
+            timer_jobs.append(asyncio.create_task(self._timer_loop.run()))
         tasks = [asyncio.create_task(self._drive(slot, batches)) for slot in self._slots]
         log.info("handler runner %s started: %s", self.worker_id, [s.name for s in self._slots])
         try:
-            await asyncio.wait(tasks)
+            await asyncio.wait([*tasks, *timer_jobs])
         finally:
             self._stopping = True
             self._wake_all()
             late: set[asyncio.Task[None]] = set()
-            pending = [t for t in tasks if not t.done()]
+            # The timer loop too: a firing in hand commits (or not) before the stores close.
+            pending = [t for t in (*tasks, *timer_jobs) if not t.done()]
             if pending:
                 late = await self._wait_or_force(pending)
                 for task in late:
                     task.cancel()
-            for job in background:
-                job.cancel()
-            await asyncio.gather(*background, *tasks, return_exceptions=True)
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, *tasks, *timer_jobs, return_exceptions=True)
             unsubscribe()
             held = [
                 s.name for s, t in zip(self._slots, tasks, strict=True) if s.owned and t not in late
