@@ -332,16 +332,23 @@ def spawn(db_url: str) -> subprocess.Popen[bytes]:
     [
         (
             {"schedule": "t", "after": 1, "event_type": "Nope"},
-            "would deliver 'Nope', which is not in its event_types",
+            "ProcessStateError: process manager 'timed': timer 't' would deliver 'Nope', which "
+            "is not in its event_types",
         ),
         (
             {"schedule": "t", "after": 1, "at": "2030-01-01T00:00:00+00:00"},
-            "needs exactly one of after=",
+            "ProcessStateError: process manager 'timed': timer 't' needs exactly one of after=",
         ),
-        ({"schedule": "t"}, "needs exactly one of after="),
-        ({"schedule": "t", "at": "2030-01-01T00:00:00"}, "has a naive at= datetime"),
-        ({"schedule": "bad<NUL>name", "after": 1}, "contains a NUL character"),
-        ({"cancel": "bad<NUL>name"}, "contains a NUL character"),
+        ({"schedule": "t"}, "ProcessStateError: process manager 'timed': timer 't' needs exactly"),
+        (
+            {"schedule": "t", "at": "2030-01-01T00:00:00"},
+            "ProcessStateError: process manager 'timed': timer 't' has a naive at= datetime",
+        ),
+        (
+            {"schedule": "bad<NUL>name", "after": 1},
+            "InvalidDataError: timer name 'bad\\x00name' contains a NUL character",
+        ),
+        ({"cancel": "bad<NUL>name"}, "InvalidDataError: timer name 'bad\\x00name' contains a NUL"),
     ],
 )
 def test_a_bad_timer_stops_the_manager_with_a_reason_and_writes_nothing(
@@ -353,7 +360,7 @@ def test_a_bad_timer_stops_the_manager_with_a_reason_and_writes_nothing(
     catch_up(app)
     record = handler_record(app)
     assert record.status == "stopped", record
-    assert reason in record.stopped_reason and "timer" in record.stopped_reason
+    assert reason in record.stopped_reason, record.stopped_reason
     assert app.process_store.list_instances() == []
     assert app.timer_store.pending() == []
     assert fired_events(app) == []

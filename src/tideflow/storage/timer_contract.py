@@ -93,5 +93,6 @@ class TimerStore(Protocol):
 
     def fire_due(self, limit: int = 100) -> int:
         """Fire up to ``limit`` timers due by the clock's now, exactly once each (see the module
-        docstring); how many fired."""
+        docstring), appending their events through the event store the timer store was made
+        with, in one transaction; how many fired."""
         ...
