@@ -30,6 +30,8 @@ log = logging.getLogger("tideflow.handlers")
 
 #: Timers fired per transaction: a backlog drains in short transactions.
 FIRE_BATCH = 100
+#: Seconds before looking again at due timers that other transactions hold.
+BUSY_RETRY = 0.05
 
 
 class TimerLoop:
@@ -107,7 +109,9 @@ class TimerLoop:
             if fired:
                 log.debug("fired %d timer(s)", fired)
                 return fired, 0.0
-            due = timers.next_due()  # taken by another worker meanwhile
+            # Due, yet none was taken: another worker is firing it, or a reaction rewriting it
+            # (rows locked, skipped). Look again shortly rather than spin until they commit.
+            due = max(timers.next_due() or now, now + timedelta(seconds=BUSY_RETRY))
         wait = self.poll_interval
         if due is not None:
             wait = min(wait, max((due - now).total_seconds(), 0.0))
