@@ -4,8 +4,9 @@ What is checked: a timer fires once, when the clock passes its due time, and its
 reacts to its event (fired by ``fire_due`` or by the worker's own loop); scheduling a name again
 replaces the timer; a cancelled timer, and the timers of an instance that completed or failed,
 never fire; two stores firing at once fire each timer once; a worker SIGKILLed while timers
-come due is replaced and every timer fires exactly once; bad timer actions are refused with a
-typed error and write nothing.
+come due, or inside its firing transaction, is replaced and every timer fires exactly once; the
+worker's loop wakes early for a timer its process scheduled and waits out an outage; bad timer
+actions are refused with a typed error and write nothing.
 """
 
 from __future__ import annotations
@@ -315,9 +316,42 @@ def test_a_sigkilled_worker_is_replaced_and_every_timer_fires_exactly_once(db_ur
         app.close()
 
 
-def spawn(db_url: str) -> subprocess.Popen[bytes]:
+def test_a_worker_killed_inside_its_firing_transaction_leaves_every_timer_to_fire_once(
+    db_url: str,
+) -> None:
+    app = timed_app(db_url)
+    try:
+        for n in range(3):
+            do(app, f"d{n}", {"schedule": "t", "after": 0})
+        dying = spawn(db_url, "die")
+        try:
+            assert dying.wait(timeout=30) == -signal.SIGKILL
+        finally:
+            dying.kill()
+        # It appended a timer's event, then died before committing: nothing of it remains.
+        assert fired_events(app) == []
+        assert sorted(t.process_id for t in app.timer_store.pending()) == ["d0", "d1", "d2"]
+        second = spawn(db_url)
+        try:
+            wait_until(
+                lambda: all(notes(app, f"d{n}") for n in range(3)),
+                what="every instance reacted to its timer",
+            )
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(timeout=20)
+        assert second.returncode == 0
+        for n in range(3):
+            assert instance(app, f"d{n}").state["fired"] == ["t"]
+            assert notes(app, f"d{n}") == ["t"]
+        assert len(fired_events(app)) == 3 and app.timer_store.pending() == []
+    finally:
+        app.close()
+
+
+def spawn(db_url: str, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.sagas.timer_worker", db_url],
+        [sys.executable, "-m", "tests.sagas.timer_worker", db_url, *args],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
