@@ -38,3 +38,10 @@ def test_the_automatic_undo_example_runs_as_printed(capsys: Any) -> None:
         "[('Book', 'hotel-bob'), ('Cancel', 'hotel-bob')]",
         "running",
     ]
+
+
+def test_the_timer_example_of_the_sagas_page_runs_as_written() -> None:
+    [block] = [b for b in python_blocks("sagas.md") if "class AwaitPayment" in b]
+    namespace: dict[str, Any] = {}
+    exec(compile(block, "sagas.md", "exec"), namespace)  # it asserts what it shows
+    assert namespace["AwaitPayment"].name == "await_payment"

@@ -11,7 +11,8 @@ The layers, bottom to top (``LAYERS``):
   ``process_contract.py`` and the driver-free code beside them (``rows``, ``sqlfile``, ``urls``,
   ``unavailable``): they may use the domain, never a backend;
 * stores - ``storage/flow_store.py``, ``event_store.py``, ``handler_store.py``,
-  ``process_store.py``: written once over the seam; they use the contracts, never a backend;
+  ``process_store.py``, ``timer_store.py``: written once over the seam; they use the contracts,
+  never a backend;
 * backends - ``storage/sqlite/``, ``storage/postgres/``: implement the seam, never each other
   (nor the stores);
 * opening - ``storage/opening.py`` (and ``tideflow.storage``, which re-exports it): picks a
@@ -80,6 +81,7 @@ LAYERS: dict[str, str] = {
     "tideflow.storage.event_store": "stores",
     "tideflow.storage.handler_store": "stores",
     "tideflow.storage.process_store": "stores",
+    "tideflow.storage.timer_store": "stores",
     "tideflow.storage.rows": "contracts",
     "tideflow.storage.sqlfile": "contracts",
     "tideflow.storage.urls": "contracts",

@@ -18,7 +18,13 @@ import pytest
 from tideflow.storage.sqlfile import load_dialect
 
 STORAGE = Path(__file__).resolve().parent.parent / "src" / "tideflow" / "storage"
-STORES = ("flow_store.py", "event_store.py", "handler_store.py", "process_store.py")
+STORES = (
+    "flow_store.py",
+    "event_store.py",
+    "handler_store.py",
+    "process_store.py",
+    "timer_store.py",
+)
 DIALECTS = ("postgres", "sqlite")
 
 #: Queries only one dialect has, and why: each is a backend hook's, run by its own code.

@@ -35,6 +35,7 @@ from tideflow.sagas import ProcessManager
 from tideflow.storage import EventStore, HandlerStore, Stores, open_database, resolve_url
 from tideflow.storage.flow_contract import FlowStore, RunRecord
 from tideflow.storage.process_contract import ProcessStore
+from tideflow.storage.timer_contract import TimerStore
 from tideflow.storage.urls import sqlite_path
 from tideflow.worker import Worker, WorkerOptions
 from tideflow.worker.handlers import HandlerRunner, HandlerRunnerOptions
@@ -235,18 +236,30 @@ class App:
         """Process manager instances, on the same connections as the flow store."""
         return self._open().processes
 
+    @property
+    def timer_store(self) -> TimerStore:
+        """Pending timers of process manager instances, on the same connections as the flow
+        store; the app's workers fire them."""
+        return self._open().timers
+
     def handler_runner(
         self, worker_id: str | None = None, options: HandlerRunnerOptions | None = None
     ) -> HandlerRunner:
         handlers = self.bound_handlers()
-        if any(isinstance(h, ProcessManager) for h in handlers):
+        managers = any(isinstance(h, ProcessManager) for h in handlers)
+        if managers:
             # Record the flows' versions now, in transactions of their own: a process manager
             # that starts a run would otherwise record its flow inside its batch, every batch
             # (a row written in a transaction that may roll back cannot be remembered).
             for flow in self.registry:
                 self.store.ensure_flow(flow.definition)
         return HandlerRunner(
-            self.event_store, self.handler_store, handlers, worker_id=worker_id, options=options
+            self.event_store,
+            self.handler_store,
+            handlers,
+            worker_id=worker_id,
+            options=options,
+            timers=self.timer_store if managers else None,  # they fire their timers
         )
 
     def bound_handlers(self) -> list[EventHandler]:
@@ -256,7 +269,9 @@ class App:
         for handler in handlers:
             if isinstance(handler, ProcessManager):
                 handler.bind(
-                    lambda: ProcessBindings(self.dispatcher, self.process_store, self.client)
+                    lambda: ProcessBindings(
+                        self.dispatcher, self.process_store, self.client, self.timer_store
+                    )
                 )
         return handlers
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from examples.order_saga import OrderFulfilment, shop
 
+from tideflow import App
 from tideflow.events import RecordedEvent
 from tideflow.worker.handlers import HandlerRunnerOptions
 
@@ -32,9 +33,14 @@ class SlowFulfilment(OrderFulfilment):
 async def main(url: str) -> None:
     app = shop(url)
     app.handlers = [SlowFulfilment]
-    worker_id = f"saga-worker-{os.getpid()}"
+    await serve(app, "saga-worker")
+
+
+async def serve(app: App, name: str) -> None:
+    """Run ``app``'s handlers with a short lease until SIGTERM; then close it."""
     runner = app.handler_runner(
-        worker_id, HandlerRunnerOptions(poll_interval=0.05, lease_ttl=1.0, acquire_interval=0.1)
+        f"{name}-{os.getpid()}",
+        HandlerRunnerOptions(poll_interval=0.05, lease_ttl=1.0, acquire_interval=0.1),
     )
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, runner.stop)
     try:

@@ -1,11 +1,11 @@
 """Opening a database by URL: the one module of the storage layer that knows its backends.
 
 ``open_database(url)`` gives every store on one ``Database`` - one pool (PostgreSQL) or one
-connection (SQLite) for flows, events, handlers and process instances. The ``open_*`` functions
-below it open one store on a Database of its own (closed with it), for scripts and tools that
-need one. The contracts and the stores import no backend; the runtime (worker, dispatcher,
-process managers) is handed stores and never opens one. Backends are imported inside the
-functions, so that using SQLite never imports psycopg.
+connection (SQLite) for flows, events, handlers, process instances and their timers. The
+``open_*`` functions below it open one store on a Database of its own (closed with it), for
+scripts and tools that need one. The contracts and the stores import no backend; the runtime
+(worker, dispatcher, process managers) is handed stores and never opens one. Backends are
+imported inside the functions, so that using SQLite never imports psycopg.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from tideflow.storage.event_store import SqlEventStore
 from tideflow.storage.flow_store import SqlFlowStore
 from tideflow.storage.handler_store import SqlHandlerStore
 from tideflow.storage.process_store import SqlProcessStore
+from tideflow.storage.timer_store import SqlTimerStore
 from tideflow.storage.urls import POSTGRES_SCHEMES, resolve_url, sqlite_path
 
 
@@ -58,6 +59,7 @@ class Stores:
     events: SqlEventStore
     handlers: SqlHandlerStore
     processes: SqlProcessStore
+    timers: SqlTimerStore
 
     def close(self) -> None:
         self.db.close()
@@ -91,12 +93,14 @@ def stores_on(
     db: Database, upcasters: Upcasters | None = None, page_size: int = DEFAULT_PAGE_SIZE
 ) -> Stores:
     """Every store on ``db``."""
+    events = SqlEventStore(db, upcasters=upcasters, page_size=page_size)
     return Stores(
         db,
         SqlFlowStore(db),
-        SqlEventStore(db, upcasters=upcasters, page_size=page_size),
+        events,
         SqlHandlerStore(db),
         SqlProcessStore(db),
+        SqlTimerStore(db, events),
     )
 
 

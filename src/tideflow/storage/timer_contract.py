@@ -13,13 +13,16 @@ leaves the row for the next poll), and never fires once deleted. Times come from
 ``Clock``, so tests move a ``ManualClock`` past the due time instead of sleeping.
 
 The fired event is appended to stream ``timer-<manager>-<process id>`` (hashed when too long),
-caused by nothing, with metadata ``{TIMER_METADATA: {"manager": ..., "process_id": ...}}``:
-the saga runtime routes an event carrying that key to that instance of that manager, whatever
-``process_id()`` would say.
+caused by nothing, with metadata ``{TIMER_METADATA: {"manager": ..., "process_id": ...,
+"timer": name}}``: the saga runtime routes an event carrying that key to that instance of that
+manager, whatever ``process_id()`` would say. Its correlation id is the process id when that is
+a uuid (the default process id is the correlation id of the instance's events), so that the
+events of the commands sent in reply come back to the instance.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -72,12 +75,24 @@ class TimerStore(Protocol):
         ...
 
     def pending(
-        self, manager: str | None = None, process_id: str | None = None
+        self, manager: str | None = None, process_id: str | None = None, limit: int = 1000
     ) -> list[TimerRecord]:
         """Timers not fired yet, soonest first."""
         ...
 
+    def next_due(self) -> datetime | None:
+        """When the soonest pending timer is due (perhaps already), or None: how long a worker
+        may sleep."""
+        ...
+
+    def watch(self, callback: Callable[[datetime], None]) -> Callable[[], None]:
+        """Call ``callback(fire_at)`` after a transaction of this process that scheduled a
+        timer ended (so a worker sleeping past ``fire_at`` wakes up); returns the function that
+        stops it. Other processes' timers are found by polling."""
+        ...
+
     def fire_due(self, limit: int = 100) -> int:
         """Fire up to ``limit`` timers due by the clock's now, exactly once each (see the module
-        docstring); how many fired."""
+        docstring), appending their events through the event store the timer store was made
+        with, in one transaction; how many fired."""
         ...

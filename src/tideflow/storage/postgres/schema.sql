@@ -1,4 +1,4 @@
--- tideflow schema for PostgreSQL: the result of migrations 0001-0007, written out for readers.
+-- tideflow schema for PostgreSQL: the result of migrations 0001-0008, written out for readers.
 --
 -- What this file is. The tables, indexes and functions that `tideflow migrate` (store.migrate())
 -- leaves in schema `tideflow` once every migration in migrations/ has run, in one place, without
@@ -10,7 +10,8 @@
 -- only by them (in order, recorded in schema_migrations, under an advisory lock), and their
 -- headers explain the design - the run model and lock order (0001), the event store and why
 -- readers never miss an event (0002, 0004), handler leases (0003), process managers (0005),
--- stalls (0007). A schema change is a new migration AND the matching edit here.
+-- stalls (0007), process timers (0008). A schema change is a new migration AND the matching
+-- edit here.
 --
 -- How it stays honest. tests/test_schema.py applies the migrations to one empty database and
 -- this file to another, and compares their catalogs: tables, columns (name, type, nullability,
@@ -20,7 +21,7 @@
 -- tables and columns, in mapped types.
 --
 -- Using it. Run on an empty database (psql -v ON_ERROR_STOP=1 -f schema.sql), it gives a database
--- that tideflow treats as fully migrated: it records versions 1-7 in schema_migrations as applied,
+-- that tideflow treats as fully migrated: it records versions 1-8 in schema_migrations as applied,
 -- so a later `tideflow migrate` applies only migrations newer than this file. Prefer `tideflow
 -- migrate`.
 --
@@ -196,7 +197,7 @@ CREATE TABLE tideflow.handler_checkpoints (
 
 
 -- =================================================================================================
--- Event handlers and process managers (0003, 0005, 0006)
+-- Event handlers and process managers (0003, 0005, 0006, 0008)
 -- =================================================================================================
 
 -- One row per handler: whether it should run, which worker holds it (owner) and until when, the
@@ -261,6 +262,23 @@ CREATE INDEX process_instances_listing
 -- Pruning finished instances once the manager's retention has passed (0009).
 CREATE INDEX process_instances_finished
     ON tideflow.process_instances (manager, finished_at) WHERE finished_at IS NOT NULL;
+
+-- Durable timers of process manager instances (0008): a row per pending timer, written and
+-- deleted in the reactions' transactions; firing deletes the due rows (FOR UPDATE SKIP LOCKED)
+-- and appends their events in one transaction, so each fires exactly once.
+CREATE TABLE tideflow.process_timers (
+    manager      text        NOT NULL,
+    process_id   text        NOT NULL,
+    name         text        NOT NULL,
+    fire_at      timestamptz NOT NULL,
+    event_type   text        NOT NULL,
+    data         json        NOT NULL,
+    scheduled_at timestamptz NOT NULL,
+    PRIMARY KEY (manager, process_id, name)
+);
+
+-- Due soonest first: the firing query and the worker's look at when to wake next.
+CREATE INDEX process_timers_due ON tideflow.process_timers (fire_at);
 
 
 -- =================================================================================================

@@ -1,4 +1,4 @@
--- tideflow schema for SQLite: the result of migrations 0001-0007, written out for readers.
+-- tideflow schema for SQLite: the result of migrations 0001-0008, written out for readers.
 --
 -- What this file is. The tables and indexes that `tideflow migrate` (store.migrate()) leaves in
 -- the database file once every migration in migrations/ has run, in one place, without the
@@ -25,7 +25,7 @@
 -- SQLite has one writer at a time and so hands out event positions in commit order.
 --
 -- Using it. Run on an empty file (sqlite3 tideflow.db < schema.sql), it gives a database that
--- tideflow treats as fully migrated: it records versions 1-7 in schema_migrations as applied, so
+-- tideflow treats as fully migrated: it records versions 1-8 in schema_migrations as applied, so
 -- a later `tideflow migrate` applies only migrations newer than this file. A writer (a worker,
 -- `tideflow migrate`) switches the file to WAL mode when it opens it. Prefer `tideflow migrate`.
 
@@ -179,7 +179,7 @@ CREATE TABLE handler_checkpoints (
 
 
 -- =================================================================================================
--- Event handlers and process managers (0003, 0005, 0006)
+-- Event handlers and process managers (0003, 0005, 0006, 0008)
 -- =================================================================================================
 
 -- One row per handler that ever ran. status 'running' means "should run": some worker holds it
@@ -243,6 +243,25 @@ CREATE INDEX process_instances_finished
 
 
 -- A database created from this file has every migration up to 0011: record them, so that
+
+-- Durable timers of process manager instances (0008): a row per pending timer; firing deletes
+-- the due rows and appends their events in one write transaction.
+CREATE TABLE process_timers (
+    manager      TEXT NOT NULL,
+    process_id   TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    fire_at      REAL NOT NULL,
+    event_type   TEXT NOT NULL,
+    data         TEXT NOT NULL CHECK (json_valid(data)),
+    scheduled_at REAL NOT NULL,
+    PRIMARY KEY (manager, process_id, name)
+) WITHOUT ROWID;
+
+-- Due soonest first: the firing query and the worker's look at when to wake next.
+CREATE INDEX process_timers_due ON process_timers (fire_at);
+
+
+-- A database created from this file has every migration up to 0008: record them, so that
 -- `tideflow migrate` applies only later ones. applied_at is when this script ran (Unix seconds).
 INSERT INTO schema_migrations (version, name, applied_at) VALUES
     (1, 'initial', (julianday('now') - 2440587.5) * 86400.0),

@@ -5,7 +5,9 @@
 
 Modules: ``runner`` (``HandlerRunner`` and its options: when each handler runs), ``batches`` (one
 batch of one handler, and what follows a failure), ``context`` (the ``ctx`` a handler gets, and
-the thread bridge of async handlers), ``admin`` (``reset_handler``, ``retry_dead_letter``).
+the thread bridge of async handlers), ``admin`` (``reset_handler``, ``retry_dead_letter``),
+``timers`` (the loop beside the handlers that fires process managers' due timers, when the
+runner is given a timer store).
 
 Shape (one asyncio task per handler, plus a heartbeat):
 

@@ -30,9 +30,11 @@ from tideflow.events.projections import Projection
 from tideflow.retrying import Backoff
 from tideflow.storage.event_contract import EventStore
 from tideflow.storage.handler_contract import DeadLetter, HandlerStore
+from tideflow.storage.timer_contract import TimerStore
 from tideflow.worker.handlers.admin import reset_handler, retry_dead_letter
 from tideflow.worker.handlers.batches import HandlerBatches, HandlerSlot, handler_thread_pool
 from tideflow.worker.handlers.context import describe
+from tideflow.worker.handlers.timers import TimerLoop
 from tideflow.worker.outage import WAIT_OUT, Outage, retrying
 
 log = logging.getLogger("tideflow.handlers")
@@ -67,10 +69,12 @@ class HandlerRunner:
         worker_id: str | None = None,
         clock: Clock | None = None,
         options: HandlerRunnerOptions | None = None,
+        timers: TimerStore | None = None,
     ) -> None:
         """``clock`` (default: the handler store's) times retries; lease times come from the
         handler store's clock. ``worker_id`` must differ between runners: two runners with one
-        id would share leases."""
+        id would share leases. ``timers``: fire the due timers of process managers too (the
+        App passes its timer store when it has a process manager; see ``timers.py``)."""
         self.event_store = event_store
         self.handler_store = handler_store
         self.handlers = [check_handler(h) for h in handlers]
@@ -97,6 +101,11 @@ class HandlerRunner:
         handler that found nothing just before another one appended events for it."""
         self.handled = 0
         """Events handled and committed since the runner was made (all handlers)."""
+        self.timers = timers
+        self.timers_fired = 0
+        """Timers this runner fired since it was made."""
+        self._timer_loop: TimerLoop | None = None
+        self._timers_idle_at = -1
         #: Logs database outages once for all of this runner's handlers.
         self.outage = Outage(log, f"handler runner {self.worker_id}")
 
@@ -136,6 +145,7 @@ class HandlerRunner:
         if self._forced:
             self._forced_event.set()
         self._until_idle = until_idle
+        self._timers_idle_at = -1
         self._slots = [HandlerSlot(h) for h in self.handlers]
         if not self._slots:
             if not until_idle:
@@ -155,21 +165,35 @@ class HandlerRunner:
         unsubscribe = self.handler_store.subscribe(self.wake)
         admin = handler_thread_pool("handlers")
         heartbeat = asyncio.create_task(self._heartbeat(admin))
+        timer_jobs: list[asyncio.Task[None]] = []
+        self._timer_loop = None
+        if self.timers is not None:
+            self._timer_loop = TimerLoop(
+                self.timers,
+                self.outage,
+                self.options.poll_interval,
+                stopping=lambda: self._stopping,
+                generation=lambda: self._generation,
+                fired=self._timers_fired,
+                idle=self._timers_idle,
+            )
+            timer_jobs.append(asyncio.create_task(self._timer_loop.run()))
         tasks = [asyncio.create_task(self._drive(slot, batches)) for slot in self._slots]
         log.info("handler runner %s started: %s", self.worker_id, [s.name for s in self._slots])
         try:
-            await asyncio.wait(tasks)
+            await asyncio.wait([*tasks, *timer_jobs])
         finally:
             self._stopping = True
             self._wake_all()
             late: set[asyncio.Task[None]] = set()
-            pending = [t for t in tasks if not t.done()]
+            # The timer loop too: a firing in hand commits (or not) before the stores close.
+            pending = [t for t in (*tasks, *timer_jobs) if not t.done()]
             if pending:
                 late = await self._wait_or_force(pending)
                 for task in late:
                     task.cancel()
             heartbeat.cancel()
-            await asyncio.gather(heartbeat, *tasks, return_exceptions=True)
+            await asyncio.gather(heartbeat, *tasks, *timer_jobs, return_exceptions=True)
             unsubscribe()
             held = [
                 s.name for s, t in zip(self._slots, tasks, strict=True) if s.owned and t not in late
@@ -314,15 +338,35 @@ class HandlerRunner:
     def _wake_all(self) -> None:
         for slot in self._slots:
             slot.wake.set()
+        if self._timer_loop is not None and (self._until_idle or self._stopping):
+            # Not on every append when serving: the timer loop would read the database for each.
+            # Run until idle, it must look again after the handlers' appends (a reaction may
+            # schedule a timer that is due already).
+            self._timer_loop.wake.set()
         if self._forced and self._forced_event is not None:
             self._forced_event.set()
 
     def _set_idle(self, slot: HandlerSlot, idle: bool, generation: int = -1) -> None:
         slot.idle, slot.idle_at = idle, generation
+        if idle:
+            self._stop_if_idle()
+
+    def _timers_fired(self, fired: int) -> None:
+        self.timers_fired += fired
+        self._generation += 1  # new events in the log: the handlers are not idle any more
+        self._wake_all()
+
+    def _timers_idle(self, generation: int) -> None:
+        self._timers_idle_at = generation
+        self._stop_if_idle()
+
+    def _stop_if_idle(self) -> None:
+        """With ``until_idle``: stop once every handler, and the timer loop, found nothing to do
+        since the last batch that appended events."""
         if (
-            idle
-            and self._until_idle
+            self._until_idle
             and all(s.idle and s.idle_at == self._generation for s in self._slots)
+            and (self._timer_loop is None or self._timers_idle_at == self._generation)
         ):
             self.stop()
 
