@@ -380,9 +380,12 @@ def spawn(db_url: str, *args: str) -> subprocess.Popen[bytes]:
         ),
         (
             {"schedule": "bad<NUL>name", "after": 1},
-            "InvalidDataError: timer name 'bad\\x00name' contains a NUL character",
+            "ProcessStateError: process manager 'timed': timer name 'bad\\x00name' contains a NUL",
         ),
-        ({"cancel": "bad<NUL>name"}, "InvalidDataError: timer name 'bad\\x00name' contains a NUL"),
+        (
+            {"cancel": "bad<NUL>name"},
+            "ProcessStateError: process manager 'timed': timer name 'bad\\x00name' contains",
+        ),
     ],
 )
 def test_a_bad_timer_stops_the_manager_with_a_reason_and_writes_nothing(
@@ -496,3 +499,16 @@ def test_a_runner_without_process_managers_fires_no_timers(db_url: str) -> None:
     with App(db_url) as plain, timed_app(db_url) as timed:
         assert plain.handler_runner().timers is None
         assert timed.handler_runner().timers is timed.timer_store
+
+
+def test_tideflow_saga_shows_the_pending_timers(open_app: Callable[[], App], db_url: str) -> None:
+    from typer.testing import CliRunner
+
+    from tideflow.cli.main import cli
+
+    app = open_app()
+    do(app, "p1", {"schedule": "payment", "after": 900})
+    catch_up(app)
+    result = CliRunner().invoke(cli, ["saga", Timed.name, "p1", "-d", db_url])
+    assert result.exit_code == 0, result.output
+    assert "timer payment -> TimerElapsed at" in result.output

@@ -24,12 +24,11 @@ from tideflow.cli.errors import CliUsageError, CommandFailed
 from tideflow.cli.events_cli import DatabaseOpt, _console
 from tideflow.cli.loading import check_reachable
 from tideflow.cli.render import compact_json, fmt_time, truncate
-from tideflow.storage import open_database, resolve_url
+from tideflow.storage import Stores, open_database, resolve_url
 from tideflow.storage.process_contract import (
     PROCESS_STATUSES,
     ProcessInstance,
     ProcessStatus,
-    ProcessStore,
 )
 
 sagas_app = typer.Typer(add_completion=False)
@@ -39,14 +38,14 @@ _STYLES = {"running": "green", "completed": "dim", "compensated": "yellow", "fai
 
 
 @contextmanager
-def _store(database_url: str | None) -> Iterator[ProcessStore]:
-    """The process store, read without creating or migrating anything (``SchemaMissingError``
-    on a database without the schema)."""
+def _stores(database_url: str | None) -> Iterator[Stores]:
+    """The stores, read without creating or migrating anything (``SchemaMissingError`` on a
+    database without the schema)."""
     url = resolve_url(database_url)
     check_reachable(url)
     with open_database(url, create=False) as stores:
         stores.db.check_schema()
-        yield stores.processes
+        yield stores
 
 
 def instances_table(instances: list[ProcessInstance]) -> Table:
@@ -106,9 +105,9 @@ def sagas_command(
     if limit < 1:
         raise CliUsageError(f"--limit must be at least 1, got {limit}")
     checked: ProcessStatus | None = status  # narrowed by the check above
-    with _store(database_url) as store:
-        instances = store.list_instances(manager, checked, limit)
-        counts = store.counts()
+    with _stores(database_url) as stores:
+        instances = stores.processes.list_instances(manager, checked, limit)
+        counts = stores.processes.counts()
     out = _console()
     if not instances:
         out.print(
@@ -140,8 +139,9 @@ def saga_command(
 ) -> None:
     """Show one process manager instance: status, timings, failure, the commands it sent and
     undid in order, and its whole state."""
-    with _store(database_url) as store:
-        found = store.get(manager, process_id)
+    with _stores(database_url) as stores:
+        found = stores.processes.get(manager, process_id)
+        timers = stores.timers.pending(manager, process_id) if found is not None else []
     if found is None:
         raise CommandFailed(
             f"process manager {manager!r} has no instance {process_id!r}; "
@@ -176,4 +176,11 @@ def saga_command(
     pending = len(json.loads(found.undo_json))
     if pending and found.status == "running":
         out.print(Text(f"{pending} undo(s) recorded, dispatched if a command is refused", "dim"))
+    for timer in timers:
+        out.print(
+            Text.assemble(
+                ("timer ", "cyan"),
+                f"{timer.name} -> {timer.event_type} at {fmt_time(timer.fire_at)}",
+            )
+        )
     out.print(json.dumps(found.state, indent=2, ensure_ascii=False), soft_wrap=True)

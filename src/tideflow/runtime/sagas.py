@@ -26,6 +26,7 @@ from datetime import timedelta
 from typing import Any
 
 from tideflow.client import Client
+from tideflow.errors import InvalidDataError
 from tideflow.events.aggregate import DomainError
 from tideflow.events.commands import Command, DispatchResult
 from tideflow.events.handling import HandlerContext
@@ -337,7 +338,10 @@ def _timer(
             f"process manager {manager.name!r} used a timer, but it was bound without a timer "
             "store: register it with an App, or pass timers=... to ProcessBindings"
         )
-    name = check_id(action.name, "timer name", max_length=MAX_PROCESS_ID_LENGTH)
+    try:
+        name = check_id(action.name, "timer name", max_length=MAX_PROCESS_ID_LENGTH)
+    except InvalidDataError as exc:  # a bug in the manager: not worth retrying
+        raise ProcessStateError(f"process manager {manager.name!r}: {exc}") from exc
     if isinstance(action, CancelTimer):
         timers.cancel(tx, manager.name, process_id, name)
         return
