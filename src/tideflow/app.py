@@ -398,6 +398,7 @@ class App:
         shutdown_grace: float = WorkerOptions.shutdown_grace,
         max_batch: int = WorkerOptions.max_batch,
         handler_lease: float = HandlerRunnerOptions.lease_ttl,
+        handler_batch_size: int | None = None,
     ) -> None:
         """Run a worker in this thread until SIGINT/SIGTERM or, with ``until_idle``, until
         there is nothing left to do. One worker process runs both the flows and the event
@@ -407,6 +408,8 @@ class App:
         database) wait before another worker retries them, ``heartbeat_interval`` (default
         ``lease_margin / 3``) how often a live worker renews them; ``handler_lease`` is the same
         delay for event handlers. Shorter means faster failover and more writes while idle.
+        ``handler_batch_size`` overrides every handler's ``batch_size`` (events per batch
+        transaction).
 
         Stopping: the first SIGINT/SIGTERM stops gracefully - nothing new is claimed, running
         tasks and handler batches get ``shutdown_grace`` seconds to finish, then the tasks still
@@ -436,6 +439,7 @@ class App:
                     poll_interval=poll_interval,
                     lease_ttl=handler_lease,
                     shutdown_grace=shutdown_grace,
+                    batch_size=handler_batch_size,
                 ),
             )
             if self.handlers

@@ -463,3 +463,22 @@ def test_tideflow_saga_shows_what_was_sent_and_undone(app: App, db_url: str) -> 
         cli, ["sagas", "--status", "compensated", "-d", db_url], env={"COLUMNS": "200"}
     )
     assert listing.exit_code == 0 and "t2" in listing.output and "t1" not in listing.output
+
+
+def test_the_runner_can_override_every_handlers_batch_size(app: App) -> None:
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        HandlerRunnerOptions(batch_size=0)
+    for n in range(3):
+        book_trip(app, f"t{n}", flight=f"flight-{n}")
+    runner = app.handler_runner(options=HandlerRunnerOptions(batch_size=1, poll_interval=0.02))
+    runner.run_until_idle()
+    assert all(app.process("trip_saga", f"t{n}").get().state["booked"] == 3 for n in range(3))
+
+
+def test_the_worker_command_takes_the_handler_batch_size() -> None:
+    from typer.testing import CliRunner
+
+    from tideflow.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["worker", "--help"], env={"COLUMNS": "200"})
+    assert "--handler-batch-size" in result.output and "--handler-lease" in result.output

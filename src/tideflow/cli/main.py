@@ -157,6 +157,15 @@ def worker(
             min=0.1,
         ),
     ] = 30.0,
+    handler_batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Events per batch transaction for every event handler and process manager, "
+            "overriding their batch_size [default: each handler's own].",
+            min=1,
+            show_default=False,
+        ),
+    ] = None,
     shutdown_grace: Annotated[
         float,
         typer.Option(
@@ -194,6 +203,7 @@ def worker(
                 lease_margin=lease_margin,
                 heartbeat_interval=heartbeat_interval,
                 handler_lease=handler_lease,
+                handler_batch_size=handler_batch_size,
                 shutdown_grace=shutdown_grace,
             )
         except KeyboardInterrupt:

@@ -89,6 +89,7 @@ class HandlerBatches:
         dialect: Dialect,
         loop: asyncio.AbstractEventLoop,
         stopping: Callable[[], bool],
+        batch_size: int | None = None,
     ) -> None:
         """``stopping`` tells whether the runner is shutting down (a non-transactional handler
         then stops after the event in hand); ``loop`` runs ``async`` handlers."""
@@ -100,6 +101,10 @@ class HandlerBatches:
         self.dialect = dialect
         self._loop = loop
         self._stopping = stopping
+        self._batch_size = batch_size  # the runner's override of every handler's batch_size
+
+    def _size(self, h: EventHandler) -> int:
+        return self._batch_size or h.batch_size
 
     def set_up(self, slot: HandlerSlot, projection: Projection) -> None:
         """Create a projection's tables before it runs (under its lease)."""
@@ -178,7 +183,7 @@ class HandlerBatches:
         events, upto = self._read(h, position)
         if upto <= position:
             return BatchOutcome()
-        more = len(events) == h.batch_size
+        more = len(events) == self._size(h)
         if h.transactional:
             return self._transactional_batch(slot, position, events, upto, more)
         return self._plain_batch(slot, position, events, upto, more)
@@ -191,9 +196,11 @@ class HandlerBatches:
         if head <= position:
             return [], position
         events = list(
-            self.event_store.read_all(position, h.event_types, limit=h.batch_size, to_position=head)
+            self.event_store.read_all(
+                position, h.event_types, limit=self._size(h), to_position=head
+            )
         )
-        full = len(events) == h.batch_size
+        full = len(events) == self._size(h)
         return events, events[-1].position if full else head
 
     def _transactional_batch(

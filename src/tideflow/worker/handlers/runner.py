@@ -55,6 +55,14 @@ class HandlerRunnerOptions:
     default ``lease_ttl / 3``."""
     shutdown_grace: float = 30.0
     """How long ``stop()`` waits for batches in hand before abandoning them to their leases."""
+    batch_size: int | None = None
+    """Events per batch transaction for every handler of this runner, overriding their own
+    ``batch_size`` (more: throughput; fewer: latency and shorter transactions)."""
+
+    def __post_init__(self) -> None:
+        size = self.batch_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"batch_size must be a positive int or None, got {size!r}")
 
 
 class HandlerRunner:
@@ -161,6 +169,7 @@ class HandlerRunner:
             dialect=self.dialect,
             loop=self._loop,
             stopping=lambda: self._stopping,
+            batch_size=self.options.batch_size,
         )
         unsubscribe = self.handler_store.subscribe(self.wake)
         admin = handler_thread_pool("handlers")
