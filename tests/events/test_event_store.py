@@ -1131,7 +1131,7 @@ def test_appends_prepare_their_statement_again_if_it_was_deallocated(
             tx.connection.execute("DEALLOCATE ALL")
         store.append("s", [ev(n=3)], 2)
         with store.transaction() as tx:
-            tx.connection.execute("DEALLOCATE tideflow_append_events_v2")
+            tx.connection.execute("DEALLOCATE tideflow_append_events_v3")
         with pytest.raises(WrongExpectedVersionError):
             store.append("s", [ev(n=4)], 2)
         assert ns(store.read_all()) == [1, 2, 3]

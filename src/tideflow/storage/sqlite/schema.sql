@@ -25,7 +25,7 @@
 -- SQLite has one writer at a time and so hands out event positions in commit order.
 --
 -- Using it. Run on an empty file (sqlite3 tideflow.db < schema.sql), it gives a database that
--- tideflow treats as fully migrated: it records versions 1-7 in schema_migrations as applied, so
+-- tideflow treats as fully migrated: it records versions 1-10 in schema_migrations as applied, so
 -- a later `tideflow migrate` applies only migrations newer than this file. A writer (a worker,
 -- `tideflow migrate`) switches the file to WAL mode when it opens it. Prefer `tideflow migrate`.
 
@@ -132,7 +132,9 @@ CREATE INDEX tasks_started ON tasks (lease_expires_at) WHERE status = 'started';
 
 CREATE TABLE streams (
     stream_id TEXT    PRIMARY KEY,
-    version   INTEGER NOT NULL CHECK (version >= 1)  -- the stream's last event
+    version   INTEGER NOT NULL CHECK (version >= 1), -- the stream's last event
+    -- 0010: set when the stream was soft-deleted (its events are marked deleted).
+    deleted_at REAL
 ) WITHOUT ROWID;
 
 CREATE TABLE events (
@@ -147,6 +149,8 @@ CREATE TABLE events (
     recorded_at    REAL    NOT NULL,
     data           TEXT    NOT NULL CHECK (json_valid(data)),
     metadata       TEXT    NOT NULL CHECK (json_valid(metadata)),
+    -- 0010: 1 in a soft-deleted stream; every read leaves such events out.
+    deleted        INTEGER NOT NULL DEFAULT false CHECK (deleted IN (0, 1)),
     CONSTRAINT events_stream_version UNIQUE (stream_id, version),
     CONSTRAINT events_event_id UNIQUE (event_id)
 );
@@ -242,6 +246,9 @@ INSERT INTO schema_migrations (version, name, applied_at) VALUES
     (4, 'event_floor_locks', (julianday('now') - 2440587.5) * 86400.0),
     (5, 'process_managers', (julianday('now') - 2440587.5) * 86400.0),
     (6, 'process_manager_kind', (julianday('now') - 2440587.5) * 86400.0),
-    (7, 'task_stalls', (julianday('now') - 2440587.5) * 86400.0);
+    (7, 'task_stalls', (julianday('now') - 2440587.5) * 86400.0),
+    (8, 'process_timers', (julianday('now') - 2440587.5) * 86400.0),
+    (9, 'process_undo', (julianday('now') - 2440587.5) * 86400.0),
+    (10, 'stream_deletion', (julianday('now') - 2440587.5) * 86400.0);
 
 COMMIT;

@@ -1,0 +1,1 @@
+-- placeholder: merged from another branch
