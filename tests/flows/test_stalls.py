@@ -385,7 +385,7 @@ def test_a_database_of_migration_6_upgrades_with_runs_in_flight(
         conn.close()
         store = open_store(f"sqlite:///{path}", clock=clock)
         try:
-            assert store.migrate() == ["0007_task_stalls"]
+            assert store.migrate()[0] == "0007_task_stalls"  # and the later ones
             _check_upgraded(store, clock, ["old"])
         finally:
             store.close()
@@ -407,7 +407,7 @@ def test_a_database_of_migration_6_upgrades_with_runs_in_flight(
             _start_run_v1(conn, "old", now)
         store = open_store(url, clock=clock)
         try:
-            assert store.migrate() == ["0007_task_stalls"]
+            assert store.migrate()[0] == "0007_task_stalls"  # and the later ones
             with psycopg.connect(url, autocommit=True) as conn:
                 _start_run_v1(conn, "during_upgrade", now)  # an old worker, after 0007
             _check_upgraded(store, clock, ["during_upgrade", "old"])
