@@ -1487,7 +1487,10 @@ def test_a_soft_deleted_stream_reads_as_empty_and_refuses_appends(
     three: EventStore, expected: ExpectedVersion | int
 ) -> None:
     three.save_snapshot("doomed", 3, {"n": 3})
+    first = next(three.read_stream("doomed"))
     three.delete_stream("doomed", expected)
+    # A reader that had got to the stream's first event does not get the rest.
+    assert data(three.read_all(first.position)) == [4]
     assert data(three.read_stream("doomed")) == []
     assert data(three.read_stream("doomed", backwards=True)) == []
     assert three.stream_version("doomed") == 0

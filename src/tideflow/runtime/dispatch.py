@@ -350,8 +350,10 @@ class CommandDispatcher:
         """This dispatcher, recording into the open transaction ``tx`` instead of committing
         each command on its own: the commands' events commit with whatever else ``tx`` holds
         (a process manager's state and checkpoint), or not at all. Same routes, middleware and
-        retries; a version conflict re-reads the stream through ``tx``. Keep such
-        transactions short: on PostgreSQL their appends hold back every ``read_all``."""
+        retries; a version conflict re-reads the stream through ``tx``. Snapshots are taken in
+        ``tx`` too, and ``after_dispatch`` hooks run once ``tx`` has committed (never if it
+        rolls back). Keep such transactions short: on PostgreSQL their appends hold back every
+        ``read_all``."""
         bound = copy.copy(self)
         bound.store = _TransactionStore(self.store, tx)
         return bound

@@ -276,8 +276,10 @@ class SQLiteDatabase:
                 self._open_txs.pop()
                 for callback in tx._on_end:
                     callback()
+            # A released savepoint: its work commits with the outer transaction, or not. (Nested
+            # in a transaction begun without transaction() - outer None - the commit cannot be
+            # seen from here: its callbacks run now, the best that can be done.)
             if outer is not None:
-                # A released savepoint: its work commits with the outer transaction, or not.
                 outer._on_commit.extend(tx._on_commit)
                 tx._on_commit.clear()
         # Nested, this is before the outer commit: a worker of this process that wakes now
