@@ -305,9 +305,9 @@ class AttemptLog(Middleware):
         self.attempts.append(ctx.attempts)
 
 
-def _run_both(calls: list[Any]) -> list[Any]:
-    """Run the calls in two threads at once; return their results (or exceptions)."""
-    results: list[Any] = [None, None]
+def _run_all(calls: list[Any]) -> list[Any]:
+    """Run the calls in threads at once, one each; return their results (or exceptions)."""
+    results: list[Any] = [None] * len(calls)
 
     def run(i: int) -> None:
         try:
@@ -315,7 +315,7 @@ def _run_both(calls: list[Any]) -> list[Any]:
         except Exception as exc:  # pragma: no cover - reported by the assertions
             results[i] = exc
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
     for t in threads:
         t.start()
     for t in threads:
@@ -334,7 +334,7 @@ def test_two_dispatchers_racing_on_one_aggregate_both_take_effect_in_order(
     dispatchers = [
         CommandDispatcher(open_events(), [Counter(barrier)], middleware=[log]) for _ in range(2)
     ]
-    results = _run_both(
+    results = _run_all(
         [
             lambda: dispatchers[0].dispatch(Command("Increment", "c1", {"by": 1})),
             lambda: dispatchers[1].dispatch(Command("Increment", "c1", {"by": 2})),
@@ -429,7 +429,7 @@ def test_two_dispatchers_racing_with_one_key_append_exactly_once(
             Command("Increment", "c1", {"by": 1}, idempotency_key="req-7")
         )
 
-    results = _run_both([lambda: send(0), lambda: send(1)])
+    results = _run_all([lambda: send(0), lambda: send(1)])
 
     assert all(isinstance(r, DispatchResult) for r in results), results
     assert sorted(r.replayed for r in results) == [False, True]
@@ -928,19 +928,7 @@ def test_one_command_sent_by_many_dispatchers_at_once_is_recorded_once(
     command = Command("Increment", "c1", {"by": 1})
     barrier = threading.Barrier(4)
     dispatchers = [CommandDispatcher(open_events(), [Counter(barrier)]) for _ in range(4)]
-    results: list[Any] = [None] * 4
-
-    def send(i: int) -> None:
-        try:
-            results[i] = dispatchers[i].dispatch(command)
-        except Exception as exc:  # pragma: no cover - reported by the assertions
-            results[i] = exc
-
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
+    results = _run_all([lambda d=d: d.dispatch(command) for d in dispatchers])
     assert all(isinstance(r, DispatchResult) for r in results), results
     assert sorted(r.replayed for r in results) == [False, True, True, True]
     assert len({tuple(e.event_id for e in r.events) for r in results}) == 1
