@@ -60,6 +60,13 @@ from tideflow.storage.event_contract import (
 )
 
 _LAST_VERSION = 2**62  # "from the end" for backwards reads; above any real version
+#: read_all's query by (backwards, of some types only).
+_READ_ALL = {
+    (False, False): "read_all",
+    (False, True): "read_all_of_types",
+    (True, False): "read_all_backwards",
+    (True, True): "read_all_of_types_backwards",
+}
 
 
 class SqlEventStore:
@@ -217,19 +224,28 @@ class SqlEventStore:
         types = check_event_types(event_types)
         limit = check_limit(limit)
         end = None if to_position is None else check_position(to_position, "to_position")
-        if backwards:
-            return self._read_all_backwards(start, types, limit, end or 0)
-        return self._read_all(start or 0, types, limit, end)
+        if backwards:  # positions in [end, start): as (after, until], read from the top
+            return self._read_all(
+                (end or 0) - 1, types, limit, None if start is None else start - 1, True
+            )
+        return self._read_all(start or 0, types, limit, end, False)
 
     def _read_all(
-        self, after: int, types: list[str] | None, limit: int | None, to_position: int | None
+        self,
+        after: int,
+        types: list[str] | None,
+        limit: int | None,
+        until: int | None,
+        backwards: bool,
     ) -> Iterator[RecordedEvent]:
+        """Events with ``after < position <= until``, never above the horizon, from the
+        bottom or (``backwards``) from the top. Backwards too it starts at the horizon: above
+        it, an append in flight may still commit an event below one already delivered."""
         if limit == 0 or types == []:
             return
-        until = self.head_position()  # a statement of its own, BEFORE the reads: see above
-        if to_position is not None:
-            until = min(until, to_position)
-        name = "read_all" if types is None else "read_all_of_types"
+        horizon = self.head_position()  # a statement of its own, BEFORE the reads: see above
+        until = horizon if until is None else min(until, horizon)
+        name = _READ_ALL[backwards, types is not None]
         remaining = limit
         while after < until:
             size = self.page_size if remaining is None else min(self.page_size, remaining)
@@ -239,33 +255,10 @@ class SqlEventStore:
             yield from self.upcasters.upcast_all(self._events(rows))
             if len(rows) < size:
                 return
-            after = rows[-1][0]
-            if remaining is not None:
-                remaining -= len(rows)
-                if remaining == 0:
-                    return
-
-    def _read_all_backwards(
-        self, before: int | None, types: list[str] | None, limit: int | None, down_to: int
-    ) -> Iterator[RecordedEvent]:
-        """``read_all`` from the newest event down, below ``before`` and at ``down_to`` or
-        above. It starts at the horizon for the reason ``_read_all`` stops there: above it, an
-        append in flight may still commit an event below one already delivered."""
-        if limit == 0 or types == []:
-            return
-        top = self.head_position() + 1
-        before = top if before is None else min(before, top)
-        name = "read_all_backwards" if types is None else "read_all_of_types_backwards"
-        remaining = limit
-        while before > down_to:
-            size = self.page_size if remaining is None else min(self.page_size, remaining)
-            rows = self._records(
-                None, name, before=before, down_to=down_to, limit=size, event_types=types
-            )
-            yield from self.upcasters.upcast_all(self._events(rows))
-            if len(rows) < size:
-                return
-            before = rows[-1][0]
+            if backwards:
+                until = rows[-1][0] - 1
+            else:
+                after = rows[-1][0]
             if remaining is not None:
                 remaining -= len(rows)
                 if remaining == 0:

@@ -94,12 +94,11 @@ VALUES (%(name)s, %(position)s, %(updated_at)s)
 ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at
 
 -- name: read_all_backwards
--- read_all from the newest event down: positions below %(before)s (the horizon + 1, or where the
--- previous page ended) and at least %(down_to)s.
+-- read_all from the newest event down: the same range, the highest positions first.
 SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
        correlation_id, recorded_at, data::text, metadata::text
 FROM tideflow.events
-WHERE position < %(before)s AND position >= %(down_to)s AND NOT deleted
+WHERE position > %(after)s AND position <= %(until)s AND NOT deleted
 ORDER BY position DESC
 LIMIT (SELECT %(limit)s::bigint)
 
@@ -107,7 +106,7 @@ LIMIT (SELECT %(limit)s::bigint)
 SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
        correlation_id, recorded_at, data::text, metadata::text
 FROM tideflow.events
-WHERE position < %(before)s AND position >= %(down_to)s AND event_type = ANY(%(event_types)s::text[])
+WHERE position > %(after)s AND position <= %(until)s AND event_type = ANY(%(event_types)s::text[])
   AND NOT deleted
 ORDER BY position DESC
 LIMIT (SELECT %(limit)s::bigint)

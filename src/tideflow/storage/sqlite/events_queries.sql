@@ -101,12 +101,11 @@ VALUES (%(name)s, %(position)s, %(updated_at)s)
 ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at
 
 -- name: read_all_backwards
--- read_all from the newest event down: positions below %(before)s (the horizon + 1, or where the
--- previous page ended) and at least %(down_to)s.
+-- read_all from the newest event down: the same range, the highest positions first.
 SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
        correlation_id, recorded_at, data, metadata
 FROM events
-WHERE position < %(before)s AND position >= %(down_to)s AND deleted = 0
+WHERE position > %(after)s AND position <= %(until)s AND deleted = 0
 ORDER BY position DESC
 LIMIT %(limit)s
 
@@ -114,7 +113,7 @@ LIMIT %(limit)s
 SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
        correlation_id, recorded_at, data, metadata
 FROM events
-WHERE position < %(before)s AND position >= %(down_to)s AND event_type IN (SELECT value FROM json_each(%(event_types)s))
+WHERE position > %(after)s AND position <= %(until)s AND event_type IN (SELECT value FROM json_each(%(event_types)s))
   AND deleted = 0
 ORDER BY position DESC
 LIMIT %(limit)s
