@@ -376,8 +376,10 @@ class CommandDispatcher:
         While the database is unavailable (a restart), loading and appending are retried for
         about 5 s, then ``DatabaseUnavailableError`` is raised. The retry never records a
         command twice (same expected version, same event ids). Dispatching the same command
-        again *yourself* after that error is safe only with an ``idempotency_key``: without
-        one, the first attempt may have committed, and a second dispatch decides again.
+        again *yourself* after that error is safe: its ``idempotency_key``, or else its
+        ``command_id``, is recorded with its events. A ``Command`` built anew (a new
+        ``command_id``) without a key is another command: the first may have committed, and it
+        decides again.
         """
         if not isinstance(command, Command):
             raise InvalidCommandError(
