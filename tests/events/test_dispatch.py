@@ -958,3 +958,67 @@ def test_a_command_to_a_deleted_stream_is_refused_with_a_typed_error(
     # Its first result can no longer be read back: said, not returned empty.
     with pytest.raises(TideflowError, match="was the stream deleted"):
         dispatcher.dispatch(first)
+
+
+# --- through a process manager --------------------------------------------------------------------
+
+
+class CommandLog(Middleware):
+    def __init__(self) -> None:
+        self.reported: list[str] = []
+
+    def after_dispatch(self, ctx: DispatchContext, result: DispatchResult) -> None:
+        self.reported.append(ctx.command.command_type)
+
+
+def test_a_process_managers_commands_take_snapshots_and_are_reported_once(
+    db_url: str,
+) -> None:
+    """Both defects of issue 9 through the saga runtime: a batch that fails after dispatching
+    and is retried reports each command once, after its commit, and the commands take
+    snapshots like directly dispatched ones."""
+    from examples.order_saga import Order, OrderFulfilment, Payment, ShipOrder, Stock
+
+    from tideflow import App
+    from tideflow.worker.handlers import HandlerRunnerOptions
+
+    class SnapshottedStock(Stock):
+        aggregate_type = "stock"
+        snapshot_every = 2
+
+    class FailsOnce(OrderFulfilment):
+        name = "fails_once_after_charging"
+        base_delay = 0.0
+        max_attempts = 3
+        failures = 0
+
+        def apply(self, state: Any, event: RecordedEvent) -> Any:
+            if event.event_type == "StockReserved" and FailsOnce.failures == 0:
+                FailsOnce.failures += 1
+                raise RuntimeError("crash after dispatching ChargeCard")
+            return super().apply(state, event)
+
+    log = CommandLog()
+    app = App(
+        db_url,
+        flows=[ShipOrder],
+        aggregates=[Order, SnapshottedStock, Payment],
+        handlers=[FailsOnce],
+        command_middleware=[log],
+    )
+    try:
+        app.dispatch(Command("AddStock", "tea", {"qty": 4}))
+        app.dispatch(Command("PlaceOrder", "o-1", {"sku": "tea", "qty": 1, "amount": 100}))
+        options = HandlerRunnerOptions(poll_interval=0.02, acquire_interval=0.05)
+        app.handler_runner(options=options).run_until_idle()
+        assert FailsOnce.failures == 1
+        assert sorted(log.reported) == sorted(
+            ["AddStock", "PlaceOrder", "ReserveStock", "ChargeCard", "ConfirmOrder"]
+        )
+        assert [e.event_type for e in app.event_store.read_stream("payment-o-1")] == [
+            "PaymentCharged"
+        ]
+        snapshot = app.event_store.load_snapshot("stock-tea")  # version 2: ReserveStock's
+        assert snapshot is not None and (snapshot.version, snapshot.state) == (2, {"on_hand": 3})
+    finally:
+        app.close()
