@@ -2,7 +2,8 @@
 --
 -- What this file is. The tables, indexes and functions that `tideflow migrate` (store.migrate())
 -- leaves in schema `tideflow` once every migration in migrations/ has run, in one place, without
--- the history: columns added later (tasks.stalls, run_steps.max_stalls) sit in their table, the
+-- the history: columns added later (tasks.stalls, run_steps.max_stalls, streams.deleted_at,
+-- events.deleted) sit in their table, the
 -- CHECK that migration 0006 replaced is written as it is now, and functions that a later
 -- migration dropped (append_events_v1, event_horizon_v1) are gone.
 --
@@ -10,7 +11,8 @@
 -- only by them (in order, recorded in schema_migrations, under an advisory lock), and their
 -- headers explain the design - the run model and lock order (0001), the event store and why
 -- readers never miss an event (0002, 0004), handler leases (0003), process managers (0005),
--- stalls (0007). A schema change is a new migration AND the matching edit here.
+-- stalls (0007), deleting streams (0010). A schema change is a new migration AND the matching
+-- edit here.
 --
 -- How it stays honest. tests/test_schema.py applies the migrations to one empty database and
 -- this file to another, and compares their catalogs: tables, columns (name, type, nullability,
