@@ -3,9 +3,8 @@
 -- What this file is. The tables, indexes and functions that `tideflow migrate` (store.migrate())
 -- leaves in schema `tideflow` once every migration in migrations/ has run, in one place, without
 -- the history: columns added later (tasks.stalls, run_steps.max_stalls, streams.deleted_at,
--- events.deleted) sit in their table, the
--- CHECK that migration 0006 replaced is written as it is now, and functions that a later
--- migration dropped (append_events_v1, event_horizon_v1) are gone.
+-- events.deleted) sit in their table, the CHECK that migration 0006 replaced is written as it is
+-- now, and functions that a later migration dropped (append_events_v1, event_horizon_v1) are gone.
 --
 -- What it is not. The migrations remain the source of truth: a database is created and upgraded
 -- only by them (in order, recorded in schema_migrations, under an advisory lock), and their

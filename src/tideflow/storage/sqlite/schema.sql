@@ -1,10 +1,9 @@
 -- tideflow schema for SQLite: the result of migrations 0001-0010, written out for readers.
 --
--- What this file is. The tables and indexes that `tideflow migrate` (store.migrate()) leaves in
--- the database file once every migration in migrations/ has run, in one place, without the
--- history: columns added later (tasks.stalls, run_steps.max_stalls, streams.deleted_at,
--- events.deleted) sit in their table and the
--- event_handlers table that migration 0006 rebuilt is written as it is now.
+-- What this file is. The tables and indexes that `tideflow migrate` (store.migrate()) leaves in the
+-- database file once every migration in migrations/ has run, in one place, without the history:
+-- columns added later (tasks.stalls, run_steps.max_stalls, streams.deleted_at, events.deleted) sit
+-- in their table and the event_handlers table that migration 0006 rebuilt is written as it is now.
 --
 -- What it is not. The migrations remain the source of truth: a database is created and upgraded
 -- only by them (in order, recorded in schema_migrations, in one exclusive transaction). The
