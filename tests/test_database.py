@@ -74,3 +74,88 @@ def test_application_sql_is_written_once_for_both_dialects(db_url: str) -> None:
             rows = tx.execute("SELECT body FROM notes WHERE body LIKE %s ORDER BY id", ("%done",))
             assert [r[0] for r in rows.fetchall()] == ["50% done"]
             assert tx.execute("SELECT count(*) FROM notes").fetchone()[0] == 2
+
+
+# --- on_commit -----------------------------------------------------------------------------------
+
+
+def test_on_commit_runs_after_the_commit_and_never_after_a_rollback(db_url: str) -> None:
+    with open_database(db_url) as stores:
+        stores.db.migrate()
+        calls: list[str] = []
+        with stores.db.transaction() as tx:
+            tx.on_commit(lambda: calls.append(f"committed: {stores.events.stream_version('s')}"))
+            tx.on_end(lambda: calls.append("ended"))
+            assert calls == []
+        assert calls == ["ended", "committed: 0"]
+
+        calls.clear()
+        with pytest.raises(RuntimeError), stores.events.transaction() as etx:
+            etx.append("s", [NewEvent("E")], NO_STREAM)
+            etx.on_commit(lambda: calls.append("committed"))
+            raise RuntimeError("roll back")
+        assert calls == []
+
+        with stores.events.transaction() as etx:  # the event store's Tx delegates it
+            etx.append("s", [NewEvent("E")], NO_STREAM)
+            etx.on_commit(lambda: calls.append(f"v{stores.events.stream_version('s')}"))
+        assert calls == ["v1"]  # run once the events can be read by others
+
+
+def test_on_commit_inside_a_savepoint_waits_for_the_commit_or_goes_with_the_savepoint(
+    db_url: str,
+) -> None:
+    with open_database(db_url) as stores:
+        stores.db.migrate()
+        calls: list[str] = []
+        with stores.db.transaction() as tx:
+            with tx.savepoint():
+                tx.on_commit(lambda: calls.append("released"))
+            with pytest.raises(RuntimeError), tx.savepoint():
+                tx.on_commit(lambda: calls.append("rolled back"))
+                raise RuntimeError("undo the savepoint")
+            tx.on_commit(lambda: calls.append("after"))
+            assert calls == []
+        assert calls == ["released", "after"]
+
+
+def test_a_failing_on_commit_callback_is_logged_and_the_others_still_run(
+    db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with open_database(db_url) as stores:
+        stores.db.migrate()
+        calls: list[str] = []
+
+        def broken() -> None:
+            raise ValueError("a bug in a callback")
+
+        with stores.db.transaction() as tx:
+            tx.on_commit(broken)
+            tx.on_commit(lambda: calls.append("second"))
+        assert calls == ["second"]
+        assert "a callback run after a commit raised" in caplog.text
+
+
+def test_on_commit_of_a_nested_sqlite_transaction_waits_for_the_outer_commit(
+    db_url: str, backend: str
+) -> None:
+    if backend != "sqlite":
+        pytest.skip("a nested transaction() is a savepoint on SQLite only (its one connection)")
+    with open_database(db_url) as stores:
+        stores.db.migrate()
+        calls: list[str] = []
+        with stores.db.transaction():
+            with stores.db.transaction() as inner:
+                inner.on_commit(lambda: calls.append("inner"))
+            with pytest.raises(RuntimeError), stores.db.transaction() as inner:
+                inner.on_commit(lambda: calls.append("rolled back"))
+                raise RuntimeError("undo the nested one")
+            assert calls == []
+        assert calls == ["inner"]
+
+        calls.clear()
+        with pytest.raises(RuntimeError), stores.db.transaction():
+            with stores.db.transaction() as inner:
+                inner.on_commit(lambda: calls.append("inner"))
+            raise RuntimeError("the outer one rolls back")
+        assert calls == []

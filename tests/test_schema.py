@@ -589,7 +589,7 @@ def test_parity_names_what_differs(
     del lite["column"]["events.metadata"]
     lite["column order of"] = dict(
         sqlite_migrated["column order of"],
-        events=sqlite_migrated["column order of"]["events"][:-1],
+        events=tuple(c for c in sqlite_migrated["column order of"]["events"] if c != "metadata"),
         flows=("version", "flow_slug", "shape", "created_at"),
     )
     assert parity_differences(pg, lite) == [

@@ -34,7 +34,7 @@ from tideflow.events.commands import (
     InvalidCommandError,
     UnknownCommandError,
 )
-from tideflow.events.errors import EventNotSerializableError
+from tideflow.events.errors import EventNotSerializableError, StreamDeletedError
 from tideflow.events.middleware import CommandRejectedError, DispatchContext, Middleware
 from tideflow.runtime.dispatch import (
     CommandDispatcher,
@@ -305,9 +305,9 @@ class AttemptLog(Middleware):
         self.attempts.append(ctx.attempts)
 
 
-def _run_both(calls: list[Any]) -> list[Any]:
-    """Run the calls in two threads at once; return their results (or exceptions)."""
-    results: list[Any] = [None, None]
+def _run_all(calls: list[Any]) -> list[Any]:
+    """Run the calls in threads at once, one each; return their results (or exceptions)."""
+    results: list[Any] = [None] * len(calls)
 
     def run(i: int) -> None:
         try:
@@ -315,7 +315,7 @@ def _run_both(calls: list[Any]) -> list[Any]:
         except Exception as exc:  # pragma: no cover - reported by the assertions
             results[i] = exc
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
     for t in threads:
         t.start()
     for t in threads:
@@ -334,7 +334,7 @@ def test_two_dispatchers_racing_on_one_aggregate_both_take_effect_in_order(
     dispatchers = [
         CommandDispatcher(open_events(), [Counter(barrier)], middleware=[log]) for _ in range(2)
     ]
-    results = _run_both(
+    results = _run_all(
         [
             lambda: dispatchers[0].dispatch(Command("Increment", "c1", {"by": 1})),
             lambda: dispatchers[1].dispatch(Command("Increment", "c1", {"by": 2})),
@@ -429,7 +429,7 @@ def test_two_dispatchers_racing_with_one_key_append_exactly_once(
             Command("Increment", "c1", {"by": 1}, idempotency_key="req-7")
         )
 
-    results = _run_both([lambda: send(0), lambda: send(1)])
+    results = _run_all([lambda: send(0), lambda: send(1)])
 
     assert all(isinstance(r, DispatchResult) for r in results), results
     assert sorted(r.replayed for r in results) == [False, True]
@@ -754,3 +754,271 @@ def test_commands_dispatched_within_a_transaction_commit_or_vanish_together(
         raise RuntimeError("crash before commit")
     assert stream(events, "inventory-sku-1")[-1] == ("StockRemoved", {"qty": 1})
     assert dispatcher.load(Inventory, "sku-1").version == 3
+
+
+def test_commands_within_a_transaction_take_snapshots_that_commit_with_their_events(
+    events: EventStore,
+) -> None:
+    """Issue 9, defect: a process manager's commands never took snapshots."""
+    dispatcher = CommandDispatcher(events, [SnapshottedInventory])
+    with pytest.raises(RuntimeError, match="crash"), events.transaction() as tx:
+        inside = dispatcher.within(tx)
+        for _ in range(3):
+            inside.dispatch(Command("AddStock", "sku-1", {"qty": 1}))
+        raise RuntimeError("crash before commit")
+    # Rolled back: no events, and no snapshot of a version that never was.
+    assert events.load_snapshot("snapshotted_inventory-sku-1") is None
+
+    with events.transaction() as tx:
+        inside = dispatcher.within(tx)
+        for _ in range(4):
+            inside.dispatch(Command("AddStock", "sku-1", {"qty": 1}))
+    snapshot = events.load_snapshot("snapshotted_inventory-sku-1")
+    assert snapshot is not None and (snapshot.version, snapshot.state["on_hand"]) == (3, 3)
+    loaded = dispatcher.load(SnapshottedInventory, "sku-1")
+    assert (loaded.snapshot_version, loaded.events_replayed, loaded.state["on_hand"]) == (3, 1, 4)
+
+
+def test_a_failing_snapshot_within_a_transaction_costs_neither_command_nor_transaction(
+    events: EventStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Unsnapshottable(SnapshottedInventory):
+        def to_snapshot(self, state: Any) -> dict[str, Any]:
+            return {"bad": {1, 2}}  # not JSON
+
+    dispatcher = CommandDispatcher(events, [Unsnapshottable])
+    with events.transaction() as tx:
+        inside = dispatcher.within(tx)
+        for _ in range(4):
+            inside.dispatch(Command("AddStock", "sku-1", {"qty": 1}))
+    assert events.stream_version("unsnapshottable-sku-1") == 4
+    assert events.load_snapshot("unsnapshottable-sku-1") is None
+    assert "could not snapshot 'unsnapshottable-sku-1' at version 3" in caplog.text
+
+
+def test_after_dispatch_within_a_transaction_runs_once_after_it_commits(
+    events: EventStore,
+) -> None:
+    """Issue 9, defect: after_dispatch ran inside the uncommitted batch, and again for every
+    retried batch. Now: never for a transaction that rolls back, once after the one that
+    commits - when the events can be read by others."""
+    calls: list[str] = []
+    seen_committed: list[int] = []
+
+    class Observe(Recorder):
+        def after_dispatch(self, ctx: DispatchContext, result: DispatchResult) -> None:
+            super().after_dispatch(ctx, result)
+            seen_committed.append(events.stream_version("inventory-sku-1"))
+
+    dispatcher = CommandDispatcher(events, [Inventory], middleware=[Observe("m", calls)])
+    command = Command("AddStock", "sku-1", {"qty": 2})
+    for attempt in range(3):  # a batch that fails twice, then commits (a retried batch)
+        try:
+            with events.transaction() as tx:
+                dispatcher.within(tx).dispatch(command)
+                dispatcher.within(tx).dispatch(Command("AddStock", "sku-1", {"qty": 1}))
+                assert calls.count("m.after v1") == 0  # not inside the transaction
+                if attempt < 2:
+                    raise RuntimeError("the batch fails")
+        except RuntimeError:
+            continue
+    assert [c for c in calls if "after" in c] == ["m.after v1", "m.after v2"]
+    assert calls.count("m.before") == 6  # before_dispatch runs with every attempt
+    assert seen_committed == [2, 2]  # the hooks ran after the commit: both events visible
+
+    # A savepoint that rolls back drops the hooks of what it did; the transaction goes on.
+    calls.clear()
+    with events.transaction() as tx:
+        with pytest.raises(RuntimeError), tx.savepoint():
+            dispatcher.within(tx).dispatch(Command("AddStock", "sku-1", {"qty": 9}))
+            raise RuntimeError("undo this part")
+        dispatcher.within(tx).dispatch(Command("AddStock", "sku-1", {"qty": 1}))
+    assert [c for c in calls if "after" in c] == ["m.after v3"]
+
+
+def test_after_failure_within_a_transaction_runs_at_once(events: EventStore) -> None:
+    calls: list[str] = []
+    dispatcher = CommandDispatcher(events, [Inventory], middleware=[Recorder("m", calls)])
+    with events.transaction() as tx:
+        with pytest.raises(OutOfStock):
+            dispatcher.within(tx).dispatch(Command("RemoveStock", "sku-1", {"qty": 1}))
+        assert calls == ["m.before", "m.failure OutOfStock"]
+
+
+# --- the command id as idempotency key ------------------------------------------------------------
+
+
+def test_the_same_command_sent_twice_writes_its_events_once(
+    events: EventStore, dispatcher: CommandDispatcher, open_events: OpenStore
+) -> None:
+    command = Command("AddStock", "sku-1", {"qty": 5})
+    first = dispatcher.dispatch(command)
+    again = dispatcher.dispatch(command)
+    assert not first.replayed and again.replayed
+    assert again.events == first.events and again.command_id == command.command_id
+    # A copy that keeps the id is the same command (a message delivered again), from another
+    # dispatcher on other connections too; a middleware's metadata does not make it another.
+    copy = dataclasses.replace(command, metadata={"delivery": 2})
+    other = CommandDispatcher(open_events(), [Inventory]).dispatch(copy)
+    assert other.replayed and other.events == first.events
+    assert stream(events, "inventory-sku-1") == [("StockAdded", {"qty": 5})]
+    record = events.get_idempotent_result(f"command:{command.command_id}")
+    assert record is not None and record.stream_id == "inventory-sku-1"
+    # Another command - a new id - is another change.
+    dispatcher.dispatch(Command("AddStock", "sku-1", {"qty": 5}))
+    assert dispatcher.load(Inventory, "sku-1").state["on_hand"] == 10
+
+
+def test_a_repeated_command_refused_by_the_state_it_made_returns_its_first_result(
+    dispatcher: CommandDispatcher,
+) -> None:
+    register = Command("RegisterItem", "sku-1", {"name": "bolt"})
+    first = dispatcher.dispatch(register)
+    again = dispatcher.dispatch(register)  # AlreadyRegistered now: the key says it happened
+    assert again.replayed and again.events == first.events
+
+
+def test_a_command_id_reused_for_another_command_is_refused(
+    events: EventStore, dispatcher: CommandDispatcher
+) -> None:
+    command = Command("AddStock", "sku-1", {"qty": 5})
+    dispatcher.dispatch(command)
+    for other, why in (
+        (dataclasses.replace(command, payload={"qty": 6}), "different payload"),
+        (dataclasses.replace(command, aggregate_id="sku-2"), "'inventory-sku-1'"),
+        (
+            dataclasses.replace(command, command_type="RegisterItem", payload={"name": "x"}),
+            "'AddStock'",
+        ),
+    ):
+        with pytest.raises(IdempotencyKeyConflictError, match=why) as info:
+            dispatcher.dispatch(other)
+        assert "command_id names one command" in str(info.value)
+    assert stream(events, "inventory-sku-1") == [("StockAdded", {"qty": 5})]
+    assert events.stream_version("inventory-sku-2") == 0
+
+
+def test_an_explicit_key_replaces_the_command_id_as_key(
+    events: EventStore, dispatcher: CommandDispatcher
+) -> None:
+    first = dispatcher.dispatch(Command("AddStock", "sku-1", {"qty": 1}, idempotency_key="k"))
+    # A new command id, the same key: the same command.
+    again = dispatcher.dispatch(Command("AddStock", "sku-1", {"qty": 1}, idempotency_key="k"))
+    assert again.replayed and again.command_id == first.command_id
+    # The same command id under another key: a key of its own, so a new command.
+    command = Command("AddStock", "sku-1", {"qty": 1}, idempotency_key="k2")
+    third = dispatcher.dispatch(dataclasses.replace(command, command_id=first.command_id))
+    assert not third.replayed
+    assert events.get_idempotent_result(f"command:{first.command_id}") is None
+    assert events.stream_version("inventory-sku-1") == 2
+
+
+def test_a_command_without_events_records_no_command_id(
+    events: EventStore, dispatcher: CommandDispatcher
+) -> None:
+    command = Command("Audit", "sku-1")
+    assert dispatcher.dispatch(command).events == ()
+    assert not dispatcher.dispatch(command).replayed  # nothing to write twice: decided again
+    assert events.get_idempotent_result(f"command:{command.command_id}") is None
+
+
+def test_one_command_sent_by_many_dispatchers_at_once_is_recorded_once(
+    events: EventStore, open_events: OpenStore
+) -> None:
+    command = Command("Increment", "c1", {"by": 1})
+    barrier = threading.Barrier(4)
+    dispatchers = [CommandDispatcher(open_events(), [Counter(barrier)]) for _ in range(4)]
+    results = _run_all([lambda d=d: d.dispatch(command) for d in dispatchers])
+    assert all(isinstance(r, DispatchResult) for r in results), results
+    assert sorted(r.replayed for r in results) == [False, True, True, True]
+    assert len({tuple(e.event_id for e in r.events) for r in results}) == 1
+    assert [e.data for e in events.read_stream("counter-c1")] == [{"by": 1, "after": 0}]
+
+
+def test_the_same_command_twice_in_one_transaction_is_recorded_once(
+    events: EventStore, dispatcher: CommandDispatcher
+) -> None:
+    command = Command("AddStock", "sku-1", {"qty": 5})
+    with events.transaction() as tx:
+        first = dispatcher.within(tx).dispatch(command)
+        again = dispatcher.within(tx).dispatch(command)
+    assert again.replayed and again.events == first.events
+    assert dispatcher.dispatch(command).replayed
+    assert stream(events, "inventory-sku-1") == [("StockAdded", {"qty": 5})]
+
+
+def test_a_command_to_a_deleted_stream_is_refused_with_a_typed_error(
+    events: EventStore, dispatcher: CommandDispatcher
+) -> None:
+    first = Command("AddStock", "sku-1", {"qty": 5})
+    dispatcher.dispatch(first)
+    events.delete_stream("inventory-sku-1")
+    with pytest.raises(StreamDeletedError, match="'inventory-sku-1' was deleted"):
+        dispatcher.dispatch(Command("AddStock", "sku-1", {"qty": 1}))
+    # Its first result can no longer be read back: said, not returned empty.
+    with pytest.raises(TideflowError, match="was the stream deleted"):
+        dispatcher.dispatch(first)
+
+
+# --- through a process manager --------------------------------------------------------------------
+
+
+class CommandLog(Middleware):
+    def __init__(self) -> None:
+        self.reported: list[str] = []
+
+    def after_dispatch(self, ctx: DispatchContext, result: DispatchResult) -> None:
+        self.reported.append(ctx.command.command_type)
+
+
+def test_a_process_managers_commands_take_snapshots_and_are_reported_once(
+    db_url: str,
+) -> None:
+    """Both defects of issue 9 through the saga runtime: a batch that fails after dispatching
+    and is retried reports each command once, after its commit, and the commands take
+    snapshots like directly dispatched ones."""
+    from examples.order_saga import Order, OrderFulfilment, Payment, ShipOrder, Stock
+
+    from tideflow import App
+    from tideflow.worker.handlers import HandlerRunnerOptions
+
+    class SnapshottedStock(Stock):
+        aggregate_type = "stock"
+        snapshot_every = 2
+
+    class FailsOnce(OrderFulfilment):
+        name = "fails_once_after_charging"
+        base_delay = 0.0
+        max_attempts = 3
+        failures = 0
+
+        def apply(self, state: Any, event: RecordedEvent) -> Any:
+            if event.event_type == "StockReserved" and FailsOnce.failures == 0:
+                FailsOnce.failures += 1
+                raise RuntimeError("crash after dispatching ChargeCard")
+            return super().apply(state, event)
+
+    log = CommandLog()
+    app = App(
+        db_url,
+        flows=[ShipOrder],
+        aggregates=[Order, SnapshottedStock, Payment],
+        handlers=[FailsOnce],
+        command_middleware=[log],
+    )
+    try:
+        app.dispatch(Command("AddStock", "tea", {"qty": 4}))
+        app.dispatch(Command("PlaceOrder", "o-1", {"sku": "tea", "qty": 1, "amount": 100}))
+        options = HandlerRunnerOptions(poll_interval=0.02, acquire_interval=0.05)
+        app.handler_runner(options=options).run_until_idle()
+        assert FailsOnce.failures == 1
+        assert sorted(log.reported) == sorted(
+            ["AddStock", "PlaceOrder", "ReserveStock", "ChargeCard", "ConfirmOrder"]
+        )
+        assert [e.event_type for e in app.event_store.read_stream("payment-o-1")] == [
+            "PaymentCharged"
+        ]
+        snapshot = app.event_store.load_snapshot("stock-tea")  # version 2: ReserveStock's
+        assert snapshot is not None and (snapshot.version, snapshot.state) == (2, {"on_hand": 3})
+    finally:
+        app.close()

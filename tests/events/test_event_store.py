@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import math
 import random
+import sqlite3
 import threading
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from datetime import datetime
 from decimal import Decimal
 from types import MappingProxyType
@@ -47,6 +49,8 @@ from tideflow.events import (
     InvalidUpcasterError,
     NewEvent,
     RecordedEvent,
+    StreamDeletedError,
+    StreamNotFoundError,
     Upcasters,
     UpcastingError,
     WrongExpectedVersionError,
@@ -1131,7 +1135,7 @@ def test_appends_prepare_their_statement_again_if_it_was_deallocated(
             tx.connection.execute("DEALLOCATE ALL")
         store.append("s", [ev(n=3)], 2)
         with store.transaction() as tx:
-            tx.connection.execute("DEALLOCATE tideflow_append_events_v2")
+            tx.connection.execute("DEALLOCATE tideflow_append_events_v3")
         with pytest.raises(WrongExpectedVersionError):
             store.append("s", [ev(n=4)], 2)
         assert ns(store.read_all()) == [1, 2, 3]
@@ -1397,3 +1401,241 @@ def test_a_transaction_reads_its_appends_page_by_page_and_upcast(open_events: Op
     next(pages)
     with pytest.raises(StorageError, match="inside"):
         list(pages)
+
+
+# --- reading everything backwards ----------------------------------------------------------------
+
+
+def test_read_all_backwards_from_the_head_or_a_position(ten: EventStore) -> None:
+    forwards = list(ten.read_all())
+    positions = [e.position for e in forwards]
+    assert list(ten.read_all(backwards=True)) == forwards[::-1]
+    # from_position is where a previous page ended (excluded), to_position the last wanted
+    # (included): the mirror of reading forwards.
+    assert list(ten.read_all(positions[5], backwards=True)) == forwards[:5][::-1]
+    assert list(ten.read_all(positions[5], limit=2, backwards=True)) == forwards[3:5][::-1]
+    assert list(ten.read_all(to_position=positions[8], backwards=True)) == forwards[8:][::-1]
+    assert list(ten.read_all(positions[0], backwards=True)) == []
+    assert list(ten.read_all(0, backwards=True)) == []
+    assert list(ten.read_all(positions[-1] + 100, backwards=True)) == forwards[::-1]
+    assert list(ten.read_all(limit=0, backwards=True)) == []
+
+
+def test_read_all_backwards_pages_and_filters_event_types(
+    events: EventStore, open_events: OpenStore
+) -> None:
+    paged = open_events(page_size=4)
+    for i in range(30):
+        events.append(f"s{i % 3}", [ev("Even" if i % 2 == 0 else "Odd", i=i)], ANY)
+    assert [e.data["i"] for e in paged.read_all(backwards=True)] == list(range(29, -1, -1))
+    evens = paged.read_all(event_types=["Even"], backwards=True)
+    assert [e.data["i"] for e in evens] == list(range(28, -1, -2))
+    assert [e.data["i"] for e in paged.read_all(event_types=["Odd"], limit=5, backwards=True)] == [
+        29,
+        27,
+        25,
+        23,
+        21,
+    ]
+    assert list(paged.read_all(event_types=[], backwards=True)) == []
+    # Paging by hand: pass the last event's position back.
+    page, seen = list(paged.read_all(limit=7, backwards=True)), []
+    while page:
+        seen += [e.data["i"] for e in page]
+        page = list(paged.read_all(page[-1].position, limit=7, backwards=True))
+    assert seen == list(range(29, -1, -1))
+
+
+def test_read_all_backwards_checks_its_arguments(events: EventStore) -> None:
+    for bad in ({"from_position": -1}, {"limit": -2}, {"to_position": -1}, {"from_position": 1.5}):
+        with pytest.raises(InvalidEventError):
+            events.read_all(**bad, backwards=True)
+
+
+def test_read_all_backwards_starts_below_an_append_still_in_flight(
+    events: EventStore, backend: str
+) -> None:
+    """The head it starts from is the safe horizon: an event that may still commit below one
+    already delivered is not read (the forward reader's guarantee, from the other end)."""
+    if backend == "sqlite":
+        pytest.skip("SQLite has one writer at a time: no append is in flight while reading")
+    events.append("a", [ev(n=1)], NO_STREAM)
+    with events.transaction() as tx:
+        tx.append("b", [ev(n=2)], NO_STREAM)  # in flight: its floor holds the horizon
+        assert [e.data["n"] for e in events.read_all(backwards=True)] == [1]
+    assert [e.data["n"] for e in events.read_all(backwards=True)] == [2, 1]
+
+
+# --- deleting streams ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def three(events: EventStore) -> EventStore:
+    """Stream "doomed" with three events between two other streams' events."""
+    events.append("before", [ev(n=0)], NO_STREAM)
+    events.append("doomed", [ev(n=1), ev(n=2), ev(n=3)], NO_STREAM)
+    events.append("after", [ev(n=4)], NO_STREAM)
+    return events
+
+
+def data(events: Iterator[RecordedEvent]) -> list[int]:
+    return [e.data["n"] for e in events]
+
+
+@pytest.mark.parametrize("expected", [ANY, EXISTS, 3])
+def test_a_soft_deleted_stream_reads_as_empty_and_refuses_appends(
+    three: EventStore, expected: ExpectedVersion | int
+) -> None:
+    three.save_snapshot("doomed", 3, {"n": 3})
+    first = next(three.read_stream("doomed"))
+    three.delete_stream("doomed", expected)
+    # A reader that had got to the stream's first event does not get the rest.
+    assert data(three.read_all(first.position)) == [4]
+    assert data(three.read_stream("doomed")) == []
+    assert data(three.read_stream("doomed", backwards=True)) == []
+    assert three.stream_version("doomed") == 0
+    assert three.load_snapshot("doomed") is None
+    assert data(three.read_all()) == [0, 4]
+    assert data(three.read_all(backwards=True)) == [4, 0]
+    assert data(three.read_all(event_types=["Happened"])) == [0, 4]
+    assert data(three.read_all(event_types=["Happened"], backwards=True)) == [4, 0]
+    for version in (ANY, NO_STREAM, EXISTS, 3, 0):
+        with pytest.raises(StreamDeletedError) as caught:
+            three.append("doomed", [ev(n=5)], version)
+        assert caught.value.stream_id == "doomed"
+        assert "delete_stream('doomed', hard=True)" in str(caught.value)
+    with pytest.raises(StreamDeletedError):
+        three.append("doomed", [], ANY)  # an empty append checks the stream too
+    with pytest.raises(StreamDeletedError):
+        three.save_snapshot("doomed", 3, {"n": 3})
+    # Other streams go on as before.
+    assert data(three.read_stream("before")) == [0]
+    three.append("after", [ev(n=6)], 1)
+    assert data(three.read_all()) == [0, 4, 6]
+
+
+def test_deleting_an_unknown_stream_or_twice_or_at_another_version_is_refused(
+    three: EventStore,
+) -> None:
+    with pytest.raises(StreamNotFoundError, match="'nowhere' does not exist"):
+        three.delete_stream("nowhere")
+    with pytest.raises(StreamNotFoundError):
+        three.delete_stream("nowhere", hard=True)
+    with pytest.raises(WrongExpectedVersionError) as caught:
+        three.delete_stream("doomed", 2)
+    assert (caught.value.expected, caught.value.actual) == (2, 3)
+    with pytest.raises(WrongExpectedVersionError):
+        three.delete_stream("doomed", 4, hard=True)
+    with pytest.raises(InvalidEventError, match="NO_STREAM"):
+        three.delete_stream("doomed", NO_STREAM)
+    for bad_id in ("", None, "x" * (MAX_ID_LENGTH + 1)):
+        with pytest.raises(InvalidStreamIdError):
+            three.delete_stream(bad_id)  # type: ignore[arg-type]
+    with pytest.raises(InvalidEventError):
+        three.delete_stream("doomed", -1)
+    assert data(three.read_stream("doomed")) == [1, 2, 3]  # all refused: nothing deleted
+
+    three.delete_stream("doomed")
+    with pytest.raises(StreamDeletedError, match="'doomed' was deleted at "):
+        three.delete_stream("doomed")
+    three.delete_stream("doomed", 3, hard=True)  # an erasure request after a soft delete
+    with pytest.raises(StreamNotFoundError):
+        three.delete_stream("doomed", hard=True)
+    with pytest.raises(StreamNotFoundError):
+        three.delete_stream("doomed")
+
+
+def test_a_hard_delete_erases_the_events_and_frees_the_stream_id(
+    three: EventStore, backend: str, db_url: str
+) -> None:
+    doomed = list(three.read_stream("doomed"))
+    three.append("doomed", [ev(n=9)], 3, idempotency_key="k-doomed", result_json='{"r": 1}')
+    three.append("before", [], ANY, idempotency_key="k-kept")
+    three.save_snapshot("doomed", 4, {"n": 9})
+    three.advance_checkpoint("projection", doomed[-1].position)
+    head = three.head_position()
+
+    three.delete_stream("doomed", hard=True)
+
+    assert _raw_count(db_url, "events", "doomed") == 0  # erased, not hidden
+    assert _raw_count(db_url, "streams", "doomed") == 0
+    assert three.load_snapshot("doomed") is None
+    assert three.get_idempotent_result("k-doomed") is None
+    assert three.get_idempotent_result("k-kept") is not None
+    assert data(three.read_all()) == [0, 4]
+    # Positions are never reused: the horizon stays, checkpoints stay valid.
+    assert three.head_position() == head
+    assert three.get_checkpoint("projection") == doomed[-1].position
+    assert data(three.read_all(three.get_checkpoint("projection"))) == [4]
+    # The id is free: a new stream starts at version 1, above every old position.
+    again = three.append("doomed", [ev(n=10)], NO_STREAM)
+    assert (again[0].version, again[0].position > head) == (1, True)
+    assert data(three.read_stream("doomed")) == [10]
+
+
+def test_a_hard_delete_of_the_newest_events_keeps_the_horizon(
+    events: EventStore, db_url: str
+) -> None:
+    events.append("old", [ev(n=1)], NO_STREAM)
+    events.append("new", [ev(n=2), ev(n=3)], NO_STREAM)
+    head = events.head_position()
+    events.delete_stream("new", hard=True)
+    assert events.head_position() == head
+    later = events.append("newer", [ev(n=4)], NO_STREAM)
+    assert later[0].position > head and data(events.read_all(head)) == [4]
+
+
+def test_a_delete_in_a_transaction_commits_or_vanishes_with_it(three: EventStore) -> None:
+    with pytest.raises(RuntimeError), three.transaction() as tx:
+        tx.delete_stream("doomed")
+        assert data(tx.read_stream("doomed")) == []
+        with pytest.raises(StreamDeletedError):
+            tx.append("doomed", [ev(n=5)], ANY)
+        tx.append("after", [ev(n=5)], ANY)  # the refused append left the transaction usable
+        raise RuntimeError("roll back")
+    assert data(three.read_stream("doomed")) == [1, 2, 3]
+    assert data(three.read_all()) == [0, 1, 2, 3, 4]
+    with three.transaction() as tx:
+        tx.delete_stream("doomed", hard=True)
+    assert data(three.read_all()) == [0, 4]
+
+
+def test_an_append_waiting_for_a_delete_is_refused_once_it_commits(
+    three: EventStore, open_events: OpenStore, db_url: str
+) -> None:
+    other = open_events()
+    with three.transaction() as tx:
+        tx.delete_stream("doomed")
+        thread, result = in_thread(lambda: other.append("doomed", [ev(n=5)], 3))
+        assert_blocked(thread, db_url)
+    thread.join(10)
+    assert isinstance(result.get("error"), StreamDeletedError), result
+    assert data(three.read_all()) == [0, 4]
+
+
+def test_a_delete_waiting_for_an_append_sees_its_version(
+    three: EventStore, open_events: OpenStore, db_url: str
+) -> None:
+    other = open_events()
+    with three.transaction() as tx:
+        tx.append("doomed", [ev(n=5)], 3)
+        thread, result = in_thread(lambda: other.delete_stream("doomed", 3))
+        assert_blocked(thread, db_url)
+    thread.join(10)
+    assert isinstance(result.get("error"), WrongExpectedVersionError), result
+    other.delete_stream("doomed", 4)
+    assert three.stream_version("doomed") == 0
+
+
+def _raw_count(url: str, table: str, stream_id: str) -> int:
+    """Rows of ``table`` for the stream, read past the store (hidden rows count too)."""
+    if url.startswith("sqlite:///"):
+        with closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as conn:
+            row = conn.execute(f"SELECT count(*) FROM {table} WHERE stream_id = ?", (stream_id,))
+            return int(row.fetchone()[0])
+    with psycopg.connect(url) as conn:
+        found = conn.execute(
+            f"SELECT count(*) FROM tideflow.{table} WHERE stream_id = %s", (stream_id,)
+        ).fetchone()
+        assert found is not None
+        return int(found[0])

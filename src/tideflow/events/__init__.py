@@ -68,6 +68,8 @@ from tideflow.events.errors import (
     InvalidSnapshotError,
     InvalidStreamIdError,
     InvalidUpcasterError,
+    StreamDeletedError,
+    StreamNotFoundError,
     UpcastingError,
     WrongExpectedVersionError,
 )
@@ -167,6 +169,8 @@ __all__ = [
     "Projection",
     "RecordedEvent",
     "Snapshot",
+    "StreamDeletedError",
+    "StreamNotFoundError",
     "UnknownAggregateError",
     "UnknownCommandError",
     "UpcastFn",

@@ -160,7 +160,8 @@ class Command:
 
     ``idempotency_key`` makes the command safe to send again: the first dispatch records the key
     with its events, any later one with the same key returns that first result (see
-    ``CommandDispatcher.dispatch``).
+    ``CommandDispatcher.dispatch``). Without one, ``command_id`` is the key: the same Command
+    object (or a copy keeping its ``command_id``) sent twice writes its events once.
     """
 
     command_type: str
@@ -284,9 +285,12 @@ class IdempotencyKeyConflictError(CommandError):
     """An idempotency key was already used for a different command, or by something other than
     a dispatcher; the command was not run and nothing was written."""
 
-    def __init__(self, key: str, problem: str) -> None:
+    def __init__(self, key: str, problem: str, fix: str | None = None) -> None:
         self.key = key
         super().__init__(
-            f"idempotency key {key!r} {problem}; nothing was written. Use one key "
-            "per distinct command (e.g. a uuid made when the request is created)"
+            f"idempotency key {key!r} {problem}; nothing was written. "
+            + (
+                fix
+                or "Use one key per distinct command (e.g. a uuid made when the request is created)"
+            )
         )

@@ -9,6 +9,7 @@ reloading the stream and deciding again.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from tideflow.errors import InvalidDataError, TideflowError
@@ -37,6 +38,33 @@ class WrongExpectedVersionError(EventStoreError):
             f"stream {stream_id!r} {now}, but the append expected {wanted}; nothing was written. "
             "Another writer appended first: read the stream again, decide again and retry "
             "(or pass ExpectedVersion.ANY if the order of writers does not matter)."
+        )
+
+
+class StreamDeletedError(EventStoreError):
+    """The stream was soft-deleted (``delete_stream``): it takes no more events and cannot be
+    deleted softly again. ``deleted_at`` is when, if known."""
+
+    def __init__(self, stream_id: str, deleted_at: datetime | None = None) -> None:
+        self.stream_id = stream_id
+        self.deleted_at = deleted_at
+        when = f" at {deleted_at.isoformat()}" if deleted_at is not None else ""
+        super().__init__(
+            f"stream {stream_id!r} was deleted{when}; nothing was written. A deleted stream "
+            "takes no more events: write to a stream of another id, or erase this one for good "
+            f"with delete_stream({stream_id!r}, hard=True), after which its id is free again."
+        )
+
+
+class StreamNotFoundError(EventStoreError, LookupError):
+    """``delete_stream`` was asked for a stream that has no events: it never had any, or was
+    hard-deleted already."""
+
+    def __init__(self, stream_id: str) -> None:
+        self.stream_id = stream_id
+        super().__init__(
+            f"stream {stream_id!r} does not exist (it has no events, or was hard-deleted "
+            "already); nothing was deleted. Check the stream id."
         )
 
 

@@ -25,7 +25,11 @@ that happened had failed, and invite a retry. Likewise an ``after_failure`` hook
 logged and the command's own error is re-raised.
 
 Hooks run once per dispatch, not once per attempt: a command retried after a version conflict
-passes through them once (``ctx.attempts`` tells how many tries it took).
+passes through them once (``ctx.attempts`` tells how many tries it took). A dispatcher recording
+into a caller's transaction (``CommandDispatcher.within(tx)``, a process manager's batch) runs
+``after_dispatch`` once that transaction commits (``Tx.on_commit``), and never if it rolls back:
+a batch retried after a rollback dispatches its commands again, and only the attempt that
+commits is reported.
 """
 
 from __future__ import annotations
@@ -97,9 +101,12 @@ def run_pipeline(
     middleware: Sequence[Middleware],
     ctx: DispatchContext,
     dispatch: Callable[[DispatchContext], DispatchResult],
+    after_commit: Callable[[Callable[[], None]], None] | None = None,
 ) -> DispatchResult:
     """Run ``dispatch(ctx)`` inside the hooks of ``middleware``, in the order described in the
-    module docstring."""
+    module docstring. ``after_commit``: the ``on_commit`` of the transaction ``dispatch``
+    recorded into, to run the ``after_dispatch`` hooks once it commits; None when ``dispatch``
+    committed on its own."""
     entered: list[Middleware] = []
     try:
         result = None
@@ -128,6 +135,16 @@ def run_pipeline(
                     ctx.command.command_type,
                 )
         raise
+    if after_commit is None:
+        _after_dispatch(entered, ctx, result)
+    elif entered:
+        after_commit(lambda: _after_dispatch(entered, ctx, result))
+    return result
+
+
+def _after_dispatch(
+    entered: Sequence[Middleware], ctx: DispatchContext, result: DispatchResult
+) -> None:
     for m in reversed(entered):
         try:
             m.after_dispatch(ctx, result)
@@ -138,4 +155,3 @@ def run_pipeline(
                 ctx.command.command_type,
                 ctx.command.command_id,
             )
-    return result

@@ -21,7 +21,10 @@ What one ``dispatch`` does, in order:
    raise ``ConcurrencyRetriesExhaustedError``;
 6. take a **snapshot** if the stream crossed a multiple of ``snapshot_every`` (a failure is
    logged, never raised: the command has committed and snapshots are only an optimisation);
-7. run the ``after_dispatch`` (or ``after_failure``) hooks.
+   inside a caller's transaction (``within``), in that transaction, so that a snapshot never
+   outlives the events it folds in;
+7. run the ``after_dispatch`` (or ``after_failure``) hooks - inside a caller's transaction,
+   ``after_dispatch`` once it commits (``Tx.on_commit``).
 
 **Idempotency.** A command with an ``idempotency_key`` is recorded under that key by the same
 append - one transaction - as its events, so the key exists if and only if the events do, in the
@@ -36,6 +39,13 @@ but whenever deciding fails, since a command that already happened may well be r
 ("already shipped") when the right answer is its original result. A key reused for a different
 command (type, aggregate or payload) is refused with ``IdempotencyKeyConflictError``. A command
 refused by a ``DomainError`` records nothing, so sending it again decides again.
+
+A command without an ``idempotency_key`` is recorded under its ``command_id`` instead (key
+``command:<command_id>``, ``command_key``): the same ``Command`` sent twice - a retry after a
+timeout, a message delivered again - writes its events once, and the second dispatch replays the
+first. A command that recorded no event records no key either (there is nothing to write twice),
+so sending it again decides again. An explicit ``idempotency_key`` replaces the command id as the
+key: two commands with different ids and one key are one command.
 
 Why a plain ``store.append`` and not ``store.transaction()``: the contract's ``append`` with
 ``idempotency_key`` and ``result_json`` is already one transaction holding both; on PostgreSQL it
@@ -104,6 +114,15 @@ T = TypeVar("T")
 
 #: Version of the JSON a dispatcher records under an idempotency key (``_record``).
 RESULT_FORMAT = 1
+#: The prefix of the key a command without ``idempotency_key`` is recorded under.
+COMMAND_KEY_PREFIX = "command:"
+
+
+def command_key(command: Command) -> str:
+    """The idempotency key ``command`` is recorded under: its ``idempotency_key``, else its
+    ``command_id`` in a namespace of its own (an application's keys are not uuids with this
+    prefix), so that the same command sent twice writes its events once."""
+    return command.idempotency_key or COMMAND_KEY_PREFIX + command.command_id
 
 
 # --- loading --------------------------------------------------------------------------------------
@@ -163,8 +182,9 @@ class _TransactionStore:
     """A ``DispatchStore`` on an open transaction: appends, key lookups and stream reads go
     through the transaction, so a second command to the same aggregate in it sees the first
     one's events. Snapshots are read as committed (the events after one are read in the
-    transaction, so a stale snapshot only costs replay) and not taken: saving one on another
-    connection would wait for this transaction's locks."""
+    transaction, so a stale snapshot only costs replay) and taken in the transaction, under a
+    savepoint: one saved on another connection would wait for this transaction's locks, or
+    outlive events that roll back."""
 
     def __init__(self, store: DispatchStore, tx: EventTransaction) -> None:
         self._store = store
@@ -211,7 +231,17 @@ class _TransactionStore:
         snapshot_type: str = "snapshot",
         schema_version: int | None = None,
     ) -> None:
-        return None
+        with self._tx.savepoint():  # a failed snapshot must not cost the caller's transaction
+            self._tx.save_snapshot(
+                stream_id,
+                version,
+                state,
+                snapshot_type=snapshot_type,
+                schema_version=schema_version,
+            )
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        self._tx.on_commit(callback)
 
 
 def _fingerprint(command: Command) -> str:
@@ -320,8 +350,10 @@ class CommandDispatcher:
         """This dispatcher, recording into the open transaction ``tx`` instead of committing
         each command on its own: the commands' events commit with whatever else ``tx`` holds
         (a process manager's state and checkpoint), or not at all. Same routes, middleware and
-        retries; a version conflict re-reads the stream through ``tx``. Keep such
-        transactions short: on PostgreSQL their appends hold back every ``read_all``."""
+        retries; a version conflict re-reads the stream through ``tx``. Snapshots are taken in
+        ``tx`` too, and ``after_dispatch`` hooks run once ``tx`` has committed (never if it
+        rolls back). Keep such transactions short: on PostgreSQL their appends hold back every
+        ``read_all``."""
         bound = copy.copy(self)
         bound.store = _TransactionStore(self.store, tx)
         return bound
@@ -344,8 +376,10 @@ class CommandDispatcher:
         While the database is unavailable (a restart), loading and appending are retried for
         about 5 s, then ``DatabaseUnavailableError`` is raised. The retry never records a
         command twice (same expected version, same event ids). Dispatching the same command
-        again *yourself* after that error is safe only with an ``idempotency_key``: without
-        one, the first attempt may have committed, and a second dispatch decides again.
+        again *yourself* after that error is safe: its ``idempotency_key``, or else its
+        ``command_id``, is recorded with its events. A ``Command`` built anew (a new
+        ``command_id``) without a key is another command: the first may have committed, and it
+        decides again.
         """
         if not isinstance(command, Command):
             raise InvalidCommandError(
@@ -355,7 +389,9 @@ class CommandDispatcher:
             )
         aggregate = self._route(command)
         ctx = DispatchContext(command, aggregate, aggregate.stream_id(command.aggregate_id))
-        return run_pipeline(self.middleware, ctx, self._dispatch)
+        store = self.store
+        after_commit = store.on_commit if isinstance(store, _TransactionStore) else None
+        return run_pipeline(self.middleware, ctx, self._dispatch, after_commit)
 
     def _route(self, command: Command) -> Aggregate:
         aggregate = self._routes.get(command.command_type)
@@ -395,7 +431,8 @@ class CommandDispatcher:
                 "new command instead",
                 "command_type",
             )
-        key = command.idempotency_key
+        key = command_key(command)
+        implicit = command.idempotency_key is None
         conflict: WrongExpectedVersionError | None = None
         for attempt in range(1, self.max_conflict_retries + 2):
             ctx.attempts = attempt
@@ -405,13 +442,12 @@ class CommandDispatcher:
             except Exception:
                 # A repeat of a command that already happened may be refused by the state it
                 # produced; its key - committed with its events - says so, then replay it.
-                record = None if key is None else self.store.get_idempotent_result(key)
+                record = self.store.get_idempotent_result(key)
                 if record is None:
                     raise
-                assert key is not None
                 return self._replay(command, aggregate, stream_id, key, record.result_json)
             events = stamp_events(decided, command, aggregate)
-            if not events and key is None:
+            if not events and implicit:
                 return DispatchResult(
                     command.command_id,
                     command.command_type,
@@ -421,9 +457,7 @@ class CommandDispatcher:
                     (),
                     loaded.version,
                 )
-            result_json = (
-                None if key is None else _record(command, stream_id, loaded.version + 1, events)
-            )
+            result_json = _record(command, stream_id, loaded.version + 1, events)
             try:
                 recorded = self._append(stream_id, events, loaded.version, key, result_json)
             except DuplicateIdempotencyKeyError as exc:
@@ -456,8 +490,8 @@ class CommandDispatcher:
         stream_id: str,
         events: list[NewEvent],
         version: int,
-        key: str | None,
-        result_json: str | None,
+        key: str,
+        result_json: str,
     ) -> list[RecordedEvent]:
         """The append of a decided command, retried through a brief outage
         (``append_retrying``: it never appends twice, and recognises a first try whose answer
@@ -487,6 +521,12 @@ class CommandDispatcher:
         result_json: str | None,
     ) -> DispatchResult:
         """The result recorded under ``key`` the first time, its events read back."""
+        fix = (
+            None
+            if command.idempotency_key is not None
+            else "A command_id names one command: build a new Command (command_id left out) "
+            "for another one"
+        )
         try:
             record = json.loads(result_json) if result_json else None
         except ValueError:
@@ -496,18 +536,21 @@ class CommandDispatcher:
                 key,
                 "is recorded, but not by a command dispatcher (an append made with it "
                 "directly?), so there is no command result to return",
+                fix,
             )
         if (record["command_type"], record["stream_id"]) != (command.command_type, stream_id):
             raise IdempotencyKeyConflictError(
                 key,
                 f"was already used by command {record['command_type']!r} for stream "
                 f"{record['stream_id']!r}, not {command.command_type!r} for {stream_id!r}",
+                fix,
             )
         if record["payload_sha256"] != _fingerprint(command):
             raise IdempotencyKeyConflictError(
                 key,
                 f"was already used by command {command.command_type!r} for stream "
                 f"{stream_id!r} with a different payload",
+                fix,
             )
         ids: list[str] = record["event_ids"]
         first: int = record["first_version"]

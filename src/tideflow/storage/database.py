@@ -22,6 +22,7 @@ storage errors (each backend maps them in one module, ``<backend>/errors.py``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import datetime
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from tideflow.storage.event_contract import PreparedAppend
 
 Row = dict[str, Any]
+
+log = logging.getLogger("tideflow.storage")
 
 #: The channel flow workers listen on: a transaction that made tasks visible wakes them.
 TASKS_CHANNEL = "tideflow_tasks"
@@ -90,6 +93,28 @@ class Tx(Protocol):
         """Call ``callback`` once the transaction has ended, committed or rolled back."""
         ...
 
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the work of this transaction is committed: after the COMMIT
+        of the outermost transaction, never after a rollback. What is registered inside a
+        savepoint (``savepoint()``, or a nested ``transaction()`` on SQLite) that rolls back is
+        dropped with it; what a released savepoint registered waits for the outer COMMIT. For
+        what must happen once per committed change and never for work that vanished - a
+        dispatcher's ``after_dispatch`` hooks. Callbacks run in order, once the connection is
+        released; one that raises is logged (logger ``tideflow.storage``) and the others still
+        run: the transaction has committed, so raising would report a failure that did not
+        happen."""
+        ...
+
+
+def run_after_commit(callbacks: list[Callable[[], None]]) -> None:
+    """Run a committed transaction's ``on_commit`` callbacks: each one, in order; one that
+    raises is logged, not raised (``Tx.on_commit`` says why)."""
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            log.exception("a callback run after a commit raised; the transaction has committed")
+
 
 class Database(Protocol):
     """One database, for every store of a process: one pool (PostgreSQL) or one connection
@@ -123,9 +148,9 @@ class Database(Protocol):
         """Append hook: write ``prepared``'s events in ``tx`` (under a savepoint, so that a
         refused append leaves ``tx`` usable) or, with None, atomically on its own; the first
         version and the events' positions. One backend operation because each dialect keeps
-        the log's order its own way: PostgreSQL in ``append_events_v2`` (floor locks, see its
+        the log's order its own way: PostgreSQL in ``append_events_v3`` (floor locks, see its
         migration), SQLite by statements under its single write lock. Raises
-        ``WrongExpectedVersionError``, ``DuplicateEventIdError`` or
+        ``WrongExpectedVersionError``, ``DuplicateEventIdError``, ``StreamDeletedError`` or
         ``DuplicateIdempotencyKeyError`` (without the recorded result: the event store reads
         it), having written nothing."""
         ...

@@ -123,6 +123,31 @@ class EventTransaction(Tx, Protocol):
         the ``with`` block: its pages are read on the transaction's connection."""
         ...
 
+    def save_snapshot(
+        self,
+        stream_id: str,
+        version: int,
+        state: Mapping[str, Any],
+        *,
+        snapshot_type: str = "snapshot",
+        schema_version: int | None = None,
+    ) -> None:
+        """``EventStore.save_snapshot`` inside this transaction: the snapshot commits with the
+        events it folds in, or not at all (a dispatcher recording into this transaction takes
+        its snapshots here)."""
+        ...
+
+    def delete_stream(
+        self,
+        stream_id: str,
+        expected_version: ExpectedVersion | int = ExpectedVersion.ANY,
+        *,
+        hard: bool = False,
+    ) -> None:
+        """``EventStore.delete_stream`` inside this transaction: e.g. with the deletion of a
+        projection's rows about the stream, so that both happen or neither."""
+        ...
+
     def lock_checkpoint(self, name: str) -> int:
         """The checkpoint ``name`` (0 if it never moved), locked until the transaction ends:
         another instance of the same handler calling this waits, so two instances never process
@@ -178,7 +203,8 @@ class EventStore(Protocol):
         All events of one call commit together or not at all. Raises, having written nothing:
         ``WrongExpectedVersionError`` (``.stream_id``, ``.expected``, ``.actual``) when the stream
         is elsewhere; ``DuplicateIdempotencyKeyError`` when ``idempotency_key`` is already
-        recorded; ``DuplicateEventIdError`` when an ``event_id`` is; ``InvalidStreamIdError``,
+        recorded; ``DuplicateEventIdError`` when an ``event_id`` is; ``StreamDeletedError`` when
+        the stream was soft-deleted; ``InvalidStreamIdError``,
         ``InvalidEventError`` or ``EventNotSerializableError`` for malformed input (checked
         before the database is touched). With ``idempotency_key``, the key and ``result_json``
         (JSON text, the command's result) are recorded in the same transaction as the events.
@@ -201,14 +227,22 @@ class EventStore(Protocol):
 
     def read_all(
         self,
-        from_position: int = 0,
+        from_position: int | None = None,
         event_types: Iterable[str] | None = None,
         limit: int | None = None,
         *,
         to_position: int | None = None,
+        backwards: bool = False,
     ) -> Iterator[RecordedEvent]:
-        """Events with ``position > from_position`` in strictly increasing position order, only
-        of ``event_types`` if given, at most ``limit``, none beyond ``to_position``; paged.
+        """Events with ``position > from_position`` (None: 0) in strictly increasing position
+        order, only of ``event_types`` if given, at most ``limit``, none beyond ``to_position``;
+        paged. Events of deleted streams are left out.
+
+        ``backwards``: from the newest event down - positions below ``from_position`` (None:
+        from the horizon, the newest event there is), down to ``to_position`` included (None:
+        the first). Either way ``from_position`` is where a previous page ended (excluded) and
+        ``to_position`` the last position wanted (included), so paging is passing the last
+        event's position back.
 
         The iteration stops at the store's safe horizon (``head_position``) taken when it
         starts (at the first ``next``): every event at or below it is delivered, and no event
@@ -226,7 +260,31 @@ class EventStore(Protocol):
         ...
 
     def stream_version(self, stream_id: str) -> int:
-        """The version of the stream's last event; 0 when it has none."""
+        """The version of the stream's last event; 0 when it has none (or was deleted)."""
+        ...
+
+    def delete_stream(
+        self,
+        stream_id: str,
+        expected_version: ExpectedVersion | int = ExpectedVersion.ANY,
+        *,
+        hard: bool = False,
+    ) -> None:
+        """Delete stream ``stream_id`` if it is at ``expected_version`` (``ANY``, ``EXISTS`` or
+        its version), in one transaction.
+
+        Soft (the default): its events stay stored but every read leaves them out -
+        ``read_stream`` yields nothing, ``read_all`` skips them, ``stream_version`` is 0 - its
+        snapshot is dropped, and appends to it raise ``StreamDeletedError``. Hard, for erasure
+        requests: its events, snapshot, idempotency keys and the stream itself are deleted, as if
+        it had never existed (a later append starts it afresh at version 1); a soft-deleted
+        stream can be hard-deleted. Positions are never reused, so checkpoints stay valid; what
+        handlers and projections already made of the events stays (docs/concepts/events.md).
+
+        Raises, having deleted nothing: ``StreamNotFoundError`` (no such stream, or hard-deleted
+        already), ``StreamDeletedError`` (soft-deleted already, and this delete is soft),
+        ``WrongExpectedVersionError``, ``InvalidEventError`` for ``NO_STREAM``.
+        """
         ...
 
     def save_snapshot(
@@ -524,6 +582,21 @@ def _find_appended(
     return found if [e.event_id for e in found] == list(event_ids) else None
 
 
+def check_expected(
+    stream_id: str, expected_version: ExpectedVersion | int
+) -> tuple[ExpectedKind, int]:
+    """An expected version as (kind, number), the number 0 unless the kind is ``exact``."""
+    if isinstance(expected_version, ExpectedVersion):
+        return _KINDS[expected_version], 0
+    if type(expected_version) is int and 0 <= expected_version <= MAX_INT64:
+        return "exact", expected_version
+    raise InvalidEventError(
+        f"expected_version for stream {stream_id!r} must be ExpectedVersion.ANY, "
+        f"NO_STREAM, EXISTS or an int >= 0 (the version the stream is at), got "
+        f"{expected_version!r}"
+    )
+
+
 def prepare_append(
     stream_id: object,
     events: Sequence[NewEvent],
@@ -535,17 +608,7 @@ def prepare_append(
     """Validate and encode an append, raising the event store's typed errors before anything is
     written."""
     checked = check_stream_id(stream_id)
-    kind: ExpectedKind
-    if isinstance(expected_version, ExpectedVersion):
-        kind, number = _KINDS[expected_version], 0
-    elif type(expected_version) is int and 0 <= expected_version <= MAX_INT64:
-        kind, number = "exact", expected_version
-    else:
-        raise InvalidEventError(
-            f"expected_version of the append to {checked!r} must be ExpectedVersion.ANY, "
-            f"NO_STREAM, EXISTS or an int >= 0 (the version the stream is at), got "
-            f"{expected_version!r}"
-        )
+    kind, number = check_expected(checked, expected_version)
     if type(events) is not list and (  # a list is the common case: skip the ABC check
         isinstance(events, NewEvent | str | bytes) or not isinstance(events, Sequence)
     ):

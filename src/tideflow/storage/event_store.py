@@ -1,7 +1,7 @@
 """The event store, written once over a ``Database``: appends, reads, snapshots, checkpoints.
 
 The append is the Database's hook (``Database.append_events``: PostgreSQL keeps the log's order
-with floor locks in ``append_events_v2``, SQLite with its single write lock); everything around
+with floor locks in ``append_events_v3``, SQLite with its single write lock); everything around
 it - validation and encoding (``event_contract.prepare_append``), retrying a lost answer, the
 idempotency record of a refused key, waking handler runners - is here.
 
@@ -23,8 +23,12 @@ from tideflow.errors import StorageError
 from tideflow.events.errors import (
     CheckpointConflictError,
     DuplicateIdempotencyKeyError,
+    InvalidEventError,
     InvalidIdempotencyKeyError,
     InvalidSnapshotError,
+    StreamDeletedError,
+    StreamNotFoundError,
+    WrongExpectedVersionError,
 )
 from tideflow.events.handling import Dialect
 from tideflow.events.model import (
@@ -40,9 +44,11 @@ from tideflow.storage.database import EVENTS_CHANNEL, Database, Row, Tx
 from tideflow.storage.event_contract import (
     DEFAULT_PAGE_SIZE,
     PreparedAppend,
+    PreparedSnapshot,
     append_retrying,
     check_checkpoint,
     check_event_types,
+    check_expected,
     check_limit,
     check_page_size,
     check_position,
@@ -54,6 +60,13 @@ from tideflow.storage.event_contract import (
 )
 
 _LAST_VERSION = 2**62  # "from the end" for backwards reads; above any real version
+#: read_all's query by (backwards, of some types only).
+_READ_ALL = {
+    (False, False): "read_all",
+    (False, True): "read_all_of_types",
+    (True, False): "read_all_backwards",
+    (True, True): "read_all_of_types_backwards",
+}
 
 
 class SqlEventStore:
@@ -200,28 +213,39 @@ class SqlEventStore:
 
     def read_all(
         self,
-        from_position: int = 0,
+        from_position: int | None = None,
         event_types: Iterable[str] | None = None,
         limit: int | None = None,
         *,
         to_position: int | None = None,
+        backwards: bool = False,
     ) -> Iterator[RecordedEvent]:
-        return self._read_all(
-            check_position(from_position, "from_position"),
-            check_event_types(event_types),
-            check_limit(limit),
-            None if to_position is None else check_position(to_position, "to_position"),
-        )
+        start = None if from_position is None else check_position(from_position, "from_position")
+        types = check_event_types(event_types)
+        limit = check_limit(limit)
+        end = None if to_position is None else check_position(to_position, "to_position")
+        if backwards:  # positions in [end, start): as (after, until], read from the top
+            return self._read_all(
+                (end or 0) - 1, types, limit, None if start is None else start - 1, True
+            )
+        return self._read_all(start or 0, types, limit, end, False)
 
     def _read_all(
-        self, after: int, types: list[str] | None, limit: int | None, to_position: int | None
+        self,
+        after: int,
+        types: list[str] | None,
+        limit: int | None,
+        until: int | None,
+        backwards: bool,
     ) -> Iterator[RecordedEvent]:
+        """Events with ``after < position <= until``, never above the horizon, from the
+        bottom or (``backwards``) from the top. Backwards too it starts at the horizon: above
+        it, an append in flight may still commit an event below one already delivered."""
         if limit == 0 or types == []:
             return
-        until = self.head_position()  # a statement of its own, BEFORE the reads: see above
-        if to_position is not None:
-            until = min(until, to_position)
-        name = "read_all" if types is None else "read_all_of_types"
+        horizon = self.head_position()  # a statement of its own, BEFORE the reads: see above
+        until = horizon if until is None else min(until, horizon)
+        name = _READ_ALL[backwards, types is not None]
         remaining = limit
         while after < until:
             size = self.page_size if remaining is None else min(self.page_size, remaining)
@@ -231,7 +255,10 @@ class SqlEventStore:
             yield from self.upcasters.upcast_all(self._events(rows))
             if len(rows) < size:
                 return
-            after = rows[-1][0]
+            if backwards:
+                until = rows[-1][0] - 1
+            else:
+                after = rows[-1][0]
             if remaining is not None:
                 remaining -= len(rows)
                 if remaining == 0:
@@ -259,23 +286,30 @@ class SqlEventStore:
             stream_id, version, state, snapshot_type, schema_version, self.upcasters
         )
         with self.db.transaction() as tx:
-            found = tx.records("stream_version", stream_id=s.stream_id)
-            stream_version = found[0][0] if found else 0
-            if stream_version < s.version:
-                raise InvalidSnapshotError(
-                    f"cannot snapshot stream {s.stream_id!r} at version {s.version}: the stream "
-                    f"is at version {stream_version}. Snapshot only a state folded from events "
-                    "read from the stream, with the version of the last one. Nothing was written."
-                )
-            tx.run(
-                "save_snapshot",
-                stream_id=s.stream_id,
-                version=s.version,
-                snapshot_type=s.snapshot_type,
-                schema_version=s.schema_version,
-                state=s.state_json,
-                taken_at=self.clock.now(),
+            self._save_snapshot(tx, s)
+
+    def _save_snapshot(self, tx: Tx, s: PreparedSnapshot) -> None:
+        """Under the stream row's lock (PostgreSQL), so that a concurrent delete cannot leave a
+        snapshot of a deleted stream behind."""
+        found = tx.rows("lock_stream", stream_id=s.stream_id)
+        if found and found[0]["deleted_at"] is not None:
+            raise StreamDeletedError(s.stream_id, found[0]["deleted_at"])
+        stream_version = found[0]["version"] if found else 0
+        if stream_version < s.version:
+            raise InvalidSnapshotError(
+                f"cannot snapshot stream {s.stream_id!r} at version {s.version}: the stream "
+                f"is at version {stream_version}. Snapshot only a state folded from events "
+                "read from the stream, with the version of the last one. Nothing was written."
             )
+        tx.run(
+            "save_snapshot",
+            stream_id=s.stream_id,
+            version=s.version,
+            snapshot_type=s.snapshot_type,
+            schema_version=s.schema_version,
+            state=s.state_json,
+            taken_at=self.clock.now(),
+        )
 
     def load_snapshot(self, stream_id: str) -> Snapshot | None:
         rows = self.db.rows("load_snapshot", stream_id=check_stream_id(stream_id))
@@ -292,6 +326,18 @@ class SqlEventStore:
                 r["taken_at"],
             )
         )
+
+    # --- deleting -------------------------------------------------------------------------------
+
+    def delete_stream(
+        self,
+        stream_id: str,
+        expected_version: ExpectedVersion | int = ExpectedVersion.ANY,
+        *,
+        hard: bool = False,
+    ) -> None:
+        with self.transaction() as tx:
+            tx.delete_stream(stream_id, expected_version, hard=hard)
 
     # --- idempotency and checkpoints ------------------------------------------------------------
 
@@ -380,6 +426,9 @@ class SqlEventTransaction:
     def on_end(self, callback: Callable[[], None]) -> None:
         self.tx.on_end(callback)
 
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        self.tx.on_commit(callback)
+
     def open(self) -> Tx:
         """The transaction, while it is open. A ``read_stream`` iterator kept past the block
         would otherwise read its next page on a connection that is back in the pool, perhaps in
@@ -430,6 +479,53 @@ class SqlEventTransaction:
             bool(backwards),
             self,
         )
+
+    def save_snapshot(
+        self,
+        stream_id: str,
+        version: int,
+        state: Mapping[str, Any],
+        *,
+        snapshot_type: str = "snapshot",
+        schema_version: int | None = None,
+    ) -> None:
+        store = self._store
+        s = prepare_snapshot(
+            stream_id, version, state, snapshot_type, schema_version, store.upcasters
+        )
+        store._save_snapshot(self.open(), s)
+
+    def delete_stream(
+        self,
+        stream_id: str,
+        expected_version: ExpectedVersion | int = ExpectedVersion.ANY,
+        *,
+        hard: bool = False,
+    ) -> None:
+        stream_id = check_stream_id(stream_id)
+        kind, number = check_expected(stream_id, expected_version)
+        if kind == "no_stream":
+            raise InvalidEventError(
+                f"delete_stream({stream_id!r}) with ExpectedVersion.NO_STREAM: a stream that "
+                "does not exist cannot be deleted; pass ANY, EXISTS or the stream's version"
+            )
+        tx = self.open()
+        found = tx.rows("lock_stream", stream_id=stream_id)
+        if not found:
+            raise StreamNotFoundError(stream_id)
+        version, deleted_at = found[0]["version"], found[0]["deleted_at"]
+        if deleted_at is not None and not hard:
+            raise StreamDeletedError(stream_id, deleted_at)
+        if kind == "exact" and version != number:
+            raise WrongExpectedVersionError(stream_id, expected_version, version)
+        tx.run("delete_snapshot", stream_id=stream_id)
+        if hard:
+            tx.run("erase_stream_events", stream_id=stream_id)
+            tx.run("erase_stream_keys", stream_id=stream_id)
+            tx.run("erase_stream", stream_id=stream_id)
+        else:
+            tx.run("hide_stream_events", stream_id=stream_id)
+            tx.run("mark_stream_deleted", stream_id=stream_id, deleted_at=self._store.clock.now())
 
     def lock_checkpoint(self, name: str) -> int:
         name = check_checkpoint(name)

@@ -32,7 +32,7 @@ from psycopg_pool import ConnectionPool
 from tideflow.clock import Clock, SystemClock
 from tideflow.errors import StorageError
 from tideflow.events.handling import Dialect
-from tideflow.storage.database import TASKS_CHANNEL, Row, Tx
+from tideflow.storage.database import TASKS_CHANNEL, Row, Tx, run_after_commit
 from tideflow.storage.postgres.connecting import (
     check_connection,
     connect_error,
@@ -94,6 +94,7 @@ class PgTx:
         self.notify = False
         self.closed = False  # the block ended: the connection is back in the pool
         self._on_end: list[Callable[[], None]] = []
+        self._on_commit: list[Callable[[], None]] = []
 
     def _execute(self, name: str, params: dict[str, Any], binary: bool = False) -> Any:
         try:
@@ -126,11 +127,19 @@ class PgTx:
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
-        with translated("savepoint"), self.connection.transaction():
-            yield
+        mark = len(self._on_commit)
+        try:
+            with translated("savepoint"), self.connection.transaction():
+                yield
+        except BaseException:
+            del self._on_commit[mark:]  # what the rolled-back savepoint did will never commit
+            raise
 
     def on_end(self, callback: Callable[[], None]) -> None:
         self._on_end.append(callback)
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        self._on_commit.append(callback)
 
 
 class PostgresDatabase:
@@ -201,8 +210,9 @@ class PostgresDatabase:
     @contextmanager
     def statement(self) -> Iterator[PgTx]:
         conn = self._getconn()
+        tx = PgTx(conn)
         try:
-            yield PgTx(conn)
+            yield tx
         except psycopg.Error as exc:
             # Only a lost connection is ours to map here: our queries' errors are mapped where
             # they run, and other driver errors come from the caller's own SQL.
@@ -211,6 +221,8 @@ class PostgresDatabase:
             raise
         finally:
             self._pool.putconn(conn)
+        if tx._on_commit:  # each statement committed on its own
+            run_after_commit(tx._on_commit)
 
     @contextmanager
     def transaction(self) -> Iterator[PgTx]:
@@ -232,6 +244,7 @@ class PostgresDatabase:
                 callback()
         if tx.notify:
             self._wake_local(TASKS_CHANNEL)
+        run_after_commit(tx._on_commit)
 
     def append_events(
         self, tx: Tx | None, prepared: PreparedAppend, recorded_at: datetime

@@ -42,7 +42,11 @@ from tideflow.errors import (
     StorageError,
     TideflowError,
 )
-from tideflow.events.errors import DuplicateIdempotencyKeyError, WrongExpectedVersionError
+from tideflow.events.errors import (
+    DuplicateIdempotencyKeyError,
+    StreamDeletedError,
+    WrongExpectedVersionError,
+)
 from tideflow.storage.event_contract import PreparedAppend, duplicate_event_id
 from tideflow.storage.unavailable import translating
 
@@ -115,15 +119,17 @@ def is_driver_error(exc: BaseException) -> bool:
 
 
 def append_error(exc: psycopg.DatabaseError, p: PreparedAppend) -> Exception:
-    """The event store's error for a refused ``append_events_v2`` call: its own SQLSTATEs
-    ``TF001`` (wrong expected version, the actual one in DETAIL) and ``TF002`` (duplicate
-    idempotency key; the event store reads the recorded result), a duplicate event id, or
-    ``translate``'s."""
+    """The event store's error for a refused ``append_events_v3`` call: its own SQLSTATEs
+    ``TF001`` (wrong expected version, the actual one in DETAIL), ``TF002`` (duplicate
+    idempotency key; the event store reads the recorded result) and ``TF003`` (deleted stream),
+    a duplicate event id, or ``translate``'s."""
     if exc.sqlstate == "TF001":
         return WrongExpectedVersionError(p.stream_id, p.expected, int(exc.diag.message_detail or 0))
     if exc.sqlstate == "TF002":
         assert p.idempotency_key is not None
         return DuplicateIdempotencyKeyError(p.idempotency_key, None, None)
+    if exc.sqlstate == "TF003":
+        return StreamDeletedError(p.stream_id)
     if (
         isinstance(exc, psycopg.errors.UniqueViolation)
         and exc.diag.constraint_name == "events_event_id"

@@ -18,7 +18,7 @@ SELECT tideflow.event_horizon_v2()
 SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
        correlation_id, recorded_at, data::text, metadata::text
 FROM tideflow.events
-WHERE stream_id = %(stream_id)s AND version >= %(from_version)s
+WHERE stream_id = %(stream_id)s AND version >= %(from_version)s AND NOT deleted
 ORDER BY version
 LIMIT (SELECT %(limit)s::bigint)
 
@@ -26,7 +26,7 @@ LIMIT (SELECT %(limit)s::bigint)
 SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
        correlation_id, recorded_at, data::text, metadata::text
 FROM tideflow.events
-WHERE stream_id = %(stream_id)s AND version <= %(from_version)s
+WHERE stream_id = %(stream_id)s AND version <= %(from_version)s AND NOT deleted
 ORDER BY version DESC
 LIMIT (SELECT %(limit)s::bigint)
 
@@ -34,7 +34,7 @@ LIMIT (SELECT %(limit)s::bigint)
 SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
        correlation_id, recorded_at, data::text, metadata::text
 FROM tideflow.events
-WHERE position > %(after)s AND position <= %(until)s
+WHERE position > %(after)s AND position <= %(until)s AND NOT deleted
 ORDER BY position
 LIMIT (SELECT %(limit)s::bigint)
 
@@ -45,11 +45,13 @@ SELECT position, version, schema_version, stream_id, event_id, event_type, causa
        correlation_id, recorded_at, data::text, metadata::text
 FROM tideflow.events
 WHERE position > %(after)s AND position <= %(until)s AND event_type = ANY(%(event_types)s::text[])
+  AND NOT deleted
 ORDER BY position
 LIMIT (SELECT %(limit)s::bigint)
 
 -- name: stream_version
-SELECT version FROM tideflow.streams WHERE stream_id = %(stream_id)s
+-- A deleted stream has no events to read: version 0.
+SELECT version FROM tideflow.streams WHERE stream_id = %(stream_id)s AND deleted_at IS NULL
 
 -- name: save_snapshot
 -- The event store has checked, in this transaction, that the stream reached the version; an
@@ -90,3 +92,45 @@ WHERE name = %(name)s
 INSERT INTO tideflow.handler_checkpoints AS c (name, position, updated_at)
 VALUES (%(name)s, %(position)s, %(updated_at)s)
 ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at
+
+-- name: read_all_backwards
+-- read_all from the newest event down: the same range, the highest positions first.
+SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
+       correlation_id, recorded_at, data::text, metadata::text
+FROM tideflow.events
+WHERE position > %(after)s AND position <= %(until)s AND NOT deleted
+ORDER BY position DESC
+LIMIT (SELECT %(limit)s::bigint)
+
+-- name: read_all_of_types_backwards
+SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
+       correlation_id, recorded_at, data::text, metadata::text
+FROM tideflow.events
+WHERE position > %(after)s AND position <= %(until)s AND event_type = ANY(%(event_types)s::text[])
+  AND NOT deleted
+ORDER BY position DESC
+LIMIT (SELECT %(limit)s::bigint)
+
+-- name: lock_stream
+-- The stream row, locked to the end of the transaction: the lock appenders take (0004), so
+-- a delete and an append to one stream run one after the other.
+SELECT version, deleted_at FROM tideflow.streams WHERE stream_id = %(stream_id)s FOR UPDATE
+
+-- name: mark_stream_deleted
+UPDATE tideflow.streams SET deleted_at = %(deleted_at)s WHERE stream_id = %(stream_id)s
+
+-- name: hide_stream_events
+UPDATE tideflow.events SET deleted = true WHERE stream_id = %(stream_id)s
+
+-- name: delete_snapshot
+DELETE FROM tideflow.snapshots WHERE stream_id = %(stream_id)s
+
+-- name: erase_stream_events
+DELETE FROM tideflow.events WHERE stream_id = %(stream_id)s
+
+-- name: erase_stream_keys
+-- No index on stream_id (it would cost every keyed append): an erasure reads the whole table.
+DELETE FROM tideflow.idempotency_keys WHERE stream_id = %(stream_id)s
+
+-- name: erase_stream
+DELETE FROM tideflow.streams WHERE stream_id = %(stream_id)s

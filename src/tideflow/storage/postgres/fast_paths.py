@@ -1,16 +1,17 @@
 """PostgreSQL's fast path for appending events: the one statement, through libpq, pipelined.
 
-An append is one call of ``append_events_v2`` (migration 0004). Outside a transaction it runs on
-an autocommit connection: one round trip that commits on its own. Inside one it runs under a
-savepoint, so that a refused append leaves the caller's transaction usable, sent with it in one
-libpq pipeline, so that it is one round trip too (``_under_savepoint``). It is the hot path of
-every write, so it skips psycopg's cursors: a statement prepared once per connection, parameters
-encoded here, run through libpq (``_run_append``).
+An append is one call of ``append_events_v3`` (migration 0010; 0004 explains the protocol). Outside
+a transaction it runs on an autocommit connection: one round trip that commits on its own. Inside
+one it runs under a savepoint, so that a refused append leaves the caller's transaction usable, sent
+with it in one libpq pipeline, so that it is one round trip too (``_under_savepoint``). It is the
+hot path of every write, so it skips psycopg's cursors: a statement prepared once per connection,
+parameters encoded here, run through libpq (``_run_append``).
 
 The plain counterpart (``Database(fast_paths=False)``, and a caller's own pipeline on the
 connection) calls the same function through a psycopg cursor, under psycopg's savepoint; the
-event store tests run on both. The function raises SQLSTATE ``TF001`` / ``TF002`` for a wrong
-expected version / a duplicate idempotency key; ``errors.append_error`` maps them.
+event store tests run on both. The function raises SQLSTATE ``TF001`` / ``TF002`` / ``TF003``
+for a wrong expected version / a duplicate idempotency key / a deleted stream;
+``errors.append_error`` maps them.
 
 The flow store's fast paths need no code here: they are the named queries ``start_run`` and
 ``complete_tasks_batch`` (PL/pgSQL functions of migrations 0001 and 0007), which the flow store
@@ -42,11 +43,11 @@ Conn = psycopg.Connection[Any]
 
 #: The append query, positional ($1...) as libpq's prepared statements want it.
 _APPEND_SQL = """SELECT first_version, positions
-FROM tideflow.append_events_v2($1::text, $2::text, $3::bigint, $4::json, $5::json, $6::json,
+FROM tideflow.append_events_v3($1::text, $2::text, $3::bigint, $4::json, $5::json, $6::json,
                                $7::timestamptz, $8::text, $9::text)"""
 #: The append's prepared statement, created on a connection the first time it appends (and again
 #: if something deallocated it); _PREPARED holds the connections that have it.
-_APPEND_STATEMENT = b"tideflow_append_events_v2"
+_APPEND_STATEMENT = b"tideflow_append_events_v3"
 _PREPARED: weakref.WeakSet[Conn] = weakref.WeakSet()
 #: Parameter formats: binary - a text or JSON value travels as its bytes, unquoted (and a NUL
 #: byte is refused by the server rather than cutting the value short), a bigint as 8 bytes - but
@@ -86,7 +87,7 @@ def append_events(
 
 
 def _events_document(p: PreparedAppend) -> str:
-    """The ``p_events`` argument of ``append_events_v2``: a JSON array of one object per event
+    """The ``p_events`` argument of ``append_events_v3``: a JSON array of one object per event
     with everything but its data and metadata (those travel in arrays of their own, see
     ``_json_array`` and migration 0004). Spliced together, not re-encoded."""
     quote = json.encoder.encode_basestring_ascii  # what json.dumps does with a str, minus a call

@@ -1,17 +1,18 @@
--- tideflow schema for PostgreSQL: the result of migrations 0001-0008, written out for readers.
+-- tideflow schema for PostgreSQL: the result of migrations 0001-0011, written out for readers.
 --
 -- What this file is. The tables, indexes and functions that `tideflow migrate` (store.migrate())
 -- leaves in schema `tideflow` once every migration in migrations/ has run, in one place, without
--- the history: columns added later (tasks.stalls, run_steps.max_stalls) sit in their table, the
--- CHECK that migration 0006 replaced is written as it is now, and functions that a later
--- migration dropped (append_events_v1, event_horizon_v1) are gone.
+-- the history: columns added later (tasks.stalls, run_steps.max_stalls, streams.deleted_at,
+-- events.deleted) sit in their table, the CHECK that migration 0006 replaced is written as it is
+-- now, and functions that a later migration dropped (append_events_v1, event_horizon_v1) are gone.
 --
 -- What it is not. The migrations remain the source of truth: a database is created and upgraded
 -- only by them (in order, recorded in schema_migrations, under an advisory lock), and their
 -- headers explain the design - the run model and lock order (0001), the event store and why
 -- readers never miss an event (0002, 0004), handler leases (0003), process managers (0005),
--- stalls (0007), process timers (0008). A schema change is a new migration AND the matching
--- edit here.
+-- stalls (0007), process timers (0008), undo and retention of instances (0009), deleting
+-- streams (0010), runs that report back (0011). A schema change is a new migration AND the
+-- matching edit here.
 --
 -- How it stays honest. tests/test_schema.py applies the migrations to one empty database and
 -- this file to another, and compares their catalogs: tables, columns (name, type, nullability,
@@ -21,7 +22,7 @@
 -- tables and columns, in mapped types.
 --
 -- Using it. Run on an empty database (psql -v ON_ERROR_STOP=1 -f schema.sql), it gives a database
--- that tideflow treats as fully migrated: it records versions 1-8 in schema_migrations as applied,
+-- that tideflow treats as fully migrated: it records versions 1-11 in schema_migrations as applied,
 -- so a later `tideflow migrate` applies only migrations newer than this file. Prefer `tideflow
 -- migrate`.
 --
@@ -137,11 +138,11 @@ CREATE INDEX tasks_started ON tideflow.tasks (lease_expires_at) WHERE status = '
 
 
 -- =================================================================================================
--- Event store: streams, events, snapshots, idempotency keys, checkpoints (0002, 0004)
+-- Event store: streams, events, snapshots, idempotency keys, checkpoints (0002, 0004, 0010)
 -- =================================================================================================
 --
 -- A stream's events are numbered version 1, 2, 3... without gaps; every event also gets a
--- store-wide position from event_position_seq, drawn only inside append_events_v2 (below), which
+-- store-wide position from event_position_seq, drawn only inside append_events_v3 (below), which
 -- is why events.position has no default. The sequence has CACHE 1 on purpose: see 0004's header
 -- for the floor-lock protocol that lets readers never miss an event while writers run in parallel.
 
@@ -149,11 +150,12 @@ CREATE SEQUENCE tideflow.event_position_seq AS bigint MINVALUE 1 START 1 CACHE 1
 
 CREATE TABLE tideflow.streams (
     stream_id text   PRIMARY KEY,
-    version   bigint NOT NULL CHECK (version >= 1)  -- the stream's last event
+    version   bigint NOT NULL CHECK (version >= 1), -- the stream's last event
+    deleted_at timestamptz                         -- 0010: soft-deleted then (events marked)
 ) WITH (fillfactor = 80);
 
 CREATE TABLE tideflow.events (
-    position       bigint      PRIMARY KEY,         -- no default: drawn only by append_events_v2
+    position       bigint      PRIMARY KEY,         -- no default: drawn only by append_events_v3
     version        bigint      NOT NULL CHECK (version >= 1),
     schema_version integer     NOT NULL CHECK (schema_version >= 1),
     stream_id      text        NOT NULL,
@@ -164,6 +166,7 @@ CREATE TABLE tideflow.events (
     recorded_at    timestamptz NOT NULL,
     data           json        NOT NULL,
     metadata       json        NOT NULL,
+    deleted        boolean     NOT NULL DEFAULT false, -- 0010: in a soft-deleted stream: unread
     CONSTRAINT events_stream_version UNIQUE (stream_id, version),
     CONSTRAINT events_event_id UNIQUE (event_id)
 );
@@ -292,11 +295,13 @@ CREATE INDEX process_timers_due ON tideflow.process_timers (fire_at);
 -- Called by this release (storage/postgres/queries.sql, events_queries.sql):
 --     start_run_v2         start a run: its row, its steps, the tasks of its root steps (0007)
 --     complete_tasks_v1    record a batch of task completions and move runs on (0001)
---     append_events_v2     append events to one stream under an expectation (0004)
+--     append_events_v3     append events to one stream under an expectation, refusing a
+--                          deleted stream (0010)
 --     event_horizon_v2     the highest position readers may read now (0004)
 -- Helpers of the flow functions: _fail_run_v1, _json_type_v1, _queue_step_v1, _step_completed_v1.
 -- Kept for workers of the previous release during an upgrade, not called by this one:
 --     start_run_v1         as start_run_v2, without max_stalls (runs get the default, 3)
+--     append_events_v2     as append_events_v3, without the deleted-stream check (0004)
 -- Dropped by 0004, so absent: append_events_v1 and event_horizon_v1 (the gate protocol of 0002).
 --
 -- The bodies below are copied verbatim from the migrations that created them; the test compares
@@ -554,7 +559,8 @@ BEGIN
     RETURN v_notify;
 END $$;
 
--- CURRENT. Append events to one stream if it is in the expected state ('any', 'no_stream',
+-- PREVIOUS RELEASE (kept for its workers during an upgrade; append_events_v3 below is current).
+-- Append events to one stream if it is in the expected state ('any', 'no_stream',
 -- 'exists', or 'exact' with p_expected the stream's version). p_events holds one object per event
 -- ({"event_id", "event_type", "schema_version", "causation_id", "correlation_id"}), p_data and
 -- p_metadata the events' data and metadata, in the same order. Returns the version of the first
@@ -609,6 +615,112 @@ BEGIN
             v_exists := FOUND;
             IF NOT v_exists THEN
                 v_current := 0;
+            END IF;
+            IF (p_expected_kind = 'no_stream' AND v_exists)
+               OR (p_expected_kind = 'exists' AND NOT v_exists)
+               OR (p_expected_kind = 'exact' AND v_current <> p_expected) THEN
+                RAISE EXCEPTION 'stream % is at version %', p_stream_id, v_current
+                    USING ERRCODE = 'TF001', DETAIL = v_current::text;
+            END IF;
+            IF v_count = 0 THEN
+                first_version := v_current + 1;
+                positions := '{}';
+                RETURN;
+            END IF;
+            IF v_exists THEN
+                UPDATE tideflow.streams SET version = v_current + v_count
+                WHERE stream_id = p_stream_id;
+                EXIT;
+            END IF;
+            INSERT INTO tideflow.streams (stream_id, version) VALUES (p_stream_id, v_count)
+            ON CONFLICT (stream_id) DO NOTHING;
+            EXIT WHEN FOUND;
+            -- A concurrent append created the stream after our SELECT (ON CONFLICT waited for
+            -- it to commit): look again, now finding and locking its row.
+        END LOOP;
+    END IF;
+    first_version := v_current + 1;
+
+    -- Announce, then draw (the header says why in this order): the floor lock's key is one
+    -- above the last position drawn by anyone so far, which every position drawn below is at
+    -- least. Drawing in a loop of plain assignments, not a query, keeps the function free of
+    -- statements planned anew on every call.
+    PERFORM pg_advisory_xact_lock_shared((x'7466'::bigint << 48)
+        | (coalesce(pg_sequence_last_value('tideflow.event_position_seq'), 0) + 1));
+    positions := ARRAY[nextval('tideflow.event_position_seq')];
+    FOR i IN 2..v_count LOOP
+        positions[i] := nextval('tideflow.event_position_seq');
+    END LOOP;
+
+    INSERT INTO tideflow.events (position, version, schema_version, stream_id, event_id,
+                                 event_type, causation_id, correlation_id, recorded_at, data,
+                                 metadata)
+    SELECT positions[e.ord], v_current + e.ord, e.schema_version, p_stream_id, e.event_id,
+           e.event_type, e.causation_id, e.correlation_id, p_recorded_at, e.data, e.metadata
+    FROM ROWS FROM (json_to_recordset(p_events) AS (event_id uuid, event_type text,
+                                                    schema_version integer, causation_id uuid,
+                                                    correlation_id uuid),
+                    json_array_elements(p_data), json_array_elements(p_metadata))
+         WITH ORDINALITY AS e(event_id, event_type, schema_version, causation_id,
+                              correlation_id, data, metadata, ord);
+END
+$$;
+
+-- CURRENT. append_events_v2 above, refusing a deleted stream (0010): SQLSTATE TF003, having
+-- written nothing.
+CREATE FUNCTION tideflow.append_events_v3(
+    p_stream_id        text,
+    p_expected_kind    text,
+    p_expected         bigint,
+    p_events           json,
+    p_data             json,
+    p_metadata         json,
+    p_recorded_at      timestamptz,
+    p_idempotency_key  text,
+    p_result           text,
+    OUT first_version  bigint,
+    OUT positions      bigint[]
+) LANGUAGE plpgsql AS $$
+DECLARE
+    v_count   integer := json_array_length(p_events);
+    v_current bigint;
+    v_exists  boolean;
+    v_deleted boolean;
+BEGIN
+    -- The key first: a command retried while its first attempt is still committing waits here
+    -- and is reported as a duplicate, rather than as a version conflict it would then "fix".
+    IF p_idempotency_key IS NOT NULL THEN
+        INSERT INTO tideflow.idempotency_keys (key, stream_id, result, recorded_at)
+        VALUES (p_idempotency_key, p_stream_id, p_result::json, p_recorded_at)
+        ON CONFLICT (key) DO NOTHING;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'idempotency key % is already recorded', p_idempotency_key
+                USING ERRCODE = 'TF002';
+        END IF;
+    END IF;
+
+    -- The stream row is the per-stream lock: appenders to one stream queue here, so versions
+    -- commit in order and readers of one stream never see a gap. The common case - events for
+    -- a stream that exists and is where the caller expects - is this one UPDATE: it locks the
+    -- row, checks the expectation (re-checked on the newest row version if it had to wait for
+    -- another appender) and moves the version. Anything else takes the loop below.
+    IF v_count > 0 AND (p_expected_kind IN ('any', 'exists')
+                        OR (p_expected_kind = 'exact' AND p_expected > 0)) THEN
+        UPDATE tideflow.streams AS s SET version = s.version + v_count
+        WHERE s.stream_id = p_stream_id AND (p_expected_kind <> 'exact' OR s.version = p_expected)
+          AND s.deleted_at IS NULL
+        RETURNING s.version - v_count INTO v_current;
+    END IF;
+    IF v_current IS NULL THEN
+        LOOP
+            SELECT s.version, s.deleted_at IS NOT NULL INTO v_current, v_deleted
+            FROM tideflow.streams AS s
+            WHERE s.stream_id = p_stream_id FOR UPDATE;
+            v_exists := FOUND;
+            IF NOT v_exists THEN
+                v_current := 0;
+            ELSIF v_deleted THEN
+                RAISE EXCEPTION 'stream % is deleted', p_stream_id USING ERRCODE = 'TF003';
             END IF;
             IF (p_expected_kind = 'no_stream' AND v_exists)
                OR (p_expected_kind = 'exists' AND NOT v_exists)

@@ -30,9 +30,13 @@ from uuid import UUID
 
 from tideflow.clock import Clock, SystemClock
 from tideflow.errors import DuplicateKeyError, StorageError
-from tideflow.events.errors import DuplicateIdempotencyKeyError, WrongExpectedVersionError
+from tideflow.events.errors import (
+    DuplicateIdempotencyKeyError,
+    StreamDeletedError,
+    WrongExpectedVersionError,
+)
 from tideflow.events.handling import Dialect
-from tideflow.storage.database import TASKS_CHANNEL, Row, Tx
+from tideflow.storage.database import TASKS_CHANNEL, Row, Tx, run_after_commit
 from tideflow.storage.event_contract import duplicate_event_id
 from tideflow.storage.sqlfile import load_dialect, load_migrations, pending
 from tideflow.storage.sqlite.errors import is_transient, rollback_quietly, translate, translated
@@ -114,6 +118,7 @@ class SQLiteTx:
         self.notify = False
         self._path = path
         self._on_end: list[Callable[[], None]] = []
+        self._on_commit: list[Callable[[], None]] = []
 
     def _execute(self, name: str, params: dict[str, Any]) -> sqlite3.Cursor:
         try:
@@ -145,11 +150,19 @@ class SQLiteTx:
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
-        with _atomic(self.connection, self._path, nested=True):
-            yield
+        mark = len(self._on_commit)
+        try:
+            with _atomic(self.connection, self._path, nested=True):
+                yield
+        except BaseException:
+            del self._on_commit[mark:]  # what the rolled-back savepoint did will never commit
+            raise
 
     def on_end(self, callback: Callable[[], None]) -> None:
         self._on_end.append(callback)
+
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        self._on_commit.append(callback)
 
 
 @contextmanager
@@ -196,6 +209,7 @@ class SQLiteDatabase:
         self._watcher: threading.Thread | None = None
         self._closing = threading.Event()
         self._conn = self._open(create)
+        self._open_txs: list[SQLiteTx] = []  # transaction()s open on this thread, outermost first
         self._statements = SQLiteTx(self._conn, self.path)  # autocommit: outside transactions
 
     def _open(self, create: bool) -> sqlite3.Connection:
@@ -250,18 +264,29 @@ class SQLiteDatabase:
 
     @contextmanager
     def transaction(self) -> Iterator[SQLiteTx]:
-        with self._lock:
+        with self._lock:  # reentrant: a nested transaction() is on the thread that holds it
+            nested = self._conn.in_transaction
+            outer = self._open_txs[-1] if nested and self._open_txs else None
             tx = SQLiteTx(self._conn, self.path)
+            self._open_txs.append(tx)
             try:
-                with _atomic(self._conn, self.path, nested=self._conn.in_transaction):
+                with _atomic(self._conn, self.path, nested=nested):
                     yield tx
             finally:
+                self._open_txs.pop()
                 for callback in tx._on_end:
                     callback()
+            # A released savepoint: its work commits with the outer transaction, or not. (Nested
+            # in a transaction begun without transaction() - outer None - the commit cannot be
+            # seen from here: its callbacks run now, the best that can be done.)
+            if outer is not None:
+                outer._on_commit.extend(tx._on_commit)
+                tx._on_commit.clear()
         # Nested, this is before the outer commit: a worker of this process that wakes now
         # waits for the lock, which the outer transaction holds until it ends.
         if tx.notify:
             self._wake_local(TASKS_CHANNEL)
+        run_after_commit(tx._on_commit)
 
     def append_events(
         self, tx: Tx | None, prepared: PreparedAppend, recorded_at: datetime
@@ -393,8 +418,10 @@ def _append(tx: Tx, p: PreparedAppend, recorded_at: datetime) -> tuple[int, list
         )
         if not inserted:
             raise DuplicateIdempotencyKeyError(p.idempotency_key, None, None)
-    found = tx.records("stream_version", stream_id=p.stream_id)
+    found = tx.records("lock_stream", stream_id=p.stream_id)
     current = found[0][0] if found else 0
+    if found and found[0][1] is not None:
+        raise StreamDeletedError(p.stream_id, datetime.fromtimestamp(found[0][1], UTC))
     kind = p.expected_kind
     if (
         (kind == "no_stream" and found)

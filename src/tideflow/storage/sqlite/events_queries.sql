@@ -11,7 +11,8 @@ VALUES (%(key)s, %(stream_id)s, %(result)s, %(recorded_at)s)
 ON CONFLICT (key) DO NOTHING
 
 -- name: stream_version
-SELECT version FROM streams WHERE stream_id = %(stream_id)s
+-- A deleted stream has no events to read: version 0.
+SELECT version FROM streams WHERE stream_id = %(stream_id)s AND deleted_at IS NULL
 
 -- name: insert_event
 INSERT INTO events (version, schema_version, stream_id, event_id, event_type, causation_id,
@@ -28,7 +29,7 @@ ON CONFLICT (stream_id) DO UPDATE SET version = excluded.version
 SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
        correlation_id, recorded_at, data, metadata
 FROM events
-WHERE stream_id = %(stream_id)s AND version >= %(from_version)s
+WHERE stream_id = %(stream_id)s AND version >= %(from_version)s AND deleted = 0
 ORDER BY version
 LIMIT %(limit)s
 
@@ -36,7 +37,7 @@ LIMIT %(limit)s
 SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
        correlation_id, recorded_at, data, metadata
 FROM events
-WHERE stream_id = %(stream_id)s AND version <= %(from_version)s
+WHERE stream_id = %(stream_id)s AND version <= %(from_version)s AND deleted = 0
 ORDER BY version DESC
 LIMIT %(limit)s
 
@@ -44,7 +45,7 @@ LIMIT %(limit)s
 SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
        correlation_id, recorded_at, data, metadata
 FROM events
-WHERE position > %(after)s AND position <= %(until)s
+WHERE position > %(after)s AND position <= %(until)s AND deleted = 0
 ORDER BY position
 LIMIT %(limit)s
 
@@ -53,13 +54,14 @@ SELECT position, version, schema_version, stream_id, event_id, event_type, causa
        correlation_id, recorded_at, data, metadata
 FROM events
 WHERE position > %(after)s AND position <= %(until)s
-  AND event_type IN (SELECT value FROM json_each(%(event_types)s))
+  AND event_type IN (SELECT value FROM json_each(%(event_types)s)) AND deleted = 0
 ORDER BY position
 LIMIT %(limit)s
 
 -- name: horizon
--- One writer at a time: everything committed is settled, so the horizon is the last position.
-SELECT coalesce(max(position), 0) FROM events
+-- One writer at a time: everything committed is settled, so the horizon is the last position
+-- drawn (AUTOINCREMENT's counter, which a hard delete of the newest events does not lower).
+SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)
 
 -- name: save_snapshot
 INSERT INTO snapshots (stream_id, version, snapshot_type, schema_version, state, taken_at)
@@ -97,3 +99,44 @@ WHERE name = %(name)s
 INSERT INTO handler_checkpoints (name, position, updated_at)
 VALUES (%(name)s, %(position)s, %(updated_at)s)
 ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at
+
+-- name: read_all_backwards
+-- read_all from the newest event down: the same range, the highest positions first.
+SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
+       correlation_id, recorded_at, data, metadata
+FROM events
+WHERE position > %(after)s AND position <= %(until)s AND deleted = 0
+ORDER BY position DESC
+LIMIT %(limit)s
+
+-- name: read_all_of_types_backwards
+SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
+       correlation_id, recorded_at, data, metadata
+FROM events
+WHERE position > %(after)s AND position <= %(until)s AND event_type IN (SELECT value FROM json_each(%(event_types)s))
+  AND deleted = 0
+ORDER BY position DESC
+LIMIT %(limit)s
+
+-- name: lock_stream
+-- The stream's version and whether it was deleted; the transaction holds the write lock.
+SELECT version, deleted_at FROM streams WHERE stream_id = %(stream_id)s
+
+-- name: mark_stream_deleted
+UPDATE streams SET deleted_at = %(deleted_at)s WHERE stream_id = %(stream_id)s
+
+-- name: hide_stream_events
+UPDATE events SET deleted = 1 WHERE stream_id = %(stream_id)s
+
+-- name: delete_snapshot
+DELETE FROM snapshots WHERE stream_id = %(stream_id)s
+
+-- name: erase_stream_events
+DELETE FROM events WHERE stream_id = %(stream_id)s
+
+-- name: erase_stream_keys
+-- No index on stream_id (it would cost every keyed append): an erasure reads the whole table.
+DELETE FROM idempotency_keys WHERE stream_id = %(stream_id)s
+
+-- name: erase_stream
+DELETE FROM streams WHERE stream_id = %(stream_id)s

@@ -1,9 +1,9 @@
--- tideflow schema for SQLite: the result of migrations 0001-0008, written out for readers.
+-- tideflow schema for SQLite: the result of migrations 0001-0011, written out for readers.
 --
--- What this file is. The tables and indexes that `tideflow migrate` (store.migrate()) leaves in
--- the database file once every migration in migrations/ has run, in one place, without the
--- history: columns added later (tasks.stalls, run_steps.max_stalls) sit in their table and the
--- event_handlers table that migration 0006 rebuilt is written as it is now.
+-- What this file is. The tables and indexes that `tideflow migrate` (store.migrate()) leaves in the
+-- database file once every migration in migrations/ has run, in one place, without the history:
+-- columns added later (tasks.stalls, run_steps.max_stalls, streams.deleted_at, events.deleted) sit
+-- in their table and the event_handlers table that migration 0006 rebuilt is written as it is now.
 --
 -- What it is not. The migrations remain the source of truth: a database is created and upgraded
 -- only by them (in order, recorded in schema_migrations, in one exclusive transaction). The
@@ -25,7 +25,7 @@
 -- SQLite has one writer at a time and so hands out event positions in commit order.
 --
 -- Using it. Run on an empty file (sqlite3 tideflow.db < schema.sql), it gives a database that
--- tideflow treats as fully migrated: it records versions 1-8 in schema_migrations as applied, so
+-- tideflow treats as fully migrated: it records versions 1-11 in schema_migrations as applied, so
 -- a later `tideflow migrate` applies only migrations newer than this file. A writer (a worker,
 -- `tideflow migrate`) switches the file to WAL mode when it opens it. Prefer `tideflow migrate`.
 
@@ -133,7 +133,9 @@ CREATE INDEX tasks_started ON tasks (lease_expires_at) WHERE status = 'started';
 
 CREATE TABLE streams (
     stream_id TEXT    PRIMARY KEY,
-    version   INTEGER NOT NULL CHECK (version >= 1)  -- the stream's last event
+    version   INTEGER NOT NULL CHECK (version >= 1), -- the stream's last event
+    -- 0010: set when the stream was soft-deleted (its events are marked deleted).
+    deleted_at REAL
 ) WITHOUT ROWID;
 
 CREATE TABLE events (
@@ -148,6 +150,8 @@ CREATE TABLE events (
     recorded_at    REAL    NOT NULL,
     data           TEXT    NOT NULL CHECK (json_valid(data)),
     metadata       TEXT    NOT NULL CHECK (json_valid(metadata)),
+    -- 0010: 1 in a soft-deleted stream; every read leaves such events out.
+    deleted        INTEGER NOT NULL DEFAULT false CHECK (deleted IN (0, 1)),
     CONSTRAINT events_stream_version UNIQUE (stream_id, version),
     CONSTRAINT events_event_id UNIQUE (event_id)
 );
