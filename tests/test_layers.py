@@ -86,6 +86,7 @@ LAYERS: dict[str, str] = {
     "tideflow.storage.sqlfile": "contracts",
     "tideflow.storage.urls": "contracts",
     "tideflow.storage.unavailable": "contracts",
+    "tideflow.storage.wakeups": "contracts",
     "tideflow.storage.sqlite": "sqlite",
     "tideflow.storage.postgres": "postgres",
     "tideflow.runtime": "runtime",

@@ -44,6 +44,7 @@ from tideflow.storage.postgres.notifier import CoalescingNotifier
 from tideflow.storage.sqlfile import load_dialect, load_migrations, pending
 from tideflow.storage.unavailable import is_unavailable
 from tideflow.storage.urls import redact_url, require_current
+from tideflow.storage.wakeups import Subscribers, TxCallbacks
 
 if TYPE_CHECKING:
     from tideflow.storage.event_contract import PreparedAppend
@@ -84,17 +85,16 @@ def _check_if_idle(conn: Conn) -> None:
     ConnectionPool.check_connection(conn)
 
 
-class PgTx:
+class PgTx(TxCallbacks):
     """``Tx`` on one pooled connection."""
 
     dialect: Dialect = "postgresql"
 
     def __init__(self, conn: Conn) -> None:
+        super().__init__()
         self.connection = conn
         self.notify = False
         self.closed = False  # the block ended: the connection is back in the pool
-        self._on_end: list[Callable[[], None]] = []
-        self._on_commit: list[Callable[[], None]] = []
 
     def _execute(self, name: str, params: dict[str, Any], binary: bool = False) -> Any:
         try:
@@ -127,19 +127,8 @@ class PgTx:
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
-        mark = len(self._on_commit)
-        try:
-            with translated("savepoint"), self.connection.transaction():
-                yield
-        except BaseException:
-            del self._on_commit[mark:]  # what the rolled-back savepoint did will never commit
-            raise
-
-    def on_end(self, callback: Callable[[], None]) -> None:
-        self._on_end.append(callback)
-
-    def on_commit(self, callback: Callable[[], None]) -> None:
-        self._on_commit.append(callback)
+        with self._savepoint_callbacks(), translated("savepoint"), self.connection.transaction():
+            yield
 
 
 class PostgresDatabase:
@@ -179,7 +168,7 @@ class PostgresDatabase:
             self._pool.wait(timeout=10.0)
         except Exception as exc:
             raise connect_error(url, exc) from exc
-        self._subscribers: dict[str, list[Callable[[], None]]] = {}
+        self._subscribers = Subscribers()
         self._listeners: list[threading.Thread] = []
         self._notifiers: dict[str, Any] = {}
         self._stopping = threading.Event()
@@ -268,13 +257,11 @@ class PostgresDatabase:
     # --- wake-ups -------------------------------------------------------------------------------
 
     def _wake_local(self, channel: str) -> None:
-        for callback in list(self._subscribers.get(channel, ())):
-            callback()
+        self._subscribers.wake(channel)
 
     def subscribe(self, channel: str, callback: Callable[[], None]) -> Callable[[], None]:
         with self._lock:
-            subscribers = self._subscribers.setdefault(channel, [])
-            if not subscribers and not self._stopping.is_set():
+            if not self._subscribers.has(channel) and not self._stopping.is_set():
                 listener = threading.Thread(
                     target=listen_forever,
                     args=(self.url, channel, lambda: self._wake_local(channel), self._stopping),
@@ -283,13 +270,7 @@ class PostgresDatabase:
                 )
                 self._listeners.append(listener)
                 listener.start()
-            subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            if callback in subscribers:
-                subscribers.remove(callback)
-
-        return unsubscribe
+            return self._subscribers.add(channel, callback)
 
     def wake(self, channel: str) -> None:
         # This process's subscribers at once - a process manager's runner reacting to the events
@@ -315,7 +296,7 @@ class PostgresDatabase:
             # Wake the listeners now rather than at their next timeout, so close() is quick.
             try:
                 with self.statement() as tx:
-                    for channel in self._subscribers:
+                    for channel in self._subscribers.channels():
                         tx.connection.execute("SELECT pg_notify(%s, '')", (channel,))
             except (psycopg.Error, StorageError):
                 pass

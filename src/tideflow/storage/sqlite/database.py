@@ -42,6 +42,7 @@ from tideflow.storage.sqlfile import load_dialect, load_migrations, pending
 from tideflow.storage.sqlite.errors import is_transient, rollback_quietly, translate, translated
 from tideflow.storage.unavailable import is_unavailable
 from tideflow.storage.urls import require_current, schema_error
+from tideflow.storage.wakeups import Subscribers, TxCallbacks
 
 if TYPE_CHECKING:
     from tideflow.storage.event_contract import PreparedAppend
@@ -108,17 +109,16 @@ def split_script(script: str) -> Iterator[str]:
         yield buffer
 
 
-class SQLiteTx:
+class SQLiteTx(TxCallbacks):
     """``Tx`` on the Database's connection; the caller holds its lock."""
 
     dialect: Dialect = "sqlite"
 
     def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        super().__init__()
         self.connection = conn
         self.notify = False
         self._path = path
-        self._on_end: list[Callable[[], None]] = []
-        self._on_commit: list[Callable[[], None]] = []
 
     def _execute(self, name: str, params: dict[str, Any]) -> sqlite3.Cursor:
         try:
@@ -150,19 +150,8 @@ class SQLiteTx:
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
-        mark = len(self._on_commit)
-        try:
-            with _atomic(self.connection, self._path, nested=True):
-                yield
-        except BaseException:
-            del self._on_commit[mark:]  # what the rolled-back savepoint did will never commit
-            raise
-
-    def on_end(self, callback: Callable[[], None]) -> None:
-        self._on_end.append(callback)
-
-    def on_commit(self, callback: Callable[[], None]) -> None:
-        self._on_commit.append(callback)
+        with self._savepoint_callbacks(), _atomic(self.connection, self._path, nested=True):
+            yield
 
 
 @contextmanager
@@ -205,7 +194,7 @@ class SQLiteDatabase:
         self.path = str(path)
         self.url = "sqlite:///" + self.path
         self._lock = threading.RLock()
-        self._subscribers: dict[str, list[Callable[[], None]]] = {}
+        self._subscribers = Subscribers()
         self._watcher: threading.Thread | None = None
         self._closing = threading.Event()
         self._conn = self._open(create)
@@ -312,25 +301,16 @@ class SQLiteDatabase:
     # --- wake-ups -------------------------------------------------------------------------------
 
     def _wake_local(self, channel: str | None = None) -> None:
-        for name, callbacks in list(self._subscribers.items()):
-            if channel is None or name == channel:
-                for callback in list(callbacks):
-                    callback()
+        self._subscribers.wake(channel)
 
     def subscribe(self, channel: str, callback: Callable[[], None]) -> Callable[[], None]:
-        subscribers = self._subscribers.setdefault(channel, [])
-        subscribers.append(callback)
+        unsubscribe = self._subscribers.add(channel, callback)
         with self._lock:
             if self._watcher is None and self.path != ":memory:":
                 self._watcher = threading.Thread(
                     target=self._watch, name="tideflow-sqlite-watch", daemon=True
                 )
                 self._watcher.start()
-
-        def unsubscribe() -> None:
-            if callback in subscribers:
-                subscribers.remove(callback)
-
         return unsubscribe
 
     def wake(self, channel: str) -> None:
