@@ -16,6 +16,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from tideflow.client import AsyncClient, Client
@@ -375,6 +376,7 @@ class App:
         return Worker(
             self.store,
             self.registry,
+            dispatch=self._step_dispatch if self._aggregates else None,
             options=WorkerOptions(
                 concurrency=concurrency,
                 poll_interval=poll_interval,
@@ -385,6 +387,16 @@ class App:
                 max_batch=max_batch,
             ),
         )
+
+    def _step_dispatch(self, command: Command, key: str, correlation_id: str | None) -> Any:
+        """A step's ``ctx.dispatch``: the run's correlation, and a key that makes a retried
+        step's commands land once (``StepContext.dispatch``)."""
+        changes: dict[str, Any] = {}
+        if command.idempotency_key is None:
+            changes["idempotency_key"] = key
+        if correlation_id is not None and command.correlation_id == command.command_id:
+            changes["correlation_id"] = correlation_id
+        return self.dispatch(replace(command, **changes) if changes else command)
 
     def run_worker(
         self,

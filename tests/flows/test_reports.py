@@ -174,3 +174,51 @@ def test_a_process_managers_flow_reports_to_its_instance(db_url: str) -> None:
         assert str(report.correlation_id) == instance.process_id  # the process's correlation
     finally:
         app.close()
+
+
+# --- steps that dispatch commands -------------------------------------------------------------
+
+
+class Ledger(Aggregate):
+    @handles("Record")
+    def record(self, state: Any, command: Command) -> tuple[str, dict[str, Any]]:
+        return ("Recorded", dict(command.payload))
+
+
+class Booker(Flow, slug="booker", max_attempts=2, base_delay=0.01, max_delay=0.02):
+    @step()
+    def book(self, input: Any, ctx: Any) -> Any:
+        result = ctx.dispatch(Command("Record", "ledger-1", {"what": "booked"}))
+        if ctx.attempt == 1:
+            raise RuntimeError("lost the answer")  # retried: the same command lands once
+        return {"version": result.version}
+
+
+def test_a_step_dispatches_with_the_runs_correlation_and_once_across_retries(
+    db_url: str,
+) -> None:
+    app = App(db_url, flows=[Booker], aggregates=[Ledger])
+    try:
+        correlation = uuid4()
+        run_id = app.client.start_flow(
+            Booker, {}, report=RunReport(correlation_id=str(correlation))
+        )
+        app.run_worker(until_idle=True, poll_interval=0.02)
+        run = app.get_run(run_id)
+        assert run.status == "completed" and run.output == {"book": {"version": 1}}
+        [recorded] = list(app.event_store.read_stream("ledger-ledger-1"))
+        assert recorded.data == {"what": "booked"}  # the retry's dispatch replayed the first
+        assert recorded.correlation_id == correlation
+    finally:
+        app.close()
+
+
+def test_a_step_that_dispatches_without_aggregates_fails_saying_why(db_url: str) -> None:
+    app = App(db_url, flows=[Booker])
+    try:
+        run_id = app.start_flow(Booker, {})
+        app.run_worker(until_idle=True, poll_interval=0.02)
+        run = app.get_run(run_id)
+        assert run.status == "failed" and "has no dispatcher" in (run.error or "")
+    finally:
+        app.close()

@@ -21,10 +21,11 @@ Calling convention, fixed so that a step reads like the data it gets:
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeGuard, TypeVar, overload
 
 from tideflow.errors import (
@@ -49,7 +50,8 @@ _STEP_ATTR = "__tideflow_step__"
 
 @dataclass(frozen=True)
 class StepContext:
-    """What a step can know about where it runs, beyond its input."""
+    """What a step can know about where it runs, beyond its input - and ``dispatch``, to send
+    commands to the app's aggregates from a step."""
 
     run_id: str
     flow_slug: str
@@ -58,6 +60,30 @@ class StepContext:
     task_index: int
     attempt: int
     run_input: Any
+    dispatcher: Callable[[Any, str], Any] | None = field(default=None, repr=False, compare=False)
+    _sent: list[int] = field(default_factory=lambda: [0], repr=False, compare=False)
+
+    def dispatch(self, command: Any) -> Any:
+        """Dispatch ``command`` (a ``tideflow.events.Command``) through the worker's app and
+        return its ``DispatchResult``. It carries the run's correlation id when the run has one
+        (a run a process manager started: the events come back to that instance). Without an
+        ``idempotency_key`` of its own it gets ``step:<run id>:<step>:<task index>:<n>`` (the
+        n-th dispatch of this task): a retried step that dispatches the same commands in the same
+        order records each once. Blocking: an ``async def`` step awaits ``dispatch_async``."""
+        if self.dispatcher is None:
+            raise RuntimeError(
+                f"step {self.step_slug!r} of flow {self.flow_slug!r} dispatched a command, but "
+                "its worker has no dispatcher: run it with the App that has the aggregates "
+                "(app.run_worker / tideflow worker --app)"
+            )
+        n = self._sent[0]
+        self._sent[0] += 1
+        key = f"step:{self.run_id}:{self.step_slug}:{self.task_index}:{n}"
+        return self.dispatcher(command, key)
+
+    async def dispatch_async(self, command: Any) -> Any:
+        """``dispatch``, in a thread: for ``async def`` steps."""
+        return await asyncio.to_thread(self.dispatch, command)
 
 
 @dataclass(frozen=True)

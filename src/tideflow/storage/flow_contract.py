@@ -58,6 +58,8 @@ class ClaimedTask:
     reports: bool = False
     """Whether the run reports its end to the event log (``RunReport``): its completion asks
     the store to look for runs that ended."""
+    correlation_id: str | None = None
+    """The run's correlation (its ``RunReport``'s), which commands its steps dispatch carry."""
 
 
 @dataclass(frozen=True)

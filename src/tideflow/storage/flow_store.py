@@ -569,6 +569,7 @@ class SqlFlowStore:
                     timeout=r["timeout"],
                     lease_expires_at=r["lease_expires_at"],
                     reports=bool(r["reports"]),
+                    correlation_id=r["correlation_id"],
                 )
             )
         return claimed

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
@@ -24,12 +25,17 @@ class StepGone(NonRetryableError):
     """The run's flow version has a step the current code no longer defines."""
 
 
+#: What a worker dispatches a step's commands with: (command, default idempotency key, the
+#: run's correlation id) -> the dispatch's result.
+StepDispatch = Callable[[Any, str, str | None], Any]
+
+
 async def execute(
-    task: ClaimedTask, flow: Flow, executor: Executor
+    task: ClaimedTask, flow: Flow, executor: Executor, dispatch: StepDispatch | None = None
 ) -> TaskCompletion | TaskFailure:
     key = task.key
     try:
-        output = await _call(task, flow, executor)
+        output = await _call(task, flow, executor, dispatch)
         return TaskCompletion(
             key,
             task.attempt,
@@ -53,7 +59,9 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-async def _call(task: ClaimedTask, flow: Flow, executor: Executor) -> Any:
+async def _call(
+    task: ClaimedTask, flow: Flow, executor: Executor, dispatch: StepDispatch | None
+) -> Any:
     definition = flow.definition
     try:
         step = definition.step(task.key.step_slug)
@@ -81,6 +89,11 @@ async def _call(task: ClaimedTask, flow: Flow, executor: Executor) -> Any:
             task_index=task.key.task_index,
             attempt=task.attempt,
             run_input=json.loads(task.run_input_json),
+            dispatcher=(
+                None
+                if dispatch is None
+                else lambda command, key: dispatch(command, key, task.correlation_id)
+            ),
         )
     if inspect.iscoroutinefunction(fn):
         coro = fn(*args, **kwargs)

@@ -54,7 +54,7 @@ from tideflow.storage.flow_contract import (
     TaskFailure,
     TaskKey,
 )
-from tideflow.worker.execute import execute
+from tideflow.worker.execute import StepDispatch, execute
 from tideflow.worker.outage import WAIT_OUT, Outage, retrying
 
 log = logging.getLogger("tideflow.worker")
@@ -90,9 +90,13 @@ class Worker:
         *,
         options: WorkerOptions | None = None,
         worker_id: str | None = None,
+        dispatch: StepDispatch | None = None,
     ) -> None:
+        """``dispatch``: how steps' ``ctx.dispatch`` sends commands (the App passes its
+        dispatcher); without it a step that dispatches fails with a message that says so."""
         self.store = store
         self.registry = registry
+        self._dispatch = dispatch
         self.options = options or WorkerOptions()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._running: dict[TaskKey, asyncio.Task[None]] = {}
@@ -287,7 +291,7 @@ class Worker:
             instance = self._instances.get(flow_cls)
             if instance is None:
                 instance = self._instances[flow_cls] = flow_cls()
-            outcome = await execute(task, instance, executor)
+            outcome = await execute(task, instance, executor, self._dispatch)
             if isinstance(outcome, TaskCompletion):
                 # Handed to the flusher; the task stays 'started' in the database until the
                 # batch commits, so a crash before then re-runs it (after its lease) - never

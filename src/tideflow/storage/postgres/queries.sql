@@ -180,7 +180,8 @@ WITH claimed AS (
     RETURNING t.run_id, t.step_slug, t.task_index, t.flow_slug, t.attempts, t.input, t.timeout,
               t.lease_expires_at
 )
-SELECT c.*, r.input AS run_input, r.flow_version, r.report IS NOT NULL AS reports
+SELECT c.*, r.input AS run_input, r.flow_version, r.report IS NOT NULL AS reports,
+       r.report ->> 'correlation_id' AS correlation_id
 FROM claimed c JOIN tideflow.runs r ON r.run_id = c.run_id
 
 -- name: count_queued

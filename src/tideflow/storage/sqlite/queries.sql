@@ -172,7 +172,9 @@ WHERE rowid IN (
 RETURNING run_id, step_slug, task_index, flow_slug, attempts, input, timeout, lease_expires_at,
           (SELECT r.input FROM runs r WHERE r.run_id = tasks.run_id) AS run_input,
           (SELECT r.flow_version FROM runs r WHERE r.run_id = tasks.run_id) AS flow_version,
-          (SELECT r.report IS NOT NULL FROM runs r WHERE r.run_id = tasks.run_id) AS reports
+          (SELECT r.report IS NOT NULL FROM runs r WHERE r.run_id = tasks.run_id) AS reports,
+          (SELECT json_extract(r.report, '$.correlation_id') FROM runs r
+           WHERE r.run_id = tasks.run_id) AS correlation_id
 
 -- name: count_queued
 SELECT count(*) AS n FROM tasks
