@@ -480,6 +480,11 @@ def test_demo_console_script_needs_no_setup(tmp_path: Path) -> None:
     assert out.count("failed in") == 1
     assert "card ending in 0002 was declined" in out
     assert "tideflow run " in out  # tells the user where to look next
+    # the order saga: one confirmed, one undone after a refusal, one undone after its timer
+    assert "ok  order A completed" in out
+    assert "ok  order B compensated: card declined" in out and "undid ReleaseStock" in out
+    assert "ok  order C compensated: transfer not there" in out
+    assert "WRONG" not in out and "tideflow saga demo_orders B" in out
     # the file is recreated, not appended to: a second demo shows four runs again
     again = subprocess.run(
         [*_console_script(), "demo"],
@@ -508,3 +513,7 @@ def test_demo_on_a_given_database(db_url: str) -> None:
             if r.flow_slug == "flaky_payment" and r.status == "completed"
         )
     assert payment.step("authorize").attempts == 3
+    with App(db_url) as app:
+        instances = app.process_store.list_instances("demo_orders")
+    statuses = {i.process_id: i.status for i in instances}
+    assert statuses == {"A": "completed", "B": "compensated", "C": "compensated"}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from pathlib import Path
 
 from rich.console import Console, Group
@@ -20,12 +21,15 @@ from rich.text import Text
 
 from tideflow.app import App
 from tideflow.cli.demo_flows import DEMO_FLOWS, DEMO_RUNS
+from tideflow.cli.demo_saga import DEMO_ORDERS, DemoOrder, DemoOrders, DemoPayment, DemoStock
 from tideflow.cli.errors import CommandFailed
 from tideflow.cli.live import watch_runs
 from tideflow.cli.loading import check_reachable, redact
 from tideflow.cli.render import compact_json, fmt_duration, status_style, steps_table
 from tideflow.storage.flow_contract import RunRecord
+from tideflow.storage.process_contract import FINISHED
 from tideflow.worker import Worker
+from tideflow.worker.handlers import HandlerRunnerOptions
 
 DEMO_FILE = "tideflow-demo.db"
 DEMO_TIMEOUT = 60.0
@@ -52,7 +56,12 @@ def run_demo(console: Console, database_url: str | None) -> list[RunRecord]:
             "" if database_url else " (recreated)",
         )
     )
-    with App(url, flows=DEMO_FLOWS) as app:
+    with App(
+        url,
+        flows=DEMO_FLOWS,
+        aggregates=[DemoStock, DemoPayment, DemoOrder],
+        handlers=[DemoOrders],
+    ) as app:
         captions: dict[str, str] = {}
         expected: dict[str, str] = {}
         for flow, run_input, caption, status in DEMO_RUNS:
@@ -101,8 +110,61 @@ def run_demo(console: Console, database_url: str | None) -> list[RunRecord]:
                 f"demo run {wrong[0].run_id} ({wrong[0].flow_slug}) ended {wrong[0].status}, "
                 f"expected {expected[wrong[0].run_id]}; this installation is not working"
             )
+        _saga(console, app)
         _next_steps(console, url, runs)
         return runs
+
+
+def _saga(console: Console, app: App) -> None:
+    """The order saga: three orders placed, their instances followed until each has ended
+    (printed as they change), then checked like the runs."""
+    console.print(Text.assemble(("order saga", "bold"), "  process manager demo_orders"))
+    expected: dict[str, tuple[str, str]] = {}
+    for command, status, caption in DEMO_ORDERS:
+        app.dispatch(command)
+        expected[command.aggregate_id] = (status, caption)
+    runner = app.handler_runner(options=HandlerRunnerOptions(poll_interval=0.05))
+    thread = threading.Thread(
+        target=lambda: asyncio.run(runner.run()), name="tideflow-demo-saga", daemon=True
+    )
+    thread.start()
+    seen: dict[str, str] = {}
+    deadline = time.monotonic() + DEMO_TIMEOUT
+    try:
+        while time.monotonic() < deadline:
+            for order in expected:
+                found = app.process_store.get(DemoOrders.name, order)
+                status = "waiting" if found is None else found.status
+                if seen.get(order) != status:
+                    seen[order] = status
+                    console.print(
+                        Text.assemble(
+                            "  order ", (order, "bold"), "  ", (status, _saga_style(status))
+                        )
+                    )
+            if all(s in FINISHED for s in seen.values()):
+                break
+            time.sleep(0.05)
+    finally:
+        runner.stop()
+        thread.join(timeout=10)
+    for order, (status, caption) in expected.items():
+        instance = app.process(DemoOrders, order).get()
+        sent = ", ".join(("undid " if s["undo"] else "") + s["command_type"] for s in instance.sent)
+        mark = Text("ok", style="green") if instance.status == status else Text("WRONG", "bold red")
+        console.print(
+            Text.assemble("  ", mark, f"  order {order} {instance.status}: {caption} [{sent}]"),
+            soft_wrap=True,
+        )
+        if instance.status != status:
+            raise CommandFailed(
+                f"demo order {order} ended {instance.status}, expected {status}; this "
+                "installation is not working"
+            )
+
+
+def _saga_style(status: str) -> str:
+    return {"completed": "green", "compensated": "yellow", "failed": "bold red"}.get(status, "dim")
 
 
 def _work(worker: Worker, failure: list[BaseException]) -> None:
@@ -145,6 +207,7 @@ def _next_steps(console: Console, url: str, runs: list[RunRecord]) -> None:
     for command in (
         f"tideflow runs{flag}",
         f"tideflow run {failed.run_id}{flag}",
+        f"tideflow saga demo_orders B{flag}",
         "tideflow worker --app examples.order_pipeline   # from a clone of the repo",
     ):
         console.print(Text(f"  {command}", style="cyan"), soft_wrap=True)
