@@ -112,6 +112,34 @@ def test_a_refused_undo_fails_the_instance_with_both_errors(app: App) -> None:
     assert types(app, "booking-hotel-t2") == ["Booked"]
 
 
+class Contended(TripSaga):
+    """Its flight's stream is lost to other writers every time: retries exhausted."""
+
+    name = "trip_saga"
+
+    def react(self, state: Any, event: RecordedEvent) -> list[Action]:
+        actions = super().react(state, event)
+        if event.event_type == "TripRequested":
+            hotel, car, flight = actions
+            assert isinstance(flight, Undoable)
+            contend = Command("Contend", flight.command.aggregate_id, {"trip": "x"})
+            return [hotel, car, contend]
+        return actions
+
+
+def test_a_command_out_of_retries_undoes_like_a_refusal(app: App) -> None:
+    app.handlers = [Contended]
+    book_trip(app, "t1")
+    catch_up(app)
+    undone = app.process("trip_saga", "t1").get()
+    assert undone.status == "compensated"
+    assert "Contend for 'flight-1' was refused: ConcurrencyRetriesExhaustedError" in (
+        undone.error or ""
+    )
+    assert types(app, "booking-car-t1") == ["Booked", "Cancelled"]
+    assert types(app, "booking-hotel-t1") == ["Booked", "Cancelled"]
+
+
 def test_compensate_stays_the_override(app: App) -> None:
     class Skipping(TripSaga):
         name = "trip_saga"

@@ -18,6 +18,7 @@ from typing import Any
 
 from tideflow import App
 from tideflow.events import Aggregate, Command, DomainError, RecordedEvent, applies, handles
+from tideflow.events.commands import ConcurrencyRetriesExhaustedError
 from tideflow.sagas import Action, ProcessManager, Undoable
 from tideflow.worker.handlers import HandlerRunnerOptions
 
@@ -45,6 +46,11 @@ class Booking(Aggregate):
         if state["seats"] <= 0:
             raise Refused(f"{command.aggregate_id} is full")
         return ("Booked", {"trip": command.payload["trip"], "ref": f"R-{command.payload['trip']}"})
+
+    @handles("Contend")
+    def contend(self, state: Data, command: Command) -> tuple[str, Data]:
+        """Stands for a stream other writers win every time: out of retries."""
+        raise ConcurrencyRetriesExhaustedError(command, f"booking-{command.aggregate_id}", 4)
 
     @handles("Cancel")
     def cancel(self, state: Data, command: Command) -> tuple[str, Data]:

@@ -28,7 +28,7 @@ from typing import Any
 from tideflow.client import Client
 from tideflow.errors import InvalidDataError
 from tideflow.events.aggregate import DomainError
-from tideflow.events.commands import Command, DispatchResult
+from tideflow.events.commands import Command, ConcurrencyRetriesExhaustedError, DispatchResult
 from tideflow.events.handling import HandlerContext
 from tideflow.events.model import RecordedEvent, encode_json
 from tideflow.jsonutil import bad_character, check_id, storable_text
@@ -174,7 +174,7 @@ def _run(
     compensate. The status, the error to keep and the new state."""
     manager, event, process_id = reaction.manager, reaction.event, reaction.process_id
     assert event is not None  # only compensation runs without one
-    refused: tuple[Command, DomainError] | None = None
+    refused: tuple[Command, Exception] | None = None
     for index, action in enumerate(_actions(manager, actions)):
         if isinstance(action, StartFlow):
             _start_flow(manager, reaction.bindings, action, process_id, event, index, reaction.tx)
@@ -185,7 +185,9 @@ def _run(
         command = _caused_by(action.command if isinstance(action, Undoable) else action, event)
         try:
             result = reaction.dispatch(command)
-        except DomainError as exc:
+        except (DomainError, ConcurrencyRetriesExhaustedError) as exc:
+            # Refused by its aggregate, or out of retries against other writers: either way the
+            # command did not happen, and the process cannot go on as planned.
             error = (
                 f"{command.command_type} for {command.aggregate_id!r} was refused: {_describe(exc)}"
             )
