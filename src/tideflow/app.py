@@ -281,13 +281,14 @@ class App:
         start it with a config, feed it an event, read its state, compensate, stop, wait -
         ``tideflow.runtime.instances.ProcessHandle``; ``.aio`` for the awaitable calls."""
         name = manager if isinstance(manager, str) else getattr(manager, "name", None)
-        for handler in self.bound_handlers():
-            if isinstance(handler, ProcessManager) and handler.name == name:
+        managers = [h for h in self.bound_handlers() if isinstance(h, ProcessManager)]
+        for handler in managers:
+            if handler.name == name:
                 bindings = handler.bindings()
                 assert isinstance(bindings, ProcessBindings)  # bound by bound_handlers()
                 process_id = check_id(process_id, "process_id")
                 return ProcessHandle(handler, process_id, bindings, self.event_store)
-        known = sorted(h.name for h in self.bound_handlers() if isinstance(h, ProcessManager))
+        known = sorted(h.name for h in managers)
         raise HandlerNotFoundError(
             f"no process manager {name!r} is registered with this app (registered: "
             f"{', '.join(known) or 'none'}); register it with app.process_manager(...)"

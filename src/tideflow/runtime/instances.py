@@ -31,9 +31,10 @@ from tideflow.runtime.sagas import (
     _react,
     _Reaction,
     initial_state,
+    save_instance,
 )
 from tideflow.sagas.manager import SKIP, ProcessManager, _Skip
-from tideflow.storage.event_contract import EventStore
+from tideflow.storage.event_contract import EventStore, EventTransaction
 from tideflow.storage.process_contract import FINISHED, ProcessInstance, ProcessStatus
 
 
@@ -71,21 +72,19 @@ class ProcessHandle:
         """Start the instance: its state is ``initial_state(process_id, config)``. An instance
         that is running is returned as it is, not replaced (config ignored); one that ended is
         replaced by a new one. It follows events appended from now on, not older ones."""
-        manager, processes = self.manager, self._bindings.processes
+        manager = self.manager
         with self._events.transaction() as tx:
-            instance = processes.load(tx, manager.name, self.process_id)
+            instance = self._bindings.processes.load(tx, manager.name, self.process_id)
             if instance is not None and instance.status == "running":
                 return instance
             state = initial_state(manager, self.process_id, config)
-            processes.save(
-                tx,
-                manager.name,
-                self.process_id,
-                status="running",
-                state_json=_encode_state(manager, self.process_id, state),
-                version=0,
-                last_position=self._events.head_position(),
-                error=None,
+            save_instance(
+                self._reaction(tx),
+                "running",
+                _encode_state(manager, self.process_id, state),
+                0,
+                self._events.head_position(),
+                None,
                 fresh=instance is not None,
             )
         return self.get()
@@ -126,14 +125,8 @@ class ProcessHandle:
                     f"process manager {manager.name!r} has no instance {self.process_id!r} "
                     "to compensate"
                 )
-            reaction = _Reaction(
-                manager,
-                self._bindings,
-                None,
-                tx,
-                self.process_id,
-                json.loads(instance.undo_json),
-                json.loads(instance.sent_json),
+            reaction = self._reaction(
+                tx, json.loads(instance.undo_json), json.loads(instance.sent_json)
             )
             before = len(reaction.sent)
             message = f"{command.command_type} for {command.aggregate_id!r} failed: {failure}"
@@ -143,7 +136,7 @@ class ProcessHandle:
             dispatched = reaction.sent[before:]
             if not dispatched and status == "running":
                 return SKIP
-            self._save(tx, instance, status, kept, reaction)
+            self._save(reaction, instance, status, kept)
         return _sent_commands(dispatched)
 
     def stop(self) -> ProcessInstance:
@@ -157,10 +150,8 @@ class ProcessHandle:
                     f"process manager {manager.name!r} has no instance {self.process_id!r} to stop"
                 )
             if instance.status == "running":
-                reaction = _Reaction(
-                    manager, self._bindings, None, tx, self.process_id, [], instance.sent
-                )
-                self._save(tx, instance, "completed", instance.error, reaction)
+                reaction = self._reaction(tx, [], instance.sent)
+                self._save(reaction, instance, "completed", instance.error)
         return self.get()
 
     def wait(
@@ -179,29 +170,27 @@ class ProcessHandle:
                 return instance
             time.sleep(_pause(started, deadline, self, instance, wanted))
 
+    def _reaction(
+        self,
+        tx: EventTransaction,
+        undo: list[dict[str, Any]] | None = None,
+        sent: list[dict[str, Any]] | None = None,
+    ) -> _Reaction:
+        """A reaction to no event: what the instance API does through the runtime."""
+        return _Reaction(
+            self.manager, self._bindings, None, tx, self.process_id, undo or [], sent or []
+        )
+
     def _save(
         self,
-        tx: Any,
+        reaction: _Reaction,
         instance: ProcessInstance,
         status: ProcessStatus,
         error: str | None,
-        reaction: _Reaction,
     ) -> None:
-        timers = self._bindings.timers
-        if status != "running" and timers is not None:
-            timers.cancel_all(tx, self.manager.name, self.process_id)
-        self._bindings.processes.save(
-            tx,
-            self.manager.name,
-            self.process_id,
-            status=status,
-            state_json=instance.state_json,
-            version=instance.version,
-            last_position=instance.last_position,
-            error=error,
-            undo_json=json.dumps(reaction.undo if status == "running" else []),
-            sent_json=json.dumps(reaction.sent),
-            finished=status != "running",
+        """Save ``instance`` with a new status (its state and position unchanged)."""
+        save_instance(
+            reaction, status, instance.state_json, instance.version, instance.last_position, error
         )
 
     @property

@@ -16,11 +16,12 @@ carry their own.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -98,9 +99,12 @@ class _Reaction:
     process_id: str
     undo: list[dict[str, Any]]
     sent: list[dict[str, Any]]
+    _dispatcher: CommandDispatcher | None = None  # bound to tx on the first command
 
     def dispatch(self, command: Command, *, undoes: str | None = None) -> DispatchResult:
-        result = self.bindings.dispatcher.within(self.tx).dispatch(command)
+        if self._dispatcher is None:
+            self._dispatcher = self.bindings.dispatcher.within(self.tx)
+        result = self._dispatcher.dispatch(command)
         entry: dict[str, Any] = {
             "command_type": command.command_type,
             "aggregate_id": command.aggregate_id,
@@ -148,23 +152,49 @@ def _react(
         event.event_type in manager.stops_with or manager.is_done(new_state)
     ):
         status = "completed"
-    if status != "running" and bindings.timers is not None:
-        bindings.timers.cancel_all(tx, manager.name, process_id)  # an ended instance has none
-    bindings.processes.save(
-        tx,
-        manager.name,
-        process_id,
-        status=status,
-        state_json=state_json,
-        version=version + 1,
-        last_position=event.position,
-        error=error,
-        undo_json=json.dumps(reaction.undo if status == "running" else []),
-        sent_json=json.dumps(reaction.sent),
-        finished=status != "running",
-        fresh=bool(fresh and instance is not None),
+    save_instance(
+        reaction,
+        status,
+        state_json,
+        version + 1,
+        event.position,
+        error,
+        fresh=fresh and instance is not None,
     )
     return True
+
+
+def save_instance(
+    reaction: _Reaction,
+    status: ProcessStatus,
+    state_json: str,
+    version: int,
+    last_position: int,
+    error: str | None,
+    *,
+    fresh: bool = False,
+) -> None:
+    """Write the instance as ``reaction`` left it, in its transaction - the one way every path
+    (a reaction, the instance API) saves one: an instance that ended keeps no undos and no
+    timers, and gets its ``finished_at``."""
+    bindings, name = reaction.bindings, reaction.manager.name
+    ended = status != "running"
+    if ended and bindings.timers is not None:
+        bindings.timers.cancel_all(reaction.tx, name, reaction.process_id)
+    bindings.processes.save(
+        reaction.tx,
+        name,
+        reaction.process_id,
+        status=status,
+        state_json=state_json,
+        version=version,
+        last_position=last_position,
+        error=error,
+        undo_json=json.dumps([] if ended else reaction.undo),
+        sent_json=json.dumps(reaction.sent),
+        finished=ended,
+        fresh=fresh,
+    )
 
 
 def _run(
@@ -273,13 +303,19 @@ def _compensate(
 def initial_state(manager: ProcessManager, process_id: str, config: Any) -> Any:
     """``manager.initial_state``, with ``config`` if it takes one (older overrides take the
     process id only)."""
-    try:
-        parameters = inspect.signature(manager.initial_state).parameters
-    except (TypeError, ValueError):  # pragma: no cover - a builtin: pass both
-        parameters = {}  # type: ignore[assignment]
-    if len(parameters) == 1 and config is None:
+    if config is None and _takes_process_id_only(type(manager).initial_state):
         return manager.initial_state(process_id)
     return manager.initial_state(process_id, config)
+
+
+@functools.lru_cache(maxsize=256)
+def _takes_process_id_only(function: Callable[..., Any]) -> bool:
+    """Whether an ``initial_state`` (unbound: self first) takes no config; asked once per
+    class, not once per new instance."""
+    try:
+        return len(inspect.signature(function).parameters) == 2
+    except (TypeError, ValueError):  # pragma: no cover - a builtin: pass both
+        return False
 
 
 def _command_json(command: Command) -> dict[str, Any]:

@@ -135,7 +135,8 @@ class SqlHandlerStore:
         return bool(self.db.rows("restart_handler", name=name, now=self.clock.now()))
 
     def reset_checkpoint(self, tx: Tx, name: str, position: int = 0) -> None:
-        tx.run("reset_handler_checkpoint", name=name, position=position, now=self.clock.now())
+        # The event store's query: the checkpoint is its row (a reset moves it backwards).
+        tx.run("reset_checkpoint", name=name, position=position, updated_at=self.clock.now())
 
     def list_handlers(self) -> list[HandlerRecord]:
         return [

@@ -74,12 +74,6 @@ SET status = 'running', stopped_reason = NULL, failing_position = NULL, attempts
 WHERE name = %(name)s
 RETURNING name
 
--- name: reset_handler_checkpoint
--- Back to the start, in the reset's transaction (EventTransaction has no backwards move yet).
-INSERT INTO tideflow.handler_checkpoints AS c (name, position, updated_at)
-VALUES (%(name)s, %(position)s, %(now)s)
-ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = EXCLUDED.updated_at
-
 -- name: insert_dead_letter
 INSERT INTO tideflow.dead_letters AS d (handler, position, event_id, event_type, stream_id, error,
                                         attempts, created_at)

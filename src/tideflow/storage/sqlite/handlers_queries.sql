@@ -63,11 +63,6 @@ SET status = 'running', stopped_reason = NULL, failing_position = NULL, attempts
 WHERE name = %(name)s
 RETURNING name
 
--- name: reset_handler_checkpoint
-INSERT INTO handler_checkpoints (name, position, updated_at)
-VALUES (%(name)s, %(position)s, %(now)s)
-ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at
-
 -- name: insert_dead_letter
 INSERT INTO dead_letters (handler, position, event_id, event_type, stream_id, error, attempts,
                           created_at)
