@@ -45,3 +45,15 @@ def test_the_timer_example_of_the_sagas_page_runs_as_written() -> None:
     namespace: dict[str, Any] = {}
     exec(compile(block, "sagas.md", "exec"), namespace)  # it asserts what it shows
     assert namespace["AwaitPayment"].name == "await_payment"
+
+
+def test_the_event_pages_new_blocks_say_they_are_fragments() -> None:
+    """The blocks issue 9 added to events.md use a dispatcher and a store defined elsewhere."""
+    added = [
+        b
+        for b in python_blocks("events.md")
+        if "the same command_id: a replay" in b or "backwards=True" in b
+    ]
+    assert len(added) == 2
+    for block in added:
+        assert block.startswith("# fragment:"), block

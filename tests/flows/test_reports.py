@@ -222,3 +222,21 @@ def test_a_step_that_dispatches_without_aggregates_fails_saying_why(db_url: str)
         assert run.status == "failed" and "has no dispatcher" in (run.error or "")
     finally:
         app.close()
+
+
+def test_reports_must_be_a_bool() -> None:
+    from tideflow.errors import FlowDefinitionError
+
+    with pytest.raises(FlowDefinitionError, match="reports must be True or False"):
+
+        class Bad(Flow, slug="bad_reports", reports="yes"):  # type: ignore[arg-type]
+            @step()
+            def only(self, input: Any) -> Any:
+                return input
+
+    class Good(Flow, slug="good_reports", reports=True):
+        @step()
+        def only(self, input: Any) -> Any:
+            return input
+
+    assert Good.reports is True and Pack.reports is False
