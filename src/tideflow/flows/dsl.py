@@ -201,7 +201,7 @@ class Flow:
         )
         retry = RetryPolicy(max_attempts, float(base_delay), float(max_delay))
         if not isinstance(reports, bool):
-            raise FlowDefinitionError(f"flow {flow_slug!r}: reports must be True or False")
+            raise FlowDefinitionError(flow_slug, f"reports must be True or False, got {reports!r}")
         cls.slug = flow_slug
         cls.reports = reports
         cls.definition = _build_definition(cls, flow_slug, retry, timeout, max_stalls)
