@@ -200,6 +200,17 @@ class EventHandler:
             "define handle(self, event, ctx)"
         )
 
+    def before_batch(self, events: Sequence[RecordedEvent], tx: EventTransaction) -> None:
+        """A transactional handler's batch is about to be delivered in ``tx``: a chance to read
+        what the whole batch needs in one statement (a process manager reads its instances).
+        Runs in the handler's thread, even for an ``async def handle``; raising fails the
+        batch's first event. Default: nothing."""
+
+    def after_batch(self, tx: EventTransaction) -> None:
+        """Every event of the batch was handled; ``tx`` commits next, with the checkpoint: a
+        chance to write what the batch gathered in one statement (a process manager saves its
+        instances). Raising rolls the batch back and fails its last event. Default: nothing."""
+
     def __repr__(self) -> str:
         return f"<{type(self).__qualname__} handler {self.name!r}>"
 

@@ -22,7 +22,7 @@ import inspect
 import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -34,6 +34,7 @@ from tideflow.events.handling import HandlerContext
 from tideflow.events.model import RecordedEvent, encode_json
 from tideflow.jsonutil import bad_character, check_id, storable_text
 from tideflow.runtime.dispatch import CommandDispatcher
+from tideflow.runtime.instance_batch import InstanceBatch
 from tideflow.sagas.manager import (
     SKIP,
     Action,
@@ -49,7 +50,12 @@ from tideflow.sagas.manager import (
 from tideflow.storage.database import Tx
 from tideflow.storage.event_contract import EventTransaction
 from tideflow.storage.flow_contract import RunReport
-from tideflow.storage.process_contract import FINISHED, ProcessStatus, ProcessStore
+from tideflow.storage.process_contract import (
+    FINISHED,
+    InstanceWrite,
+    ProcessStatus,
+    ProcessStore,
+)
 from tideflow.storage.timer_contract import TIMER_METADATA, TimerStore
 
 log = logging.getLogger(__name__)
@@ -70,10 +76,34 @@ class ProcessBindings:
     flows: Client | None = None
     timers: TimerStore | None = None
 
+    batches: dict[str, InstanceBatch] = field(default_factory=dict, compare=False, repr=False)
+    """The open batch of each manager (``instance_batch.py``), by name: each manager's batches
+    run one at a time, in its handler's thread."""
+
     def react(self, manager: ProcessManager, event: RecordedEvent, ctx: HandlerContext) -> bool:
         """``ProcessManager.handle`` calls this (``ProcessRuntime``): ``react_to`` with these
         bindings."""
         return react_to(manager, self, event, ctx)
+
+    def before_batch(
+        self, manager: ProcessManager, events: Sequence[RecordedEvent], tx: EventTransaction
+    ) -> None:
+        """Read the instances ``events`` address in one statement, for the batch to react
+        with. An event whose ``process_id()`` raises is left to its reaction, which raises it
+        again - and is the one charged with the failure."""
+        ids: list[str] = []
+        for event in events:
+            try:
+                ids.extend(_process_ids(manager, event))
+            except Exception:
+                continue
+        self.batches[manager.name] = InstanceBatch.read(tx, manager.name, self.processes, ids)
+
+    def after_batch(self, manager: ProcessManager, tx: EventTransaction) -> None:
+        """Save what the batch's reactions left, in its transaction, before its checkpoint."""
+        batch = self.batches.pop(manager.name, None)
+        if batch is not None and batch.tx is tx:
+            batch.flush()
 
 
 def react_to(
@@ -123,7 +153,12 @@ def _react(
     tx: EventTransaction,
     process_id: str,
 ) -> bool:
-    instance = bindings.processes.load(tx, manager.name, process_id)
+    batch = _batch(bindings, manager, tx)
+    instance = (
+        bindings.processes.load(tx, manager.name, process_id)
+        if batch is None
+        else batch.load(process_id)
+    )
     ended = instance is not None and instance.status in FINISHED
     fresh = instance is None or (
         ended
@@ -137,7 +172,10 @@ def _react(
         state: Any = initial_state(manager, process_id, None)
         version, error, undo, sent = 0, None, [], []
         if manager.retention is not None:
-            bindings.processes.prune_finished(tx, manager.name, manager.retention)
+            if batch is None:
+                bindings.processes.prune_finished(tx, manager.name, manager.retention)
+            else:
+                batch.prune_after = manager.retention
     else:
         assert instance is not None
         if ended or event.position <= instance.last_position:
@@ -181,20 +219,31 @@ def save_instance(
     ended = status != "running"
     if ended and bindings.timers is not None:
         bindings.timers.cancel_all(reaction.tx, name, reaction.process_id)
-    bindings.processes.save(
-        reaction.tx,
+    write = InstanceWrite(
         name,
         reaction.process_id,
-        status=status,
-        state_json=state_json,
-        version=version,
-        last_position=last_position,
-        error=error,
+        status,
+        state_json,
+        version,
+        last_position,
+        error,
         undo_json=json.dumps([] if ended else reaction.undo),
         sent_json=json.dumps(reaction.sent),
         finished=ended,
         fresh=fresh,
     )
+    batch = _batch(bindings, reaction.manager, reaction.tx)
+    if batch is None:
+        bindings.processes.save_many(reaction.tx, [write])
+    else:
+        batch.save(write)
+
+
+def _batch(bindings: ProcessBindings, manager: ProcessManager, tx: Tx) -> InstanceBatch | None:
+    """The open batch of ``manager`` in ``tx``, if ``tx`` is a handler batch's transaction
+    (the instance API's transactions have none)."""
+    batch = bindings.batches.get(manager.name)
+    return batch if batch is not None and batch.tx is tx else None
 
 
 def _run(

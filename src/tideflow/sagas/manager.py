@@ -49,7 +49,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from tideflow.errors import NonRetryableError
 from tideflow.events.commands import Command
@@ -62,6 +62,9 @@ from tideflow.events.handling import (
     HandlerKind,
 )
 from tideflow.events.model import RecordedEvent
+
+if TYPE_CHECKING:
+    from tideflow.storage.event_contract import EventTransaction
 
 
 class ProcessManagerError(HandlerError):
@@ -156,6 +159,16 @@ class ProcessRuntime(Protocol):
 
     def react(self, manager: ProcessManager, event: RecordedEvent, ctx: HandlerContext) -> bool:
         """Apply ``event`` to its instance of ``manager`` in ``ctx``'s transaction."""
+        ...
+
+    def before_batch(
+        self, manager: ProcessManager, events: Sequence[RecordedEvent], tx: EventTransaction
+    ) -> None:
+        """A batch of ``events`` is about to be delivered in ``tx``."""
+        ...
+
+    def after_batch(self, manager: ProcessManager, tx: EventTransaction) -> None:
+        """The batch's events have been delivered; ``tx`` has not committed yet."""
         ...
 
 
@@ -294,6 +307,12 @@ class ProcessManager(EventHandler):
 
     def handle(self, event: RecordedEvent, ctx: HandlerContext) -> None:
         self.bindings().react(self, event, ctx)
+
+    def before_batch(self, events: Sequence[RecordedEvent], tx: EventTransaction) -> None:
+        self.bindings().before_batch(self, events, tx)
+
+    def after_batch(self, tx: EventTransaction) -> None:
+        self.bindings().after_batch(self, tx)
 
     def __repr__(self) -> str:
         return f"<{type(self).__qualname__} process manager {self.name!r}>"

@@ -23,7 +23,7 @@ storage errors (each backend maps them in one module, ``<backend>/errors.py``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -66,6 +66,12 @@ class Tx(Protocol):
 
     def run(self, name: str, /, **params: Any) -> int:
         """Run named query ``name`` for its effect; the number of rows it changed."""
+        ...
+
+    def run_many(self, name: str, params: Sequence[dict[str, Any]], /) -> None:
+        """Run named query ``name`` once per parameter set, for its effect: one round trip for
+        all of them on PostgreSQL (psycopg pipelines ``executemany``), where a loop of ``run``
+        would wait for each - the way a batch of process instances is saved."""
         ...
 
     def records(self, name: str, /, **params: Any) -> list[tuple[Any, ...]]:

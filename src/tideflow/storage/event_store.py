@@ -411,6 +411,9 @@ class SqlEventTransaction:
     def run(self, name: str, /, **params: Any) -> int:
         return self.tx.run(name, **params)
 
+    def run_many(self, name: str, params: Sequence[dict[str, Any]], /) -> None:
+        self.tx.run_many(name, params)
+
     def records(self, name: str, /, **params: Any) -> list[tuple[Any, ...]]:
         return self.tx.records(name, **params)
 

@@ -18,6 +18,7 @@ suite on both (``tests/sagas/test_process_store.py``).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -74,6 +75,23 @@ class ProcessInstance:
         return sent
 
 
+@dataclass(frozen=True, slots=True)
+class InstanceWrite:
+    """One instance as ``ProcessStore.save_many`` writes it: ``save``'s arguments."""
+
+    manager: str
+    process_id: str
+    status: ProcessStatus
+    state_json: str
+    version: int
+    last_position: int
+    error: str | None
+    undo_json: str = "[]"
+    sent_json: str = "[]"
+    finished: bool = False
+    fresh: bool = False
+
+
 class ProcessStore(Protocol):
     """Process manager instances on one database. Safe to share between threads."""
 
@@ -112,6 +130,18 @@ class ProcessStore(Protocol):
         """Create or replace the instance in ``tx``. ``started_at`` is set when it is created
         (or ``fresh``: a new instance replacing an ended one), ``updated_at`` every time, and
         ``finished_at`` when ``finished`` (all from the store's clock)."""
+        ...
+
+    def load_many(
+        self, tx: Tx, manager: str, process_ids: Sequence[str]
+    ) -> dict[str, ProcessInstance]:
+        """The instances of ``manager`` among ``process_ids`` that exist, locked as ``load``
+        locks one: one statement for a whole handler batch instead of one per event."""
+        ...
+
+    def save_many(self, tx: Tx, writes: Sequence[InstanceWrite]) -> None:
+        """``save`` each of ``writes`` in ``tx`` (one round trip on PostgreSQL); at most one
+        write per instance."""
         ...
 
     def prune_finished(self, tx: Tx, manager: str, retention: float, limit: int = 100) -> int:

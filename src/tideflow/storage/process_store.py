@@ -10,11 +10,13 @@ committed its state, and then reads the state that batch left.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 from tideflow.clock import Clock
 from tideflow.storage.database import Database, Tx
-from tideflow.storage.process_contract import ProcessInstance, ProcessStatus
+from tideflow.storage.process_contract import InstanceWrite, ProcessInstance, ProcessStatus
 
 
 class SqlProcessStore:
@@ -39,6 +41,14 @@ class SqlProcessStore:
         rows = tx.rows("load", manager=manager, process_id=process_id)
         return ProcessInstance(**rows[0]) if rows else None
 
+    def load_many(
+        self, tx: Tx, manager: str, process_ids: Sequence[str]
+    ) -> dict[str, ProcessInstance]:
+        if not process_ids:
+            return {}
+        rows = tx.rows("load_many", manager=manager, process_ids=sorted(set(process_ids)))
+        return {r["process_id"]: ProcessInstance(**r) for r in rows}
+
     def save(
         self,
         tx: Tx,
@@ -55,22 +65,40 @@ class SqlProcessStore:
         finished: bool = False,
         fresh: bool = False,
     ) -> None:
-        now = self.clock.now()
-        tx.run(
-            "save",
-            manager=manager,
-            process_id=process_id,
-            status=status,
-            state=state_json,
-            version=version,
-            last_position=last_position,
-            error=error,
-            now=now,
-            undo=undo_json,
-            sent=sent_json,
-            finished_at=now if finished else None,
-            fresh=fresh,
+        write = InstanceWrite(
+            manager,
+            process_id,
+            status,
+            state_json,
+            version,
+            last_position,
+            error,
+            undo_json,
+            sent_json,
+            finished,
+            fresh,
         )
+        tx.run("save", **self._save_params(write))
+
+    def save_many(self, tx: Tx, writes: Sequence[InstanceWrite]) -> None:
+        tx.run_many("save", [self._save_params(w) for w in writes])
+
+    def _save_params(self, w: InstanceWrite) -> dict[str, Any]:
+        now = self.clock.now()
+        return {
+            "manager": w.manager,
+            "process_id": w.process_id,
+            "status": w.status,
+            "state": w.state_json,
+            "version": w.version,
+            "last_position": w.last_position,
+            "error": w.error,
+            "now": now,
+            "undo": w.undo_json,
+            "sent": w.sent_json,
+            "finished_at": now if w.finished else None,
+            "fresh": w.fresh,
+        }
 
     def prune_finished(self, tx: Tx, manager: str, retention: float, limit: int = 100) -> int:
         before = self.clock.now() - timedelta(seconds=retention)

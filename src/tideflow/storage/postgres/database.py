@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -110,6 +110,14 @@ class PgTx(TxCallbacks):
 
     def run(self, name: str, /, **params: Any) -> int:
         return int(self._execute(name, params).rowcount)
+
+    def run_many(self, name: str, params: Sequence[dict[str, Any]], /) -> None:
+        if not params:
+            return
+        try:
+            self.connection.cursor().executemany(QUERIES[name], params)
+        except (psycopg.Error, UnicodeEncodeError) as exc:
+            raise translate(exc, f"query {name}") from exc
 
     def records(self, name: str, /, **params: Any) -> list[tuple[Any, ...]]:
         """Binary format: uuid, bigint and timestamptz arrive without parsing text (about a fifth

@@ -13,6 +13,16 @@ FROM tideflow.process_instances
 WHERE manager = %(manager)s AND process_id = %(process_id)s
 FOR UPDATE
 
+-- name: load_many
+-- In the batch transaction: the instances a handler batch addresses, in one statement, locked as
+-- load locks one (in process id order, the order every batch takes them in).
+SELECT manager, process_id, status, state::text AS state_json, version, last_position, error,
+       started_at, updated_at, undo::text AS undo_json, sent::text AS sent_json, finished_at
+FROM tideflow.process_instances
+WHERE manager = %(manager)s AND process_id = ANY(%(process_ids)s::text[])
+ORDER BY process_id
+FOR UPDATE
+
 -- name: save
 -- In the batch transaction. A starting event for an id whose instance has ended replaces the row
 -- (a new instance: started_at is reset, with everything else).

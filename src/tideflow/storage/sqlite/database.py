@@ -20,7 +20,7 @@ import json
 import re
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -135,6 +135,12 @@ class SQLiteTx(TxCallbacks):
 
     def run(self, name: str, /, **params: Any) -> int:
         return self._execute(name, params).rowcount
+
+    def run_many(self, name: str, params: Sequence[dict[str, Any]], /) -> None:
+        try:
+            self.connection.executemany(QUERIES[name], [_params(p) for p in params])
+        except (sqlite3.Error, UnicodeEncodeError) as exc:
+            raise translate(exc, f"SQLite database {self._path!r}: query {name}") from exc
 
     def records(self, name: str, /, **params: Any) -> list[tuple[Any, ...]]:
         return self._execute(name, params).fetchall()

@@ -9,6 +9,15 @@ SELECT manager, process_id, status, state AS state_json, version, last_position,
 FROM process_instances
 WHERE manager = %(manager)s AND process_id = %(process_id)s
 
+-- name: load_many
+-- In the batch transaction: the instances a handler batch addresses, in one statement
+-- (the batch holds the write lock).
+SELECT manager, process_id, status, state AS state_json, version, last_position, error,
+       started_at, updated_at, undo AS undo_json, sent AS sent_json, finished_at
+FROM process_instances
+WHERE manager = %(manager)s AND process_id IN (SELECT value FROM json_each(%(process_ids)s))
+ORDER BY process_id
+
 -- name: save
 -- In the batch transaction. A starting event for an id whose instance has ended replaces the row
 -- (a new instance: started_at is reset, with everything else).

@@ -274,6 +274,20 @@ class HandlerBatches:
         non-transactional handler stops early (returning how many it handled) if its lease is
         lost or the runner is stopping: nothing holds its batch together, so it commits what it
         did."""
+        if tx is None:
+            return self._deliver_each(slot, tx, lease, events)
+        _batch_hook(self.event_store, 0, lambda: slot.handler.before_batch(events, tx))
+        done = self._deliver_each(slot, tx, lease, events)
+        _batch_hook(self.event_store, done - 1, lambda: slot.handler.after_batch(tx))
+        return done
+
+    def _deliver_each(
+        self,
+        slot: HandlerSlot,
+        tx: EventTransaction | None,
+        lease: HandlerLease,
+        events: Sequence[RecordedEvent],
+    ) -> int:
         if slot.is_async:
             # One trip to the loop per batch, not per event (a trip costs ~70 us).
             return slot.bridge.wait_for(self._loop, self._deliver_async(slot, tx, lease, events))
@@ -333,6 +347,19 @@ class HandlerBatches:
             self.dialect,
             slot.bridge.call,
         )
+
+
+def _batch_hook(event_store: EventStore, index: int, hook: Callable[[], None]) -> None:
+    """Run a handler's ``before_batch`` / ``after_batch``; a failure is the failure of the
+    batch's event at ``index`` (its first, its last), so the batch rolls back as for any
+    event."""
+    try:
+        hook()
+    except concurrent.futures.CancelledError:
+        raise
+    except Exception as exc:
+        _raise_if_unavailable(event_store, exc)
+        raise HandleRaised(max(index, 0), exc) from exc
 
 
 def _raise_if_unavailable(event_store: EventStore, exc: Exception) -> None:
