@@ -104,6 +104,7 @@ from tideflow.events.model import (
     Snapshot,
 )
 from tideflow.retrying import retry_briefly
+from tideflow.runtime.aggregate_cache import DEFAULT_AGGREGATE_CACHE_SIZE, AggregateCache
 from tideflow.storage.event_contract import append_retrying
 
 if TYPE_CHECKING:  # the store is passed in: its types only
@@ -281,7 +282,17 @@ class CommandDispatcher:
         *,
         middleware: Iterable[Middleware] = (),
         max_conflict_retries: int = 5,
+        aggregate_cache_size: int = DEFAULT_AGGREGATE_CACHE_SIZE,
     ) -> None:
+        """``aggregate_cache_size``: how many aggregates' states to keep between commands
+        (``aggregate_cache.py``: safe across processes, the append checks the version); 0
+        reads every aggregate's stream for every command."""
+        if type(aggregate_cache_size) is not int or aggregate_cache_size < 0:
+            raise DispatcherConfigurationError(
+                f"aggregate_cache_size must be an int >= 0 (0: keep no aggregate in memory), "
+                f"got {aggregate_cache_size!r}"
+            )
+        self.cache = AggregateCache(aggregate_cache_size)
         if type(max_conflict_retries) is not int or max_conflict_retries < 0:
             raise DispatcherConfigurationError(
                 f"max_conflict_retries must be an int >= 0 (0: fail at the first version "
@@ -436,7 +447,12 @@ class CommandDispatcher:
         conflict: WrongExpectedVersionError | None = None
         for attempt in range(1, self.max_conflict_retries + 2):
             ctx.attempts = attempt
-            loaded = self._retrying(lambda: self._load(aggregate, stream_id, command.aggregate_id))
+            cached = self.cache.take(stream_id) if attempt == 1 else None
+            loaded = (
+                LoadedAggregate(cached[0], cached[1], cached[1], 0)
+                if cached is not None
+                else self._retrying(lambda: self._load(aggregate, stream_id, command.aggregate_id))
+            )
             try:
                 decided = decide(aggregate, loaded.state, command)
             except Exception:
@@ -466,7 +482,7 @@ class CommandDispatcher:
                 conflict = exc
                 continue
             if recorded:
-                self._snapshot_if_due(aggregate, stream_id, loaded, recorded)
+                self._after_append(aggregate, stream_id, loaded, recorded)
             return DispatchResult(
                 command.command_id,
                 command.command_type,
@@ -632,21 +648,44 @@ class CommandDispatcher:
             )
             return None
 
-    def _snapshot_if_due(
+    def _after_append(
         self,
         aggregate: Aggregate,
         stream_id: str,
         loaded: LoadedAggregate,
         recorded: list[RecordedEvent],
     ) -> None:
-        """Save the state after ``recorded`` if the stream just crossed a multiple of
-        ``snapshot_every``. After the commit, and never raising: the events are what counts."""
-        every = aggregate.snapshot_every
+        """Keep the state after ``recorded`` for the next command (once they have committed),
+        and snapshot it if due. Never raising: the events are what counts - an ``apply`` that
+        fails here fails the next load instead, which reports it."""
         version = recorded[-1].version
+        try:
+            state = evolve(aggregate, loaded.state, recorded)
+        except Exception:
+            return
+        if self.cache.size:
+            cache = self.cache
+            store = self.store
+            if isinstance(store, _TransactionStore):
+                store.on_commit(lambda: cache.put(stream_id, state, version))
+            else:
+                cache.put(stream_id, state, version)
+        self._snapshot_if_due(aggregate, stream_id, loaded, version, state)
+
+    def _snapshot_if_due(
+        self,
+        aggregate: Aggregate,
+        stream_id: str,
+        loaded: LoadedAggregate,
+        version: int,
+        state: Any,
+    ) -> None:
+        """Save ``state`` (at ``version``) if the stream just crossed a multiple of
+        ``snapshot_every``. After the commit, and never raising."""
+        every = aggregate.snapshot_every
         if every is None or version // every == loaded.version // every:
             return
         try:
-            state = evolve(aggregate, loaded.state, recorded)
             self.store.save_snapshot(
                 stream_id,
                 version,

@@ -14,7 +14,9 @@ mixed freely.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -160,15 +162,23 @@ class ProcessHandle:
         timeout: float | None = None,
     ) -> ProcessInstance:
         """Block until the instance is in one of ``statuses`` (default: any ended status);
-        ``ProcessWaitTimeoutError`` after ``timeout`` seconds. Polls the row, quickly at first,
-        then backing off (at most ~10% late, at most 0.5 s)."""
+        ``ProcessWaitTimeoutError`` after ``timeout`` seconds. Woken when a transaction that
+        saved an instance commits (``ProcessStore.on_change``: at once in this process,
+        LISTEN/NOTIFY or SQLite's change counter from others), with a slow poll behind it in
+        case a wake-up is lost."""
         wanted, deadline = _wanted(statuses), _deadline(timeout)
         started = time.monotonic()
-        while True:
-            instance = self._bindings.processes.get(self.manager.name, self.process_id)
-            if instance is not None and instance.status in wanted:
-                return instance
-            time.sleep(_pause(started, deadline, self, instance, wanted))
+        changed = threading.Event()
+        stop = self._bindings.processes.on_change(changed.set)
+        try:
+            while True:
+                changed.clear()
+                instance = self._bindings.processes.get(self.manager.name, self.process_id)
+                if instance is not None and instance.status in wanted:
+                    return instance
+                changed.wait(_pause(started, deadline, self, instance, wanted))
+        finally:
+            stop()
 
     def _reaction(
         self,
@@ -235,13 +245,27 @@ class AsyncProcessHandle:
         wanted, deadline = _wanted(statuses), _deadline(timeout)
         started = time.monotonic()
         processes = handle._bindings.processes
-        while True:
-            instance = await asyncio.to_thread(
-                processes.get, handle.manager.name, handle.process_id
-            )
-            if instance is not None and instance.status in wanted:
-                return instance
-            await asyncio.sleep(_pause(started, deadline, handle, instance, wanted))
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile
+                loop.call_soon_threadsafe(changed.set)
+
+        stop = processes.on_change(wake)
+        try:
+            while True:
+                changed.clear()
+                instance = await asyncio.to_thread(
+                    processes.get, handle.manager.name, handle.process_id
+                )
+                if instance is not None and instance.status in wanted:
+                    return instance
+                pause = _pause(started, deadline, handle, instance, wanted)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), pause)
+        finally:
+            stop()
 
 
 def _wanted(statuses: ProcessStatus | Iterable[ProcessStatus]) -> frozenset[str]:
@@ -267,7 +291,8 @@ def _pause(
             f"{now_status}, not {' or '.join(sorted(wanted))}, after the timeout; is a worker "
             "running the process manager?"
         )
-    pause = min(0.5, 0.002 + 0.1 * (now - started))
+    # The fallback when no wake-up comes: a lost NOTIFY, a LISTEN not yet in place.
+    pause = min(0.5, 0.02 + 0.1 * (now - started))
     return pause if deadline is None else min(pause, max(deadline - now, 0.0))
 
 

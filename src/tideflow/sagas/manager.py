@@ -189,7 +189,7 @@ class ProcessManager(EventHandler):
     deleted; None keeps them forever. Pruned a few at a time when new instances start."""
     kind: ClassVar[HandlerKind] = "process_manager"
     on_failure: ClassVar[FailurePolicy] = "stop"
-    batch_size: ClassVar[int] = 20
+    batch_size: ClassVar[int] = 100
     """Smaller than a handler's: the batch's transaction also holds the commands' appends."""
     transactional: ClassVar[bool] = True
 

@@ -43,6 +43,8 @@ log = logging.getLogger("tideflow.storage")
 TASKS_CHANNEL = "tideflow_tasks"
 #: The channel event handler runners listen on: appended events wake them.
 EVENTS_CHANNEL = "tideflow_events"
+#: The channel waits for process instances listen on: a transaction that saved one wakes them.
+PROCESSES_CHANNEL = "tideflow_processes"
 
 
 class Tx(Protocol):

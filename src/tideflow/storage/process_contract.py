@@ -18,7 +18,7 @@ suite on both (``tests/sagas/test_process_store.py``).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -165,4 +165,10 @@ class ProcessStore(Protocol):
 
     def counts(self) -> dict[tuple[str, ProcessStatus], int]:
         """How many instances each manager has in each status (absent: none)."""
+        ...
+
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` (from another thread) soon after a transaction that saved an
+        instance commits, in this process or another (LISTEN/NOTIFY; SQLite's change counter);
+        returns the function that stops it. For waits that would otherwise poll."""
         ...

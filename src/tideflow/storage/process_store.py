@@ -10,12 +10,12 @@ committed its state, and then reads the state that batch left.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
 from tideflow.clock import Clock
-from tideflow.storage.database import Database, Tx
+from tideflow.storage.database import PROCESSES_CHANNEL, Database, Tx
 from tideflow.storage.process_contract import InstanceWrite, ProcessInstance, ProcessStatus
 
 
@@ -79,9 +79,18 @@ class SqlProcessStore:
             fresh,
         )
         tx.run("save", **self._save_params(write))
+        tx.on_commit(self._wake)
 
     def save_many(self, tx: Tx, writes: Sequence[InstanceWrite]) -> None:
-        tx.run_many("save", [self._save_params(w) for w in writes])
+        if writes:
+            tx.run_many("save", [self._save_params(w) for w in writes])
+            tx.on_commit(self._wake)
+
+    def _wake(self) -> None:
+        self.db.wake(PROCESSES_CHANNEL)
+
+    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+        return self.db.subscribe(PROCESSES_CHANNEL, callback)
 
     def _save_params(self, w: InstanceWrite) -> dict[str, Any]:
         now = self.clock.now()
