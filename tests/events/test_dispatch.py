@@ -1022,3 +1022,88 @@ def test_a_process_managers_commands_take_snapshots_and_are_reported_once(
         assert snapshot is not None and (snapshot.version, snapshot.state) == (2, {"on_hand": 3})
     finally:
         app.close()
+
+
+# --- the aggregate cache --------------------------------------------------------------------------
+
+
+class MutatingInventory(Inventory):
+    """An aggregate whose apply changes its state in place (allowed: the dispatcher must not
+    let that leak from one command into the next)."""
+
+    aggregate_type = "inventory"
+
+    @applies("StockAdded")
+    def stock_added(self, state: dict[str, Any], event: RecordedEvent) -> dict[str, Any]:
+        state["on_hand"] += event.data["qty"]
+        return state
+
+
+def test_a_cached_aggregate_decides_without_reading_its_stream_and_a_stale_one_retries(
+    events: EventStore, open_events: OpenStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[str] = []
+    read_stream = events.read_stream
+
+    def counted(stream_id: str, *args: Any, **kwargs: Any) -> Iterator[RecordedEvent]:
+        reads.append(stream_id)
+        return read_stream(stream_id, *args, **kwargs)
+
+    monkeypatch.setattr(events, "read_stream", counted)
+    mine = CommandDispatcher(events, [Inventory])
+    theirs = CommandDispatcher(open_events(), [Inventory])  # another process
+    mine.dispatch(Command("AddStock", "sku-1", {"qty": 5}))
+    mine.dispatch(Command("AddStock", "sku-1", {"qty": 0}))
+    assert reads == ["inventory-sku-1"]  # the second command decided on the cached state
+    assert len(mine.cache) == 1
+    theirs.dispatch(Command("RemoveStock", "sku-1", {"qty": 4}))  # mine's entry is stale now
+    # Decided on the cached state (5 on hand, version 2) it would pass; the append finds version
+    # 3, and the dispatcher decides again on what the stream holds: 1 on hand.
+    with pytest.raises(OutOfStock, match="only 1 on hand"):
+        mine.dispatch(Command("RemoveStock", "sku-1", {"qty": 3}))
+    assert [t for t, _ in stream(events, "inventory-sku-1")][-1] == "StockRemoved"
+    result = mine.dispatch(Command("AddStock", "sku-1", {"qty": 2}))
+    assert result.version == 4
+    assert mine.dispatch(Command("RemoveStock", "sku-1", {"qty": 3})).version == 5
+    assert mine.load(Inventory, "sku-1").state["on_hand"] == 0
+
+
+def test_a_rolled_back_command_leaves_nothing_in_the_cache(events: EventStore) -> None:
+    dispatcher = CommandDispatcher(events, [Inventory])
+    dispatcher.dispatch(Command("AddStock", "sku-1", {"qty": 5}))
+    with pytest.raises(RuntimeError, match="crash"), events.transaction() as tx:
+        dispatcher.within(tx).dispatch(Command("AddStock", "sku-1", {"qty": 100}))
+        raise RuntimeError("crash before commit")
+    assert len(dispatcher.cache) == 0  # taken by the command, not put back
+    with pytest.raises(OutOfStock, match="only 5 on hand"):
+        dispatcher.dispatch(Command("RemoveStock", "sku-1", {"qty": 6}))
+    with events.transaction() as tx:
+        dispatcher.within(tx).dispatch(Command("AddStock", "sku-1", {"qty": 1}))
+        assert len(dispatcher.cache) == 0  # not before the commit
+    assert len(dispatcher.cache) == 1
+    assert dispatcher.dispatch(Command("RemoveStock", "sku-1", {"qty": 6})).version == 3
+
+
+def test_an_apply_that_mutates_its_state_cannot_corrupt_the_cache(events: EventStore) -> None:
+    dispatcher = CommandDispatcher(events, [MutatingInventory])
+    dispatcher.dispatch(Command("AddStock", "sku-1", {"qty": 5}))
+    with pytest.raises(OutOfStock):
+        dispatcher.dispatch(Command("RemoveStock", "sku-1", {"qty": 9}))
+    for _ in range(3):
+        dispatcher.dispatch(Command("AddStock", "sku-1", {"qty": 1}))
+    assert dispatcher.load(MutatingInventory, "sku-1").state["on_hand"] == 8
+    with pytest.raises(OutOfStock, match="only 8 on hand"):
+        dispatcher.dispatch(Command("RemoveStock", "sku-1", {"qty": 9}))
+
+
+def test_the_cache_is_bounded_and_can_be_turned_off(events: EventStore) -> None:
+    small = CommandDispatcher(events, [Inventory], aggregate_cache_size=2)
+    for sku in ("a", "b", "c"):
+        small.dispatch(Command("AddStock", sku, {"qty": 1}))
+    assert len(small.cache) == 2
+    off = CommandDispatcher(events, [Inventory], aggregate_cache_size=0)
+    off.dispatch(Command("AddStock", "a", {"qty": 1}))
+    assert len(off.cache) == 0
+    for bad in (-1, 1.5, "10"):
+        with pytest.raises(DispatcherConfigurationError, match="aggregate_cache_size"):
+            CommandDispatcher(events, [Inventory], aggregate_cache_size=bad)  # type: ignore[arg-type]

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.pgdb import empty_database
+from tests.polling import wait_until
 from tests.threads import assert_blocked, in_thread
 from tideflow.clock import ManualClock
 from tideflow.errors import SchemaNotReadyError, UnsupportedDatabaseURLError
@@ -28,6 +29,7 @@ from tideflow.storage import (
 )
 from tideflow.storage.flow_contract import FlowStore
 from tideflow.storage.process_contract import (
+    InstanceWrite,
     ProcessInstance,
     ProcessStatus,
     ProcessStore,
@@ -331,6 +333,85 @@ def test_load_locks_only_its_instance(
             found = processes.load(tx2, "fulfilment", "o-2")
             assert found is not None and found.process_id == "o-2"
         assert processes.get("fulfilment", "o-1") is not None  # plain reads do not wait
+
+
+# --- a handler batch's instances ------------------------------------------------------------------
+
+
+def test_load_many_reads_the_instances_that_exist_and_save_many_writes_them(
+    processes: ProcessStore, events: EventStore, clock: ManualClock
+) -> None:
+    save(processes, events, "fulfilment", "o-1", version=3)
+    save(processes, events, "fulfilment", "o-3", status="completed", version=5)
+    save(processes, events, "other", "o-2")  # another manager's: not read
+    started = clock.now()
+    clock.advance(10)
+    with events.transaction() as tx:
+        found = processes.load_many(tx, "fulfilment", ["o-3", "o-2", "o-1", "o-1", "o-9"])
+        assert sorted(found) == ["o-1", "o-3"]
+        assert (found["o-1"].version, found["o-3"].status) == (3, "completed")
+        assert processes.load_many(tx, "fulfilment", []) == {}
+        processes.save_many(
+            tx,
+            [
+                InstanceWrite("fulfilment", "o-1", "running", '{"n":4}', 4, 9, None),
+                InstanceWrite(
+                    "fulfilment", "o-3", "running", "{}", 1, 9, None, fresh=True
+                ),  # a new instance in place of an ended one
+                InstanceWrite("fulfilment", "o-9", "failed", "{}", 1, 9, "boom", finished=True),
+            ],
+        )
+        processes.save_many(tx, [])
+    one, three, nine = (processes.get("fulfilment", p) for p in ("o-1", "o-3", "o-9"))
+    assert one is not None and (one.state, one.version, one.started_at) == ({"n": 4}, 4, started)
+    assert three is not None and (three.status, three.started_at) == ("running", clock.now())
+    assert nine is not None and (nine.error, nine.finished_at) == ("boom", clock.now())
+
+
+def test_load_many_locks_what_it_read(
+    processes: ProcessStore, events: EventStore, open_stores: Opener
+) -> None:
+    other: EventStore = open_stores(open_event_store)
+    save(processes, events, "fulfilment", "o-1", version=1)
+
+    def second() -> int:
+        with other.transaction() as tx:
+            instance = processes.load(tx, "fulfilment", "o-1")
+            assert instance is not None
+            return instance.version
+
+    with events.transaction() as tx:
+        assert processes.load_many(tx, "fulfilment", ["o-1"])["o-1"].version == 1
+        thread, result = in_thread(second)
+        assert_blocked(thread, events.url)
+        processes.save_many(tx, [InstanceWrite("fulfilment", "o-1", "running", "{}", 2, 2, None)])
+    thread.join(5.0)
+    assert result == {"value": 2}
+
+
+def test_on_change_is_called_after_a_save_commits_not_after_a_rollback(
+    processes: ProcessStore, events: EventStore, open_stores: Opener
+) -> None:
+    """What ``ProcessHandle.wait`` wakes on - from another store, as from another process (its
+    own Database: LISTEN/NOTIFY on PostgreSQL, the change counter on SQLite)."""
+    import threading
+
+    watcher: ProcessStore = open_stores(open_process_store)
+    seen, here = threading.Event(), threading.Event()
+    stops = [watcher.on_change(seen.set), processes.on_change(here.set)]
+    try:
+        with pytest.raises(RuntimeError), events.transaction() as tx:
+            processes.save_many(tx, [InstanceWrite("m", "p-1", "running", "{}", 1, 1, None)])
+            raise RuntimeError("rolled back")
+        # In its own process a store's subscribers are called at once, at the commit: none came.
+        assert not here.is_set()
+        save(processes, events, "m", "p-2")
+        assert here.is_set()
+        wait_until(seen.is_set, what="on_change called in another 'process' after the commit")
+    finally:
+        for stop in stops:
+            stop()
+    assert processes.get("m", "p-1") is None
 
 
 # --- wiring --------------------------------------------------------------------------------------
