@@ -159,3 +159,26 @@ def test_on_commit_of_a_nested_sqlite_transaction_waits_for_the_outer_commit(
                 inner.on_commit(lambda: calls.append("inner"))
             raise RuntimeError("the outer one rolls back")
         assert calls == []
+
+
+def test_run_many_runs_a_named_query_once_per_parameter_set_in_the_transaction(
+    db_url: str,
+) -> None:
+    """One round trip for a batch's writes on PostgreSQL (a pipelined executemany); the rows
+    commit or roll back with the transaction, and an error names the query."""
+    with open_database(db_url) as stores:
+        stores.db.migrate()
+        rows = [
+            {"name": f"h-{n}", "position": n, "updated_at": stores.db.clock.now()}
+            for n in range(1, 4)
+        ]
+        with pytest.raises(RuntimeError), stores.db.transaction() as tx:
+            tx.run_many("reset_checkpoint", rows)
+            raise RuntimeError("undo")
+        assert [stores.events.get_checkpoint(r["name"]) for r in rows] == [0, 0, 0]
+        with stores.db.transaction() as tx:
+            tx.run_many("reset_checkpoint", rows)
+            tx.run_many("reset_checkpoint", [])
+        assert [stores.events.get_checkpoint(r["name"]) for r in rows] == [1, 2, 3]
+        with pytest.raises(StorageError, match="reset_checkpoint"), stores.db.transaction() as tx:
+            tx.run_many("reset_checkpoint", [{"name": None, "position": 1, "updated_at": None}])
