@@ -394,6 +394,39 @@ def test_read_all_filters_event_types_across_pages(
         paged.read_all(event_types="Even")
 
 
+def test_read_page_is_one_page_of_read_all_and_the_horizon_it_stopped_at(
+    ten: EventStore,
+) -> None:
+    all_events = list(ten.read_all())
+    head = ten.head_position()
+    assert ten.read_page(0, None, 5) == (all_events[:5], head)
+    assert ten.read_page(all_events[4].position, None, 100) == (all_events[5:], head)
+    rare = [e for e in all_events if e.event_type == all_events[-1].event_type]
+    assert ten.read_page(0, [all_events[-1].event_type], 100) == (rare, head)
+    assert ten.read_page(head, None, 5) == ([], head)
+    assert ten.read_page(head + 7, None, 5) == ([], head + 7)  # past the head: nothing
+    assert ten.read_page(0, [], 5) == ([], head)  # no type: nothing, up to the head
+    for bad in ({"after": -1}, {"limit": -1}, {"event_types": "E"}):
+        args: dict[str, Any] = {"after": 0, "event_types": None, "limit": 5, **bad}
+        with pytest.raises(InvalidEventError):
+            ten.read_page(**args)
+
+
+def test_read_page_stops_below_an_append_still_in_flight(
+    events: EventStore, open_events: OpenStore, backend: str
+) -> None:
+    if backend == "sqlite":
+        pytest.skip("SQLite has one writer at a time: positions are handed out in commit order")
+    before = events.append("s", [ev(n=0)], NO_STREAM)[0].position
+    other = open_events()
+    with events.transaction() as tx:
+        slow = tx.append("slow", [ev(n=1)], NO_STREAM)[0].position
+        other.append("fast", [ev(n=2)], NO_STREAM)
+        assert events.read_page(before, None, 10) == ([], slow - 1)
+    page, head = events.read_page(before, None, 10)
+    assert ns(page) == [1, 2] and head == page[-1].position
+
+
 def test_read_all_arguments_are_checked(events: EventStore) -> None:
     for bad in ({"from_position": -1}, {"limit": -2}, {"to_position": -1}, {"from_position": 1.5}):
         with pytest.raises(InvalidEventError):

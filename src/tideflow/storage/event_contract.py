@@ -225,6 +225,14 @@ class EventStore(Protocol):
         without events yields nothing. Arguments are checked when called, not when iterated."""
         ...
 
+    def read_page(
+        self, after: int, event_types: Sequence[str] | None, limit: int
+    ) -> tuple[list[RecordedEvent], int]:
+        """One page of ``read_all(after, event_types, limit)`` and the horizon it stopped at,
+        from one look at the horizon: what a handler batch reads (it moves its checkpoint to
+        the horizon when the page is not full, past events of other types)."""
+        ...
+
     def read_all(
         self,
         from_position: int | None = None,

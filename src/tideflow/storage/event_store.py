@@ -264,6 +264,19 @@ class SqlEventStore:
                 if remaining == 0:
                     return
 
+    def read_page(
+        self, after: int, event_types: Sequence[str] | None, limit: int
+    ) -> tuple[list[RecordedEvent], int]:
+        after = check_position(after, "after")
+        types = check_event_types(event_types)
+        size = check_limit(limit)
+        horizon = self.head_position()
+        if horizon <= after or types == [] or not size:
+            return [], max(horizon, after)
+        name = _READ_ALL[False, types is not None]
+        rows = self._records(None, name, after=after, until=horizon, limit=size, event_types=types)
+        return list(self.upcasters.upcast_all(self._events(rows))), horizon
+
     def head_position(self) -> int:
         return int(self._records(None, "horizon")[0][0])
 

@@ -51,6 +51,8 @@ class HandlerSlot:
         """The runner's ``_generation`` when the look that found nothing to do began."""
         self.appended = False
         self.in_tx = False
+        self.checkpoint: int | None = None
+        """The checkpoint as this worker's last committed batch left it (None: read it)."""
         self.retry_at: datetime | None = None
         self.wake = asyncio.Event()
 
@@ -179,7 +181,13 @@ class HandlerBatches:
 
     def _handle_batch(self, slot: HandlerSlot) -> BatchOutcome:
         h = slot.handler
-        position = self.event_store.get_checkpoint(slot.name)
+        # Where the last batch of this lease left the checkpoint - or read it. A stale value
+        # (a reset by an operator meanwhile) is caught in the batch's transaction, which locks
+        # the checkpoint and compares.
+        position = slot.checkpoint
+        slot.checkpoint = None  # known again only once this batch has committed
+        if position is None:
+            position = self.event_store.get_checkpoint(slot.name)
         events, upto = self._read(h, position)
         if upto <= position:
             return BatchOutcome()
@@ -192,14 +200,9 @@ class HandlerBatches:
         """Events after ``position`` for one batch, and the position the checkpoint may move to
         once they are handled: the last event's if the batch is full, else the head (so that a
         handler of rare types does not scan the same unrelated events again)."""
-        head = self.event_store.head_position()
+        events, head = self.event_store.read_page(position, h.event_types, self._size(h))
         if head <= position:
             return [], position
-        events = list(
-            self.event_store.read_all(
-                position, h.event_types, limit=self._size(h), to_position=head
-            )
-        )
         full = len(events) == self._size(h)
         return events, events[-1].position if full else head
 
@@ -220,6 +223,8 @@ class HandlerBatches:
                     tx.advance_checkpoint(slot.name, upto)
                     if lease.failing_position is not None and lease.failing_position <= upto:
                         self.handler_store.clear_failure(tx, slot.name)
+                if failure is None:
+                    slot.checkpoint = upto
                 return BatchOutcome(len(events), more and failure is None, failure)
             except HandleRaised as raised:  # rolled back
                 event = events[raised.index]

@@ -332,6 +332,7 @@ class HandlerRunner:
         if isinstance(h, Projection):  # before it counts as running: no table, no batches
             await self._in_thread(slot, batches.set_up, slot, h)
         slot.owned = True
+        slot.checkpoint = None  # the lease is new: the checkpoint may have moved meanwhile
         log.info("handler %s: running on worker %s", slot.name, self.worker_id)
         return True
 
