@@ -1,12 +1,14 @@
 """A worker process survives PostgreSQL restarts under load (issue 7, section 1).
 
 The test runs a PostgreSQL server of its own (initdb into a temporary directory, on a free port),
-starts ``tideflow worker`` on it with a flow and a projection, and keeps starting runs and
-appending events while it restarts the server three times: ``restart -m fast``, ``restart -m
-immediate`` (a crash: no shutdown checkpoint, connections cut mid-transaction) and a stop, two
-seconds down, start. Then every run completes, the projection counts every event exactly once,
-no step ran twice in one attempt, and the worker is the same process it was at the start - with
-warnings in its log and no traceback.
+starts ``tideflow worker`` on it with a flow, a projection and a process manager (an undoable
+command, a durable timer, a flow that reports back, an automatic undo when a charge is refused),
+and keeps starting runs, appending events and booking while it restarts the server three times:
+``restart -m fast``, ``restart -m immediate`` (a crash: no shutdown checkpoint, connections cut
+mid-transaction) and a stop, two seconds down, start. Then every run completes, the projection
+counts every event exactly once, no step ran twice in one attempt, every booking's saga ended as it
+should with each command, timer, undo and flow exactly once, and the worker is the same process it
+was at the start - with warnings in its log and no traceback.
 
 Skipped when the PostgreSQL server binaries are missing, except under CI=true, where that fails.
 """
@@ -27,12 +29,14 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
 from tests.polling import wait_until
 from tideflow import App, DatabaseUnavailableError, RunAlreadyExistsError
+from tideflow.events import Command
 from tideflow.events.errors import DuplicateEventIdError
 from tideflow.events.model import ExpectedVersion, NewEvent
 
@@ -126,15 +130,23 @@ def server() -> Iterator[Server]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+class _Never(Exception):
+    """Nothing a dispatch raises: sending the same Command again after an outage replays it."""
+
+
 class Load:
     """Starts runs and appends events from a thread until stopped, through the outages: a call
     that still fails after the client's own retries is repeated with the same run id / event
     id, so the sets below are exactly what the database holds."""
 
     def __init__(self, url: str) -> None:
-        self.app = App(url, migrate=False)
+        from tests.restart.app import Venue
+
+        self.app = App(url, migrate=False, aggregates=[Venue])
         self.runs: set[str] = set()
         self.events: set[uuid.UUID] = set()
+        self.bookings: dict[str, bool] = {}
+        """Booking id -> whether its charge is refused (every third)."""
         self.gave_up = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, name="load")
@@ -164,6 +176,11 @@ class Load:
             while not self._retry(append, DuplicateEventIdError):
                 pass
             self.events.add(event.event_id)
+            booking, refuse = f"b-{i}", i % 3 == 0
+            book = Command("Book", booking, {"refuse": refuse})  # one command_id: sent once
+            while not self._retry(functools.partial(self.app.dispatch, book), _Never):
+                pass
+            self.bookings[booking] = refuse
             time.sleep(0.01)
 
     def _retry(self, call: Callable[[], object], done_already: type[Exception]) -> bool:
@@ -272,19 +289,47 @@ def test_a_worker_survives_three_postgres_restarts_under_load(
 
             def caught_up() -> bool:
                 done = conn.execute(
-                    "SELECT count(*) FROM tideflow.runs WHERE status = 'completed'"
+                    "SELECT count(*) FROM tideflow.runs "
+                    "WHERE status = 'completed' AND flow_slug = 'pipeline'"
                 ).fetchone()
                 seen = _count(conn, "SELECT count(*) FROM tally_seen")
-                return bool(done and done[0] == len(load.runs)) and seen == len(load.events)
+                ended = _count(
+                    conn,
+                    "SELECT count(*) FROM tideflow.process_instances "
+                    "WHERE manager = 'booking' AND status IN ('completed', 'compensated')",
+                )
+                return (
+                    bool(done and done[0] == len(load.runs))
+                    and seen == len(load.events)
+                    and ended == len(load.bookings)
+                )
 
             def pending() -> str:
+                counts = [
+                    _count(conn, sql)
+                    for sql in (
+                        "SELECT count(*) FROM tideflow.runs WHERE status = 'completed' "
+                        "AND flow_slug = 'pipeline'",
+                        "SELECT count(*) FROM tally_seen",
+                        "SELECT count(*) FROM tideflow.process_instances WHERE manager = "
+                        "'booking' AND status IN ('completed', 'compensated')",
+                    )
+                ]
                 return (
-                    repr(
+                    f"runs, events, bookings done: {counts} of "
+                    f"{[len(load.runs), len(load.events), len(load.bookings)]}\n"
+                    + repr(
                         conn.execute(
                             "SELECT * FROM tideflow.tasks WHERE status <> 'completed'"
                         ).fetchall()
                     )
                     + repr(conn.execute("SELECT * FROM tideflow.event_handlers").fetchall())
+                    + repr(
+                        conn.execute(
+                            "SELECT process_id, status, error FROM tideflow.process_instances "
+                            "WHERE status NOT IN ('completed', 'compensated')"
+                        ).fetchall()
+                    )
                     + f"\n{_tail(stderr)}"
                 )
 
@@ -305,9 +350,11 @@ def test_a_worker_survives_three_postgres_restarts_under_load(
             attempts = {
                 (r, s): a
                 for r, s, a in conn.execute(
-                    "SELECT run_id, step_slug, attempts FROM tideflow.tasks"
+                    "SELECT run_id, step_slug, attempts FROM tideflow.tasks "
+                    "WHERE run_id LIKE 'run-%'"
                 )
             }
+            _check_bookings(conn, load.bookings)
         assert len(attempts) == 2 * len(load.runs)
         # Steps: exactly one execution of the attempt that completed, never two executions of
         # one attempt (a retry after a lost lease is a new attempt).
@@ -342,6 +389,47 @@ def test_a_worker_survives_three_postgres_restarts_under_load(
     assert log.count("LISTEN tideflow_tasks re-established") == 3, log
     assert log.count("LISTEN tideflow_events re-established") == 3, log
     assert "error connecting" not in log, log  # the pool's per-attempt lines are kept quiet
+
+
+def _check_bookings(conn: psycopg.Connection[Any], bookings: dict[str, bool]) -> None:
+    """Every booking's saga ran exactly once through the restarts: each command's event is in
+    its stream once, each timer fired once, each paid booking's ticket flow ran once and
+    reported back; each refused one undid its hold once."""
+    streams: dict[str, list[str]] = {}
+    for stream_id, event_type in conn.execute(
+        "SELECT stream_id, event_type FROM tideflow.events ORDER BY position"
+    ):
+        streams.setdefault(stream_id, []).append(event_type)
+    statuses = dict(
+        conn.execute(
+            "SELECT state->>'booking', status FROM tideflow.process_instances "
+            "WHERE manager = 'booking'"
+        ).fetchall()
+    )
+    tickets = Counter(
+        r[0]
+        for r in conn.execute(
+            "SELECT input->>'booking' FROM tideflow.runs WHERE flow_slug = 'ticket'"
+        )
+    )
+    fired = Counter(
+        r[0]
+        for r in conn.execute(
+            "SELECT data->>'booking' FROM tideflow.events WHERE event_type = 'Waited'"
+        )
+    )
+    for booking, refused in bookings.items():
+        assert fired[booking] == 1, (booking, fired[booking])
+        if refused:
+            assert statuses[booking] == "compensated", booking
+            assert streams[f"venue-seat-{booking}"] == ["Held", "Released"], booking
+            assert f"venue-pay-{booking}" not in streams and tickets[booking] == 0, booking
+        else:
+            assert statuses[booking] == "completed", booking
+            assert streams[f"venue-seat-{booking}"] == ["Held"], booking
+            assert streams[f"venue-pay-{booking}"] == ["Charged"], booking
+            assert tickets[booking] == 1, booking
+    assert _count(conn, "SELECT count(*) FROM tideflow.process_timers") == 0
 
 
 def _count(conn: psycopg.Connection[tuple[int]], sql: str) -> int:
