@@ -32,7 +32,13 @@ ONLY_IN = {
     # PostgreSQL's fast paths (Database.fast_paths): one PL/pgSQL call for a whole transition.
     "postgres": {"start_run", "complete_tasks_batch"},
     # SQLite's append by statements (SQLiteDatabase.append_events); PostgreSQL's is a function.
-    "sqlite": {"insert_idempotency_key", "insert_event", "set_stream_version"},
+    "sqlite": {
+        "insert_idempotency_key",
+        "insert_event",
+        "set_stream_version",
+        "forget_idempotency_key",
+        "forget_event",
+    },
 }
 
 

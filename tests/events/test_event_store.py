@@ -195,12 +195,22 @@ def test_a_refused_append_inside_a_transaction_leaves_it_usable(events: EventSto
     with events.transaction() as tx:
         tx.append("t", [ev()], NO_STREAM)
         with pytest.raises(WrongExpectedVersionError):
-            tx.append("s", [ev()], NO_STREAM)
+            tx.append("s", [ev()], NO_STREAM, idempotency_key="k1", result_json="1")
         with pytest.raises(DuplicateEventIdError):
-            tx.append("u", [ev(), NewEvent("X", event_id=everything(events)[0].event_id)], ANY)
-        tx.append("s", [ev()], 1)
+            tx.append(
+                "u",
+                [ev(), NewEvent("X", event_id=everything(events)[0].event_id)],
+                ANY,
+                idempotency_key="k2",
+                result_json="2",
+            )
+        # What the refused appends wrote is gone: their keys are free, their events unread.
+        assert tx.get_idempotent_result("k1") is None and tx.get_idempotent_result("k2") is None
+        assert list(tx.read_stream("u")) == []
+        tx.append("s", [ev()], 1, idempotency_key="k1", result_json="1")
     assert {e.stream_id: e.version for e in everything(events)} == {"s": 2, "t": 1}
     assert events.stream_version("u") == 0
+    assert events.get_idempotent_result("k2") is None
 
 
 def test_a_duplicate_key_inside_a_transaction_leaves_it_usable(events: EventStore) -> None:

@@ -292,8 +292,11 @@ class SQLiteDatabase:
         if tx is None:  # a transaction of its own, without transaction()'s callbacks to run
             with self._lock, _atomic(self._conn, self.path, nested=self._conn.in_transaction):
                 return _append(SQLiteTx(self._conn, self.path), prepared, recorded_at)
-        with tx.savepoint():
-            return _append(tx, prepared, recorded_at)
+        # Inside a caller's transaction: no savepoint (two statements more per append, a tenth
+        # of a process manager's step), but the rows a refused append wrote are deleted again
+        # before the error is raised, which leaves the transaction as a savepoint's rollback
+        # would - usable, without them.
+        return _append(tx, prepared, recorded_at, undo_on_error=True)
 
     def stored_time(self, moment: datetime) -> datetime:
         return datetime.fromtimestamp(moment.timestamp(), UTC)
@@ -393,7 +396,11 @@ class SQLiteDatabase:
         require_current(self.pending_migrations(), self.path, self.url)
 
 
-def _append(tx: Tx, p: PreparedAppend, recorded_at: datetime) -> tuple[int, list[int]]:
+def _append(
+    tx: Tx, p: PreparedAppend, recorded_at: datetime, *, undo_on_error: bool = False
+) -> tuple[int, list[int]]:
+    """The append's statements. ``undo_on_error``: if it is refused after it wrote (a version
+    conflict, a deleted stream, a duplicate event id), delete what it wrote before raising."""
     if p.idempotency_key is not None:
         inserted = tx.run(
             "insert_idempotency_key",
@@ -404,6 +411,24 @@ def _append(tx: Tx, p: PreparedAppend, recorded_at: datetime) -> tuple[int, list
         )
         if not inserted:
             raise DuplicateIdempotencyKeyError(p.idempotency_key, None, None)
+    if not undo_on_error:
+        return _append_events(tx, p, recorded_at, [])
+    written: list[int] = []
+    try:
+        return _append_events(tx, p, recorded_at, written)
+    except Exception:
+        if p.idempotency_key is not None:
+            tx.run("forget_idempotency_key", key=p.idempotency_key)
+        for position in written:
+            tx.run("forget_event", position=position)
+        raise
+
+
+def _append_events(
+    tx: Tx, p: PreparedAppend, recorded_at: datetime, written: list[int]
+) -> tuple[int, list[int]]:
+    """The rest of ``_append``, after the key: ``written`` collects the events' positions as
+    they are inserted."""
     found = tx.records("lock_stream", stream_id=p.stream_id)
     current = found[0][0] if found else 0
     if found and found[0][1] is not None:
@@ -436,6 +461,7 @@ def _append(tx: Tx, p: PreparedAppend, recorded_at: datetime) -> tuple[int, list
         except DuplicateKeyError as exc:
             raise duplicate_event_id(p.stream_id, f"event #{i}: {event_id}") from exc
         positions.append(row[0][0])
+        written.append(row[0][0])
     if positions:
         tx.run("set_stream_version", stream_id=p.stream_id, version=current + len(positions))
     return current + 1, positions

@@ -10,6 +10,15 @@ INSERT INTO idempotency_keys (key, stream_id, result, recorded_at)
 VALUES (%(key)s, %(stream_id)s, %(result)s, %(recorded_at)s)
 ON CONFLICT (key) DO NOTHING
 
+-- name: forget_idempotency_key
+-- An append refused inside a caller's transaction takes back the key it recorded (no savepoint:
+-- see SQLiteDatabase.append_events).
+DELETE FROM idempotency_keys WHERE key = %(key)s
+
+-- name: forget_event
+-- ... and the events it inserted.
+DELETE FROM events WHERE position = %(position)s
+
 -- name: stream_version
 -- A deleted stream has no events to read: version 0.
 SELECT version FROM streams WHERE stream_id = %(stream_id)s AND deleted_at IS NULL
