@@ -286,8 +286,9 @@ def test_counts_per_manager_and_status(processes: ProcessStore, events: EventSto
 # --- locking -------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("reader", ["load", "load_many"])
 def test_load_holds_the_instance_until_the_transaction_ends(
-    processes: ProcessStore, events: EventStore, open_stores: Opener
+    processes: ProcessStore, events: EventStore, open_stores: Opener, reader: str
 ) -> None:
     """A worker that takes a handler over waits for the batch in flight, then reads the state it
     committed (PostgreSQL: the row lock of FOR UPDATE; SQLite: the write lock)."""
@@ -301,7 +302,11 @@ def test_load_holds_the_instance_until_the_transaction_ends(
             return instance.version
 
     with events.transaction() as tx:
-        first = processes.load(tx, "fulfilment", "o-1")
+        first = (
+            processes.load(tx, "fulfilment", "o-1")
+            if reader == "load"
+            else processes.load_many(tx, "fulfilment", ["o-1"])["o-1"]
+        )
         assert first is not None
         thread, result = in_thread(second)
         assert_blocked(thread, events.url)
@@ -366,27 +371,6 @@ def test_load_many_reads_the_instances_that_exist_and_save_many_writes_them(
     assert one is not None and (one.state, one.version, one.started_at) == ({"n": 4}, 4, started)
     assert three is not None and (three.status, three.started_at) == ("running", clock.now())
     assert nine is not None and (nine.error, nine.finished_at) == ("boom", clock.now())
-
-
-def test_load_many_locks_what_it_read(
-    processes: ProcessStore, events: EventStore, open_stores: Opener
-) -> None:
-    other: EventStore = open_stores(open_event_store)
-    save(processes, events, "fulfilment", "o-1", version=1)
-
-    def second() -> int:
-        with other.transaction() as tx:
-            instance = processes.load(tx, "fulfilment", "o-1")
-            assert instance is not None
-            return instance.version
-
-    with events.transaction() as tx:
-        assert processes.load_many(tx, "fulfilment", ["o-1"])["o-1"].version == 1
-        thread, result = in_thread(second)
-        assert_blocked(thread, events.url)
-        processes.save_many(tx, [InstanceWrite("fulfilment", "o-1", "running", "{}", 2, 2, None)])
-    thread.join(5.0)
-    assert result == {"value": 2}
 
 
 def test_on_change_is_called_after_a_save_commits_not_after_a_rollback(

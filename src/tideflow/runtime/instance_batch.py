@@ -19,7 +19,7 @@ directly, in transactions of its own. A batch that rolls back drops its Instance
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tideflow.storage.database import Tx
 from tideflow.storage.process_contract import InstanceWrite, ProcessInstance, ProcessStore
@@ -66,19 +66,7 @@ class InstanceBatch:
             fresh = False  # a new row: started now whatever ``fresh`` says
         now = self.processes.clock.now()
         started = now if before is None or write.fresh else before.started_at
-        self.writes[write.process_id] = InstanceWrite(
-            write.manager,
-            write.process_id,
-            write.status,
-            write.state_json,
-            write.version,
-            write.last_position,
-            write.error,
-            write.undo_json,
-            write.sent_json,
-            write.finished,
-            fresh,
-        )
+        self.writes[write.process_id] = replace(write, fresh=fresh)
         self.instances[write.process_id] = ProcessInstance(
             write.manager,
             write.process_id,

@@ -280,7 +280,7 @@ class HandlerBatches:
         lost or the runner is stopping: nothing holds its batch together, so it commits what it
         did."""
         if tx is None:
-            return self._deliver_each(slot, tx, lease, events)
+            return self._deliver_each(slot, None, lease, events)
         _batch_hook(self.event_store, 0, lambda: slot.handler.before_batch(events, tx))
         done = self._deliver_each(slot, tx, lease, events)
         _batch_hook(self.event_store, done - 1, lambda: slot.handler.after_batch(tx))
@@ -293,6 +293,7 @@ class HandlerBatches:
         lease: HandlerLease,
         events: Sequence[RecordedEvent],
     ) -> int:
+        """``_deliver`` without the batch hooks."""
         if slot.is_async:
             # One trip to the loop per batch, not per event (a trip costs ~70 us).
             return slot.bridge.wait_for(self._loop, self._deliver_async(slot, tx, lease, events))
