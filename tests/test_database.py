@@ -182,3 +182,43 @@ def test_run_many_runs_a_named_query_once_per_parameter_set_in_the_transaction(
         assert [stores.events.get_checkpoint(r["name"]) for r in rows] == [1, 2, 3]
         with pytest.raises(StorageError, match="reset_checkpoint"), stores.db.transaction() as tx:
             tx.run_many("reset_checkpoint", [{"name": None, "position": 1, "updated_at": None}])
+
+
+def test_a_wake_reaches_this_process_at_once_and_others_by_notify_never_twice(
+    db_url: str, backend: str
+) -> None:
+    """PostgreSQL: ``wake`` calls this Database's subscribers at once and NOTIFYs the others;
+    its own NOTIFY, coming back through its own LISTEN, wakes nobody a second time (SQLite's
+    watcher sees only other connections' commits by construction)."""
+    if backend == "sqlite":
+        pytest.skip("SQLite's change counter counts other connections' commits only")
+    import psycopg
+
+    from tests.polling import wait_until
+    from tideflow.storage.opening import connect
+
+    here, there = connect(db_url), connect(db_url)
+    try:
+        calls: dict[str, list[int]] = {"here": [], "there": []}
+        here.subscribe("tideflow_test", lambda: calls["here"].append(1))
+        there.subscribe("tideflow_test", lambda: calls["there"].append(1))
+        with psycopg.connect(db_url, autocommit=True) as admin:
+
+            def listening() -> bool:
+                row = admin.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN tideflow_test'"
+                ).fetchone()
+                return row is not None and row[0] == 2
+
+            wait_until(listening, what="both Databases listening")
+            here.wake("tideflow_test")
+            assert calls["here"] == [1]  # at once, in this process
+            wait_until(lambda: calls["there"], what="the other Database woken by NOTIFY")
+            # A later notification from elsewhere reaches "here" after its own NOTIFY did (one
+            # listener gets notifications in commit order): by then that one was ignored.
+            admin.execute("SELECT pg_notify('tideflow_test', '')")
+            wait_until(lambda: len(calls["here"]) >= 2, what="the outside notification")
+            assert calls["here"] == [1, 1]
+    finally:
+        here.close()
+        there.close()

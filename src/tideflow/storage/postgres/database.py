@@ -272,13 +272,25 @@ class PostgresDatabase:
             if not self._subscribers.has(channel) and not self._stopping.is_set():
                 listener = threading.Thread(
                     target=listen_forever,
-                    args=(self.url, channel, lambda: self._wake_local(channel), self._stopping),
+                    args=(
+                        self.url,
+                        channel,
+                        lambda: self._wake_local(channel),
+                        self._stopping,
+                        self._notified_here,
+                    ),
                     name=f"tideflow-listen-{channel}",
                     daemon=True,
                 )
                 self._listeners.append(listener)
                 listener.start()
             return self._subscribers.add(channel, callback)
+
+    def _notified_here(self, pid: int) -> bool:
+        """Whether a notification came from this Database's own notifier: ``wake`` woke this
+        process's subscribers before it asked for the NOTIFY, so waking them again on its
+        arrival would only repeat their look (a handler batch's reads, a wait's query)."""
+        return any(n.backend_pid == pid for n in list(self._notifiers.values()))
 
     def wake(self, channel: str) -> None:
         # This process's subscribers at once - a process manager's runner reacting to the events

@@ -50,6 +50,9 @@ class CoalescingNotifier:
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self.backend_pid: int | None = None
+        """The server process of the notifying connection: listeners of this process ignore
+        its notifications (``listen_forever``'s ``ignore``)."""
 
     def poke(self) -> None:
         """Ask for a NOTIFY that starts after this call; returns at once."""
@@ -81,6 +84,7 @@ class CoalescingNotifier:
                     self._url, autocommit=True, **connect_kwargs(self._url)
                 ) as conn:
                     conn.execute("SET synchronous_commit = off")
+                    self.backend_pid = conn.info.backend_pid
                     if lost:
                         lost = False
                         log.info("NOTIFY %s works again", self._channel)
