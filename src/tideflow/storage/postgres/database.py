@@ -14,6 +14,7 @@ inside the append). A listener thread per channel starts with the first ``subscr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -21,7 +22,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 import psycopg
@@ -48,6 +49,8 @@ from tideflow.storage.wakeups import Subscribers, TxCallbacks
 
 if TYPE_CHECKING:
     from tideflow.storage.event_contract import PreparedAppend
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -86,23 +89,54 @@ def _check_if_idle(conn: Conn) -> None:
 
 
 class PgTx(TxCallbacks):
-    """``Tx`` on one pooled connection."""
+    """``Tx`` on one pooled connection.
+
+    ``begin_lazily`` (``Database.transaction``): BEGIN is not sent on its own but in one
+    pipeline with the transaction's first named query - one round trip fewer for every
+    transaction, a tenth of a handler batch's. Code that takes the driver connection itself
+    (``tx.connection``: a fast path, an application's SQL) gets it with the BEGIN sent first."""
 
     dialect: Dialect = "postgresql"
 
-    def __init__(self, conn: Conn) -> None:
+    def __init__(self, conn: Conn, *, begin_lazily: bool = False) -> None:
         super().__init__()
-        self.connection = conn
+        self._conn = conn
+        self._pending_begin = begin_lazily
+        self.begun = False
         self.notify = False
         self.closed = False  # the block ended: the connection is back in the pool
 
-    def _execute(self, name: str, params: dict[str, Any], binary: bool = False) -> Any:
+    @property
+    def connection(self) -> Conn:
+        if self._pending_begin:
+            self._pending_begin = False
+            with translated("beginning a transaction"):
+                self._conn.execute(b"BEGIN")
+            self.begun = True
+        return self._conn
+
+    def _run(self, name: str, statement: Callable[[Conn], T]) -> T:
+        """``statement(conn)``, errors mapped; the transaction's first one goes to the server
+        in one pipeline with its BEGIN, its results read once the pipeline has synced."""
+        conn = self._conn
         try:
-            return self.connection.cursor(row_factory=dict_row).execute(
-                QUERIES[name], params, binary=binary
-            )
+            if not self._pending_begin:
+                return statement(conn)
+            self._pending_begin = False
+            self.begun = True
+            with conn.pipeline():
+                conn.execute(b"BEGIN")
+                return statement(conn)
         except (psycopg.Error, UnicodeEncodeError) as exc:  # a surrogate never reaches psycopg
             raise translate(exc, f"query {name}") from exc
+
+    def _execute(self, name: str, params: dict[str, Any], binary: bool = False) -> Any:
+        return self._run(
+            name,
+            lambda conn: conn.cursor(row_factory=dict_row).execute(
+                QUERIES[name], params, binary=binary
+            ),
+        )
 
     def rows(self, name: str, /, **params: Any) -> list[Row]:
         cur = self._execute(name, params)
@@ -112,19 +146,16 @@ class PgTx(TxCallbacks):
         return int(self._execute(name, params).rowcount)
 
     def run_many(self, name: str, params: Sequence[dict[str, Any]], /) -> None:
-        if not params:
-            return
-        try:
-            self.connection.cursor().executemany(QUERIES[name], params)
-        except (psycopg.Error, UnicodeEncodeError) as exc:
-            raise translate(exc, f"query {name}") from exc
+        if params:
+            self._run(name, lambda conn: conn.cursor().executemany(QUERIES[name], params))
 
     def records(self, name: str, /, **params: Any) -> list[tuple[Any, ...]]:
         """Binary format: uuid, bigint and timestamptz arrive without parsing text (about a fifth
         of ``read_all``'s time per event)."""
+        cur = self._run(name, lambda conn: conn.execute(QUERIES[name], params, binary=True))
         try:
-            return self.connection.execute(QUERIES[name], params, binary=True).fetchall()
-        except (psycopg.Error, UnicodeEncodeError) as exc:
+            return cur.fetchall()
+        except psycopg.Error as exc:
             raise translate(exc, f"query {name}") from exc
 
     def execute(self, sql: str, params: Any = None) -> psycopg.Cursor[Any]:
@@ -224,12 +255,19 @@ class PostgresDatabase:
     @contextmanager
     def transaction(self) -> Iterator[PgTx]:
         conn = self._getconn()
-        tx = PgTx(conn)
+        tx = PgTx(conn, begin_lazily=True)
         try:
-            with conn.transaction():
+            try:
                 yield tx
-                if tx.notify:
-                    conn.execute(f"NOTIFY {TASKS_CHANNEL}")
+                if tx.begun:
+                    if tx.notify:
+                        conn.execute(f"NOTIFY {TASKS_CHANNEL}")
+                    conn.execute(b"COMMIT")
+            except BaseException:
+                if tx.begun and not conn.closed:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.execute(b"ROLLBACK")
+                raise
         except psycopg.Error as exc:  # BEGIN, COMMIT, NOTIFY, or the caller's own SQL
             if is_transient(exc):
                 raise translate(exc) from exc
