@@ -76,6 +76,51 @@ def test_application_sql_is_written_once_for_both_dialects(db_url: str) -> None:
             assert tx.execute("SELECT count(*) FROM notes").fetchone()[0] == 2
 
 
+@pytest.mark.parametrize("first", ["application sql", "driver connection", "named query"])
+def test_whatever_a_transaction_runs_first_it_is_atomic(db_url: str, first: str) -> None:
+    """PostgreSQL sends BEGIN with the first named query, or before the driver connection is
+    handed out: an application's SQL run first is inside the transaction too, and rolls back."""
+    with open_database(db_url) as stores:
+        stores.db.migrate()
+        with stores.db.transaction() as tx:
+            tx.execute_script("CREATE TABLE notes (id integer PRIMARY KEY);")
+        for commit in (False, True):
+            expect = contextlib.nullcontext() if commit else pytest.raises(RuntimeError)
+            with expect, stores.db.transaction() as tx:
+                if first == "application sql":
+                    tx.execute("INSERT INTO notes (id) VALUES (%s)", (1,))
+                elif first == "driver connection":
+                    tx.connection.execute("INSERT INTO notes (id) VALUES (1)")
+                else:
+                    tx.run(
+                        "reset_checkpoint", name="n", position=1, updated_at=stores.db.clock.now()
+                    )
+                    tx.execute("INSERT INTO notes (id) VALUES (%s)", (1,))
+                if not commit:
+                    raise RuntimeError("roll back")
+            with stores.db.transaction() as tx:
+                count = tx.execute("SELECT count(*) FROM notes").fetchone()[0]
+            assert count == (1 if commit else 0)
+            assert stores.events.get_checkpoint("n") == (
+                1 if commit and first == "named query" else 0
+            )
+
+
+def test_a_transaction_whose_first_statement_fails_leaves_its_connection_clean(
+    db_url: str,
+) -> None:
+    with open_database(db_url) as stores:
+        stores.db.migrate()
+        for _ in range(3):  # more than once: the pool hands the same connection back
+            with pytest.raises(StorageError), stores.db.transaction() as tx:
+                tx.run("reset_checkpoint", name=None, position=1, updated_at=None)
+        with stores.db.transaction() as tx:
+            tx.run("reset_checkpoint", name="n", position=2, updated_at=stores.db.clock.now())
+        with stores.db.transaction():
+            pass  # runs nothing: sends nothing
+        assert stores.events.get_checkpoint("n") == 2
+
+
 # --- on_commit -----------------------------------------------------------------------------------
 
 
