@@ -57,3 +57,11 @@ def test_the_event_pages_new_blocks_say_they_are_fragments() -> None:
     assert len(added) == 2
     for block in added:
         assert block.startswith("# fragment:"), block
+
+
+def test_the_testing_page_runs_as_written() -> None:
+    """Every block of testing.md is complete and asserts what it shows."""
+    blocks = python_blocks("testing.md")
+    assert len(blocks) == 3
+    for block in blocks:
+        exec(compile(block, "testing.md", "exec"), {"__name__": "testing_md"})
