@@ -65,3 +65,30 @@ def test_the_testing_page_runs_as_written() -> None:
     assert len(blocks) == 3
     for block in blocks:
         exec(compile(block, "testing.md", "exec"), {"__name__": "testing_md"})
+
+
+def test_the_handlers_page_runs_or_says_fragment(tmp_path: Any) -> None:
+    blocks = python_blocks("handlers.md")
+    assert len(blocks) == 3
+    assert blocks[0].startswith("# fragment:")
+    exec(compile(blocks[1], "handlers.md", "exec"), {"__name__": "handlers_md"})  # asserts
+    namespace: dict[str, Any] = {"__name__": "handlers_md"}
+    exec(compile(blocks[2], "handlers.md", "exec"), namespace)
+    # The projection, run as the page says, on SQLite.
+    from tideflow.events import ANY, NewEvent
+    from tideflow.storage import open_event_store, open_handler_store
+    from tideflow.worker.handlers import HandlerRunner
+
+    url = f"sqlite:///{tmp_path / 'totals.db'}"
+    events, handlers = open_event_store(url), open_handler_store(url)
+    events.migrate()
+    for customer, total in (("ann", 10.0), ("bob", 5.0), ("ann", 2.5)):
+        events.append(
+            "orders", [NewEvent("OrderPlaced", {"customer": customer, "total": total})], ANY
+        )
+    HandlerRunner(events, handlers, [namespace["OrderTotals"]()]).run_until_idle()
+    with events.transaction() as tx:
+        rows = tx.execute("SELECT customer, orders, total FROM order_totals ORDER BY customer")
+        assert [tuple(r) for r in rows.fetchall()] == [("ann", 2, 12.5), ("bob", 1, 5.0)]
+    events.close()
+    handlers.close()

@@ -922,3 +922,29 @@ def test_ctx_execute_takes_one_placeholder_style_on_both_backends(
     append(events, 2)
     runner(events, handler_store, Notes()).run_until_idle()
     assert [r[0] for r in query(events, "SELECT t FROM notes")] == ["100% sure"] * 2
+
+
+def test_run_until_idle_on_a_database_nobody_migrated_says_so_instead_of_waiting(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A script's ``run_until_idle`` (issue 12: it waited forever, logging every second): a
+    serving runner waits for a migration, a run until idle raises ``SchemaNotReadyError``."""
+    from tideflow.errors import SchemaNotReadyError
+    from tideflow.storage import open_event_store
+
+    def check(url: str) -> None:
+        events, handlers = open_event_store(url), open_handler_store(url)
+        try:
+            with pytest.raises(SchemaNotReadyError, match="tideflow migrate"):
+                HandlerRunner(events, handlers, [Recorder()]).run_until_idle()
+        finally:
+            events.close()
+            handlers.close()
+
+    if backend == "sqlite":
+        check(f"sqlite:///{tmp_path / 'never-migrated.db'}")
+        return
+    from tests.pgdb import empty_database
+
+    with empty_database(request.getfixturevalue("pg_url")) as bare:
+        check(bare)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tideflow.clock import Clock
+from tideflow.errors import SchemaNotReadyError
 from tideflow.events.handling import (
     EventHandler,
     HandlerDefinitionError,
@@ -113,6 +114,7 @@ class HandlerRunner:
         self.timers_fired = 0
         """Timers this runner fired since it was made."""
         self._timer_loop: TimerLoop | None = None
+        self._schema_error: SchemaNotReadyError | None = None
         self._timers_idle_at = -1
         #: Logs database outages once for all of this runner's handlers.
         self.outage = Outage(log, f"handler runner {self.worker_id}")
@@ -153,6 +155,7 @@ class HandlerRunner:
         if self._forced:
             self._forced_event.set()
         self._until_idle = until_idle
+        self._schema_error = None
         self._timers_idle_at = -1
         self._slots = [HandlerSlot(h) for h in self.handlers]
         if not self._slots:
@@ -219,6 +222,8 @@ class HandlerRunner:
             # A later run() starts afresh (a stop() before run() holds).
             self._stopping = self._forced = False
             log.info("handler runner %s stopped", self.worker_id)
+        if self._schema_error is not None:
+            raise self._schema_error
 
     async def _wait_or_force(self, pending: list[asyncio.Task[None]]) -> set[asyncio.Task[None]]:
         """Wait up to ``shutdown_grace`` for ``pending``, less if forced; the tasks still
@@ -296,6 +301,12 @@ class HandlerRunner:
                 slot.owned = False
                 log.warning("%s", exc)
             except WAIT_OUT as exc:
+                if self._until_idle and isinstance(exc, SchemaNotReadyError):
+                    # Run until idle (a script, a test) on a database nobody migrated: waiting
+                    # for a migration would never end; say so instead.
+                    self._schema_error = exc
+                    self.stop()
+                    return
                 # The batch rolled back (or never began): nothing counted, nothing lost. Its
                 # lease may lapse meanwhile; then hold() says so and another worker goes on.
                 self._set_idle(slot, False)
