@@ -20,7 +20,10 @@ than is in stock is cancelled at the first step. A paid order is confirmed and t
 can neither lose the shipment nor start it twice.
 
 Run it:                  python examples/order_saga.py [DATABASE_URL]
-Then look:               tideflow sagas --app examples.order_saga
+                         (again: the orders are sent with idempotency keys, so a second run
+                         replays them and shows the same fates)
+Then look:               tideflow sagas [-d DATABASE_URL]
+                         tideflow saga INSTANCE_ID
                          tideflow runs
 """
 
@@ -186,9 +189,11 @@ class OrderFulfilment(ProcessManager):
 
 
 ORDERS = [
-    Command("PlaceOrder", "o-1", {"sku": "tea", "qty": 2, "amount": 120}),
-    Command("PlaceOrder", "o-2", {"sku": "tea", "qty": 1, "amount": 900}),  # card declined
-    Command("PlaceOrder", "o-3", {"sku": "tea", "qty": 5, "amount": 80}),  # out of stock
+    Command("PlaceOrder", "o-1", {"sku": "tea", "qty": 2, "amount": 120}, idempotency_key="o-1"),
+    # card declined:
+    Command("PlaceOrder", "o-2", {"sku": "tea", "qty": 1, "amount": 900}, idempotency_key="o-2"),
+    # out of stock:
+    Command("PlaceOrder", "o-3", {"sku": "tea", "qty": 5, "amount": 80}, idempotency_key="o-3"),
 ]
 
 
@@ -209,7 +214,7 @@ def main(database_url: str | None = None) -> dict[str, str]:
     """Stock the shelf, place the orders, run the worker until all is done; print and return
     each order's fate. Without a URL: $TIDEFLOW_DATABASE_URL, else ./tideflow.db."""
     with shop(database_url) as the_shop:
-        the_shop.dispatch(Command("AddStock", "tea", {"qty": 4}))
+        the_shop.dispatch(Command("AddStock", "tea", {"qty": 4}, idempotency_key="first-stock"))
         for order in ORDERS:
             the_shop.dispatch(order)
         the_shop.run_worker(until_idle=True, poll_interval=0.05)

@@ -142,6 +142,9 @@ def test_order_saga_main(db_url: str, capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out
     assert "ChargeCard for 'o-2' was refused: CardDeclined" in out
     assert "ReserveStock for 'tea' was refused: OutOfStock: 5 x tea wanted, 1 left" in out
+    # Run again on the same database: the orders are replayed by their keys, same fates.
+    assert example.main(db_url) == {"o-1": "confirmed", "o-2": "cancelled", "o-3": "cancelled"}
+    assert "tea on hand: 2;" in capsys.readouterr().out
     # tests/sagas/test_process_managers.py holds the saga to everything else
 
 
