@@ -160,29 +160,15 @@ ORDER BY started_at DESC, run_id
 LIMIT %(limit)s OFFSET %(offset)s
 
 -- name: claim_tasks
--- One statement picks and takes the batch. SKIP LOCKED lets concurrent workers pass over rows
--- another claim holds instead of queueing behind it, so no task attempt goes to two workers.
--- It also returns each task's run input and flow version, saving the engine a round trip.
-WITH claimed AS (
-    UPDATE tideflow.tasks t
-    SET status = 'started', attempts = t.attempts + 1, worker_id = %(worker_id)s,
-        started_at = %(now)s,
-        lease_expires_at = %(now)s + make_interval(secs => COALESCE(t.timeout, 0) + %(margin)s)
-    FROM (
-        SELECT run_id, step_slug, task_index FROM tideflow.tasks
-        WHERE status = 'queued' AND visible_at <= %(now)s AND flow_slug = ANY(%(flow_slugs)s)
-        ORDER BY visible_at
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
-    ) picked
-    WHERE t.run_id = picked.run_id AND t.step_slug = picked.step_slug
-      AND t.task_index = picked.task_index
-    RETURNING t.run_id, t.step_slug, t.task_index, t.flow_slug, t.attempts, t.input, t.timeout,
-              t.lease_expires_at
-)
-SELECT c.*, r.input AS run_input, r.flow_version, r.report IS NOT NULL AS reports,
-       r.report ->> 'correlation_id' AS correlation_id
-FROM claimed c JOIN tideflow.runs r ON r.run_id = c.run_id
+-- PL/pgSQL (migration 0012): one statement picks and takes the batch, FOR UPDATE SKIP LOCKED so
+-- that concurrent workers pass over rows another claim holds instead of queueing behind it (no
+-- task attempt goes to two workers), and returns each task's run input and flow version, saving
+-- the engine a round trip. A function so that its plan - the index-ordered scan of tasks_queued
+-- under the LIMIT - does not depend on the table's statistics (0012's header).
+SELECT run_id, step_slug, task_index, flow_slug, attempts, input, timeout, lease_expires_at,
+       run_input, flow_version, reports, correlation_id
+FROM tideflow.claim_tasks_v1(%(worker_id)s, %(flow_slugs)s::text[], %(limit)s::integer,
+                             %(now)s::timestamptz, %(margin)s::double precision)
 
 -- name: count_queued
 SELECT count(*) AS n FROM tideflow.tasks

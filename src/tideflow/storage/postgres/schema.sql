@@ -1,4 +1,4 @@
--- tideflow schema for PostgreSQL: the result of migrations 0001-0011, written out for readers.
+-- tideflow schema for PostgreSQL: the result of migrations 0001-0012, written out for readers.
 --
 -- What this file is. The tables, indexes and functions that `tideflow migrate` (store.migrate())
 -- leaves in schema `tideflow` once every migration in migrations/ has run, in one place, without
@@ -11,8 +11,8 @@
 -- headers explain the design - the run model and lock order (0001), the event store and why
 -- readers never miss an event (0002, 0004), handler leases (0003), process managers (0005),
 -- stalls (0007), process timers (0008), undo and retention of instances (0009), deleting
--- streams (0010), runs that report back (0011). A schema change is a new migration AND the
--- matching edit here.
+-- streams (0010), runs that report back (0011), flat cost as data grows (0012). A schema change
+-- is a new migration AND the matching edit here.
 --
 -- How it stays honest. tests/test_schema.py applies the migrations to one empty database and
 -- this file to another, and compares their catalogs: tables, columns (name, type, nullability,
@@ -22,7 +22,7 @@
 -- tables and columns, in mapped types.
 --
 -- Using it. Run on an empty database (psql -v ON_ERROR_STOP=1 -f schema.sql), it gives a database
--- that tideflow treats as fully migrated: it records versions 1-11 in schema_migrations as applied,
+-- that tideflow treats as fully migrated: it records versions 1-12 in schema_migrations as applied,
 -- so a later `tideflow migrate` applies only migrations newer than this file. Prefer `tideflow
 -- migrate`.
 --
@@ -75,9 +75,16 @@ CREATE TABLE tideflow.runs (
     finished_at     timestamptz,
     report          json,                           -- its end goes to the event log (0011)
     FOREIGN KEY (flow_slug, flow_version) REFERENCES tideflow.flows (flow_slug, version)
-);
+) WITH (fillfactor = 90, autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000,
+        autovacuum_analyze_scale_factor = 0.02, autovacuum_analyze_threshold = 1000);  -- 0012
 CREATE INDEX runs_by_started ON tideflow.runs (started_at DESC);
 CREATE INDEX runs_by_flow ON tideflow.runs (flow_slug, started_at DESC);
+-- list_runs by status; finished runs only, so the transitions' `run_id = ... AND status =
+-- 'started'` cannot be planned through it, whatever the statistics (0012).
+CREATE INDEX runs_finished_by_status ON tideflow.runs (status, started_at DESC, run_id)
+    WHERE status <> 'started';
+-- Retention: finished runs by age (0012).
+CREATE INDEX runs_by_finished ON tideflow.runs (finished_at) WHERE finished_at IS NOT NULL;
 
 CREATE TABLE tideflow.run_steps (
     run_id          text        NOT NULL REFERENCES tideflow.runs (run_id) ON DELETE CASCADE,
@@ -105,7 +112,8 @@ CREATE TABLE tideflow.run_steps (
     -- when the run starts, like max_attempts).
     max_stalls      integer     NOT NULL DEFAULT 3 CHECK (max_stalls >= 0),
     PRIMARY KEY (run_id, step_slug)
-);
+) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000,
+        autovacuum_analyze_scale_factor = 0.02, autovacuum_analyze_threshold = 1000);  -- 0012
 
 CREATE TABLE tideflow.tasks (
     run_id           text        NOT NULL,
@@ -130,11 +138,13 @@ CREATE TABLE tideflow.tasks (
     PRIMARY KEY (run_id, step_slug, task_index),
     FOREIGN KEY (run_id, step_slug) REFERENCES tideflow.run_steps (run_id, step_slug)
         ON DELETE CASCADE
-);
--- The claim reads only this partial index: queued tasks by visibility.
+) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000,
+        autovacuum_analyze_scale_factor = 0.02, autovacuum_analyze_threshold = 1000);  -- 0012
+-- The claim (claim_tasks_v1) reads only this partial index: queued tasks by visibility.
 CREATE INDEX tasks_queued ON tideflow.tasks (visible_at) WHERE status = 'queued';
--- Stalled-task recovery reads only this one.
-CREATE INDEX tasks_started ON tideflow.tasks (lease_expires_at) WHERE status = 'started';
+-- Stalled-task recovery reads only this one: keyed on leases, not on the 'started' status, so
+-- that completions and heartbeats (by key and status) are never planned through it (0012).
+CREATE INDEX tasks_leased ON tideflow.tasks (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
 
 
 -- =================================================================================================
@@ -189,6 +199,8 @@ CREATE TABLE tideflow.idempotency_keys (
     result      json,
     recorded_at timestamptz NOT NULL
 );
+-- Their expiry: keys by age (0012).
+CREATE INDEX idempotency_keys_by_age ON tideflow.idempotency_keys (recorded_at);
 
 -- How far each handler has processed the log: the position of the last event it handled,
 -- advanced in the handler's own transaction, next to its writes.
@@ -236,6 +248,9 @@ CREATE TABLE tideflow.dead_letters (
     CONSTRAINT dead_letters_event UNIQUE (handler, position)
 );
 CREATE INDEX dead_letters_pending ON tideflow.dead_letters (handler, id) WHERE retried_at IS NULL;
+-- Retention: retried dead letters by age (0012).
+CREATE INDEX dead_letters_retried ON tideflow.dead_letters (retried_at)
+    WHERE retried_at IS NOT NULL;
 
 -- The instances of process managers (sagas), one per (manager, process id), read FOR UPDATE and
 -- written in the handler's batch transaction. Events at or below last_position were applied
@@ -295,6 +310,7 @@ CREATE INDEX process_timers_due ON tideflow.process_timers (fire_at);
 -- Called by this release (storage/postgres/queries.sql, events_queries.sql):
 --     start_run_v2         start a run: its row, its steps, the tasks of its root steps (0007)
 --     complete_tasks_v1    record a batch of task completions and move runs on (0001)
+--     claim_tasks_v1       claim queued tasks, planned alike with or without statistics (0012)
 --     append_events_v3     append events to one stream under an expectation, refusing a
 --                          deleted stream (0010)
 --     event_horizon_v2     the highest position readers may read now (0004)
@@ -799,7 +815,45 @@ END
 $$;
 
 
--- A database created from this file has every migration up to 0011: record them, so that
+-- Claim up to p_limit visible queued tasks of the given flows for p_worker: the claim of
+-- queries.sql (0001's model: FOR UPDATE SKIP LOCKED, so concurrent claims pass over each other)
+-- with each task's run input, flow version and report columns. See 2 above for the SET clauses.
+CREATE FUNCTION tideflow.claim_tasks_v1(p_worker text, p_flows text[], p_limit integer,
+                                        p_now timestamptz, p_margin double precision)
+RETURNS TABLE (run_id text, step_slug text, task_index integer, flow_slug text,
+               attempts integer, input jsonb, timeout double precision,
+               lease_expires_at timestamptz, run_input jsonb, flow_version text,
+               reports boolean, correlation_id text)
+LANGUAGE plpgsql
+SET enable_sort = off SET enable_seqscan = off SET enable_bitmapscan = off
+AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH claimed AS (
+        UPDATE tideflow.tasks t
+        SET status = 'started', attempts = t.attempts + 1, worker_id = p_worker,
+            started_at = p_now,
+            lease_expires_at = p_now + make_interval(secs => COALESCE(t.timeout, 0) + p_margin)
+        FROM (
+            SELECT q.run_id, q.step_slug, q.task_index FROM tideflow.tasks q
+            WHERE q.status = 'queued' AND q.visible_at <= p_now AND q.flow_slug = ANY(p_flows)
+            ORDER BY q.visible_at
+            LIMIT p_limit
+            FOR UPDATE SKIP LOCKED
+        ) picked
+        WHERE t.run_id = picked.run_id AND t.step_slug = picked.step_slug
+          AND t.task_index = picked.task_index
+        RETURNING t.run_id, t.step_slug, t.task_index, t.flow_slug, t.attempts, t.input,
+                  t.timeout, t.lease_expires_at
+    )
+    SELECT c.run_id, c.step_slug, c.task_index, c.flow_slug, c.attempts, c.input, c.timeout,
+           c.lease_expires_at, r.input, r.flow_version, r.report IS NOT NULL,
+           r.report ->> 'correlation_id'
+    FROM claimed c JOIN tideflow.runs r ON r.run_id = c.run_id;
+END $$;
+
+-- A database created from this file has every migration up to 0012: record them, so that
 -- `tideflow migrate` applies only later ones. applied_at is when this file ran.
 INSERT INTO tideflow.schema_migrations (version, name, applied_at) VALUES
     (1, 'initial', now()),
@@ -812,6 +866,7 @@ INSERT INTO tideflow.schema_migrations (version, name, applied_at) VALUES
     (8, 'process_timers', now()),
     (9, 'process_undo', now()),
     (10, 'stream_deletion', now()),
-    (11, 'run_reports', now());
+    (11, 'run_reports', now()),
+    (12, 'flat_cost', now());
 
 COMMIT;
