@@ -524,6 +524,19 @@ class SqlFlowStore:
                 )
             ]
 
+    def purge_finished_runs(self, older_than: float, limit: int = 500) -> int:
+        before = self.clock.now() - timedelta(seconds=older_than)
+        with self._tx() as tx:
+            run_ids = [
+                r["run_id"] for r in tx.rows("finished_runs_before", before=before, limit=limit)
+            ]
+            if not run_ids:
+                return 0
+            # Children first: on PostgreSQL the foreign keys' cascades then find nothing to do.
+            tx.run("delete_run_tasks", run_ids=run_ids)
+            tx.run("delete_run_steps", run_ids=run_ids)
+            return tx.run("delete_runs", run_ids=run_ids)
+
     # --- the worker's side -----------------------------------------------------------------------
     def claim_tasks(
         self, worker_id: str, flow_slugs: Sequence[str], limit: int, lease_margin: float

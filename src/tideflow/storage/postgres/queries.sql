@@ -275,3 +275,21 @@ ORDER BY run_id
 
 -- name: clear_reports
 UPDATE tideflow.runs SET report = NULL WHERE run_id = ANY(%(run_ids)s)
+
+-- name: finished_runs_before
+-- Retention, one batch: the runs that ended before the cut-off, oldest first (runs_by_finished,
+-- 0012). A run still owed its report is left for the transaction that ends it to clear.
+SELECT run_id FROM tideflow.runs
+WHERE finished_at < %(before)s AND status <> 'started' AND report IS NULL
+ORDER BY finished_at
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+
+-- name: delete_run_tasks
+DELETE FROM tideflow.tasks WHERE run_id = ANY(%(run_ids)s)
+
+-- name: delete_run_steps
+DELETE FROM tideflow.run_steps WHERE run_id = ANY(%(run_ids)s)
+
+-- name: delete_runs
+DELETE FROM tideflow.runs WHERE run_id = ANY(%(run_ids)s)

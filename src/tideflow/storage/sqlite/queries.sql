@@ -268,3 +268,20 @@ ORDER BY run_id
 
 -- name: clear_reports
 UPDATE runs SET report = NULL WHERE run_id IN (SELECT value FROM json_each(%(run_ids)s))
+
+-- name: finished_runs_before
+-- Retention, one batch: the runs that ended before the cut-off, oldest first (runs_by_finished,
+-- 0012). A run still owed its report is left for the transaction that ends it to clear.
+SELECT run_id FROM runs
+WHERE finished_at < %(before)s AND status <> 'started' AND report IS NULL
+ORDER BY finished_at
+LIMIT %(limit)s
+
+-- name: delete_run_tasks
+DELETE FROM tasks WHERE run_id IN (SELECT value FROM json_each(%(run_ids)s))
+
+-- name: delete_run_steps
+DELETE FROM run_steps WHERE run_id IN (SELECT value FROM json_each(%(run_ids)s))
+
+-- name: delete_runs
+DELETE FROM runs WHERE run_id IN (SELECT value FROM json_each(%(run_ids)s))
