@@ -133,14 +133,17 @@ IdempotencyWindowOpt = Annotated[
 ]
 
 
-def _retention(retention: str | None, idempotency_window: str | None) -> Retention | None:
-    if retention is None and idempotency_window is None:
+def _retention(
+    runs: str | None,
+    keys: str | None,
+    names: tuple[str, str] = ("--retention", "--idempotency-window"),
+) -> Retention | None:
+    """The Retention of two duration options (``names``: how the command calls them)."""
+    if runs is None and keys is None:
         return None
     return Retention(
-        runs=None if retention is None else parse_duration(retention, "--retention"),
-        idempotency_keys=None
-        if idempotency_window is None
-        else parse_duration(idempotency_window, "--idempotency-window"),
+        runs=None if runs is None else parse_duration(runs, names[0]),
+        idempotency_keys=None if keys is None else parse_duration(keys, names[1]),
     )
 
 
@@ -524,7 +527,11 @@ def purge(
             "nothing to purge: pass --older-than (e.g. 30d) and/or "
             "--idempotency-keys-older-than (e.g. 7d)"
         )
-    keep = _retention(older_than, idempotency_keys_older_than)
+    keep = _retention(
+        older_than,
+        idempotency_keys_older_than,
+        ("--older-than", "--idempotency-keys-older-than"),
+    )
     assert keep is not None
     with build_app(database_url) as app:  # like cancel: never creates the schema
         done = app.purge(
