@@ -527,9 +527,8 @@ class SqlFlowStore:
     def purge_finished_runs(self, older_than: float, limit: int = 500) -> int:
         before = self.clock.now() - timedelta(seconds=older_than)
         with self._tx() as tx:
-            run_ids = [
-                r["run_id"] for r in tx.rows("finished_runs_before", before=before, limit=limit)
-            ]
+            found = tx.rows("finished_runs_before", before=before, limit=limit)
+            run_ids = [r["run_id"] for r in found if not r["owed"]]
             if not run_ids:
                 return 0
             # Children first: on PostgreSQL the foreign keys' cascades then find nothing to do.
