@@ -259,8 +259,9 @@ SELECT tideflow.start_run_v2(%(run_id)s, %(flow_slug)s, %(flow_version)s, %(inpu
                              %(steps)s::jsonb, %(now)s) AS notify
 
 -- name: complete_tasks_batch
--- PL/pgSQL (migration 0001): a whole batch of completions in one round trip.
-SELECT tideflow.complete_tasks_v1(%(worker_id)s, %(rows)s::jsonb, %(now)s) AS notify
+-- PL/pgSQL (migration 0012; v1 of 0001 went row by row): a whole batch of completions in one
+-- round trip, in a fixed number of statements.
+SELECT tideflow.complete_tasks_v2(%(worker_id)s, %(rows)s::jsonb, %(now)s) AS notify
 
 -- name: set_report
 UPDATE tideflow.runs SET report = %(report)s::json WHERE run_id = %(run_id)s

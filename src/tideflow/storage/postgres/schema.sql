@@ -77,8 +77,9 @@ CREATE TABLE tideflow.runs (
     FOREIGN KEY (flow_slug, flow_version) REFERENCES tideflow.flows (flow_slug, version)
 ) WITH (fillfactor = 90, autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000,
         autovacuum_analyze_scale_factor = 0.02, autovacuum_analyze_threshold = 1000);  -- 0012
-CREATE INDEX runs_by_started ON tideflow.runs (started_at DESC);
-CREATE INDEX runs_by_flow ON tideflow.runs (flow_slug, started_at DESC);
+-- list_runs; run_id is its tie-breaker, so that no listing sorts a burst of runs (0012).
+CREATE INDEX runs_by_started ON tideflow.runs (started_at DESC, run_id);
+CREATE INDEX runs_by_flow ON tideflow.runs (flow_slug, started_at DESC, run_id);
 -- list_runs by status; finished runs only, so the transitions' `run_id = ... AND status =
 -- 'started'` cannot be planned through it, whatever the statistics (0012).
 CREATE INDEX runs_finished_by_status ON tideflow.runs (status, started_at DESC, run_id)
@@ -309,14 +310,16 @@ CREATE INDEX process_timers_due ON tideflow.process_timers (fire_at);
 --
 -- Called by this release (storage/postgres/queries.sql, events_queries.sql):
 --     start_run_v2         start a run: its row, its steps, the tasks of its root steps (0007)
---     complete_tasks_v1    record a batch of task completions and move runs on (0001)
+--     complete_tasks_v2    record a batch of task completions and move runs on, set by set (0012)
 --     claim_tasks_v1       claim queued tasks, planned alike with or without statistics (0012)
 --     append_events_v3     append events to one stream under an expectation, refusing a
 --                          deleted stream (0010)
 --     event_horizon_v2     the highest position readers may read now (0004)
--- Helpers of the flow functions: _fail_run_v1, _json_type_v1, _queue_step_v1, _step_completed_v1.
+-- Helpers of the flow functions: _fail_run_v1, _json_type_v1, _queue_step_v1, _step_completed_v1,
+-- _start_dependents_v1.
 -- Kept for workers of the previous release during an upgrade, not called by this one:
 --     start_run_v1         as start_run_v2, without max_stalls (runs get the default, 3)
+--     complete_tasks_v1    as complete_tasks_v2, one completion at a time (0001)
 --     append_events_v2     as append_events_v3, without the deleted-stream check (0004)
 -- Dropped by 0004, so absent: append_events_v1 and event_horizon_v1 (the gate protocol of 0002).
 --
@@ -851,6 +854,137 @@ BEGIN
            c.lease_expires_at, r.input, r.flow_version, r.report IS NOT NULL,
            r.report ->> 'correlation_id'
     FROM claimed c JOIN tideflow.runs r ON r.run_id = c.run_id;
+END $$;
+
+-- Start the dependents of a step of p_run that has just completed (p_dependents: their slugs):
+-- count the dependency off each, mark a ready single step started, and queue the ready ones'
+-- tasks. The second half of _step_completed_v1 (0001), for complete_tasks_v2, which counts the
+-- steps off their runs itself, for the whole batch at once. Returns as _queue_step_v1 does.
+CREATE FUNCTION tideflow._start_dependents_v1(p_run text, p_flow text, p_dependents jsonb,
+                                              p_now timestamptz)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    r tideflow.run_steps;
+    v integer;
+    v_result integer := 0;
+BEGIN
+    FOR r IN
+        UPDATE tideflow.run_steps
+        SET remaining_deps = remaining_deps - 1,
+            status = CASE WHEN remaining_deps = 1 AND kind = 'single' THEN 'started'
+                          ELSE status END,
+            initial_tasks = CASE WHEN remaining_deps = 1 AND kind = 'single' THEN 1
+                                 ELSE initial_tasks END,
+            remaining_tasks = CASE WHEN remaining_deps = 1 AND kind = 'single' THEN 1
+                                   ELSE remaining_tasks END,
+            started_at = CASE WHEN remaining_deps = 1 AND kind = 'single' THEN p_now
+                              ELSE started_at END
+        WHERE run_id = p_run
+          AND step_slug IN (SELECT jsonb_array_elements_text(p_dependents))
+        RETURNING *
+    LOOP
+        CONTINUE WHEN r.remaining_deps <> 0;
+        v := tideflow._queue_step_v1(p_run, p_flow, r, NULL, p_now);
+        IF v < 0 THEN
+            RETURN -1;  -- the run failed; its other steps were skipped
+        END IF;
+        v_result := greatest(v_result, v);
+    END LOOP;
+    RETURN v_result;
+END $$;
+
+-- complete_tasks_v1 (0001) set by set instead of row by row: the same transitions, in a fixed
+-- number of statements per batch - the tasks, then their steps, then the runs of the steps that
+-- completed - so that a batch of 256 completions costs a few statements, not 768 (25 ms -> a
+-- few ms, measured in docs/benchmarks.md), like the flow store's own path on SQLite. Only the
+-- dependents of completed steps are started one step at a time, as before. A new name: workers
+-- of the previous release keep calling complete_tasks_v1, which stays.
+--
+-- As in v1, a completion counts only for the worker's own started attempt, and the runs of the
+-- batch are locked first, in run_id order. Where v1 met, in one batch, a completion of a run that
+-- an earlier completion of the batch had just failed (a map step fed a non-list), it cancelled
+-- that task; here every task of the batch is completed first, as on SQLite, and the failed run
+-- stays failed.
+CREATE FUNCTION tideflow.complete_tasks_v2(p_worker text, p_rows jsonb, p_now timestamptz)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    v_finished jsonb;
+    r record;
+    f record;
+    v integer;
+    v_notify boolean := false;
+BEGIN
+    PERFORM 1 FROM tideflow.runs
+    WHERE run_id IN (SELECT b.run_id FROM jsonb_to_recordset(p_rows) AS b(run_id text))
+    ORDER BY run_id
+    FOR UPDATE;
+    -- The tasks, by primary key; then their steps, counted down by the tasks completed, and
+    -- completed when none is left (a single step's output is its task's; a map's is gathered
+    -- below). v_finished: the steps that completed.
+    WITH done AS (
+        UPDATE tideflow.tasks t
+        SET status = 'completed', output = b.output::jsonb, finished_at = p_now,
+            lease_expires_at = NULL
+        FROM jsonb_to_recordset(p_rows) AS b(
+            run_id text, step_slug text, task_index integer, attempt integer, output text)
+        WHERE t.run_id = b.run_id AND t.step_slug = b.step_slug AND t.task_index = b.task_index
+          AND t.attempts = b.attempt AND t.status = 'started' AND t.worker_id = p_worker
+        RETURNING t.run_id, t.step_slug, t.flow_slug, b.output
+    ), per_step AS (
+        SELECT d.run_id, d.step_slug, min(d.flow_slug) AS flow_slug, count(*)::integer AS n,
+               min(d.output) AS output
+        FROM done d GROUP BY d.run_id, d.step_slug
+    ), steps AS (
+        UPDATE tideflow.run_steps s
+        SET remaining_tasks = s.remaining_tasks - p.n,
+            status = CASE WHEN s.remaining_tasks = p.n THEN 'completed' ELSE s.status END,
+            finished_at = CASE WHEN s.remaining_tasks = p.n THEN p_now ELSE s.finished_at END,
+            output = CASE WHEN s.remaining_tasks = p.n AND s.kind = 'single'
+                          THEN p.output::jsonb ELSE s.output END
+        FROM per_step p
+        WHERE s.run_id = p.run_id AND s.step_slug = p.step_slug
+        RETURNING s.run_id, s.step_slug, s.kind, s.dependents, s.remaining_tasks, p.flow_slug
+    )
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+               'run_id', run_id, 'step_slug', step_slug, 'kind', kind,
+               'dependents', dependents, 'flow_slug', flow_slug)), '[]'::jsonb)
+    INTO v_finished
+    FROM steps WHERE remaining_tasks = 0;
+    IF v_finished = '[]'::jsonb THEN
+        RETURN false;
+    END IF;
+    UPDATE tideflow.run_steps s SET output = (
+        SELECT jsonb_agg(t.output ORDER BY t.task_index) FROM tideflow.tasks t
+        WHERE t.run_id = s.run_id AND t.step_slug = s.step_slug)
+    FROM jsonb_to_recordset(v_finished) AS m(run_id text, step_slug text, kind text)
+    WHERE m.kind = 'map' AND s.run_id = m.run_id AND s.step_slug = m.step_slug;
+    -- Count the completed steps off their runs, completing a run after its last step with its
+    -- leaf steps' outputs; then start the dependents of the completed steps of runs going on.
+    FOR r IN
+        UPDATE tideflow.runs u
+        SET remaining_steps = u.remaining_steps - c.n,
+            status = CASE WHEN u.remaining_steps = c.n THEN 'completed' ELSE u.status END,
+            finished_at = CASE WHEN u.remaining_steps = c.n THEN p_now ELSE u.finished_at END,
+            output = CASE WHEN u.remaining_steps = c.n THEN (
+                SELECT jsonb_object_agg(l.step_slug, l.output) FROM tideflow.run_steps l
+                WHERE l.run_id = u.run_id AND l.dependents = '[]'::jsonb) ELSE u.output END
+        FROM (SELECT x.run_id, count(*)::integer AS n
+              FROM jsonb_to_recordset(v_finished) AS x(run_id text) GROUP BY x.run_id) c
+        WHERE u.run_id = c.run_id AND u.status = 'started'
+        RETURNING u.run_id, u.remaining_steps
+    LOOP
+        CONTINUE WHEN r.remaining_steps = 0;
+        FOR f IN
+            SELECT x.flow_slug, x.dependents
+            FROM jsonb_to_recordset(v_finished) AS x(run_id text, flow_slug text, dependents jsonb)
+            WHERE x.run_id = r.run_id AND x.dependents <> '[]'::jsonb
+        LOOP
+            v := tideflow._start_dependents_v1(r.run_id, f.flow_slug, f.dependents, p_now);
+            EXIT WHEN v < 0;  -- the run failed: its other steps were skipped
+            v_notify := v_notify OR v > 0;
+        END LOOP;
+    END LOOP;
+    RETURN v_notify;
 END $$;
 
 -- A database created from this file has every migration up to 0012: record them, so that

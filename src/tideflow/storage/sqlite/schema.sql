@@ -65,8 +65,9 @@ CREATE TABLE runs (
     report          TEXT CHECK (report IS NULL OR json_valid(report)),  -- to the event log (0011)
     FOREIGN KEY (flow_slug, flow_version) REFERENCES flows (flow_slug, version)
 );
-CREATE INDEX runs_by_started ON runs (started_at DESC);
-CREATE INDEX runs_by_flow ON runs (flow_slug, started_at DESC);
+-- list_runs; run_id is its tie-breaker (0012).
+CREATE INDEX runs_by_started ON runs (started_at DESC, run_id);
+CREATE INDEX runs_by_flow ON runs (flow_slug, started_at DESC, run_id);
 -- list_runs by status; finished runs only, so the transitions' `run_id = ? AND status =
 -- 'started'` cannot use it (0012).
 CREATE INDEX runs_finished_by_status ON runs (status, started_at DESC, run_id)
