@@ -130,7 +130,9 @@ def run_backend(backend: str, runs: int) -> dict[str, str]:
 
 
 CLAIM = "SELECT * FROM tideflow.claim_tasks_v1('bench', ARRAY['bench_history'], 256, now(), 30)"
-COMPLETE = "SELECT tideflow.complete_tasks_v1('bench-worker', %(rows)s::jsonb, now())"
+#: This release's completion (v2), and the previous release's (v1) for comparison.
+COMPLETE = "SELECT tideflow.complete_tasks_v2('bench-worker', %(rows)s::jsonb, now())"
+COMPLETE_V1 = "SELECT tideflow.complete_tasks_v1('bench-worker', %(rows)s::jsonb, now())"
 LIST_RUNS = (
     "SELECT run_id FROM tideflow.runs WHERE status = %(status)s "
     "ORDER BY started_at DESC, run_id LIMIT 50"
@@ -185,18 +187,20 @@ def run_large(history: int, backlog: int, small: int) -> None:
                 )
             )
         insert_runs(url, 256, status="started", prefix="c")
-        few = timed(url, COMPLETE, _completions("c", 256))
+        batch = _completions("c", 256)
+        few = [timed(url, sql, batch) for sql in (COMPLETE, COMPLETE_V1)]
         insert_runs(url, 10_000 - 256, status="started", prefix="d")
-        stale = timed(url, COMPLETE, _completions("c", 256))
+        stale = [timed(url, sql, batch) for sql in (COMPLETE, COMPLETE_V1)]
         analyze(url)
-        fresh = timed(url, COMPLETE, _completions("c", 256))
-        figures.append(
-            (
-                "completion batch of 256 ms",
-                f"{few:.1f} (256 in flight)",
-                f"{stale:.1f} stale stats / {fresh:.1f} fresh (10,000 in flight)",
+        fresh = [timed(url, sql, batch) for sql in (COMPLETE, COMPLETE_V1)]
+        for i, version in enumerate(("v2", "v1")):
+            figures.append(
+                (
+                    f"completion batch of 256 ms ({version})",
+                    f"{few[i]:.1f} (256 in flight)",
+                    f"{stale[i]:.1f} stale stats / {fresh[i]:.1f} fresh (10,000 in flight)",
+                )
             )
-        )
     finally:
         drop()
     claims = {}

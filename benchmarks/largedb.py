@@ -80,12 +80,15 @@ def insert_runs(url: str, n: int, *, status: str = "finished", prefix: str = "h"
 
 def start_backlog(url: str, definition: FlowDefinition, n: int, prefix: str = "b") -> float:
     """``n`` runs of ``definition`` started by ``start_run_v2`` in the server (the flow version
-    must be recorded already: App.store.ensure_flow). Seconds it took."""
+    must be recorded already: App.store.ensure_flow), 10 microseconds apart, as if started
+    one after the other. Seconds it took."""
     t0 = time.perf_counter()
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             "SELECT count(tideflow.start_run_v2(%(prefix)s || i, %(slug)s, %(version)s, "
-            "'{\"x\": 1}'::jsonb, %(steps)s::jsonb, now())) FROM generate_series(1, %(n)s) i",
+            "'{\"x\": 1}'::jsonb, %(steps)s::jsonb, "
+            "now() - make_interval(secs => (%(n)s - i) / 100000.0))) "
+            "FROM generate_series(1, %(n)s) i",
             {
                 "prefix": prefix,
                 "slug": definition.slug,
@@ -102,11 +105,16 @@ def analyze(url: str) -> None:
         conn.execute("ANALYZE")
 
 
-def timed(url: str, sql: str, params: dict[str, Any], repeat: int = 20) -> float:
+def timed(url: str, sql: str, params: dict[str, Any], repeat: int = 50) -> float:
     """Median milliseconds of ``sql``, each run in a transaction that is rolled back (so a
-    claim or completion measured leaves the data as it was)."""
+    claim or completion measured leaves the data as it was), after three runs not counted
+    (the session's first call plans and compiles; the first reads of fresh rows set their
+    hint bits)."""
     samples = []
     with psycopg.connect(url) as conn:
+        for _ in range(3):
+            with conn.transaction(force_rollback=True):
+                conn.execute(sql, params).fetchall()
         for _ in range(repeat):
             t0 = time.perf_counter()
             with conn.transaction(force_rollback=True):

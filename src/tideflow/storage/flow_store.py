@@ -306,7 +306,7 @@ class SqlFlowStore:
         with self._tx() as tx:
             if self.db.fast_paths:
                 # The dialect's complete_tasks_batch does all of _complete_tasks in one round
-                # trip (PostgreSQL: tideflow.complete_tasks_v1).
+                # trip (PostgreSQL: tideflow.complete_tasks_v2).
                 notify = tx.rows(
                     "complete_tasks_batch",
                     worker_id=worker_id,

@@ -238,11 +238,10 @@ SET status = 'failed', error = %(error)s, finished_at = %(finished_at)s, lease_e
 WHERE run_id = %(run_id)s AND step_slug = %(step_slug)s AND task_index = %(task_index)s
 
 -- name: extend_leases
-UPDATE tideflow.tasks t
-SET lease_expires_at = %(now)s + make_interval(secs => COALESCE(t.timeout, 0) + %(margin)s)
-FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(run_id text, step_slug text, task_index integer)
-WHERE t.run_id = b.run_id AND t.step_slug = b.step_slug AND t.task_index = b.task_index
-  AND t.worker_id = %(worker_id)s AND t.status = 'started'
+-- PL/pgSQL (migration 0012): the statement as before, planned by primary key whatever the
+-- table's statistics.
+SELECT tideflow.extend_leases_v1(%(worker_id)s, %(rows)s::jsonb, %(now)s::timestamptz,
+                                 %(margin)s::double precision) AS renewed
 
 -- name: release_tasks
 UPDATE tideflow.tasks t
