@@ -129,7 +129,7 @@ def run_backend(backend: str, runs: int) -> dict[str, str]:
     }
 
 
-CLAIM = "SELECT * FROM tideflow.claim_tasks_v1('bench', ARRAY['bench_history'], 256, now(), 30)"
+CLAIM = "SELECT * FROM tideflow.claim_tasks_v1('bench', ARRAY['bench_history'], %(n)s, now(), 30)"
 #: This release's completion (v2), and the previous release's (v1) for comparison.
 COMPLETE = "SELECT tideflow.complete_tasks_v2('bench-worker', %(rows)s::jsonb, now())"
 COMPLETE_V1 = "SELECT tideflow.complete_tasks_v1('bench-worker', %(rows)s::jsonb, now())"
@@ -160,6 +160,18 @@ def _drain(url: str, n: int, concurrency: int, prefix: str) -> float:
 
 def run_large(history: int, backlog: int, small: int) -> None:
     figures: list[tuple[str, str, str]] = []  # (what, small database, large database)
+    claims = {}
+    for queued in (1_000, 300_000):
+        url, drop = pg_database()
+        try:
+            with App(url) as app:
+                app.migrate()
+            insert_runs(url, queued, status="queued", prefix="q")
+            without = [timed(url, CLAIM, {"n": n}) for n in (10, 256)]
+            analyze(url)
+            claims[queued] = [*without, *(timed(url, CLAIM, {"n": n}) for n in (10, 256))]
+        finally:
+            drop()
     url, drop = pg_database()
     try:
         with App(url, flows=FLOWS) as app:
@@ -203,18 +215,6 @@ def run_large(history: int, backlog: int, small: int) -> None:
             )
     finally:
         drop()
-    claims = {}
-    for queued in (1_000, 300_000):
-        url, drop = pg_database()
-        try:
-            with App(url) as app:
-                app.migrate()
-            insert_runs(url, queued, status="queued", prefix="q")
-            without = [timed(url, CLAIM, {"n": n}) for n in (10, 256)]
-            analyze(url)
-            claims[queued] = [*without, *(timed(url, CLAIM, {"n": n}) for n in (10, 256))]
-        finally:
-            drop()
     for i, n in enumerate((10, 256)):
         figures.append(
             (

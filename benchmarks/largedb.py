@@ -101,24 +101,30 @@ def start_backlog(url: str, definition: FlowDefinition, n: int, prefix: str = "b
 
 
 def analyze(url: str) -> None:
+    """ANALYZE, then CHECKPOINT, so that what follows is not measured while the server flushes
+    the bulk insert."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("ANALYZE")
+        conn.execute("CHECKPOINT")
 
 
 def timed(url: str, sql: str, params: dict[str, Any], repeat: int = 50) -> float:
-    """Median milliseconds of ``sql``, each run in a transaction that is rolled back (so a
-    claim or completion measured leaves the data as it was), after three runs not counted
-    (the session's first call plans and compiles; the first reads of fresh rows set their
-    hint bits)."""
+    """Median milliseconds the server spends executing ``sql`` (EXPLAIN ANALYZE's execution
+    time, without per-node timing), each run in a transaction that is rolled back (so a claim or
+    completion measured leaves the data as it was), after three runs not counted (the session's
+    first call plans and compiles; the first reads of fresh rows set their hint bits). Server
+    time rather than the client's clock: on a machine shared with other work, a round trip's
+    wait for a CPU adds milliseconds that have nothing to do with the statement."""
     samples = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        # Bulk inserts and dropped databases leave the server flushing: measure after it.
+        conn.execute("CHECKPOINT")
     with psycopg.connect(url) as conn:
-        for _ in range(3):
+        for i in range(repeat + 3):
             with conn.transaction(force_rollback=True):
-                conn.execute(sql, params).fetchall()
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            with conn.transaction(force_rollback=True):
-                conn.execute(sql, params).fetchall()
-            samples.append((time.perf_counter() - t0) * 1000)
+                plan = conn.execute(f"EXPLAIN (ANALYZE, TIMING OFF) {sql}", params).fetchall()
+            if i >= 3:
+                line = next(r[0] for r in plan if r[0].startswith("Execution Time"))
+                samples.append(float(line.split()[2]))
     samples.sort()
     return samples[len(samples) // 2]

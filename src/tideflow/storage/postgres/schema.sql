@@ -936,9 +936,10 @@ SET enable_seqscan = off
 AS $$
 DECLARE
     v_finished jsonb;
-    r record;
+    v_next jsonb;
     f record;
     v integer;
+    v_failed text;
     v_notify boolean := false;
 BEGIN
     PERFORM 1 FROM tideflow.runs
@@ -986,8 +987,8 @@ BEGIN
     FROM jsonb_to_recordset(v_finished) AS m(run_id text, step_slug text, kind text)
     WHERE m.kind = 'map' AND s.run_id = m.run_id AND s.step_slug = m.step_slug;
     -- Count the completed steps off their runs, completing a run after its last step with its
-    -- leaf steps' outputs; then start the dependents of the completed steps of runs going on.
-    FOR r IN
+    -- leaf steps' outputs; v_next: the completed steps with dependents, of runs going on.
+    WITH counted AS (
         UPDATE tideflow.runs u
         SET remaining_steps = u.remaining_steps - c.n,
             status = CASE WHEN u.remaining_steps = c.n THEN 'completed' ELSE u.status END,
@@ -999,17 +1000,22 @@ BEGIN
               FROM jsonb_to_recordset(v_finished) AS x(run_id text) GROUP BY x.run_id) c
         WHERE u.run_id = c.run_id AND u.status = 'started'
         RETURNING u.run_id, u.remaining_steps
+    )
+    SELECT jsonb_agg(x.* ORDER BY x.run_id) INTO v_next
+    FROM counted
+    JOIN jsonb_to_recordset(v_finished) AS x(run_id text, flow_slug text, dependents jsonb)
+      ON x.run_id = counted.run_id
+    WHERE counted.remaining_steps > 0 AND x.dependents <> '[]'::jsonb;
+    -- Then start their dependents, one completed step at a time.
+    FOR f IN
+        SELECT * FROM jsonb_to_recordset(v_next) AS x(run_id text, flow_slug text, dependents jsonb)
     LOOP
-        CONTINUE WHEN r.remaining_steps = 0;
-        FOR f IN
-            SELECT x.flow_slug, x.dependents
-            FROM jsonb_to_recordset(v_finished) AS x(run_id text, flow_slug text, dependents jsonb)
-            WHERE x.run_id = r.run_id AND x.dependents <> '[]'::jsonb
-        LOOP
-            v := tideflow._start_dependents_v1(r.run_id, f.flow_slug, f.dependents, p_now);
-            EXIT WHEN v < 0;  -- the run failed: its other steps were skipped
-            v_notify := v_notify OR v > 0;
-        END LOOP;
+        CONTINUE WHEN f.run_id = v_failed;  -- the run failed: its other steps were skipped
+        v := tideflow._start_dependents_v1(f.run_id, f.flow_slug, f.dependents, p_now);
+        IF v < 0 THEN
+            v_failed := f.run_id;
+        END IF;
+        v_notify := v_notify OR v > 0;
     END LOOP;
     RETURN v_notify;
 END $$;
