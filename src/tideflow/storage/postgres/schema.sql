@@ -411,15 +411,13 @@ END $$;
 
 -- A step of the run has just been marked completed (its row already holds its output): count
 -- it off the run - completing the run with its leaf steps' outputs after the last step - and
--- start the dependents it was the last dependency of. Returns as _queue_step_v1 does.
+-- start the dependents it was the last dependency of (_start_dependents_v1; 0012 moved that half
+-- there, so this body is 0012's). Returns as _queue_step_v1 does.
 CREATE FUNCTION tideflow._step_completed_v1(p_run text, p_flow text, p_dependents jsonb,
                                             p_now timestamptz)
 RETURNS integer LANGUAGE plpgsql AS $$
 DECLARE
     v_remaining integer;
-    r tideflow.run_steps;
-    v integer;
-    v_result integer := 0;
 BEGIN
     UPDATE tideflow.runs
     SET remaining_steps = remaining_steps - 1,
@@ -433,29 +431,7 @@ BEGIN
     IF v_remaining IS NULL OR v_remaining = 0 OR p_dependents = '[]'::jsonb THEN
         RETURN 0;
     END IF;
-    FOR r IN
-        UPDATE tideflow.run_steps
-        SET remaining_deps = remaining_deps - 1,
-            status = CASE WHEN remaining_deps = 1 AND kind = 'single' THEN 'started'
-                          ELSE status END,
-            initial_tasks = CASE WHEN remaining_deps = 1 AND kind = 'single' THEN 1
-                                 ELSE initial_tasks END,
-            remaining_tasks = CASE WHEN remaining_deps = 1 AND kind = 'single' THEN 1
-                                   ELSE remaining_tasks END,
-            started_at = CASE WHEN remaining_deps = 1 AND kind = 'single' THEN p_now
-                              ELSE started_at END
-        WHERE run_id = p_run
-          AND step_slug IN (SELECT jsonb_array_elements_text(p_dependents))
-        RETURNING *
-    LOOP
-        CONTINUE WHEN r.remaining_deps <> 0;
-        v := tideflow._queue_step_v1(p_run, p_flow, r, NULL, p_now);
-        IF v < 0 THEN
-            RETURN -1;  -- the run failed; its other steps were skipped
-        END IF;
-        v_result := greatest(v_result, v);
-    END LOOP;
-    RETURN v_result;
+    RETURN tideflow._start_dependents_v1(p_run, p_flow, p_dependents, p_now);
 END $$;
 
 -- CURRENT. Start a run: the run row, one row per step (p_steps: a JSON array of step rows, as

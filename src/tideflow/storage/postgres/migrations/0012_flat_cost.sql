@@ -168,6 +168,30 @@ BEGIN
     RETURN v_result;
 END $$;
 
+-- _step_completed_v1 (0001) as it was, its second half now _start_dependents_v1's: the same
+-- behaviour (workers of the previous release call it through complete_tasks_v1 and the empty map
+-- steps of _queue_step_v1), the code once.
+CREATE OR REPLACE FUNCTION tideflow._step_completed_v1(p_run text, p_flow text, p_dependents jsonb,
+                                            p_now timestamptz)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_remaining integer;
+BEGIN
+    UPDATE tideflow.runs
+    SET remaining_steps = remaining_steps - 1,
+        status = CASE WHEN remaining_steps = 1 THEN 'completed' ELSE status END,
+        finished_at = CASE WHEN remaining_steps = 1 THEN p_now ELSE finished_at END,
+        output = CASE WHEN remaining_steps = 1 THEN (
+            SELECT jsonb_object_agg(l.step_slug, l.output) FROM tideflow.run_steps l
+            WHERE l.run_id = p_run AND l.dependents = '[]'::jsonb) ELSE output END
+    WHERE run_id = p_run AND status = 'started'
+    RETURNING remaining_steps INTO v_remaining;
+    IF v_remaining IS NULL OR v_remaining = 0 OR p_dependents = '[]'::jsonb THEN
+        RETURN 0;
+    END IF;
+    RETURN tideflow._start_dependents_v1(p_run, p_flow, p_dependents, p_now);
+END $$;
+
 -- complete_tasks_v1 (0001) set by set instead of row by row: the same transitions, in a fixed
 -- number of statements per batch - the tasks, then their steps, then the runs of the steps that
 -- completed - so that a batch of 256 completions costs a few statements, not 768 (25 ms -> a
