@@ -132,7 +132,7 @@ def test_retried_dead_letters_and_ended_process_instances_follow_the_window(
 def test_bad_retention_is_refused_before_anything_is_deleted(kept: App, clock: ManualClock) -> None:
     _finish(kept, 1)
     clock.advance(100 * DAY)
-    for bad in (0, -1.0, float("nan")):
+    for bad in (0, -1.0, float("nan"), float("inf")):
         with pytest.raises(InvalidRetentionError, match="positive number of seconds"):
             kept.purge(bad)
     with pytest.raises(InvalidRetentionError, match="batch_size"):

@@ -13,6 +13,7 @@ once is safe: on PostgreSQL a batch skips rows another batch has locked.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,7 +47,9 @@ class Retention:
     def __post_init__(self) -> None:
         for name in ("runs", "idempotency_keys"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, int | float) and value > 0):
+            if value is not None and not (
+                isinstance(value, int | float) and value > 0 and math.isfinite(value)
+            ):
                 raise InvalidRetentionError(
                     f"retention {name}={value!r} is not a positive number of seconds; pass "
                     f"e.g. {name}=30 * 86400 for 30 days, or None to keep them"
