@@ -55,6 +55,24 @@ FROM generate_series(1, %(n)s) AS i;
 """
 
 
+# What retention deletes besides runs: idempotency keys (one a second, going back) and dead
+# letters (every other one retried).
+_KEPT = [
+    """
+INSERT INTO tideflow.idempotency_keys (key, stream_id, result, recorded_at)
+SELECT 'k' || i, 's' || i, NULL, %(now)s - make_interval(secs => i)
+FROM generate_series(1, %(n)s) AS i
+""",
+    """
+INSERT INTO tideflow.dead_letters (handler, position, event_id, event_type, stream_id, error,
+                                   attempts, created_at, retried_at)
+SELECT 'h', i, gen_random_uuid(), 'Happened', 's' || i, 'boom', 3, %(now)s,
+       CASE WHEN i %% 2 = 0 THEN %(now)s - make_interval(secs => i) END
+FROM generate_series(1, %(n)s / 10) AS i
+""",
+]
+
+
 def _fill(conn: psycopg.Connection[Any], prefix: str, n: int, kind: str) -> None:
     run_status, step_status, task_status, remaining = {
         "history": ("completed", "completed", "completed", 0),
@@ -89,6 +107,8 @@ def _database(pg_url: str, history: int, statistics: str) -> Iterator[psycopg.Co
                 conn.execute("ANALYZE")
             _fill(conn, "f", IN_FLIGHT, "in_flight")
             _fill(conn, "q", QUEUED, "queued")
+            for statement in _KEPT:
+                conn.execute(statement, {"n": history or 1000, "now": NOW})
             if statistics == "fresh statistics":
                 conn.execute("ANALYZE")
             conn.execute("LOAD 'auto_explain'")
@@ -252,3 +272,17 @@ def test_transitions_of_a_started_run_probe_its_primary_key(
 def test_retention_finds_old_runs_through_their_age(planned: psycopg.Connection[Any]) -> None:
     plan = _explain(planned, "finished_runs_before", before=NOW - timedelta(hours=5), limit=500)
     assert "runs_by_finished" in plan, plan
+
+
+@pytest.mark.parametrize(
+    ("name", "index"),
+    [
+        ("expire_idempotency_keys", "idempotency_keys_by_age"),
+        ("purge_retried_dead_letters", "dead_letters_retried"),
+    ],
+)
+def test_retention_finds_old_keys_and_dead_letters_through_their_age(
+    planned: psycopg.Connection[Any], name: str, index: str
+) -> None:
+    plan = _explain(planned, name, before=NOW - timedelta(hours=5), limit=500)
+    assert index in plan, plan
