@@ -14,7 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tideflow import App, Flow, Purged, Retention, step
-from tideflow.cli.main import cli
+from tideflow.cli.errors import CliUsageError
+from tideflow.cli.main import cli, parse_duration
 from tideflow.clock import ManualClock
 from tideflow.errors import InvalidRetentionError, SchemaMissingError
 from tideflow.events.model import ExpectedVersion, NewEvent, RecordedEvent
@@ -181,3 +182,34 @@ def test_cli_purge(db_url: str, kept: App) -> None:
     result = runner.invoke(cli, ["purge", "-d", db_url, "--older-than", "30d"])
     assert result.exit_code == 0, result.output
     assert "deleted 0 run(s)" in result.output
+
+
+def test_cli_worker_refuses_a_bad_retention_before_it_starts(db_url: str) -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["worker", "-d", db_url, "--flow", "tests.test_retention:Once", "--retention", "soon"],
+    )
+    assert result.exit_code == 2
+    assert "--retention 'soon' is not a duration" in result.output
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30d", 30 * DAY),
+        ("12h", 43200.0),
+        ("90m", 5400.0),
+        ("45s", 45.0),
+        ("2w", 14 * DAY),
+        ("1.5", 1.5),
+        (" 7D ", 7 * DAY),
+    ],
+)
+def test_durations_on_the_command_line(text: str, seconds: float) -> None:
+    assert parse_duration(text, "--older-than") == seconds
+
+
+@pytest.mark.parametrize("text", ["", "d", "-1d", "0", "1e400", "30 days"])
+def test_what_is_not_a_duration(text: str) -> None:
+    with pytest.raises(CliUsageError, match=r"--older-than .* is not a duration"):
+        parse_duration(text, "--older-than")
