@@ -398,16 +398,7 @@ class App:
         ones, so that a first pass over a large backlog leaves the database to the hot path."""
 
         def purge_pass(stop: Callable[[], bool]) -> Purged:
-            stores = self._open()
-            done = purge(
-                retention,
-                flows=stores.flows,
-                events=stores.events,
-                handlers=stores.handlers,
-                processes=stores.processes,
-                stop=stop,
-                pause=0.05,
-            )
+            done = self._purge(retention, stop, pause=0.05)
             if done.total:
                 log.info(
                     "retention: deleted %d run(s), %d idempotency key(s), %d retried dead "
@@ -437,6 +428,11 @@ class App:
         ``InvalidRetentionError`` for a window or size that is not positive."""
         retention = Retention(older_than, idempotency_keys_older_than, batch_size)
         self.read_store()  # never creates the schema
+        return self._purge(retention)
+
+    def _purge(
+        self, retention: Retention, stop: Callable[[], bool] = lambda: False, pause: float = 0.0
+    ) -> Purged:
         stores = self._open()
         return purge(
             retention,
@@ -444,6 +440,8 @@ class App:
             events=stores.events,
             handlers=stores.handlers,
             processes=stores.processes,
+            stop=stop,
+            pause=pause,
         )
 
     def _step_dispatch(self, command: Command, key: str, correlation_id: str | None) -> Any:
