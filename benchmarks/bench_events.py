@@ -1,6 +1,7 @@
 """Event store throughput: appends, batched appends and read_all, on SQLite and PostgreSQL.
 
     python benchmarks/bench_events.py [--backend sqlite|postgres|all] [--seconds 3] [--runs 1]
+    python benchmarks/bench_events.py --large [--events 5000000]
 
 Measures, per backend:
   * the commit ceiling: single-row INSERTs/s, one writer, each in its own transaction, through
@@ -13,6 +14,10 @@ Measures, per backend:
   * read_all events/s over the whole store (at least 100,000 events, topped up if needed): the
     first pass in the process, and the best of two more (a long-running reader's steady state).
 
+--large (PostgreSQL; issue 13): read_stream of a 100-event stream, a single-event append, and
+read_all of a rare event type over the whole log, on a store of 10,000 events and on one of 5M
+(50,000 streams of 100 events, bulk-inserted with generate_series, then ANALYZE).
+
 PostgreSQL: a database ``tideflow_bench_<random>`` is created on the server at --pg-url (default
 $TIDEFLOW_TEST_PG, else postgresql://postgres@127.0.0.1:5432/postgres) and dropped at the end.
 SQLite: a file in a temporary directory. --runs N repeats everything N times, each on a fresh
@@ -23,6 +28,7 @@ figures depend on the machine (CPU count, fsync latency): compare runs on the sa
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import sqlite3
@@ -178,6 +184,86 @@ def bench(backend: str, url: str, seconds: float) -> Result:
     return Result(backend, bare, one, four, batched, passes[0], max(passes[1:]), count)
 
 
+_BULK_EVENTS = [
+    """
+INSERT INTO tideflow.streams (stream_id, version)
+SELECT 'bulk-' || s, 100 FROM generate_series(1, %(streams)s) AS s
+""",
+    """
+INSERT INTO tideflow.events (position, version, schema_version, stream_id, event_id, event_type,
+                             recorded_at, data, metadata)
+SELECT nextval('tideflow.event_position_seq'), v, 1, 'bulk-' || s, gen_random_uuid(),
+       CASE WHEN (s * 100 + v) %% 100000 = 0 THEN 'RareHappened' ELSE 'OrderPlaced' END,
+       now(), %(data)s::json, %(metadata)s::json
+FROM generate_series(1, %(streams)s) AS s, generate_series(1, 100) AS v
+ORDER BY s, v
+""",
+]
+
+
+def _median_ms(call: Callable[[], object], repeat: int = 50) -> float:
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - t0) * 1000)
+    samples.sort()
+    return samples[len(samples) // 2]
+
+
+def _fill(url: str, total: int) -> float:
+    """``total`` events in streams of 100, in bulk, then ANALYZE; seconds it took."""
+    t0 = time.perf_counter()
+    params = {
+        "streams": total // 100,
+        "data": json.dumps(PAYLOAD),
+        "metadata": json.dumps(METADATA),
+    }
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in _BULK_EVENTS:
+            conn.execute(statement, params)
+        conn.execute("ANALYZE")
+    return time.perf_counter() - t0
+
+
+def _measure(url: str, total: int) -> tuple[float, float, float]:
+    """Median ms of read_stream (100 events), of a single-event append, of a rare type's read."""
+    store = open_event_store(url)
+    try:
+        middle = f"bulk-{total // 200}"
+        read = _median_ms(lambda: list(store.read_stream(middle)))
+        version = [100]
+
+        def append() -> None:
+            store.append("bulk-1", [_event()], version[0])
+            version[0] += 1
+
+        appended = _median_ms(append, 200)
+        rare = _median_ms(lambda: list(store.read_all(event_types=["RareHappened"])), 5)
+    finally:
+        store.close()
+    return read, appended, rare
+
+
+def bench_large(events: int, admin_url: str) -> None:
+    rows = []
+    for total in (10_000, events):
+        url, drop = pg_database(admin_url)
+        try:
+            migrating = open_event_store(url)
+            migrating.migrate()
+            migrating.close()
+            filled = _fill(url, total)
+            rows.append((total, filled, *_measure(url, total)))
+        finally:
+            drop()
+    print(f"{'events':>10} {'fill s':>7} {'read_stream ms':>15} {'append ms':>10} {'rare ms':>8}")
+    for total, filled, read, appended, rare in rows:
+        print(f"{total:>10,} {filled:>7.0f} {read:>15.2f} {appended:>10.2f} {rare:>8.1f}")
+    print("(read_stream: one stream of 100 events; append: one event at an exact version;")
+    print(" rare: read_all(event_types=[...]) over the whole log, 1 event in 100,000)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
@@ -189,7 +275,12 @@ def main() -> None:
         help="repeat everything this many times, each on a fresh database",
     )
     parser.add_argument("--pg-url", default=ADMIN_URL)
+    parser.add_argument("--large", action="store_true", help="the large-store mode (PostgreSQL)")
+    parser.add_argument("--events", type=int, default=5_000_000, help="events in --large mode")
     args = parser.parse_args()
+    if args.large:
+        bench_large(args.events, args.pg_url)
+        return
     results = []
     for _ in range(max(args.runs, 1)):
         if args.backend in ("sqlite", "all"):

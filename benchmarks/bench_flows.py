@@ -1,4 +1,4 @@
-"""Flow engine benchmarks: python benchmarks/bench_flows.py [--backend sqlite|postgres|all].
+"""Flow engine benchmarks: python benchmarks/bench_flows.py [--backend ...] [--large].
 
 Prints, per backend:
   (a) single-step no-op runs/s, 10,000 runs drained by one worker process
@@ -8,11 +8,18 @@ Prints, per backend:
 
 Runs are started before the clock starts for (a)-(c); the worker is a separate process, as in
 production. PostgreSQL figures use a database created for the run and dropped after.
+
+--large (PostgreSQL only; issue 13, a few minutes of CPU): the same drain on an empty database
+and on one with 1M runs of history (bulk-inserted, then ANALYZE) and a 50,000-run backlog, at the
+default concurrency and at 256; the claim at 1k and 300k queued tasks, without and with
+statistics; a batch of 256 completions with 256 and with 10,000 tasks in flight (statistics
+taken before they started: the state that used to flip the plan); list_runs by status at 1M runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import statistics
 import sys
@@ -24,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_flows_defs import FLOWS, Chain3, MapThousand, NoOp
 from benchdb import pg_database
+from largedb import analyze, insert_runs, start_backlog, timed
 
 from tideflow import App
 
@@ -121,11 +129,116 @@ def run_backend(backend: str, runs: int) -> dict[str, str]:
     }
 
 
+CLAIM = "SELECT * FROM tideflow.claim_tasks_v1('bench', ARRAY['bench_history'], %(n)s, now(), 30)"
+#: This release's completion (v2), and the previous release's (v1) for comparison.
+COMPLETE = "SELECT tideflow.complete_tasks_v2('bench-worker', %(rows)s::jsonb, now())"
+COMPLETE_V1 = "SELECT tideflow.complete_tasks_v1('bench-worker', %(rows)s::jsonb, now())"
+LIST_RUNS = (
+    "SELECT run_id FROM tideflow.runs WHERE status = %(status)s "
+    "ORDER BY started_at DESC, run_id LIMIT 50"
+)
+
+
+def _completions(prefix: str, n: int) -> dict[str, str]:
+    rows = [
+        {
+            "run_id": f"{prefix}{i}",
+            "step_slug": "only",
+            "task_index": 0,
+            "attempt": 1,
+            "output": "1",
+        }
+        for i in range(1, n + 1)
+    ]
+    return {"rows": json.dumps(rows)}
+
+
+def _drain(url: str, n: int, concurrency: int, prefix: str) -> float:
+    start_backlog(url, NoOp.definition, n, prefix=prefix)
+    return n / drain_in_worker_process(url, concurrency)
+
+
+def run_large(history: int, backlog: int, small: int) -> None:
+    figures: list[tuple[str, str, str]] = []  # (what, small database, large database)
+    claims = {}
+    for queued in (1_000, 300_000):
+        url, drop = pg_database()
+        try:
+            with App(url) as app:
+                app.migrate()
+            insert_runs(url, queued, status="queued", prefix="q")
+            without = [timed(url, CLAIM, {"n": n}) for n in (10, 256)]
+            analyze(url)
+            claims[queued] = [*without, *(timed(url, CLAIM, {"n": n}) for n in (10, 256))]
+        finally:
+            drop()
+    url, drop = pg_database()
+    try:
+        with App(url, flows=FLOWS) as app:
+            app.migrate()
+            app.store.ensure_flow(NoOp.definition)
+        empty = {c: _drain(url, small, c, f"e{c}-") for c in (10, 256)}
+        print(f"history: {insert_runs(url, history):.0f} s to insert {history:,} runs", flush=True)
+        analyze(url)
+        large = {c: _drain(url, backlog, c, f"l{c}-") for c in (10, 256)}
+        for c in (10, 256):
+            figures.append(
+                (
+                    f"drain runs/s, concurrency {c}",
+                    f"{empty[c]:,.0f} (empty, {small:,} runs)",
+                    f"{large[c]:,.0f} ({history:,} history, {backlog:,} backlog): "
+                    f"{large[c] / empty[c]:.0%}",
+                )
+            )
+        for status in ("completed", "failed"):
+            figures.append(
+                (
+                    f"list_runs status={status} ms",
+                    "",
+                    f"{timed(url, LIST_RUNS, {'status': status}):.2f} ({history:,} runs)",
+                )
+            )
+        insert_runs(url, 256, status="started", prefix="c")
+        batch = _completions("c", 256)
+        few = [timed(url, sql, batch) for sql in (COMPLETE, COMPLETE_V1)]
+        insert_runs(url, 10_000 - 256, status="started", prefix="d")
+        stale = [timed(url, sql, batch) for sql in (COMPLETE, COMPLETE_V1)]
+        analyze(url)
+        fresh = [timed(url, sql, batch) for sql in (COMPLETE, COMPLETE_V1)]
+        for i, version in enumerate(("v2", "v1")):
+            figures.append(
+                (
+                    f"completion batch of 256 ms ({version})",
+                    f"{few[i]:.1f} (256 in flight)",
+                    f"{stale[i]:.1f} stale stats / {fresh[i]:.1f} fresh (10,000 in flight)",
+                )
+            )
+    finally:
+        drop()
+    for i, n in enumerate((10, 256)):
+        figures.append(
+            (
+                f"claim of {n} ms (no stats / stats)",
+                f"{claims[1_000][i]:.2f} / {claims[1_000][i + 2]:.2f} (1,000 queued)",
+                f"{claims[300_000][i]:.2f} / {claims[300_000][i + 2]:.2f} (300,000 queued)",
+            )
+        )
+    width = max(len(f[0]) for f in figures)
+    for what, small_db, large_db in figures:
+        print(f"{what.ljust(width)} | {small_db} | {large_db}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
     parser.add_argument("--runs", type=int, default=10_000)
+    parser.add_argument("--large", action="store_true", help="the large-database mode (PostgreSQL)")
+    parser.add_argument("--history", type=int, default=1_000_000)
+    parser.add_argument("--backlog", type=int, default=50_000)
     args = parser.parse_args()
+    if args.large:
+        run_large(args.history, args.backlog, args.runs)
+        return
     backends = ["sqlite", "postgres"] if args.backend == "all" else [args.backend]
     rows = [run_backend(b, args.runs) for b in backends]
     keys = list(rows[0])

@@ -28,6 +28,7 @@ from tideflow.errors import (
     UnknownDependencyError,
 )
 from tideflow.flows import Flow, FlowRegistry, StepContext, step
+from tideflow.runtime.retention import Purged, Retention
 from tideflow.storage.flow_contract import RunRecord, StepRecord, TaskRecord
 
 __version__ = "0.1.0"
@@ -50,7 +51,9 @@ __all__ = [
     "MapSourceError",
     "NonRetryableError",
     "NotAFlowError",
+    "Purged",
     "RegistryError",
+    "Retention",
     "RunAlreadyExistsError",
     "RunNotFoundError",
     "RunRecord",

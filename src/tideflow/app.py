@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -31,6 +31,7 @@ from tideflow.flows.registry import FlowRegistry
 from tideflow.jsonutil import check_id
 from tideflow.runtime.dispatch import CommandDispatcher
 from tideflow.runtime.instances import AsyncProcessHandle, ProcessHandle
+from tideflow.runtime.retention import DEFAULT_BATCH_SIZE, Purged, Retention, purge
 from tideflow.runtime.sagas import ProcessBindings
 from tideflow.sagas import ProcessManager
 from tideflow.storage import EventStore, HandlerStore, Stores, open_database, resolve_url
@@ -369,15 +370,18 @@ class App:
         reap_interval: float = WorkerOptions.reap_interval,
         shutdown_grace: float = WorkerOptions.shutdown_grace,
         max_batch: int = WorkerOptions.max_batch,
+        retention: Retention | None = None,
     ) -> Worker:
         """A flow worker for this app's flows (``WorkerOptions`` says what each option does);
-        records the flows' versions first."""
+        records the flows' versions first. With a ``retention``, the worker also deletes what
+        it says is old, in small batches every ``WorkerOptions.purge_interval`` seconds."""
         for flow in self.registry:
             self.store.ensure_flow(flow.definition)
         return Worker(
             self.store,
             self.registry,
             dispatch=self._step_dispatch if self._aggregates else None,
+            purge=None if retention is None or not retention.enabled else self._purger(retention),
             options=WorkerOptions(
                 concurrency=concurrency,
                 poll_interval=poll_interval,
@@ -387,6 +391,57 @@ class App:
                 shutdown_grace=shutdown_grace,
                 max_batch=max_batch,
             ),
+        )
+
+    def _purger(self, retention: Retention) -> Callable[[Callable[[], bool]], object]:
+        """A worker's background retention pass: small batches with a short pause between full
+        ones, so that a first pass over a large backlog leaves the database to the hot path."""
+
+        def purge_pass(stop: Callable[[], bool]) -> Purged:
+            done = self._purge(retention, stop, pause=0.05)
+            if done.total:
+                log.info(
+                    "retention: deleted %d run(s), %d idempotency key(s), %d retried dead "
+                    "letter(s), %d ended process instance(s)",
+                    done.runs,
+                    done.idempotency_keys,
+                    done.dead_letters,
+                    done.process_instances,
+                )
+            return done
+
+        return purge_pass
+
+    def purge(
+        self,
+        older_than: float | None = None,
+        *,
+        idempotency_keys_older_than: float | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> Purged:
+        """Delete, now, the runs that ended more than ``older_than`` seconds ago (with their
+        steps and tasks), the dead letters retried and the process instances ended that long
+        ago, and the idempotency keys older than ``idempotency_keys_older_than`` - in batches
+        of ``batch_size`` rows, one short transaction each, so that workers running meanwhile
+        are not held up. ``tideflow purge`` calls this. Like ``cancel_run`` it changes only rows
+        a migrated database holds, so it creates no schema (``SchemaMissingError`` without one).
+        ``InvalidRetentionError`` for a window or size that is not positive."""
+        retention = Retention(older_than, idempotency_keys_older_than, batch_size)
+        self.read_store()  # never creates the schema
+        return self._purge(retention)
+
+    def _purge(
+        self, retention: Retention, stop: Callable[[], bool] = lambda: False, pause: float = 0.0
+    ) -> Purged:
+        stores = self._open()
+        return purge(
+            retention,
+            flows=stores.flows,
+            events=stores.events,
+            handlers=stores.handlers,
+            processes=stores.processes,
+            stop=stop,
+            pause=pause,
         )
 
     def _step_dispatch(self, command: Command, key: str, correlation_id: str | None) -> Any:
@@ -410,6 +465,7 @@ class App:
         reap_interval: float = WorkerOptions.reap_interval,
         shutdown_grace: float = WorkerOptions.shutdown_grace,
         max_batch: int = WorkerOptions.max_batch,
+        retention: Retention | None = None,
         handler_lease: float = HandlerRunnerOptions.lease_ttl,
         handler_batch_size: int | None = None,
     ) -> None:
@@ -422,7 +478,9 @@ class App:
         ``lease_margin / 3``) how often a live worker renews them; ``handler_lease`` is the same
         delay for event handlers. Shorter means faster failover and more writes while idle.
         ``handler_batch_size`` overrides every handler's ``batch_size`` (events per batch
-        transaction).
+        transaction). ``retention`` (default: keep everything) has the worker delete old runs,
+        idempotency keys, retried dead letters and ended process instances in small background
+        batches (``Retention``; docs/concepts/operations.md).
 
         Stopping: the first SIGINT/SIGTERM stops gracefully - nothing new is claimed, running
         tasks and handler batches get ``shutdown_grace`` seconds to finish, then the tasks still
@@ -442,6 +500,7 @@ class App:
                 reap_interval=reap_interval,
                 shutdown_grace=shutdown_grace,
                 max_batch=max_batch,
+                retention=retention,
             )
 
         worker = make_worker()

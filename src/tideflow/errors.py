@@ -123,6 +123,11 @@ class RunFailedError(TideflowError):
 # --- storage --------------------------------------------------------------------------------------
 
 
+class InvalidRetentionError(TideflowError, ValueError):
+    """A retention setting (``Retention``, ``App.purge``, ``--older-than``) that is not a
+    positive duration or batch size; nothing was deleted."""
+
+
 class StorageError(TideflowError):
     """The database could not be reached or refused an operation."""
 

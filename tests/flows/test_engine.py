@@ -343,3 +343,44 @@ def test_complete_and_claim_takes_the_next_step_in_the_same_transaction(store: F
     start(store, RootMap, [1], "r2")
     (only,) = claim(store, ["root_map"])
     assert store.complete_tasks(W, [TaskCompletion(only.key, only.attempt, "1")], request) == []
+
+
+class TwoRootsAndAMap(Flow, slug="two_roots_map"):
+    @step()
+    async def source(self, input: object) -> object:
+        return input
+
+    @step()
+    async def other(self, input: object) -> int:
+        return 1
+
+    @step(depends_on=["source"], map=True)
+    async def each(self, item: object) -> object:
+        return item
+
+
+def test_a_batch_completes_every_task_even_when_one_of_them_fails_the_run(
+    store: FlowStore,
+) -> None:
+    """One batch completes ``source`` (whose output a map step cannot take: the run fails) and
+    ``other`` of the same run. The batch is applied set by set on every path (PostgreSQL's
+    complete_tasks_v2 as the Python transitions): both tasks and their steps are completed, and
+    the run fails on the map step."""
+    start(store, TwoRootsAndAMap, {"not": "a list"})
+    tasks = {t.key.step_slug: t for t in claim(store, ["two_roots_map"])}
+    store.complete_tasks(
+        W,
+        [
+            TaskCompletion(tasks["source"].key, 1, json.dumps({"not": "a list"})),
+            TaskCompletion(tasks["other"].key, 1, "1"),
+        ],
+    )
+    run = store.get_run("r1")
+    assert run.status == "failed" and "needs a list" in (run.error or "")
+    steps = {s.step_slug: s for s in run.steps}
+    assert {slug: s.status for slug, s in steps.items()} == {
+        "source": "completed",
+        "other": "completed",
+        "each": "failed",
+    }
+    assert [t.status for t in steps["other"].tasks] == ["completed"]

@@ -42,6 +42,7 @@ from tideflow.cli.render import (
     tasks_table,
 )
 from tideflow.cli.sagas_cli import sagas_app
+from tideflow.runtime.retention import DEFAULT_BATCH_SIZE, Retention
 
 #: Output that is not a terminal (a pipe, a file, a test) gets this width instead of Rich's 80,
 #: so that tables are not squeezed into truncated run ids that a script cannot use.
@@ -87,6 +88,63 @@ FlowOpt = Annotated[
         "--flow", "-f", show_default=False, help="One more flow class, module:Class (repeatable)."
     ),
 ]
+
+
+#: Units of a duration on the command line (``30d``, ``12h``, ``90m``, ``45s``; a bare number is
+#: seconds).
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
+
+
+def parse_duration(text: str, option: str) -> float:
+    """``30d`` -> seconds; ``CliUsageError`` naming ``option`` for anything else."""
+    value = text.strip().lower()
+    unit = _UNITS.get(value[-1:]) if value else None
+    number = value[:-1] if unit is not None else value
+    try:
+        seconds = float(number) * (unit or 1.0)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0 or seconds == float("inf"):
+        raise CliUsageError(
+            f"{option} {text!r} is not a duration; write a positive number with a unit: 30d, "
+            "12h, 90m, 45s (or plain seconds)"
+        )
+    return seconds
+
+
+RetentionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--retention",
+        show_default=False,
+        help="Delete runs that ended longer ago than this (30d, 12h, ...), with their steps and "
+        "tasks, and retried dead letters and ended process instances as old, in small batches "
+        "every minute [default: keep everything].",
+    ),
+]
+IdempotencyWindowOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--idempotency-window",
+        show_default=False,
+        help="Delete idempotency keys older than this (7d, ...): a command or append that "
+        "repeats an expired key is treated as new [default: keep them].",
+    ),
+]
+
+
+def _retention(
+    runs: str | None,
+    keys: str | None,
+    names: tuple[str, str] = ("--retention", "--idempotency-window"),
+) -> Retention | None:
+    """The Retention of two duration options (``names``: how the command calls them)."""
+    if runs is None and keys is None:
+        return None
+    return Retention(
+        runs=None if runs is None else parse_duration(runs, names[0]),
+        idempotency_keys=None if keys is None else parse_duration(keys, names[1]),
+    )
 
 
 def _console(stderr: bool = False) -> Console:
@@ -177,11 +235,14 @@ def worker(
     until_idle: Annotated[
         bool, typer.Option(help="Exit once no task of these flows is queued or running.")
     ] = False,
+    retention: RetentionOpt = None,
+    idempotency_window: IdempotencyWindowOpt = None,
 ) -> None:
     """Run a worker for your flows until Ctrl-C or SIGTERM (running tasks finish first).
 
     Database restarts and lost connections are waited out (one warning each); the worker exits
     only when told to (0; 130 after a second Ctrl-C) or on a bug (1, with a traceback)."""
+    keep = _retention(retention, idempotency_window)  # a bad duration is reported before anything
     with build_app(database_url, app_path, flows or [], need_flows=True) as app, _setup_logging():
         work = [*app.registry.slugs(), *(str(getattr(h, "name", h)) for h in app.handlers)]
         _console(stderr=True).print(
@@ -205,6 +266,7 @@ def worker(
                 handler_lease=handler_lease,
                 handler_batch_size=handler_batch_size,
                 shutdown_grace=shutdown_grace,
+                retention=keep,
             )
         except KeyboardInterrupt:
             _exit_now_if_steps_linger(130)
@@ -427,6 +489,60 @@ def cancel(
             status = app.read_store().get_run(run_id, with_steps=False).status
             raise CommandFailed(f"run {run_id} has already {status}; nothing to cancel")
         _console().print(Text.assemble("cancelled run ", (run_id, "bold")), soft_wrap=True)
+
+
+@cli.command()
+def purge(
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than",
+            show_default=False,
+            help="Delete runs that ended longer ago than this (30d, 12h, 90m, 45s), with their "
+            "steps and tasks, and the dead letters retried and process instances ended as long "
+            "ago.",
+        ),
+    ] = None,
+    idempotency_keys_older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--idempotency-keys-older-than",
+            show_default=False,
+            help="Delete idempotency keys older than this: a repeat of an expired key is "
+            "treated as new.",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            help="Rows deleted per transaction (keep it small on a busy database).", min=1
+        ),
+    ] = DEFAULT_BATCH_SIZE,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Delete finished runs and other records older than a window, in small batches that never
+    hold a busy table for long (safe while workers run)."""
+    if older_than is None and idempotency_keys_older_than is None:
+        raise CliUsageError(
+            "nothing to purge: pass --older-than (e.g. 30d) and/or "
+            "--idempotency-keys-older-than (e.g. 7d)"
+        )
+    keep = _retention(
+        older_than,
+        idempotency_keys_older_than,
+        ("--older-than", "--idempotency-keys-older-than"),
+    )
+    assert keep is not None
+    with build_app(database_url) as app:  # like cancel: never creates the schema
+        done = app.purge(
+            keep.runs, idempotency_keys_older_than=keep.idempotency_keys, batch_size=batch_size
+        )
+        _console().print(
+            f"deleted {done.runs} run(s) with their steps and tasks, {done.dead_letters} "
+            f"retried dead letter(s), {done.process_instances} ended process instance(s), "
+            f"{done.idempotency_keys} idempotency key(s)",
+            soft_wrap=True,
+        )
 
 
 @cli.command()

@@ -319,6 +319,12 @@ class EventStore(Protocol):
         """What an append with ``idempotency_key=key`` recorded, or None if none committed."""
         ...
 
+    def expire_idempotency_keys(self, older_than: float, limit: int = 500) -> int:
+        """Delete up to ``limit`` idempotency keys recorded more than ``older_than`` seconds
+        ago, oldest first, in one short transaction; how many. An append that repeats an
+        expired key is treated as new: its events are appended again."""
+        ...
+
     def get_checkpoint(self, name: str) -> int:
         """The position handler ``name`` has processed up to; 0 if it never advanced."""
         ...

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from datetime import timedelta
 from typing import Any
 
 from tideflow.clock import Clock
@@ -357,6 +358,11 @@ class SqlEventStore:
     def get_idempotent_result(self, key: str) -> IdempotencyRecord | None:
         check_name(key, "idempotency key", InvalidIdempotencyKeyError)
         return self._idempotent_result(None, key)
+
+    def expire_idempotency_keys(self, older_than: float, limit: int = 500) -> int:
+        before = self.clock.now() - timedelta(seconds=older_than)
+        with self.db.transaction() as tx:
+            return tx.run("expire_idempotency_keys", before=before, limit=limit)
 
     def _idempotent_result(self, tx: Tx | None, key: str) -> IdempotencyRecord | None:
         if tx is None:

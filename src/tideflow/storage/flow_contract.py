@@ -232,6 +232,13 @@ class FlowStore(Protocol):
         """Runs newest first, without steps."""
         ...
 
+    def purge_finished_runs(self, older_than: float, limit: int = 500) -> int:
+        """Delete up to ``limit`` runs that ended (completed, failed, cancelled) more than
+        ``older_than`` seconds ago, oldest first, with their steps and tasks, in one short
+        transaction; how many. Retention calls it batch by batch, so that no transaction holds
+        many rows of the hot tables."""
+        ...
+
     def cancel_run(self, run_id: str) -> bool:
         """Cancel a started run: queued and started tasks become cancelled, unfinished steps
         skipped. Returns False when the run had already reached a final state."""

@@ -306,7 +306,7 @@ class SqlFlowStore:
         with self._tx() as tx:
             if self.db.fast_paths:
                 # The dialect's complete_tasks_batch does all of _complete_tasks in one round
-                # trip (PostgreSQL: tideflow.complete_tasks_v1).
+                # trip (PostgreSQL: tideflow.complete_tasks_v2).
                 notify = tx.rows(
                     "complete_tasks_batch",
                     worker_id=worker_id,
@@ -523,6 +523,18 @@ class SqlFlowStore:
                     "list_runs", flow_slug=flow_slug, status=status, limit=limit, offset=offset
                 )
             ]
+
+    def purge_finished_runs(self, older_than: float, limit: int = 500) -> int:
+        before = self.clock.now() - timedelta(seconds=older_than)
+        with self._tx() as tx:
+            found = tx.rows("finished_runs_before", before=before, limit=limit)
+            run_ids = [r["run_id"] for r in found if not r["owed"]]
+            if not run_ids:
+                return 0
+            # Children first: on PostgreSQL the foreign keys' cascades then find nothing to do.
+            tx.run("delete_run_tasks", run_ids=run_ids)
+            tx.run("delete_run_steps", run_ids=run_ids)
+            return tx.run("delete_runs", run_ids=run_ids)
 
     # --- the worker's side -----------------------------------------------------------------------
     def claim_tasks(

@@ -208,5 +208,10 @@ class HandlerStore(Protocol):
         """A retry failed again: keep the new error and count the attempt."""
         ...
 
+    def purge_retried_dead_letters(self, older_than: float, limit: int = 500) -> int:
+        """Delete up to ``limit`` dead letters whose retry succeeded more than ``older_than``
+        seconds ago, oldest first, in one short transaction; how many. Pending ones stay."""
+        ...
+
 
 __all__ = ["EVENTS_CHANNEL", "DeadLetter", "HandlerLease", "HandlerRecord", "HandlerStore"]

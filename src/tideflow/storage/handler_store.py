@@ -179,3 +179,8 @@ class SqlHandlerStore:
 
     def record_dead_letter_failure(self, dead_letter_id: int, error: str) -> None:
         self.db.rows("record_dead_letter_failure", id=dead_letter_id, error=error)
+
+    def purge_retried_dead_letters(self, older_than: float, limit: int = 500) -> int:
+        before = self.clock.now() - timedelta(seconds=older_than)
+        with self.db.transaction() as tx:
+            return tx.run("purge_retried_dead_letters", before=before, limit=limit)

@@ -80,6 +80,9 @@ class WorkerOptions:
     """How long a graceful stop waits for running tasks before releasing them to the queue."""
     max_batch: int = 500
     """Most tasks claimed, or completions committed, in one statement."""
+    purge_interval: float = 60.0
+    """Seconds between retention passes, when the worker was given a ``purge`` (the App's
+    retention): each pass deletes what is old in small batches (``runtime/retention.py``)."""
 
 
 class Worker:
@@ -91,12 +94,17 @@ class Worker:
         options: WorkerOptions | None = None,
         worker_id: str | None = None,
         dispatch: StepDispatch | None = None,
+        purge: Callable[[Callable[[], bool]], object] | None = None,
     ) -> None:
         """``dispatch``: how steps' ``ctx.dispatch`` sends commands (the App passes its
-        dispatcher); without it a step that dispatches fails with a message that says so."""
+        dispatcher); without it a step that dispatches fails with a message that says so.
+        ``purge``: the retention pass run every ``purge_interval`` seconds (the App passes one
+        when given a retention); it is handed a function that says when to stop between
+        batches (the worker is stopping)."""
         self.store = store
         self.registry = registry
         self._dispatch = dispatch
+        self._purge_pass = purge
         self.options = options or WorkerOptions()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._running: dict[TaskKey, asyncio.Task[None]] = {}
@@ -163,6 +171,12 @@ class Worker:
                 self._every(opts.reap_interval, "recovering stalled tasks", lambda: self._reap)
             ),
         ]
+        if self._purge_pass is not None:
+            background.append(
+                asyncio.create_task(
+                    self._every(opts.purge_interval, "applying retention", self._purge)
+                )
+            )
         flusher = asyncio.create_task(self._flush_loop())
         claimer = asyncio.create_task(self._claim_loop(executor, until_idle))
         log.info("worker %s started: flows %s", self.worker_id, self.registry.slugs())
@@ -500,6 +514,12 @@ class Worker:
         if not keys:
             return None
         return lambda: self.store.extend_leases(self.worker_id, keys, self.options.lease_margin)
+
+    def _purge(self) -> Callable[[], object] | None:
+        purge_pass = self._purge_pass
+        if purge_pass is None or self._stopping:
+            return None
+        return lambda: purge_pass(lambda: self._stopping)
 
     def _reap(self) -> None:
         n = self.store.requeue_stalled()

@@ -134,3 +134,15 @@ DELETE FROM tideflow.idempotency_keys WHERE stream_id = %(stream_id)s
 
 -- name: erase_stream
 DELETE FROM tideflow.streams WHERE stream_id = %(stream_id)s
+
+-- name: expire_idempotency_keys
+-- Retention, one batch: keys recorded before the cut-off, oldest first (idempotency_keys_by_age,
+-- 0012). A repeat of an expired key is a new append.
+DELETE FROM tideflow.idempotency_keys
+WHERE key IN (
+    SELECT key FROM tideflow.idempotency_keys
+    WHERE recorded_at < %(before)s
+    ORDER BY recorded_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)

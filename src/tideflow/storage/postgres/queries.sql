@@ -160,29 +160,15 @@ ORDER BY started_at DESC, run_id
 LIMIT %(limit)s OFFSET %(offset)s
 
 -- name: claim_tasks
--- One statement picks and takes the batch. SKIP LOCKED lets concurrent workers pass over rows
--- another claim holds instead of queueing behind it, so no task attempt goes to two workers.
--- It also returns each task's run input and flow version, saving the engine a round trip.
-WITH claimed AS (
-    UPDATE tideflow.tasks t
-    SET status = 'started', attempts = t.attempts + 1, worker_id = %(worker_id)s,
-        started_at = %(now)s,
-        lease_expires_at = %(now)s + make_interval(secs => COALESCE(t.timeout, 0) + %(margin)s)
-    FROM (
-        SELECT run_id, step_slug, task_index FROM tideflow.tasks
-        WHERE status = 'queued' AND visible_at <= %(now)s AND flow_slug = ANY(%(flow_slugs)s)
-        ORDER BY visible_at
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
-    ) picked
-    WHERE t.run_id = picked.run_id AND t.step_slug = picked.step_slug
-      AND t.task_index = picked.task_index
-    RETURNING t.run_id, t.step_slug, t.task_index, t.flow_slug, t.attempts, t.input, t.timeout,
-              t.lease_expires_at
-)
-SELECT c.*, r.input AS run_input, r.flow_version, r.report IS NOT NULL AS reports,
-       r.report ->> 'correlation_id' AS correlation_id
-FROM claimed c JOIN tideflow.runs r ON r.run_id = c.run_id
+-- PL/pgSQL (migration 0012): one statement picks and takes the batch, FOR UPDATE SKIP LOCKED so
+-- that concurrent workers pass over rows another claim holds instead of queueing behind it (no
+-- task attempt goes to two workers), and returns each task's run input and flow version, saving
+-- the engine a round trip. A function so that its plan - the index-ordered scan of tasks_queued
+-- under the LIMIT - does not depend on the table's statistics (0012's header).
+SELECT run_id, step_slug, task_index, flow_slug, attempts, input, timeout, lease_expires_at,
+       run_input, flow_version, reports, correlation_id
+FROM tideflow.claim_tasks_v1(%(worker_id)s, %(flow_slugs)s::text[], %(limit)s::integer,
+                             %(now)s::timestamptz, %(margin)s::double precision)
 
 -- name: count_queued
 SELECT count(*) AS n FROM tideflow.tasks
@@ -252,11 +238,10 @@ SET status = 'failed', error = %(error)s, finished_at = %(finished_at)s, lease_e
 WHERE run_id = %(run_id)s AND step_slug = %(step_slug)s AND task_index = %(task_index)s
 
 -- name: extend_leases
-UPDATE tideflow.tasks t
-SET lease_expires_at = %(now)s + make_interval(secs => COALESCE(t.timeout, 0) + %(margin)s)
-FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(run_id text, step_slug text, task_index integer)
-WHERE t.run_id = b.run_id AND t.step_slug = b.step_slug AND t.task_index = b.task_index
-  AND t.worker_id = %(worker_id)s AND t.status = 'started'
+-- PL/pgSQL (migration 0012): the statement as before, planned by primary key whatever the
+-- table's statistics.
+SELECT tideflow.extend_leases_v1(%(worker_id)s, %(rows)s::jsonb, %(now)s::timestamptz,
+                                 %(margin)s::double precision) AS renewed
 
 -- name: release_tasks
 UPDATE tideflow.tasks t
@@ -273,8 +258,9 @@ SELECT tideflow.start_run_v2(%(run_id)s, %(flow_slug)s, %(flow_version)s, %(inpu
                              %(steps)s::jsonb, %(now)s) AS notify
 
 -- name: complete_tasks_batch
--- PL/pgSQL (migration 0001): a whole batch of completions in one round trip.
-SELECT tideflow.complete_tasks_v1(%(worker_id)s, %(rows)s::jsonb, %(now)s) AS notify
+-- PL/pgSQL (migration 0012; v1 of 0001 went row by row): a whole batch of completions in one
+-- round trip, in a fixed number of statements.
+SELECT tideflow.complete_tasks_v2(%(worker_id)s, %(rows)s::jsonb, %(now)s) AS notify
 
 -- name: set_report
 UPDATE tideflow.runs SET report = %(report)s::json WHERE run_id = %(run_id)s
@@ -289,3 +275,23 @@ ORDER BY run_id
 
 -- name: clear_reports
 UPDATE tideflow.runs SET report = NULL WHERE run_id = ANY(%(run_ids)s)
+
+-- name: finished_runs_before
+-- Retention, one batch: the runs that ended before the cut-off, oldest first (runs_by_finished,
+-- 0012). A run still owed its report (none should be: the transaction that ends a run clears it)
+-- is kept; the store skips it. Tested in the select list, not the filter, so that it does not
+-- sway the planner away from the index when the table has no statistics.
+SELECT run_id, report IS NOT NULL AS owed FROM tideflow.runs
+WHERE finished_at < %(before)s AND status <> 'started'
+ORDER BY finished_at
+LIMIT %(limit)s
+FOR UPDATE SKIP LOCKED
+
+-- name: delete_run_tasks
+DELETE FROM tideflow.tasks WHERE run_id = ANY(%(run_ids)s)
+
+-- name: delete_run_steps
+DELETE FROM tideflow.run_steps WHERE run_id = ANY(%(run_ids)s)
+
+-- name: delete_runs
+DELETE FROM tideflow.runs WHERE run_id = ANY(%(run_ids)s)

@@ -103,3 +103,14 @@ UPDATE dead_letters SET retried_at = %(now)s WHERE id = %(id)s
 
 -- name: record_dead_letter_failure
 UPDATE dead_letters SET error = %(error)s, attempts = attempts + 1 WHERE id = %(id)s
+
+-- name: purge_retried_dead_letters
+-- Retention, one batch: dead letters retried before the cut-off, oldest first
+-- (dead_letters_retried, 0012). Pending ones stay until someone retries them.
+DELETE FROM dead_letters
+WHERE id IN (
+    SELECT id FROM dead_letters
+    WHERE retried_at < %(before)s
+    ORDER BY retried_at
+    LIMIT %(limit)s
+)

@@ -268,3 +268,22 @@ ORDER BY run_id
 
 -- name: clear_reports
 UPDATE runs SET report = NULL WHERE run_id IN (SELECT value FROM json_each(%(run_ids)s))
+
+-- name: finished_runs_before
+-- Retention, one batch: the runs that ended before the cut-off, oldest first (runs_by_finished,
+-- 0012). A run still owed its report (none should be: the transaction that ends a run clears it)
+-- is kept; the store skips it. Tested in the select list, not the filter, so that it does not
+-- sway the planner away from the index when the table has no statistics.
+SELECT run_id, report IS NOT NULL AS owed FROM runs
+WHERE finished_at < %(before)s AND status <> 'started'
+ORDER BY finished_at
+LIMIT %(limit)s
+
+-- name: delete_run_tasks
+DELETE FROM tasks WHERE run_id IN (SELECT value FROM json_each(%(run_ids)s))
+
+-- name: delete_run_steps
+DELETE FROM run_steps WHERE run_id IN (SELECT value FROM json_each(%(run_ids)s))
+
+-- name: delete_runs
+DELETE FROM runs WHERE run_id IN (SELECT value FROM json_each(%(run_ids)s))

@@ -1,4 +1,4 @@
--- tideflow schema for SQLite: the result of migrations 0001-0011, written out for readers.
+-- tideflow schema for SQLite: the result of migrations 0001-0012, written out for readers.
 --
 -- What this file is. The tables and indexes that `tideflow migrate` (store.migrate()) leaves in the
 -- database file once every migration in migrations/ has run, in one place, without the history:
@@ -25,7 +25,7 @@
 -- SQLite has one writer at a time and so hands out event positions in commit order.
 --
 -- Using it. Run on an empty file (sqlite3 tideflow.db < schema.sql), it gives a database that
--- tideflow treats as fully migrated: it records versions 1-11 in schema_migrations as applied, so
+-- tideflow treats as fully migrated: it records versions 1-12 in schema_migrations as applied, so
 -- a later `tideflow migrate` applies only migrations newer than this file. A writer (a worker,
 -- `tideflow migrate`) switches the file to WAL mode when it opens it. Prefer `tideflow migrate`.
 
@@ -65,8 +65,15 @@ CREATE TABLE runs (
     report          TEXT CHECK (report IS NULL OR json_valid(report)),  -- to the event log (0011)
     FOREIGN KEY (flow_slug, flow_version) REFERENCES flows (flow_slug, version)
 );
-CREATE INDEX runs_by_started ON runs (started_at DESC);
-CREATE INDEX runs_by_flow ON runs (flow_slug, started_at DESC);
+-- list_runs; run_id is its tie-breaker (0012).
+CREATE INDEX runs_by_started ON runs (started_at DESC, run_id);
+CREATE INDEX runs_by_flow ON runs (flow_slug, started_at DESC, run_id);
+-- list_runs by status; finished runs only, so the transitions' `run_id = ? AND status =
+-- 'started'` cannot use it (0012).
+CREATE INDEX runs_finished_by_status ON runs (status, started_at DESC, run_id)
+    WHERE status <> 'started';
+-- Retention: finished runs by age (0012).
+CREATE INDEX runs_by_finished ON runs (finished_at) WHERE finished_at IS NOT NULL;
 
 CREATE TABLE run_steps (
     run_id          TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
@@ -120,8 +127,9 @@ CREATE TABLE tasks (
 );
 -- The claim query reads only this index: queued tasks by visibility.
 CREATE INDEX tasks_queued ON tasks (visible_at) WHERE status = 'queued';
--- Stalled-task recovery reads only this one.
-CREATE INDEX tasks_started ON tasks (lease_expires_at) WHERE status = 'started';
+-- Stalled-task recovery reads only this one: keyed on leases, not on the 'started' status, so
+-- that completions and heartbeats (by key and status) are never planned through it (0012).
+CREATE INDEX tasks_leased ON tasks (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
 
 
 -- =================================================================================================
@@ -173,6 +181,8 @@ CREATE TABLE idempotency_keys (
     result      TEXT CHECK (result IS NULL OR json_valid(result)),
     recorded_at REAL NOT NULL
 ) WITHOUT ROWID;
+-- Their expiry: keys by age (0012).
+CREATE INDEX idempotency_keys_by_age ON idempotency_keys (recorded_at);
 
 -- How far each handler has processed the log (position of the last event it handled).
 CREATE TABLE handler_checkpoints (
@@ -217,6 +227,8 @@ CREATE TABLE dead_letters (
     CONSTRAINT dead_letters_event UNIQUE (handler, position)
 );
 CREATE INDEX dead_letters_pending ON dead_letters (handler, id) WHERE retried_at IS NULL;
+-- Retention: retried dead letters by age (0012).
+CREATE INDEX dead_letters_retried ON dead_letters (retried_at) WHERE retried_at IS NOT NULL;
 
 -- The instances of process managers (sagas), one per (manager, process id). No row locks: the
 -- handler's batch transaction holds SQLite's write lock from before it reads an instance until it
@@ -246,8 +258,6 @@ CREATE INDEX process_instances_finished
     ON process_instances (manager, finished_at) WHERE finished_at IS NOT NULL;
 
 
--- A database created from this file has every migration up to 0011: record them, so that
-
 -- Durable timers of process manager instances (0008): a row per pending timer; firing deletes
 -- the due rows and appends their events in one write transaction.
 CREATE TABLE process_timers (
@@ -265,7 +275,7 @@ CREATE TABLE process_timers (
 CREATE INDEX process_timers_due ON process_timers (fire_at);
 
 
--- A database created from this file has every migration up to 0008: record them, so that
+-- A database created from this file has every migration up to 0012: record them, so that
 -- `tideflow migrate` applies only later ones. applied_at is when this script ran (Unix seconds).
 INSERT INTO schema_migrations (version, name, applied_at) VALUES
     (1, 'initial', (julianday('now') - 2440587.5) * 86400.0),
@@ -278,6 +288,7 @@ INSERT INTO schema_migrations (version, name, applied_at) VALUES
     (8, 'process_timers', (julianday('now') - 2440587.5) * 86400.0),
     (9, 'process_undo', (julianday('now') - 2440587.5) * 86400.0),
     (10, 'stream_deletion', (julianday('now') - 2440587.5) * 86400.0),
-    (11, 'run_reports', (julianday('now') - 2440587.5) * 86400.0);
+    (11, 'run_reports', (julianday('now') - 2440587.5) * 86400.0),
+    (12, 'flat_cost', (julianday('now') - 2440587.5) * 86400.0);
 
 COMMIT;

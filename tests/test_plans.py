@@ -1,0 +1,288 @@
+"""PostgreSQL plans of the hot and growing queries, with and without statistics (issue 13).
+
+The plans are what the server actually runs: the named queries through EXPLAIN, and the
+statements inside the PL/pgSQL functions (complete_tasks_v1, claim_tasks_v1) through
+auto_explain's log of nested statements, which reaches the client as LOG notices. Each test runs
+on a database with history (finished runs), tasks in flight and a backlog, in three states of
+statistics: none (never analyzed), stale (ANALYZE ran while nothing was in flight or queued - the
+state in which the completion used to flip to the partial index) and fresh.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.pgdb import empty_database
+from tideflow.storage import open_store
+from tideflow.storage.sqlfile import load_dialect
+
+QUERIES = load_dialect("tideflow.storage.postgres")
+HISTORY, IN_FLIGHT, QUEUED = 150_000, 3_000, 5_000
+NOW = datetime(2026, 12, 7, tzinfo=UTC)
+
+_FLOW = """
+INSERT INTO tideflow.flows VALUES ('hist', 'v1', '{}', %(now)s)
+"""
+_RUNS = """
+INSERT INTO tideflow.runs (run_id, flow_slug, flow_version, status, input, output,
+                           remaining_steps, started_at, finished_at)
+SELECT %(prefix)s || i, 'hist', 'v1', %(run_status)s, '{}', NULL, %(remaining)s,
+       %(now)s - make_interval(secs => i), CASE WHEN %(run_status)s = 'started' THEN NULL
+       ELSE %(now)s - make_interval(secs => i) + interval '1 second' END
+FROM generate_series(1, %(n)s) AS i
+;;
+INSERT INTO tideflow.run_steps (run_id, step_slug, step_index, kind, depends_on, dependents,
+                                status, remaining_deps, initial_tasks, remaining_tasks,
+                                max_attempts, base_delay, max_delay, start_delay, created_at)
+SELECT %(prefix)s || i, 'only', 0, 'single', '[]', '[]', %(step_status)s, 0, 1, %(remaining)s,
+       3, 1, 60, 0, %(now)s
+FROM generate_series(1, %(n)s) AS i
+;;
+INSERT INTO tideflow.tasks (run_id, step_slug, task_index, flow_slug, status, attempts, input,
+                            queued_at, visible_at, started_at, worker_id, lease_expires_at,
+                            finished_at)
+SELECT %(prefix)s || i, 'only', 0, 'hist', %(task_status)s, 1, '{}', %(now)s,
+       %(now)s - interval '1 hour' + make_interval(secs => i / 1000.0),
+       %(now)s, 'w', CASE WHEN %(task_status)s = 'started' THEN %(now)s + interval '1 hour' END,
+       CASE WHEN %(task_status)s = 'completed' THEN %(now)s END
+FROM generate_series(1, %(n)s) AS i;
+"""
+
+
+# What retention deletes besides runs: idempotency keys (one a second, going back) and dead
+# letters (every other one retried).
+_KEPT = [
+    """
+INSERT INTO tideflow.idempotency_keys (key, stream_id, result, recorded_at)
+SELECT 'k' || i, 's' || i, NULL, %(now)s - make_interval(secs => i)
+FROM generate_series(1, %(n)s) AS i
+""",
+    """
+INSERT INTO tideflow.dead_letters (handler, position, event_id, event_type, stream_id, error,
+                                   attempts, created_at, retried_at)
+SELECT 'h', i, gen_random_uuid(), 'Happened', 's' || i, 'boom', 3, %(now)s,
+       CASE WHEN i %% 2 = 0 THEN %(now)s - make_interval(secs => i) END
+FROM generate_series(1, %(n)s / 10) AS i
+""",
+]
+
+
+def _fill(conn: psycopg.Connection[Any], prefix: str, n: int, kind: str) -> None:
+    run_status, step_status, task_status, remaining = {
+        "history": ("completed", "completed", "completed", 0),
+        "in_flight": ("started", "started", "started", 1),
+        "queued": ("started", "started", "queued", 1),
+    }[kind]
+    for statement in _RUNS.split(";;"):
+        conn.execute(
+            statement,
+            {
+                "prefix": prefix,
+                "n": n,
+                "now": NOW,
+                "run_status": run_status,
+                "step_status": step_status,
+                "task_status": task_status,
+                "remaining": remaining,
+            },
+        )
+
+
+def _database(pg_url: str, history: int, statistics: str) -> Iterator[psycopg.Connection[Any]]:
+    with empty_database(pg_url, "tideflow_plans") as url:
+        store = open_store(url)
+        store.migrate()
+        store.close()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(_FLOW, {"now": NOW})
+            if history:
+                _fill(conn, "h", history, "history")
+            if statistics == "stale statistics":
+                conn.execute("ANALYZE")
+            _fill(conn, "f", IN_FLIGHT, "in_flight")
+            _fill(conn, "q", QUEUED, "queued")
+            for statement in _KEPT:
+                conn.execute(statement, {"n": history or 1000, "now": NOW})
+            if statistics == "fresh statistics":
+                conn.execute("ANALYZE")
+            conn.execute("LOAD 'auto_explain'")
+            conn.execute("SET auto_explain.log_min_duration = 0")
+            conn.execute("SET auto_explain.log_nested_statements = on")
+            yield conn
+
+
+STATISTICS = ["no statistics", "stale statistics", "fresh statistics"]
+
+
+@pytest.fixture(scope="module", params=STATISTICS)
+def planned(request: pytest.FixtureRequest, pg_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """History, tasks in flight and a backlog."""
+    yield from _database(pg_url, HISTORY, request.param)
+
+
+@pytest.fixture(scope="module", params=[*((HISTORY, s) for s in STATISTICS), (0, "no statistics")])
+def hot(request: pytest.FixtureRequest, pg_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """As ``planned``, and a young database too - no history, no statistics - where a plain
+    statement's plan used to join the whole batch against a scan of the tasks: the hot paths'
+    functions must hold in both."""
+    history, statistics = request.param
+    yield from _database(pg_url, history, statistics)
+
+
+def _explain(conn: psycopg.Connection[Any], name: str, **params: Any) -> str:
+    rows = conn.execute(f"EXPLAIN {QUERIES[name]}", params).fetchall()
+    return "\n".join(r[0] for r in rows)
+
+
+def _nested_plans(conn: psycopg.Connection[Any], sql: str, params: dict[str, Any]) -> list[str]:
+    """The plans of the statements ``sql`` runs inside functions (auto_explain), rolled back."""
+    notices: list[str] = []
+
+    def keep(diag: psycopg.errors.Diagnostic) -> None:
+        notices.append(diag.message_primary or "")
+
+    conn.add_notice_handler(keep)
+    try:
+        conn.execute("SET client_min_messages = log")
+        with conn.transaction(force_rollback=True):
+            conn.execute(sql, params)
+    finally:
+        conn.execute("RESET client_min_messages")
+        conn.remove_notice_handler(keep)
+    return [n for n in notices if "Query Text:" in n]
+
+
+def _keys(prefix: str, n: int) -> str:
+    return json.dumps(
+        [{"run_id": f"{prefix}{i}", "step_slug": "only", "task_index": 0} for i in range(1, n + 1)]
+    )
+
+
+@pytest.mark.parametrize("function", ["complete_tasks_v2", "complete_tasks_v1"])
+def test_completions_probe_the_primary_key(hot: psycopg.Connection[Any], function: str) -> None:
+    """v2 is this release's; v1 is what workers of the previous release call during an
+    upgrade."""
+    rows = json.dumps(
+        [
+            {"run_id": f"f{i}", "step_slug": "only", "task_index": 0, "attempt": 1, "output": "1"}
+            for i in range(1, 257)
+        ]
+    )
+    plans = _nested_plans(
+        hot,
+        f"SELECT tideflow.{function}('w', %(rows)s::jsonb, %(now)s)",
+        {"rows": rows, "now": NOW},
+    )
+    task_updates = [p for p in plans if "UPDATE tideflow.tasks" in p]
+    assert task_updates, plans
+    for plan in task_updates:
+        assert "Index Scan using tasks_pkey on tasks" in plan, plan
+        assert "tasks_leased" not in plan, plan
+    if function == "complete_tasks_v2":  # v2 runs with enable_seqscan = off: keys everywhere
+        for plan in plans:
+            for table in ("tasks", "run_steps", "runs"):
+                assert f"Seq Scan on {table} " not in plan, plan
+
+
+def test_heartbeats_probe_the_primary_key(hot: psycopg.Connection[Any]) -> None:
+    plans = _nested_plans(
+        hot,
+        QUERIES["extend_leases"],
+        {"rows": _keys("f", 256), "worker_id": "w", "now": NOW, "margin": 30.0},
+    )
+    (plan,) = [p for p in plans if "UPDATE tideflow.tasks" in p]
+    assert "Index Scan using tasks_pkey on tasks" in plan, plan
+    assert "tasks_leased" not in plan and "Seq Scan" not in plan, plan
+
+
+@pytest.mark.parametrize("name", ["release_tasks", "complete_tasks"])
+def test_releases_and_plain_completions_probe_the_primary_key(
+    planned: psycopg.Connection[Any], name: str
+) -> None:
+    rows = json.loads(_keys("f", 256))
+    for r in rows:
+        r.update(attempt=1, output="1")
+    plan = _explain(
+        planned,
+        name,
+        rows=json.dumps(rows),
+        worker_id="w",
+        now=NOW,
+        margin=30.0,
+        finished_at=NOW,
+    )
+    assert "Index Scan using tasks_pkey on tasks" in plan, plan
+    assert "tasks_leased" not in plan and "Seq Scan on tasks" not in plan, plan
+
+
+def test_the_claim_reads_the_queue_index_in_order_without_sorting(
+    hot: psycopg.Connection[Any],
+) -> None:
+    plans = _nested_plans(
+        hot,
+        "SELECT * FROM tideflow.claim_tasks_v1('w2', ARRAY['hist'], 256, %(now)s, 30)",
+        {"now": NOW},
+    )
+    (plan,) = plans[:1]
+    assert "Index Scan using tasks_queued on tasks q" in plan, plan
+    assert "Sort" not in plan and "Seq Scan" not in plan, plan
+
+
+def test_stalled_tasks_are_found_through_the_lease_index(
+    planned: psycopg.Connection[Any],
+) -> None:
+    plan = _explain(planned, "find_stalled_tasks", now=NOW + timedelta(hours=2))
+    assert "tasks_leased" in plan, plan
+
+
+@pytest.mark.parametrize(
+    ("flow_slug", "status"),
+    [(None, None), ("hist", None), (None, "completed"), (None, "failed"), (None, "cancelled")],
+)
+def test_list_runs_reads_an_index_in_order(
+    planned: psycopg.Connection[Any], flow_slug: str | None, status: str | None
+) -> None:
+    """A page of runs is 50 index entries read in order, whatever the filter: never a sort (not
+    even an incremental one, which a burst of runs started in the same instant made slow)."""
+    plan = _explain(planned, "list_runs", flow_slug=flow_slug, status=status, limit=50, offset=0)
+    assert "Seq Scan" not in plan and "Sort" not in plan, plan
+    if status in ("failed", "cancelled"):  # rare: the index by status, not a filtered scan
+        assert "runs_finished_by_status" in plan, plan
+
+
+def test_transitions_of_a_started_run_probe_its_primary_key(
+    planned: psycopg.Connection[Any],
+) -> None:
+    plan = "\n".join(
+        r[0]
+        for r in planned.execute(
+            "EXPLAIN UPDATE tideflow.runs SET remaining_steps = remaining_steps - 1 "
+            "WHERE run_id = 'f1' AND status = 'started'"
+        ).fetchall()
+    )
+    assert "Index Scan using runs_pkey on runs" in plan, plan
+
+
+def test_retention_finds_old_runs_through_their_age(planned: psycopg.Connection[Any]) -> None:
+    plan = _explain(planned, "finished_runs_before", before=NOW - timedelta(hours=5), limit=500)
+    assert "runs_by_finished" in plan, plan
+
+
+@pytest.mark.parametrize(
+    ("name", "index"),
+    [
+        ("expire_idempotency_keys", "idempotency_keys_by_age"),
+        ("purge_retried_dead_letters", "dead_letters_retried"),
+    ],
+)
+def test_retention_finds_old_keys_and_dead_letters_through_their_age(
+    planned: psycopg.Connection[Any], name: str, index: str
+) -> None:
+    plan = _explain(planned, name, before=NOW - timedelta(hours=5), limit=500)
+    assert index in plan, plan
