@@ -18,9 +18,9 @@ store's ``Clock``, so tests move a ``ManualClock`` past the due time instead of 
 The fired event is appended to stream ``timer-<manager>-<process id>`` (hashed when too long),
 caused by nothing, with metadata ``{TIMER_METADATA: {"manager": ..., "process_id": ...,
 "timer": name, "token": ...}}``: the saga runtime routes an event carrying that key to that
-instance of that manager, whatever ``process_id()`` would say. Its correlation id is the process id when that is
-a uuid (the default process id is the correlation id of the instance's events), so that the
-events of the commands sent in reply come back to the instance.
+instance of that manager, whatever ``process_id()`` would say. Its correlation id is the process
+id when that is a uuid (the default process id is the correlation id of the instance's events),
+so that the events of the commands sent in reply come back to the instance.
 """
 
 from __future__ import annotations
