@@ -12,7 +12,7 @@ exactly once across any number of workers, survives SIGKILL and restarts (an unc
 leaves the row for the next poll), and never fires once deleted. A fired row stays until the
 instance meets its event (``take_fired``, in that batch's transaction): an event whose row was
 cancelled or rescheduled after it fired is stale, so a cancellation holds even when the timer
-fired before the instance reached the cancelling event (migration 0012). Times come from the
+fired before the instance reached the cancelling event (migration 0013). Times come from the
 store's ``Clock``, so tests move a ``ManualClock`` past the due time instead of sleeping.
 
 The fired event is appended to stream ``timer-<manager>-<process id>`` (hashed when too long),
@@ -50,7 +50,7 @@ class TimerRecord:
     scheduled_at: datetime
     token: str | None = None
     """Which scheduling of the name this is: the fired event carries it, and an event whose
-    token is no longer the row's (rescheduled, cancelled) is stale (migration 0012)."""
+    token is no longer the row's (rescheduled, cancelled) is stale (migration 0013)."""
 
 
 class TimerStore(Protocol):

@@ -176,7 +176,7 @@ def _event(timer: TimerRecord) -> NewEvent:
         "process_id": timer.process_id,
         "timer": timer.name,
     }
-    if timer.token is not None:  # None: scheduled before migration 0012
+    if timer.token is not None:  # None: scheduled before migration 0013
         address["token"] = timer.token
     return NewEvent(
         timer.event_type,

@@ -269,7 +269,7 @@ CREATE INDEX process_instances_finished
 -- Durable timers of process manager instances (0008): a row per timer, written and deleted in the
 -- reactions' transactions; firing marks the due rows fired (FOR UPDATE SKIP LOCKED) and appends
 -- their events in one transaction, so each fires exactly once; the instance takes its fired row
--- when the event reaches it, and ignores an event whose row is gone (0012).
+-- when the event reaches it, and ignores an event whose row is gone (0013).
 CREATE TABLE tideflow.process_timers (
     manager      text        NOT NULL,
     process_id   text        NOT NULL,
@@ -283,7 +283,7 @@ CREATE TABLE tideflow.process_timers (
     PRIMARY KEY (manager, process_id, name)
 );
 
--- Due soonest first: the firing query and the worker's look at when to wake next (0012: fired
+-- Due soonest first: the firing query and the worker's look at when to wake next (0013: fired
 -- rows wait for their instance to take them, and are not due again).
 CREATE INDEX process_timers_due ON tideflow.process_timers (fire_at) WHERE fired_at IS NULL;
 
@@ -817,6 +817,6 @@ INSERT INTO tideflow.schema_migrations (version, name, applied_at) VALUES
     (9, 'process_undo', now()),
     (10, 'stream_deletion', now()),
     (11, 'run_reports', now()),
-    (12, 'timer_tokens', now());
+    (13, 'timer_tokens', now());
 
 COMMIT;

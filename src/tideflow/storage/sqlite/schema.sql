@@ -248,7 +248,7 @@ CREATE INDEX process_instances_finished
 
 -- Durable timers of process manager instances (0008): a row per timer; firing marks the due rows
 -- fired and appends their events in one write transaction, and each instance takes its fired row
--- when the event reaches it (0012).
+-- when the event reaches it (0013).
 CREATE TABLE process_timers (
     manager      TEXT NOT NULL,
     process_id   TEXT NOT NULL,
@@ -262,7 +262,7 @@ CREATE TABLE process_timers (
     PRIMARY KEY (manager, process_id, name)
 ) WITHOUT ROWID;
 
--- Due soonest first: the firing query and the worker's look at when to wake next (0012: fired
+-- Due soonest first: the firing query and the worker's look at when to wake next (0013: fired
 -- rows wait for their instance to take them, and are not due again).
 CREATE INDEX process_timers_due ON process_timers (fire_at) WHERE fired_at IS NULL;
 
@@ -281,6 +281,6 @@ INSERT INTO schema_migrations (version, name, applied_at) VALUES
     (9, 'process_undo', (julianday('now') - 2440587.5) * 86400.0),
     (10, 'stream_deletion', (julianday('now') - 2440587.5) * 86400.0),
     (11, 'run_reports', (julianday('now') - 2440587.5) * 86400.0),
-    (12, 'timer_tokens', (julianday('now') - 2440587.5) * 86400.0);
+    (13, 'timer_tokens', (julianday('now') - 2440587.5) * 86400.0);
 
 COMMIT;

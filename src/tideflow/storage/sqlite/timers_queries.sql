@@ -1,7 +1,7 @@
 -- Named queries of the timer store (tideflow/storage/timer_store.py) on SQLite.
 -- Parameters are %(name)s (rewritten to :name at load); timestamps are REAL epoch seconds. The
 -- queries mirror the PostgreSQL ones (see postgres/timers_queries.sql and migrations 0008 and
--- 0012), without FOR UPDATE SKIP LOCKED: the firing transaction holds SQLite's write lock instead.
+-- 0013), without FOR UPDATE SKIP LOCKED: the firing transaction holds SQLite's write lock instead.
 
 -- name: schedule
 -- Schedule, or reschedule: a timer of that name, pending or fired, is replaced (a new token).

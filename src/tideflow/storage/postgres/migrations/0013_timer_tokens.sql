@@ -1,4 +1,4 @@
--- tideflow schema for PostgreSQL, version 12: a fired timer stays until its instance takes it.
+-- tideflow schema for PostgreSQL, version 13: a fired timer stays until its instance takes it.
 --
 -- A timer used to be deleted when it fired, its event appended in the same transaction. That
 -- left one race: a reaction that cancels (or reschedules) the timer after it fired, but before
