@@ -78,6 +78,15 @@ def handler_record(app: App) -> Any:
     return next((r for r in app.handler_store.list_handlers() if r.name == Timed.name), None)
 
 
+def all_timer_rows(app: App) -> int:
+    """Timer rows of every kind: pending, and fired but not yet taken by their instance."""
+    table = (
+        "tideflow.process_timers" if app.event_store.dialect == "postgresql" else "process_timers"
+    )
+    with app.event_store.transaction() as tx:
+        return int(tx.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
 def due_now(app: App, clock: ManualClock, process: str) -> None:
     """``process`` gets an instance with a timer "t", and the clock moves to its due time."""
     do(app, process, {"schedule": "t", "after": 1})
@@ -118,7 +127,10 @@ def test_a_timer_fires_once_when_due_and_its_instance_reacts(
         "manager": Timed.name,
         "process_id": "p1",
         "timer": "payment",
+        "token": pending.token,
     }
+    assert app.timer_store.pending() == []
+    assert all_timer_rows(app) == 0  # the instance took its fired timer
     assert event.correlation_id is None  # "p1" is not a uuid: the instance is found by metadata
 
 
@@ -186,6 +198,44 @@ def test_a_cancelled_timer_never_fires(open_app: Callable[[], App], clock: Manua
     catch_up(app)
     assert instance(app, "p1").state["fired"] == ["u"]
     assert [e.data["timer"] for e in fired_events(app)] == ["u"]
+
+
+def test_a_timer_cancelled_after_it_fired_is_ignored_when_its_event_arrives(
+    open_app: Callable[[], App], clock: ManualClock
+) -> None:
+    """The race: the event whose reaction cancels the timer is in the log before the timer's
+    own event - the timer fired while the instance had not reached the cancel yet."""
+    app = open_app()
+    do(app, "p1", {"schedule": "t", "after": 60}, {"schedule": "u", "after": 60})
+    catch_up(app)
+    do(app, "p1", {"cancel": "t"})  # in the log, not handled yet
+    clock.advance(60)
+    assert app.timer_store.fire_due() == 2  # both fire, after the cancel in the log
+    catch_up(app)
+    assert instance(app, "p1").state["fired"] == ["u"]
+    assert notes(app, "p1") == ["u"]
+    assert [e.data["timer"] for e in fired_events(app)] == ["t", "u"]  # t's event is stale
+    assert all_timer_rows(app) == 0
+
+
+def test_a_timer_rescheduled_after_it_fired_waits_for_its_new_time(
+    open_app: Callable[[], App], clock: ManualClock
+) -> None:
+    app = open_app()
+    do(app, "p1", {"schedule": "t", "after": 60, "data": {"n": 1}})
+    catch_up(app)
+    do(app, "p1", {"schedule": "t", "after": 60, "data": {"n": 2}})  # not handled yet
+    clock.advance(60)
+    assert app.timer_store.fire_due() == 1  # the first scheduling fires
+    catch_up(app)  # the instance reschedules, then meets the first one's event: stale
+    assert instance(app, "p1").state["fired"] == []
+    [pending] = app.timer_store.pending()
+    assert pending.data == {"timer": "t", "n": 2}
+    clock.advance(60)
+    catch_up(app)
+    assert instance(app, "p1").state["fired"] == ["t"]
+    assert [e.data["n"] for e in fired_events(app)] == [1, 2]
+    assert all_timer_rows(app) == 0
 
 
 def test_the_timers_of_an_instance_that_ended_never_fire(

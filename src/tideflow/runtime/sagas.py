@@ -180,6 +180,8 @@ def _react(
         assert instance is not None
         if ended or event.position <= instance.last_position:
             return False
+        if not _timer_is_current(bindings, manager, event, tx, process_id):
+            return False
         state, version, error = instance.state, instance.version, instance.error
         undo, sent = json.loads(instance.undo_json), json.loads(instance.sent_json)
 
@@ -470,6 +472,24 @@ def _run_id(manager: ProcessManager, process_id: str, event: RecordedEvent, inde
         return run_id
     digest = hashlib.sha256(process_id.encode()).hexdigest()[:16]
     return f"{manager.name[:100]}-{digest}-{event.position}-{index}"
+
+
+def _timer_is_current(
+    bindings: ProcessBindings,
+    manager: ProcessManager,
+    event: RecordedEvent,
+    tx: Tx,
+    process_id: str,
+) -> bool:
+    """Whether ``event`` is not a fired timer's, or is the fired timer the instance still has:
+    its row is taken now. A timer cancelled or rescheduled after it fired - while its event
+    waited in the log behind the event whose reaction cancelled it - is stale, and ignored."""
+    address = event.metadata.get(TIMER_METADATA)
+    if not isinstance(address, dict) or "token" not in address or bindings.timers is None:
+        return True  # not a timer's event, or one fired before timers had tokens
+    return bindings.timers.take_fired(
+        tx, manager.name, process_id, str(address["timer"]), str(address["token"])
+    )
 
 
 def _process_ids(manager: ProcessManager, event: RecordedEvent) -> list[str]:

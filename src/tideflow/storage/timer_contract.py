@@ -7,17 +7,20 @@ transaction, so it exists if and only if the reaction committed; cancelling it
 (``CancelTimer``), or the instance ending, deletes it in the same way.
 
 Firing is a worker's job (``fire_due``): in one transaction, take the due rows (locked, skipping
-rows another worker holds), append each one's event, delete the rows. A timer therefore fires
+rows another worker holds), append each one's event, mark the rows fired. A timer therefore fires
 exactly once across any number of workers, survives SIGKILL and restarts (an uncommitted firing
-leaves the row for the next poll), and never fires once deleted. Times come from the store's
-``Clock``, so tests move a ``ManualClock`` past the due time instead of sleeping.
+leaves the row for the next poll), and never fires once deleted. A fired row stays until the
+instance meets its event (``take_fired``, in that batch's transaction): an event whose row was
+cancelled or rescheduled after it fired is stale, so a cancellation holds even when the timer
+fired before the instance reached the cancelling event (migration 0013). Times come from the
+store's ``Clock``, so tests move a ``ManualClock`` past the due time instead of sleeping.
 
 The fired event is appended to stream ``timer-<manager>-<process id>`` (hashed when too long),
 caused by nothing, with metadata ``{TIMER_METADATA: {"manager": ..., "process_id": ...,
-"timer": name}}``: the saga runtime routes an event carrying that key to that instance of that
-manager, whatever ``process_id()`` would say. Its correlation id is the process id when that is
-a uuid (the default process id is the correlation id of the instance's events), so that the
-events of the commands sent in reply come back to the instance.
+"timer": name, "token": ...}}``: the saga runtime routes an event carrying that key to that
+instance of that manager, whatever ``process_id()`` would say. Its correlation id is the process
+id when that is a uuid (the default process id is the correlation id of the instance's events),
+so that the events of the commands sent in reply come back to the instance.
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ class TimerRecord:
     event_type: str
     data: dict[str, Any]
     scheduled_at: datetime
+    token: str | None = None
+    """Which scheduling of the name this is: the fired event carries it, and an event whose
+    token is no longer the row's (rescheduled, cancelled) is stale (migration 0013)."""
 
 
 class TimerStore(Protocol):
@@ -72,6 +78,13 @@ class TimerStore(Protocol):
 
     def cancel_all(self, tx: Tx, manager: str, process_id: str) -> int:
         """Delete every timer of the instance in ``tx`` (it ended); how many."""
+        ...
+
+    def take_fired(self, tx: Tx, manager: str, process_id: str, name: str, token: str) -> bool:
+        """In the batch transaction of the instance a fired timer's event reached: delete the
+        timer's row if it is still the one that fired (``token``) and say so. False: the event
+        is stale - the timer was cancelled or rescheduled after it fired - and the instance
+        must ignore it."""
         ...
 
     def pending(

@@ -3,9 +3,10 @@
 
 ``schedule``, ``cancel`` and ``cancel_all`` run in the caller's transaction - the reaction's
 batch - so a timer exists if and only if the reaction that scheduled it committed. ``fire_due``
-is a transaction of its own on the event store it was given: the due rows are deleted (locked,
-skipping rows others hold, on PostgreSQL) and their events appended in it, so the event and the
-row's deletion commit together or not at all.
+is a transaction of its own on the event store it was given: the due rows are marked fired
+(locked, skipping rows others hold, on PostgreSQL) and their events appended in it, so the event
+and the mark commit together or not at all; ``take_fired`` deletes a fired row in the batch of
+the instance its event reached.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from tideflow.clock import Clock
 from tideflow.events.model import ANY, MAX_ID_LENGTH, NewEvent
@@ -95,6 +96,7 @@ class SqlTimerStore:
             event_type=event_type,
             data=data_json,
             now=self.clock.now(),
+            token=uuid4().hex,
         )
         if self._watchers:  # a worker of this process sleeps until its next due time
             tx.on_end(lambda: self._scheduled(fire_at))
@@ -104,6 +106,10 @@ class SqlTimerStore:
 
     def cancel_all(self, tx: Tx, manager: str, process_id: str) -> int:
         return tx.run("cancel_all", manager=manager, process_id=process_id)
+
+    def take_fired(self, tx: Tx, manager: str, process_id: str, name: str, token: str) -> bool:
+        taken = tx.run("take_fired", manager=manager, process_id=process_id, name=name, token=token)
+        return taken > 0
 
     # --- reads ----------------------------------------------------------------------------------
 
@@ -160,6 +166,7 @@ def _record(row: Row) -> TimerRecord:
         event_type=row["event_type"],
         data=json.loads(row["data_json"]),
         scheduled_at=row["scheduled_at"],
+        token=row["token"],
     )
 
 
@@ -169,6 +176,8 @@ def _event(timer: TimerRecord) -> NewEvent:
         "process_id": timer.process_id,
         "timer": timer.name,
     }
+    if timer.token is not None:  # None: scheduled before migration 0013
+        address["token"] = timer.token
     return NewEvent(
         timer.event_type,
         timer.data,

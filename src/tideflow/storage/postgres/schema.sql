@@ -1,4 +1,4 @@
--- tideflow schema for PostgreSQL: the result of migrations 0001-0012, written out for readers.
+-- tideflow schema for PostgreSQL: the result of migrations 0001-0013, written out for readers.
 --
 -- What this file is. The tables, indexes and functions that `tideflow migrate` (store.migrate())
 -- leaves in schema `tideflow` once every migration in migrations/ has run, in one place, without
@@ -282,9 +282,10 @@ CREATE INDEX process_instances_listing
 CREATE INDEX process_instances_finished
     ON tideflow.process_instances (manager, finished_at) WHERE finished_at IS NOT NULL;
 
--- Durable timers of process manager instances (0008): a row per pending timer, written and
--- deleted in the reactions' transactions; firing deletes the due rows (FOR UPDATE SKIP LOCKED)
--- and appends their events in one transaction, so each fires exactly once.
+-- Durable timers of process manager instances (0008): a row per timer, written and deleted in the
+-- reactions' transactions; firing marks the due rows fired (FOR UPDATE SKIP LOCKED) and appends
+-- their events in one transaction, so each fires exactly once; the instance takes its fired row
+-- when the event reaches it, and ignores an event whose row is gone (0013).
 CREATE TABLE tideflow.process_timers (
     manager      text        NOT NULL,
     process_id   text        NOT NULL,
@@ -293,11 +294,14 @@ CREATE TABLE tideflow.process_timers (
     event_type   text        NOT NULL,
     data         json        NOT NULL,
     scheduled_at timestamptz NOT NULL,
+    token        text,
+    fired_at     timestamptz,
     PRIMARY KEY (manager, process_id, name)
 );
 
--- Due soonest first: the firing query and the worker's look at when to wake next.
-CREATE INDEX process_timers_due ON tideflow.process_timers (fire_at);
+-- Due soonest first: the firing query and the worker's look at when to wake next (0013: fired
+-- rows wait for their instance to take them, and are not due again).
+CREATE INDEX process_timers_due ON tideflow.process_timers (fire_at) WHERE fired_at IS NULL;
 
 
 -- =================================================================================================
@@ -996,7 +1000,7 @@ BEGIN
     RETURN v_notify;
 END $$;
 
--- A database created from this file has every migration up to 0012: record them, so that
+-- A database created from this file has every migration up to 0013: record them, so that
 -- `tideflow migrate` applies only later ones. applied_at is when this file ran.
 INSERT INTO tideflow.schema_migrations (version, name, applied_at) VALUES
     (1, 'initial', now()),
@@ -1010,6 +1014,7 @@ INSERT INTO tideflow.schema_migrations (version, name, applied_at) VALUES
     (9, 'process_undo', now()),
     (10, 'stream_deletion', now()),
     (11, 'run_reports', now()),
-    (12, 'flat_cost', now());
+    (12, 'flat_cost', now()),
+    (13, 'timer_tokens', now());
 
 COMMIT;

@@ -1,4 +1,4 @@
--- tideflow schema for SQLite: the result of migrations 0001-0012, written out for readers.
+-- tideflow schema for SQLite: the result of migrations 0001-0013, written out for readers.
 --
 -- What this file is. The tables and indexes that `tideflow migrate` (store.migrate()) leaves in the
 -- database file once every migration in migrations/ has run, in one place, without the history:
@@ -258,8 +258,9 @@ CREATE INDEX process_instances_finished
     ON process_instances (manager, finished_at) WHERE finished_at IS NOT NULL;
 
 
--- Durable timers of process manager instances (0008): a row per pending timer; firing deletes
--- the due rows and appends their events in one write transaction.
+-- Durable timers of process manager instances (0008): a row per timer; firing marks the due rows
+-- fired and appends their events in one write transaction, and each instance takes its fired row
+-- when the event reaches it (0013).
 CREATE TABLE process_timers (
     manager      TEXT NOT NULL,
     process_id   TEXT NOT NULL,
@@ -268,14 +269,17 @@ CREATE TABLE process_timers (
     event_type   TEXT NOT NULL,
     data         TEXT NOT NULL CHECK (json_valid(data)),
     scheduled_at REAL NOT NULL,
+    token        TEXT,
+    fired_at     REAL,
     PRIMARY KEY (manager, process_id, name)
 ) WITHOUT ROWID;
 
--- Due soonest first: the firing query and the worker's look at when to wake next.
-CREATE INDEX process_timers_due ON process_timers (fire_at);
+-- Due soonest first: the firing query and the worker's look at when to wake next (0013: fired
+-- rows wait for their instance to take them, and are not due again).
+CREATE INDEX process_timers_due ON process_timers (fire_at) WHERE fired_at IS NULL;
 
 
--- A database created from this file has every migration up to 0012: record them, so that
+-- A database created from this file has every migration up to 0013: record them, so that
 -- `tideflow migrate` applies only later ones. applied_at is when this script ran (Unix seconds).
 INSERT INTO schema_migrations (version, name, applied_at) VALUES
     (1, 'initial', (julianday('now') - 2440587.5) * 86400.0),
@@ -289,6 +293,7 @@ INSERT INTO schema_migrations (version, name, applied_at) VALUES
     (9, 'process_undo', (julianday('now') - 2440587.5) * 86400.0),
     (10, 'stream_deletion', (julianday('now') - 2440587.5) * 86400.0),
     (11, 'run_reports', (julianday('now') - 2440587.5) * 86400.0),
-    (12, 'flat_cost', (julianday('now') - 2440587.5) * 86400.0);
+    (12, 'flat_cost', (julianday('now') - 2440587.5) * 86400.0),
+    (13, 'timer_tokens', (julianday('now') - 2440587.5) * 86400.0);
 
 COMMIT;
