@@ -38,6 +38,8 @@ ONLY_IN = {
         "set_stream_version",
         "forget_idempotency_key",
         "forget_event",
+        "bump_stream_version",
+        "unbump_stream_version",
     },
 }
 

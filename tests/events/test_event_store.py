@@ -204,6 +204,8 @@ def test_a_refused_append_inside_a_transaction_leaves_it_usable(events: EventSto
                 idempotency_key="k2",
                 result_json="2",
             )
+        with pytest.raises(DuplicateEventIdError):  # a stream that exists: its version too
+            tx.append("s", [ev(), NewEvent("X", event_id=everything(events)[0].event_id)], 1)
         # What the refused appends wrote is gone: their keys are free, their events unread.
         assert tx.get_idempotent_result("k1") is None and tx.get_idempotent_result("k2") is None
         assert list(tx.read_stream("u")) == []

@@ -22,6 +22,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -411,35 +412,59 @@ def _append(
         )
         if not inserted:
             raise DuplicateIdempotencyKeyError(p.idempotency_key, None, None)
+    written = _Written()
     if not undo_on_error:
-        return _append_events(tx, p, recorded_at, [])
-    written: list[int] = []
+        return _append_events(tx, p, recorded_at, written)
     try:
         return _append_events(tx, p, recorded_at, written)
     except Exception:
         if p.idempotency_key is not None:
             tx.run("forget_idempotency_key", key=p.idempotency_key)
-        for position in written:
+        for position in written.positions:
             tx.run("forget_event", position=position)
+        if written.bumped:
+            tx.run("unbump_stream_version", stream_id=p.stream_id, n=written.bumped)
         raise
 
 
+@dataclass
+class _Written:
+    """What an append has written so far, to take back if it is refused half way."""
+
+    positions: list[int] = field(default_factory=list)
+    bumped: int = 0
+    """How far it moved the stream's version before inserting the events."""
+
+
 def _append_events(
-    tx: Tx, p: PreparedAppend, recorded_at: datetime, written: list[int]
+    tx: Tx, p: PreparedAppend, recorded_at: datetime, written: _Written
 ) -> tuple[int, list[int]]:
-    """The rest of ``_append``, after the key: ``written`` collects the events' positions as
-    they are inserted."""
-    found = tx.records("lock_stream", stream_id=p.stream_id)
-    current = found[0][0] if found else 0
-    if found and found[0][1] is not None:
-        raise StreamDeletedError(p.stream_id, datetime.fromtimestamp(found[0][1], UTC))
-    kind = p.expected_kind
-    if (
-        (kind == "no_stream" and found)
-        or (kind == "exists" and not found)
-        or (kind == "exact" and current != p.expected_number)
-    ):
-        raise WrongExpectedVersionError(p.stream_id, p.expected, current)
+    """The rest of ``_append``, after the key. The common case - events for a stream that exists,
+    where the caller expects it - is one UPDATE that checks and moves the version (as
+    PostgreSQL's append function does); anything else reads the stream row first."""
+    n, kind = len(p.event_ids), p.expected_kind
+    current: int | None = None
+    if n and (kind in ("any", "exists") or (kind == "exact" and p.expected_number > 0)):
+        bumped = tx.records(
+            "bump_stream_version",
+            stream_id=p.stream_id,
+            n=n,
+            exact=kind == "exact",
+            expected=p.expected_number,
+        )
+        if bumped:
+            current, written.bumped = bumped[0][0], n
+    if current is None:
+        found = tx.records("lock_stream", stream_id=p.stream_id)
+        current = found[0][0] if found else 0
+        if found and found[0][1] is not None:
+            raise StreamDeletedError(p.stream_id, datetime.fromtimestamp(found[0][1], UTC))
+        if (
+            (kind == "no_stream" and found)
+            or (kind == "exists" and not found)
+            or (kind == "exact" and current != p.expected_number)
+        ):
+            raise WrongExpectedVersionError(p.stream_id, p.expected, current)
     positions = []
     seconds = recorded_at.timestamp()  # as the driver takes it, once for every event
     for i, event_id in enumerate(p.event_ids):
@@ -461,7 +486,7 @@ def _append_events(
         except DuplicateKeyError as exc:
             raise duplicate_event_id(p.stream_id, f"event #{i}: {event_id}") from exc
         positions.append(row[0][0])
-        written.append(row[0][0])
-    if positions:
+        written.positions.append(row[0][0])
+    if positions and not written.bumped:
         tx.run("set_stream_version", stream_id=p.stream_id, version=current + len(positions))
     return current + 1, positions

@@ -10,6 +10,18 @@ INSERT INTO idempotency_keys (key, stream_id, result, recorded_at)
 VALUES (%(key)s, %(stream_id)s, %(result)s, %(recorded_at)s)
 ON CONFLICT (key) DO NOTHING
 
+-- name: bump_stream_version
+-- The common append: the stream exists, is not deleted and (exact) is where the caller expects:
+-- check and move its version in one statement; no row back means "look closer" (lock_stream).
+UPDATE streams SET version = version + %(n)s
+WHERE stream_id = %(stream_id)s AND deleted_at IS NULL
+  AND (NOT %(exact)s OR version = %(expected)s)
+RETURNING version - %(n)s
+
+-- name: unbump_stream_version
+-- An append refused after bump_stream_version (a duplicate event id) puts the version back.
+UPDATE streams SET version = version - %(n)s WHERE stream_id = %(stream_id)s
+
 -- name: forget_idempotency_key
 -- An append refused inside a caller's transaction takes back the key it recorded (no savepoint:
 -- see SQLiteDatabase.append_events).
