@@ -301,9 +301,10 @@ def test_input_from_a_file(db_url: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "code", "fragment"),
     [
-        (["start", "nope", "--app", QUICK], 2, "flow 'nope' is not registered"),
+        (["start", "nope", "--app", QUICK], 2, "flow 'nope' is neither registered here nor stored"),
         (["start", "cli_quick", "--app", QUICK, "-i", "{n: 1"], 2, "--input is not valid JSON"),
-        (["start", "cli_quick"], 2, "no flows given"),
+        (["start", "cli_quick"], 2, "(stored flows: none)"),
+        (["retry", "no-such-run"], 1, "no run with id 'no-such-run'"),
         (["start", "cli_quick", "--app", "no_such_module:app"], 2, "No module named"),
         (["start", "cli_quick", "--app", "tests.test_cli:Nope"], 2, "has no attribute 'Nope'"),
         (["start", "cli_quick", "--app", "json:dumps"], 2, "must name an App"),
@@ -318,6 +319,38 @@ def test_input_from_a_file(db_url: str, tmp_path: Path) -> None:
 def test_errors_are_one_line(db_url: str, args: list[str], code: int, fragment: str) -> None:
     assert invoke("migrate", "-d", db_url).exit_code == 0  # reads never create the schema
     assert_one_line_error(invoke(*args, "-d", db_url), code, fragment)
+
+
+def test_start_by_slug_without_code_and_retry_a_failed_run(db_url: str, worker: None) -> None:
+    """`tideflow start SLUG -d URL` needs no --app once a worker stored the flow; `tideflow
+    retry` runs a failed run again; `tideflow runs --status failed` lists failed runs."""
+    with App(db_url, flows=[Quick, Broken]) as app:  # what the worker fixture stored
+        for flow in (Quick, Broken):
+            app.store.ensure_flow(flow.definition)
+    done = invoke("start", "cli_quick", "-i", '{"n": 3}', "--wait", "-d", db_url)
+    assert done.exit_code == 0, done.output
+    assert '"total": 14' in done.stdout
+    failed = invoke("start", "cli_broken", "--run-id", "b-1", "--wait", "-d", db_url)
+    assert failed.exit_code == 1, failed.output
+    assert "b-1" in invoke("runs", "--status", "failed", "-d", db_url).stdout
+    retried = invoke("retry", "b-1", "-d", db_url)
+    assert retried.exit_code == 0, retried.output
+    assert "retrying run b-1" in retried.stdout
+    with App(db_url) as app:
+        run = app.wait_for_run("b-1", timeout=10)
+        assert run.status == "failed" and run.step("explode").attempts == 1
+    again = invoke("retry", "cli-no-such", "-d", db_url)
+    assert_one_line_error(again, 1, "no run with id")
+    pinned = invoke(
+        "start", "cli_quick", "--flow-version", "000000000000", "-i", '{"n": 1}', "-d", db_url
+    )
+    assert_one_line_error(pinned, 2, "has no stored version '000000000000'")
+
+
+def test_retry_refuses_a_run_that_did_not_fail(db_url: str) -> None:
+    started = invoke("start", "cli_quick", "-i", '{"n": 1}', "--app", QUICK, "-d", db_url)
+    run_id = started.stdout.strip()
+    assert_one_line_error(invoke("retry", run_id, "-d", db_url), 1, "is started, not failed")
 
 
 def test_run_id_already_taken(db_url: str) -> None:

@@ -59,6 +59,27 @@ def test_the_event_pages_new_blocks_say_they_are_fragments() -> None:
         assert block.startswith("# fragment:"), block
 
 
+def test_the_conditions_example_of_the_flows_page_defines_what_it_says() -> None:
+    [block] = [b for b in python_blocks("flows.md") if "class Checkout" in b]
+    namespace: dict[str, Any] = {}
+    exec(compile(block, "flows.md", "exec"), namespace)  # it asserts what it shows
+    definition = namespace["Checkout"].definition
+    assert definition.step("newsletter").when_failed == "skip"
+    assert definition.step("gift").when_unmet == "skip" and definition.conditional
+
+
+def test_the_flows_page_marks_the_fragments_issue_10_added() -> None:
+    """Retrying, starting by slug and bulk starts need an App and a database the page lacks."""
+    added = [
+        b
+        for b in python_blocks("flows.md")
+        if "retry_run(" in b or "version=" in b or "start_flows(" in b
+    ]
+    assert len(added) == 3
+    for block in added:
+        assert block.startswith("# fragment:"), block
+
+
 def test_the_testing_page_runs_as_written() -> None:
     """Every block of testing.md is complete and asserts what it shows."""
     blocks = python_blocks("testing.md")

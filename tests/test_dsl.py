@@ -191,3 +191,51 @@ def test_bad_options() -> None:
         class O2(Flow, slug="o2"):
             @step(timeout=-1)
             def a(self, input): ...
+
+
+@pytest.mark.parametrize(
+    ("name", "slug"),
+    [
+        ("HTTPFetch", "http_fetch"),
+        ("OrderPipeline", "order_pipeline"),
+        ("URLToPDF", "url_to_pdf"),
+        ("ETL2Job", "etl2_job"),
+        ("S3Upload", "s3_upload"),
+        ("OAuth2Login", "o_auth2_login"),
+        ("MyETL", "my_etl"),
+    ],
+)
+def test_default_slug_keeps_acronyms_one_word(name: str, slug: str) -> None:
+    flow = type(name, (Flow,), {"only": step(lambda self, input: input)})
+    assert flow.slug == slug
+
+
+def test_empty_step_slug_is_refused_not_replaced_by_the_method_name() -> None:
+    with pytest.raises(InvalidSlugError, match="step slug '' is invalid"):
+
+        class EmptySlug(Flow, slug="empty_step_slug"):
+            @step(slug="")
+            def only(self, input): ...
+
+
+def test_empty_flow_slug_is_refused() -> None:
+    with pytest.raises(InvalidSlugError, match="flow slug '' is invalid"):
+
+        class EmptyFlowSlug(Flow, slug=""):
+            @step
+            def only(self, input): ...
+
+
+def test_var_keyword_parameter_does_not_ask_for_the_context() -> None:
+    class Deps(Flow, slug="var_kw_deps"):
+        @step()
+        def a(self, input): ...
+
+        @step(depends_on=["a"])
+        def b(self, **deps): ...
+
+        @step(depends_on=["a", "b"])
+        def c(self, ctx, **deps): ...
+
+    assert not Deps.definition.step("b").wants_ctx
+    assert Deps.definition.step("c").wants_ctx

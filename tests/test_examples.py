@@ -32,9 +32,10 @@ PAIRS: dict[str, tuple[str, list[tuple[str, dict[str, Any]]]]] = {
     ),
 }
 
-# example file -> what its script prints when it worked; for examples that are not flows, which
-# the demo (it runs flows) has no copy of
+# example file -> what its script prints when it worked; for examples the demo has no copy of
+# (those that are not flows - the demo runs flows - and the conditional flow)
 WITHOUT_DEMO: dict[str, str] = {
+    "conditional_signup": "skipped enrich_profile (handler_failed)",
     "inventory": "low-stock alerts:\n  tea: 2 left",
     "order_saga": "tea on hand: 2; shipments: order_fulfilment-",
 }
@@ -94,6 +95,25 @@ def test_flaky_payment_main(db_url: str) -> None:
     assert declined.step("authorize").attempts == 1  # NonRetryableError: no second attempt
     assert "CardDeclined: card ending in 0002 was declined" in (declined.error or "")
     assert [s.status for s in declined.steps] == ["failed", "skipped", "skipped"]
+
+
+def test_conditional_signup_main(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    team, free = load_example("conditional_signup").main(db_url)
+    assert team.status == "completed" and free.status == "completed"
+    assert team.output == {"welcome": "welcome: 5 seats, at Example Corp"}
+    assert free.output == {"welcome": "welcome: a 14-day trial"}
+    assert [(s.step_slug, s.status, s.skip_reason) for s in team.steps] == [
+        ("validate", "completed", None),
+        ("provision_team", "completed", None),
+        ("start_trial", "skipped", "condition_unmet"),
+        ("enrich_profile", "completed", None),
+        ("welcome", "completed", None),
+    ]
+    enrich = free.step("enrich_profile")
+    assert (enrich.status, enrich.skip_reason, enrich.attempts) == ("skipped", "handler_failed", 2)
+    assert "LookupFailed: no company known for unknown.test" in (enrich.error or "")
+    assert free.step("provision_team").skip_reason == "condition_unmet"
+    assert "skipped provision_team (condition_unmet)" in capsys.readouterr().out
 
 
 def test_inventory_main(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:

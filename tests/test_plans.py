@@ -164,10 +164,12 @@ def _keys(prefix: str, n: int) -> str:
     )
 
 
-@pytest.mark.parametrize("function", ["complete_tasks_v2", "complete_tasks_v1"])
+@pytest.mark.parametrize(
+    "function", ["complete_tasks_v3", "complete_tasks_v2", "complete_tasks_v1"]
+)
 def test_completions_probe_the_primary_key(hot: psycopg.Connection[Any], function: str) -> None:
-    """v2 is this release's; v1 is what workers of the previous release call during an
-    upgrade."""
+    """v3 is this release's (v2 handing conditional runs back, 0016); v2 and v1 are what
+    workers of the previous releases call during an upgrade."""
     rows = json.dumps(
         [
             {"run_id": f"f{i}", "step_slug": "only", "task_index": 0, "attempt": 1, "output": "1"}
@@ -184,7 +186,7 @@ def test_completions_probe_the_primary_key(hot: psycopg.Connection[Any], functio
     for plan in task_updates:
         assert "Index Scan using tasks_pkey on tasks" in plan, plan
         assert "tasks_leased" not in plan, plan
-    if function == "complete_tasks_v2":  # v2 runs with enable_seqscan = off: keys everywhere
+    if function != "complete_tasks_v1":  # v2, v3 run with enable_seqscan = off: keys everywhere
         for plan in plans:
             for table in ("tasks", "run_steps", "runs"):
                 assert f"Seq Scan on {table} " not in plan, plan

@@ -30,7 +30,7 @@ DIALECTS = ("postgres", "sqlite")
 #: Queries only one dialect has, and why: each is a backend hook's, run by its own code.
 ONLY_IN = {
     # PostgreSQL's fast paths (Database.fast_paths): one PL/pgSQL call for a whole transition.
-    "postgres": {"start_run", "complete_tasks_batch"},
+    "postgres": {"start_run", "start_runs", "complete_tasks_batch"},
     # SQLite's append by statements (SQLiteDatabase.append_events); PostgreSQL's is a function.
     "sqlite": {
         "insert_idempotency_key",

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -333,9 +333,27 @@ class App:
 
     # Shortcuts to the client, the calls most code makes.
     def start_flow(
-        self, flow: type[Flow] | str, input: Any = None, *, run_id: str | None = None
+        self,
+        flow: type[Flow] | str,
+        input: Any = None,
+        *,
+        run_id: str | None = None,
+        version: str | None = None,
     ) -> str:
-        return self.client.start_flow(flow, input, run_id=run_id)
+        """``Client.start_flow``: a slug the App has no class for starts the flow's latest
+        stored version (or ``version``), so a web app can start runs without the flows' code."""
+        return self.client.start_flow(flow, input, run_id=run_id, version=version)
+
+    def start_flows(
+        self,
+        flow: type[Flow] | str,
+        inputs: Iterable[Any],
+        *,
+        run_ids: Sequence[str] | None = None,
+        version: str | None = None,
+    ) -> list[str]:
+        """``Client.start_flows``: many runs of one flow in one transaction."""
+        return self.client.start_flows(flow, inputs, run_ids=run_ids, version=version)
 
     # Reads, and cancel_run (a run to cancel lives in a migrated database): never migrate.
     def get_run(self, run_id: str) -> RunRecord:
@@ -346,6 +364,11 @@ class App:
 
     def cancel_run(self, run_id: str) -> bool:
         return _ReadClient(self).cancel_run(run_id)
+
+    def retry_run(self, run_id: str) -> None:
+        """``Client.retry_run``; like ``cancel_run`` it never migrates (a failed run lives in
+        a migrated database)."""
+        _ReadClient(self).retry_run(run_id)
 
     def list_runs(
         self,

@@ -116,6 +116,16 @@ class RunTimeoutError(TideflowError, TimeoutError):
     """``wait_for_run`` gave up before the run reached a final state."""
 
 
+class MapInputError(TideflowError, ValueError):
+    """A root map step's run input is not a JSON array: ``start_flow`` refuses the run and
+    writes nothing, since no retry could turn the input into an array."""
+
+
+class RunNotFailedError(TideflowError):
+    """``retry_run`` was asked to retry a run that has not failed: a started run is still going,
+    a completed one has nothing to redo, and a cancelled one was stopped on purpose."""
+
+
 class RunFailedError(TideflowError):
     """Raised by helpers that expect a run to complete when it failed or was cancelled."""
 

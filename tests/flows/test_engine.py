@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import FLOW_BACKENDS
 from tests.flows.flows_for_tests import Chain, Diamond, MapFlow, RootMap
-from tideflow import Flow, RunAlreadyExistsError, RunNotFoundError, step
+from tideflow import Flow, MapInputError, RunAlreadyExistsError, RunNotFoundError, step
 from tideflow.clock import ManualClock
 from tideflow.storage.flow_contract import FlowStore, TaskCompletion, TaskFailure
 
@@ -105,22 +105,31 @@ def test_root_map_over_empty_input_completes_the_run_without_tasks(store: FlowSt
 
 
 @pytest.mark.parametrize("bad", [{"a": 1}, "text", 5, None])
-def test_map_over_non_list_fails_the_run_without_retry(store: FlowStore, bad: object) -> None:
-    start(store, RootMap, bad)
-    run = store.get_run("r1")
-    assert run.status == "failed"
-    assert "needs a list" in (run.error or "") and "double" in (run.error or "")
-    assert run.step("double").status == "failed"
-    assert claim(store, ["root_map"]) == []
+def test_root_map_over_non_list_is_refused_and_writes_nothing(
+    store: FlowStore, bad: object
+) -> None:
+    with pytest.raises(MapInputError) as err:
+        start(store, RootMap, bad)
+    assert "root_map" in str(err.value) and "'double'" in str(err.value)
+    assert "JSON array" in str(err.value)
+    with pytest.raises(RunNotFoundError):
+        store.get_run("r1")
+    assert store.list_flows() == []  # not even the flow version
 
 
-def test_non_list_from_dependency_fails_the_run(store: FlowStore) -> None:
+def test_non_list_from_dependency_fails_the_producing_step(store: FlowStore) -> None:
     start(store, MapFlow, {"not": "a list"})
     (numbers,) = claim(store, ["map_flow"])
     complete(store, numbers, {"not": "a list"})
     run = store.get_run("r1")
-    assert run.status == "failed" and "step 'numbers'" in (run.error or "")
-    assert run.step("total").status == "skipped"
+    assert run.status == "failed"
+    assert run.error == (
+        "step 'numbers' returned an object, but map step 'square' maps over its output and "
+        "needs a JSON array; make step 'numbers' return a list"
+    )
+    assert run.step("numbers").status == "failed" and run.step("numbers").error == run.error
+    assert run.step("square").status == "skipped" and run.step("total").status == "skipped"
+    assert claim(store, ["map_flow"]) == []
 
 
 def test_retry_backoff_and_exhaustion(store: FlowStore, clock: ManualClock) -> None:
@@ -364,8 +373,8 @@ def test_a_batch_completes_every_task_even_when_one_of_them_fails_the_run(
 ) -> None:
     """One batch completes ``source`` (whose output a map step cannot take: the run fails) and
     ``other`` of the same run. The batch is applied set by set on every path (PostgreSQL's
-    complete_tasks_v2 as the Python transitions): both tasks and their steps are completed, and
-    the run fails on the map step."""
+    complete_tasks_v3 as the Python transitions): both tasks are completed, ``other``'s step too,
+    and the run fails on ``source``, the step that fed the map step a non-array."""
     start(store, TwoRootsAndAMap, {"not": "a list"})
     tasks = {t.key.step_slug: t for t in claim(store, ["two_roots_map"])}
     store.complete_tasks(
@@ -376,11 +385,12 @@ def test_a_batch_completes_every_task_even_when_one_of_them_fails_the_run(
         ],
     )
     run = store.get_run("r1")
-    assert run.status == "failed" and "needs a list" in (run.error or "")
+    assert run.status == "failed" and "map step 'each'" in (run.error or "")
     steps = {s.step_slug: s for s in run.steps}
     assert {slug: s.status for slug, s in steps.items()} == {
-        "source": "completed",
+        "source": "failed",
         "other": "completed",
-        "each": "failed",
+        "each": "skipped",
     }
+    assert [t.status for t in steps["source"].tasks] == ["completed"]
     assert [t.status for t in steps["other"].tasks] == ["completed"]

@@ -66,6 +66,18 @@ def test_a_completed_run_reports_once_with_its_output(store: SqlFlowStore) -> No
     assert len(lifecycle(store, "r1")) == 1
 
 
+def test_a_run_ended_by_a_skipped_failure_reports_its_completion(store: SqlFlowStore) -> None:
+    class Skips(Flow, slug="report_skips", max_attempts=1):
+        @step(when_failed="skip")
+        def only(self, input): ...
+
+    store.start_run(Skips.definition, "r1", "null", report=RunReport())
+    [task] = store.claim_tasks(W, ["report_skips"], 10, 30.0)
+    store.fail_task(W, TaskFailure(task.key, task.attempt, "boom"))
+    [done] = lifecycle(store, "r1")
+    assert (done.event_type, done.data["output"]) == ("FlowRunCompleted", {})
+
+
 def test_a_run_that_does_not_report_appends_nothing(store: SqlFlowStore) -> None:
     store.start_run(Chain.definition, "quiet", json.dumps({"n": 1}))
     [task] = store.claim_tasks(W, ["chain"], 10, 30.0)

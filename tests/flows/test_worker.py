@@ -257,3 +257,35 @@ def test_step_removed_from_the_code_fails_the_old_run_clearly(app: App) -> None:
     assert run.status == "failed"
     assert "'gone'" in (run.error or "") and "does not define it" in (run.error or "")
     assert run.step("gone").attempts == 1
+
+
+def test_var_keyword_step_receives_the_dependencies_only(app: App) -> None:
+    """``**deps`` gets the dependencies' outputs and nothing else: JSON data the step can
+    encode or pass on (it used to get the context too, and json.dumps failed the run)."""
+    import json
+
+    from tideflow import Flow, step
+
+    class Gather(Flow, slug="gather_var_kw"):
+        @step()
+        def a(self, input):
+            return input + 1
+
+        @step()
+        def b(self, input):
+            return input * 2
+
+        @step(depends_on=["a", "b"])
+        def joined(self, **deps):
+            return json.dumps(deps, sort_keys=True)
+
+        @step(depends_on=["joined"])
+        def with_ctx(self, ctx, **deps):
+            return {"deps": deps, "step": ctx.step_slug}
+
+    app.register(Gather)
+    run_id = app.start_flow(Gather, 3)
+    drain(app)
+    run = app.get_run(run_id)
+    assert run.status == "completed", run.error
+    assert run.output == {"with_ctx": {"deps": {"joined": '{"a": 4, "b": 6}'}, "step": "with_ctx"}}

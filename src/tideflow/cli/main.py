@@ -335,7 +335,13 @@ def parse_input(text: str) -> Any:
 @cli.command()
 def start(
     flow: Annotated[
-        str, typer.Argument(metavar="FLOW", help="Slug of the flow to run.", show_default=False)
+        str,
+        typer.Argument(
+            metavar="FLOW",
+            help="Slug of the flow to run: of a flow in --app/--flow, or of any flow a worker has "
+            "stored in the database (no code needed).",
+            show_default=False,
+        ),
     ],
     input: Annotated[
         str, typer.Option("--input", "-i", help="Run input as JSON, @file.json, or - for stdin.")
@@ -360,14 +366,24 @@ def start(
             show_default=False,
         ),
     ] = None,
+    version: Annotated[
+        str | None,
+        typer.Option(
+            "--flow-version",
+            help="Start this stored version of the flow; default: the code's, else the latest "
+            "stored one (tideflow flows lists them).",
+            show_default=False,
+        ),
+    ] = None,
     app_path: AppOpt = None,
     flows: FlowOpt = None,
     database_url: DatabaseOpt = None,
 ) -> None:
-    """Start a run and print its id; with --wait, follow it to the end."""
+    """Start a run and print its id; with --wait, follow it to the end. Without --app the
+    flow's stored shape is used: the process that starts runs needs none of their code."""
     value = parse_input(input)
-    with build_app(database_url, app_path, flows or [], need_flows=True) as app:
-        new_id = app.start_flow(app.registry.get(flow), value, run_id=run_id)
+    with build_app(database_url, app_path, flows or []) as app:
+        new_id = app.start_flow(flow, value, run_id=run_id, version=version)
         if not wait:
             typer.echo(new_id)
             return
@@ -489,6 +505,20 @@ def cancel(
             status = app.read_store().get_run(run_id, with_steps=False).status
             raise CommandFailed(f"run {run_id} has already {status}; nothing to cancel")
         _console().print(Text.assemble("cancelled run ", (run_id, "bold")), soft_wrap=True)
+
+
+@cli.command()
+def retry(
+    run_id: Annotated[
+        str, typer.Argument(metavar="RUN_ID", help="The failed run's id.", show_default=False)
+    ],
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Retry a failed run from its failed steps: completed steps keep their outputs, the rest
+    run again with fresh attempts (tideflow runs --status failed lists failed runs)."""
+    with build_app(database_url) as app:  # like cancel: the run lives in a migrated database
+        app.retry_run(run_id)
+        _console().print(Text.assemble("retrying run ", (run_id, "bold")), soft_wrap=True)
 
 
 @cli.command()

@@ -177,7 +177,11 @@ def steps_table(
         row: list[RenderableType] = [
             step.step_slug,
             step.kind,
-            status_text(step.status),
+            (
+                Text.assemble(status_text(step.status), (f" ({step.skip_reason})", "dim"))
+                if step.skip_reason
+                else status_text(step.status)
+            ),
             task_counts(step),
             str(step.attempts),
             step_duration(step, now),

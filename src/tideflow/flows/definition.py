@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tideflow.errors import InvalidSlugError
+from tideflow.flows.conditions import SkipMode
 
 SLUG_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 MAX_SLUG_LENGTH = 128
@@ -81,13 +82,45 @@ class StepDefinition:
     #: Lease expiries (worker killed or lost) requeued without counting an attempt; one more
     #: fails the task. See ``SqlEngine.requeue_stalled``.
     max_stalls: int = DEFAULT_MAX_STALLS
+    #: JSON patterns the step's input must contain (``if_``) / must not contain (``if_not``) for
+    #: the step to run - the run input for a root step, its dependencies' outputs by slug for a
+    #: dependent one (``tideflow.flows.conditions``); None: no test.
+    if_pattern: Any = None
+    if_not_pattern: Any = None
+    when_unmet: SkipMode = "skip"
+    #: What a task that failed for good does to the run: fail it (the default), or skip the step.
+    when_failed: SkipMode = "fail"
 
     @property
     def is_root(self) -> bool:
         return not self.depends_on
 
+    @property
+    def has_condition(self) -> bool:
+        return self.if_pattern is not None or self.if_not_pattern is not None
+
+    def conditions(self) -> dict[str, Any]:
+        """The step's conditions and skip modes, only those set: part of the shape (and so of
+        the version), since they decide which steps of a run execute - and absent when unset,
+        so that every flow without them keeps the version it had."""
+        found: dict[str, Any] = {}
+        if self.if_pattern is not None:
+            found["if"] = self.if_pattern
+        if self.if_not_pattern is not None:
+            found["if_not"] = self.if_not_pattern
+        if self.has_condition:
+            found["when_unmet"] = self.when_unmet
+        if self.when_failed != "fail":
+            found["when_failed"] = self.when_failed
+        return found
+
     def shape(self) -> dict[str, Any]:
-        return {"slug": self.slug, "depends_on": sorted(self.depends_on), "kind": self.kind}
+        return {
+            "slug": self.slug,
+            "depends_on": sorted(self.depends_on),
+            "kind": self.kind,
+            **self.conditions(),
+        }
 
     def options(self) -> dict[str, Any]:
         """Per-step settings copied onto each run's step row, so a run keeps the settings it
@@ -109,6 +142,9 @@ class FlowDefinition:
     retry: RetryPolicy
     timeout: float | None
     max_stalls: int = DEFAULT_MAX_STALLS
+    #: ``Flow(reports=True)``: runs append their end to the event log. An option, outside the
+    #: version, stored with the shape so that a run started by slug alone reports too.
+    reports: bool = False
     version: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -125,6 +161,12 @@ class FlowDefinition:
             if s.slug == slug:
                 return s
         raise KeyError(slug)
+
+    @property
+    def conditional(self) -> bool:
+        """Whether a run may skip steps: its transitions then run in the flow store's Python
+        (on PostgreSQL too), where conditions are checked."""
+        return any(s.has_condition or s.when_failed != "fail" for s in self.steps)
 
     @property
     def leaves(self) -> tuple[str, ...]:

@@ -32,9 +32,11 @@ from tideflow.errors import (
     CycleError,
     DuplicateStepError,
     FlowDefinitionError,
+    InputNotSerializableError,
     MapSourceError,
     UnknownDependencyError,
 )
+from tideflow.flows.conditions import SKIP_MODES, SkipMode
 from tideflow.flows.definition import (
     DEFAULT_MAX_STALLS,
     FlowDefinition,
@@ -42,6 +44,7 @@ from tideflow.flows.definition import (
     StepDefinition,
     check_slug,
 )
+from tideflow.jsonutil import dumps
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -97,6 +100,10 @@ class _StepSpec:
     timeout: float | None
     start_delay: float
     max_stalls: int | None
+    if_: Any = None
+    if_not: Any = None
+    when_unmet: SkipMode = "skip"
+    when_failed: SkipMode = "fail"
 
 
 @overload
@@ -113,6 +120,10 @@ def step(
     timeout: float | None = None,
     start_delay: float = 0.0,
     max_stalls: int | None = None,
+    if_: Any = None,
+    if_not: Any = None,
+    when_unmet: SkipMode = "skip",
+    when_failed: SkipMode = "fail",
 ) -> Callable[[F], F]: ...
 
 
@@ -129,6 +140,10 @@ def step(
     timeout: float | None = None,
     start_delay: float = 0.0,
     max_stalls: int | None = None,
+    if_: Any = None,
+    if_not: Any = None,
+    when_unmet: SkipMode = "skip",
+    when_failed: SkipMode = "fail",
 ) -> F | Callable[[F], F]:
     """Mark a method of a ``Flow`` as a step.
 
@@ -139,6 +154,14 @@ def step(
     ``max_stalls`` bounds something other than ``max_attempts``: how often a task may be requeued
     because the worker running it died (its lease expired) - a kill is not the step's failure,
     so it costs no attempt, but a task that keeps killing its workers must stop somewhere.
+
+    ``if_`` / ``if_not``: run the step only when its input contains (does not contain) this JSON
+    pattern - the run input for a root step, ``{dependency slug: output}`` of its non-skipped
+    dependencies for a dependent one - with PostgreSQL's ``@>`` meaning on both backends
+    (``tideflow.flows.conditions``). ``when_unmet``: what an unmet condition does - ``"skip"``
+    the step (its dependents run without its output), ``"skip_cascade"`` (skip it and every step
+    after it) or ``"fail"`` the run. ``when_failed``: the same choice for a task that failed for
+    good (out of attempts or stalls, or not retryable); ``"fail"``, the default, fails the run.
     """
     if isinstance(depends_on, str):
         depends_on = (depends_on,)
@@ -152,6 +175,10 @@ def step(
         timeout=timeout,
         start_delay=start_delay,
         max_stalls=max_stalls,
+        if_=if_,
+        if_not=if_not,
+        when_unmet=when_unmet,
+        when_failed=when_failed,
     )
 
     def mark(fn: F) -> F:
@@ -162,7 +189,12 @@ def step(
 
 
 def _default_slug(class_name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", class_name).lower()
+    """Snake case that keeps an acronym one word: ``HTTPFetch`` -> ``http_fetch``,
+    ``OrderPipeline`` -> ``order_pipeline``, ``ETL2Job`` -> ``etl2_job``. (Releases up to 0.1.0
+    split every capital, ``h_t_t_p_fetch``: a flow named so keeps its stored runs by passing
+    that ``slug=`` explicitly.)"""
+    words = re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1_\2", class_name)
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", words).lower()
 
 
 class Flow:
@@ -204,7 +236,7 @@ class Flow:
             raise FlowDefinitionError(flow_slug, f"reports must be True or False, got {reports!r}")
         cls.slug = flow_slug
         cls.reports = reports
-        cls.definition = _build_definition(cls, flow_slug, retry, timeout, max_stalls)
+        cls.definition = _build_definition(cls, flow_slug, retry, timeout, max_stalls, reports)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} flow {self.slug!r} v{self.definition.version}>"
@@ -249,7 +281,12 @@ def _check_options(
 
 
 def _build_definition(
-    cls: type, flow_slug: str, retry: RetryPolicy, flow_timeout: float | None, max_stalls: int
+    cls: type,
+    flow_slug: str,
+    retry: RetryPolicy,
+    flow_timeout: float | None,
+    max_stalls: int,
+    reports: bool,
 ) -> FlowDefinition:
     specs: dict[str, tuple[str, Callable[..., Any], _StepSpec]] = {}
     for klass in reversed(cls.__mro__):  # subclasses may override or add steps
@@ -257,7 +294,8 @@ def _build_definition(
             spec = getattr(value, _STEP_ATTR, None)
             if not isinstance(spec, _StepSpec):
                 continue
-            step_slug = spec.slug or attr
+            # ``slug=""`` is a mistake, not "use the method name": check_slug refuses it.
+            step_slug = spec.slug if spec.slug is not None else attr
             check_slug(step_slug, flow=flow_slug, step=step_slug)
             if step_slug in specs and specs[step_slug][0] != attr:
                 raise DuplicateStepError(
@@ -292,6 +330,7 @@ def _build_definition(
             )
 
     order = _topological_order(flow_slug, {s: sp.depends_on for s, (_, _, sp) in specs.items()})
+    step_specs = {s: sp for s, (_, _, sp) in specs.items()}
     steps = []
     for index, step_slug in enumerate(order):
         attr, fn, spec = specs[step_slug]
@@ -306,6 +345,8 @@ def _build_definition(
             spec.max_stalls,
         )
         wants_ctx = _check_signature(flow_slug, step_slug, fn, spec)
+        _check_conditions(flow_slug, step_slug, spec)
+        _check_skippable_inputs(flow_slug, step_slug, fn, spec, step_specs)
         steps.append(
             StepDefinition(
                 slug=step_slug,
@@ -322,11 +363,94 @@ def _build_definition(
                 method=attr,
                 wants_ctx=wants_ctx,
                 max_stalls=spec.max_stalls if spec.max_stalls is not None else max_stalls,
+                if_pattern=spec.if_,
+                if_not_pattern=spec.if_not,
+                when_unmet=spec.when_unmet,
+                when_failed=spec.when_failed,
             )
         )
     return FlowDefinition(
-        slug=flow_slug, steps=tuple(steps), retry=retry, timeout=flow_timeout, max_stalls=max_stalls
+        slug=flow_slug,
+        steps=tuple(steps),
+        retry=retry,
+        timeout=flow_timeout,
+        max_stalls=max_stalls,
+        reports=reports,
     )
+
+
+def _check_conditions(flow_slug: str, step_slug: str, spec: _StepSpec) -> None:
+    """Refuse conditions that could never mean what they say: a pattern that is not JSON, a
+    dependent step's pattern that is not keyed by its dependencies (its input is
+    ``{dependency: output}``, so any other key never matches), an unknown mode, or
+    ``when_unmet`` without a condition."""
+
+    def bad(msg: str) -> FlowDefinitionError:
+        return FlowDefinitionError(flow_slug, msg, step_slug)
+
+    for name, mode in (("when_unmet", spec.when_unmet), ("when_failed", spec.when_failed)):
+        if mode not in SKIP_MODES:
+            raise bad(f"{name} must be one of {', '.join(map(repr, SKIP_MODES))}, got {mode!r}")
+    if spec.if_ is None and spec.if_not is None and spec.when_unmet != "skip":
+        raise bad("when_unmet applies to a condition: give the step if_= or if_not= as well")
+    for name, pattern in (("if_", spec.if_), ("if_not", spec.if_not)):
+        if pattern is None:
+            continue
+        try:
+            dumps(pattern, what=f"{name} of step {step_slug!r}")
+        except InputNotSerializableError as exc:
+            raise bad(f"{name} must be a JSON pattern: {exc}") from None
+        if not spec.depends_on:
+            continue
+        if not isinstance(pattern, dict):
+            raise bad(
+                f"{name} of a dependent step is matched against {{dependency: output}}, so it "
+                f"must be an object keyed by dependency, e.g. {{{spec.depends_on[0]!r}: ...}}; "
+                f"got {pattern!r}"
+            )
+        unknown = sorted(set(pattern) - set(spec.depends_on))
+        if unknown:
+            raise bad(
+                f"{name} names {', '.join(map(repr, unknown))}, which the step does not depend "
+                f"on; its keys must be among depends_on ({', '.join(spec.depends_on)})"
+            )
+
+
+def _check_skippable_inputs(
+    flow_slug: str,
+    step_slug: str,
+    fn: Callable[..., Any],
+    spec: _StepSpec,
+    specs: dict[str, _StepSpec],
+) -> None:
+    """A dependency that may be skipped while this step still runs - ``when_unmet="skip"``
+    with a condition, or ``when_failed="skip"`` - passes no output then, so its parameter needs
+    a default (or the step takes ``**deps``); refused here rather than as a TypeError in a run."""
+    if spec.map or not spec.depends_on:
+        return
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins and C callables
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    for dep in spec.depends_on:
+        d = specs[dep]
+        if d.when_failed == "skip":
+            why = 'when_failed="skip"'
+        elif (d.if_ is not None or d.if_not is not None) and d.when_unmet == "skip":
+            why = 'a condition and when_unmet="skip"'
+        else:
+            continue
+        param = params.get(dep)
+        if param is not None and param.default is param.empty:
+            raise FlowDefinitionError(
+                flow_slug,
+                f"depends on step {dep!r}, which may be skipped ({why}) while this step runs, "
+                f"and then passes no output: give the parameter a default ({dep}=None) or take "
+                "**deps",
+                step_slug,
+            )
 
 
 def _topological_order(flow_slug: str, deps: dict[str, tuple[str, ...]]) -> list[str]:
@@ -373,7 +497,9 @@ def _check_signature(
     params = list(sig.parameters.values())[1:]  # drop self
     names = {p.name for p in params}
     has_var_kw = any(p.kind is p.VAR_KEYWORD for p in params)
-    wants_ctx = "ctx" in names or has_var_kw
+    # Only a parameter named ``ctx`` asks for the context: ``**deps`` collects the
+    # dependencies' outputs and nothing else, so it stays plain JSON data a step can pass on.
+    wants_ctx = "ctx" in names
     positional = [
         p
         for p in params

@@ -135,6 +135,10 @@ class StepRecord:
     started_at: datetime | None
     finished_at: datetime | None
     tasks: list[TaskRecord] = field(default_factory=list)
+    #: Why a ``skipped`` step was skipped: ``condition_unmet``, ``handler_failed`` (a task failed
+    #: for good and the step says ``when_failed``), ``dependency_skipped`` (a cascade); None for
+    #: a step skipped because its run failed or was cancelled first.
+    skip_reason: str | None = None
 
     @property
     def attempts(self) -> int:
@@ -195,10 +199,16 @@ class FlowStore(Protocol):
 
     # --- flows --------------------------------------------------------------------------------
     def ensure_flow(self, definition: FlowDefinition) -> None:
-        """Record the flow's shape under its version (no-op when already recorded)."""
+        """Record the flow's shape under its version, with its current step options (once per
+        store: a no-op when this store recorded it already)."""
         ...
 
     def list_flows(self) -> list[FlowVersionRecord]: ...
+
+    def stored_flow(self, flow_slug: str, version: str | None = None) -> FlowDefinition:
+        """A stored version's definition (the latest unless ``version`` pins one), enough to
+        start runs without the flow's code; ``FlowNotFoundError`` lists what is stored."""
+        ...
 
     # --- runs ---------------------------------------------------------------------------------
     def start_run(
@@ -217,6 +227,18 @@ class FlowStore(Protocol):
         usable. With ``report``, the run's end is appended to the event log (``RunReport``)."""
         ...
 
+    def start_runs(
+        self,
+        definition: FlowDefinition,
+        runs: Sequence[tuple[str, str]],
+        *,
+        report: RunReport | None = None,
+    ) -> None:
+        """Start many runs of one flow, ``runs`` being (run id, input JSON), in one
+        transaction: all of them or, with a taken or repeated run id
+        (``RunAlreadyExistsError``) or a bad root map input, none."""
+        ...
+
     def get_run(self, run_id: str, *, with_steps: bool = True) -> RunRecord:
         """The run with its steps and their tasks; ``RunNotFoundError`` if unknown."""
         ...
@@ -230,6 +252,11 @@ class FlowStore(Protocol):
         offset: int = 0,
     ) -> list[RunRecord]:
         """Runs newest first, without steps."""
+        ...
+
+    def retry_run(self, run_id: str) -> None:
+        """Start a failed run again from its failed steps (fresh attempts; completed steps keep
+        their outputs). ``RunNotFoundError`` / ``RunNotFailedError``, writing nothing."""
         ...
 
     def purge_finished_runs(self, older_than: float, limit: int = 500) -> int:

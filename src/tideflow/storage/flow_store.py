@@ -13,18 +13,31 @@ about as many round trips as one committing a single one - that is where through
 
 Transitions (each inside the caller's single transaction):
 
-    start_run       run started; steps created; root steps started
-    _start_steps    single: one task (input: run input, or dependency outputs by name);
-                    map: one task per element, or completed at once when the array is empty;
-                    a map source that is not a list fails the run (no retry can fix data)
+    start_run       run started; steps created; root steps started (a root map's input that is
+                    not an array is refused first: MapInputError, nothing written)
+    start_runs      the same for many runs of one flow, set-based
+    _start_steps    a step whose condition is unmet is skipped, skipped with every step after
+                    it, or fails its run (when_unmet); else single: one task (input: run input,
+                    or the outputs of its completed dependencies by name); map: one task per
+                    element, or completed at once when the array is empty (or its source was
+                    skipped); a map source that is not a list fails the run, blaming the step
+                    that produced it (no retry can fix data)
     complete_tasks  tasks completed; steps whose last task completed complete
-    _complete_steps dependents' remaining_deps decremented and those at zero started; runs whose
-                    last step completed complete with their leaf steps' outputs
-    _fail_task      queued again after backoff while attempts remain; else task, step and run
-                    fail and every other unfinished task of the run is cancelled (no orphans)
+    _complete_steps steps completed or skipped are counted off: dependents' remaining_deps
+                    decremented and those at zero started; runs whose last step ended complete
+                    with their completed leaf steps' outputs
+    _fail_task      queued again after backoff while attempts remain; else the step's
+                    when_failed: the task, step and run fail and every other unfinished task of
+                    the run is cancelled (no orphans), or the step is skipped (with its
+                    dependents for skip_cascade) and the run goes on
     requeue_stalled a task whose lease expired (its worker died) is queued again at once without
                     counting the attempt, up to its step's max_stalls; the stall after that fails
                     it like _fail_task's final failure
+    retry_run       a failed run started again from its failed steps: their tasks deleted (fresh
+                    attempts), completed steps kept
+
+Runs of flows with conditions or when_failed skips (runs.conditional) take these Python
+transitions on PostgreSQL too: the fast path hands their completions back.
 
 Lock order (matters on PostgreSQL, harmless on SQLite): every transaction that changes a run
 locks its ``runs`` row first, in run_id order (``lock_runs``), then steps and tasks.
@@ -38,14 +51,22 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from tideflow.clock import Clock
-from tideflow.errors import DuplicateKeyError, RunAlreadyExistsError, RunNotFoundError
+from tideflow.errors import (
+    DuplicateKeyError,
+    FlowNotFoundError,
+    MapInputError,
+    RunAlreadyExistsError,
+    RunNotFailedError,
+    RunNotFoundError,
+)
 from tideflow.events.model import MAX_ID_LENGTH, ExpectedVersion, NewEvent
 from tideflow.events.upcasting import Upcasters
-from tideflow.flows.definition import FlowDefinition
+from tideflow.flows.conditions import condition_met
+from tideflow.flows.definition import FlowDefinition, RetryPolicy, StepDefinition
 from tideflow.jsonutil import dumps, storable_text
 from tideflow.retrying import backoff_delay
 from tideflow.storage.database import EVENTS_CHANNEL, TASKS_CHANNEL, Database, Row, Tx
@@ -86,6 +107,7 @@ class SqlFlowStore:
         self.clock: Clock = db.clock
         self._owns_db = owns_db
         self._known_versions: set[tuple[str, str]] = set()
+        self._recorded: set[tuple[str, str]] = set()  # by ensure_flow, with this code's options
         self._shapes: dict[tuple[str, str], dict[str, Any]] = {}
 
     def migrate(self) -> list[str]:
@@ -114,9 +136,25 @@ class SqlFlowStore:
 
     # --- flows -----------------------------------------------------------------------------------
     def ensure_flow(self, definition: FlowDefinition) -> None:
-        if (definition.slug, definition.version) not in self._known_versions:
-            with self._flow_tx(definition):
-                pass
+        """Record the version with this code's step options (``record_flow``: they replace
+        the stored ones, which a run started by slug alone uses), once per store, unless they
+        are stored already. A worker calls it as it starts; starting a run only inserts a
+        missing version (``insert_flow``), which takes no lock on an existing row - so two
+        transactions that each start runs of two flows, in opposite orders, cannot deadlock on
+        the flows rows."""
+        key = (definition.slug, definition.version)
+        if key in self._recorded:
+            return
+        shape = stored_shape(definition)
+        # A read first (a statement of its own: on SQLite it takes no write lock), so that a
+        # worker whose options are stored already writes nothing as it starts.
+        found = self.db.rows("get_flow", flow_slug=definition.slug, version=definition.version)
+        if not found or json.loads(found[0]["shape"]) != shape:
+            with self._tx() as tx:
+                self._write_flow(tx, "record_flow", definition, shape)
+        self._shapes.setdefault(key, _with_dependents(shape))
+        self._known_versions.add(key)
+        self._recorded.add(key)
 
     @contextmanager
     def _flow_tx(self, definition: FlowDefinition, outer: Tx | None = None) -> Iterator[Tx]:
@@ -131,19 +169,24 @@ class SqlFlowStore:
         with self._tx(outer) as tx:
             if key not in self._known_versions:
                 shape = stored_shape(definition)
-                tx.run(
-                    "insert_flow",
-                    flow_slug=definition.slug,
-                    version=definition.version,
-                    shape=json.dumps(shape),
-                    created_at=self.clock.now(),
-                )
+                self._write_flow(tx, "insert_flow", definition, shape)
                 self._shapes[key] = _with_dependents(shape)
                 # In a caller's transaction, the row commits (or not) with it, later.
                 remember = outer is None
             yield tx
         if remember:
             self._known_versions.add(key)
+
+    def _write_flow(
+        self, tx: Tx, query: str, definition: FlowDefinition, shape: dict[str, Any]
+    ) -> None:
+        tx.run(
+            query,
+            flow_slug=definition.slug,
+            version=definition.version,
+            shape=json.dumps(shape),
+            created_at=self.clock.now(),
+        )
 
     def list_flows(self) -> list[FlowVersionRecord]:
         with self._tx() as tx:
@@ -153,6 +196,31 @@ class SqlFlowStore:
                 )
                 for r in tx.rows("list_flows")
             ]
+
+    def stored_flow(self, flow_slug: str, version: str | None = None) -> FlowDefinition:
+        """The definition of a stored flow version - the latest stored one of ``flow_slug``
+        unless ``version`` pins one - rebuilt from ``flows.shape``: what ``start_run`` needs
+        to start a run of a flow whose code this process does not have. ``FlowNotFoundError``
+        names the stored flows (or versions) when there is no such one."""
+        versions = [f for f in self.list_flows() if f.flow_slug == flow_slug]
+        if not versions:
+            known = sorted({f.flow_slug for f in self.list_flows()})
+            raise FlowNotFoundError(
+                f"flow {flow_slug!r} is neither registered here nor stored in the database "
+                f"(stored flows: {', '.join(known) or 'none'}); a flow is stored when a worker "
+                "that has its code starts, or a run of it starts"
+            )
+        if version is None:
+            chosen = max(versions, key=lambda f: f.created_at)
+        else:
+            found = [f for f in versions if f.version == version]
+            if not found:
+                raise FlowNotFoundError(
+                    f"flow {flow_slug!r} has no stored version {version!r} (stored: "
+                    f"{', '.join(f.version for f in versions)})"
+                )
+            chosen = found[0]
+        return definition_from_shape(chosen.shape)
 
     def _shape(self, tx: Tx, flow_slug: str, version: str) -> dict[str, Any]:
         """A stored flow version's shape; runs are scheduled from it, not from the code."""
@@ -173,9 +241,11 @@ class SqlFlowStore:
         tx: Tx | None = None,
         report: RunReport | None = None,
     ) -> None:
+        check_map_input(definition, input_json)
         try:
             with self._flow_tx(definition, tx) as inner:
-                if self.db.fast_paths:
+                # A run that may skip steps moves on in Python (runs.conditional, 0016).
+                if self.db.fast_paths and not definition.conditional:
                     self._start_run_fast(inner, definition, run_id, input_json)
                 else:
                     self._start_run(inner, definition, run_id, input_json)
@@ -186,6 +256,80 @@ class SqlFlowStore:
             raise RunAlreadyExistsError(
                 f"a run with id {run_id!r} already exists; pass another run_id or none to get "
                 "a fresh one"
+            ) from exc
+
+    def start_runs(
+        self,
+        definition: FlowDefinition,
+        runs: Sequence[tuple[str, str]],
+        *,
+        report: RunReport | None = None,
+    ) -> None:
+        """Start many runs of one flow - ``runs``: (run id, input JSON) - in one transaction,
+        set-based: one statement inserts every run, one every step row, and the root steps of
+        all of them start together (``_start_steps``), so 10,000 runs cost a handful of round
+        trips instead of 10,000 transactions. All or nothing: a taken or repeated run id, or a
+        root map input that is not an array, starts none of them."""
+        if not runs:
+            return
+        ids = [run_id for run_id, _ in runs]
+        seen: set[str] = set()
+        for run_id in ids:
+            if run_id in seen:
+                raise RunAlreadyExistsError(
+                    f"run id {run_id!r} is given twice in one batch; give each run its own id "
+                    "(or none, for fresh ones); nothing was started"
+                )
+            seen.add(run_id)
+        for _, input_json in runs:
+            check_map_input(definition, input_json)
+        report_json = None if report is None else _report_json(report)
+        try:
+            with self._flow_tx(definition) as tx:
+                now = self.clock.now()
+                if self.db.fast_paths and not definition.conditional:
+                    # One round trip (PostgreSQL: tideflow.start_runs_v1). The ids go in as an
+                    # array, the inputs as one JSON array of them: their text is JSON already.
+                    notify = tx.rows(
+                        "start_runs",
+                        flow_slug=definition.slug,
+                        flow_version=definition.version,
+                        run_ids=ids,
+                        inputs="[" + ",".join(text for _, text in runs) + "]",
+                        steps=step_rows(definition),
+                        report=report_json,
+                        now=now,
+                    )[0]["notify"]
+                    tx.notify = tx.notify or bool(notify)
+                    if report is not None:
+                        self._report(tx, ids)
+                    return
+                tx.run(
+                    "insert_runs",
+                    flow_slug=definition.slug,
+                    flow_version=definition.version,
+                    remaining_steps=len(definition.steps),
+                    started_at=now,
+                    conditional=definition.conditional,
+                    rows=batch(
+                        {"run_id": run_id, "input": text, "report": report_json}
+                        for run_id, text in runs
+                    ),
+                )
+                template = _step_row_dicts(definition)
+                tx.run(
+                    "insert_steps",
+                    created_at=now,
+                    rows=batch({**row, "run_id": run_id} for run_id in ids for row in template),
+                )
+                roots = [s.slug for s in definition.steps if s.is_root]
+                self._start_steps(tx, [(r, slug) for r in ids for slug in roots], now, dict(runs))
+                if report is not None:
+                    self._report(tx, ids)  # runs of empty root maps end as they start
+        except DuplicateKeyError as exc:
+            raise RunAlreadyExistsError(
+                "a run id of this batch is taken by an existing run; pass other run_ids or "
+                "none to get fresh ones; nothing was started"
             ) from exc
 
     def _start_run_fast(
@@ -214,6 +358,7 @@ class SqlFlowStore:
             input=input_json,
             remaining_steps=len(definition.steps),
             started_at=now,
+            conditional=definition.conditional,
         )
         tx.run("insert_steps", created_at=now, rows=step_rows(definition, run_id))
         roots = [(run_id, s.slug) for s in definition.steps if s.is_root]
@@ -222,7 +367,13 @@ class SqlFlowStore:
     def _start_steps(
         self, tx: Tx, pairs: list[Pair], now: datetime, run_inputs: dict[str, str]
     ) -> None:
-        """Queue the tasks of steps whose dependencies have all completed."""
+        """Queue the tasks of steps whose dependencies have all completed or been skipped -
+        or skip them, or fail their run, when their condition is unmet (``when_unmet``).
+
+        A step's input holds the outputs of its *completed* dependencies only: a skipped
+        dependency is left out (a map step over a skipped step maps over nothing and completes
+        with ``[]``, as pgflow does). A condition is checked against the same value: the run
+        input for a root step, ``{dependency: output}`` for a dependent one."""
         if not pairs:
             return
         steps = tx.rows("get_steps", rows=_pairs(pairs))
@@ -232,25 +383,39 @@ class SqlFlowStore:
         started: list[dict[str, Any]] = []
         tasks: list[dict[str, Any]] = []
         empty: list[Pair] = []
+        skips: list[tuple[str, str, str, bool]] = []
+        shapes: dict[str, dict[str, Any]] = {}
         failures: dict[str, tuple[str, str]] = {}
         for s in steps:
             run_id, slug = s["run_id"], s["step_slug"]
             deps: list[str] = json.loads(s["depends_on"])
+            done = [d for d in deps if (run_id, d) in outputs]
+            shape = shapes[run_id] = self._shape(tx, s["flow_slug"], s["flow_version"])
+            spec = shape["by_slug"][slug]
+            if "if" in spec or "if_not" in spec:
+                value = (
+                    {d: json.loads(outputs[(run_id, d)]) for d in done}
+                    if deps
+                    else json.loads(run_inputs[run_id])
+                )
+                if not condition_met(value, spec.get("if"), spec.get("if_not")):
+                    if spec["when_unmet"] == "fail":
+                        failures.setdefault(run_id, (slug, _unmet_error(slug, spec)))
+                    else:
+                        cascade = spec["when_unmet"] == "skip_cascade"
+                        skips.append((run_id, slug, "condition_unmet", cascade))
+                    continue
             if s["kind"] == "map":
-                source_json = outputs[(run_id, deps[0])] if deps else run_inputs[run_id]
+                if deps and not done:
+                    source_json = "[]"  # its source step was skipped: nothing to map over
+                else:
+                    source_json = outputs[(run_id, deps[0])] if deps else run_inputs[run_id]
                 source = json.loads(source_json)
                 if not isinstance(source, list):
-                    origin = f"step {deps[0]!r}" if deps else "the run input"
-                    failures.setdefault(
-                        run_id,
-                        (
-                            slug,
-                            (
-                                f"map step {slug!r} needs a list from {origin}, got "
-                                f"{_json_type(source)}; make {origin} a JSON array"
-                            ),
-                        ),
-                    )
+                    # The step that produced the value is the one at fault, and is the one
+                    # marked failed (a root map's input is refused by start_run; a run started
+                    # before that check existed fails its map step here).
+                    failures.setdefault(run_id, _map_source_failure(slug, deps, source))
                     continue
                 # jsonutil.dumps, not json.dumps: it writes big floats so they stay floats
                 inputs = [dumps(item, what=f"an element for map step {slug!r}") for item in source]
@@ -258,7 +423,7 @@ class SqlFlowStore:
                     empty.append((run_id, slug))
             elif deps:
                 inputs = [
-                    "{" + ",".join(f"{json.dumps(d)}:{outputs[(run_id, d)]}" for d in deps) + "}"
+                    "{" + ",".join(f"{json.dumps(d)}:{outputs[(run_id, d)]}" for d in done) + "}"
                 ]
             else:
                 inputs = [run_inputs[run_id]]
@@ -283,15 +448,21 @@ class SqlFlowStore:
         for run_id, (slug, error) in failures.items():
             self._fail_run(tx, run_id, slug, now, error)
         empty = [p for p in empty if p[0] not in failures]
-        if empty:
-            self._complete_steps(tx, [(r, s, "[]") for r, s in empty], now)
+        skipped = _cascade(
+            shapes,
+            [(Skip(r, slug, why), cascade) for r, slug, why, cascade in skips if r not in failures],
+        )
+        if empty or skipped:
+            self._complete_steps(tx, [(r, s, "[]") for r, s in empty], now, skipped)
 
     def _step_outputs(self, tx: Tx, pairs: set[Pair]) -> dict[Pair, str]:
+        """The outputs of those of these steps that completed (a skipped one has none)."""
         if not pairs:
             return {}
         return {
             (r["run_id"], r["step_slug"]): r["output"]
             for r in tx.rows("get_step_outputs", rows=_pairs(pairs))
+            if r["status"] == "completed"
         }
 
     # --- completing -----------------------------------------------------------------------------
@@ -306,14 +477,18 @@ class SqlFlowStore:
         with self._tx() as tx:
             if self.db.fast_paths:
                 # The dialect's complete_tasks_batch does all of _complete_tasks in one round
-                # trip (PostgreSQL: tideflow.complete_tasks_v2).
-                notify = tx.rows(
+                # trip (PostgreSQL: tideflow.complete_tasks_v3), but for completions of
+                # conditional runs, which it hands back (after locking every run) for Python.
+                done = tx.rows(
                     "complete_tasks_batch",
                     worker_id=worker_id,
                     now=self.clock.now(),
                     rows=_completions(completions),
-                )[0]["notify"]
-                tx.notify = bool(notify)
+                )[0]
+                deferred = json.loads(done["deferred"])
+                if deferred:
+                    self._complete_tasks(tx, worker_id, [completions[i] for i in deferred])
+                tx.notify = tx.notify or bool(done["notify"])
             else:
                 self._complete_tasks(tx, worker_id, completions)
             if any(c.reports for c in completions):
@@ -363,19 +538,44 @@ class SqlFlowStore:
         if finished:
             self._complete_steps(tx, finished, now)
 
-    def _complete_steps(self, tx: Tx, finished: list[tuple[str, str, str]], now: datetime) -> None:
-        tx.run(
-            "complete_steps",
-            finished_at=now,
-            rows=batch({"run_id": r, "step_slug": s, "output": out} for r, s, out in finished),
-        )
-        per_run = Counter(r for r, _, _ in finished)
+    def _complete_steps(
+        self,
+        tx: Tx,
+        finished: list[tuple[str, str, str]],
+        now: datetime,
+        skipped: Sequence[Skip] = (),
+    ) -> None:
+        """Steps completed (with their outputs) or skipped (with their reasons): either way they
+        are counted off their runs and their dependents; a run with no step left completes,
+        with the outputs of its completed leaves (a skipped leaf has none to give)."""
+        if finished:
+            tx.run(
+                "complete_steps",
+                finished_at=now,
+                rows=batch({"run_id": r, "step_slug": s, "output": out} for r, s, out in finished),
+            )
+        if skipped:
+            tx.run(
+                "skip_steps",
+                finished_at=now,
+                rows=batch(
+                    {
+                        "run_id": k.run_id,
+                        "step_slug": k.step_slug,
+                        "reason": k.reason,
+                        "error": k.error,
+                    }
+                    for k in skipped
+                ),
+            )
+        ended = [(r, s) for r, s, _ in finished] + [(k.run_id, k.step_slug) for k in skipped]
+        per_run = Counter(r for r, _ in ended)
         runs = tx.rows(
             "decrement_run_steps", rows=batch({"run_id": r, "n": n} for r, n in per_run.items())
         )
         shapes = {r["run_id"]: self._shape(tx, r["flow_slug"], r["flow_version"]) for r in runs}
         dependents: Counter[Pair] = Counter()
-        for run_id, slug, _ in finished:
+        for run_id, slug in ended:
             for dependent in shapes[run_id]["dependents"][slug]:
                 dependents[(run_id, dependent)] += 1
         ready: list[Pair] = []
@@ -386,7 +586,12 @@ class SqlFlowStore:
                     {"run_id": r, "step_slug": s, "n": n} for (r, s), n in dependents.items()
                 ),
             )
-            ready = [(r["run_id"], r["step_slug"]) for r in counted if r["remaining_deps"] == 0]
+            # Only steps still waiting start: one skipped with a cascade is counted off too.
+            ready = [
+                (r["run_id"], r["step_slug"])
+                for r in counted
+                if r["remaining_deps"] == 0 and r["status"] == "created"
+            ]
         done = [r["run_id"] for r in runs if r["remaining_steps"] == 0]
         if done:
             leaves = {(run_id, leaf) for run_id in done for leaf in shapes[run_id]["leaves"]}
@@ -401,6 +606,7 @@ class SqlFlowStore:
                         + ",".join(
                             f"{json.dumps(leaf)}:{outputs[(run_id, leaf)]}"
                             for leaf in shapes[run_id]["leaves"]
+                            if (run_id, leaf) in outputs
                         )
                         + "}",
                     }
@@ -446,14 +652,28 @@ class SqlFlowStore:
         tx.run("fail_task", **key, error=error, finished_at=now)
         why = "failed" if not retryable else f"failed after {attempts} attempt(s)"
         index = f"[{task['task_index']}]" if task["kind"] == "map" else ""
-        self._fail_run(
-            tx,
-            task["run_id"],
-            task["step_slug"],
-            now,
-            f"step {task['step_slug']!r}{index} {why}: {error}",
+        self._task_failed_for_good(
+            tx, task, now, f"step {task['step_slug']!r}{index} {why}: {error}"
         )
         return None
+
+    def _task_failed_for_good(self, tx: Tx, task: Row, now: datetime, error: str) -> None:
+        """A task of this step failed for good (``task``: its row with its run's flow version).
+        The step's ``when_failed`` decides: fail the run (the default), or skip the step - its
+        other tasks cancelled, its dependents run without it - or skip it and every step after
+        it; the run goes on either way."""
+        shape = self._shape(tx, task["flow_slug"], task["flow_version"])
+        mode = shape["by_slug"][task["step_slug"]].get("when_failed", "fail")
+        if mode == "fail":
+            self._fail_run(tx, task["run_id"], task["step_slug"], now, error)
+            return
+        tx.run(
+            "cancel_step_tasks", run_id=task["run_id"], step_slug=task["step_slug"], finished_at=now
+        )
+        skip = Skip(task["run_id"], task["step_slug"], "handler_failed", storable_text(error))
+        skipped = _cascade({task["run_id"]: shape}, [(skip, mode == "skip_cascade")])
+        self._complete_steps(tx, [], now, skipped)
+        self._report(tx, [task["run_id"]])  # the skip may have been its last step
 
     def _fail_run(self, tx: Tx, run_id: str, step_slug: str, now: datetime, error: str) -> None:
         error = storable_text(error)
@@ -474,6 +694,49 @@ class SqlFlowStore:
             tx.run("skip_run_steps", run_id=run_id, finished_at=now)
             self._report(tx, [run_id])
             return True
+
+    def retry_run(self, run_id: str) -> None:
+        """Run a failed run again from where it failed: its failed steps and the steps skipped
+        because it failed start again with fresh tasks (attempt counts from 1), its completed
+        steps keep their outputs, and steps skipped on purpose (a condition, ``when_failed``)
+        stay skipped. ``RunNotFoundError`` for an unknown run, ``RunNotFailedError`` for one
+        that has not failed; either way nothing is written. The run does not report its end
+        again: it reported its failure already."""
+        with self._tx() as tx:
+            locked = tx.rows("lock_runs", run_ids=[run_id])
+            if not locked:
+                raise RunNotFoundError(f"no run with id {run_id!r}; list runs with `tideflow runs`")
+            status = locked[0]["status"]
+            if status != "failed":
+                raise RunNotFailedError(
+                    f"run {run_id!r} is {status}, not failed: only a failed run can be retried "
+                    "(list them with `tideflow runs --status failed`)"
+                )
+            steps = tx.rows("get_run_steps", run_id=run_id)
+            # Failed steps, and those skipped because the run failed (no reason): not the
+            # completed ones, nor those skipped on purpose (a condition, when_failed).
+            redo = {
+                s["step_slug"]
+                for s in steps
+                if s["status"] != "completed"
+                and not (s["status"] == "skipped" and s["skip_reason"] is not None)
+            }
+            rows = [
+                {
+                    "run_id": run_id,
+                    "step_slug": s["step_slug"],
+                    "remaining_deps": sum(d in redo for d in json.loads(s["depends_on"])),
+                }
+                for s in steps
+                if s["step_slug"] in redo
+            ]
+            pairs = [(run_id, slug) for slug in sorted(redo)]
+            tx.run("delete_step_tasks", rows=_pairs(pairs))
+            tx.run("reset_steps", rows=batch(rows))
+            tx.run("restart_run", run_id=run_id, remaining_steps=len(redo))
+            run_input = tx.rows("get_run", run_id=run_id)[0]["input"]
+            ready = [(run_id, r["step_slug"]) for r in rows if r["remaining_deps"] == 0]
+            self._start_steps(tx, ready, self.clock.now(), {run_id: run_input})
 
     def _report(self, tx: Tx, run_ids: Sequence[str]) -> None:
         """Append the lifecycle event of each of these runs that ended and reports
@@ -684,12 +947,8 @@ class SqlFlowStore:
                     finished_at=now,
                 ):
                     index = f"[{t['task_index']}]" if t["kind"] == "map" else ""
-                    self._fail_run(
-                        tx,
-                        t["run_id"],
-                        t["step_slug"],
-                        now,
-                        f"step {t['step_slug']!r}{index} failed: {error}",
+                    self._task_failed_for_good(
+                        tx, t, now, f"step {t['step_slug']!r}{index} failed: {error}"
                     )
                     handled += 1
             return handled
@@ -697,13 +956,16 @@ class SqlFlowStore:
 
 def step_rows(definition: FlowDefinition, run_id: str | None = None) -> str:
     """The ``run_steps`` rows of a new run, as a batch parameter."""
+    return batch({**row, "run_id": run_id} for row in _step_row_dicts(definition))
+
+
+def _step_row_dicts(definition: FlowDefinition) -> list[dict[str, Any]]:
     dependents: dict[str, list[str]] = {s.slug: [] for s in definition.steps}
     for s in definition.steps:
         for d in s.depends_on:
             dependents[d].append(s.slug)
-    return batch(
+    return [
         {
-            "run_id": run_id,
             "step_slug": s.slug,
             "step_index": s.index,
             "kind": s.kind,
@@ -713,7 +975,7 @@ def step_rows(definition: FlowDefinition, run_id: str | None = None) -> str:
             **s.options(),
         }
         for s in definition.steps
-    )
+    ]
 
 
 def stored_shape(definition: FlowDefinition) -> dict[str, Any]:
@@ -723,11 +985,69 @@ def stored_shape(definition: FlowDefinition) -> dict[str, Any]:
         "slug": definition.slug,
         "version": definition.version,
         "steps": [
-            {"slug": s.slug, "depends_on": list(s.depends_on), "kind": s.kind, "index": s.index}
+            {
+                "slug": s.slug,
+                "depends_on": list(s.depends_on),
+                "kind": s.kind,
+                "index": s.index,
+                **s.conditions(),
+                "options": s.options(),
+            }
             for s in definition.steps
         ],
         "leaves": list(definition.leaves),
+        "reports": definition.reports,
     }
+
+
+def definition_from_shape(shape: dict[str, Any]) -> FlowDefinition:
+    """A stored shape back as a ``FlowDefinition`` that can start runs (not run steps: it has
+    no methods). Refused when the shape predates stored options (``FlowNotFoundError`` saying
+    how to store them), or does not hash to its version."""
+    steps = []
+    for s in shape["steps"]:
+        options = s.get("options")
+        if options is None:
+            raise FlowNotFoundError(
+                f"flow {shape['slug']!r} version {shape['version']} was stored by an older "
+                "tideflow without its step options, so it cannot be started from the database "
+                "alone: start a worker that has its code once (it stores them), or import the "
+                "flow where you start it"
+            )
+        steps.append(
+            StepDefinition(
+                slug=s["slug"],
+                index=s["index"],
+                depends_on=tuple(s["depends_on"]),
+                kind=s["kind"],
+                retry=RetryPolicy(
+                    options["max_attempts"], options["base_delay"], options["max_delay"]
+                ),
+                timeout=options["timeout"],
+                start_delay=options["start_delay"],
+                method="",
+                wants_ctx=False,
+                max_stalls=options["max_stalls"],
+                if_pattern=s.get("if"),
+                if_not_pattern=s.get("if_not"),
+                when_unmet=s.get("when_unmet", "skip"),
+                when_failed=s.get("when_failed", "fail"),
+            )
+        )
+    steps.sort(key=lambda s: s.index)
+    definition = FlowDefinition(
+        slug=shape["slug"],
+        steps=tuple(steps),
+        retry=RetryPolicy(),
+        timeout=None,
+        reports=bool(shape.get("reports", False)),
+    )
+    if definition.version != shape["version"]:  # pragma: no cover - a hand-edited row
+        raise FlowNotFoundError(
+            f"flow {shape['slug']!r}: the stored shape of version {shape['version']} hashes "
+            f"to {definition.version}; the row was changed by hand"
+        )
+    return definition
 
 
 def _with_dependents(shape: dict[str, Any]) -> dict[str, Any]:
@@ -736,6 +1056,81 @@ def _with_dependents(shape: dict[str, Any]) -> dict[str, Any]:
         for d in s["depends_on"]:
             dependents[d].append(s["slug"])
     return {**shape, "dependents": dependents, "by_slug": {s["slug"]: s for s in shape["steps"]}}
+
+
+class Skip(NamedTuple):
+    """A step to mark skipped, and why (``run_steps.skip_reason``)."""
+
+    run_id: str
+    step_slug: str
+    reason: str  # condition_unmet, handler_failed, dependency_skipped
+    error: str | None = None
+
+
+def _cascade(shapes: dict[str, dict[str, Any]], requests: list[tuple[Skip, bool]]) -> list[Skip]:
+    """The steps to skip: each requested one, and with its cascade flag every step that
+    depends on it, directly or not (reason ``dependency_skipped``), each step once."""
+    found: dict[Pair, Skip] = {}
+    for skip, cascade in requests:
+        found.setdefault((skip.run_id, skip.step_slug), skip)
+        if not cascade:
+            continue
+        dependents = shapes[skip.run_id]["dependents"]
+        todo = list(dependents[skip.step_slug])
+        while todo:
+            slug = todo.pop()
+            if (skip.run_id, slug) not in found:
+                found[(skip.run_id, slug)] = Skip(skip.run_id, slug, "dependency_skipped")
+                todo.extend(dependents[slug])
+    return list(found.values())
+
+
+def _unmet_error(slug: str, spec: dict[str, Any]) -> str:
+    wanted = []
+    if "if" in spec:
+        wanted.append(f"contain {json.dumps(spec['if'])}")
+    if "if_not" in spec:
+        wanted.append(f"not contain {json.dumps(spec['if_not'])}")
+    what = "the run input" if not spec["depends_on"] else "its dependencies' outputs"
+    return (
+        f"step {slug!r} has an unmet condition ({what} must {' and '.join(wanted)}) and "
+        "when_unmet='fail'"
+    )
+
+
+def _map_source_failure(map_slug: str, deps: list[str], source: Any) -> tuple[str, str]:
+    """(the step to mark failed, the error) for a map step whose source is not an array."""
+    if not deps:
+        return map_slug, (
+            f"map step {map_slug!r} needs a list from the run input, got {_json_type(source)}; "
+            "make the run input a JSON array"
+        )
+    return deps[0], (
+        f"step {deps[0]!r} returned {_json_type(source)}, but map step {map_slug!r} maps over "
+        f"its output and needs a JSON array; make step {deps[0]!r} return a list"
+    )
+
+
+def check_map_input(definition: FlowDefinition, input_json: str) -> None:
+    """Refuse a run whose root map step would get a run input that is not a JSON array - before
+    anything is written, since no retry can change the input (``MapInputError``)."""
+    maps = [s for s in definition.steps if s.is_root and s.kind == "map"]
+    if not maps:
+        return
+    value = json.loads(input_json)
+    if isinstance(value, list):
+        return
+    # A root map whose condition this input does not meet will be skipped: it maps nothing.
+    roots = [
+        s.slug
+        for s in maps
+        if not s.has_condition or condition_met(value, s.if_pattern, s.if_not_pattern)
+    ]
+    if roots:
+        raise MapInputError(
+            f"flow {definition.slug!r} maps root step {', '.join(map(repr, roots))} over the run "
+            f"input, which must be a JSON array, got {_json_type(value)}; pass a list as the input"
+        )
 
 
 def _json_type(value: Any) -> str:

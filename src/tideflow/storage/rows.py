@@ -53,6 +53,7 @@ def step_record(s: Row, tasks: list[TaskRecord]) -> StepRecord:
         started_at=s["started_at"],
         finished_at=s["finished_at"],
         tasks=tasks,
+        skip_reason=s["skip_reason"],
     )
 
 

@@ -9,9 +9,19 @@
 -- ones, so it never waits on a transaction that holds a run.
 
 -- name: insert_flow
+-- Starting a run: the version's row if it is missing (an existing row is left alone, unlocked).
 INSERT INTO tideflow.flows (flow_slug, version, shape, created_at)
 VALUES (%(flow_slug)s, %(version)s, %(shape)s, %(created_at)s)
 ON CONFLICT (flow_slug, version) DO NOTHING
+
+-- name: record_flow
+-- A worker starting: a version's shape (steps, wiring, conditions) is fixed by its hash, its
+-- step options and `reports` are not - the latest worker's are kept: what a run started by
+-- slug alone uses.
+INSERT INTO tideflow.flows (flow_slug, version, shape, created_at)
+VALUES (%(flow_slug)s, %(version)s, %(shape)s, %(created_at)s)
+ON CONFLICT (flow_slug, version) DO UPDATE SET shape = excluded.shape
+WHERE tideflow.flows.shape IS DISTINCT FROM excluded.shape
 
 -- name: list_flows
 SELECT flow_slug, version, shape, created_at FROM tideflow.flows
@@ -22,9 +32,9 @@ SELECT shape FROM tideflow.flows WHERE flow_slug = %(flow_slug)s AND version = %
 
 -- name: insert_run
 INSERT INTO tideflow.runs (run_id, flow_slug, flow_version, status, input, remaining_steps,
-                           started_at)
+                           started_at, conditional)
 VALUES (%(run_id)s, %(flow_slug)s, %(flow_version)s, 'started', %(input)s, %(remaining_steps)s,
-        %(started_at)s)
+        %(started_at)s, %(conditional)s)
 
 -- name: insert_steps
 INSERT INTO tideflow.run_steps (run_id, step_slug, step_index, kind, depends_on, dependents,
@@ -42,13 +52,13 @@ FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(
 
 -- name: get_steps
 SELECT s.run_id, s.step_slug, s.step_index, s.kind, s.depends_on, s.start_delay, s.timeout,
-       r.flow_slug
+       r.flow_slug, r.flow_version
 FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(run_id text, step_slug text)
 JOIN tideflow.run_steps s ON s.run_id = b.run_id AND s.step_slug = b.step_slug
 JOIN tideflow.runs r ON r.run_id = s.run_id
 
 -- name: get_step_outputs
-SELECT s.run_id, s.step_slug, s.output
+SELECT s.run_id, s.step_slug, s.status, s.output
 FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(run_id text, step_slug text)
 JOIN tideflow.run_steps s ON s.run_id = b.run_id AND s.step_slug = b.step_slug
 
@@ -108,7 +118,7 @@ RETURNING r.run_id, r.remaining_steps, r.flow_slug, r.flow_version
 UPDATE tideflow.run_steps s SET remaining_deps = s.remaining_deps - b.n
 FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(run_id text, step_slug text, n integer)
 WHERE s.run_id = b.run_id AND s.step_slug = b.step_slug
-RETURNING s.run_id, s.step_slug, s.remaining_deps
+RETURNING s.run_id, s.step_slug, s.remaining_deps, s.status
 
 -- name: complete_runs
 UPDATE tideflow.runs r
@@ -143,7 +153,7 @@ FROM tideflow.runs WHERE run_id = %(run_id)s
 
 -- name: get_run_steps
 SELECT step_slug, step_index, kind, depends_on, status, output, error, initial_tasks,
-       remaining_tasks, created_at, started_at, finished_at
+       remaining_tasks, created_at, started_at, finished_at, skip_reason
 FROM tideflow.run_steps WHERE run_id = %(run_id)s ORDER BY step_index
 
 -- name: get_run_tasks
@@ -182,9 +192,10 @@ FOR UPDATE
 
 -- name: get_started_task
 SELECT t.run_id, t.step_slug, t.task_index, t.attempts, s.max_attempts, s.base_delay,
-       s.max_delay, s.kind
+       s.max_delay, s.kind, r.flow_slug, r.flow_version
 FROM tideflow.tasks t
 JOIN tideflow.run_steps s ON s.run_id = t.run_id AND s.step_slug = t.step_slug
+JOIN tideflow.runs r ON r.run_id = t.run_id
 WHERE t.run_id = %(run_id)s AND t.step_slug = %(step_slug)s AND t.task_index = %(task_index)s
   AND t.status = 'started' AND t.attempts = %(attempt)s AND t.worker_id = %(worker_id)s
 
@@ -198,11 +209,13 @@ LIMIT 100
 -- name: get_stalled_tasks
 -- The candidates re-read under their runs' locks: one may have completed, or failed with its
 -- run, since find_stalled_tasks read it.
-SELECT t.run_id, t.step_slug, t.task_index, t.stalls, s.max_stalls, s.kind
+SELECT t.run_id, t.step_slug, t.task_index, t.stalls, s.max_stalls, s.kind, r.flow_slug,
+       r.flow_version
 FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(run_id text, step_slug text, task_index integer)
 JOIN tideflow.tasks t
   ON t.run_id = b.run_id AND t.step_slug = b.step_slug AND t.task_index = b.task_index
 JOIN tideflow.run_steps s ON s.run_id = t.run_id AND s.step_slug = t.step_slug
+JOIN tideflow.runs r ON r.run_id = t.run_id
 WHERE t.status = 'started' AND t.lease_expires_at < %(now)s
 ORDER BY t.run_id, t.step_slug, t.task_index
 
@@ -257,10 +270,17 @@ WHERE t.run_id = b.run_id AND t.step_slug = b.step_slug AND t.task_index = b.tas
 SELECT tideflow.start_run_v2(%(run_id)s, %(flow_slug)s, %(flow_version)s, %(input)s::jsonb,
                              %(steps)s::jsonb, %(now)s) AS notify
 
+-- name: start_runs
+-- PL/pgSQL (migration 0017): a bulk start in one round trip.
+SELECT tideflow.start_runs_v1(%(flow_slug)s, %(flow_version)s, %(run_ids)s::text[],
+                              %(inputs)s::jsonb, %(steps)s::jsonb, %(report)s::json,
+                              %(now)s) AS notify
+
 -- name: complete_tasks_batch
--- PL/pgSQL (migration 0012; v1 of 0001 went row by row): a whole batch of completions in one
--- round trip, in a fixed number of statements.
-SELECT tideflow.complete_tasks_v2(%(worker_id)s, %(rows)s::jsonb, %(now)s) AS notify
+-- PL/pgSQL (migration 0016): a whole batch of completions in one round trip; `deferred` lists
+-- those of conditional runs, for the flow store to complete in Python.
+SELECT notify, deferred::text AS deferred
+FROM tideflow.complete_tasks_v3(%(worker_id)s, %(rows)s::jsonb, %(now)s)
 
 -- name: set_report
 UPDATE tideflow.runs SET report = %(report)s::json WHERE run_id = %(run_id)s
@@ -275,6 +295,48 @@ ORDER BY run_id
 
 -- name: clear_reports
 UPDATE tideflow.runs SET report = NULL WHERE run_id = ANY(%(run_ids)s)
+
+-- name: skip_steps
+-- Skipped steps (0016): why, and for a step whose task failed for good, that failure.
+UPDATE tideflow.run_steps s
+SET status = 'skipped', skip_reason = b.reason, error = b.error, finished_at = %(finished_at)s
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(
+    run_id text, step_slug text, reason text, error text)
+WHERE s.run_id = b.run_id AND s.step_slug = b.step_slug
+
+-- name: cancel_step_tasks
+-- The other tasks of a map step skipped because one of its tasks failed for good.
+UPDATE tideflow.tasks
+SET status = 'cancelled', finished_at = %(finished_at)s, lease_expires_at = NULL
+WHERE run_id = %(run_id)s AND step_slug = %(step_slug)s AND status IN ('queued', 'started')
+
+-- name: delete_step_tasks
+-- retry_run: the tasks of the steps it starts again go, so their attempts count from 1.
+DELETE FROM tideflow.tasks t
+USING jsonb_to_recordset(%(rows)s::jsonb) AS b(run_id text, step_slug text)
+WHERE t.run_id = b.run_id AND t.step_slug = b.step_slug
+
+-- name: reset_steps
+UPDATE tideflow.run_steps s
+SET status = 'created', remaining_deps = b.remaining_deps, initial_tasks = NULL,
+    remaining_tasks = NULL, output = NULL, error = NULL, skip_reason = NULL, started_at = NULL,
+    finished_at = NULL
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(run_id text, step_slug text, remaining_deps integer)
+WHERE s.run_id = b.run_id AND s.step_slug = b.step_slug
+
+-- name: restart_run
+UPDATE tideflow.runs
+SET status = 'started', remaining_steps = %(remaining_steps)s, output = NULL, error = NULL,
+    finished_at = NULL
+WHERE run_id = %(run_id)s AND status = 'failed'
+
+-- name: insert_runs
+-- start_runs: many runs of one flow version in one statement (rows: run_id, input, report).
+INSERT INTO tideflow.runs (run_id, flow_slug, flow_version, status, input, remaining_steps,
+                           started_at, conditional, report)
+SELECT b.run_id, %(flow_slug)s, %(flow_version)s, 'started', b.input::jsonb,
+       %(remaining_steps)s, %(started_at)s, %(conditional)s, b.report::json
+FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(run_id text, input text, report text)
 
 -- name: finished_runs_before
 -- Retention, one batch: the runs that ended before the cut-off, oldest first (runs_by_finished,

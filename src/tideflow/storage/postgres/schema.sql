@@ -1,4 +1,5 @@
--- tideflow schema for PostgreSQL: the result of migrations 0001-0013, written out for readers.
+-- tideflow schema for PostgreSQL: the result of migrations 0001-0013, 0016 and 0017, written
+-- out for readers.
 --
 -- What this file is. The tables, indexes and functions that `tideflow migrate` (store.migrate())
 -- leaves in schema `tideflow` once every migration in migrations/ has run, in one place, without
@@ -11,8 +12,9 @@
 -- headers explain the design - the run model and lock order (0001), the event store and why
 -- readers never miss an event (0002, 0004), handler leases (0003), process managers (0005),
 -- stalls (0007), process timers (0008), undo and retention of instances (0009), deleting
--- streams (0010), runs that report back (0011), flat cost as data grows (0012). A schema change
--- is a new migration AND the matching edit here.
+-- streams (0010), runs that report back (0011), flat cost as data grows (0012), skipped steps and
+-- conditional runs (0016), bulk starts (0017). A schema change is a new migration AND the
+-- matching edit here.
 --
 -- How it stays honest. tests/test_schema.py applies the migrations to one empty database and
 -- this file to another, and compares their catalogs: tables, columns (name, type, nullability,
@@ -22,9 +24,9 @@
 -- tables and columns, in mapped types.
 --
 -- Using it. Run on an empty database (psql -v ON_ERROR_STOP=1 -f schema.sql), it gives a database
--- that tideflow treats as fully migrated: it records versions 1-12 in schema_migrations as applied,
--- so a later `tideflow migrate` applies only migrations newer than this file. Prefer `tideflow
--- migrate`.
+-- that tideflow treats as fully migrated: it records versions 1-13, 16 and 17 in
+-- schema_migrations as applied, so a later `tideflow migrate` applies only the migrations this
+-- file lacks. Prefer `tideflow migrate`.
 --
 -- Conventions. Timestamps come from the workers' clocks (tideflow.clock), never from now(), so
 -- tests can move time. JSON that tideflow queries inside (run and task data) is jsonb; JSON kept
@@ -74,6 +76,8 @@ CREATE TABLE tideflow.runs (
     started_at      timestamptz NOT NULL,
     finished_at     timestamptz,
     report          json,                           -- its end goes to the event log (0011)
+    -- 0016: conditions or when_failed skips: the run moves on in the flow store's Python.
+    conditional     boolean     NOT NULL DEFAULT false,
     FOREIGN KEY (flow_slug, flow_version) REFERENCES tideflow.flows (flow_slug, version)
 ) WITH (fillfactor = 90, autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000,
         autovacuum_analyze_scale_factor = 0.02, autovacuum_analyze_threshold = 1000);  -- 0012
@@ -112,6 +116,10 @@ CREATE TABLE tideflow.run_steps (
     -- 0007: lease expiries a task of this step may have before it fails (copied from the flow
     -- when the run starts, like max_attempts).
     max_stalls      integer     NOT NULL DEFAULT 3 CHECK (max_stalls >= 0),
+    -- 0016: why a skipped step was skipped; NULL when its run failed or was cancelled first.
+    skip_reason     text
+                    CHECK (skip_reason IN ('condition_unmet', 'handler_failed',
+                                           'dependency_skipped')),
     PRIMARY KEY (run_id, step_slug)
 ) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000,
         autovacuum_analyze_scale_factor = 0.02, autovacuum_analyze_threshold = 1000);  -- 0012
@@ -314,16 +322,19 @@ CREATE INDEX process_timers_due ON tideflow.process_timers (fire_at) WHERE fired
 --
 -- Called by this release (storage/postgres/queries.sql, events_queries.sql):
 --     start_run_v2         start a run: its row, its steps, the tasks of its root steps (0007)
---     complete_tasks_v2    record a batch of task completions and move runs on, set by set (0012)
+--     start_runs_v1        start_run_v2 for many runs of one flow, set-based (0017)
+--     complete_tasks_v3    record a batch of task completions and move runs on, set by set,
+--                          handing those of conditional runs back to the flow store (0016)
 --     claim_tasks_v1       claim queued tasks, planned alike with or without statistics (0012)
 --     extend_leases_v1     renew a worker's leases (the heartbeat), by primary key (0012)
 --     append_events_v3     append events to one stream under an expectation, refusing a
 --                          deleted stream (0010)
 --     event_horizon_v2     the highest position readers may read now (0004)
--- Helpers of the flow functions: _fail_run_v1, _json_type_v1, _queue_step_v1, _step_completed_v1,
--- _start_dependents_v1.
+-- Helpers of the flow functions: _fail_run_v1, _json_type_v1, _queue_step_v1 (replaced in 0016),
+-- _step_completed_v1, _start_dependents_v1.
 -- Kept for workers of the previous release during an upgrade, not called by this one:
 --     start_run_v1         as start_run_v2, without max_stalls (runs get the default, 3)
+--     complete_tasks_v2    as complete_tasks_v3, for runs of every kind (0012)
 --     complete_tasks_v1    as complete_tasks_v2, one completion at a time (0001)
 --     append_events_v2     as append_events_v3, without the deleted-stream check (0004)
 -- Dropped by 0004, so absent: append_events_v1 and event_horizon_v1 (the gate protocol of 0002).
@@ -372,10 +383,17 @@ BEGIN
             WHERE run_id = p_run AND step_slug = s.depends_on ->> 0;
             v_origin := format('step %L', s.depends_on ->> 0);
         END IF;
-        IF jsonb_typeof(v_source) IS DISTINCT FROM 'array' THEN
+        IF jsonb_typeof(v_source) IS DISTINCT FROM 'array' AND s.depends_on = '[]'::jsonb THEN
             PERFORM tideflow._fail_run_v1(p_run, s.step_slug, format(
                 'map step %L needs a list from %s, got %s; make %s a JSON array',
                 s.step_slug, v_origin, tideflow._json_type_v1(v_source), v_origin), p_now);
+            RETURN -1;
+        END IF;
+        IF jsonb_typeof(v_source) IS DISTINCT FROM 'array' THEN  -- 0016: blame the producer
+            PERFORM tideflow._fail_run_v1(p_run, s.depends_on ->> 0, format(
+                'step %L returned %s, but map step %L maps over its output and needs a JSON '
+                'array; make step %L return a list', s.depends_on ->> 0,
+                tideflow._json_type_v1(v_source), s.step_slug, s.depends_on ->> 0), p_now);
             RETURN -1;
         END IF;
         v_n := jsonb_array_length(v_source);
@@ -507,7 +525,70 @@ BEGIN
     RETURN v_notify;
 END $$;
 
--- CURRENT. Record a batch of completions (p_rows: run_id, step_slug, task_index, attempt,
+-- CURRENT. start_run_v2 for a batch of runs of one flow, set-based: one INSERT each for the
+-- runs, their step rows (root single steps inserted started) and their root tasks; root map
+-- steps one by one through _queue_step_v1. p_ids: the run ids; p_inputs: their inputs, a JSON
+-- array in the same order; p_steps as start_run_v2's; p_report: every run's report or NULL.
+-- Returns true when tasks were queued.
+CREATE FUNCTION tideflow.start_runs_v1(p_flow text, p_version text, p_ids text[],
+                                       p_inputs jsonb, p_steps jsonb, p_report json,
+                                       p_now timestamptz)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    r tideflow.run_steps;
+    v integer;
+    v_notify boolean;
+BEGIN
+    INSERT INTO tideflow.runs (run_id, flow_slug, flow_version, status, input, remaining_steps,
+                               started_at, report)
+    SELECT b.run_id, p_flow, p_version, 'started', b.input, jsonb_array_length(p_steps), p_now,
+           p_report
+    FROM ROWS FROM (unnest(p_ids), jsonb_array_elements(p_inputs)) AS b(run_id, input);
+    INSERT INTO tideflow.run_steps (run_id, step_slug, step_index, kind, depends_on, dependents,
+                                    status, remaining_deps, initial_tasks, remaining_tasks,
+                                    max_attempts, base_delay, max_delay, timeout, start_delay,
+                                    max_stalls, created_at, started_at)
+    SELECT b.run_id, s.step_slug, s.step_index, s.kind, s.depends_on::jsonb, s.dependents::jsonb,
+           CASE WHEN s.root THEN 'started' ELSE 'created' END, s.remaining_deps,
+           CASE WHEN s.root THEN 1 END, CASE WHEN s.root THEN 1 END, s.max_attempts,
+           s.base_delay, s.max_delay, s.timeout, s.start_delay, s.max_stalls, p_now,
+           CASE WHEN s.root THEN p_now END
+    FROM unnest(p_ids) AS b(run_id)
+    CROSS JOIN (
+        SELECT x.*, x.remaining_deps = 0 AND x.kind = 'single' AS root
+        FROM jsonb_to_recordset(p_steps) AS x(
+            step_slug text, step_index integer, kind text, depends_on text, dependents text,
+            remaining_deps integer, max_attempts integer, base_delay double precision,
+            max_delay double precision, timeout double precision, start_delay double precision,
+            max_stalls integer)) AS s;
+    INSERT INTO tideflow.tasks (run_id, step_slug, task_index, flow_slug, status, input, timeout,
+                                queued_at, visible_at)
+    SELECT b.run_id, s.step_slug, 0, p_flow, 'queued', b.input, s.timeout, p_now,
+           p_now + make_interval(secs => s.start_delay)
+    FROM ROWS FROM (unnest(p_ids), jsonb_array_elements(p_inputs)) AS b(run_id, input)
+    CROSS JOIN jsonb_to_recordset(p_steps) AS s(
+        step_slug text, remaining_deps integer, kind text, timeout double precision,
+        start_delay double precision)
+    WHERE s.remaining_deps = 0 AND s.kind = 'single';
+    v_notify := FOUND;
+    IF EXISTS (SELECT 1 FROM jsonb_to_recordset(p_steps) AS s(remaining_deps integer, kind text)
+               WHERE s.remaining_deps = 0 AND s.kind = 'map') THEN
+        FOR r IN
+            SELECT st.* FROM unnest(p_ids) AS b(run_id)
+            JOIN tideflow.run_steps st ON st.run_id = b.run_id
+            WHERE st.remaining_deps = 0 AND st.kind = 'map'
+            ORDER BY st.run_id, st.step_index
+        LOOP
+            v := tideflow._queue_step_v1(r.run_id, p_flow, r,
+                                         (SELECT input FROM tideflow.runs WHERE run_id = r.run_id),
+                                         p_now);
+            v_notify := v_notify OR v > 0;
+        END LOOP;
+    END IF;
+    RETURN v_notify;
+END $$;
+
+-- PREVIOUS RELEASES. Record a batch of completions (p_rows: run_id, step_slug, task_index, attempt,
 -- output) in one transaction. A completion counts only for the worker's own started attempt;
 -- stale ones (lease lost, run failed or cancelled meanwhile) are ignored. Returns true when tasks
 -- were queued.
@@ -1000,7 +1081,117 @@ BEGIN
     RETURN v_notify;
 END $$;
 
--- A database created from this file has every migration up to 0013: record them, so that
+-- CURRENT. complete_tasks_v2 (0012: set by set, its planner guard) plus one thing: completions of
+-- conditional runs (runs.conditional) are not recorded here but returned in `deferred` (their
+-- 0-based positions in p_rows), for the flow store to complete in Python in the same
+-- transaction, after these; the runs rows are locked here for all of them, first, in run_id
+-- order, as before. A new name because its result changed; complete_tasks_v2 and v1 stay for
+-- workers of the previous releases.
+CREATE FUNCTION tideflow.complete_tasks_v3(p_worker text, p_rows jsonb, p_now timestamptz,
+                                           OUT notify boolean, OUT deferred jsonb)
+LANGUAGE plpgsql
+SET enable_seqscan = off
+AS $$
+DECLARE
+    v_finished jsonb;
+    v_next jsonb;
+    f record;
+    v integer;
+    v_failed text;
+    v_notify boolean := false;
+    v_conditional jsonb;
+BEGIN
+    notify := false;
+    -- The runs first, in run_id order, as v2; and which of them are conditional (0016): their
+    -- completions are left to the flow store, their positions in p_rows returned in deferred.
+    SELECT coalesce(jsonb_agg(l.run_id) FILTER (WHERE l.conditional), '[]'::jsonb)
+    INTO v_conditional
+    FROM (SELECT run_id, conditional FROM tideflow.runs
+          WHERE run_id IN (SELECT b.run_id FROM jsonb_to_recordset(p_rows) AS b(run_id text))
+          ORDER BY run_id
+          FOR UPDATE) AS l;
+    deferred := '[]'::jsonb;
+    IF v_conditional <> '[]'::jsonb THEN
+        SELECT coalesce(jsonb_agg(e.ord - 1), '[]'::jsonb) INTO deferred
+        FROM jsonb_array_elements(p_rows) WITH ORDINALITY AS e(value, ord)
+        WHERE v_conditional ? (e.value ->> 'run_id');
+    END IF;
+    -- The tasks, by primary key; then their steps, counted down by the tasks completed, and
+    -- completed when none is left (a single step's output is its task's; a map's is gathered
+    -- below). v_finished: the steps that completed.
+    WITH done AS (
+        UPDATE tideflow.tasks t
+        SET status = 'completed', output = b.output::jsonb, finished_at = p_now,
+            lease_expires_at = NULL
+        FROM jsonb_to_recordset(p_rows) AS b(
+            run_id text, step_slug text, task_index integer, attempt integer, output text)
+        WHERE t.run_id = b.run_id AND t.step_slug = b.step_slug AND t.task_index = b.task_index
+          AND t.attempts = b.attempt AND t.status = 'started' AND t.worker_id = p_worker
+          AND NOT v_conditional ? b.run_id
+        RETURNING t.run_id, t.step_slug, t.flow_slug, b.output
+    ), per_step AS (
+        SELECT d.run_id, d.step_slug, min(d.flow_slug) AS flow_slug, count(*)::integer AS n,
+               min(d.output) AS output
+        FROM done d GROUP BY d.run_id, d.step_slug
+    ), steps AS (
+        UPDATE tideflow.run_steps s
+        SET remaining_tasks = s.remaining_tasks - p.n,
+            status = CASE WHEN s.remaining_tasks = p.n THEN 'completed' ELSE s.status END,
+            finished_at = CASE WHEN s.remaining_tasks = p.n THEN p_now ELSE s.finished_at END,
+            output = CASE WHEN s.remaining_tasks = p.n AND s.kind = 'single'
+                          THEN p.output::jsonb ELSE s.output END
+        FROM per_step p
+        WHERE s.run_id = p.run_id AND s.step_slug = p.step_slug
+        RETURNING s.run_id, s.step_slug, s.kind, s.dependents, s.remaining_tasks, p.flow_slug
+    )
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+               'run_id', run_id, 'step_slug', step_slug, 'kind', kind,
+               'dependents', dependents, 'flow_slug', flow_slug)), '[]'::jsonb)
+    INTO v_finished
+    FROM steps WHERE remaining_tasks = 0;
+    IF v_finished = '[]'::jsonb THEN
+        RETURN;
+    END IF;
+    UPDATE tideflow.run_steps s SET output = (
+        SELECT jsonb_agg(t.output ORDER BY t.task_index) FROM tideflow.tasks t
+        WHERE t.run_id = s.run_id AND t.step_slug = s.step_slug)
+    FROM jsonb_to_recordset(v_finished) AS m(run_id text, step_slug text, kind text)
+    WHERE m.kind = 'map' AND s.run_id = m.run_id AND s.step_slug = m.step_slug;
+    -- Count the completed steps off their runs, completing a run after its last step with its
+    -- leaf steps' outputs; v_next: the completed steps with dependents, of runs going on.
+    WITH counted AS (
+        UPDATE tideflow.runs u
+        SET remaining_steps = u.remaining_steps - c.n,
+            status = CASE WHEN u.remaining_steps = c.n THEN 'completed' ELSE u.status END,
+            finished_at = CASE WHEN u.remaining_steps = c.n THEN p_now ELSE u.finished_at END,
+            output = CASE WHEN u.remaining_steps = c.n THEN (
+                SELECT jsonb_object_agg(l.step_slug, l.output) FROM tideflow.run_steps l
+                WHERE l.run_id = u.run_id AND l.dependents = '[]'::jsonb) ELSE u.output END
+        FROM (SELECT x.run_id, count(*)::integer AS n
+              FROM jsonb_to_recordset(v_finished) AS x(run_id text) GROUP BY x.run_id) c
+        WHERE u.run_id = c.run_id AND u.status = 'started'
+        RETURNING u.run_id, u.remaining_steps
+    )
+    SELECT jsonb_agg(x.* ORDER BY x.run_id) INTO v_next
+    FROM counted
+    JOIN jsonb_to_recordset(v_finished) AS x(run_id text, flow_slug text, dependents jsonb)
+      ON x.run_id = counted.run_id
+    WHERE counted.remaining_steps > 0 AND x.dependents <> '[]'::jsonb;
+    -- Then start their dependents, one completed step at a time.
+    FOR f IN
+        SELECT * FROM jsonb_to_recordset(v_next) AS x(run_id text, flow_slug text, dependents jsonb)
+    LOOP
+        CONTINUE WHEN f.run_id = v_failed;  -- the run failed: its other steps were skipped
+        v := tideflow._start_dependents_v1(f.run_id, f.flow_slug, f.dependents, p_now);
+        IF v < 0 THEN
+            v_failed := f.run_id;
+        END IF;
+        v_notify := v_notify OR v > 0;
+    END LOOP;
+    notify := v_notify;
+END $$;
+
+-- A database created from this file has every migration up to 0017: record them, so that
 -- `tideflow migrate` applies only later ones. applied_at is when this file ran.
 INSERT INTO tideflow.schema_migrations (version, name, applied_at) VALUES
     (1, 'initial', now()),
@@ -1015,6 +1206,8 @@ INSERT INTO tideflow.schema_migrations (version, name, applied_at) VALUES
     (10, 'stream_deletion', now()),
     (11, 'run_reports', now()),
     (12, 'flat_cost', now()),
-    (13, 'timer_tokens', now());
+    (13, 'timer_tokens', now()),
+    (16, 'step_skips', now()),
+    (17, 'bulk_start', now());
 
 COMMIT;

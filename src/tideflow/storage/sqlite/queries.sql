@@ -6,9 +6,19 @@
 -- has one writer at a time, so no statement here needs row locks.
 
 -- name: insert_flow
+-- Starting a run: the version's row if it is missing (an existing row is left alone, unlocked).
 INSERT INTO flows (flow_slug, version, shape, created_at)
 VALUES (%(flow_slug)s, %(version)s, %(shape)s, %(created_at)s)
 ON CONFLICT (flow_slug, version) DO NOTHING
+
+-- name: record_flow
+-- A worker starting: a version's shape (steps, wiring, conditions) is fixed by its hash, its
+-- step options and `reports` are not - the latest worker's are kept: what a run started by
+-- slug alone uses.
+INSERT INTO flows (flow_slug, version, shape, created_at)
+VALUES (%(flow_slug)s, %(version)s, %(shape)s, %(created_at)s)
+ON CONFLICT (flow_slug, version) DO UPDATE SET shape = excluded.shape
+WHERE flows.shape IS NOT excluded.shape
 
 -- name: list_flows
 SELECT flow_slug, version, shape, created_at FROM flows ORDER BY flow_slug, created_at DESC
@@ -17,9 +27,10 @@ SELECT flow_slug, version, shape, created_at FROM flows ORDER BY flow_slug, crea
 SELECT shape FROM flows WHERE flow_slug = %(flow_slug)s AND version = %(version)s
 
 -- name: insert_run
-INSERT INTO runs (run_id, flow_slug, flow_version, status, input, remaining_steps, started_at)
+INSERT INTO runs (run_id, flow_slug, flow_version, status, input, remaining_steps, started_at,
+                  conditional)
 VALUES (%(run_id)s, %(flow_slug)s, %(flow_version)s, 'started', %(input)s, %(remaining_steps)s,
-        %(started_at)s)
+        %(started_at)s, %(conditional)s)
 
 -- name: insert_steps
 INSERT INTO run_steps (run_id, step_slug, step_index, kind, depends_on, dependents, status,
@@ -33,13 +44,13 @@ FROM json_each(%(rows)s)
 
 -- name: get_steps
 SELECT s.run_id, s.step_slug, s.step_index, s.kind, s.depends_on, s.start_delay, s.timeout,
-       r.flow_slug
+       r.flow_slug, r.flow_version
 FROM run_steps s JOIN runs r ON r.run_id = s.run_id
 WHERE (s.run_id, s.step_slug) IN (
     SELECT value ->> 'run_id', value ->> 'step_slug' FROM json_each(%(rows)s))
 
 -- name: get_step_outputs
-SELECT run_id, step_slug, output FROM run_steps
+SELECT run_id, step_slug, status, output FROM run_steps
 WHERE (run_id, step_slug) IN (
     SELECT value ->> 'run_id', value ->> 'step_slug' FROM json_each(%(rows)s))
 
@@ -108,7 +119,7 @@ FROM (SELECT value ->> 'run_id' AS run_id, value ->> 'step_slug' AS step_slug,
              value ->> 'n' AS n
       FROM json_each(%(rows)s)) AS b
 WHERE run_steps.run_id = b.run_id AND run_steps.step_slug = b.step_slug
-RETURNING run_id, step_slug, remaining_deps
+RETURNING run_id, step_slug, remaining_deps, status
 
 -- name: complete_runs
 UPDATE runs SET status = 'completed', output = b.output, finished_at = %(finished_at)s
@@ -142,7 +153,7 @@ FROM runs WHERE run_id = %(run_id)s
 
 -- name: get_run_steps
 SELECT step_slug, step_index, kind, depends_on, status, output, error, initial_tasks,
-       remaining_tasks, created_at, started_at, finished_at
+       remaining_tasks, created_at, started_at, finished_at, skip_reason
 FROM run_steps WHERE run_id = %(run_id)s ORDER BY step_index
 
 -- name: get_run_tasks
@@ -187,8 +198,9 @@ SELECT run_id, status FROM runs WHERE run_id IN (SELECT value FROM json_each(%(r
 
 -- name: get_started_task
 SELECT t.run_id, t.step_slug, t.task_index, t.attempts, s.max_attempts, s.base_delay,
-       s.max_delay, s.kind
+       s.max_delay, s.kind, r.flow_slug, r.flow_version
 FROM tasks t JOIN run_steps s ON s.run_id = t.run_id AND s.step_slug = t.step_slug
+JOIN runs r ON r.run_id = t.run_id
 WHERE t.run_id = %(run_id)s AND t.step_slug = %(step_slug)s AND t.task_index = %(task_index)s
   AND t.status = 'started' AND t.attempts = %(attempt)s AND t.worker_id = %(worker_id)s
 
@@ -199,8 +211,10 @@ ORDER BY lease_expires_at
 LIMIT 100
 
 -- name: get_stalled_tasks
-SELECT t.run_id, t.step_slug, t.task_index, t.stalls, s.max_stalls, s.kind
+SELECT t.run_id, t.step_slug, t.task_index, t.stalls, s.max_stalls, s.kind, r.flow_slug,
+       r.flow_version
 FROM tasks t JOIN run_steps s ON s.run_id = t.run_id AND s.step_slug = t.step_slug
+JOIN runs r ON r.run_id = t.run_id
 WHERE (t.run_id, t.step_slug, t.task_index) IN (
     SELECT value ->> 'run_id', value ->> 'step_slug', value ->> 'task_index'
     FROM json_each(%(rows)s))
@@ -268,6 +282,50 @@ ORDER BY run_id
 
 -- name: clear_reports
 UPDATE runs SET report = NULL WHERE run_id IN (SELECT value FROM json_each(%(run_ids)s))
+
+-- name: skip_steps
+-- Skipped steps (0016): why, and for a step whose task failed for good, that failure.
+UPDATE run_steps
+SET status = 'skipped', skip_reason = b.reason, error = b.error, finished_at = %(finished_at)s
+FROM (SELECT value ->> 'run_id' AS run_id, value ->> 'step_slug' AS step_slug,
+             value ->> 'reason' AS reason, value ->> 'error' AS error
+      FROM json_each(%(rows)s)) AS b
+WHERE run_steps.run_id = b.run_id AND run_steps.step_slug = b.step_slug
+
+-- name: cancel_step_tasks
+-- The other tasks of a map step skipped because one of its tasks failed for good.
+UPDATE tasks SET status = 'cancelled', finished_at = %(finished_at)s, lease_expires_at = NULL
+WHERE run_id = %(run_id)s AND step_slug = %(step_slug)s AND status IN ('queued', 'started')
+
+-- name: delete_step_tasks
+-- retry_run: the tasks of the steps it starts again go, so their attempts count from 1.
+DELETE FROM tasks
+WHERE (run_id, step_slug) IN (
+    SELECT value ->> 'run_id', value ->> 'step_slug' FROM json_each(%(rows)s))
+
+-- name: reset_steps
+UPDATE run_steps
+SET status = 'created', remaining_deps = b.remaining_deps, initial_tasks = NULL,
+    remaining_tasks = NULL, output = NULL, error = NULL, skip_reason = NULL, started_at = NULL,
+    finished_at = NULL
+FROM (SELECT value ->> 'run_id' AS run_id, value ->> 'step_slug' AS step_slug,
+             value ->> 'remaining_deps' AS remaining_deps
+      FROM json_each(%(rows)s)) AS b
+WHERE run_steps.run_id = b.run_id AND run_steps.step_slug = b.step_slug
+
+-- name: restart_run
+UPDATE runs
+SET status = 'started', remaining_steps = %(remaining_steps)s, output = NULL, error = NULL,
+    finished_at = NULL
+WHERE run_id = %(run_id)s AND status = 'failed'
+
+-- name: insert_runs
+-- start_runs: many runs of one flow version in one statement (rows: run_id, input, report).
+INSERT INTO runs (run_id, flow_slug, flow_version, status, input, remaining_steps, started_at,
+                  conditional, report)
+SELECT value ->> 'run_id', %(flow_slug)s, %(flow_version)s, 'started', value ->> 'input',
+       %(remaining_steps)s, %(started_at)s, %(conditional)s, value ->> 'report'
+FROM json_each(%(rows)s)
 
 -- name: finished_runs_before
 -- Retention, one batch: the runs that ended before the cut-off, oldest first (runs_by_finished,

@@ -1,4 +1,5 @@
--- tideflow schema for SQLite: the result of migrations 0001-0013, written out for readers.
+-- tideflow schema for SQLite: the result of migrations 0001-0013, 0016 and 0017, written out
+-- for readers.
 --
 -- What this file is. The tables and indexes that `tideflow migrate` (store.migrate()) leaves in the
 -- database file once every migration in migrations/ has run, in one place, without the history:
@@ -25,9 +26,10 @@
 -- SQLite has one writer at a time and so hands out event positions in commit order.
 --
 -- Using it. Run on an empty file (sqlite3 tideflow.db < schema.sql), it gives a database that
--- tideflow treats as fully migrated: it records versions 1-12 in schema_migrations as applied, so
--- a later `tideflow migrate` applies only migrations newer than this file. A writer (a worker,
--- `tideflow migrate`) switches the file to WAL mode when it opens it. Prefer `tideflow migrate`.
+-- tideflow treats as fully migrated: it records versions 1-13, 16 and 17 in schema_migrations as
+-- applied, so a later `tideflow migrate` applies only the migrations this file lacks. A writer (a
+-- worker, `tideflow migrate`) switches the file to WAL mode when it opens it. Prefer `tideflow
+-- migrate`.
 
 BEGIN;
 
@@ -63,6 +65,8 @@ CREATE TABLE runs (
     started_at      REAL NOT NULL,
     finished_at     REAL,
     report          TEXT CHECK (report IS NULL OR json_valid(report)),  -- to the event log (0011)
+    -- 0016: conditions or when_failed skips (kept for parity: SQLite always runs in Python).
+    conditional     INTEGER NOT NULL DEFAULT 0 CHECK (conditional IN (0, 1)),
     FOREIGN KEY (flow_slug, flow_version) REFERENCES flows (flow_slug, version)
 );
 -- list_runs; run_id is its tie-breaker (0012).
@@ -99,6 +103,10 @@ CREATE TABLE run_steps (
     finished_at     REAL,
     -- 0007: lease expiries a task of this step may have before it fails.
     max_stalls      INTEGER NOT NULL DEFAULT 3 CHECK (max_stalls >= 0),
+    -- 0016: why a skipped step was skipped; NULL when its run ended first.
+    skip_reason     TEXT
+                    CHECK (skip_reason IN ('condition_unmet', 'handler_failed',
+                                           'dependency_skipped')),
     PRIMARY KEY (run_id, step_slug)
 );
 
@@ -279,7 +287,7 @@ CREATE TABLE process_timers (
 CREATE INDEX process_timers_due ON process_timers (fire_at) WHERE fired_at IS NULL;
 
 
--- A database created from this file has every migration up to 0013: record them, so that
+-- A database created from this file has every migration up to 0017: record them, so that
 -- `tideflow migrate` applies only later ones. applied_at is when this script ran (Unix seconds).
 INSERT INTO schema_migrations (version, name, applied_at) VALUES
     (1, 'initial', (julianday('now') - 2440587.5) * 86400.0),
@@ -294,6 +302,8 @@ INSERT INTO schema_migrations (version, name, applied_at) VALUES
     (10, 'stream_deletion', (julianday('now') - 2440587.5) * 86400.0),
     (11, 'run_reports', (julianday('now') - 2440587.5) * 86400.0),
     (12, 'flat_cost', (julianday('now') - 2440587.5) * 86400.0),
-    (13, 'timer_tokens', (julianday('now') - 2440587.5) * 86400.0);
+    (13, 'timer_tokens', (julianday('now') - 2440587.5) * 86400.0),
+    (16, 'step_skips', (julianday('now') - 2440587.5) * 86400.0),
+    (17, 'bulk_start', (julianday('now') - 2440587.5) * 86400.0);
 
 COMMIT;

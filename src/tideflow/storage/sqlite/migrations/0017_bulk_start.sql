@@ -1,0 +1,5 @@
+-- tideflow schema for SQLite, version 17: nothing to change.
+--
+-- PostgreSQL's migration 0017 adds start_runs_v1, a bulk start in one function call. SQLite runs
+-- the flow store's set-based Python for it (statements over a batch under one BEGIN IMMEDIATE),
+-- which needs no stored function. The migration exists to keep the two sequences numbered alike.
