@@ -317,8 +317,19 @@ class SQLiteDatabase:
         unsubscribe = self._subscribers.add(channel, callback)
         with self._lock:
             if self._watcher is None and self.path != ":memory:":
+                # The first reading is taken here, not in the thread: a commit between this
+                # call and the thread's start must count as a change (SQLite's data_version
+                # only says "different from last time").
+                try:
+                    conn = sqlite3.connect(self.path, check_same_thread=False)
+                    first = conn.execute("PRAGMA data_version").fetchone()[0]
+                except sqlite3.Error:  # pragma: no cover - no file: workers still poll
+                    return unsubscribe
                 self._watcher = threading.Thread(
-                    target=self._watch, name="tideflow-sqlite-watch", daemon=True
+                    target=self._watch,
+                    args=(conn, first),
+                    name="tideflow-sqlite-watch",
+                    daemon=True,
                 )
                 self._watcher.start()
         return unsubscribe
@@ -326,10 +337,8 @@ class SQLiteDatabase:
     def wake(self, channel: str) -> None:
         self._wake_local(channel)
 
-    def _watch(self) -> None:
-        conn = sqlite3.connect(self.path, check_same_thread=False)
+    def _watch(self, conn: sqlite3.Connection, last: int) -> None:
         try:
-            last = conn.execute("PRAGMA data_version").fetchone()[0]
             while not self._closing.wait(WATCH_INTERVAL):
                 version = conn.execute("PRAGMA data_version").fetchone()[0]
                 if version != last:
