@@ -76,6 +76,8 @@ LAYERS: dict[str, str] = {
     "tideflow.storage.handler_contract": "contracts",
     "tideflow.storage.process_contract": "contracts",
     "tideflow.storage.timer_contract": "contracts",
+    "tideflow.storage.monitor_contract": "contracts",
+    "tideflow.storage.monitor_store": "stores",
     "tideflow.storage.database": "contracts",
     "tideflow.storage.flow_store": "stores",
     "tideflow.storage.event_store": "stores",
@@ -92,6 +94,8 @@ LAYERS: dict[str, str] = {
     "tideflow.runtime": "runtime",
     "tideflow.worker": "runtime",
     "tideflow.client": "runtime",
+    "tideflow.telemetry": "runtime",
+    "tideflow.dashboard": "top",
 }
 
 _DOMAIN = {"base", "flows", "events", "sagas"}

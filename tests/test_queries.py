@@ -24,6 +24,7 @@ STORES = (
     "handler_store.py",
     "process_store.py",
     "timer_store.py",
+    "monitor_store.py",
 )
 DIALECTS = ("postgres", "sqlite")
 

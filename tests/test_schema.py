@@ -468,7 +468,8 @@ PG_TO_SQLITE = {
 #: functions, not tables, and SQLite needs none of it: it has one writer at a time.)
 ONLY_ON_POSTGRES: dict[str, str] = {}
 ONLY_ON_SQLITE: dict[str, str] = {
-    "sqlite_sequence": "SQLite's own AUTOINCREMENT counters (events.position, dead_letters.id);"
+    "sqlite_sequence": "SQLite's own AUTOINCREMENT counters (events.position, dead_letters.id,"
+    " task_failures.id);"
     " PostgreSQL draws those from event_position_seq and an identity column",
 }
 

@@ -36,9 +36,11 @@ from tideflow.runtime.sagas import ProcessBindings
 from tideflow.sagas import ProcessManager
 from tideflow.storage import EventStore, HandlerStore, Stores, open_database, resolve_url
 from tideflow.storage.flow_contract import FlowStore, RunRecord
+from tideflow.storage.monitor_contract import MonitorStore
 from tideflow.storage.process_contract import ProcessStore
 from tideflow.storage.timer_contract import TimerStore
 from tideflow.storage.urls import sqlite_path
+from tideflow.telemetry.collector import DatabaseCollector
 from tideflow.worker import Worker, WorkerOptions
 from tideflow.worker.handlers import HandlerRunner, HandlerRunnerOptions
 
@@ -239,6 +241,19 @@ class App:
         return self._open().processes
 
     @property
+    def monitor_store(self) -> MonitorStore:
+        """Read-only aggregates (runs per status, queues, leases) for the dashboard and
+        metrics; like ``read_store()``, it creates and migrates nothing."""
+        self.read_store()
+        return self._open().monitor
+
+    def metrics_collector(self) -> DatabaseCollector:
+        """The Prometheus collector of the database's gauges (``tideflow.telemetry``)."""
+        self.read_store()
+        stores = self._open()
+        return DatabaseCollector(stores.monitor, stores.events, stores.handlers, stores.processes)
+
+    @property
     def timer_store(self) -> TimerStore:
         """Pending timers of process manager instances, on the same connections as the flow
         store; the app's workers fire them."""
@@ -405,6 +420,7 @@ class App:
             self.registry,
             dispatch=self._step_dispatch if self._aggregates else None,
             purge=None if retention is None or not retention.enabled else self._purger(retention),
+            monitor=self._open().monitor,
             options=WorkerOptions(
                 concurrency=concurrency,
                 poll_interval=poll_interval,

@@ -27,6 +27,7 @@ from tideflow.jsonutil import check_id, dumps
 from tideflow.retrying import Backoff, retry_briefly
 from tideflow.storage.database import Tx
 from tideflow.storage.flow_contract import RUN_FINAL, FlowStore, RunRecord, RunReport
+from tideflow.telemetry import metrics, tracing
 
 RUN_STATUSES = ("started", "completed", "failed", "cancelled")
 
@@ -43,6 +44,7 @@ def start_run_retrying(
     *,
     generated: bool,
     report: RunReport | None = None,
+    trace_context: str | None = None,
 ) -> None:
     """``store.start_run``, retried for a few seconds while the database is unavailable, then
     ``DatabaseUnavailableError``. Safe to repeat: the run id is fixed before the first try, so
@@ -56,7 +58,9 @@ def start_run_retrying(
         nonlocal tries
         tries += 1
         try:
-            store.start_run(definition, run_id, input_json, report=report)
+            store.start_run(
+                definition, run_id, input_json, report=report, trace_context=trace_context
+            )
         except RunAlreadyExistsError:
             if tries > 1 and (generated or _is_this_run(store, definition, run_id, input_json)):
                 return
@@ -132,12 +136,27 @@ class Client:
         run_id = new_run_id() if run_id is None else check_id(run_id, "run_id", max_length=200)
         if report is None and definition.reports:
             report = RunReport()
-        if tx is not None:
-            self.store.start_run(definition, run_id, input_json, tx=tx, report=report)
-        else:
-            start_run_retrying(
-                self.store, definition, run_id, input_json, generated=generated, report=report
-            )
+        with tracing.start_flow_span(definition.slug, run_id) as trace_context:
+            if tx is not None:
+                self.store.start_run(
+                    definition,
+                    run_id,
+                    input_json,
+                    tx=tx,
+                    report=report,
+                    trace_context=trace_context,
+                )
+            else:
+                start_run_retrying(
+                    self.store,
+                    definition,
+                    run_id,
+                    input_json,
+                    generated=generated,
+                    report=report,
+                    trace_context=trace_context,
+                )
+        metrics.run_started(definition.slug)
         return run_id
 
     def start_flows(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from pathlib import Path
@@ -46,6 +47,18 @@ def fresh_sqlite_url() -> str:
 
 
 def run_demo(console: Console, database_url: str | None) -> list[RunRecord]:
+    # The demo shows failures in its own panels: the worker's log lines about them (which
+    # Python prints to stderr when nothing is configured) would only break up the display.
+    quiet = logging.NullHandler()
+    logger = logging.getLogger("tideflow.worker")
+    logger.addHandler(quiet)
+    try:
+        return _run_demo(console, database_url)
+    finally:
+        logger.removeHandler(quiet)
+
+
+def _run_demo(console: Console, database_url: str | None) -> list[RunRecord]:
     url = database_url or fresh_sqlite_url()
     check_reachable(url)
     console.print(

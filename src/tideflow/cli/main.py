@@ -26,7 +26,7 @@ from rich.rule import Rule
 from rich.text import Text
 from typer.core import TyperGroup
 
-from tideflow import __version__
+from tideflow import App, __version__
 from tideflow.cli.dag import nodes_from_definition, nodes_from_run, render_dag
 from tideflow.cli.demo import run_demo
 from tideflow.cli.errors import CliUsageError, CommandFailed, reporting
@@ -35,6 +35,7 @@ from tideflow.cli.live import watch_runs
 from tideflow.cli.loading import APP_ENV, APP_FORMS, DATABASE_HELP, build_app, redact
 from tideflow.cli.render import (
     definition_table,
+    failure_report,
     run_header,
     runs_table,
     steps_table,
@@ -147,6 +148,10 @@ def _retention(
     )
 
 
+#: The root logger's handler that ``--debug`` installs (None without it).
+_DEBUG_HANDLER: logging.Handler | None = None
+
+
 def _console(stderr: bool = False) -> Console:
     console = Console(stderr=stderr, highlight=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
@@ -176,7 +181,14 @@ def _root(
     ] = False,
 ) -> None:
     if debug:
-        logging.basicConfig(level=logging.DEBUG)
+        global _DEBUG_HANDLER
+        root = logging.getLogger()
+        if _DEBUG_HANDLER is not None:  # an earlier --debug command in this process
+            root.removeHandler(_DEBUG_HANDLER)
+        _DEBUG_HANDLER = RichHandler(console=_console(stderr=True), show_path=False)
+        _DEBUG_HANDLER.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        root.addHandler(_DEBUG_HANDLER)
+        root.setLevel(logging.DEBUG)
 
 
 @cli.command()
@@ -237,6 +249,19 @@ def worker(
     ] = False,
     retention: RetentionOpt = None,
     idempotency_window: IdempotencyWindowOpt = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve Prometheus metrics at http://HOST:PORT/metrics (needs the dashboard or "
+            "otel extra: pip install 'tideflow[dashboard]').",
+            min=1,
+            max=65535,
+            show_default=False,
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Interface the --metrics-port server listens on.")
+    ] = "127.0.0.1",
 ) -> None:
     """Run a worker for your flows until Ctrl-C or SIGTERM (running tasks finish first).
 
@@ -256,6 +281,8 @@ def worker(
             ),
             soft_wrap=True,
         )
+        if metrics_port is not None:
+            _serve_metrics(app, metrics_host, metrics_port)
         try:
             app.run_worker(
                 until_idle=until_idle,
@@ -273,6 +300,22 @@ def worker(
             raise
         if not until_idle:  # stopped by a signal
             _exit_now_if_steps_linger(0)
+
+
+def _serve_metrics(app: App, host: str, port: int) -> None:
+    from tideflow.telemetry import metrics
+    from tideflow.telemetry.collector import serve_metrics
+
+    if not metrics.available():
+        raise CliUsageError(
+            "--metrics-port needs prometheus-client: pip install 'tideflow[dashboard]'"
+        )
+    app.store  # noqa: B018 - the worker migrates first; the collector only reads
+    try:
+        serve_metrics(app.metrics_collector(), port, host)
+    except OSError as exc:
+        raise CliUsageError(f"cannot serve metrics on {host}:{port}: {exc.strerror}") from exc
+    _console(stderr=True).print(f"metrics at http://{host}:{port}/metrics", soft_wrap=True)
 
 
 def _exit_now_if_steps_linger(code: int) -> None:
@@ -302,15 +345,20 @@ def _setup_logging() -> Iterator[None]:
     CLI in-process keeps its own logging, instead of printing later log lines twice."""
     logger, pool = logging.getLogger("tideflow"), logging.getLogger("psycopg.pool")
     levels = logger.level, pool.level
-    if not logging.getLogger().handlers:  # --debug configures the root logger
+    root = logging.getLogger()
+    debug = _DEBUG_HANDLER in root.handlers
+    if not root.handlers:
         pool.setLevel(logging.ERROR)
     handler = None
-    if not logger.handlers:
+    if not logger.handlers and not debug:
+        # Not under --debug: its handler on the root logger prints every line already, and
+        # a second one here would print each line twice.
         handler = RichHandler(console=_console(stderr=True), show_path=False)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
-    if logger.level == logging.NOTSET or logger.level > logging.INFO:
-        logger.setLevel(logging.INFO)
+    wanted = logging.DEBUG if debug else logging.INFO
+    if logger.level == logging.NOTSET or logger.level > wanted:
+        logger.setLevel(wanted)
     try:
         yield
     finally:
@@ -457,6 +505,9 @@ def show_run(
             out.print(tasks_table(run))
         out.print()
         out.print(render_dag(nodes_from_run(run), max_width=out.width))
+        failure = run.last_failure
+        if failure is not None:
+            out.print(failure_report(failure))
 
 
 @cli.command("flows")
@@ -604,6 +655,65 @@ def demo(
     """Run the example flows - a fork/join, a map step, retries, a permanent failure - with a
     worker in this process and live progress. Needs no setup."""
     run_demo(_console(), database_url)
+
+
+@cli.command()
+def dashboard(
+    database_url: DatabaseOpt = None,
+    app_path: AppOpt = None,
+    host: Annotated[
+        str,
+        typer.Option(help="Interface to listen on; beyond loopback only with --auth."),
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8080,
+    allow_actions: Annotated[
+        bool,
+        typer.Option(
+            "--allow-actions",
+            help="Offer the buttons that change things: cancel and retry runs, retry and skip "
+            "dead letters (read-only without).",
+        ),
+    ] = False,
+    auth: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TIDEFLOW_DASHBOARD_AUTH",
+            help="A token, or user:password (HTTP basic auth); required to listen beyond loopback.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Serve the web dashboard: runs (DAG, timeline, tracebacks), flows, events, handlers and
+    dead letters, process managers, workers and queues, and /metrics. Needs the dashboard
+    extra: pip install 'tideflow[dashboard]'."""
+    try:
+        import uvicorn
+
+        from tideflow.dashboard import DashboardConfigError, check_bind, create_app
+    except ImportError as exc:
+        raise CliUsageError(
+            f"the dashboard needs its extra ({exc.name} is missing): "
+            "pip install 'tideflow[dashboard]'"
+        ) from exc
+    try:
+        check_bind(host, auth)  # before anything connects
+    except DashboardConfigError as exc:
+        raise CliUsageError(str(exc)) from exc
+    with build_app(database_url, app_path) as app:
+        app.read_store()  # fail now, in one line, on a database without the schema
+        asgi = create_app(app, allow_actions=allow_actions, auth=auth, host=host)
+        _console(stderr=True).print(
+            Text.assemble(
+                "dashboard of ",
+                (redact(app.database_url), "cyan"),
+                f" at http://{host}:{port}/ (",
+                "actions allowed" if allow_actions else "read-only",
+                ", authentication on" if auth else "",
+                "); Ctrl-C to stop",
+            ),
+            soft_wrap=True,
+        )
+        uvicorn.run(asgi, host=host, port=port, log_level="warning")
 
 
 cli.add_typer(events_app)  # events, stream, handlers, deadletters (tideflow.cli.events_cli)

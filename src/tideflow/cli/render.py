@@ -18,7 +18,13 @@ from rich.table import Table
 from rich.text import Text
 
 from tideflow.flows.definition import FlowDefinition
-from tideflow.storage.flow_contract import FlowVersionRecord, RunRecord, StepRecord, TaskRecord
+from tideflow.storage.flow_contract import (
+    AttemptFailure,
+    FlowVersionRecord,
+    RunRecord,
+    StepRecord,
+    TaskRecord,
+)
 
 STATUS_STYLE = {
     "completed": "green",
@@ -308,3 +314,17 @@ def definition_table(definition: FlowDefinition) -> Table:
             f"{s.timeout:g}s" if s.timeout is not None else "-",
         )
     return table
+
+
+def failure_report(failure: AttemptFailure) -> RenderableType:
+    """The newest failed attempt of a run: where, which exception, and its traceback."""
+    index = f"[{failure.task_index}]" if failure.task_index else ""
+    head = Text.assemble(
+        ("last failure: ", "bold red"),
+        f"step {failure.step_slug}{index} attempt {failure.attempt}",
+        f" at {fmt_time(failure.failed_at)}",
+        f" on {failure.worker_id}" if failure.worker_id else "",
+        " (retried)" if failure.retried else "",
+    )
+    body = Text(failure.traceback.rstrip() if failure.traceback else failure.error, style="red")
+    return Group(head, body)

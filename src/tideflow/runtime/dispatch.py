@@ -64,7 +64,7 @@ import copy
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from tideflow.events.aggregate import (
@@ -106,6 +106,7 @@ from tideflow.events.model import (
 from tideflow.retrying import retry_briefly
 from tideflow.runtime.aggregate_cache import DEFAULT_AGGREGATE_CACHE_SIZE, AggregateCache
 from tideflow.storage.event_contract import append_retrying
+from tideflow.telemetry import tracing
 
 if TYPE_CHECKING:  # the store is passed in: its types only
     from tideflow.storage.event_contract import EventStore, EventTransaction
@@ -402,7 +403,9 @@ class CommandDispatcher:
         ctx = DispatchContext(command, aggregate, aggregate.stream_id(command.aggregate_id))
         store = self.store
         after_commit = store.on_commit if isinstance(store, _TransactionStore) else None
-        return run_pipeline(self.middleware, ctx, self._dispatch, after_commit)
+        attributes = {"tideflow.command_type": command.command_type}
+        with tracing.span(f"dispatch {command.command_type}", attributes):
+            return run_pipeline(self.middleware, ctx, self._dispatch, after_commit)
 
     def _route(self, command: Command) -> Aggregate:
         aggregate = self._routes.get(command.command_type)
@@ -475,7 +478,11 @@ class CommandDispatcher:
                 )
             result_json = _record(command, stream_id, loaded.version + 1, events)
             try:
-                recorded = self._append(stream_id, events, loaded.version, key, result_json)
+                with tracing.span(f"append {stream_id}", {"tideflow.events": len(events)}):
+                    traced = tracing.trace_metadata()  # their handlers continue this trace
+                    if traced:
+                        events = [replace(e, metadata={**e.metadata, **traced}) for e in events]
+                    recorded = self._append(stream_id, events, loaded.version, key, result_json)
             except DuplicateIdempotencyKeyError as exc:
                 return self._replay(command, aggregate, stream_id, exc.key, exc.result_json)
             except WrongExpectedVersionError as exc:

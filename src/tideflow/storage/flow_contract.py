@@ -101,6 +101,11 @@ class TaskFailure:
     attempt: int
     error: str
     retryable: bool = True
+    error_type: str | None = None
+    """The exception's qualified class name, when an exception failed the attempt."""
+    traceback: str | None = None
+    """The formatted traceback (bounded, newest frames kept): what an operator needs to fix
+    the step, kept with the failed attempt (``AttemptFailure``)."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,23 @@ class TaskRecord:
     #: Times the task's lease expired (its worker killed or lost) and it was requeued - or, past
     #: the step's max_stalls, failed. Kept apart from ``attempts``: a kill is not the step failing.
     stalls: int = 0
+
+
+@dataclass(frozen=True)
+class AttemptFailure:
+    """One failed attempt of a task, as recorded in the transaction that counted it."""
+
+    step_slug: str
+    task_index: int
+    attempt: int
+    error: str
+    error_type: str | None
+    traceback: str | None
+    retried: bool
+    """Whether a retry followed; False: this attempt failed the task (and its run)."""
+    worker_id: str | None
+    started_at: datetime | None
+    failed_at: datetime
 
 
 @dataclass(frozen=True)
@@ -158,6 +180,13 @@ class RunRecord:
     started_at: datetime
     finished_at: datetime | None
     steps: list[StepRecord] = field(default_factory=list)
+    #: Failed attempts, oldest first (read with the steps).
+    failures: list[AttemptFailure] = field(default_factory=list)
+
+    @property
+    def last_failure(self) -> AttemptFailure | None:
+        """The newest failed attempt, with its traceback: what ``tideflow run`` shows."""
+        return self.failures[-1] if self.failures else None
 
     @property
     def is_final(self) -> bool:
@@ -219,12 +248,15 @@ class FlowStore(Protocol):
         *,
         tx: Tx | None = None,
         report: RunReport | None = None,
+        trace_context: str | None = None,
     ) -> None:
         """Create the run, its steps and the tasks of its root steps; completes empty map steps
         at once. Raises ``RunAlreadyExistsError`` if ``run_id`` is taken (writing nothing).
         With ``tx`` (a process manager's reaction, an event store transaction) it all happens
         in that transaction, under a savepoint: it commits with it, and a refusal leaves it
-        usable. With ``report``, the run's end is appended to the event log (``RunReport``)."""
+        usable. With ``report``, the run's end is appended to the event log (``RunReport``).
+        ``trace_context``: the starting span's W3C context (JSON text), which each task's span
+        continues, on whichever machine runs it."""
         ...
 
     def start_runs(
@@ -315,6 +347,15 @@ class FlowStore(Protocol):
         """Find started tasks whose lease expired (their worker died) and queue them again at
         once without counting the attempt, counting a stall instead; a task past its step's
         ``max_stalls`` fails, with its run. Returns how many were handled."""
+        ...
+
+    # --- observability (issue 11) --------------------------------------------------------------
+    def finished_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
+        """Those of these runs that have ended (completed, failed, cancelled), without steps."""
+        ...
+
+    def trace_contexts(self, run_ids: Sequence[str]) -> dict[str, str]:
+        """Run id -> the trace context stored with it, for the runs that have one."""
         ...
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:

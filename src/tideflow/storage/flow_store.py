@@ -72,6 +72,7 @@ from tideflow.retrying import backoff_delay
 from tideflow.storage.database import EVENTS_CHANNEL, TASKS_CHANNEL, Database, Row, Tx
 from tideflow.storage.event_contract import prepare_append
 from tideflow.storage.flow_contract import (
+    AttemptFailure,
     ClaimedTask,
     ClaimRequest,
     FlowVersionRecord,
@@ -83,7 +84,14 @@ from tideflow.storage.flow_contract import (
     TaskKey,
     TaskRecord,
 )
-from tideflow.storage.rows import batch, loads, run_record, step_record, task_record
+from tideflow.storage.rows import (
+    batch,
+    failure_record,
+    loads,
+    run_record,
+    step_record,
+    task_record,
+)
 
 Pair = tuple[str, str]  # (run_id, step_slug)
 
@@ -240,6 +248,7 @@ class SqlFlowStore:
         *,
         tx: Tx | None = None,
         report: RunReport | None = None,
+        trace_context: str | None = None,
     ) -> None:
         check_map_input(definition, input_json)
         try:
@@ -249,6 +258,8 @@ class SqlFlowStore:
                     self._start_run_fast(inner, definition, run_id, input_json)
                 else:
                     self._start_run(inner, definition, run_id, input_json)
+                if trace_context is not None:  # only when an OpenTelemetry SDK is set up
+                    inner.run("set_trace_context", run_id=run_id, trace_context=trace_context)
                 if report is not None:
                     inner.run("set_report", run_id=run_id, report=_report_json(report))
                     self._report(inner, [run_id])  # a run of empty maps ends as it starts
@@ -630,10 +641,18 @@ class SqlFlowStore:
             )
             if not task:
                 return None  # stale: lease lost, or run failed or cancelled meanwhile
-            return self._fail_task(tx, task[0], failure.error, failure.retryable, self.clock.now())
+            return self._fail_task(
+                tx, task[0], failure.error, failure.retryable, self.clock.now(), failure
+            )
 
     def _fail_task(
-        self, tx: Tx, task: Row, error: str, retryable: bool, now: datetime
+        self,
+        tx: Tx,
+        task: Row,
+        error: str,
+        retryable: bool,
+        now: datetime,
+        failure: TaskFailure | None = None,
     ) -> datetime | None:
         key = {
             "run_id": task["run_id"],
@@ -642,7 +661,10 @@ class SqlFlowStore:
         }
         error = storable_text(error)  # a user exception's text: NUL must not fail the failure
         attempts, max_attempts = task["attempts"], task["max_attempts"]
-        if retryable and attempts < max_attempts:
+        retried = retryable and attempts < max_attempts
+        if failure is not None:
+            _record_failure(tx, key, failure, error, retried, now)
+        if retried:
             visible_at = now + timedelta(
                 seconds=backoff_delay(attempts, task["base_delay"], task["max_delay"])
             )
@@ -761,7 +783,9 @@ class SqlFlowStore:
             if not found:
                 raise RunNotFoundError(f"no run with id {run_id!r}; list runs with `tideflow runs`")
             steps: list[StepRecord] = []
+            failures: list[AttemptFailure] = []
             if with_steps:
+                failures = [failure_record(f) for f in tx.rows("get_run_failures", run_id=run_id)]
                 tasks: dict[str, list[TaskRecord]] = defaultdict(list)
                 for t in tx.rows("get_run_tasks", run_id=run_id):
                     tasks[t["step_slug"]].append(task_record(t))
@@ -769,7 +793,7 @@ class SqlFlowStore:
                     step_record(s, tasks[s["step_slug"]])
                     for s in tx.rows("get_run_steps", run_id=run_id)
                 ]
-            return run_record(found[0], steps)
+            return run_record(found[0], steps, failures)
 
     def list_runs(
         self,
@@ -952,6 +976,42 @@ class SqlFlowStore:
                     )
                     handled += 1
             return handled
+
+    # --- observability (issue 11): the runs a worker saw end, trace contexts --------------------
+    def finished_runs(self, run_ids: Sequence[str]) -> list[RunRecord]:
+        """Which of these runs have ended, without their steps: how a worker learns that the
+        completions it committed finished a run (one read per batch, for its log line)."""
+        if not run_ids:
+            return []
+        return [
+            run_record(r, [])
+            for r in self.db.rows("get_finished_runs", run_ids=sorted(set(run_ids)))
+        ]
+
+    def trace_contexts(self, run_ids: Sequence[str]) -> dict[str, str]:
+        """The stored trace context (JSON text) of each of these runs that has one."""
+        if not run_ids:
+            return {}
+        return {
+            r["run_id"]: r["trace_context"]
+            for r in self.db.rows("get_trace_contexts", run_ids=sorted(set(run_ids)))
+        }
+
+
+def _record_failure(
+    tx: Tx, key: Row, failure: TaskFailure, error: str, retried: bool, now: datetime
+) -> None:
+    """Keep the failed attempt - exception type, message, traceback - in the transaction that
+    counts it (before the task row moves on: the row gives its attempt, worker and start)."""
+    tx.run(
+        "insert_task_failure",
+        **key,
+        error_type=failure.error_type,
+        error=error,
+        traceback=None if failure.traceback is None else storable_text(failure.traceback),
+        retried=retried,
+        failed_at=now,
+    )
 
 
 def step_rows(definition: FlowDefinition, run_id: str | None = None) -> str:

@@ -20,6 +20,7 @@ from tideflow.storage.event_contract import DEFAULT_PAGE_SIZE
 from tideflow.storage.event_store import SqlEventStore
 from tideflow.storage.flow_store import SqlFlowStore
 from tideflow.storage.handler_store import SqlHandlerStore
+from tideflow.storage.monitor_store import SqlMonitorStore
 from tideflow.storage.process_store import SqlProcessStore
 from tideflow.storage.timer_store import SqlTimerStore
 from tideflow.storage.urls import POSTGRES_SCHEMES, resolve_url, sqlite_path
@@ -60,6 +61,7 @@ class Stores:
     handlers: SqlHandlerStore
     processes: SqlProcessStore
     timers: SqlTimerStore
+    monitor: SqlMonitorStore
 
     def close(self) -> None:
         self.db.close()
@@ -101,6 +103,7 @@ def stores_on(
         SqlHandlerStore(db),
         SqlProcessStore(db),
         SqlTimerStore(db, events),
+        SqlMonitorStore(db),
     )
 
 

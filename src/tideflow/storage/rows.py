@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from tideflow.storage.database import Row
-from tideflow.storage.flow_contract import RunRecord, StepRecord, TaskRecord
+from tideflow.storage.flow_contract import AttemptFailure, RunRecord, StepRecord, TaskRecord
 
 
 def batch(rows: Iterable[dict[str, Any]]) -> str:
@@ -57,7 +57,24 @@ def step_record(s: Row, tasks: list[TaskRecord]) -> StepRecord:
     )
 
 
-def run_record(r: Row, steps: list[StepRecord]) -> RunRecord:
+def failure_record(f: Row) -> AttemptFailure:
+    return AttemptFailure(
+        step_slug=f["step_slug"],
+        task_index=f["task_index"],
+        attempt=f["attempt"],
+        error=f["error"],
+        error_type=f["error_type"],
+        traceback=f["traceback"],
+        retried=bool(f["retried"]),
+        worker_id=f["worker_id"],
+        started_at=f["started_at"],
+        failed_at=f["failed_at"],
+    )
+
+
+def run_record(
+    r: Row, steps: list[StepRecord], failures: list[AttemptFailure] | None = None
+) -> RunRecord:
     return RunRecord(
         run_id=str(r["run_id"]),
         flow_slug=r["flow_slug"],
@@ -69,4 +86,5 @@ def run_record(r: Row, steps: list[StepRecord]) -> RunRecord:
         started_at=r["started_at"],
         finished_at=r["finished_at"],
         steps=steps,
+        failures=failures or [],
     )

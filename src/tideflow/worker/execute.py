@@ -9,8 +9,11 @@ was promised. If the step no longer exists in the code, the task fails without r
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures.thread
+import contextvars
 import inspect
 import json
+import traceback
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
@@ -45,13 +48,48 @@ async def execute(
     except asyncio.CancelledError:
         raise
     except StepTimeoutError as exc:
-        return TaskFailure(key, task.attempt, str(exc), retryable=True)
+        return TaskFailure(key, task.attempt, str(exc), True, error_type(exc))
     except InputNotSerializableError as exc:
-        return TaskFailure(key, task.attempt, str(exc), retryable=False)
+        return TaskFailure(key, task.attempt, str(exc), False, error_type(exc), format_tb(exc))
     except NonRetryableError as exc:
-        return TaskFailure(key, task.attempt, _describe(exc), retryable=False)
+        return TaskFailure(
+            key, task.attempt, _describe(exc), False, error_type(exc), format_tb(exc)
+        )
     except Exception as exc:
-        return TaskFailure(key, task.attempt, _describe(exc), retryable=True)
+        return TaskFailure(key, task.attempt, _describe(exc), True, error_type(exc), format_tb(exc))
+
+
+#: A stored traceback keeps at most this many frames per exception, the newest (where the step
+#: failed), and at most this many characters, the last ones: enough to find the bug, bounded so
+#: that a deep recursion cannot bloat the failures table.
+TRACEBACK_FRAMES = 30
+TRACEBACK_CHARS = 16_000
+
+
+_MACHINERY = frozenset({__file__, concurrent.futures.thread.__file__})
+
+
+def format_tb(exc: BaseException) -> str:
+    """``exc``'s traceback as Python prints it (with its causes), bounded: the newest
+    ``TRACEBACK_FRAMES`` frames and the last ``TRACEBACK_CHARS`` characters."""
+    shown = traceback.TracebackException.from_exception(exc, limit=-TRACEBACK_FRAMES)
+    # The frames of tideflow's own calling machinery (this module, the thread pool) say nothing
+    # about the step: leave them out when the step's own frames remain.
+    own = [f for f in shown.stack if f.filename not in _MACHINERY]
+    if own:
+        shown.stack = traceback.StackSummary.from_list(own)
+    text = "".join(shown.format())
+    if len(text) > TRACEBACK_CHARS:
+        text = "... (older lines dropped)\n" + text[-TRACEBACK_CHARS:]
+    return text
+
+
+def error_type(exc: BaseException) -> str:
+    """The exception class's name, qualified by its module unless it is a builtin."""
+    cls = type(exc)
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
 
 
 def _describe(exc: BaseException) -> str:
@@ -99,7 +137,9 @@ async def _call(
         coro = fn(*args, **kwargs)
     else:
         loop = asyncio.get_running_loop()
-        coro = loop.run_in_executor(executor, lambda: fn(*args, **kwargs))
+        # In the attempt's context (its span is current): the step's own spans nest under it.
+        context = contextvars.copy_context()
+        coro = loop.run_in_executor(executor, lambda: context.run(fn, *args, **kwargs))
     if task.timeout is None:
         return await coro
     try:

@@ -54,6 +54,9 @@ from tideflow.storage.flow_contract import (
     TaskFailure,
     TaskKey,
 )
+from tideflow.storage.monitor_contract import Heartbeat, MonitorStore
+from tideflow.telemetry import metrics
+from tideflow.telemetry.observer import WorkerObserver
 from tideflow.worker.execute import StepDispatch, execute
 from tideflow.worker.outage import WAIT_OUT, Outage, retrying
 
@@ -95,12 +98,14 @@ class Worker:
         worker_id: str | None = None,
         dispatch: StepDispatch | None = None,
         purge: Callable[[Callable[[], bool]], object] | None = None,
+        monitor: MonitorStore | None = None,
     ) -> None:
         """``dispatch``: how steps' ``ctx.dispatch`` sends commands (the App passes its
         dispatcher); without it a step that dispatches fails with a message that says so.
         ``purge``: the retention pass run every ``purge_interval`` seconds (the App passes one
         when given a retention); it is handed a function that says when to stop between
-        batches (the worker is stopping)."""
+        batches (the worker is stopping). ``monitor``: where the worker records its heartbeats
+        (the dashboard's Workers page)."""
         self.store = store
         self.registry = registry
         self._dispatch = dispatch
@@ -123,6 +128,9 @@ class Worker:
         self._executor: ThreadPoolExecutor | None = None
         #: Logs database outages once for all of this worker's loops.
         self.outage = Outage(log, f"worker {self.worker_id}")
+        #: Logs, metrics and spans of attempts and runs (tideflow.telemetry).
+        self.observer = WorkerObserver(store, registry)
+        self._monitor = monitor
         self.completed = 0
         self.failed = 0
 
@@ -177,6 +185,13 @@ class Worker:
                     self._every(opts.purge_interval, "applying retention", self._purge)
                 )
             )
+        if self._monitor is not None:
+            await self._beat_now()
+            background.append(
+                asyncio.create_task(
+                    self._every(self._beat_interval(), "recording its heartbeat", self._beat)
+                )
+            )
         flusher = asyncio.create_task(self._flush_loop())
         claimer = asyncio.create_task(self._claim_loop(executor, until_idle))
         log.info("worker %s started: flows %s", self.worker_id, self.registry.slugs())
@@ -196,6 +211,7 @@ class Worker:
             self._has_pending.set()  # let the flusher commit what is left and exit
             await asyncio.wait([flusher])
             executor.shutdown(wait=False, cancel_futures=True)
+            await self._beat_now(stopped=True)
             log.info("worker %s stopped", self.worker_id)
         for task in (claimer, flusher, *background):
             if task.done() and not task.cancelled() and task.exception() is not None:
@@ -305,7 +321,9 @@ class Worker:
             instance = self._instances.get(flow_cls)
             if instance is None:
                 instance = self._instances[flow_cls] = flow_cls()
-            outcome = await execute(task, instance, executor, self._dispatch)
+            async with self.observer.attempt(task) as attempt:
+                outcome = await execute(task, instance, executor, self._dispatch)
+                attempt.ended(outcome)
             if isinstance(outcome, TaskCompletion):
                 # Handed to the flusher; the task stays 'started' in the database until the
                 # batch commits, so a crash before then re-runs it (after its lease) - never
@@ -313,7 +331,7 @@ class Worker:
                 self._pending.append(outcome)
                 self._has_pending.set()
             else:
-                await self._fail(outcome)
+                await self._fail(outcome, task.flow_slug)
         except WAIT_OUT:
             log.warning(
                 "task %s attempt %d: its failure was not recorded (the database stayed "
@@ -331,7 +349,7 @@ class Worker:
             if self._wake is not None:
                 self._wake.set()
 
-    async def _fail(self, outcome: TaskFailure) -> None:
+    async def _fail(self, outcome: TaskFailure, flow_slug: str | None = None) -> None:
         retry_at = await self._retrying(
             "recording a failed task",
             lambda: self.store.fail_task(self.worker_id, outcome),
@@ -344,7 +362,9 @@ class Worker:
             delay = (retry_at - self.store.clock.now()).total_seconds()
             loop = asyncio.get_running_loop()
             loop.call_later(max(0.0, delay), self._wake_threadsafe)
-        log.info("task %s attempt %d failed: %s", outcome.key, outcome.attempt, outcome.error)
+        self.observer.failed(flow_slug, outcome, retry_at)
+        if retry_at is None:
+            await self.observer.ended([outcome.key.run_id])
 
     async def _flush_loop(self) -> None:
         while True:
@@ -374,7 +394,9 @@ class Worker:
                 await self._release(claimed)
             else:
                 self._start(claimed)
+            await self.observer.committed(self._flushing)
         except WAIT_OUT:
+            self.observer.forget(self._flushing)
             log.warning(
                 "%d completion(s) were not recorded: the database stayed unavailable "
                 "until shutdown; their tasks run again once their leases expire",
@@ -521,7 +543,41 @@ class Worker:
             return None
         return lambda: purge_pass(lambda: self._stopping)
 
+    # --- heartbeats (the dashboard's Workers page) ------------------------------------------------
+    def _beat_interval(self) -> float:
+        return self.options.heartbeat_interval or self.options.lease_margin / 3
+
+    def _beat(self) -> Callable[[], object] | None:
+        monitor = self._monitor
+        if monitor is None:
+            return None
+        beat = Heartbeat(
+            self.worker_id,
+            socket.gethostname(),
+            os.getpid(),
+            tuple(self.registry.slugs()),
+            self.options.concurrency,
+            len(self._running),
+            self._beat_interval(),
+        )
+        return lambda: monitor.record_heartbeat(beat)
+
+    async def _beat_now(self, *, stopped: bool = False) -> None:
+        """One heartbeat (or the stop's mark) now; a failure costs the dashboard a line, not
+        the worker its work, so it is logged at DEBUG."""
+        monitor, call = self._monitor, self._beat()
+        if monitor is None or call is None:
+            return
+        try:
+            if stopped:
+                await asyncio.to_thread(monitor.record_worker_stopped, self.worker_id)
+            else:
+                await asyncio.to_thread(call)
+        except Exception as exc:
+            log.debug("worker %s: recording its heartbeat failed: %s", self.worker_id, exc)
+
     def _reap(self) -> None:
         n = self.store.requeue_stalled()
+        metrics.stalls(n)
         if n:
             log.warning("recovered %d task(s) whose worker stopped heartbeating", n)

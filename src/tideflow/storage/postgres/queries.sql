@@ -357,3 +357,28 @@ DELETE FROM tideflow.run_steps WHERE run_id = ANY(%(run_ids)s)
 
 -- name: delete_runs
 DELETE FROM tideflow.runs WHERE run_id = ANY(%(run_ids)s)
+
+-- name: insert_task_failure
+-- A failed attempt, from the task row before it moves on (its attempt, worker and start).
+INSERT INTO tideflow.task_failures (run_id, step_slug, task_index, attempt, worker_id, error_type,
+                           error, traceback, retried, started_at, failed_at)
+SELECT run_id, step_slug, task_index, attempts, worker_id, %(error_type)s, %(error)s,
+       %(traceback)s, %(retried)s, started_at, %(failed_at)s
+FROM tideflow.tasks
+WHERE run_id = %(run_id)s AND step_slug = %(step_slug)s AND task_index = %(task_index)s
+
+-- name: get_run_failures
+SELECT step_slug, task_index, attempt, worker_id, error_type, error, traceback, retried,
+       started_at, failed_at
+FROM tideflow.task_failures WHERE run_id = %(run_id)s ORDER BY id
+
+-- name: set_trace_context
+UPDATE tideflow.runs SET trace_context = %(trace_context)s WHERE run_id = %(run_id)s
+
+-- name: get_trace_contexts
+SELECT run_id, trace_context FROM tideflow.runs
+WHERE run_id = ANY(%(run_ids)s) AND trace_context IS NOT NULL
+
+-- name: get_finished_runs
+SELECT run_id, flow_slug, flow_version, status, input, output, error, started_at, finished_at
+FROM tideflow.runs WHERE run_id = ANY(%(run_ids)s) AND status <> 'started'

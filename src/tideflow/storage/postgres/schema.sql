@@ -1,4 +1,4 @@
--- tideflow schema for PostgreSQL: the result of migrations 0001-0013, 0016 and 0017, written
+-- tideflow schema for PostgreSQL: the result of migrations 0001-0017, written
 -- out for readers.
 --
 -- What this file is. The tables, indexes and functions that `tideflow migrate` (store.migrate())
@@ -24,7 +24,7 @@
 -- tables and columns, in mapped types.
 --
 -- Using it. Run on an empty database (psql -v ON_ERROR_STOP=1 -f schema.sql), it gives a database
--- that tideflow treats as fully migrated: it records versions 1-13, 16 and 17 in
+-- that tideflow treats as fully migrated: it records versions 1-17 in
 -- schema_migrations as applied, so a later `tideflow migrate` applies only the migrations this
 -- file lacks. Prefer `tideflow migrate`.
 --
@@ -76,6 +76,7 @@ CREATE TABLE tideflow.runs (
     started_at      timestamptz NOT NULL,
     finished_at     timestamptz,
     report          json,                           -- its end goes to the event log (0011)
+    trace_context   text,                           -- W3C trace context, JSON (0014)
     -- 0016: conditions or when_failed skips: the run moves on in the flow store's Python.
     conditional     boolean     NOT NULL DEFAULT false,
     FOREIGN KEY (flow_slug, flow_version) REFERENCES tideflow.flows (flow_slug, version)
@@ -154,6 +155,37 @@ CREATE INDEX tasks_queued ON tideflow.tasks (visible_at) WHERE status = 'queued'
 -- Stalled-task recovery reads only this one: keyed on leases, not on the 'started' status, so
 -- that completions and heartbeats (by key and status) are never planned through it (0012).
 CREATE INDEX tasks_leased ON tideflow.tasks (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
+
+-- Failed attempts with their exception type, message and traceback (0014).
+CREATE TABLE tideflow.task_failures (
+    id          bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    run_id      text        NOT NULL REFERENCES tideflow.runs (run_id) ON DELETE CASCADE,
+    step_slug   text        NOT NULL,
+    task_index  integer     NOT NULL,
+    attempt     integer     NOT NULL,
+    worker_id   text,
+    error_type  text,
+    error       text        NOT NULL,
+    traceback   text,
+    retried     boolean     NOT NULL,
+    started_at  timestamptz,
+    failed_at   timestamptz NOT NULL
+);
+CREATE INDEX task_failures_by_run ON tideflow.task_failures (run_id, id);
+
+-- Flow workers' heartbeats, for the dashboard (0015).
+CREATE TABLE tideflow.workers (
+    worker_id          text        PRIMARY KEY,
+    hostname           text        NOT NULL,
+    pid                integer     NOT NULL,
+    flows              jsonb       NOT NULL,
+    concurrency        integer     NOT NULL,
+    running            integer     NOT NULL,
+    heartbeat_interval double precision NOT NULL,
+    started_at         timestamptz NOT NULL,
+    heartbeat_at       timestamptz NOT NULL,
+    stopped_at         timestamptz
+);
 
 
 -- =================================================================================================
@@ -1207,6 +1239,8 @@ INSERT INTO tideflow.schema_migrations (version, name, applied_at) VALUES
     (11, 'run_reports', now()),
     (12, 'flat_cost', now()),
     (13, 'timer_tokens', now()),
+    (14, 'observability', now()),
+    (15, 'worker_heartbeats', now()),
     (16, 'step_skips', now()),
     (17, 'bulk_start', now());
 

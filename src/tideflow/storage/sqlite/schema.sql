@@ -1,4 +1,4 @@
--- tideflow schema for SQLite: the result of migrations 0001-0013, 0016 and 0017, written out
+-- tideflow schema for SQLite: the result of migrations 0001-0017, written out
 -- for readers.
 --
 -- What this file is. The tables and indexes that `tideflow migrate` (store.migrate()) leaves in the
@@ -26,7 +26,7 @@
 -- SQLite has one writer at a time and so hands out event positions in commit order.
 --
 -- Using it. Run on an empty file (sqlite3 tideflow.db < schema.sql), it gives a database that
--- tideflow treats as fully migrated: it records versions 1-13, 16 and 17 in schema_migrations as
+-- tideflow treats as fully migrated: it records versions 1-17 in schema_migrations as
 -- applied, so a later `tideflow migrate` applies only the migrations this file lacks. A writer (a
 -- worker, `tideflow migrate`) switches the file to WAL mode when it opens it. Prefer `tideflow
 -- migrate`.
@@ -65,6 +65,7 @@ CREATE TABLE runs (
     started_at      REAL NOT NULL,
     finished_at     REAL,
     report          TEXT CHECK (report IS NULL OR json_valid(report)),  -- to the event log (0011)
+    trace_context   TEXT,                            -- W3C trace context, JSON (0014)
     -- 0016: conditions or when_failed skips (kept for parity: SQLite always runs in Python).
     conditional     INTEGER NOT NULL DEFAULT 0 CHECK (conditional IN (0, 1)),
     FOREIGN KEY (flow_slug, flow_version) REFERENCES flows (flow_slug, version)
@@ -138,6 +139,37 @@ CREATE INDEX tasks_queued ON tasks (visible_at) WHERE status = 'queued';
 -- Stalled-task recovery reads only this one: keyed on leases, not on the 'started' status, so
 -- that completions and heartbeats (by key and status) are never planned through it (0012).
 CREATE INDEX tasks_leased ON tasks (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
+
+-- Failed attempts with their exception type, message and traceback (0014).
+CREATE TABLE task_failures (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id      TEXT    NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
+    step_slug   TEXT    NOT NULL,
+    task_index  INTEGER NOT NULL,
+    attempt     INTEGER NOT NULL,
+    worker_id   TEXT,
+    error_type  TEXT,
+    error       TEXT    NOT NULL,
+    traceback   TEXT,
+    retried     INTEGER NOT NULL CHECK (retried IN (0, 1)),
+    started_at  REAL,
+    failed_at   REAL    NOT NULL
+);
+CREATE INDEX task_failures_by_run ON task_failures (run_id, id);
+
+-- Flow workers' heartbeats, for the dashboard (0015).
+CREATE TABLE workers (
+    worker_id          TEXT    PRIMARY KEY,
+    hostname           TEXT    NOT NULL,
+    pid                INTEGER NOT NULL,
+    flows              TEXT    NOT NULL CHECK (json_valid(flows)),
+    concurrency        INTEGER NOT NULL,
+    running            INTEGER NOT NULL,
+    heartbeat_interval REAL    NOT NULL,
+    started_at         REAL    NOT NULL,
+    heartbeat_at       REAL    NOT NULL,
+    stopped_at         REAL
+) WITHOUT ROWID;
 
 
 -- =================================================================================================
@@ -303,6 +335,8 @@ INSERT INTO schema_migrations (version, name, applied_at) VALUES
     (11, 'run_reports', (julianday('now') - 2440587.5) * 86400.0),
     (12, 'flat_cost', (julianday('now') - 2440587.5) * 86400.0),
     (13, 'timer_tokens', (julianday('now') - 2440587.5) * 86400.0),
+    (14, 'observability', (julianday('now') - 2440587.5) * 86400.0),
+    (15, 'worker_heartbeats', (julianday('now') - 2440587.5) * 86400.0),
     (16, 'step_skips', (julianday('now') - 2440587.5) * 86400.0),
     (17, 'bulk_start', (julianday('now') - 2440587.5) * 86400.0);
 

@@ -26,6 +26,7 @@ from tideflow.events.projections import Projection
 from tideflow.retrying import backoff_delay
 from tideflow.storage.event_contract import EventStore, EventTransaction
 from tideflow.storage.handler_contract import HandlerLease, HandlerStore
+from tideflow.telemetry import tracing
 from tideflow.worker.handlers.context import DeliveryContext, HandleRaised, ThreadBridge, describe
 
 log = logging.getLogger("tideflow.handlers")
@@ -302,7 +303,8 @@ class HandlerBatches:
                 return i
             ctx = self._context(slot, tx, lease, event)
             try:
-                self._invoke(slot, event, ctx)
+                with tracing.handler_span(slot.handler.name, slot.handler.kind, event):
+                    self._invoke(slot, event, ctx)
             except concurrent.futures.CancelledError:
                 raise  # the loop is shutting down: not the handler's failure
             except Exception as exc:
@@ -325,7 +327,8 @@ class HandlerBatches:
                 return i
             ctx = self._context(slot, tx, lease, event)
             try:
-                await handle(event, ctx)  # type: ignore[misc]
+                with tracing.handler_span(slot.handler.name, slot.handler.kind, event):
+                    await handle(event, ctx)  # type: ignore[misc]
             except Exception as exc:
                 _raise_if_unavailable(self.event_store, exc)
                 raise HandleRaised(i, exc) from exc
