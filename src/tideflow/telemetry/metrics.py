@@ -1,5 +1,7 @@
 """Prometheus metrics a process counts itself: attempts, durations, retries, stalls, runs it saw
-end, runs it started. Counted per process; Prometheus sums them over workers.
+end, runs it started. Counted per process; Prometheus sums them over workers. Counted only once
+the process says they are scraped (``mark_exported``: ``serve_metrics`` and the dashboard do):
+counting costs a few microseconds per attempt, which nobody should pay for numbers nobody reads.
 
 What the database knows for every process at once - runs per status, queue depth, handler lag,
 dead letters, process instances - is read at scrape time instead (``collector``). Without
@@ -75,6 +77,8 @@ def _get() -> _Metrics | None:
         return _metrics
 
 
+_exported = False
+
 #: (flow, step, outcome) -> the labelled children an attempt updates: looking labels up costs
 #: more than counting (a few microseconds per attempt, on the worker's hot path).
 _children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
@@ -82,6 +86,8 @@ _children: dict[tuple[str, str, str], tuple[Any, Any, Any]] = {}
 
 def task_attempt(flow: str, step: str, seconds: float, outcome: str) -> None:
     """An attempt ended: ``completed``, ``retried`` (failed, will run again) or ``failed``."""
+    if not _exported:
+        return
     key = (flow, step, outcome)
     children = _children.get(key)
     if children is None:
@@ -102,19 +108,19 @@ def task_attempt(flow: str, step: str, seconds: float, outcome: str) -> None:
 
 
 def stalls(n: int) -> None:
-    m = _get()
+    m = _get() if _exported else None
     if m is not None and n:
         m.stalls.inc(n)
 
 
 def run_finished(flow: str, status: str) -> None:
-    m = _get()
+    m = _get() if _exported else None
     if m is not None:
         m.runs_finished.labels(flow, status).inc()
 
 
 def run_started(flow: str) -> None:
-    m = _get()
+    m = _get() if _exported else None
     if m is not None:
         m.runs_started.labels(flow).inc()
 
@@ -123,15 +129,12 @@ def available() -> bool:
     return prom is not None
 
 
-_exported = False
-
-
 def mark_exported() -> None:
     """Say that this process's metrics are scraped (``serve_metrics`` and the dashboard do; an
-    application serving prometheus-client's default registry itself calls it too). Only then
-    does a worker read which runs its completions ended, for ``tideflow_runs_finished_total``
-    - or when its INFO log lines are wanted: a read per batch that nobody would see is not
-    made."""
+    application serving prometheus-client's default registry itself calls it too, before its
+    workers start). Only then are they counted, and does a worker read which runs its
+    completions ended for ``tideflow_runs_finished_total`` (also done when its INFO log lines
+    are wanted): a read per batch that nobody would see is not made."""
     global _exported
     _exported = prom is not None
 

@@ -47,7 +47,7 @@ class Attempt:
         self.outcome: TaskCompletion | TaskFailure | None = None
 
     async def __aenter__(self) -> Attempt:
-        if tracing.enabled():
+        if self._observer.tracing:
             context = await self._observer._trace_context(self.task)
             self._span_cm = tracing.attempt_span(self.task, context)
             self._span = self._span_cm.__enter__()
@@ -67,6 +67,22 @@ class Attempt:
             self._span.failed(outcome.error, outcome.error_type)
 
 
+class _Idle:
+    """``attempt()`` when nobody watches: does nothing."""
+
+    async def __aenter__(self) -> _Idle:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def ended(self, outcome: TaskCompletion | TaskFailure) -> None:
+        return None
+
+
+_IDLE = _Idle()
+
+
 class WorkerObserver:
     def __init__(self, store: FlowStore, registry: FlowRegistry) -> None:
         self.store = store
@@ -75,10 +91,20 @@ class WorkerObserver:
         self._traces: dict[str, str | None] = {}
         self._durations: dict[TaskKey, float] = {}
         self._ends: dict[tuple[str, str, str], bool] = {}  # (flow, version, step) -> may end
+        self.tracing = False
+        self.active = False
+        self.refresh()
 
-    def attempt(self, task: ClaimedTask) -> Attempt:
+    def refresh(self) -> None:
+        """Look again at who is watching (a worker calls it as it starts): an SDK recording
+        spans, metrics being scraped, INFO lines being logged. Nobody watching, an attempt
+        costs nothing here (the per-attempt work would be a tenth of a no-op run's time)."""
+        self.tracing = tracing.enabled()
+        self.active = self.tracing or metrics.exported() or log.isEnabledFor(logging.INFO)
+
+    def attempt(self, task: ClaimedTask) -> Attempt | _Idle:
         """Around one attempt: its span (continuing the run's trace), its duration."""
-        return Attempt(self, task)
+        return Attempt(self, task) if self.active else _IDLE
 
     def _attempt_ended(
         self, task: ClaimedTask, outcome: TaskCompletion | TaskFailure | None, seconds: float
@@ -105,11 +131,15 @@ class WorkerObserver:
         )
 
     async def committed(self, completions: Sequence[TaskCompletion]) -> None:
+        if not self._flows:
+            return
         run_ids = [c.key.run_id for c in completions if self._flows.pop(c.key, None)]
         await self.ended(run_ids)
 
     def forget(self, completions: Sequence[TaskCompletion]) -> None:
         """Completions that were not committed (the worker gave up): nothing ended."""
+        if not self._flows:
+            return
         for c in completions:
             self._flows.pop(c.key, None)
 

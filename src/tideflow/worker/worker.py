@@ -167,6 +167,7 @@ class Worker:
             max_workers=opts.concurrency, thread_name_prefix="tideflow-step"
         )
         unsubscribe = self.store.subscribe(self._wake_threadsafe)
+        self.observer.refresh()
         background = [
             asyncio.create_task(
                 self._every(
