@@ -1107,3 +1107,23 @@ def test_the_cache_is_bounded_and_can_be_turned_off(events: EventStore) -> None:
     for bad in (-1, 1.5, "10"):
         with pytest.raises(DispatcherConfigurationError, match="aggregate_cache_size"):
             CommandDispatcher(events, [Inventory], aggregate_cache_size=bad)  # type: ignore[arg-type]
+
+
+def test_within_can_leave_command_ids_unrecorded_for_callers_that_send_once(
+    events: EventStore,
+) -> None:
+    """What a process manager's reaction uses: its transaction already sends each command once
+    (and makes new ids each time it runs), so a command-id key would only cost a row. Explicit
+    idempotency keys are recorded all the same."""
+    dispatcher = CommandDispatcher(events, [Inventory])
+    plain = Command("AddStock", "sku-1", {"qty": 1})
+    keyed = Command("AddStock", "sku-1", {"qty": 2}, idempotency_key="restock-7")
+    with events.transaction() as tx:
+        quiet = dispatcher.within(tx, command_ids_as_keys=False)
+        quiet.dispatch(plain)
+        quiet.dispatch(keyed)
+    assert events.get_idempotent_result(f"command:{plain.command_id}") is None
+    assert events.get_idempotent_result("restock-7") is not None
+    with events.transaction() as tx:
+        dispatcher.within(tx).dispatch(again := Command("AddStock", "sku-1", {"qty": 3}))
+    assert events.get_idempotent_result(f"command:{again.command_id}") is not None

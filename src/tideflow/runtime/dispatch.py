@@ -294,6 +294,7 @@ class CommandDispatcher:
                 f"got {aggregate_cache_size!r}"
             )
         self.cache = AggregateCache(aggregate_cache_size)
+        self._command_ids_as_keys = True
         if type(max_conflict_retries) is not int or max_conflict_retries < 0:
             raise DispatcherConfigurationError(
                 f"max_conflict_retries must be an int >= 0 (0: fail at the first version "
@@ -358,16 +359,25 @@ class CommandDispatcher:
         """The registered aggregates by ``aggregate_type``."""
         return dict(self._aggregates)
 
-    def within(self, tx: EventTransaction) -> CommandDispatcher:
+    def within(
+        self, tx: EventTransaction, *, command_ids_as_keys: bool = True
+    ) -> CommandDispatcher:
         """This dispatcher, recording into the open transaction ``tx`` instead of committing
         each command on its own: the commands' events commit with whatever else ``tx`` holds
         (a process manager's state and checkpoint), or not at all. Same routes, middleware and
         retries; a version conflict re-reads the stream through ``tx``. Snapshots are taken in
         ``tx`` too, and ``after_dispatch`` hooks run once ``tx`` has committed (never if it
         rolls back). Keep such transactions short: on PostgreSQL their appends hold back every
-        ``read_all``."""
+        ``read_all``.
+
+        ``command_ids_as_keys=False``: a command without an ``idempotency_key`` records no key
+        (see the module docstring). For callers whose transaction already makes each command
+        happen once - a process manager's reaction, which builds its commands anew (new ids)
+        each time it runs and commits them with the instance's position - where the key could
+        never match and would only cost a row per command."""
         bound = copy.copy(self)
         bound.store = _TransactionStore(self.store, tx)
+        bound._command_ids_as_keys = command_ids_as_keys
         return bound
 
     @property
@@ -445,8 +455,8 @@ class CommandDispatcher:
                 "new command instead",
                 "command_type",
             )
-        key = command_key(command)
         implicit = command.idempotency_key is None
+        key = command_key(command) if self._command_ids_as_keys or not implicit else None
         conflict: WrongExpectedVersionError | None = None
         for attempt in range(1, self.max_conflict_retries + 2):
             ctx.attempts = attempt
@@ -461,6 +471,8 @@ class CommandDispatcher:
             except Exception:
                 # A repeat of a command that already happened may be refused by the state it
                 # produced; its key - committed with its events - says so, then replay it.
+                if key is None:
+                    raise
                 record = self.store.get_idempotent_result(key)
                 if record is None:
                     raise
@@ -476,7 +488,9 @@ class CommandDispatcher:
                     (),
                     loaded.version,
                 )
-            result_json = _record(command, stream_id, loaded.version + 1, events)
+            result_json = (
+                None if key is None else _record(command, stream_id, loaded.version + 1, events)
+            )
             try:
                 with tracing.span(f"append {stream_id}", {"tideflow.events": len(events)}):
                     traced = tracing.trace_metadata()  # their handlers continue this trace
@@ -513,8 +527,8 @@ class CommandDispatcher:
         stream_id: str,
         events: list[NewEvent],
         version: int,
-        key: str,
-        result_json: str,
+        key: str | None,
+        result_json: str | None,
     ) -> list[RecordedEvent]:
         """The append of a decided command, retried through a brief outage
         (``append_retrying``: it never appends twice, and recognises a first try whose answer

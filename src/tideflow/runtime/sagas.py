@@ -133,7 +133,10 @@ class _Reaction:
 
     def dispatch(self, command: Command, *, undoes: str | None = None) -> DispatchResult:
         if self._dispatcher is None:
-            self._dispatcher = self.bindings.dispatcher.within(self.tx)
+            # No command-id keys: the reaction makes its commands anew (new ids) each time it
+            # runs, and its transaction commits them with the instance's position - they happen
+            # once without a key, which could never match and would cost a row each.
+            self._dispatcher = self.bindings.dispatcher.within(self.tx, command_ids_as_keys=False)
         result = self._dispatcher.dispatch(command)
         entry: dict[str, Any] = {
             "command_type": command.command_type,
