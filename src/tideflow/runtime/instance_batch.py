@@ -66,7 +66,9 @@ class InstanceBatch:
             fresh = False  # a new row: started now whatever ``fresh`` says
         now = self.processes.clock.now()
         started = now if before is None or write.fresh else before.started_at
-        self.writes[write.process_id] = replace(write, fresh=fresh)
+        self.writes[write.process_id] = (
+            write if fresh == write.fresh else replace(write, fresh=fresh)
+        )
         self.instances[write.process_id] = ProcessInstance(
             write.manager,
             write.process_id,

@@ -12,6 +12,7 @@ recorded, nothing is stored and no query is made.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,10 +28,19 @@ from tideflow.storage.flow_contract import ClaimedTask
 TRACER = "tideflow"
 
 
+#: The API's own switch for a provider named in the environment, read once (as the API does).
+_PROVIDER_FROM_ENV = bool(os.environ.get("OTEL_PYTHON_TRACER_PROVIDER"))
+
+
 def enabled() -> bool:
-    """Whether an SDK records spans: the API's default provider records nothing."""
+    """Whether an SDK records spans: the API's default provider records nothing. Asked several
+    times per event and per task, so the common answer - nothing set up - is found without
+    ``get_tracer_provider()``, which reads the environment on every call while no provider is
+    set (a twentieth of a process manager's step on SQLite)."""
     if trace is None:
         return False
+    if getattr(trace, "_TRACER_PROVIDER", ...) is None and not _PROVIDER_FROM_ENV:
+        return False  # no provider set yet: the API would hand out its no-op proxy
     provider = trace.get_tracer_provider()
     return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
 

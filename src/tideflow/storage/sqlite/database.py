@@ -75,7 +75,7 @@ def _params(params: dict[str, Any]) -> dict[str, Any]:
     for every statement, the append's included."""
     for value in params.values():
         if type(value) not in _AS_IS:
-            return {k: _param(v) for k, v in params.items()}
+            return {k: v if type(v) in _AS_IS else _param(v) for k, v in params.items()}
     return params
 
 
