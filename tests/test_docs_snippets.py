@@ -113,3 +113,22 @@ def test_the_handlers_page_runs_or_says_fragment(tmp_path: Any) -> None:
         assert [tuple(r) for r in rows.fetchall()] == [("ann", 2, 12.5), ("bob", 1, 5.0)]
     events.close()
     handlers.close()
+
+
+def test_the_readmes_first_examples_run_as_written(
+    tmp_path: Any, monkeypatch: Any, capsys: Any
+) -> None:
+    """The flow and the event sourcing blocks at the top of the README (a newcomer's first
+    copy and paste), in an empty directory: their SQLite file is ./tideflow.db."""
+    readme = (DOCS.parent.parent / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TIDEFLOW_DATABASE_URL", raising=False)
+    for block in blocks[:2]:
+        namespace: dict[str, Any] = {"__name__": "readme"}
+        exec(compile(block, "README.md", "exec"), namespace)
+        namespace["app"].close()
+    assert capsys.readouterr().out.splitlines() == [
+        "['label for tea', 'label for cocoa']",
+        "not enough stock",
+    ]
