@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "concepts"
 
 
@@ -132,3 +134,28 @@ def test_the_readmes_first_examples_run_as_written(
         "['label for tea', 'label for cocoa']",
         "not enough stock",
     ]
+
+
+PAGES = sorted(p.name for p in DOCS.glob("*.md"))
+
+
+@pytest.mark.parametrize("page", ["README.md", *PAGES])
+def test_every_python_block_runs_or_says_it_is_a_fragment(
+    page: str, tmp_path: Any, monkeypatch: Any
+) -> None:
+    """Issue 12: every Python block of the README and the concept pages is complete - run here,
+    in order, one namespace per page (a page reads like a notebook: a later block may use what
+    an earlier one defined), on SQLite in an empty directory - or starts with ``# fragment:``."""
+    path = DOCS.parent.parent / page if page == "README.md" else DOCS / page
+    blocks = re.findall(r"```python\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TIDEFLOW_DATABASE_URL", raising=False)
+    namespace: dict[str, Any] = {"__name__": f"doc_{page}"}
+    for number, block in enumerate(blocks):
+        if block.startswith("# fragment:"):
+            continue
+        exec(compile(block, f"{page} block {number}", "exec"), namespace)
+    for value in list(namespace.values()):  # close what the page opened
+        close = getattr(value, "close", None)
+        if callable(close) and type(value).__module__.startswith("tideflow"):
+            close()
