@@ -677,52 +677,41 @@ class CommandDispatcher:
         recorded: list[RecordedEvent],
     ) -> None:
         """Keep the state after ``recorded`` for the next command (once they have committed),
-        and snapshot it if due. Never raising: the events are what counts - an ``apply`` that
-        fails here fails the next load instead, which reports it."""
+        and save it as the stream's snapshot if the stream just crossed a multiple of
+        ``snapshot_every``. Never raising: the events are what counts - an ``apply`` that fails
+        here fails the next load instead, which reports it. Without a cache and with no
+        snapshot due, the new state is not even computed."""
         version = recorded[-1].version
+        every = aggregate.snapshot_every
+        due = every is not None and version // every != loaded.version // every
+        if not (due or self.cache.size):
+            return
         try:
             state = evolve(aggregate, loaded.state, recorded)
+            if self.cache.size:
+                cache, store = self.cache, self.store
+                if isinstance(store, _TransactionStore):
+                    store.on_commit(lambda: cache.put(stream_id, state, version))
+                else:
+                    cache.put(stream_id, state, version)
+            if due:
+                self.store.save_snapshot(
+                    stream_id,
+                    version,
+                    aggregate.to_snapshot(state),
+                    snapshot_type=aggregate.aggregate_type,
+                    schema_version=aggregate.snapshot_version,
+                )
         except Exception:
-            return
-        if self.cache.size:
-            cache = self.cache
-            store = self.store
-            if isinstance(store, _TransactionStore):
-                store.on_commit(lambda: cache.put(stream_id, state, version))
-            else:
-                cache.put(stream_id, state, version)
-        self._snapshot_if_due(aggregate, stream_id, loaded, version, state)
-
-    def _snapshot_if_due(
-        self,
-        aggregate: Aggregate,
-        stream_id: str,
-        loaded: LoadedAggregate,
-        version: int,
-        state: Any,
-    ) -> None:
-        """Save ``state`` (at ``version``) if the stream just crossed a multiple of
-        ``snapshot_every``. After the commit, and never raising."""
-        every = aggregate.snapshot_every
-        if every is None or version // every == loaded.version // every:
-            return
-        try:
-            self.store.save_snapshot(
-                stream_id,
-                version,
-                aggregate.to_snapshot(state),
-                snapshot_type=aggregate.aggregate_type,
-                schema_version=aggregate.snapshot_version,
-            )
-        except Exception:
-            log.warning(
-                "could not snapshot %r at version %d; the command stands, the next "
-                "snapshot will be tried %d events later",
-                stream_id,
-                version,
-                every,
-                exc_info=True,
-            )
+            if due:
+                log.warning(
+                    "could not snapshot %r at version %d; the command stands, the next "
+                    "snapshot will be tried %d events later",
+                    stream_id,
+                    version,
+                    every,
+                    exc_info=True,
+                )
 
 
 class AsyncCommandDispatcher:
