@@ -1127,3 +1127,19 @@ def test_within_can_leave_command_ids_unrecorded_for_callers_that_send_once(
     with events.transaction() as tx:
         dispatcher.within(tx).dispatch(again := Command("AddStock", "sku-1", {"qty": 3}))
     assert events.get_idempotent_result(f"command:{again.command_id}") is not None
+
+
+def test_a_stale_cached_state_cannot_refuse_a_command_the_stream_allows(
+    events: EventStore, open_events: OpenStore
+) -> None:
+    """The other direction of a stale entry: the kept state says 1 on hand, another process has
+    added 10 since; removing 5 is decided again on the stream and succeeds."""
+    mine = CommandDispatcher(events, [Inventory])
+    theirs = CommandDispatcher(open_events(), [Inventory])
+    mine.dispatch(Command("AddStock", "sku-1", {"qty": 1}))
+    theirs.dispatch(Command("AddStock", "sku-1", {"qty": 10}))
+    removed = mine.dispatch(Command("RemoveStock", "sku-1", {"qty": 5}))
+    assert removed.version == 3
+    assert mine.load(Inventory, "sku-1").state["on_hand"] == 6
+    with pytest.raises(OutOfStock, match="only 6 on hand"):  # a real refusal still stands
+        mine.dispatch(Command("RemoveStock", "sku-1", {"qty": 7}))

@@ -1,20 +1,21 @@
 """Aggregate states a dispatcher keeps between commands, so that the next command to the same
-aggregate decides without reading its stream (Commanded keeps aggregates alive in memory for
-the same reason).
+aggregate decides without reading its stream (Commanded keeps aggregates alive in memory for the
+same reason).
 
-Safe without any coordination between processes because the append checks the version: an
-entry is the state *at a version*, and a command decided on it is appended with that version
-expected. If anyone else appended to the stream meanwhile, the append is refused
-(``WrongExpectedVersionError``) and the dispatcher reads the stream and decides again, as it
-does for any conflict. Versions of a stream only grow, so a stale entry can cost a retry,
-never a wrong decision. (The one way a stream's version can go back is a hard delete -
-``delete_stream(hard=True)``, for erasure - and re-creation: ``forget`` the stream, or clear
-the cache, where that happens.)
+Safe without any coordination between processes because the append checks the version: an entry is
+the state *at a version*, and a command decided on it is appended with that version expected. If
+anyone else appended to the stream meanwhile, the append is refused (``WrongExpectedVersionError``)
+and the dispatcher reads the stream and decides again, as it does for any conflict. Versions of a
+stream only grow, so a stale entry can cost a retry, never a wrong decision. A command *refused* on
+a kept state is decided again on the stream before the refusal stands: a stale state must not
+refuse what the real one allows. (The one way a stream's version can go back is a hard delete -
+``delete_stream(hard=True)``, for erasure - and re-creation: ``forget`` the stream, or clear the
+cache, where that happens.)
 
-An entry is taken out when a command uses it and put back only once that command's events
-have committed (``Tx.on_commit`` inside a caller's transaction), so a state never includes
-events that rolled back, and an aggregate whose ``apply`` changes its state in place cannot
-corrupt an entry another command will read.
+An entry is taken out when a command uses it and put back only once that command's events have
+committed (``Tx.on_commit`` inside a caller's transaction), so a state never includes events that
+rolled back, and an aggregate whose ``apply`` changes its state in place cannot corrupt an entry
+another command will read.
 """
 
 from __future__ import annotations

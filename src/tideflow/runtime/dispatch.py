@@ -467,7 +467,17 @@ class CommandDispatcher:
                 else self._retrying(lambda: self._load(aggregate, stream_id, command.aggregate_id))
             )
             try:
-                decided = decide(aggregate, loaded.state, command)
+                try:
+                    decided = decide(aggregate, loaded.state, command)
+                except Exception:
+                    if cached is None:
+                        raise
+                    # Refused on a kept state, which may be stale (another process appended
+                    # since): only what the stream holds may refuse a command.
+                    loaded = self._retrying(
+                        lambda: self._load(aggregate, stream_id, command.aggregate_id)
+                    )
+                    decided = decide(aggregate, loaded.state, command)
             except Exception:
                 # A repeat of a command that already happened may be refused by the state it
                 # produced; its key - committed with its events - says so, then replay it.
