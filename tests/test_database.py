@@ -229,6 +229,61 @@ def test_run_many_runs_a_named_query_once_per_parameter_set_in_the_transaction(
             tx.run_many("reset_checkpoint", [{"name": None, "position": 1, "updated_at": None}])
 
 
+def test_deferred_and_prefetched_statements_keep_their_order_and_commit_with_the_transaction(
+    db_url: str,
+) -> None:
+    """``defer`` / ``prefetch`` only change when a statement reaches the server (PostgreSQL:
+    with the next one, or the COMMIT), never what it sees or whether it commits."""
+    with open_database(db_url) as stores:
+        stores.db.migrate()
+        now = stores.db.clock.now()
+        with stores.db.transaction() as tx:
+            tx.defer("reset_checkpoint", name="a", position=1, updated_at=now)
+            tx.defer_many(
+                "reset_checkpoint",
+                [{"name": "b", "position": 2, "updated_at": now}],
+            )
+            tx.defer_many("reset_checkpoint", [])
+            a = tx.prefetch("lock_checkpoint", name="a", updated_at=now)
+            tx.defer("reset_checkpoint", name="a", position=5, updated_at=now)
+            # Sent together with this statement, in order: the prefetch saw position 1.
+            assert [
+                r["position"] for r in tx.rows("lock_checkpoint", name="b", updated_at=now)
+            ] == [2]
+            assert [r["position"] for r in a()] == [1]
+            assert a() is a()  # read once
+            late = tx.prefetch("lock_checkpoint", name="a", updated_at=now)
+            tx.defer("reset_checkpoint", name="c", position=7, updated_at=now)
+        # The last ones went with the COMMIT; a prefetch nobody read is simply dropped.
+        assert [stores.events.get_checkpoint(n) for n in "abc"] == [5, 2, 7]
+        with pytest.raises(StorageError, match="ended"):
+            late()
+        with pytest.raises(RuntimeError), stores.db.transaction() as tx:
+            tx.defer("reset_checkpoint", name="d", position=1, updated_at=now)
+            tx.rows("lock_checkpoint", name="a", updated_at=now)
+            tx.defer("reset_checkpoint", name="e", position=1, updated_at=now)
+            raise RuntimeError("undo")
+        assert [stores.events.get_checkpoint(n) for n in "de"] == [0, 0]
+        with pytest.raises(StorageError, match="ended"):
+            tx.defer("reset_checkpoint", name="f", position=1, updated_at=now)
+
+
+def test_a_deferred_statement_that_fails_fails_its_transaction_and_is_named(db_url: str) -> None:
+    """Refused where it reaches the server (PostgreSQL: the COMMIT): nothing commits, the error
+    names the query, and the connection goes back to the pool clean."""
+    with open_database(db_url) as stores:
+        stores.db.migrate()
+        now = stores.db.clock.now()
+        with pytest.raises(StorageError, match="reset_checkpoint"), stores.db.transaction() as tx:
+            tx.defer("reset_checkpoint", name="ok", position=3, updated_at=now)
+            tx.defer("reset_checkpoint", name=None, position=1, updated_at=None)
+        assert stores.events.get_checkpoint("ok") == 0
+        for _ in range(3):  # every pooled connection is usable
+            with stores.db.transaction() as tx:
+                tx.defer("reset_checkpoint", name="ok", position=4, updated_at=now)
+        assert stores.events.get_checkpoint("ok") == 4
+
+
 def test_a_wake_reaches_this_process_at_once_and_others_by_notify_never_twice(
     db_url: str, backend: str
 ) -> None:

@@ -88,6 +88,6 @@ class InstanceBatch:
         """Save what the batch wrote (and prune, if a new instance started), in its
         transaction."""
         if self.prune_after is not None:
-            self.processes.prune_finished(self.tx, self.manager, self.prune_after)
+            self.processes.prune_finished_later(self.tx, self.manager, self.prune_after)
         self.processes.save_many(self.tx, list(self.writes.values()))
         self.writes.clear()

@@ -82,6 +82,26 @@ class Tx(Protocol):
         cheap form for hot reads such as pages of events."""
         ...
 
+    def defer(self, name: str, /, **params: Any) -> None:
+        """``run`` for a write whose row count nobody reads, sent with this transaction's next
+        statement or with its COMMIT: one round trip for all of them on PostgreSQL (a handler
+        batch's checkpoint and process instances go with its COMMIT); SQLite, which has no round
+        trips to save, runs it now. Statements keep their order. A deferred statement's error
+        is raised by the statement (or the end of the block) that sends it - so defer only what
+        cannot fail but by the database's own weather: validate inputs first."""
+        ...
+
+    def defer_many(self, name: str, params: Sequence[dict[str, Any]], /) -> None:
+        """``run_many``, deferred as ``defer`` is."""
+        ...
+
+    def prefetch(self, name: str, /, **params: Any) -> Callable[[], list[Row]]:
+        """Named query ``name``, sent with this transaction's next statement (as ``defer``);
+        call the result for its rows (it sends the query then, if nothing did before). For
+        reads known in advance - a handler batch's lease, checkpoint and instances go to the
+        server in one round trip instead of three. SQLite runs it now."""
+        ...
+
     def execute(self, sql: str, params: Any = None) -> Any:
         """Run an application's own statement (a projection's row) in this transaction; the
         driver's cursor. Placeholders are written as psycopg's (``%s``, ``%(name)s``, ``%%``)

@@ -154,6 +154,12 @@ class EventTransaction(Tx, Protocol):
         the same events at once. Call it before reading the events to process."""
         ...
 
+    def lock_checkpoint_soon(self, name: str) -> Callable[[], int]:
+        """``lock_checkpoint``, sent with the transaction's next statement (``Tx.prefetch``):
+        call the result for the position. A handler batch locks its checkpoint, holds its lease
+        and loads its process instances in one round trip."""
+        ...
+
     def advance_checkpoint(self, name: str, position: int, *, expected: int | None = None) -> None:
         """Move checkpoint ``name`` to ``position``, committing with this transaction.
         ``CheckpointConflictError`` if ``expected`` is given and the checkpoint is elsewhere,
@@ -226,11 +232,22 @@ class EventStore(Protocol):
         ...
 
     def read_page(
-        self, after: int, event_types: Sequence[str] | None, limit: int
+        self,
+        after: int,
+        event_types: Sequence[str] | None,
+        limit: int,
+        *,
+        horizon: int | None = None,
     ) -> tuple[list[RecordedEvent], int]:
         """One page of ``read_all(after, event_types, limit)`` and the horizon it stopped at,
         from one look at the horizon: what a handler batch reads (it moves its checkpoint to
-        the horizon when the page is not full, past events of other types)."""
+        the horizon when the page is not full, past events of other types). ``horizon``: one
+        the caller took already (``checkpoint_and_head``), before this call."""
+        ...
+
+    def checkpoint_and_head(self, name: str) -> tuple[int, int]:
+        """``get_checkpoint(name)`` and ``head_position()`` in one statement: what a handler
+        that does not know where it is needs before reading a page."""
         ...
 
     def read_all(

@@ -13,6 +13,7 @@ its own (``Database.records`` runs each statement on its own).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -266,12 +267,18 @@ class SqlEventStore:
                     return
 
     def read_page(
-        self, after: int, event_types: Sequence[str] | None, limit: int
+        self,
+        after: int,
+        event_types: Sequence[str] | None,
+        limit: int,
+        *,
+        horizon: int | None = None,
     ) -> tuple[list[RecordedEvent], int]:
         after = check_position(after, "after")
         types = check_event_types(event_types)
         size = check_limit(limit)
-        horizon = self.head_position()
+        if horizon is None:
+            horizon = self.head_position()
         if horizon <= after or types == [] or not size:
             return [], max(horizon, after)
         name = _READ_ALL[False, types is not None]
@@ -378,6 +385,10 @@ class SqlEventStore:
         rows = self._records(None, "get_checkpoint", name=check_checkpoint(name))
         return int(rows[0][0]) if rows else 0
 
+    def checkpoint_and_head(self, name: str) -> tuple[int, int]:
+        row = self._records(None, "checkpoint_and_horizon", name=check_checkpoint(name))[0]
+        return int(row[0]), int(row[1])
+
     def advance_checkpoint(self, name: str, position: int, *, expected: int | None = None) -> None:
         with self.transaction() as tx:
             tx.advance_checkpoint(name, position, expected=expected)
@@ -435,6 +446,15 @@ class SqlEventTransaction:
 
     def records(self, name: str, /, **params: Any) -> list[tuple[Any, ...]]:
         return self.tx.records(name, **params)
+
+    def defer(self, name: str, /, **params: Any) -> None:
+        self.tx.defer(name, **params)
+
+    def defer_many(self, name: str, params: Sequence[dict[str, Any]], /) -> None:
+        self.tx.defer_many(name, params)
+
+    def prefetch(self, name: str, /, **params: Any) -> Callable[[], list[Row]]:
+        return self.tx.prefetch(name, **params)
 
     def execute(self, sql: str, params: Any = None) -> Any:
         return self.tx.execute(sql, params)
@@ -550,11 +570,20 @@ class SqlEventTransaction:
             tx.run("mark_stream_deleted", stream_id=stream_id, deleted_at=self._store.clock.now())
 
     def lock_checkpoint(self, name: str) -> int:
+        return self.lock_checkpoint_soon(name)()
+
+    def lock_checkpoint_soon(self, name: str) -> Callable[[], int]:
         name = check_checkpoint(name)
-        if name not in self._checkpoints:
-            rows = self.tx.records("lock_checkpoint", name=name, updated_at=self._store.clock.now())
-            self._checkpoints[name] = int(rows[0][0])
-        return self._checkpoints[name]
+        if name in self._checkpoints:
+            return functools.partial(self._checkpoints.__getitem__, name)
+        fetch = self.tx.prefetch("lock_checkpoint", name=name, updated_at=self._store.clock.now())
+
+        def position() -> int:
+            if name not in self._checkpoints:
+                self._checkpoints[name] = int(fetch()[0]["position"])
+            return self._checkpoints[name]
+
+        return position
 
     def advance_checkpoint(self, name: str, position: int, *, expected: int | None = None) -> None:
         name = check_checkpoint(name, position)
@@ -562,7 +591,9 @@ class SqlEventTransaction:
         if (expected is not None and expected != current) or position < current:
             raise CheckpointConflictError(name, position, current, expected)
         if position != current:
-            self.tx.run(
+            # With the COMMIT: the row is locked and the value checked, so nothing but the
+            # database's weather can refuse it.
+            self.tx.defer(
                 "set_checkpoint", name=name, position=position, updated_at=self._store.clock.now()
             )
             self._checkpoints[name] = position

@@ -130,6 +130,12 @@ class HandlerStore(Protocol):
         ``LeaseLostError`` otherwise: roll the batch back."""
         ...
 
+    def hold_soon(self, tx: Tx, name: str, owner: str, ttl: float) -> Callable[[], HandlerLease]:
+        """``hold``, sent with the transaction's next statement (``Tx.prefetch``): the result
+        returns the lease or raises ``LeaseLostError``. Call it before anything the batch does
+        counts."""
+        ...
+
     def renew(self, names: Sequence[str], owner: str, ttl: float) -> set[str]:
         """Extend ``owner``'s leases on ``names``; return those still held (a lease lost to
         another worker, or a handler stopped, is missing from the result)."""

@@ -58,15 +58,23 @@ class SqlHandlerStore:
         return HandlerLease(rows[0]["failing_position"], rows[0]["attempts"]) if rows else None
 
     def hold(self, tx: Tx, name: str, owner: str, ttl: float) -> HandlerLease:
-        rows = tx.rows(
+        return self.hold_soon(tx, name, owner, ttl)()
+
+    def hold_soon(self, tx: Tx, name: str, owner: str, ttl: float) -> Callable[[], HandlerLease]:
+        fetch = tx.prefetch(
             "hold", name=name, owner=owner, expires=self._expires(ttl), now=self.clock.now()
         )
-        if not rows:
-            raise LeaseLostError(
-                f"handler {name!r} is no longer held by worker {owner!r}: "
-                "another worker took it over, or it was stopped"
-            )
-        return HandlerLease(rows[0]["failing_position"], rows[0]["attempts"])
+
+        def lease() -> HandlerLease:
+            rows = fetch()
+            if not rows:
+                raise LeaseLostError(
+                    f"handler {name!r} is no longer held by worker {owner!r}: "
+                    "another worker took it over, or it was stopped"
+                )
+            return HandlerLease(rows[0]["failing_position"], rows[0]["attempts"])
+
+        return lease
 
     def renew(self, names: Sequence[str], owner: str, ttl: float) -> set[str]:
         if not names:

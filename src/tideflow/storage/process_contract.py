@@ -149,6 +149,13 @@ class ProcessStore(Protocol):
         seconds ago, in ``tx``; how many."""
         ...
 
+    def prune_finished_later(
+        self, tx: Tx, manager: str, retention: float, limit: int = 100
+    ) -> None:
+        """``prune_finished`` deferred (``Tx.defer``) to the transaction's next statement or
+        its COMMIT: for a process manager's batch, which does not need the count."""
+        ...
+
     def delete(self, tx: Tx, manager: str, process_id: str) -> bool:
         """Delete the instance in ``tx``; whether there was one."""
         ...

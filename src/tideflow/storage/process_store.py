@@ -83,7 +83,9 @@ class SqlProcessStore:
 
     def save_many(self, tx: Tx, writes: Sequence[InstanceWrite]) -> None:
         if writes:
-            tx.run_many("save", [self._save_params(w) for w in writes])
+            # With the batch's COMMIT (``Tx.defer_many``): the states are encoded and checked
+            # already, so nothing but the database's weather can refuse them there.
+            tx.defer_many("save", [self._save_params(w) for w in writes])
             tx.on_commit(self._wake)
 
     def _wake(self) -> None:
@@ -112,6 +114,12 @@ class SqlProcessStore:
     def prune_finished(self, tx: Tx, manager: str, retention: float, limit: int = 100) -> int:
         before = self.clock.now() - timedelta(seconds=retention)
         return tx.run("prune_finished", manager=manager, before=before, limit=limit)
+
+    def prune_finished_later(
+        self, tx: Tx, manager: str, retention: float, limit: int = 100
+    ) -> None:
+        before = self.clock.now() - timedelta(seconds=retention)
+        tx.defer("prune_finished", manager=manager, before=before, limit=limit)
 
     def delete(self, tx: Tx, manager: str, process_id: str) -> bool:
         return tx.run("delete_instance", manager=manager, process_id=process_id) > 0

@@ -76,8 +76,9 @@ class TimerStore(Protocol):
         """Delete the instance's timer ``name`` in ``tx``; whether there was one."""
         ...
 
-    def cancel_all(self, tx: Tx, manager: str, process_id: str) -> int:
-        """Delete every timer of the instance in ``tx`` (it ended); how many."""
+    def cancel_all(self, tx: Tx, manager: str, process_id: str) -> None:
+        """Delete every timer of the instance in ``tx`` (it ended). Deferred (``Tx.defer``):
+        it goes to the server with the reaction's next statement or its COMMIT."""
         ...
 
     def take_fired(self, tx: Tx, manager: str, process_id: str, name: str, token: str) -> bool:

@@ -104,8 +104,8 @@ class SqlTimerStore:
     def cancel(self, tx: Tx, manager: str, process_id: str, name: str) -> bool:
         return tx.run("cancel", manager=manager, process_id=process_id, name=name) > 0
 
-    def cancel_all(self, tx: Tx, manager: str, process_id: str) -> int:
-        return tx.run("cancel_all", manager=manager, process_id=process_id)
+    def cancel_all(self, tx: Tx, manager: str, process_id: str) -> None:
+        tx.defer("cancel_all", manager=manager, process_id=process_id)
 
     def take_fired(self, tx: Tx, manager: str, process_id: str, name: str, token: str) -> bool:
         taken = tx.run("take_fired", manager=manager, process_id=process_id, name=name, token=token)

@@ -88,6 +88,33 @@ def _check_if_idle(conn: Conn) -> None:
     ConnectionPool.check_connection(conn)
 
 
+def _what(name: str, sent: str) -> str:
+    return f"query {name}" + (f" (sent with deferred {sent})" if sent else "")
+
+
+class _Prefetched:
+    """The rows of a prefetched query (``PgTx.prefetch``), read once it has been sent."""
+
+    def __init__(self, tx: PgTx, name: str) -> None:
+        self._tx = tx
+        self._name = name
+        self.cursor: psycopg.Cursor[Row] | None = None
+        self._rows: list[Row] | None = None
+
+    def __call__(self) -> list[Row]:
+        if self._tx.closed:  # as on SQLite: read inside the transaction
+            raise StorageError(f"query {self._name}: this transaction has ended")
+        if self._rows is None:
+            if self.cursor is None:
+                self._tx._run(self._name, lambda conn: None)
+            assert self.cursor is not None
+            try:
+                self._rows = self.cursor.fetchall() if self.cursor.description else []
+            except psycopg.Error as exc:
+                raise translate(exc, f"query {self._name}") from exc
+        return self._rows
+
+
 class PgTx(TxCallbacks):
     """``Tx`` on one pooled connection.
 
@@ -102,33 +129,83 @@ class PgTx(TxCallbacks):
         super().__init__()
         self._conn = conn
         self._pending_begin = begin_lazily
+        self._queued: list[tuple[str, Callable[[Conn], object]]] = []
+        """Deferred and prefetched statements not sent yet (``defer``, ``prefetch``)."""
         self.begun = False
         self.notify = False
         self.closed = False  # the block ended: the connection is back in the pool
 
     @property
     def connection(self) -> Conn:
-        if self._pending_begin:
-            self._pending_begin = False
-            with translated("beginning a transaction"):
-                self._conn.execute(b"BEGIN")
-            self.begun = True
+        if self._pending_begin or self._queued:
+            self._run("(deferred statements)", lambda conn: None)
         return self._conn
 
-    def _run(self, name: str, statement: Callable[[Conn], T]) -> T:
-        """``statement(conn)``, errors mapped; the transaction's first one goes to the server
-        in one pipeline with its BEGIN, its results read once the pipeline has synced."""
-        conn = self._conn
-        try:
-            if not self._pending_begin:
-                return statement(conn)
+    def _send_pending(self, conn: Conn) -> str:
+        """Send the pending BEGIN and queued statements (inside the caller's pipeline); what
+        was sent, for an error message."""
+        if self._pending_begin:
             self._pending_begin = False
             self.begun = True
+            conn.execute(b"BEGIN")
+        queued, self._queued = self._queued, []
+        for _, send in queued:
+            send(conn)
+        return ", ".join(name for name, _ in queued)
+
+    def _run(self, name: str, statement: Callable[[Conn], T]) -> T:
+        """``statement(conn)``, errors mapped. What is pending goes to the server in one
+        pipeline with it - the transaction's BEGIN, deferred writes, prefetched reads - and its
+        results are read once the pipeline has synced."""
+        conn = self._conn
+        sent = ""
+        try:
+            if not self._pending_begin and not self._queued:
+                return statement(conn)
             with conn.pipeline():
-                conn.execute(b"BEGIN")
+                sent = self._send_pending(conn)
                 return statement(conn)
         except (psycopg.Error, UnicodeEncodeError) as exc:  # a surrogate never reaches psycopg
-            raise translate(exc, f"query {name}") from exc
+            raise translate(exc, _what(name, sent)) from exc
+
+    def defer(self, name: str, /, **params: Any) -> None:
+        self._queue(name, lambda conn: conn.execute(QUERIES[name], params))
+
+    def defer_many(self, name: str, params: Sequence[dict[str, Any]], /) -> None:
+        if params:
+            self._queue(name, lambda conn: conn.cursor().executemany(QUERIES[name], params))
+
+    def prefetch(self, name: str, /, **params: Any) -> Callable[[], list[Row]]:
+        fetched = _Prefetched(self, name)
+
+        def send(conn: Conn) -> None:
+            fetched.cursor = conn.cursor(row_factory=dict_row).execute(QUERIES[name], params)
+
+        self._queue(name, send)
+        return fetched
+
+    def _queue(self, name: str, send: Callable[[Conn], object]) -> None:
+        if self.closed:
+            raise StorageError(f"query {name}: this transaction has ended")
+        self._queued.append((name, send))
+
+    def _commit(self) -> None:
+        """COMMIT (with the NOTIFY the stores asked for), in one pipeline with what is still
+        queued: a handler batch's last writes cost no round trip of their own."""
+        conn = self._conn
+        if not self.begun and not self._queued:
+            return  # nothing was sent: there is nothing to commit
+        sent = ""
+        try:
+            with conn.pipeline():
+                sent = self._send_pending(conn)
+                if self.notify:
+                    conn.execute(f"NOTIFY {TASKS_CHANNEL}")
+                conn.execute(b"COMMIT")
+        except psycopg.Error as exc:
+            if is_transient(exc) or sent:
+                raise translate(exc, _what("COMMIT", sent)) from exc
+            raise
 
     def _execute(self, name: str, params: dict[str, Any], binary: bool = False) -> Any:
         return self._run(
@@ -259,10 +336,7 @@ class PostgresDatabase:
         try:
             try:
                 yield tx
-                if tx.begun:
-                    if tx.notify:
-                        conn.execute(f"NOTIFY {TASKS_CHANNEL}")
-                    conn.execute(b"COMMIT")
+                tx._commit()
             except BaseException:
                 if tx.begun and not conn.closed:
                     with contextlib.suppress(psycopg.Error):

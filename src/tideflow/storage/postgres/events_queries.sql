@@ -76,6 +76,12 @@ FROM tideflow.idempotency_keys WHERE key = %(key)s
 -- name: get_checkpoint
 SELECT position FROM tideflow.handler_checkpoints WHERE name = %(name)s
 
+-- name: checkpoint_and_horizon
+-- One round trip where a handler batch needs both; the page it then reads is a later statement
+-- with a later snapshot, as the horizon requires.
+SELECT coalesce((SELECT position FROM tideflow.handler_checkpoints WHERE name = %(name)s), 0),
+       tideflow.event_horizon_v2()
+
 -- name: lock_checkpoint
 -- Creates the row at 0 if needed and locks it either way (DO UPDATE locks the existing row and
 -- returns it unchanged), so concurrent instances of one handler queue here.

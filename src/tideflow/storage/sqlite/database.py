@@ -119,6 +119,7 @@ class SQLiteTx(TxCallbacks):
         super().__init__()
         self.connection = conn
         self.notify = False
+        self.closed = False  # the block ended
         self._path = path
 
     def _execute(self, name: str, params: dict[str, Any]) -> sqlite3.Cursor:
@@ -145,6 +146,30 @@ class SQLiteTx(TxCallbacks):
 
     def records(self, name: str, /, **params: Any) -> list[tuple[Any, ...]]:
         return self._execute(name, params).fetchall()
+
+    # No round trips to save in process: what PostgreSQL sends later runs now.
+
+    def defer(self, name: str, /, **params: Any) -> None:
+        self._open(name)
+        self.run(name, **params)
+
+    def defer_many(self, name: str, params: Sequence[dict[str, Any]], /) -> None:
+        self._open(name)
+        self.run_many(name, params)
+
+    def prefetch(self, name: str, /, **params: Any) -> Callable[[], list[Row]]:
+        self._open(name)
+        rows = self.rows(name, **params)
+
+        def fetched() -> list[Row]:
+            self._open(name)  # as on PostgreSQL: read inside the transaction
+            return rows
+
+        return fetched
+
+    def _open(self, name: str) -> None:
+        if self.closed:
+            raise StorageError(f"query {name}: this transaction has ended")
 
     def execute(self, sql: str, params: Any = None) -> sqlite3.Cursor:
         if params is None:
@@ -269,6 +294,7 @@ class SQLiteDatabase:
                 with _atomic(self._conn, self.path, nested=nested):
                     yield tx
             finally:
+                tx.closed = True
                 self._open_txs.pop()
                 for callback in tx._on_end:
                     callback()

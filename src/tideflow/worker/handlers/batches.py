@@ -185,11 +185,11 @@ class HandlerBatches:
         # Where the last batch of this lease left the checkpoint - or read it. A stale value
         # (a reset by an operator meanwhile) is caught in the batch's transaction, which locks
         # the checkpoint and compares.
-        position = slot.checkpoint
+        position, horizon = slot.checkpoint, None
         slot.checkpoint = None  # known again only once this batch has committed
-        if position is None:
-            position = self.event_store.get_checkpoint(slot.name)
-        events, upto = self._read(h, position)
+        if position is None:  # both in one statement: the read below needs them before it
+            position, horizon = self.event_store.checkpoint_and_head(slot.name)
+        events, upto = self._read(h, position, horizon)
         if upto <= position:
             return BatchOutcome()
         more = len(events) == self._size(h)
@@ -197,11 +197,15 @@ class HandlerBatches:
             return self._transactional_batch(slot, position, events, upto, more)
         return self._plain_batch(slot, position, events, upto, more)
 
-    def _read(self, h: EventHandler, position: int) -> tuple[list[RecordedEvent], int]:
+    def _read(
+        self, h: EventHandler, position: int, horizon: int | None
+    ) -> tuple[list[RecordedEvent], int]:
         """Events after ``position`` for one batch, and the position the checkpoint may move to
         once they are handled: the last event's if the batch is full, else the head (so that a
         handler of rare types does not scan the same unrelated events again)."""
-        events, head = self.event_store.read_page(position, h.event_types, self._size(h))
+        events, head = self.event_store.read_page(
+            position, h.event_types, self._size(h), horizon=horizon
+        )
         if head <= position:
             return [], position
         full = len(events) == self._size(h)
@@ -217,16 +221,28 @@ class HandlerBatches:
             slot.appended = False  # what a rolled-back attempt appended is gone
             try:
                 with self.event_store.transaction() as tx:
-                    lease = self.handler_store.hold(tx, slot.name, self.worker_id, self.lease_ttl)
-                    if tx.lock_checkpoint(slot.name) != position:
-                        return BatchOutcome(more=True)  # reset meanwhile: read again
-                    self._deliver(slot, tx, lease, events)
+                    # The lease, the checkpoint and what before_batch reads (a process manager's
+                    # instances) go to the server in one round trip; nothing of the batch counts
+                    # until both are checked, and a batch that fails either rolls back.
+                    held = self.handler_store.hold_soon(
+                        tx, slot.name, self.worker_id, self.lease_ttl
+                    )
+                    locked = tx.lock_checkpoint_soon(slot.name)
+                    try:
+                        self._before_batch(slot, tx, events)
+                    finally:
+                        lease = held()  # LeaseLostError first: it outranks a failed hook
+                        if locked() != position:
+                            raise _CheckpointMoved from None  # reset meanwhile: read again
+                    self._deliver(slot, tx, lease, events, before=False)
                     tx.advance_checkpoint(slot.name, upto)
                     if lease.failing_position is not None and lease.failing_position <= upto:
                         self.handler_store.clear_failure(tx, slot.name)
                 if failure is None:
                     slot.checkpoint = upto
                 return BatchOutcome(len(events), more and failure is None, failure)
+            except _CheckpointMoved:  # rolled back
+                return BatchOutcome(more=True)
             except HandleRaised as raised:  # rolled back
                 event = events[raised.index]
                 checkpoint = events[raised.index - 1].position if raised.index else position
@@ -275,17 +291,25 @@ class HandlerBatches:
         tx: EventTransaction | None,
         lease: HandlerLease,
         events: Sequence[RecordedEvent],
+        *,
+        before: bool = True,
     ) -> int:
         """Handle ``events`` in order; raise ``HandleRaised`` at the first failure. A
         non-transactional handler stops early (returning how many it handled) if its lease is
         lost or the runner is stopping: nothing holds its batch together, so it commits what it
-        did."""
+        did. ``before=False``: the caller ran ``before_batch`` already."""
         if tx is None:
             return self._deliver_each(slot, None, lease, events)
-        _batch_hook(self.event_store, 0, lambda: slot.handler.before_batch(events, tx))
+        if before:
+            self._before_batch(slot, tx, events)
         done = self._deliver_each(slot, tx, lease, events)
         _batch_hook(self.event_store, done - 1, lambda: slot.handler.after_batch(tx))
         return done
+
+    def _before_batch(
+        self, slot: HandlerSlot, tx: EventTransaction, events: Sequence[RecordedEvent]
+    ) -> None:
+        _batch_hook(self.event_store, 0, lambda: slot.handler.before_batch(events, tx))
 
     def _deliver_each(
         self,
@@ -356,6 +380,11 @@ class HandlerBatches:
             self.dialect,
             slot.bridge.call,
         )
+
+
+class _CheckpointMoved(Exception):
+    """The checkpoint is not where the batch read from (reset meanwhile): roll back, read
+    again."""
 
 
 def _batch_hook(event_store: EventStore, index: int, hook: Callable[[], None]) -> None:
