@@ -183,6 +183,15 @@ class Database(Protocol):
         it), having written nothing."""
         ...
 
+    def records_below_horizon(
+        self, name: str, /, **params: Any
+    ) -> tuple[int, list[tuple[Any, ...]]]:
+        """The event log's safe horizon (named query ``horizon``), then named query ``name``
+        bounded by it (``until``): two statements with two snapshots, in that order, as the
+        horizon requires (postgres migration 0004) - in one round trip on PostgreSQL, where
+        ``name`` reads the horizon the first statement kept. A handler batch's page."""
+        ...
+
     def stored_time(self, moment: datetime) -> datetime:
         """``moment`` as it reads back once stored (SQLite keeps seconds as a float), so that
         what a write returns equals what a later read gives."""

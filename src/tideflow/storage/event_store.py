@@ -277,12 +277,22 @@ class SqlEventStore:
         after = check_position(after, "after")
         types = check_event_types(event_types)
         size = check_limit(limit)
-        if horizon is None:
-            horizon = self.head_position()
-        if horizon <= after or types == [] or not size:
+        if types == [] or not size:
+            return [], max(self.head_position() if horizon is None else horizon, after)
+        if horizon is None:  # the usual page: the horizon and the read in one round trip
+            name = "read_page_of_types" if types is not None else "read_page"
+            horizon, rows = self.db.records_below_horizon(
+                name, after=after, limit=size, event_types=types
+            )
+        elif horizon > after:
+            name = _READ_ALL[False, types is not None]
+            rows = self._records(
+                None, name, after=after, until=horizon, limit=size, event_types=types
+            )
+        else:
+            rows = []
+        if horizon <= after:
             return [], max(horizon, after)
-        name = _READ_ALL[False, types is not None]
-        rows = self._records(None, name, after=after, until=horizon, limit=size, event_types=types)
         return list(self.upcasters.upcast_all(self._events(rows))), horizon
 
     def head_position(self) -> int:

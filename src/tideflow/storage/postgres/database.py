@@ -312,6 +312,24 @@ class PostgresDatabase:
         with self.statement() as tx:
             return tx.records(name, **params)
 
+    def records_below_horizon(
+        self, name: str, /, **params: Any
+    ) -> tuple[int, list[tuple[Any, ...]]]:
+        """In one transaction at READ COMMITTED whatever the server's default (each statement
+        takes its own snapshot there), sent as one pipeline: the horizon, kept with
+        ``set_config`` for the transaction, then the page that reads it."""
+        with self.statement() as tx:
+            conn = tx.connection
+            with translated(f"query {name}"):
+                with conn.pipeline():
+                    conn.execute(b"BEGIN ISOLATION LEVEL READ COMMITTED")
+                    head = conn.execute(QUERIES["set_horizon"], binary=True)
+                    page = conn.execute(QUERIES[name], params, binary=True)
+                    conn.execute(b"COMMIT")
+                row = head.fetchone()
+                assert row is not None
+                return int(row[0]), page.fetchall()
+
     @contextmanager
     def statement(self) -> Iterator[PgTx]:
         conn = self._getconn()

@@ -14,6 +14,34 @@
 -- name: horizon
 SELECT tideflow.event_horizon_v2()
 
+-- name: set_horizon
+-- The horizon kept for the rest of the transaction, for read_page / read_page_of_types: the
+-- pair runs as two statements (two snapshots, in this order) in one round trip
+-- (PostgresDatabase.records_below_horizon), the page bounded by what this one saw. The planner
+-- cannot see that bound, and without statistics it then reads a page of a rare type through a
+-- bitmap scan of the whole range and a sort (measured in tests/events/test_page_plans.py):
+-- sorting is off for the transaction, which leaves the ordered walk of the position index.
+SELECT set_config('tideflow.horizon', tideflow.event_horizon_v2()::text, true)::bigint,
+       set_config('enable_sort', 'off', true)
+
+-- name: read_page
+SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
+       correlation_id, recorded_at, data::text, metadata::text
+FROM tideflow.events
+WHERE position > %(after)s AND position <= current_setting('tideflow.horizon')::bigint
+  AND NOT deleted
+ORDER BY position
+LIMIT (SELECT %(limit)s::bigint)
+
+-- name: read_page_of_types
+SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
+       correlation_id, recorded_at, data::text, metadata::text
+FROM tideflow.events
+WHERE position > %(after)s AND position <= current_setting('tideflow.horizon')::bigint
+  AND event_type = ANY(%(event_types)s::text[]) AND NOT deleted
+ORDER BY position
+LIMIT (SELECT %(limit)s::bigint)
+
 -- name: read_stream_forwards
 SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
        correlation_id, recorded_at, data::text, metadata::text

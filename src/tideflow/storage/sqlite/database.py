@@ -283,6 +283,13 @@ class SQLiteDatabase:
         with self._lock:
             return self._statements.records(name, **params)
 
+    def records_below_horizon(
+        self, name: str, /, **params: Any
+    ) -> tuple[int, list[tuple[Any, ...]]]:
+        with self._lock:
+            horizon = int(self._statements.records("horizon")[0][0])
+            return horizon, self._statements.records(name, until=horizon, **params)
+
     @contextmanager
     def transaction(self) -> Iterator[SQLiteTx]:
         with self._lock:  # reentrant: a nested transaction() is on the thread that holds it
