@@ -422,12 +422,16 @@ def test_read_page_is_one_page_of_read_all_and_the_horizon_it_stopped_at(
         args: dict[str, Any] = {"after": 0, "event_types": None, "limit": 5, **bad}
         with pytest.raises(InvalidEventError):
             ten.read_page(**args)
-    # A horizon taken before (with the checkpoint, in one statement) bounds the page.
-    assert ten.checkpoint_and_head("never-ran") == (0, head)
-    ten.advance_checkpoint("ran", all_events[2].position)
-    assert ten.checkpoint_and_head("ran") == (all_events[2].position, head)
-    cut = all_events[6].position
-    assert ten.read_page(all_events[2].position, None, 100, horizon=cut) == (all_events[3:7], cut)
+    # From a checkpoint, read with the page: where it started, the page, the horizon.
+    assert ten.read_page_from_checkpoint("never-ran", None, 3) == (0, all_events[:3], head)
+    third = all_events[2].position
+    ten.advance_checkpoint("ran", third)
+    assert ten.read_page_from_checkpoint("ran", None, 100) == (third, all_events[3:], head)
+    assert ten.read_page_from_checkpoint("ran", [], 100) == (third, [], head)
+    ten.advance_checkpoint("ran", head)
+    assert ten.read_page_from_checkpoint("ran", None, 100) == (head, [], head)
+    with pytest.raises(InvalidCheckpointError):
+        ten.read_page_from_checkpoint("", None, 5)
 
 
 def test_read_page_stops_below_an_append_still_in_flight(

@@ -45,9 +45,9 @@ def test_a_page_walks_the_position_index_up_to_the_kept_horizon(
     log: psycopg.Connection[Any], name: str, types: list[str] | None, after: int
 ) -> None:
     with log.transaction(force_rollback=True):
-        horizon = log.execute(QUERIES["set_horizon"]).fetchone()
-        assert horizon is not None and horizon[0] == EVENTS
-        params = {"after": after, "limit": 50, "event_types": types}
+        kept = log.execute(QUERIES["set_horizon"], {"after": after, "checkpoint": None})
+        assert kept.fetchone()[:2] == (EVENTS, after)  # type: ignore[index]
+        params = {"limit": 50, "event_types": types}
         plan = "\n".join(r[0] for r in log.execute(f"EXPLAIN {QUERIES[name]}", params))
         assert "Index Scan using events_pkey on events" in plan, plan
         assert "Sort" not in plan and "Seq Scan" not in plan, plan

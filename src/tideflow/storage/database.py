@@ -184,12 +184,14 @@ class Database(Protocol):
         ...
 
     def records_below_horizon(
-        self, name: str, /, **params: Any
-    ) -> tuple[int, list[tuple[Any, ...]]]:
-        """The event log's safe horizon (named query ``horizon``), then named query ``name``
-        bounded by it (``until``): two statements with two snapshots, in that order, as the
-        horizon requires (postgres migration 0004) - in one round trip on PostgreSQL, where
-        ``name`` reads the horizon the first statement kept. A handler batch's page."""
+        self, name: str, /, *, after: int | None, checkpoint: str | None, **params: Any
+    ) -> tuple[int, int, list[tuple[Any, ...]]]:
+        """A handler batch's page: the event log's safe horizon (and, with ``after`` None,
+        checkpoint ``checkpoint``'s position as ``after``), then named query ``name``
+        reading from ``after`` up to that horizon: two statements with two snapshots, in that
+        order, as the horizon requires (postgres migration 0004) - in one round trip on
+        PostgreSQL, where ``name`` reads what the first statement kept. Returns ``after``, the
+        horizon and the rows."""
         ...
 
     def stored_time(self, moment: datetime) -> datetime:

@@ -232,22 +232,18 @@ class EventStore(Protocol):
         ...
 
     def read_page(
-        self,
-        after: int,
-        event_types: Sequence[str] | None,
-        limit: int,
-        *,
-        horizon: int | None = None,
+        self, after: int, event_types: Sequence[str] | None, limit: int
     ) -> tuple[list[RecordedEvent], int]:
         """One page of ``read_all(after, event_types, limit)`` and the horizon it stopped at,
         from one look at the horizon: what a handler batch reads (it moves its checkpoint to
-        the horizon when the page is not full, past events of other types). ``horizon``: one
-        the caller took already (``checkpoint_and_head``), before this call."""
+        the horizon when the page is not full, past events of other types). One round trip."""
         ...
 
-    def checkpoint_and_head(self, name: str) -> tuple[int, int]:
-        """``get_checkpoint(name)`` and ``head_position()`` in one statement: what a handler
-        that does not know where it is needs before reading a page."""
+    def read_page_from_checkpoint(
+        self, name: str, event_types: Sequence[str] | None, limit: int
+    ) -> tuple[int, list[RecordedEvent], int]:
+        """``read_page`` after checkpoint ``name``, read in the same round trip: the checkpoint
+        as read, the page and the horizon - for a handler that does not know where it is."""
         ...
 
     def read_all(

@@ -267,33 +267,38 @@ class SqlEventStore:
                     return
 
     def read_page(
-        self,
-        after: int,
-        event_types: Sequence[str] | None,
-        limit: int,
-        *,
-        horizon: int | None = None,
+        self, after: int, event_types: Sequence[str] | None, limit: int
     ) -> tuple[list[RecordedEvent], int]:
         after = check_position(after, "after")
+        _, events, horizon = self._page(after, None, event_types, limit)
+        return events, horizon
+
+    def read_page_from_checkpoint(
+        self, name: str, event_types: Sequence[str] | None, limit: int
+    ) -> tuple[int, list[RecordedEvent], int]:
+        return self._page(None, check_checkpoint(name), event_types, limit)
+
+    def _page(
+        self,
+        after: int | None,
+        checkpoint: str | None,
+        event_types: Sequence[str] | None,
+        limit: int,
+    ) -> tuple[int, list[RecordedEvent], int]:
         types = check_event_types(event_types)
         size = check_limit(limit)
-        if types == [] or not size:
-            return [], max(self.head_position() if horizon is None else horizon, after)
-        if horizon is None:  # the usual page: the horizon and the read in one round trip
-            name = "read_page_of_types" if types is not None else "read_page"
-            horizon, rows = self.db.records_below_horizon(
-                name, after=after, limit=size, event_types=types
-            )
-        elif horizon > after:
-            name = _READ_ALL[False, types is not None]
-            rows = self._records(
-                None, name, after=after, until=horizon, limit=size, event_types=types
-            )
-        else:
-            rows = []
+        if types == [] or not size:  # nothing to read: where it is, and the head
+            if after is None:
+                assert checkpoint is not None
+                after = self.get_checkpoint(checkpoint)
+            return after, [], max(self.head_position(), after)
+        name = "read_page_of_types" if types is not None else "read_page"
+        after, horizon, rows = self.db.records_below_horizon(
+            name, after=after, checkpoint=checkpoint, limit=size, event_types=types
+        )
         if horizon <= after:
-            return [], max(horizon, after)
-        return list(self.upcasters.upcast_all(self._events(rows))), horizon
+            return after, [], after
+        return after, list(self.upcasters.upcast_all(self._events(rows))), horizon
 
     def head_position(self) -> int:
         return int(self._records(None, "horizon")[0][0])
@@ -394,10 +399,6 @@ class SqlEventStore:
     def get_checkpoint(self, name: str) -> int:
         rows = self._records(None, "get_checkpoint", name=check_checkpoint(name))
         return int(rows[0][0]) if rows else 0
-
-    def checkpoint_and_head(self, name: str) -> tuple[int, int]:
-        row = self._records(None, "checkpoint_and_horizon", name=check_checkpoint(name))[0]
-        return int(row[0]), int(row[1])
 
     def advance_checkpoint(self, name: str, position: int, *, expected: int | None = None) -> None:
         with self.transaction() as tx:

@@ -313,22 +313,24 @@ class PostgresDatabase:
             return tx.records(name, **params)
 
     def records_below_horizon(
-        self, name: str, /, **params: Any
-    ) -> tuple[int, list[tuple[Any, ...]]]:
+        self, name: str, /, *, after: int | None, checkpoint: str | None, **params: Any
+    ) -> tuple[int, int, list[tuple[Any, ...]]]:
         """In one transaction at READ COMMITTED whatever the server's default (each statement
-        takes its own snapshot there), sent as one pipeline: the horizon, kept with
-        ``set_config`` for the transaction, then the page that reads it."""
+        takes its own snapshot there), sent as one pipeline: the horizon and the start, kept
+        with ``set_config`` for the transaction, then the page that reads them."""
         with self.statement() as tx:
             conn = tx.connection
             with translated(f"query {name}"):
                 with conn.pipeline():
                     conn.execute(b"BEGIN ISOLATION LEVEL READ COMMITTED")
-                    head = conn.execute(QUERIES["set_horizon"], binary=True)
+                    head = conn.execute(
+                        QUERIES["set_horizon"], {"after": after, "checkpoint": checkpoint}
+                    )
                     page = conn.execute(QUERIES[name], params, binary=True)
                     conn.execute(b"COMMIT")
                 row = head.fetchone()
                 assert row is not None
-                return int(row[0]), page.fetchall()
+                return int(row[1]), int(row[0]), page.fetchall()
 
     @contextmanager
     def statement(self) -> Iterator[PgTx]:

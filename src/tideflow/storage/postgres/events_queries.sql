@@ -21,14 +21,20 @@ SELECT tideflow.event_horizon_v2()
 -- cannot see that bound, and without statistics it then reads a page of a rare type through a
 -- bitmap scan of the whole range and a sort (measured in tests/events/test_page_plans.py):
 -- sorting is off for the transaction, which leaves the ordered walk of the position index.
+-- The page starts after the position given or, when that is NULL, after the checkpoint named.
 SELECT set_config('tideflow.horizon', tideflow.event_horizon_v2()::text, true)::bigint,
+       set_config('tideflow.after', coalesce(
+           %(after)s::bigint,
+           (SELECT position FROM tideflow.handler_checkpoints WHERE name = %(checkpoint)s::text),
+           0)::text, true)::bigint,
        set_config('enable_sort', 'off', true)
 
 -- name: read_page
 SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
        correlation_id, recorded_at, data::text, metadata::text
 FROM tideflow.events
-WHERE position > %(after)s AND position <= current_setting('tideflow.horizon')::bigint
+WHERE position > current_setting('tideflow.after')::bigint
+  AND position <= current_setting('tideflow.horizon')::bigint
   AND NOT deleted
 ORDER BY position
 LIMIT (SELECT %(limit)s::bigint)
@@ -37,7 +43,8 @@ LIMIT (SELECT %(limit)s::bigint)
 SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
        correlation_id, recorded_at, data::text, metadata::text
 FROM tideflow.events
-WHERE position > %(after)s AND position <= current_setting('tideflow.horizon')::bigint
+WHERE position > current_setting('tideflow.after')::bigint
+  AND position <= current_setting('tideflow.horizon')::bigint
   AND event_type = ANY(%(event_types)s::text[]) AND NOT deleted
 ORDER BY position
 LIMIT (SELECT %(limit)s::bigint)
@@ -103,12 +110,6 @@ FROM tideflow.idempotency_keys WHERE key = %(key)s
 
 -- name: get_checkpoint
 SELECT position FROM tideflow.handler_checkpoints WHERE name = %(name)s
-
--- name: checkpoint_and_horizon
--- One round trip where a handler batch needs both; the page it then reads is a later statement
--- with a later snapshot, as the horizon requires.
-SELECT coalesce((SELECT position FROM tideflow.handler_checkpoints WHERE name = %(name)s), 0),
-       tideflow.event_horizon_v2()
 
 -- name: lock_checkpoint
 -- Creates the row at 0 if needed and locks it either way (DO UPDATE locks the existing row and

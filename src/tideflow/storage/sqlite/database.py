@@ -284,11 +284,15 @@ class SQLiteDatabase:
             return self._statements.records(name, **params)
 
     def records_below_horizon(
-        self, name: str, /, **params: Any
-    ) -> tuple[int, list[tuple[Any, ...]]]:
+        self, name: str, /, *, after: int | None, checkpoint: str | None, **params: Any
+    ) -> tuple[int, int, list[tuple[Any, ...]]]:
         with self._lock:
+            if after is None:
+                found = self._statements.records("get_checkpoint", name=checkpoint)
+                after = int(found[0][0]) if found else 0
             horizon = int(self._statements.records("horizon")[0][0])
-            return horizon, self._statements.records(name, until=horizon, **params)
+            rows = self._statements.records(name, after=after, until=horizon, **params)
+            return after, horizon, rows
 
     @contextmanager
     def transaction(self) -> Iterator[SQLiteTx]:

@@ -122,10 +122,6 @@ SELECT key, stream_id, result, recorded_at FROM idempotency_keys WHERE key = %(k
 -- name: get_checkpoint
 SELECT position FROM handler_checkpoints WHERE name = %(name)s
 
--- name: checkpoint_and_horizon
-SELECT coalesce((SELECT position FROM handler_checkpoints WHERE name = %(name)s), 0),
-       coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)
-
 -- name: lock_checkpoint
 -- Creates the row at 0 if needed; either way returns it unchanged. The transaction holds SQLite's
 -- write lock already (BEGIN IMMEDIATE): that is the lock.

@@ -185,11 +185,9 @@ class HandlerBatches:
         # Where the last batch of this lease left the checkpoint - or read it. A stale value
         # (a reset by an operator meanwhile) is caught in the batch's transaction, which locks
         # the checkpoint and compares.
-        position, horizon = slot.checkpoint, None
+        position = slot.checkpoint
         slot.checkpoint = None  # known again only once this batch has committed
-        if position is None:  # both in one statement: the read below needs them before it
-            position, horizon = self.event_store.checkpoint_and_head(slot.name)
-        events, upto = self._read(h, position, horizon)
+        position, events, upto = self._read(h, slot.name, position)
         if upto <= position:
             return BatchOutcome()
         more = len(events) == self._size(h)
@@ -198,18 +196,22 @@ class HandlerBatches:
         return self._plain_batch(slot, position, events, upto, more)
 
     def _read(
-        self, h: EventHandler, position: int, horizon: int | None
-    ) -> tuple[list[RecordedEvent], int]:
-        """Events after ``position`` for one batch, and the position the checkpoint may move to
-        once they are handled: the last event's if the batch is full, else the head (so that a
-        handler of rare types does not scan the same unrelated events again)."""
-        events, head = self.event_store.read_page(
-            position, h.event_types, self._size(h), horizon=horizon
-        )
+        self, h: EventHandler, name: str, position: int | None
+    ) -> tuple[int, list[RecordedEvent], int]:
+        """Where the batch starts (``position``, or the checkpoint read with the page), its
+        events, and the position the checkpoint may move to once they are handled: the last
+        event's if the batch is full, else the head (so that a handler of rare types does not
+        scan the same unrelated events again)."""
+        if position is None:
+            position, events, head = self.event_store.read_page_from_checkpoint(
+                name, h.event_types, self._size(h)
+            )
+        else:
+            events, head = self.event_store.read_page(position, h.event_types, self._size(h))
         if head <= position:
-            return [], position
+            return position, [], position
         full = len(events) == self._size(h)
-        return events, events[-1].position if full else head
+        return position, events, events[-1].position if full else head
 
     def _transactional_batch(
         self, slot: HandlerSlot, position: int, events: list[RecordedEvent], upto: int, more: bool
