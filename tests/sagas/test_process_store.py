@@ -8,6 +8,7 @@ batch waiting until the first has committed the instance's state.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -396,6 +397,48 @@ def test_on_change_is_called_after_a_save_commits_not_after_a_rollback(
         for stop in stops:
             stop()
     assert processes.get("m", "p-1") is None
+
+
+def test_on_change_for_one_instance_is_not_woken_by_this_process_saving_another(
+    db_url: str, processes: ProcessStore
+) -> None:
+    """A wait for one instance re-reads its row only when that instance was saved here (a
+    process manager's batch saves on every event); other processes' saves still wake it, their
+    wake-up not saying which instance - and no subscriber here is woken twice by a save."""
+    import threading
+
+    from tideflow.storage import open_database
+
+    with open_database(db_url) as here:  # one Database under both stores, as in an App
+        here.db.migrate()
+        mine, anything, there, counted = (threading.Event(), threading.Event(), [], [])
+        stops = [
+            here.processes.on_change(mine.set, ("m", "p-1")),
+            here.processes.on_change(anything.set),
+            here.processes.on_change(lambda: counted.append(1)),
+            processes.on_change(lambda: there.append(1), ("m", "p-1")),  # another "process"
+        ]
+        try:
+            save(here.processes, here.events, "m", "p-2")
+            assert anything.is_set() and not mine.is_set()
+            # Another "process" (its own Database) cannot tell which instance: it looks.
+            wait_until(lambda: bool(there), what="a keyed on_change woken from elsewhere")
+            save(here.processes, here.events, "m", "p-1")
+            assert mine.is_set()
+            done = threading.Event()
+            stops.append(here.processes.on_change(done.set, ("m", "p-1"), {"completed"}))
+            save(here.processes, here.events, "m", "p-1", version=2)  # still running
+            assert not done.is_set()
+            save(here.processes, here.events, "m", "p-1", version=3, status="completed")
+            assert done.is_set()
+            if db_url.startswith("postgresql"):
+                time.sleep(0.3)  # time for our own NOTIFY to come back, if it wrongly did
+                # Once per commit here. (SQLite's watcher reads the change counter on its own
+                # connection, so it sees this Database's commits too and wakes again.)
+                assert len(counted) == 4
+        finally:
+            for stop in stops:
+                stop()
 
 
 # --- wiring --------------------------------------------------------------------------------------

@@ -169,7 +169,8 @@ class ProcessHandle:
         wanted, deadline = _wanted(statuses), _deadline(timeout)
         started = time.monotonic()
         changed = threading.Event()
-        stop = self._bindings.processes.on_change(changed.set)
+        key = (self.manager.name, self.process_id)
+        stop = self._bindings.processes.on_change(changed.set, key, wanted)
         try:
             while True:
                 changed.clear()
@@ -252,7 +253,7 @@ class AsyncProcessHandle:
             with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile
                 loop.call_soon_threadsafe(changed.set)
 
-        stop = processes.on_change(wake)
+        stop = processes.on_change(wake, (handle.manager.name, handle.process_id), wanted)
         try:
             while True:
                 changed.clear()

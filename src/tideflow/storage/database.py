@@ -212,9 +212,10 @@ class Database(Protocol):
         that unsubscribes it."""
         ...
 
-    def wake(self, channel: str) -> None:
+    def wake(self, channel: str, *, here: bool = True) -> None:
         """Wake ``channel``'s subscribers in every process, soon (coalesced: cheap to call after
-        every append)."""
+        every append). ``here=False``: in other processes only (and other Databases of this
+        one) - the caller woke this Database's subscribers itself, knowing better whom."""
         ...
 
     def is_unavailable(self, exc: BaseException) -> bool:

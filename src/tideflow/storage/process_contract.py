@@ -18,7 +18,7 @@ suite on both (``tests/sagas/test_process_store.py``).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
@@ -174,8 +174,16 @@ class ProcessStore(Protocol):
         """How many instances each manager has in each status (absent: none)."""
         ...
 
-    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
+    def on_change(
+        self,
+        callback: Callable[[], None],
+        key: tuple[str, str] | None = None,
+        statuses: Collection[str] | None = None,
+    ) -> Callable[[], None]:
         """Call ``callback`` (from another thread) soon after a transaction that saved an
         instance commits, in this process or another (LISTEN/NOTIFY; SQLite's change counter);
-        returns the function that stops it. For waits that would otherwise poll."""
+        returns the function that stops it. For waits that would otherwise poll. With ``key``
+        (manager, process id) and ``statuses``, this process's saves call it only for that
+        instance in one of those statuses (other processes' saves always do: their wake-up
+        does not say which instance)."""
         ...

@@ -10,7 +10,9 @@ committed its state, and then reads the state that batch left.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -29,6 +31,9 @@ class SqlProcessStore:
         self.url = db.url
         self.clock: Clock = db.clock
         self._owns_db = owns_db
+        self._here: list[_Watch] = []
+        """``on_change`` callbacks, woken by this store's own commits when they match."""
+        self._here_lock = threading.Lock()
 
     def migrate(self) -> list[str]:
         return self.db.migrate()
@@ -79,20 +84,45 @@ class SqlProcessStore:
             fresh,
         )
         tx.run("save", **self._save_params(write))
-        tx.on_commit(self._wake)
+        tx.on_commit(lambda: self._wake({(manager, process_id): status}))
 
     def save_many(self, tx: Tx, writes: Sequence[InstanceWrite]) -> None:
         if writes:
             # With the batch's COMMIT (``Tx.defer_many``): the states are encoded and checked
             # already, so nothing but the database's weather can refuse them there.
             tx.defer_many("save", [self._save_params(w) for w in writes])
-            tx.on_commit(self._wake)
+            saved = {(w.manager, w.process_id): w.status for w in writes}
+            tx.on_commit(lambda: self._wake(saved))
 
-    def _wake(self) -> None:
-        self.db.wake(PROCESSES_CHANNEL)
+    def _wake(self, saved: dict[tuple[str, str], ProcessStatus]) -> None:
+        """This process's waits for the instances saved, at once - only those whose instance
+        reached a status they wait for: a process manager's batch saves on every event, and a
+        wait woken for nothing reads its row for nothing - and the other processes' through
+        the database."""
+        with self._here_lock:
+            woken = [w.callback for w in self._here if w.matches(saved)]
+        for callback in woken:
+            callback()
+        self.db.wake(PROCESSES_CHANNEL, here=False)
 
-    def on_change(self, callback: Callable[[], None]) -> Callable[[], None]:
-        return self.db.subscribe(PROCESSES_CHANNEL, callback)
+    def on_change(
+        self,
+        callback: Callable[[], None],
+        key: tuple[str, str] | None = None,
+        statuses: Collection[str] | None = None,
+    ) -> Callable[[], None]:
+        entry = _Watch(callback, key, None if statuses is None else frozenset(statuses))
+        with self._here_lock:
+            self._here.append(entry)
+        stop_there = self.db.subscribe(PROCESSES_CHANNEL, callback)
+
+        def stop() -> None:
+            stop_there()
+            with self._here_lock:
+                if entry in self._here:
+                    self._here.remove(entry)
+
+        return stop
 
     def _save_params(self, w: InstanceWrite) -> dict[str, Any]:
         now = self.clock.now()
@@ -138,3 +168,18 @@ class SqlProcessStore:
 
     def counts(self) -> dict[tuple[str, ProcessStatus], int]:
         return {(r["manager"], r["status"]): r["instances"] for r in self.db.rows("counts")}
+
+
+@dataclass(frozen=True, eq=False)
+class _Watch:
+    """An ``on_change`` subscription, as this process's own saves are matched against it."""
+
+    callback: Callable[[], None]
+    key: tuple[str, str] | None
+    statuses: frozenset[str] | None
+
+    def matches(self, saved: dict[tuple[str, str], ProcessStatus]) -> bool:
+        if self.key is None:
+            return self.statuses is None or any(s in self.statuses for s in saved.values())
+        status = saved.get(self.key)
+        return status is not None and (self.statuses is None or status in self.statuses)

@@ -424,11 +424,12 @@ class PostgresDatabase:
         arrival would only repeat their look (a handler batch's reads, a wait's query)."""
         return any(n.backend_pid == pid for n in list(self._notifiers.values()))
 
-    def wake(self, channel: str) -> None:
+    def wake(self, channel: str, *, here: bool = True) -> None:
         # This process's subscribers at once - a process manager's runner reacting to the events
         # its own commands caused need not wait for the NOTIFY's round trip - and the others
         # through the coalescing notifier.
-        self._wake_local(channel)
+        if here:
+            self._wake_local(channel)
         notifier = self._notifiers.get(channel)
         if notifier is None:
             with self._lock:

@@ -371,8 +371,9 @@ class SQLiteDatabase:
                 self._watcher.start()
         return unsubscribe
 
-    def wake(self, channel: str) -> None:
-        self._wake_local(channel)
+    def wake(self, channel: str, *, here: bool = True) -> None:
+        if here:  # other connections see the commit through their change counter
+            self._wake_local(channel)
 
     def _watch(self, conn: sqlite3.Connection, last: int) -> None:
         try:

@@ -13,6 +13,7 @@ import concurrent.futures
 import inspect
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,6 +31,9 @@ from tideflow.telemetry import tracing
 from tideflow.worker.handlers.context import DeliveryContext, HandleRaised, ThreadBridge, describe
 
 log = logging.getLogger("tideflow.handlers")
+
+#: How long ``HandlerBatches.run`` goes on from batch to batch before it returns to the runner.
+FOLLOW_BUDGET = 0.05
 
 
 def handler_thread_pool(name: str) -> concurrent.futures.ThreadPoolExecutor:
@@ -127,13 +131,51 @@ class HandlerBatches:
                     f"cannot run: {describe(exc)}; fix its schema"
                 ) from exc
 
-    def run(self, slot: HandlerSlot) -> BatchOutcome:
-        """Handle the next batch of ``slot``'s handler; a failure comes back in the outcome."""
+    def run(
+        self,
+        slot: HandlerSlot,
+        appended: Callable[[], None] | None = None,
+        budget: float = FOLLOW_BUDGET,
+    ) -> BatchOutcome:
+        """Handle the next batch of ``slot``'s handler - and, while each batch handles events
+        and leaves more (a full page, or events it appended itself: a process manager's next
+        step), the batches after it, for up to ``budget`` seconds, calling ``appended`` after
+        each batch that appended (other handlers have new work). Each trip back to the runner's
+        loop and out again costs two thread hand-offs per batch (a tenth of a three-step
+        saga's latency). A failure ends the run and comes back in the outcome."""
         slot.bridge.thread_id = threading.get_ident()
-        slot.appended = False
-        outcome = self._handle_batch(slot)
-        outcome.appended = slot.appended and outcome.handled > 0
-        return outcome
+        total = BatchOutcome()
+        until = time.monotonic() + budget
+        while True:
+            slot.appended = False
+            try:
+                outcome = self._handle_batch(slot)
+            except Exception:
+                if not total.handled:
+                    raise
+                # What went wrong (a lost lease, an outage) rolled this batch back; it comes
+                # again on the runner's next call, which deals with it. Report what committed.
+                total.more = True
+                return total
+            outcome.appended = slot.appended and outcome.handled > 0
+            total.handled += outcome.handled
+            total.appended |= outcome.appended
+            total.more, total.failure = outcome.more, outcome.failure
+            if outcome.appended and appended is not None:
+                appended()
+            if (
+                outcome.failure is not None
+                or not outcome.handled
+                or not (outcome.more or outcome.appended)
+                or not slot.owned
+                or slot.retry_at is not None
+                or self._stopping()
+                or time.monotonic() >= until
+            ):
+                # A run that found nothing after handling some says so: the runner looks again
+                # (new events may have come meanwhile), as after any batch that handled events.
+                total.more = total.more or (total.handled > 0 and total.failure is None)
+                return total
 
     def failed(self, slot: HandlerSlot, failure: Failure) -> None:
         """After a failed attempt: schedule a retry, or apply the handler's ``on_failure``."""
