@@ -284,6 +284,33 @@ def test_a_deferred_statement_that_fails_fails_its_transaction_and_is_named(db_u
         assert stores.events.get_checkpoint("ok") == 4
 
 
+def test_a_page_read_after_the_commit_sees_it_and_never_fails_the_commit(db_url: str) -> None:
+    """``page_after_commit`` (PostgreSQL: in the COMMIT's round trip) reads what the commit
+    made visible; a read that fails after a COMMIT leaves it committed and returns None (the
+    caller reads the usual way), and the connection clean; SQLite reads nothing ahead."""
+    with open_database(db_url) as stores:
+        stores.db.migrate()
+        with stores.events.transaction() as tx:
+            tx.append("s", [NewEvent("A"), NewEvent("B")], NO_STREAM)
+            page = tx.read_page_after_commit(0, None, 10)
+        found = page()
+        if stores.db.dialect == "sqlite":
+            assert found is None
+        else:
+            assert found is not None
+            events, head = found
+            assert [e.event_type for e in events] == ["A", "B"] and head == events[-1].position
+            assert page() is None  # read once
+        with stores.events.transaction() as tx:
+            tx.append("s", [NewEvent("C")], 2)
+            broken = tx.page_after_commit("read_page", after=0, limit=-1, event_types=None)
+        assert broken() is None
+        assert stores.events.stream_version("s") == 3  # committed all the same
+        for _ in range(3):  # and every pooled connection is usable
+            with stores.events.transaction() as tx:
+                assert tx.rows("lock_checkpoint", name="x", updated_at=stores.db.clock.now())
+
+
 def test_a_wake_reaches_this_process_at_once_and_others_by_notify_never_twice(
     db_url: str, backend: str
 ) -> None:

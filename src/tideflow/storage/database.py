@@ -102,6 +102,17 @@ class Tx(Protocol):
         server in one round trip instead of three. SQLite runs it now."""
         ...
 
+    def page_after_commit(
+        self, name: str, /, *, after: int, **params: Any
+    ) -> Callable[[], tuple[int, list[tuple[Any, ...]]] | None]:
+        """``Database.records_below_horizon(name, after=after, ...)`` sent right after this
+        transaction's COMMIT, in the same round trip (PostgreSQL): the next page of a handler
+        whose batch appended events it may handle itself. Call the result, once the block has
+        committed, for the horizon and the rows - or None if the page was not read (SQLite,
+        which has no round trip to save; a transaction that sent nothing; a read that failed
+        after the COMMIT, which still committed): read it the usual way then."""
+        ...
+
     def execute(self, sql: str, params: Any = None) -> Any:
         """Run an application's own statement (a projection's row) in this transaction; the
         driver's cursor. Placeholders are written as psycopg's (``%s``, ``%(name)s``, ``%%``)

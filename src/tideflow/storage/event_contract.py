@@ -154,6 +154,15 @@ class EventTransaction(Tx, Protocol):
         the same events at once. Call it before reading the events to process."""
         ...
 
+    def read_page_after_commit(
+        self, after: int, event_types: Sequence[str] | None, limit: int
+    ) -> Callable[[], tuple[list[RecordedEvent], int] | None]:
+        """``EventStore.read_page(after, ...)``, read right after this transaction commits, in
+        the COMMIT's round trip where the backend can (``Tx.page_after_commit``): call the
+        result after the block for the page, or None - then read it the usual way. A handler
+        whose batch appended events (a process manager's next step) reads its next page so."""
+        ...
+
     def lock_checkpoint_soon(self, name: str) -> Callable[[], int]:
         """``lock_checkpoint``, sent with the transaction's next statement (``Tx.prefetch``):
         call the result for the position. A handler batch locks its checkpoint, holds its lease

@@ -467,6 +467,34 @@ class SqlEventTransaction:
     def prefetch(self, name: str, /, **params: Any) -> Callable[[], list[Row]]:
         return self.tx.prefetch(name, **params)
 
+    def page_after_commit(
+        self, name: str, /, *, after: int, **params: Any
+    ) -> Callable[[], tuple[int, list[tuple[Any, ...]]] | None]:
+        return self.tx.page_after_commit(name, after=after, **params)
+
+    def read_page_after_commit(
+        self, after: int, event_types: Sequence[str] | None, limit: int
+    ) -> Callable[[], tuple[list[RecordedEvent], int] | None]:
+        after = check_position(after, "after")
+        types = check_event_types(event_types)
+        size = check_limit(limit)
+        if types == [] or not size:
+            return lambda: None
+        name = "read_page_of_types" if types is not None else "read_page"
+        fetch = self.tx.page_after_commit(name, after=after, limit=size, event_types=types)
+        store = self._store
+
+        def page() -> tuple[list[RecordedEvent], int] | None:
+            found = fetch()
+            if found is None:
+                return None
+            horizon, rows = found
+            if horizon <= after:
+                return [], after
+            return list(store.upcasters.upcast_all(store._events(rows))), horizon
+
+        return page
+
     def execute(self, sql: str, params: Any = None) -> Any:
         return self.tx.execute(sql, params)
 

@@ -115,6 +115,27 @@ class _Prefetched:
         return self._rows
 
 
+class _PageAfterCommit:
+    """``PgTx.page_after_commit``'s result: its cursors, read once the COMMIT's pipeline has
+    synced."""
+
+    head: psycopg.Cursor[Any] | None = None
+    rows: psycopg.Cursor[Any] | None = None
+
+    def __call__(self) -> tuple[int, list[tuple[Any, ...]]] | None:
+        if self.head is None or self.rows is None:
+            return None
+        try:
+            found = self.head.fetchone()
+            if found is None:
+                return None
+            return int(found[0]), self.rows.fetchall()
+        except psycopg.Error:  # the read failed after the COMMIT (logged there)
+            return None
+        finally:
+            self.head = self.rows = None  # read once
+
+
 class PgTx(TxCallbacks):
     """``Tx`` on one pooled connection.
 
@@ -131,6 +152,8 @@ class PgTx(TxCallbacks):
         self._pending_begin = begin_lazily
         self._queued: list[tuple[str, Callable[[Conn], object]]] = []
         """Deferred and prefetched statements not sent yet (``defer``, ``prefetch``)."""
+        self._then: list[Callable[[Conn], object]] = []
+        """What goes after the COMMIT, in its pipeline (``page_after_commit``)."""
         self.begun = False
         self.notify = False
         self.closed = False  # the block ended: the connection is back in the pool
@@ -189,20 +212,44 @@ class PgTx(TxCallbacks):
             raise StorageError(f"query {name}: this transaction has ended")
         self._queued.append((name, send))
 
+    def page_after_commit(
+        self, name: str, /, *, after: int, **params: Any
+    ) -> Callable[[], tuple[int, list[tuple[Any, ...]]] | None]:
+        page = _PageAfterCommit()
+
+        def send(conn: Conn) -> None:
+            conn.execute(b"BEGIN ISOLATION LEVEL READ COMMITTED")
+            page.head = conn.execute(QUERIES["set_horizon"], {"after": after, "checkpoint": None})
+            page.rows = conn.execute(QUERIES[name], params, binary=True)
+            conn.execute(b"COMMIT")
+
+        self._then.append(send)
+        return page
+
     def _commit(self) -> None:
         """COMMIT (with the NOTIFY the stores asked for), in one pipeline with what is still
-        queued: a handler batch's last writes cost no round trip of their own."""
+        queued - a handler batch's last writes cost no round trip of their own - and with what
+        goes after it (``page_after_commit``)."""
         conn = self._conn
         if not self.begun and not self._queued:
             return  # nothing was sent: there is nothing to commit
-        sent = ""
+        sent, commit = "", None
         try:
             with conn.pipeline():
                 sent = self._send_pending(conn)
                 if self.notify:
                     conn.execute(f"NOTIFY {TASKS_CHANNEL}")
-                conn.execute(b"COMMIT")
+                commit = conn.execute(b"COMMIT")
+                for then in self._then:
+                    then(conn)
         except psycopg.Error as exc:
+            if commit is not None and commit.statusmessage == "COMMIT" and not is_transient(exc):
+                # Committed: only a read after it failed (its callers read again). Its own
+                # transaction is left open and aborted: end it before the pool gets it back.
+                log.warning("a read sent after a COMMIT failed; read again: %s", exc)
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute(b"ROLLBACK")
+                return
             if is_transient(exc) or sent:
                 raise translate(exc, _what("COMMIT", sent)) from exc
             raise

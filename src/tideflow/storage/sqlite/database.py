@@ -167,6 +167,11 @@ class SQLiteTx(TxCallbacks):
 
         return fetched
 
+    def page_after_commit(
+        self, name: str, /, *, after: int, **params: Any
+    ) -> Callable[[], tuple[int, list[tuple[Any, ...]]] | None]:
+        return lambda: None  # no round trip to save: the next page is read the usual way
+
     def _open(self, name: str) -> None:
         if self.closed:
             raise StorageError(f"query {name}: this transaction has ended")

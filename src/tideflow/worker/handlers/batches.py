@@ -58,6 +58,8 @@ class HandlerSlot:
         self.in_tx = False
         self.checkpoint: int | None = None
         """The checkpoint as this worker's last committed batch left it (None: read it)."""
+        self.ahead: Callable[[], tuple[list[RecordedEvent], int] | None] | None = None
+        """The page after ``checkpoint``, read with the last batch's COMMIT (None: read it)."""
         self.retry_at: datetime | None = None
         self.wake = asyncio.Event()
 
@@ -227,9 +229,9 @@ class HandlerBatches:
         # Where the last batch of this lease left the checkpoint - or read it. A stale value
         # (a reset by an operator meanwhile) is caught in the batch's transaction, which locks
         # the checkpoint and compares.
-        position = slot.checkpoint
-        slot.checkpoint = None  # known again only once this batch has committed
-        position, events, upto = self._read(h, slot.name, position)
+        position, ahead = slot.checkpoint, slot.ahead
+        slot.checkpoint = slot.ahead = None  # known again only once this batch has committed
+        position, events, upto = self._read(h, slot.name, position, ahead)
         if upto <= position:
             return BatchOutcome()
         more = len(events) == self._size(h)
@@ -238,13 +240,22 @@ class HandlerBatches:
         return self._plain_batch(slot, position, events, upto, more)
 
     def _read(
-        self, h: EventHandler, name: str, position: int | None
+        self,
+        h: EventHandler,
+        name: str,
+        position: int | None,
+        ahead: Callable[[], tuple[list[RecordedEvent], int] | None] | None,
     ) -> tuple[int, list[RecordedEvent], int]:
         """Where the batch starts (``position``, or the checkpoint read with the page), its
         events, and the position the checkpoint may move to once they are handled: the last
         event's if the batch is full, else the head (so that a handler of rare types does not
-        scan the same unrelated events again)."""
-        if position is None:
+        scan the same unrelated events again). ``ahead``: the page read with the last batch's
+        COMMIT, if it was."""
+        page = ahead() if ahead is not None and position is not None else None
+        if page is not None:
+            assert position is not None
+            events, head = page
+        elif position is None:
             position, events, head = self.event_store.read_page_from_checkpoint(
                 name, h.event_types, self._size(h)
             )
@@ -258,6 +269,7 @@ class HandlerBatches:
     def _transactional_batch(
         self, slot: HandlerSlot, position: int, events: list[RecordedEvent], upto: int, more: bool
     ) -> BatchOutcome:
+        h = slot.handler
         failure: Failure | None = None
         lease = HandlerLease(None, 0)
         while True:
@@ -282,8 +294,14 @@ class HandlerBatches:
                     tx.advance_checkpoint(slot.name, upto)
                     if lease.failing_position is not None and lease.failing_position <= upto:
                         self.handler_store.clear_failure(tx, slot.name)
+                    # Events it appended may be its own next step: read on, with the COMMIT.
+                    ahead = (
+                        tx.read_page_after_commit(upto, h.event_types, self._size(h))
+                        if slot.appended and failure is None
+                        else None
+                    )
                 if failure is None:
-                    slot.checkpoint = upto
+                    slot.checkpoint, slot.ahead = upto, ahead
                 return BatchOutcome(len(events), more and failure is None, failure)
             except _CheckpointMoved:  # rolled back
                 return BatchOutcome(more=True)
