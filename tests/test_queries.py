@@ -31,7 +31,8 @@ DIALECTS = ("postgres", "sqlite")
 #: Queries only one dialect has, and why: each is a backend hook's, run by its own code.
 ONLY_IN = {
     # PostgreSQL's fast paths (Database.fast_paths): one PL/pgSQL call for a whole transition.
-    "postgres": {"start_run", "start_runs", "complete_tasks_batch"},
+    # And the horizon a page reads kept for its transaction (records_below_horizon).
+    "postgres": {"start_run", "start_runs", "complete_tasks_batch", "set_horizon"},
     # SQLite's append by statements (SQLiteDatabase.append_events); PostgreSQL's is a function.
     "sqlite": {
         "insert_idempotency_key",
