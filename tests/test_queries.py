@@ -31,8 +31,16 @@ DIALECTS = ("postgres", "sqlite")
 #: Queries only one dialect has, and why: each is a backend hook's, run by its own code.
 ONLY_IN = {
     # PostgreSQL's fast paths (Database.fast_paths): one PL/pgSQL call for a whole transition.
-    # And the horizon a page reads kept for its transaction (records_below_horizon).
-    "postgres": {"start_run", "start_runs", "complete_tasks_batch", "set_horizon"},
+    # And a handler's page, which reads the horizon kept for its transaction by set_horizon
+    # (records_below_horizon; SQLite's passes it to read_all's queries).
+    "postgres": {
+        "start_run",
+        "start_runs",
+        "complete_tasks_batch",
+        "set_horizon",
+        "read_page",
+        "read_page_of_types",
+    },
     # SQLite's append by statements (SQLiteDatabase.append_events); PostgreSQL's is a function.
     "sqlite": {
         "insert_idempotency_key",

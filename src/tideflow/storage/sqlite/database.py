@@ -110,6 +110,10 @@ def split_script(script: str) -> Iterator[str]:
         yield buffer
 
 
+#: ``records_below_horizon``'s queries, as SQLite reads them.
+_PAGE_QUERIES = {"read_page": "read_all", "read_page_of_types": "read_all_of_types"}
+
+
 class SQLiteTx(TxCallbacks):
     """``Tx`` on the Database's connection; the caller holds its lock."""
 
@@ -296,7 +300,11 @@ class SQLiteDatabase:
                 found = self._statements.records("get_checkpoint", name=checkpoint)
                 after = int(found[0][0]) if found else 0
             horizon = int(self._statements.records("horizon")[0][0])
-            rows = self._statements.records(name, after=after, until=horizon, **params)
+            # PostgreSQL's page queries read the horizon kept by their first statement; here it
+            # is passed to read_all's, as read_all passes it.
+            rows = self._statements.records(
+                _PAGE_QUERIES[name], after=after, until=horizon, **params
+            )
             return after, horizon, rows
 
     @contextmanager

@@ -79,24 +79,6 @@ WHERE position > %(after)s AND position <= %(until)s
 ORDER BY position
 LIMIT %(limit)s
 
--- name: read_page
--- read_all for SqliteDatabase.records_below_horizon, which passes the horizon it read as until.
-SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
-       correlation_id, recorded_at, data, metadata
-FROM events
-WHERE position > %(after)s AND position <= %(until)s AND deleted = 0
-ORDER BY position
-LIMIT %(limit)s
-
--- name: read_page_of_types
-SELECT position, version, schema_version, stream_id, event_id, event_type, causation_id,
-       correlation_id, recorded_at, data, metadata
-FROM events
-WHERE position > %(after)s AND position <= %(until)s
-  AND event_type IN (SELECT value FROM json_each(%(event_types)s)) AND deleted = 0
-ORDER BY position
-LIMIT %(limit)s
-
 -- name: horizon
 -- One writer at a time: everything committed is settled, so the horizon is the last position
 -- drawn (AUTOINCREMENT's counter, which a hard delete of the newest events does not lower).
