@@ -1,4 +1,4 @@
--- tideflow schema for PostgreSQL: the result of migrations 0001-0017, written
+-- tideflow schema for PostgreSQL: the result of migrations 0001-0018, written
 -- out for readers.
 --
 -- What this file is. The tables, indexes and functions that `tideflow migrate` (store.migrate())
@@ -13,8 +13,8 @@
 -- readers never miss an event (0002, 0004), handler leases (0003), process managers (0005),
 -- stalls (0007), process timers (0008), undo and retention of instances (0009), deleting
 -- streams (0010), runs that report back (0011), flat cost as data grows (0012), skipped steps and
--- conditional runs (0016), bulk starts (0017). A schema change is a new migration AND the
--- matching edit here.
+-- conditional runs (0016), bulk starts (0017), fewer writes per claim and completion (0018). A
+-- schema change is a new migration AND the matching edit here.
 --
 -- How it stays honest. tests/test_schema.py applies the migrations to one empty database and
 -- this file to another, and compares their catalogs: tables, columns (name, type, nullability,
@@ -24,7 +24,7 @@
 -- tables and columns, in mapped types.
 --
 -- Using it. Run on an empty database (psql -v ON_ERROR_STOP=1 -f schema.sql), it gives a database
--- that tideflow treats as fully migrated: it records versions 1-17 in
+-- that tideflow treats as fully migrated: it records versions 1-18 in
 -- schema_migrations as applied, so a later `tideflow migrate` applies only the migrations this
 -- file lacks. Prefer `tideflow migrate`.
 --
@@ -89,8 +89,6 @@ CREATE INDEX runs_by_flow ON tideflow.runs (flow_slug, started_at DESC, run_id);
 -- 'started'` cannot be planned through it, whatever the statistics (0012).
 CREATE INDEX runs_finished_by_status ON tideflow.runs (status, started_at DESC, run_id)
     WHERE status <> 'started';
--- Retention: finished runs by age (0012).
-CREATE INDEX runs_by_finished ON tideflow.runs (finished_at) WHERE finished_at IS NOT NULL;
 
 CREATE TABLE tideflow.run_steps (
     run_id          text        NOT NULL REFERENCES tideflow.runs (run_id) ON DELETE CASCADE,
@@ -953,14 +951,13 @@ BEGIN
             started_at = p_now,
             lease_expires_at = p_now + make_interval(secs => COALESCE(t.timeout, 0) + p_margin)
         FROM (
-            SELECT q.run_id, q.step_slug, q.task_index FROM tideflow.tasks q
+            SELECT q.ctid AS tid FROM tideflow.tasks q
             WHERE q.status = 'queued' AND q.visible_at <= p_now AND q.flow_slug = ANY(p_flows)
             ORDER BY q.visible_at
             LIMIT p_limit
             FOR UPDATE SKIP LOCKED
         ) picked
-        WHERE t.run_id = picked.run_id AND t.step_slug = picked.step_slug
-          AND t.task_index = picked.task_index
+        WHERE t.ctid = picked.tid
         RETURNING t.run_id, t.step_slug, t.task_index, t.flow_slug, t.attempts, t.input,
                   t.timeout, t.lease_expires_at
     )
@@ -1184,11 +1181,13 @@ BEGIN
     IF v_finished = '[]'::jsonb THEN
         RETURN;
     END IF;
+    IF v_finished @? '$[*] ? (@.kind == "map")' THEN
     UPDATE tideflow.run_steps s SET output = (
         SELECT jsonb_agg(t.output ORDER BY t.task_index) FROM tideflow.tasks t
         WHERE t.run_id = s.run_id AND t.step_slug = s.step_slug)
     FROM jsonb_to_recordset(v_finished) AS m(run_id text, step_slug text, kind text)
     WHERE m.kind = 'map' AND s.run_id = m.run_id AND s.step_slug = m.step_slug;
+    END IF;
     -- Count the completed steps off their runs, completing a run after its last step with its
     -- leaf steps' outputs; v_next: the completed steps with dependents, of runs going on.
     WITH counted AS (
@@ -1223,7 +1222,7 @@ BEGIN
     notify := v_notify;
 END $$;
 
--- A database created from this file has every migration up to 0017: record them, so that
+-- A database created from this file has every migration up to 0018: record them, so that
 -- `tideflow migrate` applies only later ones. applied_at is when this file ran.
 INSERT INTO tideflow.schema_migrations (version, name, applied_at) VALUES
     (1, 'initial', now()),
@@ -1242,6 +1241,7 @@ INSERT INTO tideflow.schema_migrations (version, name, applied_at) VALUES
     (14, 'observability', now()),
     (15, 'worker_heartbeats', now()),
     (16, 'step_skips', now()),
-    (17, 'bulk_start', now());
+    (17, 'bulk_start', now()),
+    (18, 'fewer_writes', now());
 
 COMMIT;

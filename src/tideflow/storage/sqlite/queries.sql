@@ -328,13 +328,17 @@ SELECT value ->> 'run_id', %(flow_slug)s, %(flow_version)s, 'started', value ->>
 FROM json_each(%(rows)s)
 
 -- name: finished_runs_before
--- Retention, one batch: the runs that ended before the cut-off, oldest first (runs_by_finished,
--- 0012). A run still owed its report (none should be: the transaction that ends a run clears it)
--- is kept; the store skips it. Tested in the select list, not the filter, so that it does not
--- sway the planner away from the index when the table has no statistics.
+-- Retention, one batch: the runs that ended before the cut-off, oldest first, through
+-- runs_by_started read from its old end (0018 dropped the index by finished_at, which cost every
+-- run's end an index entry): a run that finished before the cut-off started before it, so the
+-- bound on started_at is the index range and the one on finished_at keeps the result exact. A
+-- run still going that started before the cut-off is read and passed over by each batch. A run
+-- still owed its report (none should be: the transaction that ends a run clears it) is kept;
+-- the store skips it. Tested in the select list, not the filter, so that it does not sway the
+-- planner away from the index when the table has no statistics.
 SELECT run_id, report IS NOT NULL AS owed FROM runs
-WHERE finished_at < %(before)s AND status <> 'started'
-ORDER BY finished_at
+WHERE started_at < %(before)s AND finished_at < %(before)s AND status <> 'started'
+ORDER BY started_at
 LIMIT %(limit)s
 
 -- name: delete_run_tasks

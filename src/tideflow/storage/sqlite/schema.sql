@@ -1,4 +1,4 @@
--- tideflow schema for SQLite: the result of migrations 0001-0017, written out
+-- tideflow schema for SQLite: the result of migrations 0001-0018, written out
 -- for readers.
 --
 -- What this file is. The tables and indexes that `tideflow migrate` (store.migrate()) leaves in the
@@ -26,7 +26,7 @@
 -- SQLite has one writer at a time and so hands out event positions in commit order.
 --
 -- Using it. Run on an empty file (sqlite3 tideflow.db < schema.sql), it gives a database that
--- tideflow treats as fully migrated: it records versions 1-17 in schema_migrations as
+-- tideflow treats as fully migrated: it records versions 1-18 in schema_migrations as
 -- applied, so a later `tideflow migrate` applies only the migrations this file lacks. A writer (a
 -- worker, `tideflow migrate`) switches the file to WAL mode when it opens it. Prefer `tideflow
 -- migrate`.
@@ -77,8 +77,6 @@ CREATE INDEX runs_by_flow ON runs (flow_slug, started_at DESC, run_id);
 -- 'started'` cannot use it (0012).
 CREATE INDEX runs_finished_by_status ON runs (status, started_at DESC, run_id)
     WHERE status <> 'started';
--- Retention: finished runs by age (0012).
-CREATE INDEX runs_by_finished ON runs (finished_at) WHERE finished_at IS NOT NULL;
 
 CREATE TABLE run_steps (
     run_id          TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
@@ -319,7 +317,7 @@ CREATE TABLE process_timers (
 CREATE INDEX process_timers_due ON process_timers (fire_at) WHERE fired_at IS NULL;
 
 
--- A database created from this file has every migration up to 0017: record them, so that
+-- A database created from this file has every migration up to 0018: record them, so that
 -- `tideflow migrate` applies only later ones. applied_at is when this script ran (Unix seconds).
 INSERT INTO schema_migrations (version, name, applied_at) VALUES
     (1, 'initial', (julianday('now') - 2440587.5) * 86400.0),
@@ -338,6 +336,7 @@ INSERT INTO schema_migrations (version, name, applied_at) VALUES
     (14, 'observability', (julianday('now') - 2440587.5) * 86400.0),
     (15, 'worker_heartbeats', (julianday('now') - 2440587.5) * 86400.0),
     (16, 'step_skips', (julianday('now') - 2440587.5) * 86400.0),
-    (17, 'bulk_start', (julianday('now') - 2440587.5) * 86400.0);
+    (17, 'bulk_start', (julianday('now') - 2440587.5) * 86400.0),
+    (18, 'fewer_writes', (julianday('now') - 2440587.5) * 86400.0);
 
 COMMIT;
