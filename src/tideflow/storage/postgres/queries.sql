@@ -386,3 +386,18 @@ WHERE run_id = ANY(%(run_ids)s) AND trace_context IS NOT NULL
 -- name: get_finished_runs
 SELECT run_id, flow_slug, flow_version, status, input, output, error, started_at, finished_at
 FROM tideflow.runs WHERE run_id = ANY(%(run_ids)s) AND status <> 'started'
+
+-- name: get_flow_limits
+-- Queue limits (0019): the claim (claim_tasks_v1) reads flow_limits itself; these keep the row
+-- in step with the workers' code.
+SELECT limits FROM tideflow.flow_limits WHERE flow_slug = %(flow_slug)s
+
+-- name: set_flow_limits
+-- A worker starting with limits in its code: they replace the stored ones (the rate window
+-- carries over).
+INSERT INTO tideflow.flow_limits (flow_slug, limits, recent_claims, updated_at)
+VALUES (%(flow_slug)s, %(limits)s, '[]', %(now)s)
+ON CONFLICT (flow_slug) DO UPDATE SET limits = excluded.limits, updated_at = excluded.updated_at
+
+-- name: delete_flow_limits
+DELETE FROM tideflow.flow_limits WHERE flow_slug = %(flow_slug)s
