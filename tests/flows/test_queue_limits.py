@@ -321,9 +321,7 @@ def test_concurrent_claims_never_exceed_the_limit(stores: list[FlowStore], db_ur
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [
-        threading.Thread(target=work, args=(s, f"w{i}")) for i, s in enumerate(stores)
-    ]
+    threads = [threading.Thread(target=work, args=(s, f"w{i}")) for i, s in enumerate(stores)]
     for t in threads:
         t.start()
     for t in threads:
@@ -372,9 +370,7 @@ def test_worker_processes_share_the_limit_and_a_killed_one_frees_its_slot(
     from tests.flows.limits_worker import LimitedSleeper
 
     app = App(db_url, flows=[LimitedSleeper])
-    run_ids = [
-        app.start_flow(LimitedSleeper, {"dir": str(tmp_path), "n": i}) for i in range(12)
-    ]
+    run_ids = [app.start_flow(LimitedSleeper, {"dir": str(tmp_path), "n": i}) for i in range(12)]
     workers = [spawn(db_url, tmp_path) for _ in range(3)]
     try:
         wait_until(lambda: list(tmp_path.glob("started-*")), what="a step to start", timeout=60)
