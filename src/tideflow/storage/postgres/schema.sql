@@ -998,14 +998,20 @@ BEGIN
         WHERE s.flow_slug = p_flow AND s.status = 'started' AND s.limit_key IS NOT NULL
         GROUP BY s.step_slug, s.limit_key
     ), candidates AS (
+        -- Not locked: the flow's limited claims take turns (the lock above), and the UPDATE
+        -- below finds each row by the address this snapshot saw - a row another transaction
+        -- changed since (cancelled, say) has another address by then and is passed over.
+        -- Without a key or a step limit the first v_allow are the ones to take; with one,
+        -- up to 1,000 are ranked.
         SELECT q.ctid AS tid, q.step_slug, q.visible_at,
                CASE WHEN cardinality(v_path) = 0 THEN ''
-                    ELSE coalesce((r.input #> v_path)::text, 'null') END AS k
-        FROM tideflow.tasks q JOIN tideflow.runs r ON r.run_id = q.run_id
+                    ELSE coalesce((SELECT (r.input #> v_path)::text FROM tideflow.runs r
+                                   WHERE r.run_id = q.run_id), 'null') END AS k
+        FROM tideflow.tasks q
         WHERE q.status = 'queued' AND q.visible_at <= p_now AND q.flow_slug = p_flow
         ORDER BY q.visible_at
-        LIMIT 1000
-        FOR UPDATE OF q SKIP LOCKED
+        LIMIT CASE WHEN cardinality(v_path) = 0 AND NOT v_limits ? 'steps' THEN v_allow
+                   ELSE 1000 END
     ), ranked AS (
         SELECT c.*,
                row_number() OVER (PARTITION BY c.k ORDER BY c.visible_at, c.tid) AS key_rank,

@@ -401,11 +401,12 @@ WITH busy AS (
 ), candidates AS (
     SELECT t.rowid AS rid, t.step_slug, t.visible_at,
            CASE WHEN %(key_path)s IS NULL THEN ''
-                ELSE coalesce(r.input -> %(key_path)s, 'null') END AS k
-    FROM tasks t JOIN runs r ON r.run_id = t.run_id
+                ELSE coalesce((SELECT r.input -> %(key_path)s FROM runs r
+                               WHERE r.run_id = t.run_id), 'null') END AS k
+    FROM tasks t
     WHERE t.status = 'queued' AND t.visible_at <= %(now)s AND t.flow_slug = %(flow_slug)s
     ORDER BY t.visible_at
-    LIMIT 1000
+    LIMIT CASE WHEN %(key_path)s IS NULL AND %(steps)s = '{}' THEN %(allow)s ELSE 1000 END
 ), ranked AS (
     SELECT c.*,
            row_number() OVER (PARTITION BY c.k ORDER BY c.visible_at, c.rid) AS key_rank,

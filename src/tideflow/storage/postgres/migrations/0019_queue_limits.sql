@@ -34,9 +34,10 @@
 -- which commits at once (a claim, or the claim at the end of a completion batch). Limited
 -- claims of other flows and every unlimited claim do not wait on it. Then: the allowance left
 -- by the flow's concurrency and rate window; the started tasks per step and key (an index range
--- of tasks_limited, as long as the flow's tasks in flight); the next 1,000 visible queued tasks
--- of the flow in visibility order, with their keys, ranked per key and per step; those whose
--- rank fits their key's and step's free slots, up to the allowance, claimed. A run blocked by a
+-- of tasks_limited, as long as the flow's tasks in flight); the next visible queued tasks of the
+-- flow in visibility order (as many as the allowance without a key or step limit, else 1,000),
+-- with their keys, ranked per key and per step; those whose rank fits their key's and step's
+-- free slots, up to the allowance, claimed. A run blocked by a
 -- limit stays queued, in its place, and is claimed when a slot frees. Known cost: the claim
 -- looks at 1,000 queued tasks of the flow at most, so a key whose tasks wait behind more than
 -- 1,000 tasks of keys at their limit waits until those drain below that.
@@ -103,14 +104,20 @@ BEGIN
         WHERE s.flow_slug = p_flow AND s.status = 'started' AND s.limit_key IS NOT NULL
         GROUP BY s.step_slug, s.limit_key
     ), candidates AS (
+        -- Not locked: the flow's limited claims take turns (the lock above), and the UPDATE
+        -- below finds each row by the address this snapshot saw - a row another transaction
+        -- changed since (cancelled, say) has another address by then and is passed over.
+        -- Without a key or a step limit the first v_allow are the ones to take; with one,
+        -- up to 1,000 are ranked.
         SELECT q.ctid AS tid, q.step_slug, q.visible_at,
                CASE WHEN cardinality(v_path) = 0 THEN ''
-                    ELSE coalesce((r.input #> v_path)::text, 'null') END AS k
-        FROM tideflow.tasks q JOIN tideflow.runs r ON r.run_id = q.run_id
+                    ELSE coalesce((SELECT (r.input #> v_path)::text FROM tideflow.runs r
+                                   WHERE r.run_id = q.run_id), 'null') END AS k
+        FROM tideflow.tasks q
         WHERE q.status = 'queued' AND q.visible_at <= p_now AND q.flow_slug = p_flow
         ORDER BY q.visible_at
-        LIMIT 1000
-        FOR UPDATE OF q SKIP LOCKED
+        LIMIT CASE WHEN cardinality(v_path) = 0 AND NOT v_limits ? 'steps' THEN v_allow
+                   ELSE 1000 END
     ), ranked AS (
         SELECT c.*,
                row_number() OVER (PARTITION BY c.k ORDER BY c.visible_at, c.tid) AS key_rank,
