@@ -130,8 +130,8 @@ def run_backend(backend: str, runs: int) -> dict[str, str]:
 
 
 CLAIM = "SELECT * FROM tideflow.claim_tasks_v1('bench', ARRAY['bench_history'], %(n)s, now(), 30)"
-#: This release's completion (v2), and the previous release's (v1) for comparison.
-COMPLETE = "SELECT tideflow.complete_tasks_v2('bench-worker', %(rows)s::jsonb, now())"
+#: This release's completion (v3), and the first release's (v1) for comparison.
+COMPLETE = "SELECT * FROM tideflow.complete_tasks_v3('bench-worker', %(rows)s::jsonb, now())"
 COMPLETE_V1 = "SELECT tideflow.complete_tasks_v1('bench-worker', %(rows)s::jsonb, now())"
 LIST_RUNS = (
     "SELECT run_id FROM tideflow.runs WHERE status = %(status)s "
@@ -205,7 +205,7 @@ def run_large(history: int, backlog: int, small: int) -> None:
         stale = [timed(url, sql, batch) for sql in (COMPLETE, COMPLETE_V1)]
         analyze(url)
         fresh = [timed(url, sql, batch) for sql in (COMPLETE, COMPLETE_V1)]
-        for i, version in enumerate(("v2", "v1")):
+        for i, version in enumerate(("v3", "v1")):
             figures.append(
                 (
                     f"completion batch of 256 ms ({version})",

@@ -30,3 +30,22 @@ class MapThousand(Flow, slug="bench_map"):
 
 
 FLOWS = [NoOp, Chain3, MapThousand]
+
+
+class NoOpLimited(Flow, slug="bench_noop_limited", concurrency=1_000_000):
+    """NoOp with a flow limit that never binds: what the limited claim costs by itself."""
+
+    @step()
+    async def only(self, input):
+        return None
+
+
+class NoOpPerKey(Flow, slug="bench_noop_per_key", concurrency_key="k", key_concurrency=100):
+    """NoOp limited per key (the runs spread over 64 keys): the ranking's cost."""
+
+    @step()
+    async def only(self, input):
+        return None
+
+
+FLOWS += [NoOpLimited, NoOpPerKey]

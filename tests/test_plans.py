@@ -231,9 +231,42 @@ def test_the_claim_reads_the_queue_index_in_order_without_sorting(
         "SELECT * FROM tideflow.claim_tasks_v1('w2', ARRAY['hist'], 256, %(now)s, 30)",
         {"now": NOW},
     )
-    (plan,) = plans[:1]
+    (plan,) = [p for p in plans if "UPDATE tideflow.tasks" in p]
     assert "Index Scan using tasks_queued on tasks q" in plan, plan
     assert "Sort" not in plan and "Seq Scan" not in plan, plan
+    # The locked rows are found again by address, not by a second descent of the key (0018).
+    assert "Tid Scan on tasks t" in plan and "tasks_pkey" not in plan, plan
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"concurrency": 50},
+        {"concurrency": 50, "key": ["k"], "key_concurrency": 1, "steps": {"only": 9}},
+    ],
+)
+def test_a_limited_claim_counts_through_its_index(
+    hot: psycopg.Connection[Any], limits: dict[str, Any]
+) -> None:
+    """Queue limits (0019): the slots in use are a range of tasks_limited, and the candidates
+    the queue index in order - no scan of the tasks, whatever the statistics."""
+    hot.execute(
+        "INSERT INTO tideflow.flow_limits VALUES ('hist', %(limits)s, '[]', %(now)s)",
+        {"limits": json.dumps(limits), "now": NOW},
+    )
+    try:
+        plans = _nested_plans(
+            hot,
+            "SELECT * FROM tideflow.claim_tasks_v1('w2', ARRAY['hist'], 256, %(now)s, 30)",
+            {"now": NOW},
+        )
+    finally:
+        hot.execute("DELETE FROM tideflow.flow_limits")
+    (plan,) = [p for p in plans if "UPDATE tideflow.tasks" in p]
+    assert "Index Scan using tasks_queued on tasks q" in plan, plan
+    assert "tasks_limited" in plan and "Tid Scan on tasks t" in plan, plan
+    for each in plans:
+        assert "Seq Scan on tasks" not in each and "Seq Scan on runs" not in each, each
 
 
 def test_stalled_tasks_are_found_through_the_lease_index(
@@ -272,8 +305,11 @@ def test_transitions_of_a_started_run_probe_its_primary_key(
 
 
 def test_retention_finds_old_runs_through_their_age(planned: psycopg.Connection[Any]) -> None:
+    """Oldest first through the index of runs by start (0018 dropped the one by finished_at,
+    which every run's end paid an entry for): never a scan of the table, never a sort."""
     plan = _explain(planned, "finished_runs_before", before=NOW - timedelta(hours=5), limit=500)
-    assert "runs_by_finished" in plan, plan
+    assert "runs_by_started" in plan, plan
+    assert "Seq Scan" not in plan and "Sort" not in plan, plan
 
 
 @pytest.mark.parametrize(

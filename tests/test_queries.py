@@ -25,6 +25,7 @@ STORES = (
     "process_store.py",
     "timer_store.py",
     "monitor_store.py",
+    "queue_limits.py",
 )
 DIALECTS = ("postgres", "sqlite")
 
@@ -43,6 +44,12 @@ ONLY_IN = {
     },
     # SQLite's append by statements (SQLiteDatabase.append_events); PostgreSQL's is a function.
     "sqlite": {
+        # The limited claim by statements (storage/queue_limits.py); PostgreSQL's is in
+        # claim_tasks_v1.
+        "limited_flows",
+        "count_limited_started",
+        "claim_limited_tasks",
+        "record_rate_claims",
         "insert_idempotency_key",
         "insert_event",
         "set_stream_version",

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from tideflow.errors import InvalidSlugError
 from tideflow.flows.conditions import SkipMode
+from tideflow.flows.limits import QueueLimits
 
 SLUG_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 MAX_SLUG_LENGTH = 128
@@ -145,6 +146,9 @@ class FlowDefinition:
     #: ``Flow(reports=True)``: runs append their end to the event log. An option, outside the
     #: version, stored with the shape so that a run started by slug alone reports too.
     reports: bool = False
+    #: Queue limits (``tideflow.flows.limits``): options like ``reports``, outside the version,
+    #: stored with the shape and in ``flow_limits``, where every worker's claim reads them.
+    limits: QueueLimits | None = None
     version: str = field(init=False)
 
     def __post_init__(self) -> None:

@@ -25,7 +25,7 @@ import asyncio
 import inspect
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, TypeGuard, TypeVar, overload
 
 from tideflow.errors import (
@@ -44,6 +44,7 @@ from tideflow.flows.definition import (
     StepDefinition,
     check_slug,
 )
+from tideflow.flows.limits import check_limits
 from tideflow.jsonutil import dumps
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -104,6 +105,7 @@ class _StepSpec:
     if_not: Any = None
     when_unmet: SkipMode = "skip"
     when_failed: SkipMode = "fail"
+    concurrency: int | None = None
 
 
 @overload
@@ -124,6 +126,7 @@ def step(
     if_not: Any = None,
     when_unmet: SkipMode = "skip",
     when_failed: SkipMode = "fail",
+    concurrency: int | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -144,6 +147,7 @@ def step(
     if_not: Any = None,
     when_unmet: SkipMode = "skip",
     when_failed: SkipMode = "fail",
+    concurrency: int | None = None,
 ) -> F | Callable[[F], F]:
     """Mark a method of a ``Flow`` as a step.
 
@@ -162,6 +166,9 @@ def step(
     the step (its dependents run without its output), ``"skip_cascade"`` (skip it and every step
     after it) or ``"fail"`` the run. ``when_failed``: the same choice for a task that failed for
     good (out of attempts or stalls, or not retryable); ``"fail"``, the default, fails the run.
+
+    ``concurrency``: at most that many of this step's tasks execute at once, across every worker
+    (a queue limit: ``tideflow.flows.limits``).
     """
     if isinstance(depends_on, str):
         depends_on = (depends_on,)
@@ -179,6 +186,7 @@ def step(
         if_not=if_not,
         when_unmet=when_unmet,
         when_failed=when_failed,
+        concurrency=concurrency,
     )
 
     def mark(fn: F) -> F:
@@ -203,6 +211,12 @@ class Flow:
     ``class Import(Flow, slug="import", max_attempts=3, base_delay=1, max_delay=300, timeout=60,
     max_stalls=3, reports=False)``.
 
+    Queue limits, enforced by the claim across every worker (``tideflow.flows.limits``):
+    ``concurrency=N`` (the flow's tasks executing at once), ``concurrency_key="customer_id"``
+    with ``key_concurrency=N`` (per value of that field of the run input, or of a JSON path
+    ``"$.customer.id"``; 1 unless given), ``rate_limit=(N, seconds)`` (claims per window), and
+    ``@step(concurrency=N)``.
+
     ``reports=True``: every run's end is appended to the event log (``FlowRunCompleted``,
     ``FlowRunFailed``, ``FlowRunCancelled`` on stream ``run-<run id>``), in the transaction that
     ends it - for event handlers and process managers to follow. Runs a process manager starts
@@ -223,6 +237,10 @@ class Flow:
         timeout: float | None = None,
         max_stalls: int = DEFAULT_MAX_STALLS,
         reports: bool = False,
+        concurrency: int | None = None,
+        concurrency_key: str | None = None,
+        key_concurrency: int | None = None,
+        rate_limit: tuple[int, float] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init_subclass__(**kwargs)
@@ -236,10 +254,29 @@ class Flow:
             raise FlowDefinitionError(flow_slug, f"reports must be True or False, got {reports!r}")
         cls.slug = flow_slug
         cls.reports = reports
-        cls.definition = _build_definition(cls, flow_slug, retry, timeout, max_stalls, reports)
+        definition = _build_definition(cls, flow_slug, retry, timeout, max_stalls, reports)
+        limits = check_limits(
+            flow_slug,
+            concurrency,
+            concurrency_key,
+            key_concurrency,
+            rate_limit,
+            _step_concurrency(cls, definition),
+        )
+        cls.definition = replace(definition, limits=limits) if limits else definition
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} flow {self.slug!r} v{self.definition.version}>"
+
+
+def _step_concurrency(cls: type, definition: FlowDefinition) -> dict[str, object]:
+    """The ``@step(concurrency=...)`` of each step that sets one, by step slug."""
+    found: dict[str, object] = {}
+    for step_def in definition.steps:
+        spec = getattr(getattr(cls, step_def.method), _STEP_ATTR)
+        if spec.concurrency is not None:
+            found[step_def.slug] = spec.concurrency
+    return found
 
 
 def is_flow_class(obj: object) -> TypeGuard[type[Flow]]:

@@ -67,6 +67,7 @@ from tideflow.events.model import MAX_ID_LENGTH, ExpectedVersion, NewEvent
 from tideflow.events.upcasting import Upcasters
 from tideflow.flows.conditions import condition_met
 from tideflow.flows.definition import FlowDefinition, RetryPolicy, StepDefinition
+from tideflow.flows.limits import QueueLimits
 from tideflow.jsonutil import dumps, storable_text
 from tideflow.retrying import backoff_delay
 from tideflow.storage.database import EVENTS_CHANNEL, TASKS_CHANNEL, Database, Row, Tx
@@ -84,6 +85,7 @@ from tideflow.storage.flow_contract import (
     TaskKey,
     TaskRecord,
 )
+from tideflow.storage.queue_limits import claim_limited, sync_limits
 from tideflow.storage.rows import (
     batch,
     failure_record,
@@ -160,6 +162,7 @@ class SqlFlowStore:
         if not found or json.loads(found[0]["shape"]) != shape:
             with self._tx() as tx:
                 self._write_flow(tx, "record_flow", definition, shape)
+        sync_limits(self.db, self._tx, definition, self.clock.now())
         self._shapes.setdefault(key, _with_dependents(shape))
         self._known_versions.add(key)
         self._recorded.add(key)
@@ -837,14 +840,21 @@ class SqlFlowStore:
     ) -> list[ClaimedTask]:
         if not flow_slugs or limit <= 0:
             return []
-        rows = tx.rows(
-            "claim_tasks",
-            worker_id=worker_id,
-            flow_slugs=list(flow_slugs),
-            limit=limit,
-            now=self.clock.now(),
-            margin=lease_margin,
-        )
+        now = self.clock.now()
+        rows: list[Row] = []
+        if tx.dialect == "sqlite":
+            # No stored functions: flows with queue limits are claimed here, then the rest
+            # (PostgreSQL's claim_tasks_v1 does both in the server; storage/queue_limits.py).
+            rows = claim_limited(tx, worker_id, list(flow_slugs), limit, now, lease_margin)
+        if len(rows) < limit:
+            rows += tx.rows(
+                "claim_tasks",
+                worker_id=worker_id,
+                flow_slugs=list(flow_slugs),
+                limit=limit - len(rows),
+                now=now,
+                margin=lease_margin,
+            )
         if not rows:
             return []
         runs = {
@@ -1057,6 +1067,8 @@ def stored_shape(definition: FlowDefinition) -> dict[str, Any]:
         ],
         "leaves": list(definition.leaves),
         "reports": definition.reports,
+        # Only when set: a flow without limits keeps the shape it had stored.
+        **({"limits": definition.limits.to_json()} if definition.limits else {}),
     }
 
 
@@ -1101,6 +1113,7 @@ def definition_from_shape(shape: dict[str, Any]) -> FlowDefinition:
         retry=RetryPolicy(),
         timeout=None,
         reports=bool(shape.get("reports", False)),
+        limits=QueueLimits.from_json(shape["limits"]) if shape.get("limits") else None,
     )
     if definition.version != shape["version"]:  # pragma: no cover - a hand-edited row
         raise FlowNotFoundError(

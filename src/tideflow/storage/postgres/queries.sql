@@ -339,13 +339,17 @@ SELECT b.run_id, %(flow_slug)s, %(flow_version)s, 'started', b.input::jsonb,
 FROM jsonb_to_recordset(%(rows)s::jsonb) AS b(run_id text, input text, report text)
 
 -- name: finished_runs_before
--- Retention, one batch: the runs that ended before the cut-off, oldest first (runs_by_finished,
--- 0012). A run still owed its report (none should be: the transaction that ends a run clears it)
--- is kept; the store skips it. Tested in the select list, not the filter, so that it does not
--- sway the planner away from the index when the table has no statistics.
+-- Retention, one batch: the runs that ended before the cut-off, oldest first, through
+-- runs_by_started read from its old end (0018 dropped the index by finished_at, which cost every
+-- run's end an index entry): a run that finished before the cut-off started before it, so the
+-- bound on started_at is the index range and the one on finished_at keeps the result exact. A
+-- run still going that started before the cut-off is read and passed over by each batch. A run
+-- still owed its report (none should be: the transaction that ends a run clears it) is kept;
+-- the store skips it. Tested in the select list, not the filter, so that it does not sway the
+-- planner away from the index when the table has no statistics.
 SELECT run_id, report IS NOT NULL AS owed FROM tideflow.runs
-WHERE finished_at < %(before)s AND status <> 'started'
-ORDER BY finished_at
+WHERE started_at < %(before)s AND finished_at < %(before)s AND status <> 'started'
+ORDER BY started_at
 LIMIT %(limit)s
 FOR UPDATE SKIP LOCKED
 
@@ -382,3 +386,18 @@ WHERE run_id = ANY(%(run_ids)s) AND trace_context IS NOT NULL
 -- name: get_finished_runs
 SELECT run_id, flow_slug, flow_version, status, input, output, error, started_at, finished_at
 FROM tideflow.runs WHERE run_id = ANY(%(run_ids)s) AND status <> 'started'
+
+-- name: get_flow_limits
+-- Queue limits (0019): the claim (claim_tasks_v1) reads flow_limits itself; these keep the row
+-- in step with the workers' code.
+SELECT limits FROM tideflow.flow_limits WHERE flow_slug = %(flow_slug)s
+
+-- name: set_flow_limits
+-- A worker starting with limits in its code: they replace the stored ones (the rate window
+-- carries over).
+INSERT INTO tideflow.flow_limits (flow_slug, limits, recent_claims, updated_at)
+VALUES (%(flow_slug)s, %(limits)s, '[]', %(now)s)
+ON CONFLICT (flow_slug) DO UPDATE SET limits = excluded.limits, updated_at = excluded.updated_at
+
+-- name: delete_flow_limits
+DELETE FROM tideflow.flow_limits WHERE flow_slug = %(flow_slug)s

@@ -1,4 +1,4 @@
--- tideflow schema for PostgreSQL: the result of migrations 0001-0017, written
+-- tideflow schema for PostgreSQL: the result of migrations 0001-0019, written
 -- out for readers.
 --
 -- What this file is. The tables, indexes and functions that `tideflow migrate` (store.migrate())
@@ -13,8 +13,8 @@
 -- readers never miss an event (0002, 0004), handler leases (0003), process managers (0005),
 -- stalls (0007), process timers (0008), undo and retention of instances (0009), deleting
 -- streams (0010), runs that report back (0011), flat cost as data grows (0012), skipped steps and
--- conditional runs (0016), bulk starts (0017). A schema change is a new migration AND the
--- matching edit here.
+-- conditional runs (0016), bulk starts (0017), fewer writes per claim and completion (0018), queue
+-- limits (0019). A schema change is a new migration AND the matching edit here.
 --
 -- How it stays honest. tests/test_schema.py applies the migrations to one empty database and
 -- this file to another, and compares their catalogs: tables, columns (name, type, nullability,
@@ -24,7 +24,7 @@
 -- tables and columns, in mapped types.
 --
 -- Using it. Run on an empty database (psql -v ON_ERROR_STOP=1 -f schema.sql), it gives a database
--- that tideflow treats as fully migrated: it records versions 1-17 in
+-- that tideflow treats as fully migrated: it records versions 1-19 in
 -- schema_migrations as applied, so a later `tideflow migrate` applies only the migrations this
 -- file lacks. Prefer `tideflow migrate`.
 --
@@ -89,8 +89,6 @@ CREATE INDEX runs_by_flow ON tideflow.runs (flow_slug, started_at DESC, run_id);
 -- 'started'` cannot be planned through it, whatever the statistics (0012).
 CREATE INDEX runs_finished_by_status ON tideflow.runs (status, started_at DESC, run_id)
     WHERE status <> 'started';
--- Retention: finished runs by age (0012).
-CREATE INDEX runs_by_finished ON tideflow.runs (finished_at) WHERE finished_at IS NOT NULL;
 
 CREATE TABLE tideflow.run_steps (
     run_id          text        NOT NULL REFERENCES tideflow.runs (run_id) ON DELETE CASCADE,
@@ -145,6 +143,9 @@ CREATE TABLE tideflow.tasks (
     finished_at      timestamptz,
     -- 0007: lease expiries that requeued the task without counting an attempt.
     stalls           integer     NOT NULL DEFAULT 0 CHECK (stalls >= 0),
+    -- 0019: the task's queue-limit key (JSON text; '' without a key) while a limited claim
+    -- holds it; NULL for tasks of flows without limits.
+    limit_key        text,
     PRIMARY KEY (run_id, step_slug, task_index),
     FOREIGN KEY (run_id, step_slug) REFERENCES tideflow.run_steps (run_id, step_slug)
         ON DELETE CASCADE
@@ -155,6 +156,17 @@ CREATE INDEX tasks_queued ON tideflow.tasks (visible_at) WHERE status = 'queued'
 -- Stalled-task recovery reads only this one: keyed on leases, not on the 'started' status, so
 -- that completions and heartbeats (by key and status) are never planned through it (0012).
 CREATE INDEX tasks_leased ON tideflow.tasks (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
+-- What the limited claim counts: started tasks of limited flows, by step and key (0019).
+CREATE INDEX tasks_limited ON tideflow.tasks (flow_slug, step_slug, limit_key)
+    WHERE status = 'started' AND limit_key IS NOT NULL;
+
+-- Queue limits of the flows that have them, and their rate window (0019).
+CREATE TABLE tideflow.flow_limits (
+    flow_slug     text        PRIMARY KEY,
+    limits        jsonb       NOT NULL,
+    recent_claims jsonb       NOT NULL,  -- epoch seconds of the claims in the rate window
+    updated_at    timestamptz NOT NULL
+);
 
 -- Failed attempts with their exception type, message and traceback (0014).
 CREATE TABLE tideflow.task_failures (
@@ -935,6 +947,111 @@ END $$;
 -- Claim up to p_limit visible queued tasks of the given flows for p_worker: the claim of
 -- queries.sql (0001's model: FOR UPDATE SKIP LOCKED, so concurrent claims pass over each other)
 -- with each task's run input, flow version and report columns. See 2 above for the SET clauses.
+-- Claim up to p_limit tasks of limited flow p_flow for p_worker, within its limits (see above).
+-- Returns the rows claim_tasks_v1 returns.
+CREATE FUNCTION tideflow._claim_limited_v1(p_worker text, p_flow text, p_limit integer,
+                                           p_now timestamptz, p_margin double precision)
+RETURNS TABLE (run_id text, step_slug text, task_index integer, flow_slug text,
+               attempts integer, input jsonb, timeout double precision,
+               lease_expires_at timestamptz, run_input jsonb, flow_version text,
+               reports boolean, correlation_id text)
+LANGUAGE plpgsql
+-- enable_sort on: the ranking sorts the candidates, and claim_tasks_v1, the caller, turns sorts
+-- off - a plan costed with disabled sorts looks expensive enough to be JIT-compiled, 600 ms a
+-- call. jit off for the same reason.
+SET enable_seqscan = off SET enable_bitmapscan = off SET enable_sort = on SET jit = off
+AS $$
+#variable_conflict use_column
+DECLARE
+    v_limits jsonb;
+    v_recent jsonb;
+    v_allow integer := p_limit;
+    v_busy integer;
+    v_now double precision := extract(epoch FROM p_now);
+    v_path text[];
+    v_n integer;
+BEGIN
+    SELECT l.limits, l.recent_claims INTO v_limits, v_recent
+    FROM tideflow.flow_limits l WHERE l.flow_slug = p_flow
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN;  -- its limits were removed meanwhile: the next claim takes it plainly
+    END IF;
+    IF v_limits ? 'rate' THEN  -- the claims of the last `per` seconds
+        SELECT coalesce(jsonb_agg(e.value), '[]'::jsonb) INTO v_recent
+        FROM jsonb_array_elements(v_recent) AS e(value)
+        WHERE (e.value #>> '{}')::double precision > v_now - (v_limits ->> 'per')::double precision;
+        v_allow := least(v_allow, (v_limits ->> 'rate')::integer - jsonb_array_length(v_recent));
+    END IF;
+    IF v_limits ? 'concurrency' THEN
+        SELECT count(*) INTO v_busy FROM tideflow.tasks s
+        WHERE s.flow_slug = p_flow AND s.status = 'started' AND s.limit_key IS NOT NULL;
+        v_allow := least(v_allow, (v_limits ->> 'concurrency')::integer - v_busy);
+    END IF;
+    IF v_allow <= 0 THEN
+        RETURN;
+    END IF;
+    v_path := ARRAY(SELECT jsonb_array_elements_text(coalesce(v_limits -> 'key', '[]')));
+    RETURN QUERY
+    WITH busy AS (
+        SELECT s.step_slug, s.limit_key, count(*)::integer AS n FROM tideflow.tasks s
+        WHERE s.flow_slug = p_flow AND s.status = 'started' AND s.limit_key IS NOT NULL
+        GROUP BY s.step_slug, s.limit_key
+    ), candidates AS (
+        -- Not locked: the flow's limited claims take turns (the lock above), and the UPDATE
+        -- below finds each row by the address this snapshot saw - a row another transaction
+        -- changed since (cancelled, say) has another address by then and is passed over.
+        -- Without a key or a step limit the first v_allow are the ones to take; with one,
+        -- up to 1,000 are ranked.
+        SELECT q.ctid AS tid, q.step_slug, q.visible_at,
+               CASE WHEN cardinality(v_path) = 0 THEN ''
+                    ELSE coalesce((SELECT (r.input #> v_path)::text FROM tideflow.runs r
+                                   WHERE r.run_id = q.run_id), 'null') END AS k
+        FROM tideflow.tasks q
+        WHERE q.status = 'queued' AND q.visible_at <= p_now AND q.flow_slug = p_flow
+        ORDER BY q.visible_at
+        LIMIT CASE WHEN cardinality(v_path) = 0 AND NOT v_limits ? 'steps' THEN v_allow
+                   ELSE 1000 END
+    ), ranked AS (
+        SELECT c.*,
+               row_number() OVER (PARTITION BY c.k ORDER BY c.visible_at, c.tid) AS key_rank,
+               row_number() OVER (PARTITION BY c.step_slug ORDER BY c.visible_at, c.tid)
+                   AS step_rank
+        FROM candidates c
+    ), picked AS (
+        SELECT x.tid, x.k FROM ranked x
+        WHERE (cardinality(v_path) = 0
+               OR x.key_rank <= (v_limits ->> 'key_concurrency')::integer
+                   - coalesce((SELECT sum(b.n) FROM busy b WHERE b.limit_key = x.k), 0))
+          AND (v_limits -> 'steps' -> x.step_slug IS NULL
+               OR x.step_rank <= (v_limits -> 'steps' ->> x.step_slug)::integer
+                   - coalesce((SELECT sum(b.n) FROM busy b WHERE b.step_slug = x.step_slug), 0))
+        ORDER BY x.visible_at, x.tid
+        LIMIT v_allow
+    ), claimed AS (
+        UPDATE tideflow.tasks t
+        SET status = 'started', attempts = t.attempts + 1, worker_id = p_worker,
+            started_at = p_now,
+            lease_expires_at = p_now + make_interval(secs => COALESCE(t.timeout, 0) + p_margin),
+            limit_key = p.k
+        FROM picked p
+        WHERE t.ctid = p.tid
+        RETURNING t.run_id, t.step_slug, t.task_index, t.flow_slug, t.attempts, t.input,
+                  t.timeout, t.lease_expires_at
+    )
+    SELECT c.run_id, c.step_slug, c.task_index, c.flow_slug, c.attempts, c.input, c.timeout,
+           c.lease_expires_at, r.input, r.flow_version, r.report IS NOT NULL,
+           r.report ->> 'correlation_id'
+    FROM claimed c JOIN tideflow.runs r ON r.run_id = c.run_id;
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    IF v_limits ? 'rate' THEN
+        UPDATE tideflow.flow_limits
+        SET recent_claims = v_recent || (SELECT coalesce(jsonb_agg(to_jsonb(v_now)), '[]'::jsonb)
+                                         FROM generate_series(1, v_n))
+        WHERE flow_slug = p_flow;
+    END IF;
+END $$;
+
 CREATE FUNCTION tideflow.claim_tasks_v1(p_worker text, p_flows text[], p_limit integer,
                                         p_now timestamptz, p_margin double precision)
 RETURNS TABLE (run_id text, step_slug text, task_index integer, flow_slug text,
@@ -945,22 +1062,43 @@ LANGUAGE plpgsql
 SET enable_sort = off SET enable_seqscan = off SET enable_bitmapscan = off
 AS $$
 #variable_conflict use_column
+DECLARE
+    v_limited text[];
+    v_free text[] := p_flows;
+    v_flow text;
+    v_left integer := p_limit;
+    v_n integer;
 BEGIN
+    SELECT array_agg(l.flow_slug ORDER BY l.flow_slug) INTO v_limited
+    FROM tideflow.flow_limits l WHERE l.flow_slug = ANY(p_flows);
+    IF v_limited IS NOT NULL THEN
+        FOREACH v_flow IN ARRAY v_limited LOOP
+            EXIT WHEN v_left <= 0;
+            RETURN QUERY SELECT * FROM tideflow._claim_limited_v1(p_worker, v_flow, v_left, p_now,
+                                                                  p_margin);
+            GET DIAGNOSTICS v_n = ROW_COUNT;
+            v_left := v_left - v_n;
+        END LOOP;
+        v_free := ARRAY(SELECT f FROM unnest(p_flows) AS f WHERE f <> ALL(v_limited));
+        IF v_left <= 0 OR cardinality(v_free) = 0 THEN
+            RETURN;
+        END IF;
+    END IF;
     RETURN QUERY
     WITH claimed AS (
         UPDATE tideflow.tasks t
         SET status = 'started', attempts = t.attempts + 1, worker_id = p_worker,
             started_at = p_now,
-            lease_expires_at = p_now + make_interval(secs => COALESCE(t.timeout, 0) + p_margin)
+            lease_expires_at = p_now + make_interval(secs => COALESCE(t.timeout, 0) + p_margin),
+            limit_key = NULL
         FROM (
-            SELECT q.run_id, q.step_slug, q.task_index FROM tideflow.tasks q
-            WHERE q.status = 'queued' AND q.visible_at <= p_now AND q.flow_slug = ANY(p_flows)
+            SELECT q.ctid AS tid FROM tideflow.tasks q
+            WHERE q.status = 'queued' AND q.visible_at <= p_now AND q.flow_slug = ANY(v_free)
             ORDER BY q.visible_at
-            LIMIT p_limit
+            LIMIT v_left
             FOR UPDATE SKIP LOCKED
         ) picked
-        WHERE t.run_id = picked.run_id AND t.step_slug = picked.step_slug
-          AND t.task_index = picked.task_index
+        WHERE t.ctid = picked.tid
         RETURNING t.run_id, t.step_slug, t.task_index, t.flow_slug, t.attempts, t.input,
                   t.timeout, t.lease_expires_at
     )
@@ -1184,11 +1322,13 @@ BEGIN
     IF v_finished = '[]'::jsonb THEN
         RETURN;
     END IF;
+    IF v_finished @? '$[*] ? (@.kind == "map")' THEN
     UPDATE tideflow.run_steps s SET output = (
         SELECT jsonb_agg(t.output ORDER BY t.task_index) FROM tideflow.tasks t
         WHERE t.run_id = s.run_id AND t.step_slug = s.step_slug)
     FROM jsonb_to_recordset(v_finished) AS m(run_id text, step_slug text, kind text)
     WHERE m.kind = 'map' AND s.run_id = m.run_id AND s.step_slug = m.step_slug;
+    END IF;
     -- Count the completed steps off their runs, completing a run after its last step with its
     -- leaf steps' outputs; v_next: the completed steps with dependents, of runs going on.
     WITH counted AS (
@@ -1223,7 +1363,7 @@ BEGIN
     notify := v_notify;
 END $$;
 
--- A database created from this file has every migration up to 0017: record them, so that
+-- A database created from this file has every migration up to 0019: record them, so that
 -- `tideflow migrate` applies only later ones. applied_at is when this file ran.
 INSERT INTO tideflow.schema_migrations (version, name, applied_at) VALUES
     (1, 'initial', now()),
@@ -1242,6 +1382,8 @@ INSERT INTO tideflow.schema_migrations (version, name, applied_at) VALUES
     (14, 'observability', now()),
     (15, 'worker_heartbeats', now()),
     (16, 'step_skips', now()),
-    (17, 'bulk_start', now());
+    (17, 'bulk_start', now()),
+    (18, 'fewer_writes', now()),
+    (19, 'queue_limits', now());
 
 COMMIT;

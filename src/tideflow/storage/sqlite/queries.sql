@@ -170,13 +170,17 @@ ORDER BY started_at DESC, run_id
 LIMIT %(limit)s OFFSET %(offset)s
 
 -- name: claim_tasks
+-- Flows with queue limits (flow_limits, 0019) are left out: the store claims their tasks with
+-- claim_limited_tasks first (storage/queue_limits.py).
 UPDATE tasks
 SET status = 'started', attempts = attempts + 1, worker_id = %(worker_id)s,
-    started_at = %(now)s, lease_expires_at = %(now)s + COALESCE(timeout, 0) + %(margin)s
+    started_at = %(now)s, lease_expires_at = %(now)s + COALESCE(timeout, 0) + %(margin)s,
+    limit_key = NULL
 WHERE rowid IN (
     SELECT rowid FROM tasks
     WHERE status = 'queued' AND visible_at <= %(now)s
       AND flow_slug IN (SELECT value FROM json_each(%(flow_slugs)s))
+      AND flow_slug NOT IN (SELECT flow_slug FROM flow_limits)
     ORDER BY visible_at
     LIMIT %(limit)s
 )
@@ -328,13 +332,17 @@ SELECT value ->> 'run_id', %(flow_slug)s, %(flow_version)s, 'started', value ->>
 FROM json_each(%(rows)s)
 
 -- name: finished_runs_before
--- Retention, one batch: the runs that ended before the cut-off, oldest first (runs_by_finished,
--- 0012). A run still owed its report (none should be: the transaction that ends a run clears it)
--- is kept; the store skips it. Tested in the select list, not the filter, so that it does not
--- sway the planner away from the index when the table has no statistics.
+-- Retention, one batch: the runs that ended before the cut-off, oldest first, through
+-- runs_by_started read from its old end (0018 dropped the index by finished_at, which cost every
+-- run's end an index entry): a run that finished before the cut-off started before it, so the
+-- bound on started_at is the index range and the one on finished_at keeps the result exact. A
+-- run still going that started before the cut-off is read and passed over by each batch. A run
+-- still owed its report (none should be: the transaction that ends a run clears it) is kept;
+-- the store skips it. Tested in the select list, not the filter, so that it does not sway the
+-- planner away from the index when the table has no statistics.
 SELECT run_id, report IS NOT NULL AS owed FROM runs
-WHERE finished_at < %(before)s AND status <> 'started'
-ORDER BY finished_at
+WHERE started_at < %(before)s AND finished_at < %(before)s AND status <> 'started'
+ORDER BY started_at
 LIMIT %(limit)s
 
 -- name: delete_run_tasks
@@ -370,3 +378,76 @@ WHERE run_id IN (SELECT value FROM json_each(%(run_ids)s)) AND trace_context IS 
 -- name: get_finished_runs
 SELECT run_id, flow_slug, flow_version, status, input, output, error, started_at, finished_at
 FROM runs WHERE run_id IN (SELECT value FROM json_each(%(run_ids)s)) AND status <> 'started'
+
+-- name: limited_flows
+-- Queue limits (0019): which of a worker's flows have limits, with their rate window.
+SELECT flow_slug, limits, recent_claims FROM flow_limits
+WHERE flow_slug IN (SELECT value FROM json_each(%(flow_slugs)s))
+ORDER BY flow_slug
+
+-- name: count_limited_started
+SELECT count(*) AS n FROM tasks
+WHERE flow_slug = %(flow_slug)s AND status = 'started' AND limit_key IS NOT NULL
+
+-- name: claim_limited_tasks
+-- Up to %(allow)s of the next 1,000 visible queued tasks of one limited flow, those whose rank
+-- per key and per step fits the free slots of their key and step (PostgreSQL's
+-- _claim_limited_v1, 0019, is the same statement). %(key_path)s: '$.a.b', or NULL without a
+-- key; %(steps)s: {step slug: concurrency}.
+WITH busy AS (
+    SELECT step_slug, limit_key, count(*) AS n FROM tasks
+    WHERE flow_slug = %(flow_slug)s AND status = 'started' AND limit_key IS NOT NULL
+    GROUP BY step_slug, limit_key
+), candidates AS (
+    SELECT t.rowid AS rid, t.step_slug, t.visible_at,
+           CASE WHEN %(key_path)s IS NULL THEN ''
+                ELSE coalesce((SELECT r.input -> %(key_path)s FROM runs r
+                               WHERE r.run_id = t.run_id), 'null') END AS k
+    FROM tasks t
+    WHERE t.status = 'queued' AND t.visible_at <= %(now)s AND t.flow_slug = %(flow_slug)s
+    ORDER BY t.visible_at
+    LIMIT CASE WHEN %(key_path)s IS NULL AND %(steps)s = '{}' THEN %(allow)s ELSE 1000 END
+), ranked AS (
+    SELECT c.*,
+           row_number() OVER (PARTITION BY c.k ORDER BY c.visible_at, c.rid) AS key_rank,
+           row_number() OVER (PARTITION BY c.step_slug ORDER BY c.visible_at, c.rid) AS step_rank
+    FROM candidates c
+), picked AS MATERIALIZED (
+    SELECT x.rid, x.k FROM ranked x
+    WHERE (%(key_path)s IS NULL
+           OR x.key_rank <= %(key_concurrency)s
+               - coalesce((SELECT sum(b.n) FROM busy b WHERE b.limit_key = x.k), 0))
+      AND (json_extract(%(steps)s, '$.' || x.step_slug) IS NULL
+           OR x.step_rank <= json_extract(%(steps)s, '$.' || x.step_slug)
+               - coalesce((SELECT sum(b.n) FROM busy b WHERE b.step_slug = x.step_slug), 0))
+    ORDER BY x.visible_at, x.rid
+    LIMIT %(allow)s
+)
+UPDATE tasks
+SET status = 'started', attempts = attempts + 1, worker_id = %(worker_id)s,
+    started_at = %(now)s, lease_expires_at = %(now)s + COALESCE(timeout, 0) + %(margin)s,
+    limit_key = picked.k
+FROM picked
+WHERE tasks.rowid = picked.rid
+RETURNING run_id, step_slug, task_index, flow_slug, attempts, input, timeout, lease_expires_at,
+          (SELECT r.input FROM runs r WHERE r.run_id = tasks.run_id) AS run_input,
+          (SELECT r.flow_version FROM runs r WHERE r.run_id = tasks.run_id) AS flow_version,
+          (SELECT r.report IS NOT NULL FROM runs r WHERE r.run_id = tasks.run_id) AS reports,
+          (SELECT json_extract(r.report, '$.correlation_id') FROM runs r
+           WHERE r.run_id = tasks.run_id) AS correlation_id
+
+-- name: record_rate_claims
+UPDATE flow_limits SET recent_claims = %(recent_claims)s WHERE flow_slug = %(flow_slug)s
+
+-- name: get_flow_limits
+SELECT limits FROM flow_limits WHERE flow_slug = %(flow_slug)s
+
+-- name: set_flow_limits
+-- A worker starting with limits in its code: they replace the stored ones (the rate window
+-- carries over).
+INSERT INTO flow_limits (flow_slug, limits, recent_claims, updated_at)
+VALUES (%(flow_slug)s, %(limits)s, '[]', %(now)s)
+ON CONFLICT (flow_slug) DO UPDATE SET limits = excluded.limits, updated_at = excluded.updated_at
+
+-- name: delete_flow_limits
+DELETE FROM flow_limits WHERE flow_slug = %(flow_slug)s

@@ -1,4 +1,4 @@
--- tideflow schema for SQLite: the result of migrations 0001-0017, written out
+-- tideflow schema for SQLite: the result of migrations 0001-0019, written out
 -- for readers.
 --
 -- What this file is. The tables and indexes that `tideflow migrate` (store.migrate()) leaves in the
@@ -26,7 +26,7 @@
 -- SQLite has one writer at a time and so hands out event positions in commit order.
 --
 -- Using it. Run on an empty file (sqlite3 tideflow.db < schema.sql), it gives a database that
--- tideflow treats as fully migrated: it records versions 1-17 in schema_migrations as
+-- tideflow treats as fully migrated: it records versions 1-19 in schema_migrations as
 -- applied, so a later `tideflow migrate` applies only the migrations this file lacks. A writer (a
 -- worker, `tideflow migrate`) switches the file to WAL mode when it opens it. Prefer `tideflow
 -- migrate`.
@@ -77,8 +77,6 @@ CREATE INDEX runs_by_flow ON runs (flow_slug, started_at DESC, run_id);
 -- 'started'` cannot use it (0012).
 CREATE INDEX runs_finished_by_status ON runs (status, started_at DESC, run_id)
     WHERE status <> 'started';
--- Retention: finished runs by age (0012).
-CREATE INDEX runs_by_finished ON runs (finished_at) WHERE finished_at IS NOT NULL;
 
 CREATE TABLE run_steps (
     run_id          TEXT NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
@@ -131,6 +129,7 @@ CREATE TABLE tasks (
     finished_at      REAL,
     -- 0007: lease expiries that requeued the task without counting an attempt.
     stalls           INTEGER NOT NULL DEFAULT 0 CHECK (stalls >= 0),
+    limit_key        TEXT,                          -- 0019: queue-limit key while claimed
     PRIMARY KEY (run_id, step_slug, task_index),
     FOREIGN KEY (run_id, step_slug) REFERENCES run_steps (run_id, step_slug) ON DELETE CASCADE
 );
@@ -139,6 +138,16 @@ CREATE INDEX tasks_queued ON tasks (visible_at) WHERE status = 'queued';
 -- Stalled-task recovery reads only this one: keyed on leases, not on the 'started' status, so
 -- that completions and heartbeats (by key and status) are never planned through it (0012).
 CREATE INDEX tasks_leased ON tasks (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
+CREATE INDEX tasks_limited ON tasks (flow_slug, step_slug, limit_key)
+    WHERE status = 'started' AND limit_key IS NOT NULL;                -- 0019
+
+-- Queue limits of the flows that have them, and their rate window (0019).
+CREATE TABLE flow_limits (
+    flow_slug     TEXT PRIMARY KEY,
+    limits        TEXT NOT NULL CHECK (json_valid(limits)),
+    recent_claims TEXT NOT NULL CHECK (json_valid(recent_claims)),
+    updated_at    REAL NOT NULL
+);
 
 -- Failed attempts with their exception type, message and traceback (0014).
 CREATE TABLE task_failures (
@@ -319,7 +328,7 @@ CREATE TABLE process_timers (
 CREATE INDEX process_timers_due ON process_timers (fire_at) WHERE fired_at IS NULL;
 
 
--- A database created from this file has every migration up to 0017: record them, so that
+-- A database created from this file has every migration up to 0019: record them, so that
 -- `tideflow migrate` applies only later ones. applied_at is when this script ran (Unix seconds).
 INSERT INTO schema_migrations (version, name, applied_at) VALUES
     (1, 'initial', (julianday('now') - 2440587.5) * 86400.0),
@@ -338,6 +347,8 @@ INSERT INTO schema_migrations (version, name, applied_at) VALUES
     (14, 'observability', (julianday('now') - 2440587.5) * 86400.0),
     (15, 'worker_heartbeats', (julianday('now') - 2440587.5) * 86400.0),
     (16, 'step_skips', (julianday('now') - 2440587.5) * 86400.0),
-    (17, 'bulk_start', (julianday('now') - 2440587.5) * 86400.0);
+    (17, 'bulk_start', (julianday('now') - 2440587.5) * 86400.0),
+    (18, 'fewer_writes', (julianday('now') - 2440587.5) * 86400.0),
+    (19, 'queue_limits', (julianday('now') - 2440587.5) * 86400.0);
 
 COMMIT;
