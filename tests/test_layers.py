@@ -84,6 +84,8 @@ LAYERS: dict[str, str] = {
     "tideflow.storage.handler_store": "stores",
     "tideflow.storage.process_store": "stores",
     "tideflow.storage.timer_store": "stores",
+    "tideflow.storage.schedule_contract": "contracts",
+    "tideflow.storage.schedule_store": "stores",
     "tideflow.storage.rows": "contracts",
     "tideflow.storage.sqlfile": "contracts",
     "tideflow.storage.urls": "contracts",
