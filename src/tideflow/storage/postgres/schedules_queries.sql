@@ -1,7 +1,11 @@
 -- Cron schedules (storage/schedule_store.py; the design is in migrations/0018_schedules.sql).
 
 -- name: upsert_schedule
--- A worker declaring its schedules (sync), only for rows that are missing or differ.
+-- A worker declaring its schedules (sync), only for rows that are missing or differ. The same
+-- series (cron and timezone unchanged) keeps its cursor as the row has it now, not as the worker
+-- read it before: two workers storing a new schedule at once, one of them firing a tick in
+-- between, must not move the cursor back (the tick's key would hold, but the cursor is the
+-- first guard).
 INSERT INTO tideflow.schedules (name, flow_slug, cron, timezone, input, catch_up, grace,
                                 last_tick_at, next_tick_at, created_at, updated_at)
 VALUES (%(name)s, %(flow_slug)s, %(cron)s, %(timezone)s, %(input)s::jsonb, %(catch_up)s,
@@ -9,7 +13,10 @@ VALUES (%(name)s, %(flow_slug)s, %(cron)s, %(timezone)s, %(input)s::jsonb, %(cat
 ON CONFLICT (name) DO UPDATE
 SET flow_slug = EXCLUDED.flow_slug, cron = EXCLUDED.cron, timezone = EXCLUDED.timezone,
     input = EXCLUDED.input, catch_up = EXCLUDED.catch_up, grace = EXCLUDED.grace,
-    last_tick_at = EXCLUDED.last_tick_at, next_tick_at = EXCLUDED.next_tick_at,
+    last_tick_at = CASE WHEN schedules.cron = EXCLUDED.cron AND schedules.timezone = EXCLUDED.timezone
+                        THEN schedules.last_tick_at ELSE EXCLUDED.last_tick_at END,
+    next_tick_at = CASE WHEN schedules.cron = EXCLUDED.cron AND schedules.timezone = EXCLUDED.timezone
+                        THEN schedules.next_tick_at ELSE EXCLUDED.next_tick_at END,
     updated_at = EXCLUDED.updated_at
 
 -- name: due_schedules

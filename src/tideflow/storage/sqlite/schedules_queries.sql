@@ -10,7 +10,10 @@ VALUES (%(name)s, %(flow_slug)s, %(cron)s, %(timezone)s, %(input)s, %(catch_up)s
 ON CONFLICT (name) DO UPDATE
 SET flow_slug = excluded.flow_slug, cron = excluded.cron, timezone = excluded.timezone,
     input = excluded.input, catch_up = excluded.catch_up, grace = excluded.grace,
-    last_tick_at = excluded.last_tick_at, next_tick_at = excluded.next_tick_at,
+    last_tick_at = CASE WHEN schedules.cron = excluded.cron AND schedules.timezone = excluded.timezone
+                        THEN schedules.last_tick_at ELSE excluded.last_tick_at END,
+    next_tick_at = CASE WHEN schedules.cron = excluded.cron AND schedules.timezone = excluded.timezone
+                        THEN schedules.next_tick_at ELSE excluded.next_tick_at END,
     updated_at = excluded.updated_at
 
 -- name: due_schedules
