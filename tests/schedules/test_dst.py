@@ -41,13 +41,11 @@ def test_fall_back_a_repeated_fixed_time_fires_once_at_its_first_occurrence() ->
 
 
 def test_wildcard_hours_follow_real_time() -> None:
-    spring = local_ticks(
-        "0 * * * *", datetime(2030, 3, 30, 23, 30, tzinfo=UTC), datetime(2030, 3, 31, 2, tzinfo=UTC)
-    )
+    night = datetime(2030, 3, 30, 23, 30, tzinfo=UTC)
+    spring = local_ticks("0 * * * *", night, night + timedelta(hours=2, minutes=30))
     assert spring == ["03-31 01:00+0100", "03-31 03:00+0200", "03-31 04:00+0200"]  # no 02:00
-    autumn = local_ticks(
-        "0 * * * *", datetime(2030, 10, 26, 23, 30, tzinfo=UTC), datetime(2030, 10, 27, 2, tzinfo=UTC)
-    )
+    night = datetime(2030, 10, 26, 23, 30, tzinfo=UTC)
+    autumn = local_ticks("0 * * * *", night, night + timedelta(hours=2, minutes=30))
     assert autumn == ["10-27 02:00+0200", "10-27 02:00+0100", "10-27 03:00+0100"]  # 02:00 twice
 
 
