@@ -66,7 +66,7 @@ def test_worker_processes_fire_each_tick_once_through_kills(db_url: str) -> None
     runs = tick_runs(app)
     assert len(runs) == len(set(runs))
     seconds = sorted(
-        datetime.strptime(r.removeprefix("schedule:heartbeat:"), "%Y-%m-%dT%H:%M:%SZ").timestamp()
+        datetime.strptime(r.removeprefix("schedule:heartbeat@"), "%Y-%m-%dT%H:%M:%SZ").timestamp()
         for r in runs
     )
     assert seconds == [seconds[0] + i for i in range(len(seconds))], "a tick was missed"

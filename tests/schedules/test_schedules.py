@@ -160,7 +160,7 @@ def test_catch_up_after_downtime(
     app.sync_schedules()
     assert app.fire_schedules() == []  # 00:00:30: nothing due yet
     clock.advance(40)  # 00:01:10, ten seconds late: within the grace
-    assert app.fire_schedules() == ["schedule:heartbeat:2030-01-01T00:01:00Z"]
+    assert app.fire_schedules() == ["schedule:heartbeat@2030-01-01T00:01:00Z"]
     assert app.fire_schedules() == []  # that tick is done
     clock.advance(330)  # 00:06:40: the workers were down for six ticks, the latest 40 s ago
     app.fire_schedules()
@@ -240,7 +240,7 @@ def test_many_processes_firing_at_once_fire_each_tick_once(
     beats = [t.tick_at for t in apps[0].schedule_ticks("heartbeat", 1000)]
     assert len(beats) == 35  # every second of the 35, once
     assert sorted(beats) == [START + timedelta(seconds=s) for s in range(1, 36)]
-    assert len([r for r in started if r.startswith("schedule:heartbeat:")]) == 35
+    assert len([r for r in started if r.startswith("schedule:heartbeat@")]) == 35
     assert len(apps[0].schedule_ticks("report_latest", 1000)) == 5  # the latest, each time
     assert len(started) == 40
     assert len(apps[0].list_runs(limit=1000)) == 40

@@ -52,7 +52,7 @@ class Schedule:
     tick of ``cron`` in ``timezone``; one run per tick, however many workers declare it.
 
     ``name`` (default: the target's slug) identifies the schedule - its row, its ticks, its
-    runs' ids ``schedule:<name>:<tick, UTC>`` - so two schedules of one target need names.
+    runs' ids ``schedule:<name>@<tick, UTC>`` - so two schedules of one target need names.
     ``catch_up`` says what a worker does with ticks it finds already past (all workers were
     down, or busy): ``"latest"`` (default) fires the latest missed tick only, ``"all"`` fires
     every one of them, oldest first, ``"none"`` fires a tick only while it is at most

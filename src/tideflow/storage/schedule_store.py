@@ -27,8 +27,9 @@ log = logging.getLogger("tideflow.worker")
 
 def tick_run_id(name: str, tick: datetime) -> str:
     """The run id of a schedule's tick: readable, and unique per (schedule, tick) like the tick
-    row's key - a second guard against a tick starting two runs."""
-    return f"schedule:{name}:{tick.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+    row's key - a second guard against a tick starting two runs. ``@`` rather than a second
+    ``:``: terminals that render ``:name:`` as an emoji would show ``schedule💓...``."""
+    return f"schedule:{name}@{tick.strftime('%Y-%m-%dT%H:%M:%SZ')}"
 
 
 class SqlScheduleStore:

@@ -12,7 +12,7 @@
 -- a tick fire once. Firing is one transaction of whichever worker gets there first: lock the
 -- schedule row FOR UPDATE SKIP LOCKED (a worker firing it already is passed over, not waited
 -- for), compute the due ticks from the locked cursor, insert each tick row and start its run
--- (run id schedule:<name>:<tick>) in the same transaction, move the cursor. The tick, its run
+-- (run id schedule:<name>@<tick>) in the same transaction, move the cursor. The tick, its run
 -- and the cursor commit together or not at all, so a worker killed mid-way leaves the tick to
 -- the next pass, and no interleaving of workers fires it twice: the row lock orders them, the
 -- cursor tells the later one it is done, and the primary key (and the run id's) would refuse a
