@@ -25,6 +25,7 @@ STORES = (
     "process_store.py",
     "timer_store.py",
     "monitor_store.py",
+    "schedule_store.py",
 )
 DIALECTS = ("postgres", "sqlite")
 

@@ -23,7 +23,7 @@ from tideflow import (
     UnknownTimezoneError,
 )
 from tideflow.clock import ManualClock
-from tideflow.flows import Flow, step
+from tideflow.flows import Flow, scheduled_tick, step
 
 START = datetime(2030, 1, 1, 0, 0, 30, tzinfo=UTC)
 
@@ -161,6 +161,11 @@ def test_catch_up_after_downtime(
     assert app.fire_schedules() == []  # 00:00:30: nothing due yet
     clock.advance(40)  # 00:01:10, ten seconds late: within the grace
     assert app.fire_schedules() == ["schedule:heartbeat@2030-01-01T00:01:00Z"]
+    assert scheduled_tick("schedule:heartbeat@2030-01-01T00:01:00Z") == START.replace(
+        minute=1, second=0
+    )
+    assert scheduled_tick("schedule:x@nonsense") is None
+    assert scheduled_tick("3f2a-uuid@2030-01-01T00:01:00Z") is None
     assert app.fire_schedules() == []  # that tick is done
     clock.advance(330)  # 00:06:40: the workers were down for six ticks, the latest 40 s ago
     app.fire_schedules()

@@ -4,7 +4,7 @@ from tideflow.flows.definition import FlowDefinition, RetryPolicy, StepDefinitio
 from tideflow.flows.dsl import Flow, StepContext, is_flow_class, step
 from tideflow.flows.jobs import Job, job
 from tideflow.flows.registry import FlowRegistry
-from tideflow.flows.schedules import Schedule
+from tideflow.flows.schedules import Schedule, scheduled_tick
 
 __all__ = [
     "Flow",
@@ -17,5 +17,6 @@ __all__ = [
     "StepDefinition",
     "is_flow_class",
     "job",
+    "scheduled_tick",
     "step",
 ]

@@ -126,6 +126,30 @@ class Schedule:
         }
 
 
+_TICK_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def tick_run_id(name: str, tick: datetime) -> str:
+    """The run id of a schedule's tick, ``schedule:<name>@<tick, UTC>``: readable, and unique per
+    (schedule, tick) like the tick row's key - a second guard against a tick starting two runs.
+    ``@`` rather than a second ``:``: terminals that render ``:name:`` as an emoji would show
+    ``schedule💓...`` for a schedule named heartbeat."""
+    return f"schedule:{name}@{tick.astimezone(UTC).strftime(_TICK_FORMAT)}"
+
+
+def scheduled_tick(run_id: str) -> datetime | None:
+    """The tick a schedule's run was started for (UTC), read from its run id - what a step of a
+    scheduled flow or job uses to know which period it covers (``scheduled_tick(ctx.run_id)``);
+    None for a run no schedule started."""
+    prefix, at, when = run_id.rpartition("@")
+    if not at or not prefix.startswith("schedule:"):
+        return None
+    try:
+        return datetime.strptime(when, _TICK_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
 def check_timezone(timezone: object, name: str) -> ZoneInfo:
     """The zone, or ``UnknownTimezoneError`` naming it."""
     if not isinstance(timezone, str) or not timezone:

@@ -12,24 +12,16 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from tideflow.clock import Clock
 from tideflow.errors import RunAlreadyExistsError
-from tideflow.flows.schedules import Schedule, due_ticks, next_tick
+from tideflow.flows.schedules import Schedule, due_ticks, next_tick, tick_run_id
 from tideflow.storage.database import Database, Row
 from tideflow.storage.flow_store import SqlFlowStore
 from tideflow.storage.schedule_contract import DefinitionFor, ScheduleRecord, TickRecord
 
 log = logging.getLogger("tideflow.worker")
-
-
-def tick_run_id(name: str, tick: datetime) -> str:
-    """The run id of a schedule's tick: readable, and unique per (schedule, tick) like the tick
-    row's key - a second guard against a tick starting two runs. ``@`` rather than a second
-    ``:``: terminals that render ``:name:`` as an emoji would show ``schedule💓...``."""
-    return f"schedule:{name}@{tick.strftime('%Y-%m-%dT%H:%M:%SZ')}"
 
 
 class SqlScheduleStore:
