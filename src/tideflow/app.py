@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from tideflow.client import AsyncClient, Client
 from tideflow.clock import Clock
-from tideflow.errors import ScheduleConflictError
+from tideflow.errors import DatabaseUnavailableError, ScheduleConflictError, TideflowError
 from tideflow.events.aggregate import Aggregate
 from tideflow.events.commands import Command, DispatchResult
 from tideflow.events.handling import EventHandler, HandlerNotFoundError, check_handler
@@ -173,6 +173,7 @@ class App:
         self._stores: Stores | None = None
         self._schema_ready = False  # migrated or checked current: reads need not check again
         self._dispatcher: CommandDispatcher | None = None
+        self._schedule_problems: set[tuple[str, str]] = set()
 
     @property
     def store(self) -> FlowStore:
@@ -507,7 +508,18 @@ class App:
         store = self._open().schedules
         started: list[str] = []
         for name in store.due([s.key for s in self.schedules]):
-            started += store.fire(name, self.client.flow_definition)
+            try:
+                started += store.fire(name, self.client.flow_definition)
+            except DatabaseUnavailableError:
+                raise  # the worker waits the outage out
+            except TideflowError as exc:
+                # The tick's run cannot start (its flow's stored version is gone, or now takes
+                # an array its input is not): nothing was written, the tick waits and fires
+                # once that is fixed. Said once per problem, not every second.
+                problem = (name, str(exc))
+                if problem not in self._schedule_problems:
+                    self._schedule_problems.add(problem)
+                    log.error("schedule %s cannot fire its due tick: %s", name, exc)
         if started:
             log.info("cron schedules started %d run(s): %s", len(started), ", ".join(started))
         return started

@@ -249,3 +249,35 @@ def test_many_processes_firing_at_once_fire_each_tick_once(
     assert len(apps[0].schedule_ticks("report_latest", 1000)) == 5  # the latest, each time
     assert len(started) == 40
     assert len(apps[0].list_runs(limit=1000)) == 40
+
+
+def test_a_tick_whose_run_cannot_start_waits_and_is_logged_once(
+    db_url: str, clock: ManualClock, apps: list[App], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A schedule by slug whose latest stored version came to need an array input: the tick
+    writes nothing and waits (it fires once the flow is fixed), the worker goes on, and the
+    problem is logged once, not on every pass."""
+
+    class Single(Flow, slug="by_slug"):
+        @step()
+        def one(self, input: object) -> object:
+            return input
+
+    class Mapped(Flow, slug="by_slug"):
+        @step(map=True)
+        def each(self, item: object) -> object:
+            return item
+
+    apps.append(app := app_with(db_url, clock, Schedule("by_slug", "* * * * *", input={"a": 1})))
+    app.store.ensure_flow(Single.definition)
+    app.sync_schedules()
+    clock.advance(10)
+    app.store.ensure_flow(Mapped.definition)  # the latest stored version now maps its input
+    clock.advance(60)
+    with caplog.at_level("ERROR", logger="tideflow.worker"):
+        assert app.fire_schedules() == []
+        assert app.fire_schedules() == []
+    assert sum("schedule by_slug cannot fire" in r.message for r in caplog.records) == 1
+    assert app.schedule_ticks("by_slug") == [] and app.list_runs() == []
+    [row] = app.list_schedules()
+    assert row.last_tick_at == START  # the tick still waits
