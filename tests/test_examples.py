@@ -11,9 +11,11 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -38,6 +40,8 @@ WITHOUT_DEMO: dict[str, str] = {
     "conditional_signup": "skipped enrich_profile (handler_failed)",
     "inventory": "low-stock alerts:\n  tea: 2 left",
     "order_saga": "tea on hand: 2; shipments: order_fulfilment-",
+    "welcome_jobs": "remind remind:remind-bob: completed: reminded bob@mail.test",
+    "nightly_report": "3 heartbeats ran: alive (cron)",
 }
 SCRIPT_SAYS = {**{name: "completed" for name in PAIRS}, **WITHOUT_DEMO}
 
@@ -166,6 +170,38 @@ def test_order_saga_main(db_url: str, capsys: pytest.CaptureFixture[str]) -> Non
     assert example.main(db_url) == {"o-1": "confirmed", "o-2": "cancelled", "o-3": "cancelled"}
     assert "tea on hand: 2;" in capsys.readouterr().out
     # tests/sagas/test_process_managers.py holds the saga to everything else
+
+
+def test_welcome_jobs_main(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    ada, bob, reminder, once = load_example("welcome_jobs").main(db_url)
+    assert [r.status for r in (ada, bob, reminder, once)] == ["completed"] * 4
+    assert ada.output == {"send_welcome": "mailed Ada <ada@example.com> (attempt 1)"}
+    assert bob.output == {"send_welcome": "mailed Bob <bob@mail.test> (attempt 2)"}
+    assert bob.step("send_welcome").tasks[0].attempts == 2  # retried after the first failure
+    task = reminder.step("remind").tasks[0]
+    assert task.started_at is not None and task.started_at >= reminder.started_at + timedelta(
+        seconds=0.5
+    )  # not claimed before its delay
+    assert once.run_id == "remind:remind-bob"
+    with App(db_url) as app:
+        assert len(app.list_runs()) == 4  # the second enqueue with the key wrote nothing
+    assert "mailed Bob" in capsys.readouterr().out
+
+
+def test_nightly_report_main(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    example = load_example("nightly_report")
+    beats = example.main(db_url)
+    assert len(beats) >= 3 and all(b.startswith("schedule:heartbeat@") for b in beats)
+    with App(db_url) as app:
+        schedules = {s.name: s for s in app.list_schedules()}
+        assert set(schedules) == {"heartbeat", "nightly_report"}
+        nightly = schedules["nightly_report"]
+        assert nightly.next_tick_at is not None
+        assert nightly.next_tick_at.astimezone(ZoneInfo("Europe/Berlin")).hour == 3
+        ticks = {t.run_id for t in app.schedule_ticks("heartbeat", 1000)}
+        assert set(beats) <= ticks  # each run is a tick's
+    out = capsys.readouterr().out
+    assert "schedule nightly_report: 0 3 * * * in Europe/Berlin, next tick" in out
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPT_SAYS))

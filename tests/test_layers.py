@@ -85,6 +85,8 @@ LAYERS: dict[str, str] = {
     "tideflow.storage.process_store": "stores",
     "tideflow.storage.timer_store": "stores",
     "tideflow.storage.queue_limits": "stores",
+    "tideflow.storage.schedule_contract": "contracts",
+    "tideflow.storage.schedule_store": "stores",
     "tideflow.storage.rows": "contracts",
     "tideflow.storage.sqlfile": "contracts",
     "tideflow.storage.urls": "contracts",

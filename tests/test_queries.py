@@ -26,6 +26,7 @@ STORES = (
     "timer_store.py",
     "monitor_store.py",
     "queue_limits.py",
+    "schedule_store.py",
 )
 DIALECTS = ("postgres", "sqlite")
 

@@ -10,8 +10,10 @@ from tideflow.errors import (
     FlowImportError,
     FlowNotFoundError,
     InputNotSerializableError,
+    InvalidCronError,
     InvalidDataError,
     InvalidSlugError,
+    JobKeyConflictError,
     MapInputError,
     MapSourceError,
     NonRetryableError,
@@ -21,6 +23,8 @@ from tideflow.errors import (
     RunNotFailedError,
     RunNotFoundError,
     RunTimeoutError,
+    ScheduleConflictError,
+    ScheduleError,
     SchemaMissingError,
     SchemaNotReadyError,
     SlugConflictError,
@@ -28,8 +32,9 @@ from tideflow.errors import (
     StorageError,
     TideflowError,
     UnknownDependencyError,
+    UnknownTimezoneError,
 )
-from tideflow.flows import Flow, FlowRegistry, StepContext, step
+from tideflow.flows import Flow, FlowRegistry, Job, Schedule, StepContext, job, step
 from tideflow.runtime.retention import Purged, Retention
 from tideflow.storage.flow_contract import RunRecord, StepRecord, TaskRecord
 
@@ -48,8 +53,11 @@ __all__ = [
     "FlowNotFoundError",
     "FlowRegistry",
     "InputNotSerializableError",
+    "InvalidCronError",
     "InvalidDataError",
     "InvalidSlugError",
+    "Job",
+    "JobKeyConflictError",
     "MapInputError",
     "MapSourceError",
     "NonRetryableError",
@@ -62,6 +70,9 @@ __all__ = [
     "RunNotFoundError",
     "RunRecord",
     "RunTimeoutError",
+    "Schedule",
+    "ScheduleConflictError",
+    "ScheduleError",
     "SchemaMissingError",
     "SchemaNotReadyError",
     "SlugConflictError",
@@ -72,5 +83,7 @@ __all__ = [
     "TaskRecord",
     "TideflowError",
     "UnknownDependencyError",
+    "UnknownTimezoneError",
+    "job",
     "step",
 ]

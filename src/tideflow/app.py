@@ -17,17 +17,21 @@ import logging
 import signal
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from tideflow.client import AsyncClient, Client
 from tideflow.clock import Clock
+from tideflow.errors import DatabaseUnavailableError, ScheduleConflictError, TideflowError
 from tideflow.events.aggregate import Aggregate
 from tideflow.events.commands import Command, DispatchResult
 from tideflow.events.handling import EventHandler, HandlerNotFoundError, check_handler
 from tideflow.events.middleware import Middleware
 from tideflow.events.upcasting import Upcasters
 from tideflow.flows.dsl import Flow
+from tideflow.flows.jobs import Job
 from tideflow.flows.registry import FlowRegistry
+from tideflow.flows.schedules import Schedule
 from tideflow.jsonutil import check_id
 from tideflow.runtime.dispatch import CommandDispatcher
 from tideflow.runtime.instances import AsyncProcessHandle, ProcessHandle
@@ -36,8 +40,10 @@ from tideflow.runtime.sagas import ProcessBindings
 from tideflow.sagas import ProcessManager
 from tideflow.storage import EventStore, HandlerStore, Stores, open_database, resolve_url
 from tideflow.storage.flow_contract import FlowStore, RunRecord
+from tideflow.storage.flow_store import check_map_input
 from tideflow.storage.monitor_contract import MonitorStore
 from tideflow.storage.process_contract import ProcessStore
+from tideflow.storage.schedule_contract import ScheduleRecord, TickRecord
 from tideflow.storage.timer_contract import TimerStore
 from tideflow.storage.urls import sqlite_path
 from tideflow.telemetry.collector import DatabaseCollector
@@ -48,8 +54,24 @@ FlowT = TypeVar("FlowT", bound=type[Flow])
 AggregateT = TypeVar("AggregateT", bound=type[Aggregate])
 HandlerT = TypeVar("HandlerT", bound=type[EventHandler])
 ProcessManagerT = TypeVar("ProcessManagerT", bound=type[ProcessManager])
+JobT = TypeVar("JobT", bound=Job[Any, Any])
+InputT = TypeVar("InputT")
 
 log = logging.getLogger("tideflow.worker")
+
+
+def _unique_schedules(schedules: Iterable[Schedule]) -> list[Schedule]:
+    found: dict[str, Schedule] = {}
+    for schedule in schedules:
+        if not isinstance(schedule, Schedule):
+            raise TypeError(f"schedules takes Schedule(...) objects, got {schedule!r}")
+        if schedule.key in found and found[schedule.key] != schedule:
+            raise ScheduleConflictError(
+                f"two schedules are named {schedule.key!r}; give one of them another "
+                "name=... (a name is one row and one series of ticks)"
+            )
+        found[schedule.key] = schedule
+    return list(found.values())
 
 
 async def _run_together(worker: Worker, runner: HandlerRunner | None, until_idle: bool) -> None:
@@ -114,6 +136,8 @@ class App:
         database_url: str | None = None,
         *,
         flows: Iterable[type[Flow] | str] = (),
+        jobs: Iterable[Job[Any, Any]] = (),
+        schedules: Iterable[Schedule] = (),
         aggregates: Iterable[type[Aggregate]] = (),
         command_middleware: Iterable[Middleware] = (),
         handlers: Iterable[EventHandler | type[EventHandler]] = (),
@@ -130,9 +154,15 @@ class App:
         ``SchemaMissingError``, so a read pointed at the wrong database leaves it untouched.
 
         The URL is checked here (``tideflow.storage.check_url``): a PostgreSQL URL without a host
-        or database name, or a bare file name, raises ``UnsupportedDatabaseURLError``."""
+        or database name, or a bare file name, raises ``UnsupportedDatabaseURLError``.
+
+        ``schedules``: cron schedules (``Schedule``) the app's workers store as they start and
+        fire, each tick once across all of them; a schedule's Flow class or job is registered
+        with the app. Two schedules with one name raise ``ScheduleConflictError``."""
         self.database_url = resolve_url(database_url)
-        self.registry = FlowRegistry(list(flows))
+        self.schedules: list[Schedule] = _unique_schedules(schedules)
+        targets = [s.target for s in self.schedules if not isinstance(s.target, str)]
+        self.registry = FlowRegistry([*flows, *jobs, *targets])
         self.upcasters = upcasters or Upcasters()
         self._aggregates: list[type[Aggregate]] = list(aggregates)
         #: Event handlers, projections and process managers the app's workers run.
@@ -143,6 +173,7 @@ class App:
         self._stores: Stores | None = None
         self._schema_ready = False  # migrated or checked current: reads need not check again
         self._dispatcher: CommandDispatcher | None = None
+        self._schedule_problems: set[tuple[str, str]] = set()
 
     @property
     def store(self) -> FlowStore:
@@ -215,11 +246,13 @@ class App:
         flows: Iterable[type[Flow] | str] | None = None,
         migrate: bool | None = None,
     ) -> App:
-        """This app's configuration - flows (or ``flows``), aggregates, middleware, handlers,
-        upcasters, clock - on another database: what ``--database-url`` with ``--app`` runs."""
+        """This app's configuration - flows (or ``flows``), schedules, aggregates, middleware,
+        handlers, upcasters, clock - on another database: what ``--database-url`` with
+        ``--app`` runs."""
         return App(
             database_url,
             flows=list(self.registry) if flows is None else flows,
+            schedules=self.schedules,
             aggregates=self._aggregates,
             command_middleware=self._middleware,
             handlers=self.handlers,
@@ -337,6 +370,24 @@ class App:
         self.registry.register(flow)
         return flow
 
+    def register_job(self, job: JobT) -> JobT:
+        """Register a job (``@job``): this app's workers then run it."""
+        self.registry.register(job)
+        return job
+
+    def enqueue(
+        self,
+        job: Job[InputT, Any],
+        input: InputT,
+        *,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        key: str | None = None,
+    ) -> str:
+        """``Client.enqueue``: one run of ``job``, claimable after ``delay`` seconds or ``at``
+        a time; ``key`` makes enqueueing the same work again a no-op."""
+        return self.client.enqueue(job, input, delay=delay, at=at, key=key)
+
     @property
     def client(self) -> Client:
         return Client(self.store, self.registry)
@@ -409,18 +460,23 @@ class App:
         shutdown_grace: float = WorkerOptions.shutdown_grace,
         max_batch: int = WorkerOptions.max_batch,
         retention: Retention | None = None,
+        schedule_interval: float = WorkerOptions.schedule_interval,
     ) -> Worker:
         """A flow worker for this app's flows (``WorkerOptions`` says what each option does);
         records the flows' versions first. With a ``retention``, the worker also deletes what
-        it says is old, in small batches every ``WorkerOptions.purge_interval`` seconds."""
+        it says is old, in small batches every ``WorkerOptions.purge_interval`` seconds. With
+        schedules, it stores them (``sync_schedules``) and fires their due ticks every
+        ``schedule_interval`` seconds."""
         for flow in self.registry:
             self.store.ensure_flow(flow.definition)
+        self.sync_schedules()
         return Worker(
             self.store,
             self.registry,
             dispatch=self._step_dispatch if self._aggregates else None,
             purge=None if retention is None or not retention.enabled else self._purger(retention),
             monitor=self._open().monitor,
+            schedules=self.fire_schedules if self.schedules else None,
             options=WorkerOptions(
                 concurrency=concurrency,
                 poll_interval=poll_interval,
@@ -429,8 +485,55 @@ class App:
                 reap_interval=reap_interval,
                 shutdown_grace=shutdown_grace,
                 max_batch=max_batch,
+                schedule_interval=schedule_interval,
             ),
         )
+
+    # --- cron schedules ------------------------------------------------------------------------
+    def sync_schedules(self) -> None:
+        """Store this app's schedules (a worker does it as it starts): new ones from now on,
+        changed ones updated, unchanged ones untouched. A schedule of a slug that is neither
+        registered nor stored raises ``FlowNotFoundError`` first, and nothing is written."""
+        if not self.schedules:
+            return
+        for schedule in self.schedules:
+            definition = self.client.flow_definition(schedule.flow_slug)
+            check_map_input(definition, schedule.input_json)
+        self._open().schedules.sync(self.schedules)
+
+    def fire_schedules(self) -> list[str]:
+        """Fire the due ticks of this app's schedules now and return the run ids started: what
+        each worker's loop does every ``schedule_interval`` seconds. Each tick starts one run
+        however many processes call this at once."""
+        store = self._open().schedules
+        started: list[str] = []
+        for name in store.due([s.key for s in self.schedules]):
+            try:
+                started += store.fire(name, self.client.flow_definition)
+            except DatabaseUnavailableError:
+                raise  # the worker waits the outage out
+            except TideflowError as exc:
+                # The tick's run cannot start (its flow's stored version is gone, or now takes
+                # an array its input is not): nothing was written, the tick waits and fires
+                # once that is fixed. Said once per problem, not every second.
+                problem = (name, str(exc))
+                if problem not in self._schedule_problems:
+                    self._schedule_problems.add(problem)
+                    log.error("schedule %s cannot fire its due tick: %s", name, exc)
+        if started:
+            log.info("cron schedules started %d run(s): %s", len(started), ", ".join(started))
+        return started
+
+    def list_schedules(self) -> list[ScheduleRecord]:
+        """Every stored schedule with its next tick (``tideflow schedules``); a read, like
+        ``list_runs``: it creates and migrates nothing."""
+        self.read_store()
+        return self._open().schedules.list_schedules()
+
+    def schedule_ticks(self, name: str, limit: int = 20) -> list[TickRecord]:
+        """A schedule's newest fired ticks and their runs, newest first (a read)."""
+        self.read_store()
+        return self._open().schedules.ticks(name, limit)
 
     def _purger(self, retention: Retention) -> Callable[[Callable[[], bool]], object]:
         """A worker's background retention pass: small batches with a short pause between full
@@ -507,6 +610,7 @@ class App:
         retention: Retention | None = None,
         handler_lease: float = HandlerRunnerOptions.lease_ttl,
         handler_batch_size: int | None = None,
+        schedule_interval: float = WorkerOptions.schedule_interval,
     ) -> None:
         """Run a worker in this thread until SIGINT/SIGTERM or, with ``until_idle``, until
         there is nothing left to do. One worker process runs both the flows and the event
@@ -540,6 +644,7 @@ class App:
                 shutdown_grace=shutdown_grace,
                 max_batch=max_batch,
                 retention=retention,
+                schedule_interval=schedule_interval,
             )
 
         worker = make_worker()

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from datetime import datetime, timedelta
+from typing import Any, Protocol, TypeVar
 
 from tideflow.errors import (
     DatabaseUnavailableError,
     FlowNotFoundError,
+    JobKeyConflictError,
     RunAlreadyExistsError,
     RunTimeoutError,
     TideflowError,
 )
 from tideflow.flows.definition import FlowDefinition
 from tideflow.flows.dsl import Flow, is_flow_class
+from tideflow.flows.jobs import Job, is_job
 from tideflow.flows.registry import FlowRegistry
 from tideflow.ids import new_run_id, new_run_ids
 from tideflow.jsonutil import check_id, dumps
@@ -30,6 +34,8 @@ from tideflow.storage.flow_contract import RUN_FINAL, FlowStore, RunRecord, RunR
 from tideflow.telemetry import metrics, tracing
 
 RUN_STATUSES = ("started", "completed", "failed", "cancelled")
+
+InputT = TypeVar("InputT")
 
 
 class InvalidArgumentError(TideflowError, ValueError):
@@ -45,6 +51,7 @@ def start_run_retrying(
     generated: bool,
     report: RunReport | None = None,
     trace_context: str | None = None,
+    visible_at: datetime | None = None,
 ) -> None:
     """``store.start_run``, retried for a few seconds while the database is unavailable, then
     ``DatabaseUnavailableError``. Safe to repeat: the run id is fixed before the first try, so
@@ -59,7 +66,12 @@ def start_run_retrying(
         tries += 1
         try:
             store.start_run(
-                definition, run_id, input_json, report=report, trace_context=trace_context
+                definition,
+                run_id,
+                input_json,
+                report=report,
+                trace_context=trace_context,
+                visible_at=visible_at,
             )
         except RunAlreadyExistsError:
             if tries > 1 and (generated or _is_this_run(store, definition, run_id, input_json)):
@@ -208,6 +220,86 @@ class Client:
             retry_briefly(attempt)
         return ids
 
+    def enqueue(
+        self,
+        job: Job[InputT, Any],
+        input: InputT,
+        *,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        key: str | None = None,
+    ) -> str:
+        """Enqueue one run of ``job`` with this input and return its run id. ``delay``
+        (seconds or a ``timedelta``) or ``at`` (a timezone-aware datetime): the job is claimable
+        from then on, not before. ``key``: an idempotency key - the run id is ``<job slug>:<key>``,
+        so enqueueing the same key again returns that run's id and writes nothing (as long as
+        the run is kept: retention deletes it, and the key with it); the same key with another
+        input raises ``JobKeyConflictError``. Refuses, writing nothing, what ``start_flow``
+        refuses, and a bad delay or time (``InvalidArgumentError``)."""
+        if not is_job(job):
+            raise InvalidArgumentError(
+                f"enqueue takes a job (a function decorated with @job), got {job!r}; start a "
+                "flow with start_flow"
+            )
+        definition = job.flow.definition
+        input_json = dumps(input, what=f"input of job {job.slug!r}")
+        visible_at = self._job_start(delay, at)
+        if key is None:
+            run_id = new_run_id()
+        else:
+            if not isinstance(key, str) or not key:
+                raise InvalidArgumentError(f"key must be a non-empty str, got {key!r}")
+            run_id = check_id(f"{job.slug}:{key}", "run_id (job slug:key)", max_length=200)
+        with tracing.start_flow_span(definition.slug, run_id) as trace_context:
+            try:
+                start_run_retrying(
+                    self.store,
+                    definition,
+                    run_id,
+                    input_json,
+                    generated=key is None,
+                    report=RunReport() if definition.reports else None,
+                    trace_context=trace_context,
+                    visible_at=visible_at,
+                )
+            except RunAlreadyExistsError:
+                if key is None:
+                    raise
+                if _is_this_run(self.store, definition, run_id, input_json):
+                    return run_id  # enqueued before with this key: nothing written
+                raise JobKeyConflictError(
+                    f"job {job.slug!r} was enqueued with key {key!r} before, with another "
+                    f"input (run {run_id!r}); a key names one piece of work: use another key "
+                    "for other input"
+                ) from None
+        metrics.run_started(definition.slug)
+        return run_id
+
+    def _job_start(self, delay: float | timedelta | None, at: datetime | None) -> datetime | None:
+        """When a delayed job becomes claimable (None: now), from the store's clock."""
+        if delay is not None and at is not None:
+            raise InvalidArgumentError("give enqueue a delay or a time (at=), not both")
+        if at is not None:
+            if not isinstance(at, datetime) or at.tzinfo is None or at.utcoffset() is None:
+                raise InvalidArgumentError(
+                    f"at must be a timezone-aware datetime (e.g. datetime.now(UTC) + ...), got "
+                    f"{at!r}"
+                )
+            return at
+        if delay is None:
+            return None
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else delay
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not math.isfinite(seconds)
+            or seconds < 0
+        ):
+            raise InvalidArgumentError(
+                f"delay must be a number of seconds >= 0 or a timedelta, got {delay!r}"
+            )
+        return self.store.clock.now() + timedelta(seconds=seconds) if seconds else None
+
     def get_run(self, run_id: str) -> RunRecord:
         """The run with its steps and tasks; ``RunNotFoundError`` if unknown, ``InvalidDataError``
         for an id no run can have (the same on both backends)."""
@@ -297,6 +389,16 @@ class RunCalls(Protocol):
         version: str | None = None,
     ) -> list[str]: ...
 
+    def enqueue(
+        self,
+        job: Job[InputT, Any],
+        input: InputT,
+        *,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        key: str | None = None,
+    ) -> str: ...
+
     def get_run(self, run_id: str) -> RunRecord: ...
 
     def wait_for_run(self, run_id: str, timeout: float | None = None) -> RunRecord: ...
@@ -344,6 +446,19 @@ class AsyncClient:
     ) -> list[str]:
         return await asyncio.to_thread(
             self._client.start_flows, flow, inputs, run_ids=run_ids, version=version
+        )
+
+    async def enqueue(
+        self,
+        job: Job[InputT, Any],
+        input: InputT,
+        *,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
+        key: str | None = None,
+    ) -> str:
+        return await asyncio.to_thread(
+            self._client.enqueue, job, input, delay=delay, at=at, key=key
         )
 
     async def get_run(self, run_id: str) -> RunRecord:

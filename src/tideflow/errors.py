@@ -174,3 +174,36 @@ class SchemaNotReadyError(StorageError):
 class SchemaMissingError(SchemaNotReadyError):
     """The database has no tideflow schema at all. Reads never create one: run ``tideflow
     migrate -d URL`` (or start a worker, or an App that writes)."""
+
+
+# --- jobs and schedules -------------------------------------------------------------------------
+
+
+class JobKeyConflictError(RunAlreadyExistsError):
+    """``enqueue(job, input, key=...)`` met a run with this key that has another input (or is a
+    run of another flow): a key names one piece of work, so nothing was enqueued."""
+
+
+class ScheduleError(TideflowError, ValueError):
+    """A cron schedule is malformed (``Schedule(...)``, checked when it is declared, before
+    anything is stored): its name, cron expression, timezone, input, target or catch-up mode."""
+
+
+class InvalidCronError(ScheduleError):
+    """A schedule's cron expression cannot be parsed; ``.expression`` is the expression."""
+
+    def __init__(self, message: str, expression: str) -> None:
+        self.expression = expression
+        super().__init__(message)
+
+
+class UnknownTimezoneError(ScheduleError):
+    """A schedule names a timezone the zone database does not know; ``.timezone`` is it."""
+
+    def __init__(self, message: str, timezone: str) -> None:
+        self.timezone = timezone
+        super().__init__(message)
+
+
+class ScheduleConflictError(ScheduleError):
+    """Two schedules of one app share a name: each name is one row, and one series of ticks."""

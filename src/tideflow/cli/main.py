@@ -43,6 +43,7 @@ from tideflow.cli.render import (
     tasks_table,
 )
 from tideflow.cli.sagas_cli import sagas_app
+from tideflow.cli.schedules_cli import schedules_app
 from tideflow.runtime.retention import DEFAULT_BATCH_SIZE, Retention
 
 #: Output that is not a terminal (a pipe, a file, a test) gets this width instead of Rich's 80,
@@ -718,6 +719,7 @@ def dashboard(
 
 cli.add_typer(events_app)  # events, stream, handlers, deadletters (tideflow.cli.events_cli)
 cli.add_typer(sagas_app)  # sagas, saga (tideflow.cli.sagas_cli)
+cli.add_typer(schedules_app)  # schedules, schedule (tideflow.cli.schedules_cli)
 
 
 def main() -> None:

@@ -16,28 +16,33 @@ import builtins
 import importlib
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 from tideflow.errors import FlowImportError, FlowNotFoundError, NotAFlowError, SlugConflictError
 from tideflow.flows.dsl import Flow, is_flow_class
+from tideflow.flows.jobs import Job, is_job
 
 FlowRef = type[Flow] | str
 
 
 class FlowRegistry:
-    def __init__(self, flows: list[type[Flow] | str] | None = None) -> None:
+    def __init__(self, flows: list[type[Flow] | Job[Any, Any] | str] | None = None) -> None:
         self._by_slug: dict[str, type[Flow]] = {}
         self._write_lock = threading.Lock()
         for flow in flows or []:
             self.register(flow)
 
-    def register(self, flow: type[Flow] | str) -> type[Flow]:
-        """Register a Flow class (or the class an import path names) and return it.
+    def register(self, flow: type[Flow] | Job[Any, Any] | str) -> type[Flow]:
+        """Register a Flow class (or the class an import path names) and return it. A job
+        (``@job``) registers its generated one-step flow class.
 
         Registering the same class twice is a no-op. Raises ``FlowImportError`` when the path
         cannot be loaded, ``NotAFlowError`` when the object is not a Flow subclass, and
         ``SlugConflictError`` when another class holds the slug.
         """
         cls = _load(flow) if isinstance(flow, str) else flow
+        if is_job(cls):
+            cls = cls.flow
         if not is_flow_class(cls):
             raise NotAFlowError(
                 f"{_describe(cls)} is not a flow: subclass tideflow.Flow and mark steps with @step"

@@ -249,6 +249,7 @@ class FlowStore(Protocol):
         tx: Tx | None = None,
         report: RunReport | None = None,
         trace_context: str | None = None,
+        visible_at: datetime | None = None,
     ) -> None:
         """Create the run, its steps and the tasks of its root steps; completes empty map steps
         at once. Raises ``RunAlreadyExistsError`` if ``run_id`` is taken (writing nothing).
@@ -256,7 +257,8 @@ class FlowStore(Protocol):
         in that transaction, under a savepoint: it commits with it, and a refusal leaves it
         usable. With ``report``, the run's end is appended to the event log (``RunReport``).
         ``trace_context``: the starting span's W3C context (JSON text), which each task's span
-        continues, on whichever machine runs it."""
+        continues, on whichever machine runs it. ``visible_at``: its root tasks are claimable
+        from then on, not before (a job enqueued with ``delay=`` / ``at=``)."""
         ...
 
     def start_runs(

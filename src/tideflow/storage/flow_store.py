@@ -252,6 +252,7 @@ class SqlFlowStore:
         tx: Tx | None = None,
         report: RunReport | None = None,
         trace_context: str | None = None,
+        visible_at: datetime | None = None,
     ) -> None:
         check_map_input(definition, input_json)
         try:
@@ -261,6 +262,8 @@ class SqlFlowStore:
                     self._start_run_fast(inner, definition, run_id, input_json)
                 else:
                     self._start_run(inner, definition, run_id, input_json)
+                if visible_at is not None:  # a delayed job (jobs_queries.sql)
+                    inner.run("delay_run_tasks", run_id=run_id, visible_at=visible_at)
                 if trace_context is not None:  # only when an OpenTelemetry SDK is set up
                     inner.run("set_trace_context", run_id=run_id, trace_context=trace_context)
                 if report is not None:

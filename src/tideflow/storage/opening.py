@@ -22,6 +22,7 @@ from tideflow.storage.flow_store import SqlFlowStore
 from tideflow.storage.handler_store import SqlHandlerStore
 from tideflow.storage.monitor_store import SqlMonitorStore
 from tideflow.storage.process_store import SqlProcessStore
+from tideflow.storage.schedule_store import SqlScheduleStore
 from tideflow.storage.timer_store import SqlTimerStore
 from tideflow.storage.urls import POSTGRES_SCHEMES, resolve_url, sqlite_path
 
@@ -62,6 +63,7 @@ class Stores:
     processes: SqlProcessStore
     timers: SqlTimerStore
     monitor: SqlMonitorStore
+    schedules: SqlScheduleStore
 
     def close(self) -> None:
         self.db.close()
@@ -96,14 +98,16 @@ def stores_on(
 ) -> Stores:
     """Every store on ``db``."""
     events = SqlEventStore(db, upcasters=upcasters, page_size=page_size)
+    flows = SqlFlowStore(db)
     return Stores(
         db,
-        SqlFlowStore(db),
+        flows,
         events,
         SqlHandlerStore(db),
         SqlProcessStore(db),
         SqlTimerStore(db, events),
         SqlMonitorStore(db),
+        SqlScheduleStore(db, flows),
     )
 
 

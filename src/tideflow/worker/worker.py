@@ -11,6 +11,8 @@ Shape of the loop (one asyncio task each):
   runs again - at least once, never lost.
 * **heartbeat** - extends the leases of tasks still running.
 * **reaper** - retries or fails tasks whose lease expired (their worker died).
+* **scheduler** - when the app declares cron schedules, fires their due ticks every
+  ``schedule_interval`` (each tick once across all workers: ``storage/schedule_store.py``).
 
 The database going away (a server restart, a lost connection, a SQLite file locked by another
 process) stops none of them: each waits it out with backoff (``tideflow.worker.outage``), logging
@@ -86,6 +88,9 @@ class WorkerOptions:
     purge_interval: float = 60.0
     """Seconds between retention passes, when the worker was given a ``purge`` (the App's
     retention): each pass deletes what is old in small batches (``runtime/retention.py``)."""
+    schedule_interval: float = 1.0
+    """Seconds between looks for due cron ticks, when the worker was given ``schedules`` (the
+    App's): how late, at most, a tick fires while workers are up."""
 
 
 class Worker:
@@ -99,17 +104,20 @@ class Worker:
         dispatch: StepDispatch | None = None,
         purge: Callable[[Callable[[], bool]], object] | None = None,
         monitor: MonitorStore | None = None,
+        schedules: Callable[[], object] | None = None,
     ) -> None:
         """``dispatch``: how steps' ``ctx.dispatch`` sends commands (the App passes its
         dispatcher); without it a step that dispatches fails with a message that says so.
         ``purge``: the retention pass run every ``purge_interval`` seconds (the App passes one
         when given a retention); it is handed a function that says when to stop between
         batches (the worker is stopping). ``monitor``: where the worker records its heartbeats
-        (the dashboard's Workers page)."""
+        (the dashboard's Workers page). ``schedules``: the pass that fires due cron ticks (the
+        App passes one when it declares schedules), run every ``schedule_interval`` seconds."""
         self.store = store
         self.registry = registry
         self._dispatch = dispatch
         self._purge_pass = purge
+        self._schedule_pass = schedules
         self.options = options or WorkerOptions()
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._running: dict[TaskKey, asyncio.Task[None]] = {}
@@ -184,6 +192,12 @@ class Worker:
             background.append(
                 asyncio.create_task(
                     self._every(opts.purge_interval, "applying retention", self._purge)
+                )
+            )
+        if self._schedule_pass is not None:
+            background.append(
+                asyncio.create_task(
+                    self._every(opts.schedule_interval, "firing cron schedules", self._schedules)
                 )
             )
         if self._monitor is not None:
@@ -543,6 +557,9 @@ class Worker:
         if purge_pass is None or self._stopping:
             return None
         return lambda: purge_pass(lambda: self._stopping)
+
+    def _schedules(self) -> Callable[[], object] | None:
+        return None if self._stopping else self._schedule_pass
 
     # --- heartbeats (the dashboard's Workers page) ------------------------------------------------
     def _beat_interval(self) -> float:

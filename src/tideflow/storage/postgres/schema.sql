@@ -1,4 +1,4 @@
--- tideflow schema for PostgreSQL: the result of migrations 0001-0019, written
+-- tideflow schema for PostgreSQL: the result of migrations 0001-0020, written
 -- out for readers.
 --
 -- What this file is. The tables, indexes and functions that `tideflow migrate` (store.migrate())
@@ -14,7 +14,8 @@
 -- stalls (0007), process timers (0008), undo and retention of instances (0009), deleting
 -- streams (0010), runs that report back (0011), flat cost as data grows (0012), skipped steps and
 -- conditional runs (0016), bulk starts (0017), fewer writes per claim and completion (0018), queue
--- limits (0019). A schema change is a new migration AND the matching edit here.
+-- limits (0019), cron schedules (0020). A schema change is a new migration AND the matching edit
+-- here.
 --
 -- How it stays honest. tests/test_schema.py applies the migrations to one empty database and
 -- this file to another, and compares their catalogs: tables, columns (name, type, nullability,
@@ -24,7 +25,7 @@
 -- tables and columns, in mapped types.
 --
 -- Using it. Run on an empty database (psql -v ON_ERROR_STOP=1 -f schema.sql), it gives a database
--- that tideflow treats as fully migrated: it records versions 1-19 in
+-- that tideflow treats as fully migrated: it records versions 1-20 in
 -- schema_migrations as applied, so a later `tideflow migrate` applies only the migrations this
 -- file lacks. Prefer `tideflow migrate`.
 --
@@ -1363,7 +1364,32 @@ BEGIN
     notify := v_notify;
 END $$;
 
--- A database created from this file has every migration up to 0019: record them, so that
+-- Cron schedules of flows and jobs (0020): one row per declared schedule, its cursor
+-- (last_tick_at) and next tick; one tick row per fired tick, keyed (schedule, tick_at), written
+-- with its run in the transaction that moves the cursor under the schedule row's lock.
+CREATE TABLE tideflow.schedules (
+    name         text             PRIMARY KEY,
+    flow_slug    text             NOT NULL,
+    cron         text             NOT NULL,
+    timezone     text             NOT NULL,
+    input        jsonb            NOT NULL,
+    catch_up     text             NOT NULL CHECK (catch_up IN ('none', 'latest', 'all')),
+    grace        double precision NOT NULL,
+    last_tick_at timestamptz      NOT NULL,
+    next_tick_at timestamptz,
+    created_at   timestamptz      NOT NULL,
+    updated_at   timestamptz      NOT NULL
+);
+
+CREATE TABLE tideflow.schedule_ticks (
+    schedule text        NOT NULL,
+    tick_at  timestamptz NOT NULL,
+    run_id   text        NOT NULL,
+    fired_at timestamptz NOT NULL,
+    PRIMARY KEY (schedule, tick_at)
+);
+
+-- A database created from this file has every migration up to 0020: record them, so that
 -- `tideflow migrate` applies only later ones. applied_at is when this file ran.
 INSERT INTO tideflow.schema_migrations (version, name, applied_at) VALUES
     (1, 'initial', now()),
@@ -1384,6 +1410,7 @@ INSERT INTO tideflow.schema_migrations (version, name, applied_at) VALUES
     (16, 'step_skips', now()),
     (17, 'bulk_start', now()),
     (18, 'fewer_writes', now()),
-    (19, 'queue_limits', now());
+    (19, 'queue_limits', now()),
+    (20, 'schedules', now());
 
 COMMIT;

@@ -1,4 +1,4 @@
--- tideflow schema for SQLite: the result of migrations 0001-0019, written out
+-- tideflow schema for SQLite: the result of migrations 0001-0020, written out
 -- for readers.
 --
 -- What this file is. The tables and indexes that `tideflow migrate` (store.migrate()) leaves in the
@@ -26,7 +26,7 @@
 -- SQLite has one writer at a time and so hands out event positions in commit order.
 --
 -- Using it. Run on an empty file (sqlite3 tideflow.db < schema.sql), it gives a database that
--- tideflow treats as fully migrated: it records versions 1-19 in schema_migrations as
+-- tideflow treats as fully migrated: it records versions 1-20 in schema_migrations as
 -- applied, so a later `tideflow migrate` applies only the migrations this file lacks. A writer (a
 -- worker, `tideflow migrate`) switches the file to WAL mode when it opens it. Prefer `tideflow
 -- migrate`.
@@ -327,8 +327,31 @@ CREATE TABLE process_timers (
 -- rows wait for their instance to take them, and are not due again).
 CREATE INDEX process_timers_due ON process_timers (fire_at) WHERE fired_at IS NULL;
 
+-- Cron schedules of flows and jobs (0020): see ../postgres/schema.sql.
+CREATE TABLE schedules (
+    name         TEXT NOT NULL PRIMARY KEY,
+    flow_slug    TEXT NOT NULL,
+    cron         TEXT NOT NULL,
+    timezone     TEXT NOT NULL,
+    input        TEXT NOT NULL CHECK (json_valid(input)),
+    catch_up     TEXT NOT NULL CHECK (catch_up IN ('none', 'latest', 'all')),
+    grace        REAL NOT NULL,
+    last_tick_at REAL NOT NULL,
+    next_tick_at REAL,
+    created_at   REAL NOT NULL,
+    updated_at   REAL NOT NULL
+) WITHOUT ROWID;
 
--- A database created from this file has every migration up to 0019: record them, so that
+CREATE TABLE schedule_ticks (
+    schedule TEXT NOT NULL,
+    tick_at  REAL NOT NULL,
+    run_id   TEXT NOT NULL,
+    fired_at REAL NOT NULL,
+    PRIMARY KEY (schedule, tick_at)
+) WITHOUT ROWID;
+
+
+-- A database created from this file has every migration up to 0020: record them, so that
 -- `tideflow migrate` applies only later ones. applied_at is when this script ran (Unix seconds).
 INSERT INTO schema_migrations (version, name, applied_at) VALUES
     (1, 'initial', (julianday('now') - 2440587.5) * 86400.0),
@@ -349,6 +372,7 @@ INSERT INTO schema_migrations (version, name, applied_at) VALUES
     (16, 'step_skips', (julianday('now') - 2440587.5) * 86400.0),
     (17, 'bulk_start', (julianday('now') - 2440587.5) * 86400.0),
     (18, 'fewer_writes', (julianday('now') - 2440587.5) * 86400.0),
-    (19, 'queue_limits', (julianday('now') - 2440587.5) * 86400.0);
+    (19, 'queue_limits', (julianday('now') - 2440587.5) * 86400.0),
+    (20, 'schedules', (julianday('now') - 2440587.5) * 86400.0);
 
 COMMIT;
