@@ -184,7 +184,7 @@ def test_a_failure_in_the_middle_of_an_append_writes_nothing(events: EventStore)
 
 
 def test_unserialisable_data_in_the_middle_writes_nothing(events: EventStore) -> None:
-    batch = [ev(n=1), ev(when=datetime(2030, 1, 1)), ev(n=3)]
+    batch = [ev(n=1), ev(when={2030: "x"}), ev(n=3)]
     with pytest.raises(EventNotSerializableError, match=r"event #1 \('Happened'\)"):
         events.append("s", batch, NO_STREAM)
     assert events.stream_version("s") == 0 and everything(events) == []
@@ -805,21 +805,22 @@ def test_versioned_snapshots_are_upcast_on_load(
 @pytest.mark.parametrize(
     "data",
     [
-        {"at": datetime(2030, 1, 1)},
-        {"n": Decimal("1.5")},
         {"tags": {"a"}},
         {"x": math.nan},
-        {"id": uuid.uuid4()},
+        {"n": Decimal("NaN")},
+        {"counts": {1: "one"}},
+        {"blob": b"x"},
+        {"when": {"$date": "2030-01-01"}},
     ],
 )
 def test_data_that_is_not_json_is_refused_and_nothing_written(
     events: EventStore, data: dict[str, Any]
 ) -> None:
-    with pytest.raises(EventNotSerializableError, match="not JSON-serialisable") as caught:
+    with pytest.raises(EventNotSerializableError, match="cannot be stored") as caught:
         events.append("s", [NewEvent("E", data)], ANY)
     assert isinstance(caught.value, EventStoreError) and isinstance(caught.value, TypeError)
     with pytest.raises(EventNotSerializableError, match="metadata"):
-        events.append("s", [NewEvent("E", {}, {"at": datetime(2030, 1, 1)})], ANY)
+        events.append("s", [NewEvent("E", {}, {"at": {2030: 1}})], ANY)
     assert everything(events) == [] and events.stream_version("s") == 0
 
 

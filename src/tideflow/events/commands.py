@@ -18,15 +18,15 @@ This module also holds the errors of the command side that are not tied to one p
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import UUID
 
+from tideflow.codec import SUPPORTED
 from tideflow.errors import InvalidDataError, TideflowError
 from tideflow.events.model import RecordedEvent, check_name, new_event_id
-from tideflow.jsonutil import check_text, too_deep
+from tideflow.jsonutil import encode, too_deep
 
 # --- errors ---------------------------------------------------------------------------------------
 
@@ -79,10 +79,6 @@ class UnknownCommandError(CommandError, LookupError):
 
 # --- the command ----------------------------------------------------------------------------------
 
-#: Like the event store's encoder: compact, no NaN, and one instance (``json.dumps`` with options
-#: builds an encoder per call, which costs as much as encoding a small payload).
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
-
 
 def _check_object(value: object, what: str, name: str) -> None:
     if not isinstance(value, Mapping):
@@ -100,22 +96,19 @@ def _check_object(value: object, what: str, name: str) -> None:
             name,
         )
     try:
-        text = _ENCODER.encode(value)
+        encode(value, what=f"{name} of {what}")
     except RecursionError:
         raise InvalidCommandDataError(str(too_deep(f"{name} of {what}")), name) from None
-    except (TypeError, ValueError) as exc:
-        raise CommandNotSerializableError(
-            f"{name} of {what} is not JSON-serialisable: {exc}. Use only dict (str keys), list, "
-            "str, int, float, bool and None; convert dates, decimals, UUIDs and objects to "
-            "strings or numbers first. Nothing was dispatched.",
-            name,
-        ) from exc
-    try:
-        check_text(text, value, what=f"{name} of {what}")
     except InvalidDataError as exc:
         # Checked here, not only when its events are appended: an aggregate may copy the
         # payload into its events, and the command fails in the code that built it.
         raise InvalidCommandDataError(str(exc), name) from None
+    except (TypeError, ValueError) as exc:
+        raise CommandNotSerializableError(
+            f"{name} of {what} cannot be stored: {exc}. Storable: {SUPPORTED}. Nothing was "
+            "dispatched.",
+            name,
+        ) from exc
 
 
 def _check_name(value: object, what: str, name: str) -> str:

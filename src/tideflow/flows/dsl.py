@@ -26,7 +26,17 @@ import inspect
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeGuard, TypeVar, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Generic,
+    TypeGuard,
+    TypeVar,
+    get_args,
+    get_origin,
+    overload,
+)
 
 from tideflow.errors import (
     CycleError,
@@ -47,6 +57,15 @@ from tideflow.flows.definition import (
 from tideflow.jsonutil import dumps
 
 F = TypeVar("F", bound=Callable[..., Any])
+if TYPE_CHECKING:
+    # A default (PEP 696) keeps a bare ``Flow`` meaning ``Flow[Any]`` under mypy --strict;
+    # typing_extensions ships with every type checker, so it is no dependency at run time.
+    from typing_extensions import TypeVar as DefaultingTypeVar
+
+    #: A flow's input type: ``class Checkout(Flow[CheckoutInput])``.
+    InputT = DefaultingTypeVar("InputT", default=Any)
+else:
+    InputT = TypeVar("InputT")
 
 _STEP_ATTR = "__tideflow_step__"
 
@@ -197,11 +216,16 @@ def _default_slug(class_name: str) -> str:
     return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", words).lower()
 
 
-class Flow:
+class Flow(Generic[InputT]):
     """Base class of every flow. Subclass it with class keywords for flow options:
 
     ``class Import(Flow, slug="import", max_attempts=3, base_delay=1, max_delay=300, timeout=60,
     max_stalls=3, reports=False)``.
+
+    ``class Checkout(Flow[CheckoutInput])`` declares the run input's type (a dataclass, a
+    TypedDict, a pydantic model...): ``start_flow`` checks the input against it before anything
+    is written (``tideflow.typed.InputTypeError``), mypy checks ``start_flow(Checkout, ...)``
+    calls, and steps that annotate a parameter with it get an instance.
 
     ``reports=True``: every run's end is appended to the event log (``FlowRunCompleted``,
     ``FlowRunFailed``, ``FlowRunCancelled`` on stream ``run-<run id>``), in the transaction that
@@ -212,6 +236,8 @@ class Flow:
     definition: ClassVar[FlowDefinition]
     slug: ClassVar[str]
     reports: ClassVar[bool] = False
+    #: The declared input type (``Flow[T]``), or None: any storable input.
+    input_type: ClassVar[Any] = None
 
     def __init_subclass__(
         cls,
@@ -236,10 +262,22 @@ class Flow:
             raise FlowDefinitionError(flow_slug, f"reports must be True or False, got {reports!r}")
         cls.slug = flow_slug
         cls.reports = reports
+        cls.input_type = _declared_input(cls)
         cls.definition = _build_definition(cls, flow_slug, retry, timeout, max_stalls, reports)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} flow {self.slug!r} v{self.definition.version}>"
+
+
+def _declared_input(cls: type) -> Any:
+    """``T`` of the nearest ``Flow[T]`` among the class's bases (None when none declares one)."""
+    for klass in cls.__mro__:
+        for base in klass.__dict__.get("__orig_bases__", ()):
+            origin = get_origin(base)
+            if isinstance(origin, type) and issubclass(origin, Flow):
+                (arg,) = get_args(base)
+                return None if isinstance(arg, TypeVar) else arg
+    return None
 
 
 def is_flow_class(obj: object) -> TypeGuard[type[Flow]]:

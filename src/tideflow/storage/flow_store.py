@@ -405,9 +405,9 @@ class SqlFlowStore:
             spec = shape["by_slug"][slug]
             if "if" in spec or "if_not" in spec:
                 value = (
-                    {d: json.loads(outputs[(run_id, d)]) for d in done}
+                    {d: loads(outputs[(run_id, d)]) for d in done}
                     if deps
-                    else json.loads(run_inputs[run_id])
+                    else loads(run_inputs[run_id])
                 )
                 if not condition_met(value, spec.get("if"), spec.get("if_not")):
                     if spec["when_unmet"] == "fail":
@@ -421,7 +421,7 @@ class SqlFlowStore:
                     source_json = "[]"  # its source step was skipped: nothing to map over
                 else:
                     source_json = outputs[(run_id, deps[0])] if deps else run_inputs[run_id]
-                source = json.loads(source_json)
+                source = loads(source_json)
                 if not isinstance(source, list):
                     # The step that produced the value is the one at fault, and is the one
                     # marked failed (a root map's input is refused by start_run; a run started
@@ -1177,7 +1177,7 @@ def check_map_input(definition: FlowDefinition, input_json: str) -> None:
     maps = [s for s in definition.steps if s.is_root and s.kind == "map"]
     if not maps:
         return
-    value = json.loads(input_json)
+    value = loads(input_json)
     if isinstance(value, list):
         return
     # A root map whose condition this input does not meet will be skipped: it maps nothing.
