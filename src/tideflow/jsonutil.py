@@ -89,7 +89,12 @@ def encode(value: Any, *, what: str, field: str | None = None) -> str:
     json's ValueError (NaN), ``RecursionError`` or ``InvalidDataError``, for callers that raise
     errors of their own kind."""
     try:
-        if is_plain(value):
+        try:
+            plain = is_plain(value)
+        except RecursionError:
+            # Too deep, or circular: json's encoder tells which (RecursionError, ValueError).
+            plain = True
+        if plain:
             text = _ENCODER.encode(value)
             if TAG_MARK in text:
                 shaped = find_tag_shaped(value)
@@ -98,6 +103,10 @@ def encode(value: Any, *, what: str, field: str | None = None) -> str:
         else:
             text = _ENCODER.encode(to_json_value(value))
     except ValueError as exc:
+        if "Circular reference" in str(exc):
+            raise UnencodableValue(
+                "$", "a circular reference (a container inside itself)"
+            ) from None
         if "JSON compliant" not in str(exc):
             raise
         raise UnencodableValue(
