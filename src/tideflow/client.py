@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any, Protocol, overload
+from typing import Protocol, overload
 
 from tideflow.errors import (
     DatabaseUnavailableError,
@@ -332,7 +332,7 @@ class RunCalls(Protocol):
     def start_flow(
         self,
         flow: type[Flow] | str,
-        input: Any = None,
+        input: object = None,
         *,
         run_id: str | None = None,
         version: str | None = None,
@@ -341,7 +341,7 @@ class RunCalls(Protocol):
     def start_flows(
         self,
         flow: type[Flow] | str,
-        inputs: Iterable[Any],
+        inputs: Iterable[object],
         *,
         run_ids: Sequence[str] | None = None,
         version: str | None = None,
@@ -372,10 +372,28 @@ class AsyncClient:
     def __init__(self, client: RunCalls) -> None:
         self._client = client
 
+    @overload
+    async def start_flow(
+        self,
+        flow: type[Flow[InputT]],
+        input: InputT = ...,
+        *,
+        run_id: str | None = None,
+        version: str | None = None,
+    ) -> str: ...
+    @overload
+    async def start_flow(
+        self,
+        flow: str,
+        input: object = None,
+        *,
+        run_id: str | None = None,
+        version: str | None = None,
+    ) -> str: ...
     async def start_flow(
         self,
         flow: type[Flow] | str,
-        input: Any = None,
+        input: object = None,
         *,
         run_id: str | None = None,
         version: str | None = None,
@@ -384,10 +402,28 @@ class AsyncClient:
             self._client.start_flow, flow, input, run_id=run_id, version=version
         )
 
+    @overload
+    async def start_flows(
+        self,
+        flow: type[Flow[InputT]],
+        inputs: Iterable[InputT],
+        *,
+        run_ids: Sequence[str] | None = None,
+        version: str | None = None,
+    ) -> list[str]: ...
+    @overload
+    async def start_flows(
+        self,
+        flow: str,
+        inputs: Iterable[object],
+        *,
+        run_ids: Sequence[str] | None = None,
+        version: str | None = None,
+    ) -> list[str]: ...
     async def start_flows(
         self,
         flow: type[Flow] | str,
-        inputs: Iterable[Any],
+        inputs: Iterable[object],
         *,
         run_ids: Sequence[str] | None = None,
         version: str | None = None,

@@ -109,3 +109,32 @@ class Fanout(Flow[list[Item]], slug="typed_fanout"):
     def total(self, each: list[Item]) -> int:
         assert all(isinstance(i, Item) for i in each)
         return sum(i.n for i in each)
+
+
+try:
+    from pydantic import BaseModel, Field
+except ImportError:  # pragma: no cover - pydantic is in the dev extra
+    BaseModel = None  # type: ignore[assignment,misc]
+
+if BaseModel is not None:
+
+    class Signup(BaseModel):
+        email: str = Field(pattern=r".+@.+")
+        seats: int = Field(ge=1)
+        joined: date
+        amount: Decimal
+
+    class Welcome(BaseModel):
+        email: str
+        seats: int
+
+    class Onboard(Flow[Signup], slug="typed_onboard"):
+        @step()
+        def greet(self, input: Signup) -> Welcome:
+            assert isinstance(input, Signup) and isinstance(input.amount, Decimal)
+            return Welcome(email=input.email, seats=input.seats * 2)
+
+        @step(depends_on=["greet"])
+        def done(self, greet: Welcome) -> str:
+            assert isinstance(greet, Welcome)
+            return f"{greet.email}:{greet.seats}"

@@ -62,6 +62,8 @@ if TYPE_CHECKING:
     # typing_extensions ships with every type checker, so it is no dependency at run time.
     from typing_extensions import TypeVar as DefaultingTypeVar
 
+    from tideflow.events.commands import Command, DispatchResult
+
     #: A flow's input type: ``class Checkout(Flow[CheckoutInput])``.
     InputT = DefaultingTypeVar("InputT", default=Any)
 else:
@@ -82,10 +84,12 @@ class StepContext:
     task_index: int
     attempt: int
     run_input: Any
-    dispatcher: Callable[[Any, str], Any] | None = field(default=None, repr=False, compare=False)
+    dispatcher: Callable[[Command, str], DispatchResult] | None = field(
+        default=None, repr=False, compare=False
+    )
     _sent: list[int] = field(default_factory=lambda: [0], repr=False, compare=False)
 
-    def dispatch(self, command: Any) -> Any:
+    def dispatch(self, command: Command) -> DispatchResult:
         """Dispatch ``command`` (a ``tideflow.events.Command``) through the worker's app and
         return its ``DispatchResult``. It carries the run's correlation id when the run has one
         (a run a process manager started: the events come back to that instance). Without an
@@ -103,7 +107,7 @@ class StepContext:
         key = f"step:{self.run_id}:{self.step_slug}:{self.task_index}:{n}"
         return self.dispatcher(command, key)
 
-    async def dispatch_async(self, command: Any) -> Any:
+    async def dispatch_async(self, command: Command) -> DispatchResult:
         """``dispatch``, in a thread: for ``async def`` steps."""
         return await asyncio.to_thread(self.dispatch, command)
 
