@@ -138,3 +138,30 @@ if BaseModel is not None:
         def done(self, greet: Welcome) -> str:
             assert isinstance(greet, Welcome)
             return f"{greet.email}:{greet.seats}"
+
+
+SEEN: list[tuple[int, str, str]] = []
+
+
+class RetriedTyped(Flow[CheckoutInput], slug="typed_retried", base_delay=0, max_attempts=3):
+    """Types are the same on every attempt: the step always gets the stored value, decoded the
+    same way (DBOS issue 697: a datetime in-process, a str after recovery)."""
+
+    @step()
+    def flaky(self, input: CheckoutInput, ctx: Any) -> Receipt:
+        SEEN.append((ctx.attempt, type(input.placed_at).__name__, type(input).__name__))
+        if ctx.attempt < 3:
+            raise RuntimeError("try again")
+        return Receipt(input.order_id, input.lines[0].price, input.placed_at.date(), input.tier)
+
+
+class GoldOnly(Flow, slug="typed_gold_only"):
+    """A condition on a typed value: the pattern holds an enum member and a date."""
+
+    @step(if_={"tier": Tier.GOLD, "day": date(2026, 12, 7)})
+    def perk(self, input: Any) -> str:
+        return "perk"
+
+    @step()
+    def always(self, input: Any) -> str:
+        return "always"

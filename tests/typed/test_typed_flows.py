@@ -16,13 +16,16 @@ from tideflow.errors import InputNotSerializableError, InvalidDataError
 from tideflow.typed import InputTypeError
 
 from .flows_typed import (
+    SEEN,
     Checkout,
     CheckoutInput,
     Fanout,
+    GoldOnly,
     Item,
     Line,
     Priority,
     Receipt,
+    RetriedTyped,
     Tier,
     Untyped,
     WrongOutput,
@@ -210,3 +213,32 @@ def test_poison_is_refused_before_anything_is_written(
     with pytest.raises(error, match=message):
         app.start_flow(Untyped, value)
     assert app.list_runs() == []
+
+
+def test_every_attempt_gets_the_same_types(app: App) -> None:
+    SEEN.clear()
+    app.register(RetriedTyped)
+    run_id = app.start_flow(RetriedTyped, checkout_input())
+    drain(app)
+    run = app.get_run(run_id)
+    assert run.status == "completed", run.error
+    assert [(n, "datetime", "CheckoutInput") for n in (1, 2, 3)] == SEEN
+    receipt = run.step("flaky").output_as(Receipt)
+    assert receipt == Receipt(ORDER, Decimal("3.10"), date(2026, 12, 7), Tier.GOLD)
+    assert run.output_as(dict[str, Receipt]) == {"flaky": receipt}
+    with pytest.raises(InputTypeError, match=r"output of run .*\$\['flaky'\]"):
+        run.output_as(dict[str, Line])
+
+
+def test_conditions_match_typed_values(app: App) -> None:
+    app.register(GoldOnly)
+    gold = app.start_flow(GoldOnly, {"tier": Tier.GOLD, "day": date(2026, 12, 7), "n": 1})
+    silver = app.start_flow(GoldOnly, {"tier": Tier.SILVER, "day": date(2026, 12, 7)})
+    drain(app)
+    assert app.get_run(gold).output == {"perk": "perk", "always": "always"}
+    assert app.get_run(silver).output == {"always": "always"}
+    assert app.get_run(silver).step("perk").status == "skipped"
+    # The stored shape keeps the pattern's types (a worker without the code reads it back).
+    [stored] = [f for f in app.store.list_flows() if f.flow_slug == "typed_gold_only"]
+    [perk] = [s for s in stored.shape["steps"] if s["slug"] == "perk"]
+    assert perk["if"] == {"tier": Tier.GOLD, "day": date(2026, 12, 7)}

@@ -55,6 +55,7 @@ from typing import Any, NamedTuple
 from uuid import UUID
 
 from tideflow.clock import Clock
+from tideflow.codec import to_json_value
 from tideflow.errors import (
     DuplicateKeyError,
     FlowNotFoundError,
@@ -157,7 +158,7 @@ class SqlFlowStore:
         # A read first (a statement of its own: on SQLite it takes no write lock), so that a
         # worker whose options are stored already writes nothing as it starts.
         found = self.db.rows("get_flow", flow_slug=definition.slug, version=definition.version)
-        if not found or json.loads(found[0]["shape"]) != shape:
+        if not found or loads(found[0]["shape"]) != shape:
             with self._tx() as tx:
                 self._write_flow(tx, "record_flow", definition, shape)
         self._shapes.setdefault(key, _with_dependents(shape))
@@ -192,16 +193,14 @@ class SqlFlowStore:
             query,
             flow_slug=definition.slug,
             version=definition.version,
-            shape=json.dumps(shape),
+            shape=json.dumps(to_json_value(shape)),  # patterns may hold dates, enums...
             created_at=self.clock.now(),
         )
 
     def list_flows(self) -> list[FlowVersionRecord]:
         with self._tx() as tx:
             return [
-                FlowVersionRecord(
-                    r["flow_slug"], r["version"], json.loads(r["shape"]), r["created_at"]
-                )
+                FlowVersionRecord(r["flow_slug"], r["version"], loads(r["shape"]), r["created_at"])
                 for r in tx.rows("list_flows")
             ]
 
@@ -236,7 +235,7 @@ class SqlFlowStore:
         shape = self._shapes.get(key)
         if shape is None:
             found = tx.rows("get_flow", flow_slug=flow_slug, version=version)
-            shape = self._shapes[key] = _with_dependents(json.loads(found[0]["shape"]))
+            shape = self._shapes[key] = _with_dependents(loads(found[0]["shape"]))
         return shape
 
     # --- starting runs and steps -----------------------------------------------------------------
@@ -1148,9 +1147,9 @@ def _cascade(shapes: dict[str, dict[str, Any]], requests: list[tuple[Skip, bool]
 def _unmet_error(slug: str, spec: dict[str, Any]) -> str:
     wanted = []
     if "if" in spec:
-        wanted.append(f"contain {json.dumps(spec['if'])}")
+        wanted.append(f"contain {json.dumps(to_json_value(spec['if']))}")
     if "if_not" in spec:
-        wanted.append(f"not contain {json.dumps(spec['if_not'])}")
+        wanted.append(f"not contain {json.dumps(to_json_value(spec['if_not']))}")
     what = "the run input" if not spec["depends_on"] else "its dependencies' outputs"
     return (
         f"step {slug!r} has an unmet condition ({what} must {' and '.join(wanted)}) and "
