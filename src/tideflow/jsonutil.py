@@ -37,10 +37,10 @@ from typing import Any
 
 from tideflow.codec import (
     SUPPORTED,
-    TAG_MARK,
     UnencodableValue,
     find_tag_shaped,
     is_plain,
+    may_hold_tags,
     to_json_value,
     untag,
 )
@@ -96,7 +96,7 @@ def encode(value: Any, *, what: str, field: str | None = None) -> str:
             plain = True
         if plain:
             text = _ENCODER.encode(value)
-            if TAG_MARK in text:
+            if may_hold_tags(text):
                 shaped = find_tag_shaped(value)
                 if shaped is not None:
                     raise shaped
@@ -135,7 +135,7 @@ def loads(text: str | None) -> Any:
     text that may hold one."""
     if text is None:
         return None
-    if TAG_MARK in text:
+    if may_hold_tags(text):
         return json.loads(text, object_hook=untag)
     return json.loads(text)
 

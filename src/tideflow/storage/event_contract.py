@@ -35,7 +35,7 @@ from uuid import UUID
 
 from tideflow import jsonutil
 from tideflow.clock import Clock
-from tideflow.codec import TAG_MARK, find_tag_shaped, is_plain
+from tideflow.codec import find_tag_shaped, is_plain, may_hold_tags
 from tideflow.errors import InvalidDataError
 from tideflow.events.errors import (
     DuplicateEventIdError,
@@ -755,7 +755,7 @@ def _check_texts(texts: list[str], events: Sequence[NewEvent], stream_id: str) -
         ("\\u0000" not in joined and joined.isascii())
         and joined.count("[") + joined.count("{") <= MAX_DEPTH
         and "e+" not in joined
-        and TAG_MARK not in joined
+        and not may_hold_tags(joined)
     ):
         return
     n = len(events)
@@ -769,7 +769,7 @@ def _check_texts(texts: list[str], events: Sequence[NewEvent], stream_id: str) -
             texts[j] = check_text(text, value, what=what)
         except InvalidDataError as exc:
             raise as_event_data_error(exc) from None
-        shaped = find_tag_shaped(value) if TAG_MARK in text else None
+        shaped = find_tag_shaped(value) if may_hold_tags(text) else None
         if shaped is not None:
             raise EventNotSerializableError(
                 f"{what} cannot be stored: {shaped}. Nothing was written."
