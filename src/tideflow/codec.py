@@ -244,10 +244,17 @@ def untag(obj: dict[str, Any]) -> Any:
 
 
 def parse_datetime(text: str) -> datetime:
-    if text.endswith("]"):
-        base, _, zone = text[:-1].partition("[")
-        return datetime.fromisoformat(base).astimezone(ZoneInfo(zone))
-    return datetime.fromisoformat(text)
+    if not text.endswith("]"):
+        return datetime.fromisoformat(text)
+    base, _, zone = text[:-1].partition("[")
+    fixed = datetime.fromisoformat(base)
+    # The wall time as written, in its zone; the offset written beside it says which ``fold``
+    # (an ambiguous hour, or a time in a gap, has one offset per fold). Converting the instant
+    # instead would move a time in a gap to another wall time.
+    zoned = fixed.replace(tzinfo=ZoneInfo(zone))
+    if zoned.utcoffset() != fixed.utcoffset():
+        zoned = zoned.replace(fold=1)
+    return zoned
 
 
 _ENUMS: dict[str, type[Enum]] = {}
