@@ -75,9 +75,15 @@ _HINTS: dict[type, dict[str, Any]] = {}
 
 
 def _hints(cls: type) -> dict[str, Any]:
+    """The resolved annotations of ``cls``; none (fields unchecked) when they cannot be
+    resolved, so that a broken annotation never turns a check into a NameError."""
     found = _HINTS.get(cls)
     if found is None:
-        found = _HINTS[cls] = typing.get_type_hints(cls)
+        try:
+            found = typing.get_type_hints(cls)
+        except Exception:  # a NameError, or anything a broken annotation raises
+            found = {}
+        _HINTS[cls] = found
     return found
 
 
@@ -236,7 +242,11 @@ def step_types(fn: Any) -> StepTypes:
     )
     returns = hints.get("return")
     found = _STEP_TYPES[func] = StepTypes(
-        {name: tp for name, tp in hints.items() if name != "return" and is_structured(tp)},
+        {
+            name: tp
+            for name, tp in hints.items()
+            if name not in ("return", "ctx") and is_structured(tp)
+        },
         first,
         returns if returns is not None and is_structured(returns) else None,
     )
