@@ -64,6 +64,8 @@ LAYERS: dict[str, str] = {
     "tideflow.errors": "base",
     "tideflow.clock": "base",
     "tideflow.jsonutil": "base",
+    "tideflow.codec": "base",
+    "tideflow.typed": "base",
     "tideflow.retrying": "base",
     "tideflow.ids": "base",
     "tideflow.flows": "flows",

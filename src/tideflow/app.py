@@ -18,7 +18,7 @@ import signal
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from tideflow.client import AsyncClient, Client
 from tideflow.clock import Clock
@@ -28,7 +28,7 @@ from tideflow.events.commands import Command, DispatchResult
 from tideflow.events.handling import EventHandler, HandlerNotFoundError, check_handler
 from tideflow.events.middleware import Middleware
 from tideflow.events.upcasting import Upcasters
-from tideflow.flows.dsl import Flow
+from tideflow.flows.dsl import Flow, InputT
 from tideflow.flows.jobs import Job
 from tideflow.flows.registry import FlowRegistry
 from tideflow.flows.schedules import Schedule
@@ -55,7 +55,6 @@ AggregateT = TypeVar("AggregateT", bound=type[Aggregate])
 HandlerT = TypeVar("HandlerT", bound=type[EventHandler])
 ProcessManagerT = TypeVar("ProcessManagerT", bound=type[ProcessManager])
 JobT = TypeVar("JobT", bound=Job[Any, Any])
-InputT = TypeVar("InputT")
 
 log = logging.getLogger("tideflow.worker")
 
@@ -398,10 +397,28 @@ class App:
         return AsyncApp(self)
 
     # Shortcuts to the client, the calls most code makes.
+    @overload
+    def start_flow(
+        self,
+        flow: type[Flow[InputT]],
+        input: InputT = ...,
+        *,
+        run_id: str | None = None,
+        version: str | None = None,
+    ) -> str: ...
+    @overload
+    def start_flow(
+        self,
+        flow: str,
+        input: object = None,
+        *,
+        run_id: str | None = None,
+        version: str | None = None,
+    ) -> str: ...
     def start_flow(
         self,
         flow: type[Flow] | str,
-        input: Any = None,
+        input: object = None,
         *,
         run_id: str | None = None,
         version: str | None = None,
@@ -410,10 +427,28 @@ class App:
         stored version (or ``version``), so a web app can start runs without the flows' code."""
         return self.client.start_flow(flow, input, run_id=run_id, version=version)
 
+    @overload
+    def start_flows(
+        self,
+        flow: type[Flow[InputT]],
+        inputs: Iterable[InputT],
+        *,
+        run_ids: Sequence[str] | None = None,
+        version: str | None = None,
+    ) -> list[str]: ...
+    @overload
+    def start_flows(
+        self,
+        flow: str,
+        inputs: Iterable[object],
+        *,
+        run_ids: Sequence[str] | None = None,
+        version: str | None = None,
+    ) -> list[str]: ...
     def start_flows(
         self,
         flow: type[Flow] | str,
-        inputs: Iterable[Any],
+        inputs: Iterable[object],
         *,
         run_ids: Sequence[str] | None = None,
         version: str | None = None,

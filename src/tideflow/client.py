@@ -7,12 +7,11 @@ derives every method from it by running it in a thread, so the two cannot drift 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, overload
 
 from tideflow.errors import (
     DatabaseUnavailableError,
@@ -23,19 +22,18 @@ from tideflow.errors import (
     TideflowError,
 )
 from tideflow.flows.definition import FlowDefinition
-from tideflow.flows.dsl import Flow, is_flow_class
+from tideflow.flows.dsl import Flow, InputT, is_flow_class
 from tideflow.flows.jobs import Job, is_job
 from tideflow.flows.registry import FlowRegistry
 from tideflow.ids import new_run_id, new_run_ids
-from tideflow.jsonutil import check_id, dumps
+from tideflow.jsonutil import check_id, dumps, loads
 from tideflow.retrying import Backoff, retry_briefly
 from tideflow.storage.database import Tx
 from tideflow.storage.flow_contract import RUN_FINAL, FlowStore, RunRecord, RunReport
 from tideflow.telemetry import metrics, tracing
+from tideflow.typed import coerce
 
 RUN_STATUSES = ("started", "completed", "failed", "cancelled")
-
-InputT = TypeVar("InputT")
 
 
 class InvalidArgumentError(TideflowError, ValueError):
@@ -85,7 +83,7 @@ def _is_this_run(
     store: FlowStore, definition: FlowDefinition, run_id: str, input_json: str
 ) -> bool:
     run = store.get_run(run_id, with_steps=False)
-    return run.flow_slug == definition.slug and run.input == json.loads(input_json)
+    return run.flow_slug == definition.slug and run.input == loads(input_json)
 
 
 class Client:
@@ -119,10 +117,32 @@ class Client:
         assert isinstance(slug, str)
         return self.store.stored_flow(slug, version)
 
+    @overload
+    def start_flow(
+        self,
+        flow: type[Flow[InputT]],
+        input: InputT = ...,
+        *,
+        run_id: str | None = None,
+        tx: Tx | None = None,
+        report: RunReport | None = None,
+        version: str | None = None,
+    ) -> str: ...
+    @overload
+    def start_flow(
+        self,
+        flow: str,
+        input: object = None,
+        *,
+        run_id: str | None = None,
+        tx: Tx | None = None,
+        report: RunReport | None = None,
+        version: str | None = None,
+    ) -> str: ...
     def start_flow(
         self,
         flow: type[Flow] | str,
-        input: Any = None,
+        input: object = None,
         *,
         run_id: str | None = None,
         tx: Tx | None = None,
@@ -143,7 +163,8 @@ class Client:
         for a flow declared with ``reports=True``) the run's end is appended to the event log
         (``RunReport``)."""
         definition = self.flow_definition(flow, version)
-        input_json = dumps(input, what=f"run input of flow {definition.slug!r}")
+        what = f"run input of flow {definition.slug!r}"
+        input_json = dumps(self._typed_input(flow, input, what), what=what)
         generated = run_id is None
         run_id = new_run_id() if run_id is None else check_id(run_id, "run_id", max_length=200)
         if report is None and definition.reports:
@@ -171,10 +192,28 @@ class Client:
         metrics.run_started(definition.slug)
         return run_id
 
+    @overload
+    def start_flows(
+        self,
+        flow: type[Flow[InputT]],
+        inputs: Iterable[InputT],
+        *,
+        run_ids: Sequence[str] | None = None,
+        version: str | None = None,
+    ) -> list[str]: ...
+    @overload
+    def start_flows(
+        self,
+        flow: str,
+        inputs: Iterable[object],
+        *,
+        run_ids: Sequence[str] | None = None,
+        version: str | None = None,
+    ) -> list[str]: ...
     def start_flows(
         self,
         flow: type[Flow] | str,
-        inputs: Iterable[Any],
+        inputs: Iterable[object],
         *,
         run_ids: Sequence[str] | None = None,
         version: str | None = None,
@@ -193,7 +232,7 @@ class Client:
                 f"run_ids has {len(run_ids)} ids for {len(values)} inputs; give one per input"
             )
         what = f"run input of flow {definition.slug!r}"
-        texts = [dumps(value, what=what) for value in values]
+        texts = [dumps(self._typed_input(flow, value, what), what=what) for value in values]
         generated = run_ids is None
         ids = (
             new_run_ids(len(values))
@@ -300,6 +339,15 @@ class Client:
             )
         return self.store.clock.now() + timedelta(seconds=seconds) if seconds else None
 
+    def _typed_input(self, flow: type[Flow] | str, value: object, what: str) -> object:
+        """``value`` checked against the flow's declared input type (``Flow[T]``), when this
+        process has the flow's class; ``InputTypeError`` (nothing written) when it does not
+        fit."""
+        cls = flow if is_flow_class(flow) else self.registry.find(str(flow))
+        if cls is None or cls.input_type is None:
+            return value
+        return coerce(value, cls.input_type, what=what)
+
     def get_run(self, run_id: str) -> RunRecord:
         """The run with its steps and tasks; ``RunNotFoundError`` if unknown, ``InvalidDataError``
         for an id no run can have (the same on both backends)."""
@@ -374,7 +422,7 @@ class RunCalls(Protocol):
     def start_flow(
         self,
         flow: type[Flow] | str,
-        input: Any = None,
+        input: object = None,
         *,
         run_id: str | None = None,
         version: str | None = None,
@@ -383,7 +431,7 @@ class RunCalls(Protocol):
     def start_flows(
         self,
         flow: type[Flow] | str,
-        inputs: Iterable[Any],
+        inputs: Iterable[object],
         *,
         run_ids: Sequence[str] | None = None,
         version: str | None = None,
@@ -424,10 +472,28 @@ class AsyncClient:
     def __init__(self, client: RunCalls) -> None:
         self._client = client
 
+    @overload
+    async def start_flow(
+        self,
+        flow: type[Flow[InputT]],
+        input: InputT = ...,
+        *,
+        run_id: str | None = None,
+        version: str | None = None,
+    ) -> str: ...
+    @overload
+    async def start_flow(
+        self,
+        flow: str,
+        input: object = None,
+        *,
+        run_id: str | None = None,
+        version: str | None = None,
+    ) -> str: ...
     async def start_flow(
         self,
         flow: type[Flow] | str,
-        input: Any = None,
+        input: object = None,
         *,
         run_id: str | None = None,
         version: str | None = None,
@@ -436,10 +502,28 @@ class AsyncClient:
             self._client.start_flow, flow, input, run_id=run_id, version=version
         )
 
+    @overload
+    async def start_flows(
+        self,
+        flow: type[Flow[InputT]],
+        inputs: Iterable[InputT],
+        *,
+        run_ids: Sequence[str] | None = None,
+        version: str | None = None,
+    ) -> list[str]: ...
+    @overload
+    async def start_flows(
+        self,
+        flow: str,
+        inputs: Iterable[object],
+        *,
+        run_ids: Sequence[str] | None = None,
+        version: str | None = None,
+    ) -> list[str]: ...
     async def start_flows(
         self,
         flow: type[Flow] | str,
-        inputs: Iterable[Any],
+        inputs: Iterable[object],
         *,
         run_ids: Sequence[str] | None = None,
         version: str | None = None,

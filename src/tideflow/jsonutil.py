@@ -1,8 +1,10 @@
 """JSON encoding with tideflow's errors: the one check every stored value passes.
 
-Inputs and outputs are stored as JSON so that any tool reading the database understands them. We
-refuse what ``json`` cannot encode rather than guess (no ``default=str``): a datetime silently
-turned into a string would come back as a different type on the next step.
+Inputs and outputs are stored as JSON so that any tool reading the database understands them.
+Datetimes, dates, decimals, UUIDs, enums, dataclasses and pydantic models are stored in the
+tagged form of ``tideflow.codec`` and come back as what was written; anything else is refused
+rather than guessed (no ``default=str``): a value silently turned into a string would come back
+as a different type on the next step, and ``{1: "a"}`` as ``{"1": "a"}``.
 
 We also refuse JSON that one of the backends could not store or give back unchanged, *before*
 any SQL runs and the same way on every backend (SQLite refuses what PostgreSQL would refuse: one
@@ -33,6 +35,15 @@ import re
 from decimal import Decimal
 from typing import Any
 
+from tideflow.codec import (
+    SUPPORTED,
+    UnencodableValue,
+    find_tag_shaped,
+    is_plain,
+    may_hold_tags,
+    to_json_value,
+    untag,
+)
 from tideflow.errors import InputNotSerializableError, InvalidDataError
 
 #: Deepest nesting of lists and objects a stored value may have (``{"a": [1]}`` is 2 deep).
@@ -56,20 +67,51 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii
 
 
 def dumps(value: Any, *, what: str, field: str | None = None) -> str:
-    """Encode ``value`` for storage; ``what`` names it in the error ("run input of flow 'x'"),
-    ``field`` (default ``what``) becomes ``InvalidDataError.field``. Raises
-    ``InputNotSerializableError`` for what is not JSON, ``InvalidDataError`` for JSON no backend
-    may store (see the module docstring); never ``RecursionError``."""
+    """Encode ``value`` for storage (``tideflow.codec``: datetimes, decimals... as tagged
+    objects); ``what`` names it in the error ("run input of flow 'x'"), ``field`` (default
+    ``what``) becomes ``InvalidDataError.field``. Raises ``InputNotSerializableError`` for what
+    tideflow cannot store, ``InvalidDataError`` for JSON no backend may store (see the module
+    docstring); never ``RecursionError``."""
     try:
-        text = _ENCODER.encode(value)
+        return encode(value, what=what, field=field)
     except RecursionError:
         raise too_deep(what, field) from None
     except (TypeError, ValueError) as exc:
+        if isinstance(exc, InvalidDataError):
+            raise
         raise InputNotSerializableError(
-            f"{what} is not JSON-serialisable ({type(value).__name__}): {exc}. "
-            "Pass only dict, list, str, int, float, bool and None (convert dates, decimals and "
-            "objects to strings or numbers first)."
+            f"{what} cannot be stored: {exc}. Storable: {SUPPORTED}. Nothing was written."
         ) from exc
+
+
+def encode(value: Any, *, what: str, field: str | None = None) -> str:
+    """``dumps`` without its error translation: raises ``UnencodableValue`` (a TypeError),
+    json's ValueError (NaN), ``RecursionError`` or ``InvalidDataError``, for callers that raise
+    errors of their own kind."""
+    try:
+        try:
+            plain = is_plain(value)
+        except RecursionError:
+            # Too deep, or circular: json's encoder tells which (RecursionError, ValueError).
+            plain = True
+        if plain:
+            text = _ENCODER.encode(value)
+            if may_hold_tags(text):
+                shaped = find_tag_shaped(value)
+                if shaped is not None:
+                    raise shaped
+        else:
+            text = _ENCODER.encode(to_json_value(value))
+    except ValueError as exc:
+        if "Circular reference" in str(exc):
+            raise UnencodableValue(
+                "$", "a circular reference (a container inside itself)"
+            ) from None
+        if "JSON compliant" not in str(exc):
+            raise
+        raise UnencodableValue(
+            "$", "a float NaN or infinity, which is not JSON (store None or a string instead)"
+        ) from None
     return check_text(text, value, what=what, field=field)
 
 
@@ -89,7 +131,13 @@ def check_text(text: str, value: Any, *, what: str, field: str | None = None) ->
 
 
 def loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+    """A stored value, tagged objects decoded (``tideflow.codec``); the hook runs only for a
+    text that may hold one."""
+    if text is None:
+        return None
+    if may_hold_tags(text):
+        return json.loads(text, object_hook=untag)
+    return json.loads(text)
 
 
 def too_deep(what: str, field: str | None = None) -> InvalidDataError:

@@ -234,8 +234,7 @@ def test_a_command_claimed_by_two_aggregates_is_refused_at_registration() -> Non
 def test_commands_are_checked_when_built() -> None:
     with pytest.raises(
         CommandNotSerializableError,
-        match=r"payload of command 'AddStock'.*not "
-        r"JSON-serialisable",
+        match=r"payload of command 'AddStock'.*cannot be stored",
     ) as payload:
         Command("AddStock", "sku-1", {"when": object()})
     assert payload.value.field == "payload"
@@ -243,9 +242,9 @@ def test_commands_are_checked_when_built() -> None:
     with pytest.raises(CommandNotSerializableError, match=r"metadata.*must be a dict") as bad:
         Command("AddStock", "sku-1", metadata=["user"])  # type: ignore[arg-type]
     assert bad.value.field == "metadata"
-    with pytest.raises(CommandNotSerializableError, match=r"non-str keys"):
+    with pytest.raises(CommandNotSerializableError, match=r"non-str keys|dict key of type int"):
         Command("AddStock", "sku-1", {1: "one"})  # type: ignore[dict-item]
-    with pytest.raises(CommandNotSerializableError, match=r"Out of range float|not JSON"):
+    with pytest.raises(CommandNotSerializableError, match=r"NaN or infinity"):
         Command("AddStock", "sku-1", {"qty": float("nan")})
     for bad_id in ("", None, 42):
         with pytest.raises(InvalidCommandError, match=r"aggregate_id") as info:

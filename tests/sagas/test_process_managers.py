@@ -292,14 +292,14 @@ class KeepsADate(OrderFulfilment):
     name = "keeps_a_date"
 
     def apply(self, state: Any, event: RecordedEvent) -> Any:
-        return {"when": datetime(2026, 1, 1)}
+        return {"when": {2026: datetime(2026, 1, 1)}}
 
 
 @pytest.mark.parametrize(
     ("manager", "reason"),
     [
         (SaysOops, "react() returned str; return a list of Command and StartFlow"),
-        (KeepsADate, "is not JSON-serialisable"),
+        (KeepsADate, "cannot be stored: a dict key of type int"),
     ],
 )
 def test_bad_outputs_stop_the_manager_with_a_reason_and_write_nothing(

@@ -39,6 +39,7 @@ from rich.text import Text
 from tideflow.cli.errors import CliUsageError, CommandFailed
 from tideflow.cli.loading import DATABASE_HELP, check_reachable, load_object
 from tideflow.cli.render import compact_json, fmt_time, truncate
+from tideflow.codec import to_json_value
 from tideflow.events.handling import EventHandler, HandlerNotFoundError, HandlerUsageError
 from tideflow.events.model import RecordedEvent
 from tideflow.storage import open_database, resolve_url
@@ -169,8 +170,8 @@ def event_json(event: RecordedEvent) -> str:
             "event_type": event.event_type,
             "event_id": str(event.event_id),
             "recorded_at": event.recorded_at.isoformat(),
-            "data": event.data,
-            "metadata": event.metadata,
+            "data": to_json_value(event.data),
+            "metadata": to_json_value(event.metadata),
             "causation_id": None if event.causation_id is None else str(event.causation_id),
             "correlation_id": None if event.correlation_id is None else str(event.correlation_id),
         },

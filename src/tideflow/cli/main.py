@@ -8,7 +8,6 @@ cannot - and leaves the drawing to ``render`` and ``dag`` and the finding of use
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -44,6 +43,7 @@ from tideflow.cli.render import (
 )
 from tideflow.cli.sagas_cli import sagas_app
 from tideflow.cli.schedules_cli import schedules_app
+from tideflow.jsonutil import loads
 from tideflow.runtime.retention import DEFAULT_BATCH_SIZE, Retention
 
 #: Output that is not a terminal (a pipe, a file, a test) gets this width instead of Rich's 80,
@@ -378,7 +378,7 @@ def parse_input(text: str) -> Any:
             text = Path(text[1:]).read_text()
         except OSError as exc:
             raise CliUsageError(f"cannot read --input file {text[1:]!r}: {exc.strerror}") from exc
-    return json.loads(text)
+    return loads(text)
 
 
 @cli.command()

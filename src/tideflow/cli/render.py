@@ -17,6 +17,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from tideflow.codec import to_json_value
 from tideflow.flows.definition import FlowDefinition
 from tideflow.storage.flow_contract import (
     AttemptFailure,
@@ -89,7 +90,7 @@ def fmt_time(moment: datetime | None) -> str:
 
 
 def compact_json(value: Any, limit: int | None = None) -> str:
-    text = json.dumps(value, separators=(", ", ": "), ensure_ascii=False)
+    text = json.dumps(to_json_value(value), separators=(", ", ": "), ensure_ascii=False)
     if limit is not None and len(text) > limit:
         return text[: max(1, limit - 1)] + "…"
     return text

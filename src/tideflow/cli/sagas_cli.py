@@ -24,6 +24,8 @@ from tideflow.cli.errors import CliUsageError, CommandFailed
 from tideflow.cli.events_cli import DatabaseOpt, _console
 from tideflow.cli.loading import check_reachable
 from tideflow.cli.render import compact_json, fmt_time, truncate
+from tideflow.codec import to_json_value
+from tideflow.jsonutil import loads
 from tideflow.storage import Stores, open_database, resolve_url
 from tideflow.storage.process_contract import (
     PROCESS_STATUSES,
@@ -173,7 +175,7 @@ def saga_command(
                 f"{sent['command_type']} -> {sent['aggregate_id']}{at}",
             )
         )
-    pending = len(json.loads(found.undo_json))
+    pending = len(loads(found.undo_json))
     if pending and found.status == "running":
         out.print(Text(f"{pending} undo(s) recorded, dispatched if a command is refused", "dim"))
     for timer in timers:
@@ -183,4 +185,4 @@ def saga_command(
                 f"{timer.name} -> {timer.event_type} at {fmt_time(timer.fire_at)}",
             )
         )
-    out.print(json.dumps(found.state, indent=2, ensure_ascii=False), soft_wrap=True)
+    out.print(json.dumps(to_json_value(found.state), indent=2, ensure_ascii=False), soft_wrap=True)

@@ -52,6 +52,7 @@ from tideflow.events.commands import (
     InvalidCommandError,
     UnknownAggregateError,
     UnknownCommandError,
+    as_payload,
 )
 from tideflow.events.errors import (
     CheckpointConflictError,
@@ -178,5 +179,6 @@ __all__ = [
     "UpcastingError",
     "WrongExpectedVersionError",
     "applies",
+    "as_payload",
     "handles",
 ]

@@ -17,16 +17,20 @@ This module also holds the errors of the command side that are not tied to one p
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
+from tideflow.codec import SUPPORTED, is_pydantic_model
 from tideflow.errors import InvalidDataError, TideflowError
 from tideflow.events.model import RecordedEvent, check_name, new_event_id
-from tideflow.jsonutil import check_text, too_deep
+from tideflow.jsonutil import encode, too_deep
+from tideflow.typed import InputTypeError, coerce
+
+T = TypeVar("T")
 
 # --- errors ---------------------------------------------------------------------------------------
 
@@ -79,10 +83,6 @@ class UnknownCommandError(CommandError, LookupError):
 
 # --- the command ----------------------------------------------------------------------------------
 
-#: Like the event store's encoder: compact, no NaN, and one instance (``json.dumps`` with options
-#: builds an encoder per call, which costs as much as encoding a small payload).
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
-
 
 def _check_object(value: object, what: str, name: str) -> None:
     if not isinstance(value, Mapping):
@@ -100,22 +100,19 @@ def _check_object(value: object, what: str, name: str) -> None:
             name,
         )
     try:
-        text = _ENCODER.encode(value)
+        encode(value, what=f"{name} of {what}")
     except RecursionError:
         raise InvalidCommandDataError(str(too_deep(f"{name} of {what}")), name) from None
-    except (TypeError, ValueError) as exc:
-        raise CommandNotSerializableError(
-            f"{name} of {what} is not JSON-serialisable: {exc}. Use only dict (str keys), list, "
-            "str, int, float, bool and None; convert dates, decimals, UUIDs and objects to "
-            "strings or numbers first. Nothing was dispatched.",
-            name,
-        ) from exc
-    try:
-        check_text(text, value, what=f"{name} of {what}")
     except InvalidDataError as exc:
         # Checked here, not only when its events are appended: an aggregate may copy the
         # payload into its events, and the command fails in the code that built it.
         raise InvalidCommandDataError(str(exc), name) from None
+    except (TypeError, ValueError) as exc:
+        raise CommandNotSerializableError(
+            f"{name} of {what} cannot be stored: {exc}. Storable: {SUPPORTED}. Nothing was "
+            "dispatched.",
+            name,
+        ) from exc
 
 
 def _check_name(value: object, what: str, name: str) -> str:
@@ -205,6 +202,16 @@ class Command:
         )
         object.__setattr__(self, "correlation_id", correlation)
 
+    def payload_as(self, cls: type[T]) -> T:
+        """The payload as an instance of ``cls`` (a dataclass or pydantic model - built from
+        the payload's fields -, or a TypedDict - checked): what a handler calls to work with a
+        typed payload. ``InvalidCommandDataError`` (field ``payload``, naming the wrong field)
+        when the payload does not fit; raised in a handler, it writes nothing."""
+        try:
+            return coerce(self.payload, cls, what=f"payload of command {self.command_type!r}")  # type: ignore[no-any-return]
+        except InputTypeError as exc:
+            raise InvalidCommandDataError(str(exc), "payload") from None
+
     def caused_by(self, cause: RecordedEvent) -> Command:
         """This command as a reaction to ``cause`` (what a process manager sends): causation is
         the event, correlation carries on the event's chain, and the command gets a fresh id."""
@@ -214,6 +221,34 @@ class Command:
             causation_id=str(cause.event_id),
             correlation_id=str(cause.correlation_id or cause.event_id),
         )
+
+
+def as_payload(value: object) -> dict[str, Any]:
+    """A dataclass or pydantic model instance as a command payload (the dict of its fields,
+    values unchanged: the codec stores datetimes, decimals...): ``Command("AddStock", "sku-1",
+    as_payload(AddStock(qty=3)))``, so that mypy checks the payload's fields where the command
+    is built. ``payload_as`` turns it back."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _field_value(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if is_pydantic_model(type(value)):
+        dumped: dict[str, Any] = value.model_dump(mode="python", by_alias=True)  # type: ignore[attr-defined]
+        return dumped
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise CommandNotSerializableError(
+        f"as_payload takes a dataclass, a pydantic model or a dict, got {type(value).__name__}",
+        "payload",
+    )
+
+
+def _field_value(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return as_payload(value)
+    if isinstance(value, list | tuple):
+        return [_field_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _field_value(v) for k, v in value.items()}
+    return value
 
 
 # --- the result -----------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ This module imports nothing from storage: domain -> storage contract -> backends
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Mapping
@@ -27,6 +26,7 @@ from enum import Enum
 from typing import Any
 from uuid import UUID
 
+from tideflow.codec import SUPPORTED
 from tideflow.errors import InvalidDataError
 from tideflow.events.errors import (
     EventDataError,
@@ -34,7 +34,7 @@ from tideflow.events.errors import (
     InvalidEventError,
     InvalidEventTypeError,
 )
-from tideflow.jsonutil import bad_character, check_text, too_deep
+from tideflow.jsonutil import bad_character, encode, too_deep
 
 #: Longest stream id, event type, idempotency key or checkpoint name, in characters. Long enough
 #: for "<aggregate type>-<uuid>" and namespaced names; short enough to index cheaply.
@@ -90,32 +90,24 @@ def check_name(value: object, what: str, error: type[ValueError] = InvalidEventT
     return value
 
 
-#: One encoder for every event: ``json.dumps`` with options builds a new encoder per call, which
-#: costs as much as encoding a small event. Not ASCII-only, so that ``check_text`` sees
-#: surrogates.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, ensure_ascii=False)
-
-
 def encode_json(value: Any, what: str) -> str:
-    """Encode ``value`` as compact JSON, raising ``EventNotSerializableError`` naming ``what``.
+    """Encode ``value`` for the event store (``tideflow.codec``: datetimes, decimals, UUIDs,
+    enums as tagged objects), raising ``EventNotSerializableError`` naming ``what``.
 
-    No ``default=str`` and no NaN: a value that would come back as something else (a datetime
-    turned into a string, NaN that is not JSON) is refused instead of silently changed.
+    No ``default=str`` and no NaN: a value that would come back as something else (an object
+    turned into a string, ``{1: "a"}`` into ``{"1": "a"}``, NaN that is not JSON) is refused
+    instead of silently changed.
     """
     try:
-        text = _ENCODER.encode(value)
+        return encode(value, what=what)
     except RecursionError:
         raise as_event_data_error(too_deep(what)) from None
-    except (TypeError, ValueError) as exc:
-        raise EventNotSerializableError(
-            f"{what} is not JSON-serialisable: {exc}. Use only dict (str keys), list, str, int, "
-            "float, bool and None; convert dates, decimals, UUIDs and objects to strings or "
-            "numbers first. Nothing was written."
-        ) from exc
-    try:
-        return check_text(text, value, what=what)
     except InvalidDataError as exc:
         raise as_event_data_error(exc) from None
+    except (TypeError, ValueError) as exc:
+        raise EventNotSerializableError(
+            f"{what} cannot be stored: {exc}. Storable: {SUPPORTED}. Nothing was written."
+        ) from exc
 
 
 def as_event_data_error(exc: InvalidDataError) -> EventDataError:

@@ -48,6 +48,7 @@ from tideflow.events.aggregate import (
 from tideflow.events.commands import Command, UnknownCommandError
 from tideflow.events.model import NewEvent, RecordedEvent, encode_json
 from tideflow.events.upcasting import Upcasters
+from tideflow.jsonutil import loads
 
 EventLike: TypeAlias = "NewEvent | RecordedEvent | tuple[str, dict[str, Any]]"
 """How a test writes an event: ``("StockAdded", {"qty": 5})``, a ``NewEvent``, or a
@@ -99,7 +100,7 @@ def _copy(state: Any) -> Any:
 
 def _json_round_trip(value: Any, what: str) -> Any:
     """``value`` as a reader would get it back from the store."""
-    return json.loads(encode_json(value, what))
+    return loads(encode_json(value, what))
 
 
 def _show(event_type: str, data: Any) -> str:
@@ -327,7 +328,7 @@ def _check_snapshot(aggregate: Aggregate, state: Any) -> None:
     try:
         stored = encode_json(aggregate.to_snapshot(state), f"the snapshot of {name}")
         again = encode_json(
-            aggregate.to_snapshot(aggregate.from_snapshot(json.loads(stored))),
+            aggregate.to_snapshot(aggregate.from_snapshot(loads(stored))),
             f"the snapshot of {name} after a round trip",
         )
     except Exception as exc:

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tideflow.codec import is_plain, to_json_value
 from tideflow.errors import InvalidSlugError
 from tideflow.flows.conditions import SkipMode
 from tideflow.flows.limits import QueueLimits
@@ -179,5 +180,8 @@ class FlowDefinition:
 
 
 def version_of(shape: dict[str, Any]) -> str:
-    canonical = json.dumps(shape, sort_keys=True, separators=(",", ":"))
+    # Conditions may hold dates, enums...: hashed in the codec's form (plain shapes unchanged,
+    # so versions stay what they were).
+    value = shape if is_plain(shape) else to_json_value(shape)
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]

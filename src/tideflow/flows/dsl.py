@@ -26,7 +26,17 @@ import inspect
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, TypeGuard, TypeVar, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Generic,
+    TypeGuard,
+    TypeVar,
+    get_args,
+    get_origin,
+    overload,
+)
 
 from tideflow.errors import (
     CycleError,
@@ -48,6 +58,17 @@ from tideflow.flows.limits import check_limits
 from tideflow.jsonutil import dumps
 
 F = TypeVar("F", bound=Callable[..., Any])
+if TYPE_CHECKING:
+    # A default (PEP 696) keeps a bare ``Flow`` meaning ``Flow[Any]`` under mypy --strict;
+    # typing_extensions ships with every type checker, so it is no dependency at run time.
+    from typing_extensions import TypeVar as DefaultingTypeVar
+
+    from tideflow.events.commands import Command, DispatchResult
+
+    #: A flow's input type: ``class Checkout(Flow[CheckoutInput])``.
+    InputT = DefaultingTypeVar("InputT", default=Any)
+else:
+    InputT = TypeVar("InputT")
 
 _STEP_ATTR = "__tideflow_step__"
 
@@ -64,10 +85,12 @@ class StepContext:
     task_index: int
     attempt: int
     run_input: Any
-    dispatcher: Callable[[Any, str], Any] | None = field(default=None, repr=False, compare=False)
+    dispatcher: Callable[[Command, str], DispatchResult] | None = field(
+        default=None, repr=False, compare=False
+    )
     _sent: list[int] = field(default_factory=lambda: [0], repr=False, compare=False)
 
-    def dispatch(self, command: Any) -> Any:
+    def dispatch(self, command: Command) -> DispatchResult:
         """Dispatch ``command`` (a ``tideflow.events.Command``) through the worker's app and
         return its ``DispatchResult``. It carries the run's correlation id when the run has one
         (a run a process manager started: the events come back to that instance). Without an
@@ -85,7 +108,7 @@ class StepContext:
         key = f"step:{self.run_id}:{self.step_slug}:{self.task_index}:{n}"
         return self.dispatcher(command, key)
 
-    async def dispatch_async(self, command: Any) -> Any:
+    async def dispatch_async(self, command: Command) -> DispatchResult:
         """``dispatch``, in a thread: for ``async def`` steps."""
         return await asyncio.to_thread(self.dispatch, command)
 
@@ -205,11 +228,16 @@ def _default_slug(class_name: str) -> str:
     return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", words).lower()
 
 
-class Flow:
+class Flow(Generic[InputT]):
     """Base class of every flow. Subclass it with class keywords for flow options:
 
     ``class Import(Flow, slug="import", max_attempts=3, base_delay=1, max_delay=300, timeout=60,
     max_stalls=3, reports=False)``.
+
+    ``class Checkout(Flow[CheckoutInput])`` declares the run input's type (a dataclass, a
+    TypedDict, a pydantic model...): ``start_flow`` checks the input against it before anything
+    is written (``tideflow.typed.InputTypeError``), mypy checks ``start_flow(Checkout, ...)``
+    calls, and steps that annotate a parameter with it get an instance.
 
     Queue limits, enforced by the claim across every worker (``tideflow.flows.limits``):
     ``concurrency=N`` (the flow's tasks executing at once), ``concurrency_key="customer_id"``
@@ -226,6 +254,8 @@ class Flow:
     definition: ClassVar[FlowDefinition]
     slug: ClassVar[str]
     reports: ClassVar[bool] = False
+    #: The declared input type (``Flow[T]``), or None: any storable input.
+    input_type: ClassVar[Any] = None
 
     def __init_subclass__(
         cls,
@@ -254,6 +284,7 @@ class Flow:
             raise FlowDefinitionError(flow_slug, f"reports must be True or False, got {reports!r}")
         cls.slug = flow_slug
         cls.reports = reports
+        cls.input_type = _declared_input(cls)
         definition = _build_definition(cls, flow_slug, retry, timeout, max_stalls, reports)
         limits = check_limits(
             flow_slug,
@@ -277,6 +308,17 @@ def _step_concurrency(cls: type, definition: FlowDefinition) -> dict[str, object
         if spec.concurrency is not None:
             found[step_def.slug] = spec.concurrency
     return found
+
+
+def _declared_input(cls: type) -> Any:
+    """``T`` of the nearest ``Flow[T]`` among the class's bases (None when none declares one)."""
+    for klass in cls.__mro__:
+        for base in klass.__dict__.get("__orig_bases__", ()):
+            origin = get_origin(base)
+            if isinstance(origin, type) and issubclass(origin, Flow):
+                (arg,) = get_args(base)
+                return None if isinstance(arg, TypeVar) else arg
+    return None
 
 
 def is_flow_class(obj: object) -> TypeGuard[type[Flow]]:

@@ -61,6 +61,10 @@ class FlowRegistry:
             self._by_slug = {**self._by_slug, cls.slug: cls}
         return cls
 
+    def find(self, slug: str) -> type[Flow] | None:
+        """The class registered under ``slug``, or None."""
+        return self._by_slug.get(slug)
+
     def get(self, flow: FlowRef) -> type[Flow]:
         """The registered class for a class or slug; ``FlowNotFoundError`` otherwise."""
         if isinstance(flow, str):

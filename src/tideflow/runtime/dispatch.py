@@ -67,6 +67,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from tideflow.codec import is_plain, to_json_value
 from tideflow.events.aggregate import (
     Aggregate,
     AggregateDefinitionError,
@@ -248,7 +249,8 @@ class _TransactionStore:
 
 def _fingerprint(command: Command) -> str:
     """What must match for a repeated key to be the same command: its payload, canonically."""
-    text = json.dumps(command.payload, sort_keys=True, separators=(",", ":"))
+    payload = command.payload if is_plain(command.payload) else to_json_value(command.payload)
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 

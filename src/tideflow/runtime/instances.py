@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -25,6 +24,7 @@ from tideflow.errors import TideflowError
 from tideflow.events.aggregate import DomainError
 from tideflow.events.commands import Command
 from tideflow.events.model import RecordedEvent
+from tideflow.jsonutil import loads
 from tideflow.runtime.sagas import (
     ProcessBindings,
     _caused_by,
@@ -127,9 +127,7 @@ class ProcessHandle:
                     f"process manager {manager.name!r} has no instance {self.process_id!r} "
                     "to compensate"
                 )
-            reaction = self._reaction(
-                tx, json.loads(instance.undo_json), json.loads(instance.sent_json)
-            )
+            reaction = self._reaction(tx, loads(instance.undo_json), loads(instance.sent_json))
             before = len(reaction.sent)
             message = f"{command.command_type} for {command.aggregate_id!r} failed: {failure}"
             status, kept = _compensate(

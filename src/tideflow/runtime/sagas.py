@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
@@ -32,7 +31,7 @@ from tideflow.events.aggregate import DomainError
 from tideflow.events.commands import Command, ConcurrencyRetriesExhaustedError, DispatchResult
 from tideflow.events.handling import HandlerContext
 from tideflow.events.model import RecordedEvent, encode_json
-from tideflow.jsonutil import bad_character, check_id, storable_text
+from tideflow.jsonutil import bad_character, check_id, encode, loads, storable_text
 from tideflow.runtime.dispatch import CommandDispatcher
 from tideflow.runtime.instance_batch import InstanceBatch
 from tideflow.sagas.manager import (
@@ -186,7 +185,7 @@ def _react(
         if not _timer_is_current(bindings, manager, event, tx, process_id):
             return False
         state, version, error = instance.state, instance.version, instance.error
-        undo, sent = json.loads(instance.undo_json), json.loads(instance.sent_json)
+        undo, sent = loads(instance.undo_json), loads(instance.sent_json)
 
     reaction = _Reaction(manager, bindings, event, tx, process_id, undo, sent)
     status, error, new_state = _run(reaction, state, manager.react(state, event), error)
@@ -232,8 +231,8 @@ def save_instance(
         version,
         last_position,
         error,
-        undo_json=json.dumps([] if ended else reaction.undo),
-        sent_json=json.dumps(reaction.sent),
+        undo_json=_encode_commands([] if ended else reaction.undo),
+        sent_json=_encode_commands(reaction.sent),
         finished=ended,
         fresh=fresh,
     )
@@ -372,11 +371,17 @@ def _takes_process_id_only(function: Callable[..., Any]) -> bool:
         return False
 
 
+def _encode_commands(commands: list[dict[str, Any]]) -> str:
+    """The undo or sent list as stored: payloads through tideflow's codec (a payload may hold
+    datetimes, decimals...), checked when the command was built."""
+    return encode(commands, what="the commands of a process instance")
+
+
 def _command_json(command: Command) -> dict[str, Any]:
     return {
         "command_type": command.command_type,
         "aggregate_id": command.aggregate_id,
-        "payload": dict(command.payload),
+        "payload": command.payload,
         "metadata": dict(command.metadata),
         "idempotency_key": command.idempotency_key,
         "aggregate_type": command.aggregate_type,

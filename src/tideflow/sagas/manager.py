@@ -64,6 +64,7 @@ from tideflow.events.handling import (
 from tideflow.events.model import RecordedEvent
 
 if TYPE_CHECKING:
+    from tideflow.flows.dsl import Flow
     from tideflow.storage.event_contract import EventTransaction
 
 
@@ -89,8 +90,8 @@ class StartFlow:
     new state does. ``run_id`` defaults to one derived from the instance and the event, so the
     flow's steps can be traced back to what started them."""
 
-    flow: Any
-    input: Any = None
+    flow: type[Flow] | str
+    input: object = None
     run_id: str | None = None
 
 

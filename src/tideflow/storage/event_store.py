@@ -14,12 +14,12 @@ its own (``Database.records`` runs each statement on its own).
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
 from typing import Any
 
+from tideflow import jsonutil
 from tideflow.clock import Clock
 from tideflow.errors import StorageError
 from tideflow.events.errors import (
@@ -356,7 +356,7 @@ class SqlEventStore:
             Snapshot(
                 r["stream_id"],
                 r["version"],
-                json.loads(r["state"]),
+                jsonutil.loads(r["state"]),
                 r["snapshot_type"],
                 r["schema_version"],
                 r["taken_at"],

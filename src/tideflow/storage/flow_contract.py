@@ -21,11 +21,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from tideflow.clock import Clock
 from tideflow.flows.definition import FlowDefinition
 from tideflow.storage.database import Tx
+from tideflow.typed import coerce
+
+T = TypeVar("T")
 
 RunStatus = Literal["started", "completed", "failed", "cancelled"]
 StepStatus = Literal["created", "started", "completed", "failed", "skipped"]
@@ -162,6 +165,12 @@ class StepRecord:
     #: a step skipped because its run failed or was cancelled first.
     skip_reason: str | None = None
 
+    def output_as(self, tp: type[T]) -> T:
+        """The step's output built into ``tp`` (a dataclass, a pydantic model...: what the
+        step's return annotation declared); ``InputTypeError`` naming the field when it does
+        not fit."""
+        return coerce(self.output, tp, what=f"output of step {self.step_slug!r}")  # type: ignore[no-any-return]
+
     @property
     def attempts(self) -> int:
         """Total attempts over all of this step's tasks."""
@@ -197,6 +206,12 @@ class RunRecord:
         if self.finished_at is None:
             return None
         return (self.finished_at - self.started_at).total_seconds()
+
+    def output_as(self, tp: type[T]) -> T:
+        """The output (``{leaf step: output}``) built into ``tp`` - ``dict[str, Receipt]``, a
+        TypedDict... (``tideflow.typed``); ``InputTypeError`` naming the field when it does not
+        fit."""
+        return coerce(self.output, tp, what=f"output of run {self.run_id}")  # type: ignore[no-any-return]
 
     def step(self, slug: str) -> StepRecord:
         for s in self.steps:

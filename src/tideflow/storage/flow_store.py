@@ -55,6 +55,7 @@ from typing import Any, NamedTuple
 from uuid import UUID
 
 from tideflow.clock import Clock
+from tideflow.codec import to_json_value
 from tideflow.errors import (
     DuplicateKeyError,
     FlowNotFoundError,
@@ -159,7 +160,7 @@ class SqlFlowStore:
         # A read first (a statement of its own: on SQLite it takes no write lock), so that a
         # worker whose options are stored already writes nothing as it starts.
         found = self.db.rows("get_flow", flow_slug=definition.slug, version=definition.version)
-        if not found or json.loads(found[0]["shape"]) != shape:
+        if not found or loads(found[0]["shape"]) != shape:
             with self._tx() as tx:
                 self._write_flow(tx, "record_flow", definition, shape)
         sync_limits(self.db, self._tx, definition, self.clock.now())
@@ -195,16 +196,14 @@ class SqlFlowStore:
             query,
             flow_slug=definition.slug,
             version=definition.version,
-            shape=json.dumps(shape),
+            shape=json.dumps(to_json_value(shape)),  # patterns may hold dates, enums...
             created_at=self.clock.now(),
         )
 
     def list_flows(self) -> list[FlowVersionRecord]:
         with self._tx() as tx:
             return [
-                FlowVersionRecord(
-                    r["flow_slug"], r["version"], json.loads(r["shape"]), r["created_at"]
-                )
+                FlowVersionRecord(r["flow_slug"], r["version"], loads(r["shape"]), r["created_at"])
                 for r in tx.rows("list_flows")
             ]
 
@@ -239,7 +238,7 @@ class SqlFlowStore:
         shape = self._shapes.get(key)
         if shape is None:
             found = tx.rows("get_flow", flow_slug=flow_slug, version=version)
-            shape = self._shapes[key] = _with_dependents(json.loads(found[0]["shape"]))
+            shape = self._shapes[key] = _with_dependents(loads(found[0]["shape"]))
         return shape
 
     # --- starting runs and steps -----------------------------------------------------------------
@@ -411,9 +410,9 @@ class SqlFlowStore:
             spec = shape["by_slug"][slug]
             if "if" in spec or "if_not" in spec:
                 value = (
-                    {d: json.loads(outputs[(run_id, d)]) for d in done}
+                    {d: loads(outputs[(run_id, d)]) for d in done}
                     if deps
-                    else json.loads(run_inputs[run_id])
+                    else loads(run_inputs[run_id])
                 )
                 if not condition_met(value, spec.get("if"), spec.get("if_not")):
                     if spec["when_unmet"] == "fail":
@@ -427,7 +426,7 @@ class SqlFlowStore:
                     source_json = "[]"  # its source step was skipped: nothing to map over
                 else:
                     source_json = outputs[(run_id, deps[0])] if deps else run_inputs[run_id]
-                source = json.loads(source_json)
+                source = loads(source_json)
                 if not isinstance(source, list):
                     # The step that produced the value is the one at fault, and is the one
                     # marked failed (a root map's input is refused by start_run; a run started
@@ -1164,9 +1163,9 @@ def _cascade(shapes: dict[str, dict[str, Any]], requests: list[tuple[Skip, bool]
 def _unmet_error(slug: str, spec: dict[str, Any]) -> str:
     wanted = []
     if "if" in spec:
-        wanted.append(f"contain {json.dumps(spec['if'])}")
+        wanted.append(f"contain {json.dumps(to_json_value(spec['if']))}")
     if "if_not" in spec:
-        wanted.append(f"not contain {json.dumps(spec['if_not'])}")
+        wanted.append(f"not contain {json.dumps(to_json_value(spec['if_not']))}")
     what = "the run input" if not spec["depends_on"] else "its dependencies' outputs"
     return (
         f"step {slug!r} has an unmet condition ({what} must {' and '.join(wanted)}) and "
@@ -1193,7 +1192,7 @@ def check_map_input(definition: FlowDefinition, input_json: str) -> None:
     maps = [s for s in definition.steps if s.is_root and s.kind == "map"]
     if not maps:
         return
-    value = json.loads(input_json)
+    value = loads(input_json)
     if isinstance(value, list):
         return
     # A root map whose condition this input does not meet will be skipped: it maps nothing.

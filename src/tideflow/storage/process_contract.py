@@ -17,12 +17,12 @@ suite on both (``tests/sagas/test_process_store.py``).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
+from tideflow import jsonutil
 from tideflow.clock import Clock
 from tideflow.storage.database import Tx
 
@@ -64,14 +64,14 @@ class ProcessInstance:
     @property
     def state(self) -> Any:
         """The state, decoded from JSON."""
-        return json.loads(self.state_json)
+        return jsonutil.loads(self.state_json)
 
     @property
     def sent(self) -> list[dict[str, Any]]:
         """The commands it sent (and undid), oldest first: ``command_type``, ``aggregate_id``,
         ``command_id``, ``position`` (of the event it reacted to) and ``undo`` (True for an
         undo)."""
-        sent: list[dict[str, Any]] = json.loads(self.sent_json)
+        sent: list[dict[str, Any]] = jsonutil.loads(self.sent_json)
         return sent
 
 

@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from tideflow import jsonutil
 from tideflow.storage.database import Row
 from tideflow.storage.flow_contract import AttemptFailure, RunRecord, StepRecord, TaskRecord
 
@@ -19,7 +20,7 @@ def batch(rows: Iterable[dict[str, Any]]) -> str:
 
 
 def loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+    return jsonutil.loads(text)
 
 
 def task_record(t: Row) -> TaskRecord:

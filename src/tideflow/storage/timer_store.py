@@ -12,13 +12,13 @@ the instance its event reached.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
 
+from tideflow import jsonutil
 from tideflow.clock import Clock
 from tideflow.events.model import ANY, MAX_ID_LENGTH, NewEvent
 from tideflow.storage.database import Database, Row, Tx
@@ -164,7 +164,7 @@ def _record(row: Row) -> TimerRecord:
         name=row["name"],
         fire_at=row["fire_at"],
         event_type=row["event_type"],
-        data=json.loads(row["data_json"]),
+        data=jsonutil.loads(row["data_json"]),
         scheduled_at=row["scheduled_at"],
         token=row["token"],
     )

@@ -12,7 +12,6 @@ import asyncio
 import concurrent.futures.thread
 import contextvars
 import inspect
-import json
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -20,8 +19,9 @@ from typing import Any
 
 from tideflow.errors import InputNotSerializableError, NonRetryableError, StepTimeoutError
 from tideflow.flows.dsl import Flow, StepContext
-from tideflow.jsonutil import dumps
+from tideflow.jsonutil import dumps, loads
 from tideflow.storage.flow_contract import ClaimedTask, TaskCompletion, TaskFailure
+from tideflow.typed import StepTypes, coerce, is_structured, step_types
 
 
 class StepGone(NonRetryableError):
@@ -39,6 +39,10 @@ async def execute(
     key = task.key
     try:
         output = await _call(task, flow, executor, dispatch)
+        returns = _types(flow, task).returns
+        if returns is not None:
+            what = f"output of step {key.step_slug!r} of flow {task.flow_slug!r}"
+            output = coerce(output, returns, what=what)
         return TaskCompletion(
             key,
             task.attempt,
@@ -97,6 +101,20 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+def _types(flow: Flow, task: ClaimedTask) -> StepTypes:
+    return step_types(getattr(flow, flow.definition.step(task.key.step_slug).method))
+
+
+def _run_input(flow: Flow, task: ClaimedTask) -> Any:
+    """The run input as the step context gives it: an instance of the flow's input type when
+    it declares a structured one."""
+    value = loads(task.run_input_json)
+    tp = flow.input_type
+    if tp is None or not is_structured(tp):
+        return value
+    return coerce(value, tp, what=f"run input of flow {task.flow_slug!r}")
+
+
 async def _call(
     task: ClaimedTask, flow: Flow, executor: Executor, dispatch: StepDispatch | None
 ) -> Any:
@@ -111,13 +129,19 @@ async def _call(
             "until runs of the old version finish"
         ) from None
     fn = getattr(flow, step.method)
-    value = json.loads(task.input_json)
+    value = loads(task.input_json)
     kwargs: dict[str, Any] = {}
     args: tuple[Any, ...] = ()
+    declared = step_types(fn)
+    what = f"input of step {task.key.step_slug!r} of flow {task.flow_slug!r}"
     if task.step_kind == "map" or not task.depends_on:
-        args = (value,)
+        tp = declared.params.get(declared.first) if declared.first else None
+        args = (value if tp is None else coerce(value, tp, what=what),)
     else:
         kwargs = dict(value)
+        for name, tp in declared.params.items():
+            if name in kwargs:
+                kwargs[name] = coerce(kwargs[name], tp, what=f"{what} (from {name!r})")
     if step.wants_ctx:
         kwargs["ctx"] = StepContext(
             run_id=task.key.run_id,
@@ -126,7 +150,7 @@ async def _call(
             step_slug=task.key.step_slug,
             task_index=task.key.task_index,
             attempt=task.attempt,
-            run_input=json.loads(task.run_input_json),
+            run_input=_run_input(flow, task),
             dispatcher=(
                 None
                 if dispatch is None
