@@ -453,6 +453,7 @@ class App:
         self,
         *,
         concurrency: int = WorkerOptions.concurrency,
+        step_threads: int = WorkerOptions.step_threads,
         poll_interval: float = WorkerOptions.poll_interval,
         lease_margin: float = WorkerOptions.lease_margin,
         heartbeat_interval: float | None = WorkerOptions.heartbeat_interval,
@@ -479,6 +480,7 @@ class App:
             schedules=self.fire_schedules if self.schedules else None,
             options=WorkerOptions(
                 concurrency=concurrency,
+                step_threads=step_threads,
                 poll_interval=poll_interval,
                 lease_margin=lease_margin,
                 heartbeat_interval=heartbeat_interval,
@@ -601,6 +603,7 @@ class App:
         *,
         until_idle: bool = False,
         concurrency: int = WorkerOptions.concurrency,
+        step_threads: int = WorkerOptions.step_threads,
         poll_interval: float = WorkerOptions.poll_interval,
         lease_margin: float = WorkerOptions.lease_margin,
         heartbeat_interval: float | None = WorkerOptions.heartbeat_interval,
@@ -637,6 +640,7 @@ class App:
         def make_worker() -> Worker:
             return self.worker(
                 concurrency=concurrency,
+                step_threads=step_threads,
                 poll_interval=poll_interval,
                 lease_margin=lease_margin,
                 heartbeat_interval=heartbeat_interval,
