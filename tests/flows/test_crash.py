@@ -86,7 +86,7 @@ def test_two_worker_processes_never_run_the_same_task_attempt(db_url: str, tmp_p
 def test_a_worker_killed_with_hundreds_of_tasks_in_flight_loses_none(
     db_url: str, tmp_path: Path
 ) -> None:
-    """At the default settings a worker holds hundreds of async tasks and up to twice its
+    """At the default settings a worker holds hundreds of async tasks and up to four times its
     threads of def ones: SIGKILLed with them in flight, every one is recovered by the next
     worker as a stall (not an attempt: max_attempts is 1), each completed once."""
     app = App(db_url, flows=ALL_FLOWS)

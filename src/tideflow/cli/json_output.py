@@ -170,5 +170,5 @@ def instance_json(
     return out
 
 
-def counts_json(counts: Mapping[tuple[str, str], int]) -> list[dict[str, Any]]:
+def counts_json(counts: Mapping[tuple[str, Any], int]) -> list[dict[str, Any]]:
     return [{"manager": m, "status": s, "count": n} for (m, s), n in sorted(counts.items())]

@@ -4,7 +4,11 @@ Shape of the loop (one asyncio task each):
 
 * **claimer** - claims as many tasks as there are free slots, in one statement; sleeps until a
   slot frees, a NOTIFY (or in-process signal) says tasks are ready, or the poll interval passes.
-* **one task per claimed task** - runs the step (sync steps in a thread pool) under its timeout.
+  The slots are ``concurrency`` (500 by default: a claim and a commit cost a round trip whatever
+  their size, so the batch must be allowed to grow); ``def`` steps have their own, smaller limit
+  (``step_threads``, see ``WorkerOptions``).
+* **one task per claimed task** - runs the step under its timeout: ``async def`` steps on the
+  loop, plain ``def`` ones on ``StepThreads`` (``tideflow.worker.threads``).
 * **flusher** - commits completions in batches: while one batch commits, the next accumulates
   (group commit), so throughput rises with load without adding latency when idle. A completion
   is only acknowledged once committed; if the process dies first, the task's lease expires and it
@@ -67,6 +71,14 @@ log = logging.getLogger("tideflow.worker")
 T = TypeVar("T")
 
 
+DEF_TASKS_PER_THREAD = 4
+"""``def`` tasks a worker holds per step thread: the running one and three waiting. Waiting ones
+keep the threads fed while a claim or a commit makes its round trip, and a claim from flows with
+``def`` steps is at most this room. At 2 the claims were half as large and a drain of ``def``
+no-op steps ran 30% slower (bench_flows --defaults); every one more costs another worker that
+much of a backlog it could have run."""
+
+
 @dataclass(frozen=True)
 class WorkerOptions:
     concurrency: int = 500
@@ -84,10 +96,10 @@ class WorkerOptions:
     slow ``async`` steps (a worker takes up to this many before another gets any)."""
     step_threads: int = 32
     """Threads that run plain ``def`` steps, and so how many run at once (at most
-    ``concurrency``). A worker holds at most twice this many ``def`` tasks - the running ones
-    and as many waiting, so that a thread never waits for a claim - and claims no more while
-    it does: a ``def`` task it holds beyond what its threads can run would only wait, leased,
-    while other workers have free threads. 32 as Python's own thread pools (at most 32):
+    ``concurrency``). A worker holds at most ``DEF_TASKS_PER_THREAD`` (4) times this many
+    ``def`` tasks, and claims no more from flows with ``def`` steps while it does: a ``def``
+    task held beyond what its threads can soon run would only wait, leased, while other workers
+    have free threads. 32 as Python's own thread pools (at most 32):
     plenty for steps that wait on I/O; for CPU-bound ``def`` steps more threads only contend
     for the GIL (use processes: more workers)."""
     poll_interval: float = 1.0
@@ -358,14 +370,15 @@ class Worker:
     def _claim_plan(self, busy: int) -> tuple[list[str], int]:
         """Which flows to claim tasks of, and how many, ``busy`` being the tasks held: the free
         slots of ``concurrency``, at most ``max_batch``. Flows with ``def`` steps are claimed
-        only while their limit (twice ``step_threads``) has room, and then at most that room
+        only while their limit (``DEF_TASKS_PER_THREAD`` x ``step_threads``) has room, and then
+        at most that room
         (a claim may bring nothing but ``def`` tasks); while it is full, only flows without
         any are claimed, so that ``async`` flows do not wait behind busy threads."""
         opts = self.options
         free = min(opts.concurrency - busy, opts.max_batch)
         if not self._sync_steps:
             return self._all_flows, free
-        room = 2 * min(opts.step_threads, opts.concurrency) - self._in_threads
+        room = DEF_TASKS_PER_THREAD * min(opts.step_threads, opts.concurrency) - self._in_threads
         if room > 0:
             return self._all_flows, min(free, room)
         return self._async_flows, free if self._async_flows else 0
