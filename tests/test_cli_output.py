@@ -82,14 +82,16 @@ def test_every_table_fits_the_terminal_and_shows_ids_whole_or_as_their_short_for
     assert "version" in wide
 
 
-def test_short_ids_tell_apart_ids_that_share_a_long_prefix() -> None:
-    a = "0123456789abcdef-one"
-    b = "0123456789abcdef-two"
-    shown = short_ids([a, b, "order-1", "x" * 40])
-    assert shown[a] == "0123456789abcdef-o" and shown[b] == "0123456789abcdef-t"
-    assert shown["order-1"] == "order-1"
-    assert shown["x" * 40] == "x" * SHORT
-    assert short_ids([a], full=True) == {a: a}
+def test_short_ids_tell_apart_uuids_that_share_a_long_prefix_and_keep_chosen_ids_whole() -> None:
+    a = "01234567-89ab-4def-8123-000000000001"
+    b = "01234567-89ab-4def-8123-000000000002"
+    c = "fedcba98-0000-4000-8000-000000000000"
+    chosen = "order-1234567890-a-long-chosen-id"
+    shown = short_ids([a, b, c, "order-1", chosen])
+    assert (shown[a], shown[b]) == (a, b)  # they differ only in the last character
+    assert shown[c] == c[:SHORT]
+    assert shown["order-1"] == "order-1" and shown[chosen] == chosen
+    assert short_ids([c], full=True) == {c: c}
 
 
 # --- short ids as arguments ---------------------------------------------------------------------

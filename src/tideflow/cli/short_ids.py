@@ -1,8 +1,10 @@
 """Short run ids: what tables show, and how a command finds the run a short id means.
 
-A run id is a UUID (36 characters) unless the caller chose one. Tables show the shortest
-prefix of at least ``SHORT`` characters that tells the listed ids apart - git's habit - so that
-an 80-column table has room for the flow and the status; ``--full-ids`` shows them whole.
+A run id is a UUID (36 characters) unless the caller chose one. Tables show a UUID by the
+shortest prefix of at least ``SHORT`` characters that tells the listed ids apart - git's habit -
+so that an 80-column table has room for the flow and the status; ``--full-ids`` shows them whole.
+An id the caller chose is always shown whole: it means something to them, and its prefix could
+be another run's whole id (``order-12`` of ``order-1234``).
 
 Every command that takes a run id takes such a prefix too: an exact id always wins (a chosen id
 like ``order-1`` is never read as the prefix of ``order-12``); else the one run whose id starts
@@ -11,6 +13,7 @@ with it; else ``AmbiguousRunIdError`` naming some of the candidates, or ``RunNot
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from tideflow.cli.errors import CliUsageError
@@ -21,8 +24,7 @@ SHORT = 8
 """Characters of a shortened id: 4 billion values of a UUID's random hex, enough that two
 runs among thousands share one rarely (and then the table shows more)."""
 
-_KEEP_WHOLE = 12
-"""Ids this short are shown whole: shortening saves little and a chosen id reads better."""
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class AmbiguousRunIdError(CliUsageError):
@@ -30,14 +32,15 @@ class AmbiguousRunIdError(CliUsageError):
 
 
 def short_ids(ids: Sequence[str], *, full: bool = False) -> dict[str, str]:
-    """Each id and how to show it: whole when ``full`` or short enough, else its shortest
-    prefix of at least ``SHORT`` characters that no other listed id starts with."""
+    """Each id and how to show it: a generated one (a UUID) by its shortest prefix of at least
+    ``SHORT`` characters that no other listed id starts with; any other, or all with ``full``,
+    whole."""
     if full:
         return {i: i for i in ids}
     shown: dict[str, str] = {}
     ordered = sorted(set(ids))
     for n, run_id in enumerate(ordered):
-        if len(run_id) <= _KEEP_WHOLE:
+        if not _UUID.fullmatch(run_id):
             shown[run_id] = run_id
             continue
         # Only the neighbours in sorted order can share the longest prefix with it.
@@ -46,7 +49,7 @@ def short_ids(ids: Sequence[str], *, full: bool = False) -> dict[str, str]:
             default=0,
         )
         length = max(SHORT, common + 1)
-        shown[run_id] = run_id if length >= len(run_id) - 1 else run_id[:length]
+        shown[run_id] = run_id[:length]
     return shown
 
 
