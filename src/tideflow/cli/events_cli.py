@@ -401,25 +401,17 @@ def handler_rows(
     kinds = {h.name: h.kind for h in known}
     for h in known:
         by_name.setdefault(h.name, None)
-    rows = []
-    for name in sorted(by_name):
-        r = by_name[name]
-        position = r.position if r else 0
-        row = handler_json(
+    return [
+        handler_json(
             name,
             (r.kind if r and r.kind else kinds.get(name)) or None,
             handler_status_word(r, now),
-            position,
-            max(0, head - position),
+            head,
+            r,
             r.owner if r is not None and r.is_held(now) and r.owner else None,
         )
-        row["dead_letters"] = r.dead_letters if r else 0
-        row["stopped_reason"] = r.stopped_reason if r is not None else None
-        row["failing_position"] = r.failing_position if r is not None else None
-        row["attempts"] = r.attempts if r is not None else 0
-        row["last_error"] = r.last_error if r is not None else None
-        rows.append(row)
-    return rows
+        for name, r in sorted(by_name.items())
+    ]
 
 
 def handlers_table(rows: Sequence[dict[str, Any]]) -> Table:

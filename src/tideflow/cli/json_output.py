@@ -24,7 +24,7 @@ from tideflow.storage.flow_contract import (
     StepRecord,
     TaskRecord,
 )
-from tideflow.storage.handler_contract import DeadLetter
+from tideflow.storage.handler_contract import DeadLetter, HandlerRecord
 from tideflow.storage.process_contract import ProcessInstance
 from tideflow.storage.timer_contract import TimerRecord
 
@@ -118,15 +118,28 @@ def flow_version_json(record: FlowVersionRecord, code: str | None) -> dict[str, 
 
 
 def handler_json(
-    name: str, kind: str | None, status: str, position: int, lag: int, owner: str | None
+    name: str,
+    kind: str | None,
+    status: str,
+    head: int,
+    record: HandlerRecord | None,
+    owner: str | None,
 ) -> dict[str, Any]:
+    """A handler as ``tideflow handlers`` lists it: ``record`` None for one of ``--app`` that
+    never ran on this database; ``head`` the log's head position (lag = head - position)."""
+    position = record.position if record is not None else 0
     return {
         "name": name,
         "kind": kind,
         "status": status,
         "position": position,
-        "lag": lag,
+        "lag": max(0, head - position),
         "owner": owner,
+        "dead_letters": record.dead_letters if record is not None else 0,
+        "stopped_reason": record.stopped_reason if record is not None else None,
+        "failing_position": record.failing_position if record is not None else None,
+        "attempts": record.attempts if record is not None else 0,
+        "last_error": record.last_error if record is not None else None,
     }
 
 
