@@ -4,9 +4,9 @@ Shape of the loop (one asyncio task each):
 
 * **claimer** - claims as many tasks as there are free slots, in one statement; sleeps until a
   slot frees, a NOTIFY (or in-process signal) says tasks are ready, or the poll interval passes.
-  The slots are ``concurrency`` (500 by default: a claim and a commit cost a round trip whatever
-  their size, so the batch must be allowed to grow); ``def`` steps have their own, smaller limit
-  (``step_threads``, see ``WorkerOptions``).
+  The slots are ``concurrency`` (1,000 by default: a claim and a commit cost a round trip
+  whatever their size, so the batch must be allowed to grow); ``def`` steps have their own,
+  smaller limit (``step_threads``, see ``WorkerOptions``).
 * **one task per claimed task** - runs the step under its timeout: ``async def`` steps on the
   loop, plain ``def`` ones on ``StepThreads`` (``tideflow.worker.threads``).
 * **flusher** - commits completions in batches: while one batch commits, the next accumulates
@@ -81,15 +81,17 @@ much of a backlog it could have run."""
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    concurrency: int = 500
+    concurrency: int = 1000
     """Tasks a worker holds at once: running, or done and waiting for their batch to commit.
 
-    Why 500 and not 10 as before: a no-op task costs the worker ~60 us of Python, but a claim
+    Why 1,000 and not 10 as before: a no-op task costs the worker ~60 us of Python, but a claim
     or a commit costs a round trip and ~1 ms of CPU whatever its size, and the concurrency caps
     the batch - at 10, a worker spent most of its time on round trips (2,600 runs/s on
     PostgreSQL against 8,800 at 256, issue 12). An ``async def`` step in flight costs a
-    coroutine, so holding many is cheap; 500 is ``max_batch``, past which batches do not
-    grow. ``def`` steps are held to their own, smaller limit (``step_threads``).
+    coroutine, so holding many is cheap. Twice ``max_batch``: while one full batch commits,
+    the next one runs (at 500, the worker sat idle during each commit of 500: 8,700-9,900
+    runs/s on PostgreSQL against 11,800-13,300 at 1,024, bench_flows --defaults). ``def``
+    steps are held to their own, smaller limit (``step_threads``).
 
     Lower it when one worker should not take many tasks at once: steps that each use much
     memory or CPU on the event loop, or several workers that should share a small queue of
