@@ -26,6 +26,7 @@ from tideflow.storage.flow_contract import (
 )
 from tideflow.storage.handler_contract import DeadLetter, HandlerRecord
 from tideflow.storage.process_contract import ProcessInstance
+from tideflow.storage.schedule_contract import ScheduleRecord, TickRecord
 from tideflow.storage.timer_contract import TimerRecord
 
 
@@ -185,3 +186,30 @@ def instance_json(
 
 def counts_json(counts: Mapping[tuple[str, Any], int]) -> list[dict[str, Any]]:
     return [{"manager": m, "status": s, "count": n} for (m, s), n in sorted(counts.items())]
+
+
+def schedule_json(r: ScheduleRecord) -> dict[str, Any]:
+    """A stored cron schedule; its ticks as UTC times (``tideflow schedules`` shows them in
+    the schedule's timezone)."""
+    return {
+        "name": r.name,
+        "flow": r.flow_slug,
+        "cron": r.cron,
+        "timezone": r.timezone,
+        "input": r.input,
+        "catch_up": r.catch_up,
+        "grace": r.grace,
+        "last_tick_at": when(r.last_tick_at),
+        "next_tick_at": when(r.next_tick_at),
+        "created_at": when(r.created_at),
+        "updated_at": when(r.updated_at),
+    }
+
+
+def tick_json(t: TickRecord) -> dict[str, Any]:
+    return {
+        "tick_at": when(t.tick_at),
+        "run_id": t.run_id,
+        "fired_at": when(t.fired_at),
+        "late": (t.fired_at - t.tick_at).total_seconds(),
+    }
