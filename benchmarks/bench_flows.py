@@ -1,4 +1,4 @@
-"""Flow engine benchmarks: python benchmarks/bench_flows.py [--backend ...] [--large].
+"""Flow engine benchmarks: python benchmarks/bench_flows.py [--backend ...] [--large|--defaults].
 
 Prints, per backend:
   (a) single-step no-op runs/s, 10,000 runs drained by one worker process
@@ -14,14 +14,22 @@ and on one with 1M runs of history (bulk-inserted, then ANALYZE) and a 50,000-ru
 default concurrency and at 256; the claim at 1k and 300k queued tasks, without and with
 statistics; a batch of 256 completions with 256 and with 10,000 tasks in flight (statistics
 taken before they started: the state that used to flip the plan); list_runs by status at 1M runs.
+
+--defaults (issue 12, a few minutes): the worker's default settings against tuned ones
+(concurrency 256 and 1024), async def against def no-op steps, 1,000 against 10,000 queued, on
+each backend, interleaved over --rounds; --baseline /work/main/src adds another checkout's
+defaults to the same rounds (before/after). See run_defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,24 +37,28 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_flows_defs import FLOWS, Chain3, MapThousand, NoOp
+from bench_flows_defs import FLOWS, Chain3, MapThousand, NoOp, NoOpSync
 from benchdb import pg_database
 from largedb import analyze, insert_runs, start_backlog, timed
 
 from tideflow import App
 
 
-def worker_main(url: str, until_idle: bool, concurrency: int, results: mp.Queue | None) -> None:
+def worker_main(
+    url: str, until_idle: bool, concurrency: int | None, results: mp.Queue | None
+) -> None:
+    """``concurrency`` None: the worker's defaults, as a user who sets nothing gets them."""
     app = App(url, flows=FLOWS)
     _ = app.store  # connect and migrate before the clock starts
     t0 = time.perf_counter()
-    app.run_worker(until_idle=until_idle, concurrency=concurrency, poll_interval=0.05)
+    tuned = {} if concurrency is None else {"concurrency": concurrency}
+    app.run_worker(until_idle=until_idle, poll_interval=0.05, **tuned)
     if results is not None:
         results.put(time.perf_counter() - t0)
     app.close()
 
 
-def drain_in_worker_process(url: str, concurrency: int = 256) -> float:
+def drain_in_worker_process(url: str, concurrency: int | None = 256) -> float:
     """Seconds a fresh worker process takes to drain everything queued, from its first claim."""
     ctx = mp.get_context("spawn")
     results: mp.Queue = ctx.Queue()
@@ -228,6 +240,132 @@ def run_large(history: int, backlog: int, small: int) -> None:
         print(f"{what.ljust(width)} | {small_db} | {large_db}")
 
 
+def drain_span(url: str, after: float) -> tuple[float, float]:
+    """Seconds from the first claim to the last completion of the tasks started after the
+    epoch time ``after``, read from the tasks' own timestamps (so a worker process's start-up -
+    imports, connecting, LISTEN - is not counted: at 1,000 runs it would be a tenth of the
+    figure), and the epoch time of that last completion (the next case's ``after``)."""
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as conn:
+            first, last = conn.execute(
+                "SELECT min(started_at), max(finished_at) FROM tasks WHERE started_at > ?",
+                (after,),
+            ).fetchone()
+    else:
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            found = conn.execute(
+                "SELECT extract(epoch FROM min(started_at))::float8, "
+                "extract(epoch FROM max(finished_at))::float8 FROM tideflow.tasks "
+                "WHERE started_at > to_timestamp(%s)",
+                (after,),
+            ).fetchone()
+            assert found is not None
+            first, last = found
+    return float(last) - float(first), float(last)
+
+
+TUNED = (256, 1024)
+"""The tuned concurrencies the defaults are held against: 256 is where issue 12 measured
+8,800 runs/s on PostgreSQL (2,600 at the old default of 10); 1024 is past ``max_batch``."""
+
+
+def drain_with_settings(url: str, concurrency: int | None, src: str | None) -> float:
+    """Drain what is queued with one worker process (``bench_worker.py``) at ``concurrency``
+    (None: the defaults), running the tideflow in ``src`` if given; the CPU seconds it took."""
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if "PYTHONPATH" in env else "")
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parent / "bench_worker.py"),
+            url,
+            "default" if concurrency is None else str(concurrency),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    return float(done.stdout.split()[-1])
+
+
+def run_defaults(
+    backends: list[str], rounds: int, sizes: tuple[int, ...], baseline: str | None
+) -> None:
+    """The worker's defaults against tuned settings (concurrency 256 and 1024), ``async def``
+    against ``def`` no-op steps, and a 1,000 against a 10,000 backlog, on each backend: the
+    drain rate of one worker process, runs/s, from its first claim to its last completion, and
+    the worker's CPU time per run (a figure other load on the machine disturbs less).
+    With ``baseline`` (the ``src`` folder of another checkout, e.g. /work/main/src) its
+    defaults are measured too, in the same rounds. The cases run interleaved, ``rounds``
+    times over, so that a machine shared with other work slows all of them alike; each cell
+    is the median and the range (min-max) over the rounds, and the ratios the defaults are
+    held to are computed from medians."""
+    variants: list[tuple[str, int | None, str | None]] = [
+        ("default", None, None),
+        *((f"c={c}", c, None) for c in TUNED),
+        *([("baseline default", None, baseline)] if baseline else []),
+    ]
+    rows = [(flow, n) for n in sizes for flow in (NoOp, NoOpSync)]
+    for backend in backends:
+        if backend == "postgres":
+            url, drop = pg_database()
+        else:
+            tmp = tempfile.mkdtemp()
+            url, drop = f"sqlite:///{tmp}/bench.db", lambda: None
+        rates: dict[tuple[str, int, str], list[float]] = {}
+        cpu: dict[tuple[str, int, str], list[float]] = {}
+        watermark = 0.0
+        try:
+            with App(url, flows=FLOWS) as app:
+                app.migrate()
+                for _ in range(rounds):
+                    for flow, n in rows:
+                        for label, conc, src in variants:
+                            for i in range(0, n, 1000):
+                                app.start_flows(flow, [{"x": 1}] * min(1000, n - i))
+                            spent = drain_with_settings(url, conc, src)
+                            span, watermark = drain_span(url, watermark)
+                            rates.setdefault((flow.slug, n, label), []).append(n / span)
+                            cpu.setdefault((flow.slug, n, label), []).append(spent / n * 1e6)
+        finally:
+            drop()
+        med = {k: statistics.median(v) for k, v in rates.items()}
+        labels = [v[0] for v in variants]
+        print(f"\n{backend}: drain runs/s of one worker, median (min-max) of {rounds} rounds")
+        print(
+            f"{'step':<10}{'queued':>7}  "
+            + "  ".join(f"{x:>22}" for x in labels)
+            + "  default/best"
+        )
+        for flow, n in rows:
+            cells = []
+            for label in labels:
+                x = rates[(flow.slug, n, label)]
+                cells.append(f"{statistics.median(x):,.0f} ({min(x):,.0f}-{max(x):,.0f})")
+            best = max(med[(flow.slug, n, f"c={c}")] for c in TUNED)
+            kind = "async def" if flow is NoOp else "def"
+            ratio = med[(flow.slug, n, "default")] / best
+            print(f"{kind:<10}{n:>7,}  " + "  ".join(f"{c:>22}" for c in cells) + f"  {ratio:.0%}")
+            used = [f"{statistics.median(cpu[(flow.slug, n, label)]):.0f} us" for label in labels]
+            print(f"{'  CPU/run':<17}  " + "  ".join(f"{c:>22}" for c in used))
+        big, small = max(sizes), min(sizes)
+        for label in labels:
+            sync = med[(NoOpSync.slug, small, label)] / med[(NoOp.slug, small, label)]
+            grow = med[(NoOp.slug, big, label)] / med[(NoOp.slug, small, label)]
+            sync_big = med[(NoOpSync.slug, big, label)] / med[(NoOp.slug, big, label)]
+            print(
+                f"  {label}: def/async {sync:.0%} ({small:,} queued), {sync_big:.0%} "
+                f"({big:,}); async {big:,} vs {small:,} queued {grow:.0%}"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
@@ -235,7 +373,29 @@ def main() -> None:
     parser.add_argument("--large", action="store_true", help="the large-database mode (PostgreSQL)")
     parser.add_argument("--history", type=int, default=1_000_000)
     parser.add_argument("--backlog", type=int, default=50_000)
+    parser.add_argument(
+        "--defaults",
+        action="store_true",
+        help="default vs tuned (concurrency 256, 1024), async vs def steps, 1k vs 10k queued",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="with --defaults: repetitions")
+    parser.add_argument(
+        "--sizes",
+        default="1000,10000",
+        help="with --defaults: backlog sizes, comma-separated",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="SRC",
+        help="with --defaults: also measure the defaults of the tideflow in this src folder "
+        "(e.g. /work/main/src), interleaved with this one's",
+    )
     args = parser.parse_args()
+    if args.defaults:
+        chosen = ["sqlite", "postgres"] if args.backend == "all" else [args.backend]
+        sizes = tuple(int(x) for x in args.sizes.split(","))
+        run_defaults(chosen, args.rounds, sizes, args.baseline)
+        return
     if args.large:
         run_large(args.history, args.backlog, args.runs)
         return

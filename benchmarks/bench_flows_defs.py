@@ -49,3 +49,14 @@ class NoOpPerKey(Flow, slug="bench_noop_per_key", concurrency_key="k", key_concu
 
 
 FLOWS += [NoOpLimited, NoOpPerKey]
+
+
+class NoOpSync(Flow, slug="bench_noop_sync"):
+    """NoOp with a plain ``def`` step: it runs in the worker's thread pool."""
+
+    @step()
+    def only(self, input):
+        return None
+
+
+FLOWS.append(NoOpSync)

@@ -153,7 +153,7 @@ def test_start_prints_only_the_run_id_then_runs_run_and_cancel_show_it(db_url: s
     assert started.exit_code == 0, started.output
     assert started.stdout == "order-42\n"
 
-    listed = invoke("runs", "-d", db_url)
+    listed = invoke("runs", "--wide", "-d", db_url)
     assert listed.exit_code == 0, listed.output
     for field in (
         "run id",

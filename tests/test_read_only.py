@@ -180,7 +180,7 @@ def test_a_write_after_refused_reads_creates_the_schema_and_reads_then_work(
         assert app.get_run(run_id).status == "started"
         assert [r.run_id for r in app.list_runs()] == [run_id]
     assert unmigrated.has_schema()
-    listed = invoke("runs", "-d", unmigrated.url)
+    listed = invoke("runs", "--wide", "-d", unmigrated.url)
     assert listed.exit_code == 0, listed.output
     assert run_id in listed.stdout
 
@@ -359,7 +359,7 @@ def test_sqlite_reads_see_a_wal_database_with_and_without_its_side_files(tmp_pat
     with App(url, flows=[Quick]) as writer:
         run_id = writer.start_flow(Quick, {"n": 1})
         assert Path(f"{path}-wal").exists()  # the run is in the WAL, not yet in the file
-        during = invoke("runs", "-d", url)
+        during = invoke("runs", "--wide", "-d", url)
         assert during.exit_code == 0 and run_id in during.stdout, during.output
     assert not Path(f"{path}-shm").exists() and not Path(f"{path}-wal").exists()
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone() == ("wal",)

@@ -488,6 +488,7 @@ class App:
         self,
         *,
         concurrency: int = WorkerOptions.concurrency,
+        step_threads: int = WorkerOptions.step_threads,
         poll_interval: float = WorkerOptions.poll_interval,
         lease_margin: float = WorkerOptions.lease_margin,
         heartbeat_interval: float | None = WorkerOptions.heartbeat_interval,
@@ -514,6 +515,7 @@ class App:
             schedules=self.fire_schedules if self.schedules else None,
             options=WorkerOptions(
                 concurrency=concurrency,
+                step_threads=step_threads,
                 poll_interval=poll_interval,
                 lease_margin=lease_margin,
                 heartbeat_interval=heartbeat_interval,
@@ -636,6 +638,7 @@ class App:
         *,
         until_idle: bool = False,
         concurrency: int = WorkerOptions.concurrency,
+        step_threads: int = WorkerOptions.step_threads,
         poll_interval: float = WorkerOptions.poll_interval,
         lease_margin: float = WorkerOptions.lease_margin,
         heartbeat_interval: float | None = WorkerOptions.heartbeat_interval,
@@ -672,6 +675,7 @@ class App:
         def make_worker() -> Worker:
             return self.worker(
                 concurrency=concurrency,
+                step_threads=step_threads,
                 poll_interval=poll_interval,
                 lease_margin=lease_margin,
                 heartbeat_interval=heartbeat_interval,

@@ -208,7 +208,7 @@ def handler_rows(result: Any) -> dict[str, str]:
         name: line
         for line in result.stdout.splitlines()
         for name in ("cli_totals", "cli_mailer", "cli_ledger", "cli_later", "held_elsewhere")
-        if f" {name} " in line
+        if line.split("│")[0].strip() == name
     }
 
 
@@ -225,14 +225,14 @@ def test_handlers_lists_position_lag_status_owner_and_problems(
     rows = handler_rows(result)
     assert set(rows) == {"cli_totals", "cli_mailer", "cli_ledger", "held_elsewhere"}
     totals = rows["cli_totals"].split("│")
-    assert "projection" in totals[2] and "no worker" in totals[3]
-    assert totals[4].strip() == str(ran[-1].position) and totals[5].strip() == "3"  # lag
-    assert rows["cli_mailer"].split("│")[7].strip() == "1"  # dead letters
+    assert "projection" in totals[1] and "no worker" in totals[2]
+    assert totals[3].strip() == str(ran[-1].position) and totals[4].strip() == "3"  # lag
+    assert rows["cli_mailer"].split("│")[6].strip() == "1"  # dead letters
     ledger = rows["cli_ledger"]
     assert "stopped" in ledger and "unbalanced" in ledger
     assert f"event {ran[5].position}" in ledger
     held = rows["held_elsewhere"].split("│")
-    assert "running" in held[3] and held[6].strip() == "worker-7"
+    assert "running" in held[2] and held[5].strip() == "worker-7"
     assert f"head position {head}" in result.stdout
 
     with_app = handler_rows(invoke("handlers", "-d", db_url, "--app", APP))
@@ -295,7 +295,7 @@ def test_deadletters_are_listed_and_retried_with_the_handlers_code(
     result = invoke("deadletters", "-d", db_url)
     assert result.exit_code == 0, result.output
     row = next(line for line in result.stdout.splitlines() if "cli_mailer" in line).split("│")
-    assert [c.strip() for c in row[1:7]] == [
+    assert [c.strip() for c in row[0:6]] == [
         str(dead.id),
         "cli_mailer",
         str(ran[3].position),
@@ -303,7 +303,7 @@ def test_deadletters_are_listed_and_retried_with_the_handlers_code(
         "s-0",
         "1",
     ]
-    assert "ConnectionError: smtp is down" in row[7]
+    assert "ConnectionError: smtp is down" in row[6]
     assert (
         "no dead letters for handler 'cli_totals'"
         in invoke("deadletters", "-d", db_url, "--handler", "cli_totals").stdout

@@ -165,3 +165,33 @@ class Recorder(Flow, slug="recorder", max_attempts=2):
 
 
 ALL_FLOWS.append(Recorder)
+
+
+class Crowd(Flow, slug="crowd", max_attempts=1):
+    """Many slow ``async def`` tasks at once: marks each start and each end in a file."""
+
+    @step(map=True)
+    async def wait(self, item, ctx: StepContext):
+        mark(item, "begun", ctx)
+        await asyncio.sleep(item["seconds"])
+        mark(item, "end", ctx)
+        return ctx.task_index
+
+
+class CrowdSync(Flow, slug="crowd_sync", max_attempts=1):
+    """Crowd with a plain ``def`` step: its tasks run in the worker's threads."""
+
+    @step(map=True)
+    def wait(self, item, ctx: StepContext):
+        mark(item, "begun", ctx)
+        time.sleep(item["seconds"])
+        mark(item, "end", ctx)
+        return ctx.task_index
+
+
+def mark(item, what, ctx: StepContext) -> None:
+    name = f"{what}-{ctx.flow_slug}-{ctx.task_index}-{ctx.attempt}-{os.getpid()}"
+    (Path(item["dir"]) / name).write_text("x")
+
+
+ALL_FLOWS += [Crowd, CrowdSync]

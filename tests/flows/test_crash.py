@@ -8,16 +8,25 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.flows.flows_for_tests import ALL_FLOWS, OneShotSleeper, Recorder
+from tests.flows.flows_for_tests import ALL_FLOWS, Crowd, CrowdSync, OneShotSleeper, Recorder
 from tests.polling import wait_until
 from tideflow import App
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def spawn_worker(db_url: str, lease_margin: float) -> subprocess.Popen[bytes]:
+def spawn_worker(
+    db_url: str, lease_margin: float, concurrency: str = "4"
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.flows.worker_process", db_url, str(lease_margin)],
+        [
+            sys.executable,
+            "-m",
+            "tests.flows.worker_process",
+            db_url,
+            str(lease_margin),
+            concurrency,
+        ],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -71,4 +80,58 @@ def test_two_worker_processes_never_run_the_same_task_attempt(db_url: str, tmp_p
     assert {m[2] for m in markers} == {"1"}
     pids = {m[3] for m in markers}
     assert len(pids) == 2, "both workers should have taken part"
+    app.close()
+
+
+def test_a_worker_killed_with_hundreds_of_tasks_in_flight_loses_none(
+    db_url: str, tmp_path: Path
+) -> None:
+    """At the default settings a worker holds hundreds of async tasks and up to four times its
+    threads of def ones: SIGKILLed with them in flight, every one is recovered by the next
+    worker as a stall (not an attempt: max_attempts is 1), each completed once."""
+    app = App(db_url, flows=ALL_FLOWS)
+    item = {"dir": str(tmp_path), "seconds": 2.0}
+    crowd = app.start_flow(Crowd, [item] * 300)
+    crowd_sync = app.start_flow(CrowdSync, [item] * 100)
+    first = spawn_worker(db_url, lease_margin=2.0, concurrency="default")
+
+    def begun_by_first() -> list[str]:
+        return [p.name for p in tmp_path.glob(f"begun-*-{first.pid}")]
+
+    try:
+        # Both kinds in flight at once: all 300 async ones could be, and the def ones
+        # up to the thread limit.
+        wait_until(
+            lambda: (
+                sum("crowd_sync" in n for n in begun_by_first()) >= 20
+                and sum("-crowd-" in n for n in begun_by_first()) >= 100
+            ),
+            timeout=60,
+            what="hundreds of tasks to be in flight",
+        )
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+    finally:
+        first.kill()
+    killed = begun_by_first()
+    ended = {p.name for p in tmp_path.glob(f"end-*-{first.pid}")}
+    in_flight = [n for n in killed if n.replace("begun-", "end-", 1) not in ended]
+    assert len(in_flight) >= 120, f"only {len(in_flight)} tasks were in flight at the kill"
+    # A long lease for the second: on a loaded machine a renewal of hundreds of leases can come
+    # late, and a lease of a second or two would then expire under a live worker.
+    second = spawn_worker(db_url, lease_margin=30.0, concurrency="default")
+    try:
+        runs = [app.wait_for_run(r, timeout=120) for r in (crowd, crowd_sync)]
+    finally:
+        second.terminate()
+        second.wait(timeout=30)
+    for run, n in zip(runs, (300, 100), strict=True):
+        assert run.status == "completed", run.error
+        assert run.output == {"wait": list(range(n))}
+        tasks = run.steps[0].tasks
+        assert all(t.attempts == 1 for t in tasks)  # a kill is a stall, never a failed attempt
+    stalled = {(r.flow_slug, t.task_index) for r in runs for t in r.steps[0].tasks if t.stalls}
+    # Every task the kill cut short was requeued as a stall.
+    cut = {(n.split("-")[1], int(n.split("-")[2])) for n in in_flight}
+    assert cut <= stalled
     app.close()

@@ -1,4 +1,5 @@
-"""A worker process for crash tests: python -m tests.flows.worker_process URL [LEASE_MARGIN]."""
+"""A worker process for crash tests: python -m tests.flows.worker_process URL [LEASE_MARGIN]
+[CONCURRENCY] (CONCURRENCY "default": the worker's own defaults; else 4)."""
 
 from __future__ import annotations
 
@@ -13,4 +14,6 @@ if __name__ == "__main__":
     margin = float(sys.argv[2]) if len(sys.argv) > 2 else 30.0
     app = App(sys.argv[1], flows=ALL_FLOWS)
     print("worker ready", flush=True)
-    app.run_worker(lease_margin=margin, reap_interval=0.2, poll_interval=0.05, concurrency=4)
+    chosen = sys.argv[3] if len(sys.argv) > 3 else "4"
+    tuned = {} if chosen == "default" else {"concurrency": int(chosen)}
+    app.run_worker(lease_margin=margin, reap_interval=0.2, poll_interval=0.05, **tuned)

@@ -13,6 +13,7 @@ from tests.polling import wait_until
 from tideflow import App
 from tideflow.clock import ManualClock
 from tideflow.storage.monitor_contract import Heartbeat
+from tideflow.worker.worker import WorkerOptions
 
 
 def test_a_worker_beats_while_it_runs_and_says_when_it_stops(clocked_app: App) -> None:
@@ -25,7 +26,7 @@ def test_a_worker_beats_while_it_runs_and_says_when_it_stops(clocked_app: App) -
         monitor = app.monitor_store
         [record] = wait_until(monitor.list_workers, what="the worker's first heartbeat")
         assert record.worker_id == worker.worker_id and record.flows == ("obs_fixable",)
-        assert record.concurrency == 10 and record.stopped_at is None
+        assert record.concurrency == WorkerOptions.concurrency and record.stopped_at is None
         assert record.heartbeat_interval == 0.05
         assert record.alive(app.store.clock.now())
     finally:

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import ModuleType
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -37,8 +37,10 @@ from rich.table import Table
 from rich.text import Text
 
 from tideflow.cli.errors import CliUsageError, CommandFailed
-from tideflow.cli.loading import DATABASE_HELP, check_reachable, load_object
-from tideflow.cli.render import compact_json, fmt_time, truncate
+from tideflow.cli.json_output import dead_letter_json, emit, handler_json
+from tideflow.cli.loading import check_reachable, load_object
+from tideflow.cli.options import DatabaseOpt, chosen_app, chosen_database, database_of
+from tideflow.cli.render import compact_json, fmt_time, fmt_when, new_table, truncate
 from tideflow.codec import to_json_value
 from tideflow.events.handling import EventHandler, HandlerNotFoundError, HandlerUsageError
 from tideflow.events.model import RecordedEvent
@@ -58,10 +60,14 @@ PIPE_WIDTH = 160
 
 HandlersAppOpt = Annotated[
     str | None,
-    typer.Option("--app", "-a", envvar="TIDEFLOW_APP", show_default=False, help=HANDLERS_APP_HELP),
-]
-DatabaseOpt = Annotated[
-    str | None, typer.Option("--database-url", "-d", help=DATABASE_HELP, show_default=False)
+    typer.Option(
+        "--app",
+        "-a",
+        envvar="TIDEFLOW_APP",
+        metavar="MODULE:ATTR",
+        show_default=False,
+        help=HANDLERS_APP_HELP,
+    ),
 ]
 
 events_app = typer.Typer(add_completion=False)
@@ -124,19 +130,30 @@ def _handlers_of(obj: object) -> list[EventHandler]:
 
 @contextmanager
 def stores(
-    database_url: str | None, app_path: str | None = None
+    ctx: typer.Context,
+    database_url: str | None,
+    app_path: str | None = None,
+    *,
+    with_handlers: bool = False,
 ) -> Iterator[tuple[EventStore, HandlerStore, list[EventHandler]]]:
     """The event and handler stores of the database and the handlers named by ``--app``; the
-    URL is ``--database-url``, else the App's, else the default of ``resolve_url``.
+    URL is ``--database-url``, else the App's, else the default of ``resolve_url``. Both are
+    taken wherever they were written (``options.group_value``): on the command, on its group
+    (``tideflow handlers --app X -d URL reset NAME``), or on the root command. A command that
+    runs no handler code (``with_handlers`` False) takes only the database of an ``--app``.
 
     Nothing is created or migrated: every command here reads, or changes rows (a reset, a
     resume, a retry) that only a migrated database can hold, so a database without the schema
     raises ``SchemaMissingError`` - a mistyped URL must not gain a schema or a file."""
     handlers: list[EventHandler] = []
     app_url = None
+    app_path = chosen_app(ctx, app_path) if with_handlers else None
     if app_path:
         app_url, handlers = load_handlers(app_path)
-    url = resolve_url(database_url or app_url)
+        given = chosen_database(ctx, database_url)
+    else:
+        given = database_of(ctx, database_url)
+    url = resolve_url(given or app_url)
     check_reachable(url)
     with open_database(url, create=False) as stores:
         stores.db.check_schema()
@@ -147,18 +164,20 @@ def stores(
 
 
 def event_line(event: RecordedEvent, width: int) -> Text:
-    """One event on one line: position, time, stream@version, type, data (cut to fit)."""
+    """One event on one line: position, time, stream@version, type, data (cut to fit; under
+    120 columns the time is the time of day, for today's events). Rich wraps a line whose
+    head alone is wider than the terminal: an id is never cut."""
     head = Text.assemble(
         (f"{event.position:>8}", "bold"),
         "  ",
-        (fmt_time(event.recorded_at), "dim"),
+        (fmt_time(event.recorded_at) if width >= 120 else fmt_when(event.recorded_at), "dim"),
         "  ",
         (f"{event.stream_id}@{event.version}", "cyan"),
         "  ",
         (event.event_type, "bold"),
         "  ",
     )
-    return head + Text(compact_json(event.data, max(20, width - len(head) - 1)))
+    return head + Text(compact_json(event.data, max(10, width - head.cell_len)))
 
 
 def event_json(event: RecordedEvent) -> str:
@@ -214,6 +233,7 @@ def _tail(
 
 @events_app.command("events")
 def events_command(
+    ctx: typer.Context,
     event_types: Annotated[
         list[str] | None,
         typer.Option(
@@ -241,7 +261,10 @@ def events_command(
         ),
     ] = False,
     as_json: Annotated[
-        bool, typer.Option("--json", help="One JSON object per event and line, for scripts.")
+        bool,
+        typer.Option(
+            "--json", help="One JSON object per event and line (JSON Lines), nothing else."
+        ),
     ] = False,
     interval: Annotated[
         float, typer.Option(help="With --follow: seconds between looks for new events.", min=0.01)
@@ -251,7 +274,7 @@ def events_command(
     """Show events of the whole log, newest last; with --follow, keep tailing it."""
     types = list(event_types) if event_types else None
     out = _console()
-    with stores(database_url) as (store, _, _):
+    with stores(ctx, database_url) as (store, _, _):
         if from_position is None:
             shown, last = _tail(store, types, stream, limit)
         else:
@@ -271,7 +294,7 @@ def events_command(
                 if as_json:
                     out.print(event_json(event), markup=False, soft_wrap=True, highlight=False)
                 else:
-                    out.print(event_line(event, out.width), soft_wrap=True)
+                    out.print(event_line(event, out.width))
                 last = max(last, event.position)
             if not follow:
                 return
@@ -284,18 +307,30 @@ def events_command(
 
 @events_app.command("stream")
 def stream_command(
+    ctx: typer.Context,
     stream_id: Annotated[
         str, typer.Argument(metavar="ID", help="The stream's id.", show_default=False)
     ],
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="One JSON object per event and line (JSON Lines, as events --json), nothing else.",
+        ),
+    ] = False,
     database_url: DatabaseOpt = None,
 ) -> None:
     """Show every event of one stream, in version order."""
-    with stores(database_url) as (store, _, _):
+    with stores(ctx, database_url) as (store, _, _):
         events = list(store.read_stream(stream_id))
         if not events:
             raise CommandFailed(
                 f"stream {stream_id!r} has no events; `tideflow events` shows the streams that do"
             )
+        if as_json:
+            for e in events:
+                typer.echo(event_json(e))
+            return
         out = _console()
         out.print(
             Text.assemble(
@@ -305,7 +340,7 @@ def stream_command(
             ),
             soft_wrap=True,
         )
-        table = Table(header_style="bold", expand=False)
+        table = new_table()
         table.add_column("version", justify="right", no_wrap=True)
         table.add_column("position", justify="right", no_wrap=True, style="dim")
         table.add_column("recorded", no_wrap=True)
@@ -332,58 +367,87 @@ handlers_cli = typer.Typer(
 events_app.add_typer(handlers_cli, name="handlers")
 
 
-def handler_status(record: HandlerRecord | None, now: datetime) -> Text:
+#: A handler's status word (as ``--json`` gives it), with the glyph and style of the table.
+_HANDLER_STATUS = {
+    "never ran": ("○", "dim"),
+    "stopped": ("■", "bold red"),
+    "checkpoint only": ("-", "dim"),
+    "running": ("▶", "green"),
+    "no worker": ("○", "yellow"),
+}
+
+
+def handler_status_word(record: HandlerRecord | None, now: datetime) -> str:
     if record is None:
-        return Text("○ never ran", style="dim")
+        return "never ran"
     if record.status == "stopped":
-        return Text("■ stopped", style="bold red")
+        return "stopped"
     if record.status is None:
-        return Text("- checkpoint only", style="dim")
-    if record.is_held(now):
-        return Text("▶ running", style="green")
-    return Text("○ no worker", style="yellow")
+        return "checkpoint only"
+    return "running" if record.is_held(now) else "no worker"
 
 
-def handlers_table(
+def handler_status(record: HandlerRecord | None, now: datetime) -> Text:
+    word = handler_status_word(record, now)
+    glyph, style = _HANDLER_STATUS[word]
+    return Text(f"{glyph} {word}", style=style)
+
+
+def handler_rows(
     records: Sequence[HandlerRecord], known: Sequence[EventHandler], head: int, now: datetime
-) -> Table:
-    """Handlers from the database, and those of ``--app`` that never ran there."""
+) -> list[dict[str, Any]]:
+    """Handlers from the database, and those of ``--app`` that never ran there, by name: the
+    ``--json`` shape, from which the table is drawn."""
     by_name: dict[str, HandlerRecord | None] = {r.name: r for r in records}
     kinds = {h.name: h.kind for h in known}
     for h in known:
         by_name.setdefault(h.name, None)
-    table = Table(header_style="bold", expand=False)
-    table.add_column("handler", no_wrap=True)
-    table.add_column("kind", no_wrap=True, style="dim")
+    return [
+        handler_json(
+            name,
+            (r.kind if r and r.kind else kinds.get(name)) or None,
+            handler_status_word(r, now),
+            head,
+            r,
+            r.owner if r is not None and r.is_held(now) and r.owner else None,
+        )
+        for name, r in sorted(by_name.items())
+    ]
+
+
+def handlers_table(rows: Sequence[dict[str, Any]]) -> Table:
+    table = new_table()
+    table.add_column("handler", overflow="fold", min_width=8)
+    table.add_column("kind", overflow="fold", style="dim")
     table.add_column("status", no_wrap=True)
     table.add_column("position", justify="right", no_wrap=True)
     table.add_column("lag", justify="right", no_wrap=True)
-    table.add_column("owner", no_wrap=True)
-    table.add_column("dead letters", justify="right", no_wrap=True)
-    table.add_column("problem", overflow="fold")
-    for name in sorted(by_name):
-        r = by_name[name]
-        position = r.position if r else 0
-        lag = max(0, head - position)
+    table.add_column("owner", overflow="fold")
+    table.add_column("dead", justify="right", no_wrap=True)
+    problems = any(row["status"] == "stopped" or row["last_error"] for row in rows)
+    if problems:
+        table.add_column("problem", overflow="fold", min_width=12)
+    for row in rows:
         problem = Text("")
-        if r is not None and r.status == "stopped":
-            problem = Text(r.stopped_reason or "stopped", style="red")
-        elif r is not None and r.last_error:
+        if row["status"] == "stopped":
+            problem = Text(row["stopped_reason"] or "stopped", style="red")
+        elif row["last_error"]:
             problem = Text(
-                f"retrying event {r.failing_position} (attempt {r.attempts}): "
-                f"{truncate(r.last_error, 200)}",
+                f"retrying event {row['failing_position']} (attempt {row['attempts']}): "
+                f"{truncate(row['last_error'], 200)}",
                 style="yellow",
             )
-        dead = r.dead_letters if r else 0
+        glyph, style = _HANDLER_STATUS[row["status"]]
+        dead = row["dead_letters"]
         table.add_row(
-            name,
-            (r.kind if r and r.kind else kinds.get(name)) or "-",
-            handler_status(r, now),
-            str(position),
-            Text(str(lag), style="yellow" if lag else "green"),
-            r.owner if r is not None and r.is_held(now) and r.owner else "-",
+            row["name"],
+            (row["kind"] or "-").replace("_", " "),
+            Text(f"{glyph} {row['status']}", style=style),
+            str(row["position"]),
+            Text(str(row["lag"]), style="yellow" if row["lag"] else "green"),
+            row["owner"] or "-",
             Text(str(dead), style="bold red" if dead else "dim"),
-            problem,
+            *([problem] if problems else []),
         )
     return table
 
@@ -392,13 +456,21 @@ def handlers_table(
 def handlers_command(
     ctx: typer.Context,
     app_path: HandlersAppOpt = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="A JSON array of handlers, and nothing else.")
+    ] = False,
     database_url: DatabaseOpt = None,
 ) -> None:
     """List event handlers: position, lag (head - position), status, owner, dead letters."""
     if ctx.invoked_subcommand is not None:
         return
-    with stores(database_url, app_path) as (store, handler_store, known):
+    with stores(ctx, database_url, app_path, with_handlers=True) as (store, handler_store, known):
         records = handler_store.list_handlers()
+        head = store.head_position()
+        rows = handler_rows(records, known, head, datetime.now(UTC))
+        if as_json:
+            emit(rows)
+            return
         out = _console()
         if not records and not known:
             out.print(
@@ -408,13 +480,13 @@ def handlers_command(
                 )
             )
             return
-        head = store.head_position()
-        out.print(handlers_table(records, known, head, datetime.now(UTC)))
+        out.print(handlers_table(rows))
         out.print(Text(f"head position {head}", style="dim"))
 
 
 @handlers_cli.command("reset")
 def handlers_reset(
+    ctx: typer.Context,
     name: Annotated[
         str, typer.Argument(metavar="NAME", help="The handler's name.", show_default=False)
     ],
@@ -424,7 +496,7 @@ def handlers_reset(
 ) -> None:
     """Set a handler back to position 0 (a projection's tables are emptied with it): the worker
     running it processes the whole log again. A stopped handler runs again."""
-    with stores(database_url, app_path) as (store, handler_store, known):
+    with stores(ctx, database_url, app_path, with_handlers=True) as (store, handler_store, known):
         handler: EventHandler | str = next((h for h in known if h.name == name), name)
         if (
             isinstance(handler, str)
@@ -457,6 +529,7 @@ def handlers_reset(
 
 @handlers_cli.command("resume")
 def handlers_resume(
+    ctx: typer.Context,
     name: Annotated[
         str, typer.Argument(metavar="NAME", help="The handler's name.", show_default=False)
     ],
@@ -464,7 +537,7 @@ def handlers_resume(
 ) -> None:
     """Let a stopped handler run again from where it stopped (retrying the event it stopped
     on, with its attempts counted afresh)."""
-    with stores(database_url) as (_, handler_store, _):
+    with stores(ctx, database_url) as (_, handler_store, _):
         if not handler_store.restart(name):
             raise HandlerNotFoundError(
                 f"no handler named {name!r} has run on this database; "
@@ -493,15 +566,21 @@ def deadletters_command(
         bool, typer.Option("--all", help="Also those retried successfully.")
     ] = False,
     limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many.", min=1)] = 50,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="A JSON array of dead letters, and nothing else.")
+    ] = False,
     database_url: DatabaseOpt = None,
 ) -> None:
     """List dead letters, oldest first: the event, the handler, the last error."""
     if ctx.invoked_subcommand is not None:
         return
-    with stores(database_url) as (_, handler_store, _):
+    with stores(ctx, database_url) as (_, handler_store, _):
         letters = handler_store.list_dead_letters(
             handler, include_retried=include_retried, limit=limit
         )
+        if as_json:
+            emit([dead_letter_json(d) for d in letters])
+            return
         out = _console()
         if not letters:
             out.print(
@@ -511,12 +590,14 @@ def deadletters_command(
                 )
             )
             return
-        table = Table(header_style="bold", expand=False)
+        table = new_table()
         for column in ("id", "handler", "position", "event", "stream", "attempts"):
+            numeric = column in ("id", "position", "attempts")
             table.add_column(
                 column,
-                no_wrap=True,
-                justify="right" if column in ("id", "position", "attempts") else "left",
+                no_wrap=numeric,
+                overflow="fold",
+                justify="right" if numeric else "left",
             )
         table.add_column("error", overflow="fold")
         table.add_column("created", no_wrap=True)
@@ -530,14 +611,15 @@ def deadletters_command(
                 d.stream_id,
                 str(d.attempts),
                 Text(truncate(d.error, 300), style="red"),
-                fmt_time(d.created_at),
-                Text(fmt_time(d.retried_at), style="green") if d.retried_at else "-",
+                fmt_when(d.created_at),
+                Text(fmt_when(d.retried_at), style="green") if d.retried_at else "-",
             )
         out.print(table)
 
 
 @deadletters_cli.command("retry")
 def deadletters_retry(
+    ctx: typer.Context,
     dead_letter_id: Annotated[
         int, typer.Argument(metavar="ID", help="The dead letter's id.", show_default=False)
     ],
@@ -546,7 +628,7 @@ def deadletters_retry(
 ) -> None:
     """Run the handler again on a dead letter's event, now, in this process; on success the
     dead letter is marked retried."""
-    with stores(database_url, app_path) as (store, handler_store, known):
+    with stores(ctx, database_url, app_path, with_handlers=True) as (store, handler_store, known):
         dead = handler_store.get_dead_letter(dead_letter_id)
         handler = next((h for h in known if h.name == dead.handler), None)
         if handler is None:

@@ -171,6 +171,5 @@ redact = redact_url
 
 
 DATABASE_HELP = (
-    f"Database URL: postgresql://user@host:5432/dbname or sqlite:///path.db "
-    f"(default: ${URL_ENV}, else sqlite:///tideflow.db)"
+    f"postgresql://USER@HOST/DB or sqlite:///FILE (default: ${URL_ENV}, else sqlite:///tideflow.db)"
 )

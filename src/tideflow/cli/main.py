@@ -30,9 +30,21 @@ from tideflow.cli.dag import nodes_from_definition, nodes_from_run, render_dag
 from tideflow.cli.demo import run_demo
 from tideflow.cli.errors import CliUsageError, CommandFailed, reporting
 from tideflow.cli.events_cli import events_app
+from tideflow.cli.json_output import emit, failure_json, flow_version_json, run_json
 from tideflow.cli.live import watch_runs
-from tideflow.cli.loading import APP_ENV, APP_FORMS, DATABASE_HELP, build_app, redact
+from tideflow.cli.loading import build_app, redact
+from tideflow.cli.options import (
+    DATABASE_OPTION,
+    AppOpt,
+    DatabaseOpt,
+    chosen_app,
+    chosen_database,
+    database_of,
+    prepared,
+    readable_metavars,
+)
 from tideflow.cli.render import (
+    code_status,
     definition_table,
     failure_report,
     run_header,
@@ -43,8 +55,10 @@ from tideflow.cli.render import (
 )
 from tideflow.cli.sagas_cli import sagas_app
 from tideflow.cli.schedules_cli import schedules_app
+from tideflow.cli.short_ids import resolve_run_id
 from tideflow.jsonutil import loads
 from tideflow.runtime.retention import DEFAULT_BATCH_SIZE, Retention
+from tideflow.worker.worker import WorkerOptions
 
 #: Output that is not a terminal (a pipe, a file, a test) gets this width instead of Rich's 80,
 #: so that tables are not squeezed into truncated run ids that a script cannot use.
@@ -52,6 +66,22 @@ PIPE_WIDTH = 160
 
 
 class _Group(TyperGroup):
+    """The root command: reports errors once for every command (``reporting``), and gives
+    every option a readable metavar (``options.readable_metavars``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        readable_metavars(self)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        return prepared(super().get_command(ctx, cmd_name), ctx)
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
     def invoke(self, ctx: Any) -> Any:
         with reporting(bool(ctx.params.get("debug"))):
             return super().invoke(ctx)
@@ -70,24 +100,37 @@ cli = typer.Typer(
     rich_markup_mode="rich",
 )
 
-DatabaseOpt = Annotated[
-    str | None, typer.Option("--database-url", "-d", help=DATABASE_HELP, show_default=False)
-]
-AppOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--app",
-        "-a",
-        envvar=APP_ENV,
-        show_default=False,
-        help=f"Your flows: module:attr naming {APP_FORMS}, or a module (its 'app', else all "
-        f"its flow classes). A file path works too: examples/order_pipeline.py",
-    ),
-]
 FlowOpt = Annotated[
     list[str] | None,
     typer.Option(
-        "--flow", "-f", show_default=False, help="One more flow class, module:Class (repeatable)."
+        "--flow",
+        "-f",
+        metavar="MODULE:CLASS",
+        show_default=False,
+        help="One more flow class, module:Class (repeatable).",
+    ),
+]
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print JSON for scripts, and nothing else on stdout (shapes: "
+        "docs/concepts/operations.md).",
+    ),
+]
+RunIdArg = typer.Argument(
+    metavar="RUN_ID",
+    show_default=False,
+    help="The run's id, or the start of it that no other run's id has (as `tideflow runs` shows "
+    "it).",
+)
+WideOpt = Annotated[
+    bool,
+    typer.Option(
+        "--wide",
+        "--full-ids",
+        help="Show whole run ids (not the short prefixes every command also accepts) and "
+        "every column, however wide.",
     ),
 ]
 
@@ -180,6 +223,26 @@ def _root(
             "--version", callback=_version, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            *DATABASE_OPTION,
+            metavar="URL",
+            show_default=False,
+            help="The database of every command (each also takes -d after its name).",
+        ),
+    ] = None,
+    app_path: Annotated[
+        str | None,
+        typer.Option(
+            "--app",
+            "-a",
+            metavar="MODULE:ATTR",
+            show_default=False,
+            help="Your App, flows or handlers, for every command that takes --app (each also "
+            "takes it after its name).",
+        ),
+    ] = None,
 ) -> None:
     if debug:
         global _DEBUG_HANDLER
@@ -194,10 +257,20 @@ def _root(
 
 @cli.command()
 def worker(
+    ctx: typer.Context,
     app_path: AppOpt = None,
     flows: FlowOpt = None,
     database_url: DatabaseOpt = None,
-    concurrency: Annotated[int, typer.Option(help="Tasks run at once by this worker.", min=1)] = 10,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            help="Tasks this worker holds at once (docs/concepts/operations.md: tuning).", min=1
+        ),
+    ] = WorkerOptions.concurrency,
+    step_threads: Annotated[
+        int,
+        typer.Option(help="Threads for plain def steps: how many run at once.", min=1),
+    ] = WorkerOptions.step_threads,
     poll_interval: Annotated[
         float,
         typer.Option(
@@ -269,7 +342,15 @@ def worker(
     Database restarts and lost connections are waited out (one warning each); the worker exits
     only when told to (0; 130 after a second Ctrl-C) or on a bug (1, with a traceback)."""
     keep = _retention(retention, idempotency_window)  # a bad duration is reported before anything
-    with build_app(database_url, app_path, flows or [], need_flows=True) as app, _setup_logging():
+    with (
+        build_app(
+            chosen_database(ctx, database_url),
+            chosen_app(ctx, app_path),
+            flows or [],
+            need_flows=True,
+        ) as app,
+        _setup_logging(),
+    ):
         work = [*app.registry.slugs(), *(str(getattr(h, "name", h)) for h in app.handlers)]
         _console(stderr=True).print(
             Text.assemble(
@@ -277,7 +358,7 @@ def worker(
                 (", ".join(work), "bold"),
                 " on ",
                 (redact(app.database_url), "cyan"),
-                f", concurrency {concurrency}",
+                f", concurrency {concurrency} ({min(step_threads, concurrency)} threads)",
                 "" if until_idle else "; Ctrl-C to stop",
             ),
             soft_wrap=True,
@@ -288,6 +369,7 @@ def worker(
             app.run_worker(
                 until_idle=until_idle,
                 concurrency=concurrency,
+                step_threads=step_threads,
                 poll_interval=poll_interval,
                 lease_margin=lease_margin,
                 heartbeat_interval=heartbeat_interval,
@@ -383,6 +465,7 @@ def parse_input(text: str) -> Any:
 
 @cli.command()
 def start(
+    ctx: typer.Context,
     flow: Annotated[
         str,
         typer.Argument(
@@ -428,10 +511,14 @@ def start(
     flows: FlowOpt = None,
     database_url: DatabaseOpt = None,
 ) -> None:
-    """Start a run and print its id; with --wait, follow it to the end. Without --app the
-    flow's stored shape is used: the process that starts runs needs none of their code."""
+    """Start a run and print its id; with --wait, follow it to the end.
+
+    Without --app the flow's stored shape is used: the process that starts runs needs none of
+    their code."""
     value = parse_input(input)
-    with build_app(database_url, app_path, flows or []) as app:
+    with build_app(
+        chosen_database(ctx, database_url), chosen_app(ctx, app_path), flows or []
+    ) as app:
         new_id = app.start_flow(flow, value, run_id=run_id, version=version)
         if not wait:
             typer.echo(new_id)
@@ -460,6 +547,7 @@ def start(
 
 @cli.command("runs")
 def list_runs(
+    ctx: typer.Context,
     flow: Annotated[
         str | None,
         typer.Option("--flow", "-f", help="Only runs of this flow (slug).", show_default=False),
@@ -474,31 +562,44 @@ def list_runs(
         ),
     ] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many.")] = 20,
+    wide: WideOpt = False,
+    as_json: JsonOpt = False,
     database_url: DatabaseOpt = None,
 ) -> None:
-    """List runs, newest first."""
-    with build_app(database_url) as app:
+    """List runs, newest first.
+
+    Ids are shown short (every command takes them so); --wide shows them whole."""
+    with build_app(database_of(ctx, database_url)) as app:
         records = app.list_runs(flow=flow, status=status, limit=limit)
+        if as_json:
+            emit([run_json(r) for r in records])
+            return
         out = _console()
         if not records:
             out.print(Text("no runs" + (" match" if flow or status else " yet"), style="dim"))
             return
-        out.print(runs_table(records))
+        out.print(runs_table(records, wide=wide))
 
 
 @cli.command("run")
 def show_run(
-    run_id: Annotated[
-        str, typer.Argument(metavar="RUN_ID", help="The run's id.", show_default=False)
-    ],
+    ctx: typer.Context,
+    run_id: Annotated[str, RunIdArg],
     tasks: Annotated[
         bool, typer.Option("--tasks", "-t", help="Also list every task (one per map element).")
     ] = False,
+    as_json: JsonOpt = False,
     database_url: DatabaseOpt = None,
 ) -> None:
     """Show one run: status, input, output or error, its steps, and its DAG."""
-    with build_app(database_url) as app:
-        run = app.get_run(run_id)
+    with build_app(database_of(ctx, database_url)) as app:
+        run = app.get_run(resolve_run_id(app.read_store(), run_id))
+        if as_json:
+            found = run_json(run, with_steps=True)
+            last = run.last_failure
+            found["last_failure"] = None if last is None else failure_json(last)
+            emit(found)
+            return
         out = _console()
         out.print(run_header(run))
         out.print(steps_table(run, always_errors=True))
@@ -513,15 +614,22 @@ def show_run(
 
 @cli.command("flows")
 def list_flows(
+    ctx: typer.Context,
     app_path: AppOpt = None,
     flows: FlowOpt = None,
+    as_json: JsonOpt = False,
     database_url: DatabaseOpt = None,
 ) -> None:
     """List the flow versions stored in the database and, with --app, the flows in your code."""
-    with build_app(database_url, app_path, flows or []) as app:
-        out = _console()
+    with build_app(
+        chosen_database(ctx, database_url), chosen_app(ctx, app_path), flows or []
+    ) as app:
         stored = app.read_store().list_flows()
         registered = {f.slug: f.definition.version for f in app.registry}
+        if as_json:
+            emit([flow_version_json(r, code_status(r, registered)) for r in stored])
+            return
+        out = _console()
         out.print(Rule("stored flow versions", align="left"))
         if stored:
             out.print(stored_flows_table(stored, registered if registered else None))
@@ -546,13 +654,13 @@ def list_flows(
 
 @cli.command()
 def cancel(
-    run_id: Annotated[
-        str, typer.Argument(metavar="RUN_ID", help="The run's id.", show_default=False)
-    ],
+    ctx: typer.Context,
+    run_id: Annotated[str, RunIdArg],
     database_url: DatabaseOpt = None,
 ) -> None:
     """Cancel a run: its queued and running tasks are cancelled, its unfinished steps skipped."""
-    with build_app(database_url) as app:  # cancel_run never migrates: no schema, no run
+    with build_app(database_of(ctx, database_url)) as app:  # cancel_run never migrates
+        run_id = resolve_run_id(app.read_store(), run_id)
         if not app.cancel_run(run_id):
             status = app.read_store().get_run(run_id, with_steps=False).status
             raise CommandFailed(f"run {run_id} has already {status}; nothing to cancel")
@@ -561,20 +669,23 @@ def cancel(
 
 @cli.command()
 def retry(
-    run_id: Annotated[
-        str, typer.Argument(metavar="RUN_ID", help="The failed run's id.", show_default=False)
-    ],
+    ctx: typer.Context,
+    run_id: Annotated[str, RunIdArg],
     database_url: DatabaseOpt = None,
 ) -> None:
-    """Retry a failed run from its failed steps: completed steps keep their outputs, the rest
-    run again with fresh attempts (tideflow runs --status failed lists failed runs)."""
-    with build_app(database_url) as app:  # like cancel: the run lives in a migrated database
+    """Retry a failed run from its failed steps.
+
+    Completed steps keep their outputs, the rest run again with fresh attempts (tideflow runs
+    --status failed lists failed runs)."""
+    with build_app(database_of(ctx, database_url)) as app:  # like cancel: never migrates
+        run_id = resolve_run_id(app.read_store(), run_id)
         app.retry_run(run_id)
         _console().print(Text.assemble("retrying run ", (run_id, "bold")), soft_wrap=True)
 
 
 @cli.command()
 def purge(
+    ctx: typer.Context,
     older_than: Annotated[
         str | None,
         typer.Option(
@@ -602,8 +713,9 @@ def purge(
     ] = DEFAULT_BATCH_SIZE,
     database_url: DatabaseOpt = None,
 ) -> None:
-    """Delete finished runs and other records older than a window, in small batches that never
-    hold a busy table for long (safe while workers run)."""
+    """Delete finished runs and other records older than a window.
+
+    In small batches that never hold a busy table for long (safe while workers run)."""
     if older_than is None and idempotency_keys_older_than is None:
         raise CliUsageError(
             "nothing to purge: pass --older-than (e.g. 30d) and/or "
@@ -615,7 +727,7 @@ def purge(
         ("--older-than", "--idempotency-keys-older-than"),
     )
     assert keep is not None
-    with build_app(database_url) as app:  # like cancel: never creates the schema
+    with build_app(database_of(ctx, database_url)) as app:  # like cancel: never creates the schema
         done = app.purge(
             keep.runs, idempotency_keys_older_than=keep.idempotency_keys, batch_size=batch_size
         )
@@ -628,9 +740,9 @@ def purge(
 
 
 @cli.command()
-def migrate(database_url: DatabaseOpt = None) -> None:
+def migrate(ctx: typer.Context, database_url: DatabaseOpt = None) -> None:
     """Apply pending schema migrations (safe to run from many places at once)."""
-    with build_app(database_url, migrate=False) as app:
+    with build_app(database_of(ctx, database_url), migrate=False) as app:
         applied = app.migrate()
         out = _console()
         for name in applied:
@@ -653,13 +765,16 @@ def demo(
         ),
     ] = None,
 ) -> None:
-    """Run the example flows - a fork/join, a map step, retries, a permanent failure - with a
-    worker in this process and live progress. Needs no setup."""
+    """Run the example flows, with live progress. Needs no setup.
+
+    A fork/join, a map step, retries, a permanent failure and a saga, with a worker in this
+    process."""
     run_demo(_console(), database_url)
 
 
 @cli.command()
 def dashboard(
+    ctx: typer.Context,
     database_url: DatabaseOpt = None,
     app_path: AppOpt = None,
     host: Annotated[
@@ -684,9 +799,10 @@ def dashboard(
         ),
     ] = None,
 ) -> None:
-    """Serve the web dashboard: runs (DAG, timeline, tracebacks), flows, events, handlers and
-    dead letters, process managers, workers and queues, and /metrics. Needs the dashboard
-    extra: pip install 'tideflow[dashboard]'."""
+    """Serve the web dashboard (needs: pip install 'tideflow[dashboard]').
+
+    Runs (DAG, timeline, tracebacks), flows, events, handlers and dead letters, process
+    managers, workers and queues, and /metrics."""
     try:
         import uvicorn
 
@@ -700,7 +816,7 @@ def dashboard(
         check_bind(host, auth)  # before anything connects
     except DashboardConfigError as exc:
         raise CliUsageError(str(exc)) from exc
-    with build_app(database_url, app_path) as app:
+    with build_app(chosen_database(ctx, database_url), chosen_app(ctx, app_path)) as app:
         app.read_store()  # fail now, in one line, on a database without the schema
         asgi = create_app(app, allow_actions=allow_actions, auth=auth, host=host)
         _console(stderr=True).print(

@@ -13,10 +13,12 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from tideflow.cli.short_ids import short_ids
 from tideflow.codec import to_json_value
 from tideflow.flows.definition import FlowDefinition
 from tideflow.storage.flow_contract import (
@@ -45,6 +47,15 @@ STATUS_GLYPH = {
     "created": "○",
     "skipped": "-",
 }
+
+
+def new_table() -> Table:
+    """The look of every list: a rule under the header and a line between columns, but no
+    frame, which leaves an 80-column terminal the room the frame took. Columns that hold
+    names or ids fold rather than cut: a table may wrap, it never shows a truncated id."""
+    return Table(
+        box=box.MINIMAL, header_style="bold", expand=False, pad_edge=False, show_edge=False
+    )
 
 
 def status_style(status: str | None) -> str:
@@ -89,6 +100,16 @@ def fmt_time(moment: datetime | None) -> str:
     return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
+def fmt_when(moment: datetime | None, *, now: datetime | None = None) -> str:
+    """A time for a table column: the time of day for today, the date and minute before that
+    (``fmt_time`` and ``--json`` give the whole of it)."""
+    if moment is None:
+        return "-"
+    local = moment.astimezone()
+    today = (now or datetime.now(UTC)).astimezone().date()
+    return local.strftime("%H:%M:%S" if local.date() == today else "%Y-%m-%d %H:%M")
+
+
 def compact_json(value: Any, limit: int | None = None) -> str:
     text = json.dumps(to_json_value(value), separators=(", ", ": "), ensure_ascii=False)
     if limit is not None and len(text) > limit:
@@ -106,21 +127,25 @@ def truncate(text: str | None, limit: int) -> str:
 # --- runs -------------------------------------------------------------------------------------
 
 
-def runs_table(runs: Sequence[RunRecord]) -> Table:
-    table = Table(title=None, header_style="bold", expand=False)
-    table.add_column("run id", no_wrap=True)
-    table.add_column("flow", no_wrap=True)
-    table.add_column("version", no_wrap=True, style="dim")
+def runs_table(runs: Sequence[RunRecord], *, wide: bool = False) -> Table:
+    """Runs, one a row: short ids and no version column unless ``wide`` (``--wide``), so that
+    80 columns hold the rest uncut (``short_ids``: every command takes the short form)."""
+    shown = short_ids([r.run_id for r in runs], full=wide)
+    table = new_table()
+    table.add_column("run id", overflow="fold", min_width=8)
+    table.add_column("flow", overflow="fold", min_width=8)
+    if wide:
+        table.add_column("version", overflow="fold", style="dim")
     table.add_column("status", no_wrap=True)
     table.add_column("started", no_wrap=True)
     table.add_column("duration", justify="right", no_wrap=True)
     for run in runs:
         table.add_row(
-            run.run_id,
+            shown[run.run_id],
             run.flow_slug,
-            run.flow_version,
+            *([run.flow_version] if wide else []),
             status_text(run.status),
-            fmt_time(run.started_at),
+            fmt_time(run.started_at) if wide else fmt_when(run.started_at),
             elapsed(run.started_at, run.finished_at),
         )
     return table
@@ -170,8 +195,8 @@ def steps_table(
 ) -> Table:
     """One row per step. The error column is left out when no step has an error and the caller
     does not insist, which keeps the demo's summaries narrow."""
-    table = Table(header_style="bold", expand=False)
-    table.add_column("step", no_wrap=True)
+    table = new_table()
+    table.add_column("step", overflow="fold")
     table.add_column("kind", no_wrap=True, style="dim")
     table.add_column("status", no_wrap=True)
     table.add_column("tasks", justify="right", no_wrap=True)
@@ -198,8 +223,8 @@ def steps_table(
 
 
 def tasks_table(run: RunRecord) -> Table:
-    table = Table(header_style="bold", expand=False)
-    table.add_column("step", no_wrap=True)
+    table = new_table()
+    table.add_column("step", overflow="fold")
     table.add_column("task", justify="right", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column("attempts", justify="right", no_wrap=True)
@@ -276,30 +301,37 @@ def progress_view(
 def stored_flows_table(
     records: Sequence[FlowVersionRecord], registered: dict[str, str] | None = None
 ) -> Table:
-    table = Table(header_style="bold", expand=False)
-    table.add_column("flow", no_wrap=True)
-    table.add_column("version", no_wrap=True)
+    table = new_table()
+    table.add_column("flow", overflow="fold")
+    table.add_column("version", overflow="fold")
     table.add_column("steps", overflow="fold")
     table.add_column("recorded", no_wrap=True)
-    if registered is not None:
+    if registered:
         table.add_column("code", no_wrap=True)
     for rec in records:
         steps = ", ".join(str(s.get("slug")) for s in rec.shape.get("steps", []))
         row: list[RenderableType] = [rec.flow_slug, rec.version, steps, fmt_time(rec.created_at)]
-        if registered is not None:
-            current = registered.get(rec.flow_slug)
-            row.append(
-                Text("current", style="green")
-                if current == rec.version
-                else Text("older" if current else "not registered", style="dim")
-            )
+        code = code_status(rec, registered)
+        if code is not None:
+            row.append(Text(code, style="green" if code == "current" else "dim"))
         table.add_row(*row)
     return table
 
 
+def code_status(record: FlowVersionRecord, registered: dict[str, str] | None) -> str | None:
+    """How a stored version stands to the code of ``--app`` ("current", "older", "not
+    registered"); None without ``--app``."""
+    if not registered:
+        return None
+    current = registered.get(record.flow_slug)
+    if current == record.version:
+        return "current"
+    return "older" if current else "not registered"
+
+
 def definition_table(definition: FlowDefinition) -> Table:
-    table = Table(header_style="bold", expand=False)
-    table.add_column("step", no_wrap=True)
+    table = new_table()
+    table.add_column("step", overflow="fold")
     table.add_column("kind", no_wrap=True)
     table.add_column("depends on", overflow="fold")
     table.add_column("attempts", justify="right", no_wrap=True)

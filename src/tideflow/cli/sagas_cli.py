@@ -21,9 +21,11 @@ from rich.table import Table
 from rich.text import Text
 
 from tideflow.cli.errors import CliUsageError, CommandFailed
-from tideflow.cli.events_cli import DatabaseOpt, _console
+from tideflow.cli.events_cli import _console
+from tideflow.cli.json_output import counts_json, emit, instance_json
 from tideflow.cli.loading import check_reachable
-from tideflow.cli.render import compact_json, fmt_time, truncate
+from tideflow.cli.options import DatabaseOpt, database_of
+from tideflow.cli.render import compact_json, fmt_time, fmt_when, new_table, truncate
 from tideflow.codec import to_json_value
 from tideflow.jsonutil import loads
 from tideflow.storage import Stores, open_database, resolve_url
@@ -40,10 +42,10 @@ _STYLES = {"running": "green", "completed": "dim", "compensated": "yellow", "fai
 
 
 @contextmanager
-def _stores(database_url: str | None) -> Iterator[Stores]:
+def _stores(ctx: typer.Context, database_url: str | None) -> Iterator[Stores]:
     """The stores, read without creating or migrating anything (``SchemaMissingError`` on a
-    database without the schema)."""
-    url = resolve_url(database_url)
+    database without the schema); the database as ``options.database_of`` finds it."""
+    url = resolve_url(database_of(ctx, database_url))
     check_reachable(url)
     with open_database(url, create=False) as stores:
         stores.db.check_schema()
@@ -51,14 +53,14 @@ def _stores(database_url: str | None) -> Iterator[Stores]:
 
 
 def instances_table(instances: list[ProcessInstance]) -> Table:
-    table = Table(header_style="bold", expand=False)
-    table.add_column("manager", no_wrap=True)
-    table.add_column("process id", no_wrap=True)
+    table = new_table()
+    table.add_column("manager", overflow="fold", min_width=7)
+    table.add_column("process id", overflow="fold", min_width=8)
     table.add_column("status", no_wrap=True)
     table.add_column("events", justify="right", no_wrap=True)
-    table.add_column("last position", justify="right", no_wrap=True, style="dim")
+    table.add_column("pos", justify="right", no_wrap=True, style="dim")
     table.add_column("updated", no_wrap=True)
-    table.add_column("state / problem", overflow="fold")
+    table.add_column("state/error", overflow="fold", min_width=12)
     for i in instances:
         detail = (
             Text(truncate(i.error, 200), style="red" if i.status == "failed" else "yellow")
@@ -71,7 +73,7 @@ def instances_table(instances: list[ProcessInstance]) -> Table:
             Text(i.status, style=_STYLES[i.status]),
             str(i.version),
             str(i.last_position),
-            fmt_time(i.updated_at),
+            fmt_when(i.updated_at),
             detail,
         )
     return table
@@ -79,6 +81,7 @@ def instances_table(instances: list[ProcessInstance]) -> Table:
 
 @sagas_app.command("sagas")
 def sagas_command(
+    ctx: typer.Context,
     manager: Annotated[
         str | None,
         typer.Option(
@@ -97,6 +100,12 @@ def sagas_command(
     limit: Annotated[
         int, typer.Option("--limit", "-n", help="At most this many, most recently updated first.")
     ] = 50,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="A JSON object: the instances and the counts by status, nothing else."
+        ),
+    ] = False,
     database_url: DatabaseOpt = None,
 ) -> None:
     """List process manager (saga) instances: status, events applied, state or last failure."""
@@ -107,9 +116,13 @@ def sagas_command(
     if limit < 1:
         raise CliUsageError(f"--limit must be at least 1, got {limit}")
     checked: ProcessStatus | None = status  # narrowed by the check above
-    with _stores(database_url) as stores:
+    with _stores(ctx, database_url) as stores:
         instances = stores.processes.list_instances(manager, checked, limit)
         counts = stores.processes.counts()
+    if as_json:
+        wanted = {k: n for k, n in counts.items() if manager is None or k[0] == manager}
+        emit({"instances": [instance_json(i) for i in instances], "counts": counts_json(wanted)})
+        return
     out = _console()
     if not instances:
         out.print(
@@ -129,6 +142,7 @@ def sagas_command(
 
 @sagas_app.command("saga")
 def saga_command(
+    ctx: typer.Context,
     manager: Annotated[
         str,
         typer.Argument(metavar="MANAGER", help="The process manager's name.", show_default=False),
@@ -137,11 +151,20 @@ def saga_command(
         str,
         typer.Argument(metavar="PROCESS_ID", show_default=False, help="The instance's process id."),
     ],
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="A JSON object: the instance, the commands it sent, its timers, nothing else.",
+        ),
+    ] = False,
     database_url: DatabaseOpt = None,
 ) -> None:
-    """Show one process manager instance: status, timings, failure, the commands it sent and
-    undid in order, and its whole state."""
-    with _stores(database_url) as stores:
+    """Show one process manager instance.
+
+    Its status, timings, failure, the commands it sent and undid in order, and its whole
+    state."""
+    with _stores(ctx, database_url) as stores:
         found = stores.processes.get(manager, process_id)
         timers = stores.timers.pending(manager, process_id) if found is not None else []
     if found is None:
@@ -149,6 +172,9 @@ def saga_command(
             f"process manager {manager!r} has no instance {process_id!r}; "
             f"`tideflow sagas --manager {manager}` lists those it has"
         )
+    if as_json:
+        emit(instance_json(found, timers=timers))
+        return
     out = _console()
     out.print(
         Text.assemble(

@@ -21,9 +21,11 @@ from rich.table import Table
 from rich.text import Text
 
 from tideflow.cli.errors import CliUsageError, CommandFailed
-from tideflow.cli.events_cli import DatabaseOpt, _console
+from tideflow.cli.events_cli import _console
+from tideflow.cli.json_output import emit, schedule_json, tick_json
 from tideflow.cli.loading import check_reachable
-from tideflow.cli.render import compact_json
+from tideflow.cli.options import DatabaseOpt, database_of
+from tideflow.cli.render import compact_json, new_table
 from tideflow.storage import Stores, open_database, resolve_url
 from tideflow.storage.schedule_contract import ScheduleRecord
 
@@ -32,9 +34,10 @@ schedules_app = typer.Typer(add_completion=False)
 
 
 @contextmanager
-def _stores(database_url: str | None) -> Iterator[Stores]:
-    """The stores, read without creating or migrating anything."""
-    url = resolve_url(database_url)
+def _stores(ctx: typer.Context, database_url: str | None) -> Iterator[Stores]:
+    """The stores, read without creating or migrating anything; the database as
+    ``options.database_of`` finds it (``-d`` before or after the command)."""
+    url = resolve_url(database_of(ctx, database_url))
     check_reachable(url)
     with open_database(url, create=False) as stores:
         stores.db.check_schema()
@@ -50,11 +53,11 @@ def in_zone(moment: datetime | None, timezone: str) -> str:
 
 
 def schedules_table(records: list[ScheduleRecord]) -> Table:
-    table = Table(header_style="bold", expand=False)
-    table.add_column("name", no_wrap=True)
-    table.add_column("flow", no_wrap=True)
-    table.add_column("cron", no_wrap=True)
-    table.add_column("timezone", no_wrap=True)
+    table = new_table()
+    table.add_column("name", overflow="fold", min_width=6)
+    table.add_column("flow", overflow="fold", min_width=6)
+    table.add_column("cron", overflow="fold", min_width=6)
+    table.add_column("timezone", overflow="fold", min_width=6)
     table.add_column("next tick", no_wrap=True)
     table.add_column("last handled", no_wrap=True, style="dim")
     table.add_column("catch-up", no_wrap=True)
@@ -74,12 +77,22 @@ def schedules_table(records: list[ScheduleRecord]) -> Table:
     return table
 
 
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print JSON for scripts, and nothing else on stdout.")
+]
+
+
 @schedules_app.command("schedules")
-def schedules_command(database_url: DatabaseOpt = None) -> None:
+def schedules_command(
+    ctx: typer.Context, as_json: JsonOpt = False, database_url: DatabaseOpt = None
+) -> None:
     """List cron schedules: flow, cron expression, timezone and the next tick, in that
     timezone."""
-    with _stores(database_url) as stores:
+    with _stores(ctx, database_url) as stores:
         records = stores.schedules.list_schedules()
+    if as_json:
+        emit([schedule_json(r) for r in records])
+        return
     out = _console()
     if not records:
         out.print(
@@ -95,33 +108,38 @@ def schedules_command(database_url: DatabaseOpt = None) -> None:
 
 @schedules_app.command("schedule")
 def schedule_command(
+    ctx: typer.Context,
     name: Annotated[
         str, typer.Argument(metavar="NAME", help="The schedule's name.", show_default=False)
     ],
     limit: Annotated[
         int, typer.Option("--limit", "-n", help="At most this many ticks, newest first.")
     ] = 20,
+    as_json: JsonOpt = False,
     database_url: DatabaseOpt = None,
 ) -> None:
     """Show one schedule and its newest fired ticks, each with its run and how late it fired."""
     if limit < 1:
         raise CliUsageError(f"--limit must be at least 1, got {limit}")
-    with _stores(database_url) as stores:
+    with _stores(ctx, database_url) as stores:
         found = [r for r in stores.schedules.list_schedules() if r.name == name]
         ticks = stores.schedules.ticks(name, limit) if found else []
     if not found:
         raise CommandFailed(
             f"no schedule named {name!r} is stored; `tideflow schedules` lists those that are"
         )
+    if as_json:
+        emit({**schedule_json(found[0]), "ticks": [tick_json(t) for t in ticks]})
+        return
     out = _console()
     out.print(schedules_table(found))
     if not ticks:
         out.print(Text("no tick fired yet", style="dim"))
         return
-    table = Table(header_style="bold", expand=False)
+    table = new_table()
     table.add_column("tick", no_wrap=True)
     table.add_column("fired", justify="right", no_wrap=True)
-    table.add_column("run", no_wrap=True)
+    table.add_column("run", overflow="fold")
     for t in ticks:
         late = (t.fired_at - t.tick_at).total_seconds()
         table.add_row(Text(in_zone(t.tick_at, found[0].timezone)), f"+{late:.1f}s", Text(t.run_id))

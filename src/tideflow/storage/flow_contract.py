@@ -303,6 +303,11 @@ class FlowStore(Protocol):
         """Runs newest first, without steps."""
         ...
 
+    def run_ids_with_prefix(self, prefix: str, limit: int = 2) -> list[str]:
+        """At most ``limit`` ids of runs whose id starts with ``prefix``, in id order: how the
+        CLI resolves a short id (two are enough to tell a unique prefix from an ambiguous one)."""
+        ...
+
     def retry_run(self, run_id: str) -> None:
         """Start a failed run again from its failed steps (fresh attempts; completed steps keep
         their outputs). ``RunNotFoundError`` / ``RunNotFailedError``, writing nothing."""

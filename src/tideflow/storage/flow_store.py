@@ -816,6 +816,10 @@ class SqlFlowStore:
                 )
             ]
 
+    def run_ids_with_prefix(self, prefix: str, limit: int = 2) -> list[str]:
+        with self._tx() as tx:
+            return [r["run_id"] for r in tx.rows("run_ids_with_prefix", prefix=prefix, limit=limit)]
+
     def purge_finished_runs(self, older_than: float, limit: int = 500) -> int:
         before = self.clock.now() - timedelta(seconds=older_than)
         with self._tx() as tx:

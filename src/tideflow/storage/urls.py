@@ -10,7 +10,13 @@ connects or touches a file. Two refusals matter most:
   ``$PGHOST``, a database named after the user - and tideflow would work on a database nobody
   named;
 * a bare file name (``tideflow.db``, ``./x.db``, ``/tmp/x.db``): it is almost certainly meant as
-  a SQLite file, and saying so (``sqlite:///tideflow.db``) beats "unsupported scheme".
+  a SQLite file, and saying so (``sqlite:///tideflow.db``) beats "unsupported scheme". It is not
+  taken as one: a mistyped server name (``-d db-prod``) would quietly become a new, empty SQLite
+  file, and ``App(url)``, ``$TIDEFLOW_DATABASE_URL`` and ``-d`` must all mean the same.
+
+Every other malformed URL - a scheme with too few slashes (``sqlite:x.db``,
+``postgresql:/host/db``), SQLAlchemy's driver suffix (``postgresql+psycopg://``), a port that is
+not a number, an empty SQLite path - gets one sentence showing the form to write.
 """
 
 from __future__ import annotations
@@ -45,15 +51,20 @@ def check_url(url: str, *, origin: str = "database URL") -> str:
     """``url`` itself if tideflow has a backend for it and it names its database completely;
     else ``UnsupportedDatabaseURLError`` showing the form to write. ``origin`` says where the
     URL came from, for the message."""
+    if not url.strip():
+        raise UnsupportedDatabaseURLError(
+            f"{origin} is empty: write {POSTGRES_FORM} or sqlite:///path.db"
+        )
     scheme, sep, rest = url.partition("://")
     if not sep:
-        # No scheme: a file path. Do not echo what could be a mangled URL with a password.
-        shown = repr(url) if "@" not in url else "(a value without a scheme)"
-        suggestion = f"sqlite:///{url}" if "@" not in url and url.strip() else DEFAULT_URL
+        _refuse_without_scheme(url, origin)
+    base = scheme.lower().partition("+")[0]
+    if base != scheme and base in ("postgresql", "postgres", "sqlite"):
+        fixed = f"{base}://{rest}"
+        shown = redact_url(fixed) if base != "sqlite" else fixed
         raise UnsupportedDatabaseURLError(
-            f"{origin} {shown} is not a URL: for a SQLite file write {suggestion} "
-            f"(sqlite:/// then the path, e.g. {DEFAULT_URL}); for PostgreSQL write "
-            f"{POSTGRES_FORM}"
+            f"{origin} {redact_url(url)} names a driver ({scheme!r}, as SQLAlchemy writes "
+            f"URLs): tideflow picks its own; write {shown}"
         )
     if url.startswith(POSTGRES_SCHEMES):
         _check_postgres(url, origin)
@@ -64,15 +75,50 @@ def check_url(url: str, *, origin: str = "database URL") -> str:
                 f"{origin} {url!r} has two slashes after 'sqlite:', so its path would be read "
                 f"as a host: write sqlite:///{rest} ({SQLITE_FORM})"
             )
+        if rest == "/":
+            raise UnsupportedDatabaseURLError(
+                f"{origin} {url!r} names no file: write {SQLITE_FORM}, or sqlite:// alone for "
+                "a database in memory"
+            )
         return url
     raise UnsupportedDatabaseURLError(
-        f"unsupported {origin} {scheme!r}://...: tideflow has backends for PostgreSQL "
-        f"({POSTGRES_FORM}) and SQLite ({DEFAULT_URL})"
+        f"unsupported {origin} {scheme!r} (in {redact_url(url)}): tideflow has backends for "
+        f"PostgreSQL ({POSTGRES_FORM}) and SQLite ({DEFAULT_URL})"
+    )
+
+
+def _refuse_without_scheme(url: str, origin: str) -> None:
+    """A value without ``://``: a known scheme with too few slashes, else a file path."""
+    head, colon, tail = url.partition(":")
+    if colon and head.lower() in ("sqlite", "postgresql", "postgres"):
+        if head.lower() == "sqlite":
+            path = tail.lstrip("/") if not tail.startswith("//") else tail[1:]
+            raise UnsupportedDatabaseURLError(
+                f"{origin} {url!r} is missing slashes after 'sqlite:': write "
+                f"sqlite:///{path or 'tideflow.db'} (sqlite:/// then the path)"
+            )
+        raise UnsupportedDatabaseURLError(
+            f"{origin} {redact_url(url)} is missing slashes after '{head}:': write {POSTGRES_FORM}"
+        )
+    # No scheme: a file path. Do not echo what could be a mangled URL with a password.
+    if "@" in url:
+        raise UnsupportedDatabaseURLError(
+            f"{origin} (a value with '@' but no scheme) is not a URL: write {POSTGRES_FORM}"
+        )
+    raise UnsupportedDatabaseURLError(
+        f"{origin} {url!r} is not a URL but a file path, which tideflow does not guess at: "
+        f"for this SQLite file write sqlite:///{url}; for PostgreSQL write {POSTGRES_FORM}"
     )
 
 
 def _check_postgres(url: str, origin: str) -> None:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError as exc:
+        raise UnsupportedDatabaseURLError(
+            f"{origin} {redact_url(url)} is malformed ({exc}): write {POSTGRES_FORM}"
+        ) from None
     query = parse_qs(parts.query)
     host = parts.netloc.rpartition("@")[2]
     missing = []

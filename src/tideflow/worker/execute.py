@@ -9,19 +9,20 @@ was promised. If the step no longer exists in the code, the task fails without r
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures.thread
 import contextvars
 import inspect
 import traceback
 from collections.abc import Callable
-from concurrent.futures import Executor
 from typing import Any
 
 from tideflow.errors import InputNotSerializableError, NonRetryableError, StepTimeoutError
 from tideflow.flows.dsl import Flow, StepContext
+from tideflow.flows.registry import FlowRegistry
 from tideflow.jsonutil import dumps, loads
 from tideflow.storage.flow_contract import ClaimedTask, TaskCompletion, TaskFailure
 from tideflow.typed import StepTypes, coerce, is_structured, step_types
+from tideflow.worker import threads as step_threads
+from tideflow.worker.threads import StepThreads
 
 
 class StepGone(NonRetryableError):
@@ -33,12 +34,24 @@ class StepGone(NonRetryableError):
 StepDispatch = Callable[[Any, str, str | None], Any]
 
 
+def sync_steps(registry: FlowRegistry) -> frozenset[tuple[str, str]]:
+    """(flow slug, step slug) of every plain ``def`` step of ``registry``'s flows: the steps
+    that run in threads."""
+    return frozenset(
+        (flow.slug, step.slug)
+        for flow in registry
+        for step in flow.definition.steps
+        if not inspect.iscoroutinefunction(getattr(flow, step.method))
+    )
+
+
 async def execute(
-    task: ClaimedTask, flow: Flow, executor: Executor, dispatch: StepDispatch | None = None
+    task: ClaimedTask, flow: Flow, threads: StepThreads, dispatch: StepDispatch | None = None
 ) -> TaskCompletion | TaskFailure:
+    """Run ``task``'s step: an ``async def`` on the loop, a ``def`` in one of ``threads``."""
     key = task.key
     try:
-        output = await _call(task, flow, executor, dispatch)
+        output = await _call(task, flow, threads, dispatch)
         returns = _types(flow, task).returns
         if returns is not None:
             what = f"output of step {key.step_slug!r} of flow {task.flow_slug!r}"
@@ -70,7 +83,7 @@ TRACEBACK_FRAMES = 30
 TRACEBACK_CHARS = 16_000
 
 
-_MACHINERY = frozenset({__file__, concurrent.futures.thread.__file__})
+_MACHINERY = frozenset({__file__, step_threads.__file__})
 
 
 def format_tb(exc: BaseException) -> str:
@@ -116,7 +129,7 @@ def _run_input(flow: Flow, task: ClaimedTask) -> Any:
 
 
 async def _call(
-    task: ClaimedTask, flow: Flow, executor: Executor, dispatch: StepDispatch | None
+    task: ClaimedTask, flow: Flow, threads: StepThreads, dispatch: StepDispatch | None
 ) -> Any:
     definition = flow.definition
     try:
@@ -157,13 +170,13 @@ async def _call(
                 else lambda command, key: dispatch(command, key, task.correlation_id)
             ),
         )
+    coro: Any
     if inspect.iscoroutinefunction(fn):
         coro = fn(*args, **kwargs)
     else:
-        loop = asyncio.get_running_loop()
         # In the attempt's context (its span is current): the step's own spans nest under it.
         context = contextvars.copy_context()
-        coro = loop.run_in_executor(executor, lambda: context.run(fn, *args, **kwargs))
+        coro = threads.submit(lambda: context.run(fn, *args, **kwargs))
     if task.timeout is None:
         return await coro
     try:

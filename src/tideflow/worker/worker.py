@@ -4,7 +4,11 @@ Shape of the loop (one asyncio task each):
 
 * **claimer** - claims as many tasks as there are free slots, in one statement; sleeps until a
   slot frees, a NOTIFY (or in-process signal) says tasks are ready, or the poll interval passes.
-* **one task per claimed task** - runs the step (sync steps in a thread pool) under its timeout.
+  The slots are ``concurrency`` (1,000 by default: a claim and a commit cost a round trip
+  whatever their size, so the batch must be allowed to grow); ``def`` steps have their own,
+  smaller limit (``step_threads``, see ``WorkerOptions``).
+* **one task per claimed task** - runs the step under its timeout: ``async def`` steps on the
+  loop, plain ``def`` ones on ``StepThreads`` (``tideflow.worker.threads``).
 * **flusher** - commits completions in batches: while one batch commits, the next accumulates
   (group commit), so throughput rises with load without adding latency when idle. A completion
   is only acknowledged once committed; if the process dies first, the task's lease expires and it
@@ -40,7 +44,6 @@ import os
 import socket
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -59,18 +62,48 @@ from tideflow.storage.flow_contract import (
 from tideflow.storage.monitor_contract import Heartbeat, MonitorStore
 from tideflow.telemetry import metrics
 from tideflow.telemetry.observer import WorkerObserver
-from tideflow.worker.execute import StepDispatch, execute
+from tideflow.worker.execute import StepDispatch, execute, sync_steps
 from tideflow.worker.outage import WAIT_OUT, Outage, retrying
+from tideflow.worker.threads import StepThreads
 
 log = logging.getLogger("tideflow.worker")
 
 T = TypeVar("T")
 
 
+DEF_TASKS_PER_THREAD = 4
+"""``def`` tasks a worker holds per step thread: the running one and three waiting. Waiting ones
+keep the threads fed while a claim or a commit makes its round trip, and a claim from flows with
+``def`` steps is at most this room. At 2 the claims were half as large and a drain of ``def``
+no-op steps ran 30% slower (bench_flows --defaults); every one more costs another worker that
+much of a backlog it could have run."""
+
+
 @dataclass(frozen=True)
 class WorkerOptions:
-    concurrency: int = 10
-    """Tasks run at once."""
+    concurrency: int = 1000
+    """Tasks a worker holds at once: running, or done and waiting for their batch to commit.
+
+    Why 1,000 and not 10 as before: a no-op task costs the worker ~60 us of Python, but a claim
+    or a commit costs a round trip and ~1 ms of CPU whatever its size, and the concurrency caps
+    the batch - at 10, a worker spent most of its time on round trips (2,600 runs/s on
+    PostgreSQL against 8,800 at 256, issue 12). An ``async def`` step in flight costs a
+    coroutine, so holding many is cheap. Twice ``max_batch``: while one full batch commits,
+    the next one runs (at 500, the worker sat idle during each commit of 500: 8,700-9,900
+    runs/s on PostgreSQL against 11,800-13,300 at 1,024, bench_flows --defaults). ``def``
+    steps are held to their own, smaller limit (``step_threads``).
+
+    Lower it when one worker should not take many tasks at once: steps that each use much
+    memory or CPU on the event loop, or several workers that should share a small queue of
+    slow ``async`` steps (a worker takes up to this many before another gets any)."""
+    step_threads: int = 32
+    """Threads that run plain ``def`` steps, and so how many run at once (at most
+    ``concurrency``). A worker holds at most ``DEF_TASKS_PER_THREAD`` (4) times this many
+    ``def`` tasks, and claims no more from flows with ``def`` steps while it does: a ``def``
+    task held beyond what its threads can soon run would only wait, leased, while other workers
+    have free threads. 32 as Python's own thread pools (at most 32):
+    plenty for steps that wait on I/O; for CPU-bound ``def`` steps more threads only contend
+    for the GIL (use processes: more workers)."""
     poll_interval: float = 1.0
     """Seconds between looks for due tasks when no wake-up arrives."""
     lease_margin: float = 30.0
@@ -133,7 +166,13 @@ class Worker:
         self._stopped: asyncio.Event | None = None  # set by stop(): cuts backoff pauses short
         self._forced_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._threads: StepThreads | None = None
+        #: (flow slug, step slug) of the steps that run in threads (``def``), and how many such
+        #: tasks this worker holds now: they have their own limit (``WorkerOptions.step_threads``).
+        self._sync_steps: frozenset[tuple[str, str]] = frozenset()
+        self._in_threads = 0
+        self._all_flows: list[str] = []
+        self._async_flows: list[str] = []  # the flows without def steps
         #: Logs database outages once for all of this worker's loops.
         self.outage = Outage(log, f"worker {self.worker_id}")
         #: Logs, metrics and spans of attempts and runs (tideflow.telemetry).
@@ -171,9 +210,14 @@ class Worker:
         if self._stopping:
             self._on_stop()
         opts = self.options
-        executor = self._executor = ThreadPoolExecutor(
-            max_workers=opts.concurrency, thread_name_prefix="tideflow-step"
+        threads = self._threads = StepThreads(
+            self._loop, min(opts.step_threads, opts.concurrency), "tideflow-step"
         )
+        self._sync_steps = sync_steps(self.registry)
+        self._all_flows = self.registry.slugs()
+        self._async_flows = [
+            f for f in self._all_flows if not any(s[0] == f for s in self._sync_steps)
+        ]
         unsubscribe = self.store.subscribe(self._wake_threadsafe)
         self.observer.refresh()
         background = [
@@ -208,7 +252,7 @@ class Worker:
                 )
             )
         flusher = asyncio.create_task(self._flush_loop())
-        claimer = asyncio.create_task(self._claim_loop(executor, until_idle))
+        claimer = asyncio.create_task(self._claim_loop(until_idle))
         log.info("worker %s started: flows %s", self.worker_id, self.registry.slugs())
         try:
             await asyncio.wait([claimer, flusher, *background], return_when=asyncio.FIRST_COMPLETED)
@@ -225,7 +269,7 @@ class Worker:
             await asyncio.gather(*background, return_exceptions=True)
             self._has_pending.set()  # let the flusher commit what is left and exit
             await asyncio.wait([flusher])
-            executor.shutdown(wait=False, cancel_futures=True)
+            threads.close()
             await self._beat_now(stopped=True)
             log.info("worker %s stopped", self.worker_id)
         for task in (claimer, flusher, *background):
@@ -279,7 +323,7 @@ class Worker:
             interrupt=interrupt or self._forced_event,
         )
 
-    async def _claim_loop(self, executor: ThreadPoolExecutor, until_idle: bool) -> None:
+    async def _claim_loop(self, until_idle: bool) -> None:
         assert self._wake is not None
         opts = self.options
         backoff = Backoff()
@@ -292,13 +336,13 @@ class Worker:
             while not self._stopping:
                 self._wake.clear()
                 busy = len(self._running) + len(self._pending) + len(self._flushing)
-                free = min(opts.concurrency - busy, opts.max_batch)
+                some, free = self._claim_plan(busy)
                 claimed: list[ClaimedTask] = []
                 if free > 0:
                     claimed = await self._retrying(
                         "claiming tasks",
                         functools.partial(
-                            self.store.claim_tasks, self.worker_id, slugs, free, opts.lease_margin
+                            self.store.claim_tasks, self.worker_id, some, free, opts.lease_margin
                         ),
                         backoff,
                         stopping,
@@ -325,19 +369,37 @@ class Worker:
         except WAIT_OUT:
             return  # stopping while the database is away: nothing was claimed
 
-    def _start(self, claimed: list[ClaimedTask]) -> None:
-        assert self._executor is not None
-        for task in claimed:
-            self._running[task.key] = asyncio.create_task(self._run_task(task, self._executor))
+    def _claim_plan(self, busy: int) -> tuple[list[str], int]:
+        """Which flows to claim tasks of, and how many, ``busy`` being the tasks held: the free
+        slots of ``concurrency``, at most ``max_batch``. Flows with ``def`` steps are claimed
+        only while their limit (``DEF_TASKS_PER_THREAD`` x ``step_threads``) has room, and then
+        at most that room
+        (a claim may bring nothing but ``def`` tasks); while it is full, only flows without
+        any are claimed, so that ``async`` flows do not wait behind busy threads."""
+        opts = self.options
+        free = min(opts.concurrency - busy, opts.max_batch)
+        if not self._sync_steps:
+            return self._all_flows, free
+        room = DEF_TASKS_PER_THREAD * min(opts.step_threads, opts.concurrency) - self._in_threads
+        if room > 0:
+            return self._all_flows, min(free, room)
+        return self._async_flows, free if self._async_flows else 0
 
-    async def _run_task(self, task: ClaimedTask, executor: ThreadPoolExecutor) -> None:
+    def _start(self, claimed: list[ClaimedTask]) -> None:
+        assert self._threads is not None
+        for task in claimed:
+            self._running[task.key] = asyncio.create_task(self._run_task(task, self._threads))
+            if (task.flow_slug, task.key.step_slug) in self._sync_steps:
+                self._in_threads += 1
+
+    async def _run_task(self, task: ClaimedTask, threads: StepThreads) -> None:
         try:
             flow_cls = self.registry.get(task.flow_slug)
             instance = self._instances.get(flow_cls)
             if instance is None:
                 instance = self._instances[flow_cls] = flow_cls()
             async with self.observer.attempt(task) as attempt:
-                outcome = await execute(task, instance, executor, self._dispatch)
+                outcome = await execute(task, instance, threads, self._dispatch)
                 attempt.ended(outcome)
             if isinstance(outcome, TaskCompletion):
                 # Handed to the flusher; the task stays 'started' in the database until the
@@ -361,6 +423,8 @@ class Worker:
             self.stop()
         finally:
             self._running.pop(task.key, None)
+            if (task.flow_slug, task.key.step_slug) in self._sync_steps:
+                self._in_threads -= 1
             if self._wake is not None:
                 self._wake.set()
 
@@ -395,14 +459,10 @@ class Worker:
             return
         self._flushing, self._pending = self._pending, []
         # Slots free once this batch commits; offer them to the tasks it makes ready.
-        free = self.options.concurrency - len(self._running) - len(self._pending)
+        some, free = self._claim_plan(len(self._running) + len(self._pending))
         claim = None
         if not self._stopping and free > 0:
-            claim = ClaimRequest(
-                tuple(self.registry.slugs()),
-                min(free, self.options.max_batch),
-                self.options.lease_margin,
-            )
+            claim = ClaimRequest(tuple(some), free, self.options.lease_margin)
         try:
             claimed = await self._commit(self._flushing, claim, Backoff())
             if self._stopping:

@@ -151,6 +151,14 @@ WHERE run_id = %(run_id)s AND status IN ('created', 'started')
 SELECT run_id, flow_slug, flow_version, status, input, output, error, started_at, finished_at
 FROM tideflow.runs WHERE run_id = %(run_id)s
 
+-- name: run_ids_with_prefix
+-- The ids of runs whose id starts with a prefix (the CLI's short ids), in id order.
+SELECT run_id FROM tideflow.runs
+-- starts_with, not LIKE: a prefix holding a wildcard means itself. No index serves it under a
+-- non-C collation; the CLI asks only when no run has the exact id, and reads a few rows.
+WHERE starts_with(run_id, %(prefix)s)
+ORDER BY run_id COLLATE "C" LIMIT %(limit)s
+
 -- name: get_run_steps
 SELECT step_slug, step_index, kind, depends_on, status, output, error, initial_tasks,
        remaining_tasks, created_at, started_at, finished_at, skip_reason

@@ -151,6 +151,14 @@ WHERE run_id = %(run_id)s AND status IN ('created', 'started')
 SELECT run_id, flow_slug, flow_version, status, input, output, error, started_at, finished_at
 FROM runs WHERE run_id = %(run_id)s
 
+-- name: run_ids_with_prefix
+-- The ids of runs whose id starts with a prefix (the CLI's short ids), in id order.
+SELECT run_id FROM runs
+-- The range lets the primary key (BINARY collation) find the rows; substr keeps it exact.
+WHERE run_id >= %(prefix)s AND run_id < %(prefix)s || char(1114111)
+  AND substr(run_id, 1, length(%(prefix)s)) = %(prefix)s
+ORDER BY run_id LIMIT %(limit)s
+
 -- name: get_run_steps
 SELECT step_slug, step_index, kind, depends_on, status, output, error, initial_tasks,
        remaining_tasks, created_at, started_at, finished_at, skip_reason
