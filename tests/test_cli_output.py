@@ -377,3 +377,21 @@ def test_malformed_database_urls_are_one_line_errors_showing_the_form_to_write(
         assert_one_line_error(result, 2, *fragments)
         assert "secret" not in result.output
     assert list(tmp_path.iterdir()) == []  # nothing created
+
+
+def test_ids_and_values_are_printed_as_written_never_as_markup_or_emoji(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run id is the caller's text: ``:heartbeat:`` is not an emoji code and ``[bold]`` not a
+    style (a schedule's tick ids hold colons), in tables, details and errors alike."""
+    monkeypatch.chdir(tmp_path)
+    run_id = "nightly:heartbeat:[bold]2026"
+    with App(db_url, flows=[Quick]) as app:
+        app.migrate()
+        app.start_flow(Quick, {"n": 1}, run_id=run_id)
+    listing = ok(invoke("runs", "-d", db_url, "--wide", width=200))
+    assert run_id in listing.output
+    detail = ok(invoke("run", run_id, "-d", db_url))
+    assert run_id in detail.output
+    missing = invoke("run", "x:heartbeat:[red]y", "-d", db_url)
+    assert missing.exit_code != 0 and "x:heartbeat:[red]y" in missing.output

@@ -77,7 +77,9 @@ def describe(exc: BaseException) -> str:
 
 
 def print_error(message: str, console: Console | None = None) -> None:
-    console = console or Console(stderr=True, soft_wrap=True, highlight=False)
+    console = console or Console(
+        stderr=True, soft_wrap=True, highlight=False, markup=False, emoji=False
+    )
     console.print(Text(f"error: {message}", style="bold red"), soft_wrap=True)
 
 

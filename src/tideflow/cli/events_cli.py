@@ -75,9 +75,9 @@ events_app = typer.Typer(add_completion=False)
 
 
 def _console() -> Console:
-    console = Console(highlight=False)
+    console = Console(highlight=False, markup=False, emoji=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(highlight=False, width=PIPE_WIDTH)
+        console = Console(highlight=False, markup=False, emoji=False, width=PIPE_WIDTH)
     return console
 
 

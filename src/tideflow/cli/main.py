@@ -197,9 +197,11 @@ _DEBUG_HANDLER: logging.Handler | None = None
 
 
 def _console(stderr: bool = False) -> Console:
-    console = Console(stderr=stderr, highlight=False)
+    console = Console(stderr=stderr, highlight=False, markup=False, emoji=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(stderr=stderr, highlight=False, width=PIPE_WIDTH)
+        console = Console(
+            stderr=stderr, highlight=False, markup=False, emoji=False, width=PIPE_WIDTH
+        )
     return console
 
 
