@@ -133,18 +133,14 @@ class HandlerBatches:
                     f"cannot run: {describe(exc)}; fix its schema"
                 ) from exc
 
-    def run(
-        self,
-        slot: HandlerSlot,
-        appended: Callable[[], None] | None = None,
-        budget: float = FOLLOW_BUDGET,
-    ) -> BatchOutcome:
+    def run(self, slot: HandlerSlot, budget: float = FOLLOW_BUDGET) -> BatchOutcome:
         """Handle the next batch of ``slot``'s handler - and, while each batch handles events
         and leaves more (a full page, or events it appended itself: a process manager's next
-        step), the batches after it, for up to ``budget`` seconds, calling ``appended`` after
-        each batch that appended (other handlers have new work). Each trip back to the runner's
-        loop and out again costs two thread hand-offs per batch (a tenth of a three-step
-        saga's latency). A failure ends the run and comes back in the outcome."""
+        step), the batches after it, for up to ``budget`` seconds. Each trip back to the
+        runner's loop and out again costs two thread hand-offs per batch (a tenth of a
+        three-step saga's latency); the other handlers hear of its appends at each commit, as
+        from any appender (the event store wakes its Database's subscribers). A failure ends
+        the run and comes back in the outcome."""
         slot.bridge.thread_id = threading.get_ident()
         total = BatchOutcome()
         until = time.monotonic() + budget
@@ -163,8 +159,6 @@ class HandlerBatches:
             total.handled += outcome.handled
             total.appended |= outcome.appended
             total.more, total.failure = outcome.more, outcome.failure
-            if outcome.appended and appended is not None:
-                appended()
             if (
                 outcome.failure is not None
                 or not outcome.handled

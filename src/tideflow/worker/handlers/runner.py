@@ -283,9 +283,15 @@ class HandlerRunner:
                         await self._nap(slot, min(wait, opts.poll_interval))
                         continue
                     slot.retry_at = None
-                outcome = await self._in_thread(slot, batches.run, slot, self._appended_soon)
+                outcome = await self._in_thread(slot, batches.run, slot)
                 self._reached_database(slot, backoff)
                 self.handled += outcome.handled
+                if outcome.appended:
+                    # The other handlers were woken at each commit (the event store wakes its
+                    # Database's subscribers, this runner among them); this marks the new work
+                    # for run-until-idle.
+                    self._generation += 1
+                    self._wake_all()
                 if outcome.failure is not None:
                     self._set_idle(slot, False)
                     await self._in_thread(slot, batches.failed, slot, outcome.failure)
@@ -352,17 +358,6 @@ class HandlerRunner:
         if not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(slot.wake.wait(), seconds)
-
-    def _appended_soon(self) -> None:
-        """From a handler's thread, after a batch of it appended events (committed): the other
-        handlers have new work - on the loop, before the batch's outcome reaches it."""
-        assert self._loop is not None
-        with contextlib.suppress(RuntimeError):  # the loop is closed
-            self._loop.call_soon_threadsafe(self._appended)
-
-    def _appended(self) -> None:
-        self._generation += 1
-        self._wake_all()
 
     def _wake_all(self) -> None:
         for slot in self._slots:
