@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
@@ -30,6 +31,7 @@ from tideflow.jsonutil import check_id, dumps, loads
 from tideflow.retrying import Backoff, retry_briefly
 from tideflow.storage.database import Tx
 from tideflow.storage.flow_contract import RUN_FINAL, FlowStore, RunRecord, RunReport
+from tideflow.storage.run_watch import FALLBACK_POLL
 from tideflow.telemetry import metrics, tracing
 from tideflow.typed import coerce
 
@@ -77,6 +79,18 @@ def start_run_retrying(
             raise
 
     retry_briefly(attempt)
+
+
+def wait_pause(run: RunRecord, run_id: str, timeout: float | None, deadline: float | None) -> float:
+    """How long a wait for ``run`` (not ended) sleeps before looking again unless woken:
+    ``FALLBACK_POLL``, cut to the deadline; ``RunTimeoutError`` once it has passed."""
+    now = time.monotonic()
+    if deadline is not None and now >= deadline:
+        raise RunTimeoutError(
+            f"run {run_id} of flow {run.flow_slug!r} is still {run.status} after "
+            f"{timeout:g}s; is a worker running for this flow?"
+        )
+    return FALLBACK_POLL if deadline is None else min(FALLBACK_POLL, deadline - now)
 
 
 def _is_this_run(
@@ -355,37 +369,37 @@ class Client:
 
     def wait_for_run(self, run_id: str, timeout: float | None = None) -> RunRecord:
         """Block until the run completes, fails or is cancelled; ``RunTimeoutError`` after
-        ``timeout`` seconds. Polls the run's status row, quickly at first, then backing off.
-        A database outage meanwhile is waited out, within ``timeout``: the run goes on without
-        us, and a restart should not turn into an error in every waiting caller."""
+        ``timeout`` seconds. Sleeps until the transaction that ends the run wakes it (a NOTIFY
+        on PostgreSQL, a commit on SQLite; ``FlowStore.watch_run``), looking for itself every
+        second in case a wake-up is lost. A database outage meanwhile is waited out, within
+        ``timeout``: the run goes on without us, and a restart should not turn into an error in
+        every waiting caller."""
         check_id(run_id, "run_id", max_length=200)
-        started = time.monotonic()
-        deadline = None if timeout is None else started + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        changed = threading.Event()
         outage = Backoff()
-        while True:
-            try:
-                run = self.store.get_run(run_id, with_steps=False)
-                if run.status in RUN_FINAL:
-                    return self.store.get_run(run_id)
-            except DatabaseUnavailableError:
-                pause = outage.next_delay()
-                if deadline is not None and time.monotonic() + pause >= deadline:
-                    raise
-                time.sleep(pause)
-                continue
-            outage.reset()
-            if deadline is not None and time.monotonic() >= deadline:
-                raise RunTimeoutError(
-                    f"run {run_id} of flow {run.flow_slug!r} is still {run.status} after "
-                    f"{timeout:g}s; is a worker running for this flow?"
-                )
-            # Poll every few ms at first (a status lookup by primary key is cheap), then back
-            # off in proportion to the time already waited: at most ~10% late, at most 0.5 s.
-            now = time.monotonic()
-            pause = min(0.002 + 0.1 * (now - started), 0.5)
-            if deadline is not None:
-                pause = min(pause, max(0.0, deadline - now))
-            time.sleep(pause)
+        store = self.store
+        stop = store.watch_run(run_id, changed.set)
+        try:
+            woken = False
+            while True:
+                changed.clear()
+                try:
+                    # Woken, the run has most likely ended: read it whole at once.
+                    run = store.get_run(run_id, with_steps=woken)
+                    if run.status in RUN_FINAL:
+                        return run if woken else store.get_run(run_id)
+                except DatabaseUnavailableError:
+                    pause = outage.next_delay()
+                    if deadline is not None and time.monotonic() + pause >= deadline:
+                        raise
+                    time.sleep(pause)
+                    continue
+                outage.reset()
+                pause = wait_pause(run, run_id, timeout, deadline)
+                woken = changed.wait(pause)
+        finally:
+            stop()
 
     def cancel_run(self, run_id: str) -> bool:
         return self.store.cancel_run(check_id(run_id, "run_id", max_length=200))

@@ -384,3 +384,10 @@ class FlowStore(Protocol):
         """Call ``callback`` (from any thread) when new tasks may be ready. Returns a function
         that unsubscribes. Delivery is best effort: workers also poll."""
         ...
+
+    def watch_run(self, run_id: str, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call ``wake`` (from any thread) when run ``run_id`` may have ended - woken by the
+        transaction that ended it, in any process - until the returned function is called.
+        Best effort, like ``subscribe``: a waiter also looks for itself now and then
+        (``storage/run_watch.py``)."""
+        ...

@@ -95,6 +95,7 @@ from tideflow.storage.rows import (
     step_record,
     task_record,
 )
+from tideflow.storage.run_watch import RunWatch
 
 Pair = tuple[str, str]  # (run_id, step_slug)
 
@@ -120,6 +121,7 @@ class SqlFlowStore:
         self._known_versions: set[tuple[str, str]] = set()
         self._recorded: set[tuple[str, str]] = set()  # by ensure_flow, with this code's options
         self._shapes: dict[tuple[str, str], dict[str, Any]] = {}
+        self._run_watch = RunWatch(db)
 
     def migrate(self) -> list[str]:
         return self.db.migrate()
@@ -133,6 +135,9 @@ class SqlFlowStore:
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         return self.db.subscribe(TASKS_CHANNEL, callback)
+
+    def watch_run(self, run_id: str, wake: Callable[[], None]) -> Callable[[], None]:
+        return self._run_watch.watch(run_id, wake)
 
     @contextmanager
     def _tx(self, outer: Tx | None = None) -> Iterator[Tx]:
@@ -491,6 +496,7 @@ class SqlFlowStore:
         if not completions:
             return []
         with self._tx() as tx:
+            tx.run_ends.update(c.key.run_id for c in completions)
             if self.db.fast_paths:
                 # The dialect's complete_tasks_batch does all of _complete_tasks in one round
                 # trip (PostgreSQL: tideflow.complete_tasks_v3), but for completions of
@@ -610,6 +616,7 @@ class SqlFlowStore:
             ]
         done = [r["run_id"] for r in runs if r["remaining_steps"] == 0]
         if done:
+            tx.run_ends.update(done)
             leaves = {(run_id, leaf) for run_id in done for leaf in shapes[run_id]["leaves"]}
             outputs = self._step_outputs(tx, leaves)
             tx.run(
@@ -689,6 +696,7 @@ class SqlFlowStore:
         The step's ``when_failed`` decides: fail the run (the default), or skip the step - its
         other tasks cancelled, its dependents run without it - or skip it and every step after
         it; the run goes on either way."""
+        tx.run_ends.add(task["run_id"])  # failed, or its last steps skipped
         shape = self._shape(tx, task["flow_slug"], task["flow_version"])
         mode = shape["by_slug"][task["step_slug"]].get("when_failed", "fail")
         if mode == "fail":
@@ -717,6 +725,7 @@ class SqlFlowStore:
             now = self.clock.now()
             if not tx.run("cancel_run", run_id=run_id, finished_at=now):
                 return False
+            tx.run_ends.add(run_id)
             tx.run("cancel_run_tasks", run_id=run_id, finished_at=now)
             tx.run("skip_run_steps", run_id=run_id, finished_at=now)
             self._report(tx, [run_id])
