@@ -100,7 +100,7 @@ class AsyncApp(AsyncClient):
     App's own method, so that reads never migrate and writes do (see ``App.read_store``)."""
 
     def __init__(self, app: App) -> None:
-        super().__init__(app)
+        super().__init__(app, store=app.read_store)
         self._app = app
 
     async def dispatch(self, command: Command) -> DispatchResult:

@@ -157,6 +157,21 @@ class Tx(Protocol):
         ...
 
 
+class AsyncStatements(Protocol):
+    """A Database's named queries, awaitable without holding a thread (a backend with an async
+    driver: PostgreSQL's ``aio.py``). Each call is a statement, or a read-only transaction, of
+    its own."""
+
+    async def rows(self, name: str, /, **params: Any) -> list[Row]:
+        """``Database.rows``, awaitable."""
+        ...
+
+    async def read_together(self, reads: Sequence[tuple[str, dict[str, Any]]]) -> list[list[Row]]:
+        """The rows of each of these named reads, run in one read-only transaction (one
+        snapshot), sent together: a run with its steps in one round trip."""
+        ...
+
+
 def run_after_commit(callbacks: list[Callable[[], None]]) -> None:
     """Run a committed transaction's ``on_commit`` callbacks: each one, in order; one that
     raises is logged, not raised (``Tx.on_commit`` says why)."""
@@ -246,6 +261,11 @@ class Database(Protocol):
     ) -> Callable[[], None]:
         """``subscribe``, for a callback that takes the notification's payload (None when it
         is unknown: another process committed on SQLite, a LISTEN reconnected)."""
+        ...
+
+    def async_statements(self) -> AsyncStatements | None:
+        """The awaitable statements of this database, or None when its driver has none
+        (SQLite: the stores then run a blocking call in a thread, briefly)."""
         ...
 
     def is_unavailable(self, exc: BaseException) -> bool:

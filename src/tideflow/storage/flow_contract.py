@@ -391,3 +391,19 @@ class FlowStore(Protocol):
         Best effort, like ``subscribe``: a waiter also looks for itself now and then
         (``storage/run_watch.py``)."""
         ...
+
+    async def get_run_async(self, run_id: str, *, with_steps: bool = True) -> RunRecord:
+        """``get_run``, awaitable, holding no thread where the driver allows (PostgreSQL;
+        SQLite reads in a thread, briefly)."""
+        ...
+
+    async def list_runs_async(
+        self,
+        *,
+        flow_slug: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[RunRecord]:
+        """``list_runs``, awaitable, like ``get_run_async``."""
+        ...

@@ -45,6 +45,7 @@ locks its ``runs`` row first, in run_id order (``lock_runs``), then steps and ta
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections import Counter, defaultdict
@@ -74,13 +75,11 @@ from tideflow.retrying import backoff_delay
 from tideflow.storage.database import EVENTS_CHANNEL, TASKS_CHANNEL, Database, Row, Tx
 from tideflow.storage.event_contract import prepare_append
 from tideflow.storage.flow_contract import (
-    AttemptFailure,
     ClaimedTask,
     ClaimRequest,
     FlowVersionRecord,
     RunRecord,
     RunReport,
-    StepRecord,
     TaskCompletion,
     TaskFailure,
     TaskKey,
@@ -794,20 +793,43 @@ class SqlFlowStore:
     def get_run(self, run_id: str, *, with_steps: bool = True) -> RunRecord:
         with self._tx() as tx:
             found = tx.rows("get_run", run_id=run_id)
-            if not found:
-                raise RunNotFoundError(f"no run with id {run_id!r}; list runs with `tideflow runs`")
-            steps: list[StepRecord] = []
-            failures: list[AttemptFailure] = []
-            if with_steps:
-                failures = [failure_record(f) for f in tx.rows("get_run_failures", run_id=run_id)]
-                tasks: dict[str, list[TaskRecord]] = defaultdict(list)
-                for t in tx.rows("get_run_tasks", run_id=run_id):
-                    tasks[t["step_slug"]].append(task_record(t))
-                steps = [
-                    step_record(s, tasks[s["step_slug"]])
-                    for s in tx.rows("get_run_steps", run_id=run_id)
-                ]
-            return run_record(found[0], steps, failures)
+            if not found or not with_steps:
+                return assemble_run(run_id, found)
+            return assemble_run(
+                run_id,
+                found,
+                tx.rows("get_run_steps", run_id=run_id),
+                tx.rows("get_run_tasks", run_id=run_id),
+                tx.rows("get_run_failures", run_id=run_id),
+            )
+
+    async def get_run_async(self, run_id: str, *, with_steps: bool = True) -> RunRecord:
+        statements = self.db.async_statements()
+        if statements is None:
+            return await asyncio.to_thread(self.get_run, run_id, with_steps=with_steps)
+        if not with_steps:
+            return assemble_run(run_id, await statements.rows("get_run", run_id=run_id))
+        return assemble_run(
+            run_id, *await statements.read_together([(n, {"run_id": run_id}) for n in RUN_READS])
+        )
+
+    async def list_runs_async(
+        self,
+        *,
+        flow_slug: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[RunRecord]:
+        statements = self.db.async_statements()
+        if statements is None:
+            return await asyncio.to_thread(
+                self.list_runs, flow_slug=flow_slug, status=status, limit=limit, offset=offset
+            )
+        found = await statements.rows(
+            "list_runs", flow_slug=flow_slug, status=status, limit=limit, offset=offset
+        )
+        return [run_record(r, []) for r in found]
 
     def list_runs(
         self,
@@ -1021,6 +1043,31 @@ class SqlFlowStore:
             r["run_id"]: r["trace_context"]
             for r in self.db.rows("get_trace_contexts", run_ids=sorted(set(run_ids)))
         }
+
+
+#: The reads of ``get_run``, in the order ``assemble_run`` takes their rows: for a backend that
+#: sends them at once (the async client's pipeline, ``storage/postgres/aio.py``).
+RUN_READS = ("get_run", "get_run_steps", "get_run_tasks", "get_run_failures")
+
+
+def assemble_run(
+    run_id: str,
+    found: list[Row],
+    step_rows: Sequence[Row] | None = None,
+    task_rows: Sequence[Row] = (),
+    failure_rows: Sequence[Row] = (),
+) -> RunRecord:
+    """The ``RunRecord`` of ``get_run``'s rows (``RUN_READS``); without ``step_rows``, the run
+    alone. ``RunNotFoundError`` when ``found`` is empty."""
+    if not found:
+        raise RunNotFoundError(f"no run with id {run_id!r}; list runs with `tideflow runs`")
+    if step_rows is None:
+        return run_record(found[0], [], [])
+    tasks: dict[str, list[TaskRecord]] = defaultdict(list)
+    for t in task_rows:
+        tasks[t["step_slug"]].append(task_record(t))
+    steps = [step_record(s, tasks[s["step_slug"]]) for s in step_rows]
+    return run_record(found[0], steps, [failure_record(f) for f in failure_rows])
 
 
 def _record_failure(

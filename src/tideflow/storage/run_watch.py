@@ -7,8 +7,8 @@ says which (``Tx.run_ends``, ``RUNS_CHANNEL``), and this table wakes the waiters
 only. Where a wake-up cannot say which runs ended - SQLite's watcher sees "another connection
 committed", a PostgreSQL LISTEN that reconnected may have missed notifications, a payload that
 was too long for a NOTIFY - the table asks the database which of its runs have ended, in one
-query for all of them, and wakes those. Waiters still poll slowly (``FALLBACK_POLL``) in case
-a wake-up is lost altogether.
+query for all of them, and wakes those. Waiters still poll slowly in case
+a wake-up is lost altogether (``runtime/waiting.py``).
 
 A waiter is a callback, called from whichever thread learns of the end (the committing
 thread, a LISTEN or watcher thread): a blocking wait sets a ``threading.Event``, an awaiting one
@@ -27,9 +27,6 @@ from tideflow.storage.database import RUNS_CHANNEL, Database
 
 log = logging.getLogger("tideflow.storage")
 
-#: Seconds between a waiter's own looks at its run when no wake-up comes (a lost notification,
-#: a listener reconnecting): the worst case, not the usual one.
-FALLBACK_POLL = 1.0
 #: Run ids per ``get_ended_runs`` query when checking every watched run.
 CHECK_BATCH = 1000
 

@@ -51,6 +51,7 @@ from tideflow.storage.wakeups import Subscribers, TxCallbacks
 
 if TYPE_CHECKING:
     from tideflow.storage.event_contract import PreparedAppend
+    from tideflow.storage.postgres.aio import PgAsyncStatements
 
 T = TypeVar("T")
 
@@ -350,10 +351,22 @@ class PostgresDatabase:
         self._notifiers: dict[str, Any] = {}
         self._stopping = threading.Event()
         self._lock = threading.Lock()
+        self._async: PgAsyncStatements | None = None
 
     @property
     def pool(self) -> ConnectionPool[Conn]:
         return self._pool
+
+    def async_statements(self) -> PgAsyncStatements:
+        """The same named queries, awaitable, on psycopg's async pool (``aio.py``): what the
+        async client reads with, so that a coroutine waiting on the database holds no
+        thread."""
+        with self._lock:
+            if self._async is None:
+                from tideflow.storage.postgres.aio import PgAsyncStatements
+
+                self._async = PgAsyncStatements(self.url)
+            return self._async
 
     def _getconn(self) -> Conn:
         """``getconn``/``putconn`` rather than ``pool.connection()``, which also commits or rolls
@@ -521,6 +534,8 @@ class PostgresDatabase:
 
     def close(self) -> None:
         self._stopping.set()
+        if self._async is not None:
+            self._async.close()
         for notifier in self._notifiers.values():
             notifier.close()
         if self._listeners:

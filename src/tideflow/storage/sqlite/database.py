@@ -406,6 +406,10 @@ class SQLiteDatabase:
         if here:  # other connections see the commit through their change counter
             self._wake_local(channel)
 
+    def async_statements(self) -> None:
+        """None: Python's sqlite3 has no async API (the stores read in a thread, briefly)."""
+        return None
+
     def _watch(self, conn: sqlite3.Connection, last: int) -> None:
         try:
             while not self._closing.wait(WATCH_INTERVAL):
