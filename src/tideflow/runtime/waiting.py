@@ -40,18 +40,13 @@ async def wait_for_run(store: FlowStore, run_id: str, timeout: float | None) -> 
     check_id(run_id, "run_id", max_length=200)
     deadline = None if timeout is None else time.monotonic() + timeout
     loop = asyncio.get_running_loop()
-    changed = asyncio.Event()
-
-    def wake() -> None:
-        with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile
-            loop.call_soon_threadsafe(changed.set)
-
+    park = _Park(loop)
     outage = Backoff()
-    stop = store.watch_run(run_id, wake)
+    stop = store.watch_run(run_id, park.wake_threadsafe)
     try:
         woken = False
         while True:
-            changed.clear()
+            park.rearm()
             try:
                 # Woken, the run has most likely ended: read it whole at once.
                 run = await store.get_run_async(run_id, with_steps=woken)
@@ -64,11 +59,49 @@ async def wait_for_run(store: FlowStore, run_id: str, timeout: float | None) -> 
                 await asyncio.sleep(pause)
                 continue
             outage.reset()
-            pause = wait_pause(run, run_id, timeout, deadline)
-            try:
-                await asyncio.wait_for(changed.wait(), pause)
-                woken = True
-            except TimeoutError:
-                woken = False
+            woken = await park.wait(wait_pause(run, run_id, timeout, deadline))
     finally:
         stop()
+
+
+class _Park:
+    """Where a wait sleeps between its reads: a future that a wake-up (from any thread) or the
+    pause's end resolves - one future and one timer per wait, the least the loop can carry for
+    each of a thousand waits (``asyncio.wait_for`` would add a task each). A wake-up that
+    arrives while the wait is reading is kept, so the wait reads again at once."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._future: asyncio.Future[bool] | None = None
+        self._woken = False
+
+    def wake_threadsafe(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile
+            self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        self._woken = True
+        if self._future is not None and not self._future.done():
+            self._future.set_result(True)
+
+    def rearm(self) -> None:
+        """Forget the wake-ups so far: the read that follows sees what they announced."""
+        self._woken = False
+
+    async def wait(self, pause: float) -> bool:
+        """Until woken (True) or ``pause`` seconds have passed (False)."""
+        if self._woken:
+            return True
+        future: asyncio.Future[bool] = self._loop.create_future()
+        self._future = future
+        timer = self._loop.call_later(pause, _resolve, future)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+            self._future = None
+
+
+def _resolve(future: asyncio.Future[bool]) -> None:
+    if not future.done():
+        future.set_result(False)
