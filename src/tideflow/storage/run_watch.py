@@ -31,6 +31,10 @@ log = logging.getLogger("tideflow.storage")
 CHECK_BATCH = 1000
 
 
+def _pending() -> None:
+    """Stands for a subscription being made (``RunWatch.watch``)."""
+
+
 class RunWatch:
     """The waiters of one Database's runs. Thread-safe."""
 
@@ -38,26 +42,38 @@ class RunWatch:
         self._db = db
         self._lock = threading.Lock()
         self._waiters: dict[str, list[Callable[[], None]]] = {}
-        self._subscribed = False
+        self._unsubscribe: Callable[[], None] | None = None
 
     def watch(self, run_id: str, wake: Callable[[], None]) -> Callable[[], None]:
         """Call ``wake`` (from any thread) whenever run ``run_id`` may have ended, until the
         returned function is called. The caller reads the run after registering, so an end
-        that committed before is seen by that read, and one after it wakes ``wake``."""
+        that committed before is seen by that read, and one after it wakes ``wake``.
+
+        The table is subscribed to ``RUNS_CHANNEL`` only while it has waiters, so that a
+        process that no longer waits costs the database's watcher nothing (SQLite's looks
+        more often while someone waits)."""
         with self._lock:
             self._waiters.setdefault(run_id, []).append(wake)
-            subscribe = not self._subscribed
-            self._subscribed = True
+            subscribe = self._unsubscribe is None
+            if subscribe:
+                self._unsubscribe = _pending
         if subscribe:
-            self._db.subscribe_with_payload(RUNS_CHANNEL, self._on_runs)
+            unsubscribe = self._db.subscribe_with_payload(RUNS_CHANNEL, self._on_runs)
+            with self._lock:
+                self._unsubscribe = unsubscribe
 
         def stop() -> None:
+            unsubscribe: Callable[[], None] | None = None
             with self._lock:
                 waiters = self._waiters.get(run_id)
                 if waiters is not None and wake in waiters:
                     waiters.remove(wake)
                     if not waiters:
                         del self._waiters[run_id]
+                if not self._waiters and self._unsubscribe not in (None, _pending):
+                    unsubscribe, self._unsubscribe = self._unsubscribe, None
+            if unsubscribe is not None:
+                unsubscribe()
 
         return stop
 

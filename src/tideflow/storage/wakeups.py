@@ -28,6 +28,9 @@ class Subscribers:
     def has(self, channel: str) -> bool:
         return bool(self._by_channel.get(channel)) or bool(self._with_payload.get(channel))
 
+    def has_payload_subscribers(self) -> bool:
+        return any(self._with_payload.values())
+
     def add_with_payload(
         self, channel: str, callback: Callable[[str | None], None]
     ) -> Callable[[], None]:
