@@ -478,7 +478,7 @@ class RunCalls(Protocol):
 class AsyncClient:
     """The same calls as ``Client`` (or an ``App``), awaitable. Reads and waits are native
     (``runtime/waiting.py``): a wait parks on the event loop until its run's end wakes it, and
-    on PostgreSQL its reads use psycopg's async pool - no thread is held while waiting.
+    on PostgreSQL its reads use psycopg's async connections - no thread is held while waiting.
     Starting, cancelling and retrying run the blocking call in a short thread, so the two
     clients cannot drift apart. ``store``: where the native calls read (the client's store by
     default; an App passes its ``read_store``); without one, every call runs in a thread."""

@@ -3,7 +3,7 @@
 A wait parks on an ``asyncio.Event`` that the run's end sets (``FlowStore.watch_run``: woken
 from the thread that learns of it, through ``call_soon_threadsafe``), with a slow poll as the
 fallback - the same loop as ``Client.wait_for_run``. Its reads are the store's awaitable ones
-(``FlowStore.get_run_async``): on PostgreSQL through psycopg's async pool, on SQLite, whose
+(``FlowStore.get_run_async``): on PostgreSQL through psycopg's async connections, on SQLite, whose
 driver has no async API, a short call in a thread - never a thread held while waiting.
 """
 

@@ -358,7 +358,7 @@ class PostgresDatabase:
         return self._pool
 
     def async_statements(self) -> PgAsyncStatements:
-        """The same named queries, awaitable, on psycopg's async pool (``aio.py``): what the
+        """The same named queries, awaitable, on psycopg's async connections (``aio.py``): what the
         async client reads with, so that a coroutine waiting on the database holds no
         thread."""
         with self._lock:
