@@ -96,6 +96,7 @@ class AsyncApp(AsyncClient):
         *,
         until_idle: bool = False,
         concurrency: int = WorkerOptions.concurrency,
+        step_threads: int = WorkerOptions.step_threads,
         poll_interval: float = WorkerOptions.poll_interval,
         lease_margin: float = WorkerOptions.lease_margin,
         heartbeat_interval: float | None = WorkerOptions.heartbeat_interval,
@@ -115,6 +116,7 @@ class AsyncApp(AsyncClient):
         serving = await asyncio.to_thread(
             self._app.serving,
             concurrency=concurrency,
+            step_threads=step_threads,
             poll_interval=poll_interval,
             lease_margin=lease_margin,
             heartbeat_interval=heartbeat_interval,
@@ -133,6 +135,7 @@ class AsyncApp(AsyncClient):
         self,
         *,
         concurrency: int = WorkerOptions.concurrency,
+        step_threads: int = WorkerOptions.step_threads,
         poll_interval: float = WorkerOptions.poll_interval,
         lease_margin: float = WorkerOptions.lease_margin,
         heartbeat_interval: float | None = WorkerOptions.heartbeat_interval,
@@ -151,6 +154,7 @@ class AsyncApp(AsyncClient):
         serving = await asyncio.to_thread(
             self._app.serving,
             concurrency=concurrency,
+            step_threads=step_threads,
             poll_interval=poll_interval,
             lease_margin=lease_margin,
             heartbeat_interval=heartbeat_interval,
@@ -733,6 +737,7 @@ class App:
 
         serving = self.serving(
             concurrency=concurrency,
+            step_threads=step_threads,
             poll_interval=poll_interval,
             lease_margin=lease_margin,
             heartbeat_interval=heartbeat_interval,
@@ -782,6 +787,7 @@ class App:
         self,
         *,
         concurrency: int = WorkerOptions.concurrency,
+        step_threads: int = WorkerOptions.step_threads,
         poll_interval: float = WorkerOptions.poll_interval,
         lease_margin: float = WorkerOptions.lease_margin,
         heartbeat_interval: float | None = WorkerOptions.heartbeat_interval,
