@@ -164,3 +164,10 @@ def test_every_python_block_runs_or_says_it_is_a_fragment(
         close = getattr(value, "close", None)
         if callable(close) and type(value).__module__.startswith("tideflow"):
             close()
+
+
+def test_the_asyncio_example_of_the_flows_page_runs_as_printed(capsys: Any) -> None:
+    """It runs a worker inside ``asyncio.run``'s loop (issue 12)."""
+    [block] = [b for b in python_blocks("flows.md") if "app.aio.worker(" in b]
+    exec(compile(block, "flows.md", "exec"), {"__name__": "flows_md"})
+    assert capsys.readouterr().out.splitlines() == ["['hello ada', 'hello alan']"]

@@ -38,6 +38,7 @@ PAIRS: dict[str, tuple[str, list[tuple[str, dict[str, Any]]]]] = {
 # (those that are not flows - the demo runs flows - and the conditional flow)
 WITHOUT_DEMO: dict[str, str] = {
     "conditional_signup": "skipped enrich_profile (handler_failed)",
+    "fastapi_service": "20 quotes completed; the largest: 6000 cents",
     "inventory": "low-stock alerts:\n  tea: 2 left",
     "order_saga": "tea on hand: 2; shipments: order_fulfilment-",
     "welcome_jobs": "remind remind:remind-bob: completed: reminded bob@mail.test",
@@ -202,6 +203,16 @@ def test_nightly_report_main(db_url: str, capsys: pytest.CaptureFixture[str]) ->
         assert set(beats) <= ticks  # each run is a tick's
     out = capsys.readouterr().out
     assert "schedule nightly_report: 0 3 * * * in Europe/Berlin, next tick" in out
+
+
+async def test_fastapi_service_main(db_url: str) -> None:
+    """The service answers twenty requests that each start a run and await it, with its worker
+    in the lifespan - in pytest-asyncio's running loop, where ``run_worker()`` could not run."""
+    example = load_example("fastapi_service")
+    assert await example.main(db_url) == [qty * 250 * 120 // 100 for qty in range(1, 21)]
+    with App(db_url) as app:
+        runs = app.list_runs(flow="quote", limit=100)
+    assert len(runs) == 20 and {r.status for r in runs} == {"completed"}
 
 
 @pytest.mark.parametrize("name", sorted(SCRIPT_SAYS))

@@ -89,6 +89,7 @@ LAYERS: dict[str, str] = {
     "tideflow.storage.queue_limits": "stores",
     "tideflow.storage.schedule_contract": "contracts",
     "tideflow.storage.schedule_store": "stores",
+    "tideflow.storage.run_watch": "stores",
     "tideflow.storage.rows": "contracts",
     "tideflow.storage.sqlfile": "contracts",
     "tideflow.storage.urls": "contracts",

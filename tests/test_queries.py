@@ -27,6 +27,7 @@ STORES = (
     "monitor_store.py",
     "queue_limits.py",
     "schedule_store.py",
+    "run_watch.py",
 )
 DIALECTS = ("postgres", "sqlite")
 
@@ -34,7 +35,8 @@ DIALECTS = ("postgres", "sqlite")
 ONLY_IN = {
     # PostgreSQL's fast paths (Database.fast_paths): one PL/pgSQL call for a whole transition.
     # And a handler's page, which reads the horizon kept for its transaction by set_horizon
-    # (records_below_horizon; SQLite's passes it to read_all's queries).
+    # (records_below_horizon; SQLite's passes it to read_all's queries). And the NOTIFY of the
+    # runs a transaction ended, sent with its COMMIT (SQLite wakes this process's waits).
     "postgres": {
         "start_run",
         "start_runs",
@@ -42,6 +44,7 @@ ONLY_IN = {
         "set_horizon",
         "read_page",
         "read_page_of_types",
+        "notify_ended_runs",
     },
     # SQLite's append by statements (SQLiteDatabase.append_events); PostgreSQL's is a function.
     "sqlite": {

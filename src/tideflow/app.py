@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
@@ -37,6 +37,7 @@ from tideflow.runtime.dispatch import CommandDispatcher
 from tideflow.runtime.instances import AsyncProcessHandle, ProcessHandle
 from tideflow.runtime.retention import DEFAULT_BATCH_SIZE, Purged, Retention, purge
 from tideflow.runtime.sagas import ProcessBindings
+from tideflow.runtime.serving import Serving
 from tideflow.sagas import ProcessManager
 from tideflow.storage import EventStore, HandlerStore, Stores, open_database, resolve_url
 from tideflow.storage.flow_contract import FlowStore, RunRecord
@@ -73,34 +74,14 @@ def _unique_schedules(schedules: Iterable[Schedule]) -> list[Schedule]:
     return list(found.values())
 
 
-async def _run_together(worker: Worker, runner: HandlerRunner | None, until_idle: bool) -> None:
-    """Run the flow worker and the handler runner side by side. If one of them raises (a bug:
-    outages are waited out inside), the other is stopped gracefully and the error re-raised - a
-    process must not go on half-dead, running handlers with no flows or the reverse."""
-    jobs = [asyncio.create_task(worker.run(until_idle=until_idle))]
-    if runner is not None:
-        jobs.append(asyncio.create_task(runner.run(until_idle=until_idle)))
-    try:
-        await asyncio.wait(jobs, return_when=asyncio.FIRST_EXCEPTION)
-    finally:
-        if not all(job.done() for job in jobs):
-            worker.stop()
-            if runner is not None:
-                runner.stop()
-        await asyncio.wait(jobs)
-    for job in jobs:
-        error = None if job.cancelled() else job.exception()
-        if error is not None:
-            raise error
-
-
 class AsyncApp(AsyncClient):
-    """``app.aio``: the client's calls and ``dispatch``, awaitable (each runs the blocking call
-    in a thread, so an event loop never waits on the database). Each call goes through the
-    App's own method, so that reads never migrate and writes do (see ``App.read_store``)."""
+    """``app.aio``: the client's calls and ``dispatch``, awaitable - reads and waits natively
+    (``AsyncClient``), the rest as a blocking call in a short thread, so an event loop never
+    waits on the database - and a worker to run inside the loop (``run_worker``, ``worker``).
+    Reads never migrate and writes do (see ``App.read_store``)."""
 
     def __init__(self, app: App) -> None:
-        super().__init__(app)
+        super().__init__(app, store=app.read_store)
         self._app = app
 
     async def dispatch(self, command: Command) -> DispatchResult:
@@ -109,6 +90,88 @@ class AsyncApp(AsyncClient):
     def process(self, manager: type[ProcessManager] | str, process_id: str) -> AsyncProcessHandle:
         """``App.process``, awaitable."""
         return self._app.process(manager, process_id).aio
+
+    async def run_worker(
+        self,
+        *,
+        until_idle: bool = False,
+        concurrency: int = WorkerOptions.concurrency,
+        step_threads: int = WorkerOptions.step_threads,
+        poll_interval: float = WorkerOptions.poll_interval,
+        lease_margin: float = WorkerOptions.lease_margin,
+        heartbeat_interval: float | None = WorkerOptions.heartbeat_interval,
+        reap_interval: float = WorkerOptions.reap_interval,
+        shutdown_grace: float = WorkerOptions.shutdown_grace,
+        max_batch: int = WorkerOptions.max_batch,
+        retention: Retention | None = None,
+        handler_lease: float = HandlerRunnerOptions.lease_ttl,
+        handler_batch_size: int | None = None,
+        schedule_interval: float = WorkerOptions.schedule_interval,
+    ) -> None:
+        """``App.run_worker`` inside a running event loop (FastAPI, pytest-asyncio, any
+        asyncio program): the app's flows and event handlers, until the task running this is
+        cancelled - it then stops gracefully, as on a first SIGINT, before the cancellation
+        goes on - or, with ``until_idle``, until there is nothing left to do. Installs no
+        signal handlers: the host owns them. Options as ``App.run_worker``'s."""
+        serving = await asyncio.to_thread(
+            self._app.serving,
+            concurrency=concurrency,
+            step_threads=step_threads,
+            poll_interval=poll_interval,
+            lease_margin=lease_margin,
+            heartbeat_interval=heartbeat_interval,
+            reap_interval=reap_interval,
+            shutdown_grace=shutdown_grace,
+            max_batch=max_batch,
+            retention=retention,
+            handler_lease=handler_lease,
+            handler_batch_size=handler_batch_size,
+            schedule_interval=schedule_interval,
+        )
+        await serving.run(until_idle=until_idle)
+
+    @contextlib.asynccontextmanager
+    async def worker(
+        self,
+        *,
+        concurrency: int = WorkerOptions.concurrency,
+        step_threads: int = WorkerOptions.step_threads,
+        poll_interval: float = WorkerOptions.poll_interval,
+        lease_margin: float = WorkerOptions.lease_margin,
+        heartbeat_interval: float | None = WorkerOptions.heartbeat_interval,
+        reap_interval: float = WorkerOptions.reap_interval,
+        shutdown_grace: float = WorkerOptions.shutdown_grace,
+        max_batch: int = WorkerOptions.max_batch,
+        retention: Retention | None = None,
+        handler_lease: float = HandlerRunnerOptions.lease_ttl,
+        handler_batch_size: int | None = None,
+        schedule_interval: float = WorkerOptions.schedule_interval,
+    ) -> AsyncIterator[Serving]:
+        """``async with app.aio.worker(): ...``: the app's flows and event handlers run in this
+        event loop while the block runs, and stop gracefully when it ends (running work gets
+        ``shutdown_grace`` to finish) - an application's lifespan. Options as
+        ``App.run_worker``'s. A bug that stops the worker is raised when the block ends."""
+        serving = await asyncio.to_thread(
+            self._app.serving,
+            concurrency=concurrency,
+            step_threads=step_threads,
+            poll_interval=poll_interval,
+            lease_margin=lease_margin,
+            heartbeat_interval=heartbeat_interval,
+            reap_interval=reap_interval,
+            shutdown_grace=shutdown_grace,
+            max_batch=max_batch,
+            retention=retention,
+            handler_lease=handler_lease,
+            handler_batch_size=handler_batch_size,
+            schedule_interval=schedule_interval,
+        )
+        task = asyncio.create_task(serving.run(), name="tideflow-worker")
+        try:
+            yield serving
+        finally:
+            serving.stop()
+            await task
 
 
 class _ReadClient(Client):
@@ -672,6 +735,75 @@ class App:
         A database outage is waited out, never raised. Raises only for a bug in tideflow: the
         other half (flows or handlers) is then stopped gracefully and the error re-raised."""
 
+        serving = self.serving(
+            concurrency=concurrency,
+            step_threads=step_threads,
+            poll_interval=poll_interval,
+            lease_margin=lease_margin,
+            heartbeat_interval=heartbeat_interval,
+            reap_interval=reap_interval,
+            shutdown_grace=shutdown_grace,
+            max_batch=max_batch,
+            retention=retention,
+            handler_lease=handler_lease,
+            handler_batch_size=handler_batch_size,
+            schedule_interval=schedule_interval,
+        )
+        signals = 0
+
+        def on_signal(name: str) -> None:
+            nonlocal signals
+            signals += 1
+            if signals == 1:
+                log.info(
+                    "%s: stopping gracefully (up to %gs for running work); send it again "
+                    "to stop at once",
+                    name,
+                    shutdown_grace,
+                )
+                serving.stop()
+            else:
+                log.warning("%s again: stopping now; running tasks go back to the queue", name)
+                serving.stop(force=True)
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                # Not possible outside the main thread; the caller then stops the worker itself.
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, on_signal, sig.name)
+            try:
+                await serving.run(until_idle=until_idle)
+            finally:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    with contextlib.suppress(NotImplementedError, RuntimeError):
+                        loop.remove_signal_handler(sig)
+
+        asyncio.run(main())
+        if signals > 1:
+            raise KeyboardInterrupt
+
+    def serving(
+        self,
+        *,
+        concurrency: int = WorkerOptions.concurrency,
+        step_threads: int = WorkerOptions.step_threads,
+        poll_interval: float = WorkerOptions.poll_interval,
+        lease_margin: float = WorkerOptions.lease_margin,
+        heartbeat_interval: float | None = WorkerOptions.heartbeat_interval,
+        reap_interval: float = WorkerOptions.reap_interval,
+        shutdown_grace: float = WorkerOptions.shutdown_grace,
+        max_batch: int = WorkerOptions.max_batch,
+        retention: Retention | None = None,
+        handler_lease: float = HandlerRunnerOptions.lease_ttl,
+        handler_batch_size: int | None = None,
+        schedule_interval: float = WorkerOptions.schedule_interval,
+    ) -> Serving:
+        """What ``run_worker`` runs - a flow worker and, when the app has handlers, a handler
+        runner - not started: ``await serving.run()`` in a loop of your own, ``stop()`` to end
+        it (``app.aio.run_worker`` and ``app.aio.worker`` do both). Options as
+        ``run_worker``'s."""
+
         def make_worker() -> Worker:
             return self.worker(
                 concurrency=concurrency,
@@ -700,56 +832,7 @@ class App:
             if self.handlers
             else None
         )
-        signals = 0
-
-        def stop(force: bool = False) -> None:
-            worker.stop(force=force)
-            if runner is not None:
-                runner.stop(force=force)
-
-        def on_signal(name: str) -> None:
-            nonlocal signals
-            signals += 1
-            if signals == 1:
-                log.info(
-                    "%s: stopping gracefully (up to %gs for running work); send it again "
-                    "to stop at once",
-                    name,
-                    shutdown_grace,
-                )
-                stop()
-            else:
-                log.warning("%s again: stopping now; running tasks go back to the queue", name)
-                stop(force=True)
-
-        async def main() -> None:
-            nonlocal worker
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                # Not possible outside the main thread; the caller then stops the worker itself.
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.add_signal_handler(sig, on_signal, sig.name)
-            try:
-                while True:
-                    handled = runner.handled if runner is not None else 0
-                    await _run_together(worker, runner, until_idle)
-                    # Idle means idle together: a handler may have started a flow after the
-                    # worker found nothing to do, and a step may have appended events after
-                    # the handlers caught up. Another round until one does nothing at all.
-                    busy = worker.completed + worker.failed > 0 or (
-                        runner is not None and runner.handled > handled
-                    )
-                    if not until_idle or signals or not busy:
-                        return
-                    worker = make_worker()
-            finally:
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    with contextlib.suppress(NotImplementedError, RuntimeError):
-                        loop.remove_signal_handler(sig)
-
-        asyncio.run(main())
-        if signals > 1:
-            raise KeyboardInterrupt
+        return Serving(make_worker, runner, worker)
 
     def close(self) -> None:
         if self._stores is not None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol, overload
 
@@ -18,7 +19,6 @@ from tideflow.errors import (
     FlowNotFoundError,
     JobKeyConflictError,
     RunAlreadyExistsError,
-    RunTimeoutError,
     TideflowError,
 )
 from tideflow.flows.definition import FlowDefinition
@@ -28,6 +28,8 @@ from tideflow.flows.registry import FlowRegistry
 from tideflow.ids import new_run_id, new_run_ids
 from tideflow.jsonutil import check_id, dumps, loads
 from tideflow.retrying import Backoff, retry_briefly
+from tideflow.runtime import waiting
+from tideflow.runtime.waiting import wait_pause
 from tideflow.storage.database import Tx
 from tideflow.storage.flow_contract import RUN_FINAL, FlowStore, RunRecord, RunReport
 from tideflow.telemetry import metrics, tracing
@@ -355,37 +357,37 @@ class Client:
 
     def wait_for_run(self, run_id: str, timeout: float | None = None) -> RunRecord:
         """Block until the run completes, fails or is cancelled; ``RunTimeoutError`` after
-        ``timeout`` seconds. Polls the run's status row, quickly at first, then backing off.
-        A database outage meanwhile is waited out, within ``timeout``: the run goes on without
-        us, and a restart should not turn into an error in every waiting caller."""
+        ``timeout`` seconds. Sleeps until the transaction that ends the run wakes it (a NOTIFY
+        on PostgreSQL, a commit on SQLite; ``FlowStore.watch_run``), looking for itself every
+        second in case a wake-up is lost. A database outage meanwhile is waited out, within
+        ``timeout``: the run goes on without us, and a restart should not turn into an error in
+        every waiting caller."""
         check_id(run_id, "run_id", max_length=200)
-        started = time.monotonic()
-        deadline = None if timeout is None else started + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        changed = threading.Event()
         outage = Backoff()
-        while True:
-            try:
-                run = self.store.get_run(run_id, with_steps=False)
-                if run.status in RUN_FINAL:
-                    return self.store.get_run(run_id)
-            except DatabaseUnavailableError:
-                pause = outage.next_delay()
-                if deadline is not None and time.monotonic() + pause >= deadline:
-                    raise
-                time.sleep(pause)
-                continue
-            outage.reset()
-            if deadline is not None and time.monotonic() >= deadline:
-                raise RunTimeoutError(
-                    f"run {run_id} of flow {run.flow_slug!r} is still {run.status} after "
-                    f"{timeout:g}s; is a worker running for this flow?"
-                )
-            # Poll every few ms at first (a status lookup by primary key is cheap), then back
-            # off in proportion to the time already waited: at most ~10% late, at most 0.5 s.
-            now = time.monotonic()
-            pause = min(0.002 + 0.1 * (now - started), 0.5)
-            if deadline is not None:
-                pause = min(pause, max(0.0, deadline - now))
-            time.sleep(pause)
+        store = self.store
+        stop = store.watch_run(run_id, changed.set)
+        try:
+            woken = False
+            while True:
+                changed.clear()
+                try:
+                    # Woken, the run has most likely ended: read it whole at once.
+                    run = store.get_run(run_id, with_steps=woken)
+                    if run.status in RUN_FINAL:
+                        return run if woken else store.get_run(run_id)
+                except DatabaseUnavailableError:
+                    pause = outage.next_delay()
+                    if deadline is not None and time.monotonic() + pause >= deadline:
+                        raise
+                    time.sleep(pause)
+                    continue
+                outage.reset()
+                pause = wait_pause(run, run_id, timeout, deadline)
+                woken = changed.wait(pause)
+        finally:
+            stop()
 
     def cancel_run(self, run_id: str) -> bool:
         return self.store.cancel_run(check_id(run_id, "run_id", max_length=200))
@@ -404,15 +406,23 @@ class Client:
         limit: int = 50,
         offset: int = 0,
     ) -> list[RunRecord]:
-        if status is not None and status not in RUN_STATUSES:
-            raise InvalidArgumentError(
-                f"unknown run status {status!r}; use one of {', '.join(RUN_STATUSES)}"
-            )
-        if limit < 1 or offset < 0:
-            raise InvalidArgumentError("limit must be >= 1 and offset >= 0")
-        slug = flow.slug if is_flow_class(flow) else flow
-        assert slug is None or isinstance(slug, str)
+        slug = _list_filter(flow, status, limit, offset)
         return self.store.list_runs(flow_slug=slug, status=status, limit=limit, offset=offset)
+
+
+def _list_filter(
+    flow: type[Flow] | str | None, status: str | None, limit: int, offset: int
+) -> str | None:
+    """``list_runs``' arguments checked; the flow's slug."""
+    if status is not None and status not in RUN_STATUSES:
+        raise InvalidArgumentError(
+            f"unknown run status {status!r}; use one of {', '.join(RUN_STATUSES)}"
+        )
+    if limit < 1 or offset < 0:
+        raise InvalidArgumentError("limit must be >= 1 and offset >= 0")
+    slug = flow.slug if is_flow_class(flow) else flow
+    assert slug is None or isinstance(slug, str)
+    return slug
 
 
 class RunCalls(Protocol):
@@ -466,11 +476,18 @@ class RunCalls(Protocol):
 
 
 class AsyncClient:
-    """The same calls as ``Client`` (or an ``App``), awaitable; each runs the blocking call in
-    a thread, so the two cannot drift apart."""
+    """The same calls as ``Client`` (or an ``App``), awaitable. Reads and waits are native
+    (``runtime/waiting.py``): a wait parks on the event loop until its run's end wakes it, and
+    on PostgreSQL its reads use psycopg's async connections - no thread is held while waiting.
+    Starting, cancelling and retrying run the blocking call in a short thread, so the two
+    clients cannot drift apart. ``store``: where the native calls read (the client's store by
+    default; an App passes its ``read_store``); without one, every call runs in a thread."""
 
-    def __init__(self, client: RunCalls) -> None:
+    def __init__(self, client: RunCalls, store: Callable[[], FlowStore] | None = None) -> None:
         self._client = client
+        if store is None and isinstance(client, Client):
+            store = lambda: client.store  # noqa: E731
+        self._store = store
 
     @overload
     async def start_flow(
@@ -546,10 +563,17 @@ class AsyncClient:
         )
 
     async def get_run(self, run_id: str) -> RunRecord:
-        return await asyncio.to_thread(self._client.get_run, run_id)
+        if self._store is None:
+            return await asyncio.to_thread(self._client.get_run, run_id)
+        check_id(run_id, "run_id", max_length=200)
+        return await self._store().get_run_async(run_id)
 
     async def wait_for_run(self, run_id: str, timeout: float | None = None) -> RunRecord:
-        return await asyncio.to_thread(self._client.wait_for_run, run_id, timeout)
+        """``Client.wait_for_run``, holding no thread while it waits."""
+        if self._store is None:
+            return await asyncio.to_thread(self._client.wait_for_run, run_id, timeout)
+        check_id(run_id, "run_id", max_length=200)
+        return await waiting.wait_for_run(self._store(), run_id, timeout)
 
     async def cancel_run(self, run_id: str) -> bool:
         return await asyncio.to_thread(self._client.cancel_run, run_id)
@@ -565,6 +589,11 @@ class AsyncClient:
         limit: int = 50,
         offset: int = 0,
     ) -> list[RunRecord]:
-        return await asyncio.to_thread(
-            self._client.list_runs, flow=flow, status=status, limit=limit, offset=offset
+        if self._store is None:
+            return await asyncio.to_thread(
+                self._client.list_runs, flow=flow, status=status, limit=limit, offset=offset
+            )
+        slug = _list_filter(flow, status, limit, offset)
+        return await self._store().list_runs_async(
+            flow_slug=slug, status=status, limit=limit, offset=offset
         )

@@ -45,6 +45,11 @@ TASKS_CHANNEL = "tideflow_tasks"
 EVENTS_CHANNEL = "tideflow_events"
 #: The channel waits for process instances listen on: a transaction that saved one wakes them.
 PROCESSES_CHANNEL = "tideflow_processes"
+#: The channel waits for runs listen on: a transaction that ended runs (completed, failed,
+#: cancelled) wakes them, with the ended run ids as its payload (a JSON array; empty when
+#: unknown or too long for a NOTIFY) - so a thousand waiters do not all re-read their rows for
+#: every run that ends (``storage/run_watch.py``).
+RUNS_CHANNEL = "tideflow_runs"
 
 
 class Tx(Protocol):
@@ -54,6 +59,13 @@ class Tx(Protocol):
     notify: bool
     """Set by a store when this transaction made flow tasks visible: the Database wakes the flow
     workers once it commits (``TASKS_CHANNEL``)."""
+
+    @property
+    def run_ends(self) -> set[str]:
+        """Added to by the flow store: runs this transaction may have ended. The Database tells
+        their waiters (``RUNS_CHANNEL``) as it commits - PostgreSQL with a NOTIFY of those that
+        did end, sent in this transaction so that it arrives with the commit, never before."""
+        ...
 
     @property
     def connection(self) -> Any:
@@ -145,6 +157,21 @@ class Tx(Protocol):
         ...
 
 
+class AsyncStatements(Protocol):
+    """A Database's named queries, awaitable without holding a thread (a backend with an async
+    driver: PostgreSQL's ``aio.py``). Each call is a statement, or a read-only transaction, of
+    its own."""
+
+    async def rows(self, name: str, /, **params: Any) -> list[Row]:
+        """``Database.rows``, awaitable."""
+        ...
+
+    async def read_together(self, reads: Sequence[tuple[str, dict[str, Any]]]) -> list[list[Row]]:
+        """The rows of each of these named reads, run in one read-only transaction (one
+        snapshot), sent together: a run with its steps in one round trip."""
+        ...
+
+
 def run_after_commit(callbacks: list[Callable[[], None]]) -> None:
     """Run a committed transaction's ``on_commit`` callbacks: each one, in order; one that
     raises is logged, not raised (``Tx.on_commit`` says why)."""
@@ -227,6 +254,18 @@ class Database(Protocol):
         """Wake ``channel``'s subscribers in every process, soon (coalesced: cheap to call after
         every append). ``here=False``: in other processes only (and other Databases of this
         one) - the caller woke this Database's subscribers itself, knowing better whom."""
+        ...
+
+    def subscribe_with_payload(
+        self, channel: str, callback: Callable[[str | None], None]
+    ) -> Callable[[], None]:
+        """``subscribe``, for a callback that takes the notification's payload (None when it
+        is unknown: another process committed on SQLite, a LISTEN reconnected)."""
+        ...
+
+    def async_statements(self) -> AsyncStatements | None:
+        """The awaitable statements of this database, or None when its driver has none
+        (SQLite: the stores then run a blocking call in a thread, briefly)."""
         ...
 
     def is_unavailable(self, exc: BaseException) -> bool:

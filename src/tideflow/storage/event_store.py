@@ -446,6 +446,10 @@ class SqlEventTransaction:
     def notify(self, value: bool) -> None:
         self.tx.notify = value
 
+    @property
+    def run_ends(self) -> set[str]:
+        return self.tx.run_ends
+
     def rows(self, name: str, /, **params: Any) -> list[Row]:
         return self.tx.rows(name, **params)
 

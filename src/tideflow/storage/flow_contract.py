@@ -384,3 +384,26 @@ class FlowStore(Protocol):
         """Call ``callback`` (from any thread) when new tasks may be ready. Returns a function
         that unsubscribes. Delivery is best effort: workers also poll."""
         ...
+
+    def watch_run(self, run_id: str, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call ``wake`` (from any thread) when run ``run_id`` may have ended - woken by the
+        transaction that ended it, in any process - until the returned function is called.
+        Best effort, like ``subscribe``: a waiter also looks for itself now and then
+        (``storage/run_watch.py``)."""
+        ...
+
+    async def get_run_async(self, run_id: str, *, with_steps: bool = True) -> RunRecord:
+        """``get_run``, awaitable, holding no thread where the driver allows (PostgreSQL;
+        SQLite reads in a thread, briefly)."""
+        ...
+
+    async def list_runs_async(
+        self,
+        *,
+        flow_slug: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[RunRecord]:
+        """``list_runs``, awaitable, like ``get_run_async``."""
+        ...

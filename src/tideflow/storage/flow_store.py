@@ -45,13 +45,17 @@ locks its ``runs`` row first, in run_id order (``lock_runs``), then steps and ta
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import json
+import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 from uuid import UUID
 
 from tideflow.clock import Clock
@@ -74,13 +78,11 @@ from tideflow.retrying import backoff_delay
 from tideflow.storage.database import EVENTS_CHANNEL, TASKS_CHANNEL, Database, Row, Tx
 from tideflow.storage.event_contract import prepare_append
 from tideflow.storage.flow_contract import (
-    AttemptFailure,
     ClaimedTask,
     ClaimRequest,
     FlowVersionRecord,
     RunRecord,
     RunReport,
-    StepRecord,
     TaskCompletion,
     TaskFailure,
     TaskKey,
@@ -95,8 +97,10 @@ from tideflow.storage.rows import (
     step_record,
     task_record,
 )
+from tideflow.storage.run_watch import RunWatch
 
 Pair = tuple[str, str]  # (run_id, step_slug)
+T = TypeVar("T")
 
 #: Lifecycle events are written as they are: no upcasting on the way in.
 _PLAIN = Upcasters()
@@ -120,6 +124,9 @@ class SqlFlowStore:
         self._known_versions: set[tuple[str, str]] = set()
         self._recorded: set[tuple[str, str]] = set()  # by ensure_flow, with this code's options
         self._shapes: dict[tuple[str, str], dict[str, Any]] = {}
+        self._run_watch = RunWatch(db)
+        self._async_reader: ThreadPoolExecutor | None = None
+        self._async_lock = threading.Lock()
 
     def migrate(self) -> list[str]:
         return self.db.migrate()
@@ -128,11 +135,16 @@ class SqlFlowStore:
         self.db.check_schema()
 
     def close(self) -> None:
+        if self._async_reader is not None:
+            self._async_reader.shutdown(wait=False)
         if self._owns_db:
             self.db.close()
 
     def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
         return self.db.subscribe(TASKS_CHANNEL, callback)
+
+    def watch_run(self, run_id: str, wake: Callable[[], None]) -> Callable[[], None]:
+        return self._run_watch.watch(run_id, wake)
 
     @contextmanager
     def _tx(self, outer: Tx | None = None) -> Iterator[Tx]:
@@ -491,6 +503,7 @@ class SqlFlowStore:
         if not completions:
             return []
         with self._tx() as tx:
+            tx.run_ends.update(c.key.run_id for c in completions)
             if self.db.fast_paths:
                 # The dialect's complete_tasks_batch does all of _complete_tasks in one round
                 # trip (PostgreSQL: tideflow.complete_tasks_v3), but for completions of
@@ -610,6 +623,7 @@ class SqlFlowStore:
             ]
         done = [r["run_id"] for r in runs if r["remaining_steps"] == 0]
         if done:
+            tx.run_ends.update(done)
             leaves = {(run_id, leaf) for run_id in done for leaf in shapes[run_id]["leaves"]}
             outputs = self._step_outputs(tx, leaves)
             tx.run(
@@ -689,6 +703,7 @@ class SqlFlowStore:
         The step's ``when_failed`` decides: fail the run (the default), or skip the step - its
         other tasks cancelled, its dependents run without it - or skip it and every step after
         it; the run goes on either way."""
+        tx.run_ends.add(task["run_id"])  # failed, or its last steps skipped
         shape = self._shape(tx, task["flow_slug"], task["flow_version"])
         mode = shape["by_slug"][task["step_slug"]].get("when_failed", "fail")
         if mode == "fail":
@@ -717,6 +732,7 @@ class SqlFlowStore:
             now = self.clock.now()
             if not tx.run("cancel_run", run_id=run_id, finished_at=now):
                 return False
+            tx.run_ends.add(run_id)
             tx.run("cancel_run_tasks", run_id=run_id, finished_at=now)
             tx.run("skip_run_steps", run_id=run_id, finished_at=now)
             self._report(tx, [run_id])
@@ -785,20 +801,59 @@ class SqlFlowStore:
     def get_run(self, run_id: str, *, with_steps: bool = True) -> RunRecord:
         with self._tx() as tx:
             found = tx.rows("get_run", run_id=run_id)
-            if not found:
-                raise RunNotFoundError(f"no run with id {run_id!r}; list runs with `tideflow runs`")
-            steps: list[StepRecord] = []
-            failures: list[AttemptFailure] = []
-            if with_steps:
-                failures = [failure_record(f) for f in tx.rows("get_run_failures", run_id=run_id)]
-                tasks: dict[str, list[TaskRecord]] = defaultdict(list)
-                for t in tx.rows("get_run_tasks", run_id=run_id):
-                    tasks[t["step_slug"]].append(task_record(t))
-                steps = [
-                    step_record(s, tasks[s["step_slug"]])
-                    for s in tx.rows("get_run_steps", run_id=run_id)
-                ]
-            return run_record(found[0], steps, failures)
+            if not found or not with_steps:
+                return assemble_run(run_id, found)
+            return assemble_run(
+                run_id,
+                found,
+                tx.rows("get_run_steps", run_id=run_id),
+                tx.rows("get_run_tasks", run_id=run_id),
+                tx.rows("get_run_failures", run_id=run_id),
+            )
+
+    async def _in_thread(self, call: Callable[[], T]) -> T:
+        """A blocking read for a database without async statements (SQLite), in this store's
+        one reading thread: its reads take turns on the one connection anyway, and a thousand
+        waiters woken at once would otherwise set every thread of the loop's default executor
+        fighting over it - and over the GIL with the event loop (measured: the loop ran 80-120
+        ms late with the default executor, under 20 ms with one thread)."""
+        with self._async_lock:
+            if self._async_reader is None:
+                self._async_reader = ThreadPoolExecutor(1, thread_name_prefix="tideflow-reads")
+            reader = self._async_reader
+        return await asyncio.get_running_loop().run_in_executor(reader, call)
+
+    async def get_run_async(self, run_id: str, *, with_steps: bool = True) -> RunRecord:
+        statements = self.db.async_statements()
+        if statements is None:
+            return await self._in_thread(
+                functools.partial(self.get_run, run_id, with_steps=with_steps)
+            )
+        if not with_steps:
+            return assemble_run(run_id, await statements.rows("get_run", run_id=run_id))
+        return assemble_run(
+            run_id, *await statements.read_together([(n, {"run_id": run_id}) for n in RUN_READS])
+        )
+
+    async def list_runs_async(
+        self,
+        *,
+        flow_slug: str | None = None,
+        status: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[RunRecord]:
+        statements = self.db.async_statements()
+        if statements is None:
+            return await self._in_thread(
+                functools.partial(
+                    self.list_runs, flow_slug=flow_slug, status=status, limit=limit, offset=offset
+                )
+            )
+        found = await statements.rows(
+            "list_runs", flow_slug=flow_slug, status=status, limit=limit, offset=offset
+        )
+        return [run_record(r, []) for r in found]
 
     def list_runs(
         self,
@@ -1012,6 +1067,31 @@ class SqlFlowStore:
             r["run_id"]: r["trace_context"]
             for r in self.db.rows("get_trace_contexts", run_ids=sorted(set(run_ids)))
         }
+
+
+#: The reads of ``get_run``, in the order ``assemble_run`` takes their rows: for a backend that
+#: sends them at once (the async client's pipeline, ``storage/postgres/aio.py``).
+RUN_READS = ("get_run", "get_run_steps", "get_run_tasks", "get_run_failures")
+
+
+def assemble_run(
+    run_id: str,
+    found: list[Row],
+    step_rows: Sequence[Row] | None = None,
+    task_rows: Sequence[Row] = (),
+    failure_rows: Sequence[Row] = (),
+) -> RunRecord:
+    """The ``RunRecord`` of ``get_run``'s rows (``RUN_READS``); without ``step_rows``, the run
+    alone. ``RunNotFoundError`` when ``found`` is empty."""
+    if not found:
+        raise RunNotFoundError(f"no run with id {run_id!r}; list runs with `tideflow runs`")
+    if step_rows is None:
+        return run_record(found[0], [], [])
+    tasks: dict[str, list[TaskRecord]] = defaultdict(list)
+    for t in task_rows:
+        tasks[t["step_slug"]].append(task_record(t))
+    steps = [step_record(s, tasks[s["step_slug"]]) for s in step_rows]
+    return run_record(found[0], steps, [failure_record(f) for f in failure_rows])
 
 
 def _record_failure(

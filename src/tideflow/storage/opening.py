@@ -66,6 +66,7 @@ class Stores:
     schedules: SqlScheduleStore
 
     def close(self) -> None:
+        self.flows.close()  # its reading thread, if it has one; the Database is shared
         self.db.close()
 
     def __enter__(self) -> Stores:

@@ -11,16 +11,39 @@ from contextlib import contextmanager
 
 
 class Subscribers:
-    """Callbacks by channel. Adding and waking may happen from any thread."""
+    """Callbacks by channel. Adding and waking may happen from any thread.
+
+    Most callbacks take nothing: a wake-up only says "look again". Those added with
+    ``add_with_payload`` also get what the notification carried (``RUNS_CHANNEL``: which runs
+    ended), or None when that is unknown - a commit seen by SQLite's watcher, a LISTEN that
+    reconnected - and then must look at everything they watch."""
 
     def __init__(self) -> None:
         self._by_channel: dict[str, list[Callable[[], None]]] = {}
+        self._with_payload: dict[str, list[Callable[[str | None], None]]] = {}
 
     def channels(self) -> list[str]:
-        return list(self._by_channel)
+        return list({*self._by_channel, *self._with_payload})
 
     def has(self, channel: str) -> bool:
-        return bool(self._by_channel.get(channel))
+        return bool(self._by_channel.get(channel)) or bool(self._with_payload.get(channel))
+
+    def has_payload_subscribers(self) -> bool:
+        return any(self._with_payload.values())
+
+    def add_with_payload(
+        self, channel: str, callback: Callable[[str | None], None]
+    ) -> Callable[[], None]:
+        """Subscribe ``callback`` to ``channel``'s payloads; returns the function that
+        unsubscribes it."""
+        callbacks = self._with_payload.setdefault(channel, [])
+        callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in callbacks:
+                callbacks.remove(callback)
+
+        return unsubscribe
 
     def add(self, channel: str, callback: Callable[[], None]) -> Callable[[], None]:
         """Subscribe ``callback``; returns the function that unsubscribes it."""
@@ -33,12 +56,16 @@ class Subscribers:
 
         return unsubscribe
 
-    def wake(self, channel: str | None = None) -> None:
-        """Call the callbacks of ``channel``, or of every channel."""
+    def wake(self, channel: str | None = None, payload: str | None = None) -> None:
+        """Call the callbacks of ``channel``, or of every channel (then without a payload)."""
         for name, callbacks in list(self._by_channel.items()):
             if channel is None or name == channel:
                 for callback in list(callbacks):
                     callback()
+        for name, payload_callbacks in list(self._with_payload.items()):
+            if channel is None or name == channel:
+                for payload_callback in list(payload_callbacks):
+                    payload_callback(payload if channel is not None else None)
 
 
 class TxCallbacks:

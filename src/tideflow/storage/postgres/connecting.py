@@ -67,16 +67,18 @@ def connect_error(url: str, exc: BaseException) -> StorageError:
 def listen_forever(
     url: str,
     channel: str,
-    on_notify: Callable[[], None],
+    on_notify: Callable[[str | None], None],
     stopping: threading.Event,
     ignore: Callable[[int], bool] = lambda pid: False,
 ) -> None:
-    """LISTEN on ``channel`` and call ``on_notify`` for each notification until ``stopping``.
+    """LISTEN on ``channel`` and call ``on_notify`` with each notification's payload until
+    ``stopping``.
 
     A lost connection (a server restart) is retried with ``Backoff`` - one warning per outage,
-    one info line when listening again - and ``on_notify`` is called once after each reconnect:
-    notifications sent while nobody listened are gone, so the subscribers look for themselves
-    (a catch-up poll) instead of waiting for their next poll interval. Meanwhile they poll.
+    one info line when listening again - and ``on_notify(None)`` is called once after each
+    reconnect: notifications sent while nobody listened are gone, so the subscribers look for
+    themselves (a catch-up poll) instead of waiting for their next poll interval. Meanwhile
+    they poll.
     A notification sent by a backend ``ignore`` names (this process's own notifier, whose
     subscribers were woken in the process before it notified) wakes nobody a second time."""
     backoff = Backoff()
@@ -88,12 +90,12 @@ def listen_forever(
                 if lost:
                     lost = False
                     log.info("LISTEN %s re-established", channel)
-                    on_notify()
+                    on_notify(None)
                 backoff.reset()
                 while not stopping.is_set():
                     for notify in conn.notifies(timeout=0.5, stop_after=1):
                         if not ignore(notify.pid):
-                            on_notify()
+                            on_notify(notify.payload)
         except psycopg.Error as exc:
             if stopping.is_set():
                 return

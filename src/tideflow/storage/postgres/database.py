@@ -9,7 +9,9 @@ without looking inside it, and decode it themselves where they must.
 Wake-ups: flow workers LISTEN on ``TASKS_CHANNEL``, notified inside the transaction that made
 tasks visible, so a notification never arrives before the rows do; handler runners LISTEN on
 ``EVENTS_CHANNEL``, notified after the append by a coalescing notifier (notifier.py says why not
-inside the append). A listener thread per channel starts with the first ``subscribe``.
+inside the append). Waits for runs LISTEN on ``RUNS_CHANNEL``, notified inside the transaction
+that ended runs, with their ids (``commit``). A listener thread per channel starts with the
+first ``subscribe``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from psycopg_pool import ConnectionPool
 from tideflow.clock import Clock, SystemClock
 from tideflow.errors import StorageError
 from tideflow.events.handling import Dialect
-from tideflow.storage.database import TASKS_CHANNEL, Row, Tx, run_after_commit
+from tideflow.storage.database import RUNS_CHANNEL, TASKS_CHANNEL, Row, Tx, run_after_commit
 from tideflow.storage.postgres.connecting import (
     check_connection,
     connect_error,
@@ -49,6 +51,7 @@ from tideflow.storage.wakeups import Subscribers, TxCallbacks
 
 if TYPE_CHECKING:
     from tideflow.storage.event_contract import PreparedAppend
+    from tideflow.storage.postgres.aio import PgAsyncStatements
 
 T = TypeVar("T")
 
@@ -156,6 +159,7 @@ class PgTx(TxCallbacks):
         """What goes after the COMMIT, in its pipeline (``page_after_commit``)."""
         self.begun = False
         self.notify = False
+        self.run_ends: set[str] = set()
         self.closed = False  # the block ended: the connection is back in the pool
 
     @property
@@ -226,19 +230,27 @@ class PgTx(TxCallbacks):
         self._then.append(send)
         return page
 
-    def _commit(self) -> None:
-        """COMMIT (with the NOTIFY the stores asked for), in one pipeline with what is still
+    def _commit(self) -> str | None:
+        """COMMIT (with the NOTIFYs the stores asked for), in one pipeline with what is still
         queued - a handler batch's last writes cost no round trip of their own - and with what
-        goes after it (``page_after_commit``)."""
+        goes after it (``page_after_commit``). When the transaction may have ended runs
+        (``run_ends``), ``notify_ended_runs`` goes just before the COMMIT, in the same
+        pipeline: its NOTIFY is delivered with the commit, so a wait it wakes finds the run
+        ended. Returns the ids of the runs that ended (a JSON array, the NOTIFY's payload), or
+        None."""
         conn = self._conn
         if not self.begun and not self._queued:
-            return  # nothing was sent: there is nothing to commit
-        sent, commit = "", None
+            return None  # nothing was sent: there is nothing to commit
+        sent, commit, ended = "", None, None
         try:
             with conn.pipeline():
                 sent = self._send_pending(conn)
                 if self.notify:
                     conn.execute(f"NOTIFY {TASKS_CHANNEL}")
+                if self.run_ends:
+                    ended = conn.execute(
+                        QUERIES["notify_ended_runs"], {"run_ids": sorted(self.run_ends)}
+                    )
                 commit = conn.execute(b"COMMIT")
                 for then in self._then:
                     then(conn)
@@ -249,10 +261,12 @@ class PgTx(TxCallbacks):
                 log.warning("a read sent after a COMMIT failed; read again: %s", exc)
                 with contextlib.suppress(psycopg.Error):
                     conn.execute(b"ROLLBACK")
-                return
+                return None  # the waits of any run it ended look for themselves
             if is_transient(exc) or sent:
                 raise translate(exc, _what("COMMIT", sent)) from exc
             raise
+        row = None if ended is None else ended.fetchone()
+        return None if row is None else str(row[0])
 
     def _execute(self, name: str, params: dict[str, Any], binary: bool = False) -> Any:
         return self._run(
@@ -333,13 +347,26 @@ class PostgresDatabase:
             raise connect_error(url, exc) from exc
         self._subscribers = Subscribers()
         self._listeners: list[threading.Thread] = []
+        self._listening: set[str] = set()
         self._notifiers: dict[str, Any] = {}
         self._stopping = threading.Event()
         self._lock = threading.Lock()
+        self._async: PgAsyncStatements | None = None
 
     @property
     def pool(self) -> ConnectionPool[Conn]:
         return self._pool
+
+    def async_statements(self) -> PgAsyncStatements:
+        """The same named queries, awaitable, on psycopg's async connections (``aio.py``): what the
+        async client reads with, so that a coroutine waiting on the database holds no
+        thread."""
+        with self._lock:
+            if self._async is None:
+                from tideflow.storage.postgres.aio import PgAsyncStatements
+
+                self._async = PgAsyncStatements(self.url)
+            return self._async
 
     def _getconn(self) -> Conn:
         """``getconn``/``putconn`` rather than ``pool.connection()``, which also commits or rolls
@@ -400,10 +427,11 @@ class PostgresDatabase:
     def transaction(self) -> Iterator[PgTx]:
         conn = self._getconn()
         tx = PgTx(conn, begin_lazily=True)
+        ended: str | None = None
         try:
             try:
                 yield tx
-                tx._commit()
+                ended = tx._commit()
             except BaseException:
                 if tx.begun and not conn.closed:
                     with contextlib.suppress(psycopg.Error):
@@ -420,6 +448,8 @@ class PostgresDatabase:
                 callback()
         if tx.notify:
             self._wake_local(TASKS_CHANNEL)
+        if ended is not None:
+            self._subscribers.wake(RUNS_CHANNEL, ended)
         run_after_commit(tx._on_commit)
 
     def append_events(
@@ -443,27 +473,41 @@ class PostgresDatabase:
 
     # --- wake-ups -------------------------------------------------------------------------------
 
-    def _wake_local(self, channel: str) -> None:
-        self._subscribers.wake(channel)
+    def _wake_local(self, channel: str, payload: str | None = None) -> None:
+        self._subscribers.wake(channel, payload)
 
     def subscribe(self, channel: str, callback: Callable[[], None]) -> Callable[[], None]:
         with self._lock:
-            if not self._subscribers.has(channel) and not self._stopping.is_set():
-                listener = threading.Thread(
-                    target=listen_forever,
-                    args=(
-                        self.url,
-                        channel,
-                        lambda: self._wake_local(channel),
-                        self._stopping,
-                        self._notified_here,
-                    ),
-                    name=f"tideflow-listen-{channel}",
-                    daemon=True,
-                )
-                self._listeners.append(listener)
-                listener.start()
+            self._listen(channel)
             return self._subscribers.add(channel, callback)
+
+    def subscribe_with_payload(
+        self, channel: str, callback: Callable[[str | None], None]
+    ) -> Callable[[], None]:
+        with self._lock:
+            self._listen(channel)
+            return self._subscribers.add_with_payload(channel, callback)
+
+    def _listen(self, channel: str) -> None:
+        """Start ``channel``'s listener thread, unless it runs already (caller holds the
+        lock)."""
+        if channel in self._listening or self._stopping.is_set():
+            return
+        self._listening.add(channel)
+        listener = threading.Thread(
+            target=listen_forever,
+            args=(
+                self.url,
+                channel,
+                lambda payload: self._wake_local(channel, payload or None),
+                self._stopping,
+                self._notified_here,
+            ),
+            name=f"tideflow-listen-{channel}",
+            daemon=True,
+        )
+        self._listeners.append(listener)
+        listener.start()
 
     def _notified_here(self, pid: int) -> bool:
         """Whether a notification came from this Database's own notifier: ``wake`` woke this
@@ -490,13 +534,15 @@ class PostgresDatabase:
 
     def close(self) -> None:
         self._stopping.set()
+        if self._async is not None:
+            self._async.close()
         for notifier in self._notifiers.values():
             notifier.close()
         if self._listeners:
             # Wake the listeners now rather than at their next timeout, so close() is quick.
             try:
                 with self.statement() as tx:
-                    for channel in self._subscribers.channels():
+                    for channel in self._listening:
                         tx.connection.execute("SELECT pg_notify(%s, '')", (channel,))
             except (psycopg.Error, StorageError):
                 pass

@@ -409,3 +409,21 @@ ON CONFLICT (flow_slug) DO UPDATE SET limits = excluded.limits, updated_at = exc
 
 -- name: delete_flow_limits
 DELETE FROM tideflow.flow_limits WHERE flow_slug = %(flow_slug)s
+
+-- name: notify_ended_runs
+-- Sent just before the COMMIT of a transaction that may have ended these runs (the flow store
+-- lists them in Tx.run_ends): NOTIFY tideflow_runs with the ids of those that have ended, a
+-- JSON array, delivered with the commit - so that of a thousand clients waiting for runs, only
+-- those whose run ended read it again. A payload past PostgreSQL's limit (8000 bytes) goes out
+-- empty: waiters then check all of theirs, with one query (get_ended_runs). No row, and no
+-- NOTIFY - which serialises commits - when none of them ended. Returns the payload.
+SELECT e.ended, pg_notify('tideflow_runs',
+                          CASE WHEN octet_length(e.ended) > 7900 THEN '' ELSE e.ended END)
+FROM (SELECT json_agg(run_id)::text AS ended FROM tideflow.runs
+      WHERE run_id = ANY(%(run_ids)s) AND status <> 'started') AS e
+WHERE e.ended IS NOT NULL
+
+-- name: get_ended_runs
+-- Which of these runs have ended: how a process's waiters learn whose run ended when a
+-- notification could not say (run_watch.py).
+SELECT run_id FROM tideflow.runs WHERE run_id = ANY(%(run_ids)s) AND status <> 'started'

@@ -459,3 +459,10 @@ ON CONFLICT (flow_slug) DO UPDATE SET limits = excluded.limits, updated_at = exc
 
 -- name: delete_flow_limits
 DELETE FROM flow_limits WHERE flow_slug = %(flow_slug)s
+
+-- name: get_ended_runs
+-- Which of these runs have ended: how a process's waiters learn whose run ended when a wake-up
+-- could not say (run_watch.py) - after another process's commit, which the watcher only sees
+-- as "something changed".
+SELECT run_id FROM runs WHERE run_id IN (SELECT value FROM json_each(%(run_ids)s))
+  AND status <> 'started'
