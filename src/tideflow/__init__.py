@@ -1,7 +1,7 @@
 """tideflow: durable DAG workflows for Python on PostgreSQL or embedded SQLite."""
 
-from tideflow.app import App
-from tideflow.client import AsyncClient, Client
+from tideflow.app import App, Client
+from tideflow.client import AsyncClient
 from tideflow.errors import (
     CycleError,
     DatabaseUnavailableError,

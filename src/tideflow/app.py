@@ -20,7 +20,8 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, overload
 
-from tideflow.client import AsyncClient, Client
+from tideflow.client import AsyncClient
+from tideflow.client import Client as StoreClient
 from tideflow.clock import Clock
 from tideflow.errors import DatabaseUnavailableError, ScheduleConflictError, TideflowError
 from tideflow.events.aggregate import Aggregate
@@ -39,7 +40,14 @@ from tideflow.runtime.retention import DEFAULT_BATCH_SIZE, Purged, Retention, pu
 from tideflow.runtime.sagas import ProcessBindings
 from tideflow.runtime.serving import Serving
 from tideflow.sagas import ProcessManager
-from tideflow.storage import EventStore, HandlerStore, Stores, open_database, resolve_url
+from tideflow.storage import (
+    EventStore,
+    HandlerStore,
+    Stores,
+    open_database,
+    open_store,
+    resolve_url,
+)
 from tideflow.storage.flow_contract import FlowStore, RunRecord
 from tideflow.storage.flow_store import check_map_input
 from tideflow.storage.monitor_contract import MonitorStore
@@ -174,7 +182,7 @@ class AsyncApp(AsyncClient):
             await task
 
 
-class _ReadClient(Client):
+class _ReadClient(StoreClient):
     """The client of the App's reads: its store is ``App.read_store()``, taken when a call
     reaches the database - after the call has checked its arguments, so that a bad filter is
     reported as such, even on a database without the schema."""
@@ -451,8 +459,8 @@ class App:
         return self.client.enqueue(job, input, delay=delay, at=at, key=key)
 
     @property
-    def client(self) -> Client:
-        return Client(self.store, self.registry)
+    def client(self) -> StoreClient:
+        return StoreClient(self.store, self.registry)
 
     @property
     def aio(self) -> AsyncApp:
@@ -841,6 +849,38 @@ class App:
             self._dispatcher = None
 
     def __enter__(self) -> App:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Client(StoreClient):
+    """Runs on a database, for a process that only starts and follows them - a web app, a
+    script: ``Client(url).start_flow("checkout", {...})`` starts the flow's latest stored
+    version (its workers store each flow's shape), without the flows' code; pass ``flows=``
+    (classes or import paths) to start and check them from their code instead. It neither
+    migrates nor creates a database (``tideflow migrate`` does): starting on a database without
+    the schema raises ``SchemaMissingError`` / ``SchemaNotReadyError``. Close it (or use it as
+    a context manager) to close its connections. ``tideflow.client.Client`` is the same API
+    over a flow store an App hands it."""
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        *,
+        flows: Iterable[type[Flow] | str] = (),
+    ) -> None:
+        registry = FlowRegistry()
+        for flow in flows:
+            registry.register(flow)
+        self._opened = open_store(database_url, create=False)
+        super().__init__(self._opened, registry)
+
+    def close(self) -> None:
+        self._opened.close()
+
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,12 +8,14 @@ starts the latest stored version (or a pinned one) from it. On both backends.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from tests.flows.flows_for_tests import Chain, RootMap
-from tideflow import App, Flow, FlowNotFoundError, MapInputError, step
+from tideflow import App, Client, Flow, FlowNotFoundError, MapInputError, step
 from tideflow.clock import ManualClock
+from tideflow.errors import TideflowError
 from tideflow.storage.flow_contract import FlowStore, TaskFailure
 
 FAST = {"poll_interval": 0.02, "reap_interval": 0.2}
@@ -33,6 +35,27 @@ def test_an_app_without_the_code_starts_a_flow_a_worker_stored(db_url: str) -> N
             assert web.get_run(run_id).flow_version == Chain.definition.version
         worker_app.run_worker(until_idle=True, **FAST)
         assert worker_app.get_run(run_id).output == {"third": {"value": 50, "run_input": {"n": 4}}}
+
+
+def test_a_client_on_a_url_starts_and_follows_runs_without_the_code(db_url: str) -> None:
+    """``Client(url)``: the issue's own words, for a process that only starts runs."""
+    with App(db_url, flows=[Chain]) as worker_app:
+        worker_app.worker()
+        with Client(db_url) as web:
+            run_id = web.start_flow("chain", {"n": 4})
+            with pytest.raises(FlowNotFoundError, match="stored flows: chain"):
+                web.start_flow("chian", {})
+        worker_app.run_worker(until_idle=True, **FAST)
+        with Client(db_url, flows=[Chain]) as follower:
+            assert follower.wait_for_run(run_id, timeout=10).status == "completed"
+            assert [r.run_id for r in follower.list_runs(flow=Chain)] == [run_id]
+
+
+def test_a_client_neither_creates_nor_migrates_a_database(tmp_path: Path) -> None:
+    missing = f"sqlite:///{tmp_path / 'nothing.db'}"
+    with pytest.raises(TideflowError), Client(missing) as client:
+        client.start_flow("chain", {})
+    assert not (tmp_path / "nothing.db").exists() or not (tmp_path / "nothing.db").stat().st_size
 
 
 def test_an_unknown_slug_lists_the_stored_flows(db_url: str) -> None:
