@@ -1705,3 +1705,19 @@ def _raw_count(url: str, table: str, stream_id: str) -> int:
         ).fetchone()
         assert found is not None
         return int(found[0])
+
+
+def test_the_fast_constructor_of_read_events_makes_the_same_object_as_the_class() -> None:
+    """``recorded_event`` sets the slots in field order; a field added or moved must show here."""
+    from dataclasses import fields
+
+    from tideflow.events.model import recorded_event
+
+    values: list[Any] = [uuid.uuid4(), "T", "s", 3, 9, {"a": 1}, {"m": 2}]
+    values += [uuid.uuid4(), uuid.uuid4(), datetime(2026, 12, 7), 2]
+    assert len(values) == len(fields(RecordedEvent))
+    fast, slow = recorded_event(*values), RecordedEvent(*values)
+    assert fast == slow and type(fast) is RecordedEvent
+    assert [getattr(fast, f.name) for f in fields(RecordedEvent)] == values
+    with pytest.raises(AttributeError):
+        fast.position = 10  # type: ignore[misc]

@@ -40,6 +40,7 @@ from tideflow.events.model import (
     RecordedEvent,
     Snapshot,
     check_name,
+    recorded_event,
 )
 from tideflow.events.upcasting import Upcasters
 from tideflow.storage.database import EVENTS_CHANNEL, Database, Row, Tx
@@ -113,7 +114,7 @@ class SqlEventStore:
         values = decode_objects([r[9] for r in rows] + [r[10] for r in rows])
         uuid, time = self.db.decode_uuid, self.db.decode_time
         return [
-            RecordedEvent(
+            recorded_event(
                 uuid(r[4]),
                 r[5],
                 r[3],
