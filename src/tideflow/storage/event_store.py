@@ -72,6 +72,18 @@ _READ_ALL = {
 }
 
 
+def _page_query(
+    event_types: Sequence[str] | None, limit: int
+) -> tuple[str, list[str] | None, int] | None:
+    """A handler page's named query, its event types and its size; None if it can hold no
+    event (no types, or a limit of 0)."""
+    types = check_event_types(event_types)
+    size = check_limit(limit)
+    if types == [] or not size:
+        return None
+    return ("read_page_of_types" if types is not None else "read_page"), types, size
+
+
 class SqlEventStore:
     """``EventStore`` over a ``Database``. Safe to share between threads.
 
@@ -286,20 +298,25 @@ class SqlEventStore:
         event_types: Sequence[str] | None,
         limit: int,
     ) -> tuple[int, list[RecordedEvent], int]:
-        types = check_event_types(event_types)
-        size = check_limit(limit)
-        if types == [] or not size:  # nothing to read: where it is, and the head
+        query = _page_query(event_types, limit)
+        if query is None:  # nothing to read: where it is, and the head
             if after is None:
                 assert checkpoint is not None
                 after = self.get_checkpoint(checkpoint)
             return after, [], max(self.head_position(), after)
-        name = "read_page_of_types" if types is not None else "read_page"
+        name, types, size = query
         after, horizon, rows = self.db.records_below_horizon(
             name, after=after, checkpoint=checkpoint, limit=size, event_types=types
         )
+        return (after, *self._page_of(after, horizon, rows))
+
+    def _page_of(
+        self, after: int, horizon: int, rows: list[tuple[Any, ...]]
+    ) -> tuple[list[RecordedEvent], int]:
+        """A page's rows as events and the position it reaches (nothing past ``after``: none)."""
         if horizon <= after:
-            return after, [], after
-        return after, list(self.upcasters.upcast_all(self._events(rows))), horizon
+            return [], after
+        return list(self.upcasters.upcast_all(self._events(rows))), horizon
 
     def head_position(self) -> int:
         return int(self._records(None, "horizon")[0][0])
@@ -481,22 +498,15 @@ class SqlEventTransaction:
         self, after: int, event_types: Sequence[str] | None, limit: int
     ) -> Callable[[], tuple[list[RecordedEvent], int] | None]:
         after = check_position(after, "after")
-        types = check_event_types(event_types)
-        size = check_limit(limit)
-        if types == [] or not size:
+        query = _page_query(event_types, limit)
+        if query is None:
             return lambda: None
-        name = "read_page_of_types" if types is not None else "read_page"
+        name, types, size = query
         fetch = self.tx.page_after_commit(name, after=after, limit=size, event_types=types)
-        store = self._store
 
         def page() -> tuple[list[RecordedEvent], int] | None:
             found = fetch()
-            if found is None:
-                return None
-            horizon, rows = found
-            if horizon <= after:
-                return [], after
-            return list(store.upcasters.upcast_all(store._events(rows))), horizon
+            return None if found is None else self._store._page_of(after, *found)
 
         return page
 

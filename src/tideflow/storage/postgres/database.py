@@ -118,6 +118,20 @@ class _Prefetched:
         return self._rows
 
 
+def _send_page(
+    conn: Conn, name: str, after: int | None, checkpoint: str | None, params: dict[str, Any]
+) -> tuple[psycopg.Cursor[Any], psycopg.Cursor[Any]]:
+    """A handler's page, sent into the caller's pipeline: in one transaction at READ COMMITTED
+    whatever the server's default (each statement takes its own snapshot there), the horizon
+    and the start kept with ``set_config``, then named query ``name`` that reads them. The
+    cursors of the two, read once the pipeline has synced."""
+    conn.execute(b"BEGIN ISOLATION LEVEL READ COMMITTED")
+    head = conn.execute(QUERIES["set_horizon"], {"after": after, "checkpoint": checkpoint})
+    rows = conn.execute(QUERIES[name], params, binary=True)
+    conn.execute(b"COMMIT")
+    return head, rows
+
+
 class _PageAfterCommit:
     """``PgTx.page_after_commit``'s result: its cursors, read once the COMMIT's pipeline has
     synced."""
@@ -222,10 +236,7 @@ class PgTx(TxCallbacks):
         page = _PageAfterCommit()
 
         def send(conn: Conn) -> None:
-            conn.execute(b"BEGIN ISOLATION LEVEL READ COMMITTED")
-            page.head = conn.execute(QUERIES["set_horizon"], {"after": after, "checkpoint": None})
-            page.rows = conn.execute(QUERIES[name], params, binary=True)
-            conn.execute(b"COMMIT")
+            page.head, page.rows = _send_page(conn, name, after, None, params)
 
         self._then.append(send)
         return page
@@ -389,19 +400,12 @@ class PostgresDatabase:
     def records_below_horizon(
         self, name: str, /, *, after: int | None, checkpoint: str | None, **params: Any
     ) -> tuple[int, int, list[tuple[Any, ...]]]:
-        """In one transaction at READ COMMITTED whatever the server's default (each statement
-        takes its own snapshot there), sent as one pipeline: the horizon and the start, kept
-        with ``set_config`` for the transaction, then the page that reads them."""
+        """``_send_page`` as a pipeline of its own."""
         with self.statement() as tx:
             conn = tx.connection
             with translated(f"query {name}"):
                 with conn.pipeline():
-                    conn.execute(b"BEGIN ISOLATION LEVEL READ COMMITTED")
-                    head = conn.execute(
-                        QUERIES["set_horizon"], {"after": after, "checkpoint": checkpoint}
-                    )
-                    page = conn.execute(QUERIES[name], params, binary=True)
-                    conn.execute(b"COMMIT")
+                    head, page = _send_page(conn, name, after, checkpoint, params)
                 row = head.fetchone()
                 assert row is not None
                 return int(row[1]), int(row[0]), page.fetchall()
