@@ -14,6 +14,12 @@ Measures, per backend:
   * read_all events/s over the whole store (at least 100,000 events, topped up if needed): the
     first pass in the process, and the best of two more (a long-running reader's steady state).
 
+--floors (PostgreSQL; issue 12 item 8): where a single append's time goes. Interleaved rounds
+of one-writer loops, one statement per commit each: the bare one-row INSERT (autocommit, as above),
+the same in an explicit transaction (psycopg's default: BEGIN, INSERT, COMMIT), one event's row
+INSERTed straight into tideflow.events (its three indexes, no function, no stream row), the append
+function called through psycopg's cursor, and EventStore.append.
+
 --large (PostgreSQL; issue 13): read_stream of a 100-event stream, a single-event append, and
 read_all of a rare event type over the whole log, on a store of 10,000 events and on one of 5M
 (50,000 streams of 100 events, bulk-inserted with generate_series, then ANALYZE).
@@ -32,12 +38,14 @@ import json
 import multiprocessing as mp
 import os
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from multiprocessing.synchronize import Barrier
 
 import psycopg
@@ -275,6 +283,100 @@ def bench_large(events: int, admin_url: str) -> None:
     print(" rare: read_all(event_types=[...]) over the whole log, 1 event in 100,000)")
 
 
+def bench_floors(admin_url: str, seconds: float, rounds: int) -> None:
+    """The --floors table: median and range of each loop's commits/s over ``rounds``."""
+    url, drop = pg_database(admin_url)
+    try:
+        store = open_event_store(url)
+        store.migrate()
+        store.close()
+        data, metadata = json.dumps(PAYLOAD), json.dumps(METADATA)
+        now = datetime.now(UTC)
+        with psycopg.connect(url, autocommit=True) as pg, psycopg.connect(url) as tx:
+            pg.execute(
+                "CREATE TABLE public.bench_floor "
+                "(id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, d json, m json)"
+            )
+            bare = "INSERT INTO public.bench_floor (d, m) VALUES (%s, %s)"
+            row = (
+                "INSERT INTO tideflow.events (position, version, schema_version, stream_id, "
+                "event_id, event_type, recorded_at, data, metadata) VALUES "
+                "(nextval('tideflow.event_position_seq'), %s, 1, 'rows', %s, 'OrderPlaced', %s, "
+                "%s, %s)"
+            )
+            call = (
+                "SELECT first_version FROM tideflow.append_events_v3(%s, 'exact', %s, %s::json, "
+                "%s::json, %s::json, %s, NULL, NULL)"
+            )
+            count = {"row": 0, "call": 0, "append": 0}
+
+            def one_row() -> None:
+                count["row"] += 1
+                pg.execute(row, (count["row"], uuid.uuid4(), now, data, metadata), prepare=True)
+
+            def in_transaction() -> None:
+                tx.execute(bare, (data, metadata), prepare=True)
+                tx.commit()
+
+            def function_call() -> None:
+                events = json.dumps(
+                    [
+                        {
+                            "event_id": uuid.uuid4().hex,
+                            "event_type": "OrderPlaced",
+                            "schema_version": 1,
+                            "causation_id": None,
+                            "correlation_id": None,
+                        }
+                    ]
+                )
+                pg.execute(
+                    call,
+                    ("calls", count["call"], events, f"[{data}]", f"[{metadata}]", now),
+                    prepare=True,
+                )
+                count["call"] += 1
+
+            events = open_event_store(url)
+            events.append("calls", [_event()], ExpectedVersion.NO_STREAM)
+            count["call"] = 1
+            events.append("appends", [_event()], ExpectedVersion.NO_STREAM)
+            count["append"] = 1
+
+            def append() -> None:
+                events.append("appends", [_event()], count["append"])
+                count["append"] += 1
+
+            loops: dict[str, Callable[[], None]] = {
+                "bare INSERT (autocommit)": lambda: pg.execute(
+                    bare, (data, metadata), prepare=True
+                ),
+                "bare BEGIN/INSERT/COMMIT": in_transaction,
+                "one row into tideflow.events": one_row,
+                "append_events_v3 via cursor": function_call,
+                "EventStore.append": append,
+            }
+            rates: dict[str, list[float]] = {name: [] for name in loops}
+            for _ in range(rounds):
+                for name, loop in loops.items():
+                    n, started = 0, time.perf_counter()
+                    while time.perf_counter() - started < seconds:
+                        loop()
+                        n += 1
+                    rates[name].append(n / (time.perf_counter() - started))
+            events.close()
+    finally:
+        drop()
+    first = statistics.median(rates["bare INSERT (autocommit)"])
+    print(f"{'one writer, one commit per loop':<32} {'median/s':>10} {'range':>16} {'of bare':>8}")
+    for name, values in rates.items():
+        median = statistics.median(values)
+        print(
+            f"{name:<32} {median:>10,.0f} {min(values):>7,.0f}-{max(values):<8,.0f} "
+            f"{median / first:>8.0%}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backend", choices=["sqlite", "postgres", "all"], default="all")
@@ -288,7 +390,12 @@ def main() -> None:
     parser.add_argument("--pg-url", default=ADMIN_URL)
     parser.add_argument("--large", action="store_true", help="the large-store mode (PostgreSQL)")
     parser.add_argument("--events", type=int, default=5_000_000, help="events in --large mode")
+    parser.add_argument("--floors", action="store_true", help="where an append's time goes")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of --floors")
     args = parser.parse_args()
+    if args.floors:
+        bench_floors(args.pg_url, min(args.seconds, 2.0), args.rounds)
+        return
     if args.large:
         bench_large(args.events, args.pg_url)
         return
