@@ -31,6 +31,7 @@ keeps the JSON text). ``-0.0`` comes back from PostgreSQL as ``0.0`` (equal, not
 from __future__ import annotations
 
 import json
+import math
 import re
 from decimal import Decimal
 from typing import Any
@@ -110,9 +111,29 @@ def encode(value: Any, *, what: str, field: str | None = None) -> str:
         if "JSON compliant" not in str(exc):
             raise
         raise UnencodableValue(
-            "$", "a float NaN or infinity, which is not JSON (store None or a string instead)"
+            _non_finite_at(value, "$") or "$",
+            "a float NaN or infinity, which is not JSON (store None or a string instead)",
         ) from None
     return check_text(text, value, what=what, field=field)
+
+
+def _non_finite_at(value: Any, path: str) -> str | None:
+    """Where the first NaN or infinity in ``value`` is (``$['a'][2]``), for the error only: json
+    says that there is one, not where. A value converted first (a dataclass...) is not walked:
+    its place is then ``$``."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite_at(item, f"{path}[{key!r}]")
+        if found is not None:
+            return found
+    return None
 
 
 def check_text(text: str, value: Any, *, what: str, field: str | None = None) -> str:

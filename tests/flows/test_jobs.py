@@ -186,6 +186,9 @@ def test_bad_job_functions_are_refused_when_decorated() -> None:
     with pytest.raises(FlowDefinitionError, match="a function"):
         job(int)
 
+    with pytest.raises(FlowDefinitionError, match=r"@job\(slug='send_email'\)"):
+        job("send_email")  # type: ignore[call-overload]
+
     @job
     def with_defaults(input: int, scale: int = 2, *, ctx: StepContext | None = None) -> int:
         return input * scale

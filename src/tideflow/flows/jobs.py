@@ -144,6 +144,10 @@ def _make_job(
     reports: bool,
 ) -> Job[Any, Any]:
     name = slug if slug is not None else getattr(fn, "__name__", None)
+    if isinstance(fn, str):  # @job("send_email"): the slug is a keyword
+        raise FlowDefinitionError(
+            fn, f"@job decorates a function, not str {fn!r}: to name the job, @job(slug={fn!r})"
+        )
     if not callable(fn) or isinstance(fn, type):
         raise FlowDefinitionError(
             str(name), f"@job decorates a function, not {type(fn).__name__} {fn!r}"
