@@ -10,13 +10,14 @@ them.
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -89,17 +90,52 @@ def _flow_store(app: App) -> SqlFlowStore:
     return store
 
 
-async def _pings(stop: asyncio.Event, answers: list[float]) -> None:
-    """Every 10 ms until ``stop``, how long a trivial request takes: a turn of the loop and a
-    call in the default executor's thread - what a FastAPI endpoint needs. Waits that held
-    threads would queue it behind them for seconds."""
+class Turn(NamedTuple):
+    """One answer of the event loop: how late it came (``late``) and how much of that the loop's
+    thread spent runnable but without a CPU (``no_cpu``: the OS's run queue, which a machine
+    loaded by other processes lengthens, and no code in this process can shorten)."""
+
+    late: float
+    no_cpu: float
+
+    @property
+    def own(self) -> float:
+        """The lateness that is this process's doing: its callbacks, its other threads' hold
+        on the GIL."""
+        return max(0.0, self.late - self.no_cpu)
+
+
+def _waited_for_cpu() -> Callable[[], float]:
+    """Seconds the calling thread has spent waiting for a CPU so far (Linux's schedstat), or
+    a function returning 0 where the system does not say."""
+    path = Path(f"/proc/self/task/{threading.get_native_id()}/schedstat")
+    try:
+        path.read_text()
+    except OSError:
+        return lambda: 0.0
+    return lambda: int(path.read_text().split()[1]) / 1e9
+
+
+async def _pings(stop: asyncio.Event, turns: list[Turn], hops: list[float]) -> None:
+    """Until ``stop``, every 10 ms: how late the loop answers - a 10 ms sleep's lateness past
+    its due time and a ``call_soon`` round trip, the larger (``turns``) - and how long a call
+    in the default executor's thread takes (``hops``: what a FastAPI endpoint with a blocking
+    call needs; waits that held threads would queue it behind them for seconds)."""
     loop = asyncio.get_running_loop()
+    no_cpu = _waited_for_cpu()
     while not stop.is_set():
-        asked = loop.time()
-        await asyncio.sleep(0)
-        await asyncio.to_thread(int)
-        answers.append(loop.time() - asked)
+        due = loop.time() + 0.01
+        before = no_cpu()
         await asyncio.sleep(0.01)
+        late = loop.time() - due
+        asked = loop.time()
+        answered = loop.create_future()
+        loop.call_soon(answered.set_result, None)
+        await answered
+        turns.append(Turn(max(late, loop.time() - asked), no_cpu() - before))
+        asked = loop.time()
+        await asyncio.to_thread(int)
+        hops.append(loop.time() - asked)
 
 
 async def _until(check: Callable[[], bool], timeout: float = 60.0) -> None:
@@ -112,12 +148,29 @@ async def _until(check: Callable[[], bool], timeout: float = 60.0) -> None:
 async def test_a_thousand_async_waits_hold_no_thread_and_leave_the_loop_free(
     flows_app: App,
 ) -> None:
-    """1,000 waits in flight: each is a parked coroutine (a watched run, no thread), the service
-    answers a trivial request within 50 ms throughout, and every wait returns its completed run
-    once a worker process runs them."""
+    """1,000 waits in flight: each is a parked coroutine (a watched run, no thread); the event
+    loop answers within 50 ms every time - while the waits start and look at their runs, and
+    while a worker process ends the runs and wakes them (batches of up to 64 runs per
+    notification: ``runtime/waiting.py`` wakes them and reads their runs in chunks) - and
+    every wait returns its completed run."""
     run_ids = await flows_app.aio.start_flows(Single, [{"i": i} for i in range(1000)])
     watch = _flow_store(flows_app)._run_watch
+    # The heap that pytest and the tests before this one left is this process's, not the
+    # waits': frozen, the collector's full passes - which waits' garbage still triggers - scan
+    # only what was made since (a service does the same after its start-up with gc.freeze).
+    # Unfrozen, one such pass over the whole suite's heap takes 40-120 ms here by itself.
+    gc.collect()
+    gc.freeze()
+    try:
+        await _thousand_waits(flows_app, run_ids, watch)
+    finally:
+        gc.unfreeze()
+
+
+async def _thousand_waits(flows_app: App, run_ids: list[str], watch: Any) -> None:
     threads_before = threading.active_count()
+    stop, turns, hops = asyncio.Event(), list[Turn](), list[float]()
+    pinger = asyncio.create_task(_pings(stop, turns, hops))
     waits = []
     for i in range(0, 1000, 50):  # as requests come in, not all in one tick of the loop
         waits += [
@@ -127,8 +180,6 @@ async def test_a_thousand_async_waits_hold_no_thread_and_leave_the_loop_free(
         await asyncio.sleep(0)
     await _until(lambda: watch.watching() == 1000)
     parked_threads = threading.active_count()
-    stop, answers = asyncio.Event(), []
-    pinger = asyncio.create_task(_pings(stop, answers))
     await asyncio.sleep(0.2)  # parked: the loop has nothing to do for them
     worker = _worker_process(flows_app.database_url)
     try:
@@ -143,13 +194,29 @@ async def test_a_thousand_async_waits_hold_no_thread_and_leave_the_loop_free(
     # A listener or watcher thread and the default executor's few threads: not one per wait.
     assert parked_threads - threads_before < 20, (threads_before, parked_threads)
     assert watch.watching() == 0
-    # Within 50 ms - but for what a loaded 2-core machine's scheduler adds now and then: the
-    # slowest twentieth is allowed up to a second (a thread held per wait would hold them up
-    # for the whole wait).
-    answers.sort()
-    assert len(answers) > 5 and answers[-1] < 1.0, answers[-5:]
-    slow = answers[int(len(answers) * 0.95)]
-    assert slow < 0.05, f"the 95th percentile answer took {slow * 1000:.0f} ms"
+    hops.sort()
+    worst = max(turns, key=lambda t: t.late)
+    own = max(t.own for t in turns)
+    print(
+        f"loop answers: {len(turns)}, slowest {worst.late * 1000:.1f} ms ({worst.no_cpu * 1000:.1f}"
+        f" waiting for a CPU), slowest without that {own * 1000:.1f} ms; p95 "
+        f"{sorted(t.late for t in turns)[int(len(turns) * 0.95)] * 1000:.1f} ms; thread calls: "
+        f"p95 {hops[int(len(hops) * 0.95)] * 1000:.1f} ms, slowest {hops[-1] * 1000:.1f} ms"
+    )
+    assert len(turns) > 5
+    # Every answer within 50 ms, but for the time the OS kept the loop's thread from a CPU:
+    # other processes on a loaded 2-core machine make that tens of milliseconds now and then,
+    # whatever this process does.
+    assert own < 0.05, f"the loop answered {own * 1000:.0f} ms late (with a CPU)"
+    assert worst.late < 1.0, worst
+    late_p95 = sorted(t.late for t in turns)[int(len(turns) * 0.95)]
+    assert late_p95 < 0.05, f"the 95th percentile answer came {late_p95 * 1000:.0f} ms late"
+    # A thread's answer also needs the OS to schedule it, which a loaded 2-core machine does
+    # not promise within 50 ms: the slowest twentieth may take up to a second (a thread held
+    # per wait would hold it up for the whole wait).
+    assert hops[-1] < 1.0, hops[-5:]
+    slow = hops[int(len(hops) * 0.95)]
+    assert slow < 0.05, f"the 95th percentile call in a thread took {slow * 1000:.0f} ms"
 
 
 async def test_only_the_waiters_of_ended_runs_read_again(
@@ -157,13 +224,13 @@ async def test_only_the_waiters_of_ended_runs_read_again(
 ) -> None:
     store = _flow_store(flows_app)
     reads: list[str] = []
-    read = store.get_run_async
+    read = store.look_runs_async
 
-    async def counting(run_id: str, *, with_steps: bool = True) -> RunRecord:
-        reads.append(run_id)
-        return await read(run_id, with_steps=with_steps)
+    async def counting(run_ids: Sequence[str]) -> dict[str, RunRecord]:
+        reads.extend(run_ids)
+        return await read(run_ids)
 
-    monkeypatch.setattr(store, "get_run_async", counting)
+    monkeypatch.setattr(store, "look_runs_async", counting)
     run_ids = flows_app.start_flows(Single, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
     waits = {r: asyncio.create_task(flows_app.aio.wait_for_run(r, timeout=30)) for r in run_ids}
     await _until(lambda: store._run_watch.watching() == 10)

@@ -31,7 +31,13 @@ from tideflow.retrying import Backoff, retry_briefly
 from tideflow.runtime import waiting
 from tideflow.runtime.waiting import wait_pause
 from tideflow.storage.database import Tx
-from tideflow.storage.flow_contract import RUN_FINAL, FlowStore, RunRecord, RunReport
+from tideflow.storage.flow_contract import (
+    RUN_FINAL,
+    FlowStore,
+    RunRecord,
+    RunReport,
+    run_not_found,
+)
 from tideflow.telemetry import metrics, tracing
 from tideflow.typed import coerce
 
@@ -369,14 +375,15 @@ class Client:
         store = self.store
         stop = store.watch_run(run_id, changed.set)
         try:
-            woken = False
             while True:
                 changed.clear()
                 try:
-                    # Woken, the run has most likely ended: read it whole at once.
-                    run = store.get_run(run_id, with_steps=woken)
+                    # Whole if it has ended: one read either way.
+                    run = store.look_runs([run_id]).get(run_id)
+                    if run is None:
+                        raise run_not_found(run_id)
                     if run.status in RUN_FINAL:
-                        return run if woken else store.get_run(run_id)
+                        return run
                 except DatabaseUnavailableError:
                     pause = outage.next_delay()
                     if deadline is not None and time.monotonic() + pause >= deadline:
@@ -384,8 +391,7 @@ class Client:
                     time.sleep(pause)
                     continue
                 outage.reset()
-                pause = wait_pause(run, run_id, timeout, deadline)
-                woken = changed.wait(pause)
+                changed.wait(wait_pause(run, run_id, timeout, deadline))
         finally:
             stop()
 

@@ -458,16 +458,16 @@ def test_wait_for_run_waits_out_an_outage(db_url: str, monkeypatch: pytest.Monke
         run_id = app.start_flow(Chain, {"n": 1})
         app.run_worker(until_idle=True)
         store = app.client.store
-        real = store.get_run
+        real = store.look_runs  # what a wait reads
         failures = [3]
 
-        def flaky(run_id: str, *, with_steps: bool = True) -> RunRecord:
+        def flaky(run_ids: Sequence[str]) -> dict[str, RunRecord]:
             if failures[0]:
                 failures[0] -= 1
                 raise DatabaseUnavailableError("the server is restarting (simulated)")
-            return real(run_id, with_steps=with_steps)
+            return real(run_ids)
 
-        monkeypatch.setattr(store, "get_run", flaky)
+        monkeypatch.setattr(store, "look_runs", flaky)
         assert app.client.wait_for_run(run_id, timeout=10).status == "completed"
         assert failures == [0]
         failures[0] = 10_000

@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any, Literal, Protocol, TypeVar
 
 from tideflow.clock import Clock
+from tideflow.errors import RunNotFoundError
 from tideflow.flows.definition import FlowDefinition
 from tideflow.storage.database import Tx
 from tideflow.typed import coerce
@@ -35,6 +36,11 @@ StepStatus = Literal["created", "started", "completed", "failed", "skipped"]
 TaskStatus = Literal["queued", "started", "completed", "failed", "cancelled"]
 
 RUN_FINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+def run_not_found(run_id: str) -> RunNotFoundError:
+    """The error for a run id no run has: one wording for every read that can meet it."""
+    return RunNotFoundError(f"no run with id {run_id!r}; list runs with `tideflow runs`")
 
 
 @dataclass(frozen=True)
@@ -395,6 +401,18 @@ class FlowStore(Protocol):
     async def get_run_async(self, run_id: str, *, with_steps: bool = True) -> RunRecord:
         """``get_run``, awaitable, holding no thread where the driver allows (PostgreSQL;
         SQLite reads in a thread, briefly)."""
+        ...
+
+    def look_runs(self, run_ids: Sequence[str]) -> dict[str, RunRecord]:
+        """Each of these runs as it is now - with its steps, tasks and failures if it has
+        ended, alone otherwise - by id; unknown ids are left out. What a wait for a run reads:
+        the run whole as soon as it has ended, in one round trip (PostgreSQL), without asking
+        first whether it has."""
+        ...
+
+    async def look_runs_async(self, run_ids: Sequence[str]) -> dict[str, RunRecord]:
+        """``look_runs``, awaitable, like ``get_run_async``: what a batch of waits reads
+        (``runtime/waiting.py``), one round trip for all of them, in one snapshot."""
         ...
 
     async def list_runs_async(

@@ -78,6 +78,7 @@ from tideflow.retrying import backoff_delay
 from tideflow.storage.database import EVENTS_CHANNEL, TASKS_CHANNEL, Database, Row, Tx
 from tideflow.storage.event_contract import prepare_append
 from tideflow.storage.flow_contract import (
+    RUN_FINAL,
     ClaimedTask,
     ClaimRequest,
     FlowVersionRecord,
@@ -87,6 +88,7 @@ from tideflow.storage.flow_contract import (
     TaskFailure,
     TaskKey,
     TaskRecord,
+    run_not_found,
 )
 from tideflow.storage.queue_limits import claim_limited, sync_limits
 from tideflow.storage.rows import (
@@ -748,7 +750,7 @@ class SqlFlowStore:
         with self._tx() as tx:
             locked = tx.rows("lock_runs", run_ids=[run_id])
             if not locked:
-                raise RunNotFoundError(f"no run with id {run_id!r}; list runs with `tideflow runs`")
+                raise run_not_found(run_id)
             status = locked[0]["status"]
             if status != "failed":
                 raise RunNotFailedError(
@@ -800,16 +802,15 @@ class SqlFlowStore:
     # --- reading ---------------------------------------------------------------------------------
     def get_run(self, run_id: str, *, with_steps: bool = True) -> RunRecord:
         with self._tx() as tx:
-            found = tx.rows("get_run", run_id=run_id)
-            if not found or not with_steps:
+            if not with_steps:
+                return assemble_run(run_id, tx.rows("get_run", run_id=run_id))
+            # In this order, in one round trip on PostgreSQL (with the BEGIN): the run row
+            # first, so that steps read after it are at least as new.
+            reads = [tx.prefetch(name, run_id=run_id) for name in RUN_READS]
+            found = reads[0]()
+            if not found:
                 return assemble_run(run_id, found)
-            return assemble_run(
-                run_id,
-                found,
-                tx.rows("get_run_steps", run_id=run_id),
-                tx.rows("get_run_tasks", run_id=run_id),
-                tx.rows("get_run_failures", run_id=run_id),
-            )
+            return assemble_run(run_id, found, *(read() for read in reads[1:]))
 
     async def _in_thread(self, call: Callable[[], T]) -> T:
         """A blocking read for a database without async statements (SQLite), in this store's
@@ -833,6 +834,23 @@ class SqlFlowStore:
             return assemble_run(run_id, await statements.rows("get_run", run_id=run_id))
         return assemble_run(
             run_id, *await statements.read_together([(n, {"run_id": run_id}) for n in RUN_READS])
+        )
+
+    def look_runs(self, run_ids: Sequence[str]) -> dict[str, RunRecord]:
+        ids = sorted(set(run_ids))
+        with self._tx() as tx:
+            # One round trip on PostgreSQL (with the BEGIN), the run rows first (``get_run``).
+            reads = [tx.prefetch(name, run_ids=ids) for name in LOOK_READS]
+            found, steps, tasks, failures = (read() for read in reads)
+            return assemble_looks(found, steps, tasks, failures)
+
+    async def look_runs_async(self, run_ids: Sequence[str]) -> dict[str, RunRecord]:
+        statements = self.db.async_statements()
+        if statements is None:
+            return await self._in_thread(functools.partial(self.look_runs, run_ids))
+        ids = sorted(set(run_ids))
+        return assemble_looks(
+            *await statements.read_together([(name, {"run_ids": ids}) for name in LOOK_READS])
         )
 
     async def list_runs_async(
@@ -1074,6 +1092,36 @@ class SqlFlowStore:
 RUN_READS = ("get_run", "get_run_steps", "get_run_tasks", "get_run_failures")
 
 
+#: The reads of ``look_runs``, in the order ``assemble_looks`` takes their rows.
+LOOK_READS = ("look_runs", "look_run_steps", "look_run_tasks", "look_run_failures")
+
+
+def assemble_looks(
+    found: Sequence[Row],
+    step_rows: Sequence[Row],
+    task_rows: Sequence[Row],
+    failure_rows: Sequence[Row],
+) -> dict[str, RunRecord]:
+    """The ``RunRecord`` of each run ``look_runs`` found: whole if it has ended (its steps,
+    tasks and failures are in the other rows), alone otherwise."""
+    steps: dict[str, list[Row]] = defaultdict(list)
+    tasks: dict[str, list[Row]] = defaultdict(list)
+    failures: dict[str, list[Row]] = defaultdict(list)
+    for rows, by_run in ((step_rows, steps), (task_rows, tasks), (failure_rows, failures)):
+        for row in rows:
+            by_run[row["run_id"]].append(row)
+    looks: dict[str, RunRecord] = {}
+    for r in found:
+        run_id = str(r["run_id"])
+        if r["status"] in RUN_FINAL:
+            looks[run_id] = assemble_run(
+                run_id, [r], steps[run_id], tasks[run_id], failures[run_id]
+            )
+        else:
+            looks[run_id] = run_record(r, [], [])
+    return looks
+
+
 def assemble_run(
     run_id: str,
     found: list[Row],
@@ -1084,7 +1132,7 @@ def assemble_run(
     """The ``RunRecord`` of ``get_run``'s rows (``RUN_READS``); without ``step_rows``, the run
     alone. ``RunNotFoundError`` when ``found`` is empty."""
     if not found:
-        raise RunNotFoundError(f"no run with id {run_id!r}; list runs with `tideflow runs`")
+        raise run_not_found(run_id)
     if step_rows is None:
         return run_record(found[0], [], [])
     tasks: dict[str, list[TaskRecord]] = defaultdict(list)

@@ -112,11 +112,13 @@ class PgAsyncStatements:
             raise translate(exc, f"query {name}") from exc
 
     async def read_together(self, reads: Sequence[tuple[str, dict[str, Any]]]) -> list[list[Row]]:
-        """BEGIN READ ONLY, the reads and COMMIT in one pipeline: one round trip."""
+        """BEGIN, the reads and COMMIT in one pipeline: one round trip. REPEATABLE READ, so
+        that the reads share one snapshot (a run and its steps as of one moment) - at no cost
+        for a read-only transaction."""
         try:
             async with self._connections().connection() as conn:
                 async with conn.pipeline():
-                    await conn.execute("BEGIN READ ONLY")
+                    await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     cursors = []
                     for name, params in reads:
                         cur = conn.cursor(row_factory=dict_row)

@@ -427,3 +427,33 @@ WHERE e.ended IS NOT NULL
 -- Which of these runs have ended: how a process's waiters learn whose run ended when a
 -- notification could not say (run_watch.py).
 SELECT run_id FROM tideflow.runs WHERE run_id = ANY(%(run_ids)s) AND status <> 'started'
+
+-- name: look_runs
+-- A batch of waits' looks at their runs (runtime/waiting.py): each run's row; the three reads
+-- below add the steps, tasks and failures of those that have ended - what their waits return -
+-- in the same pipeline and snapshot. One round trip for a hundred woken waits instead of a
+-- hundred.
+SELECT run_id, flow_slug, flow_version, status, input, output, error, started_at, finished_at
+FROM tideflow.runs WHERE run_id = ANY(%(run_ids)s)
+
+-- name: look_run_steps
+SELECT s.run_id, s.step_slug, s.step_index, s.kind, s.depends_on, s.status, s.output, s.error,
+       s.initial_tasks, s.remaining_tasks, s.created_at, s.started_at, s.finished_at,
+       s.skip_reason
+FROM tideflow.runs r JOIN tideflow.run_steps s ON s.run_id = r.run_id
+WHERE r.run_id = ANY(%(run_ids)s) AND r.status <> 'started'
+ORDER BY s.run_id, s.step_index
+
+-- name: look_run_tasks
+SELECT t.run_id, t.step_slug, t.task_index, t.status, t.attempts, t.stalls, t.error, t.output,
+       t.queued_at, t.started_at, t.finished_at, t.visible_at
+FROM tideflow.runs r JOIN tideflow.tasks t ON t.run_id = r.run_id
+WHERE r.run_id = ANY(%(run_ids)s) AND r.status <> 'started'
+ORDER BY t.run_id, t.step_slug, t.task_index
+
+-- name: look_run_failures
+SELECT f.run_id, f.step_slug, f.task_index, f.attempt, f.worker_id, f.error_type, f.error,
+       f.traceback, f.retried, f.started_at, f.failed_at
+FROM tideflow.runs r JOIN tideflow.task_failures f ON f.run_id = r.run_id
+WHERE r.run_id = ANY(%(run_ids)s) AND r.status <> 'started'
+ORDER BY f.run_id, f.id
