@@ -208,6 +208,12 @@ class Database(Protocol):
         """``rows``, as tuples (``Tx.records``)."""
         ...
 
+    def read_together(self, reads: Sequence[tuple[str, dict[str, Any]]]) -> list[list[Row]]:
+        """Named reads in one snapshot, their rows in order: on PostgreSQL with their BEGIN
+        and COMMIT in one pipeline - one round trip (``AsyncStatements.read_together``,
+        blocking)."""
+        ...
+
     def append_events(
         self, tx: Tx | None, prepared: PreparedAppend, recorded_at: datetime
     ) -> tuple[int, list[int]]:

@@ -838,11 +838,10 @@ class SqlFlowStore:
 
     def look_runs(self, run_ids: Sequence[str]) -> dict[str, RunRecord]:
         ids = sorted(set(run_ids))
-        with self._tx() as tx:
-            # One round trip on PostgreSQL (with the BEGIN), the run rows first (``get_run``).
-            reads = [tx.prefetch(name, run_ids=ids) for name in LOOK_READS]
-            found, steps, tasks, failures = (read() for read in reads)
-            return assemble_looks(found, steps, tasks, failures)
+        found, steps, tasks, failures = self.db.read_together(
+            [(name, {"run_ids": ids}) for name in LOOK_READS]
+        )
+        return assemble_looks(found, steps, tasks, failures)
 
     async def look_runs_async(self, run_ids: Sequence[str]) -> dict[str, RunRecord]:
         statements = self.db.async_statements()

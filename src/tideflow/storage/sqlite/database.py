@@ -312,6 +312,10 @@ class SQLiteDatabase:
             )
             return after, horizon, rows
 
+    def read_together(self, reads: Sequence[tuple[str, dict[str, Any]]]) -> list[list[Row]]:
+        with self.transaction() as tx:
+            return [tx.rows(name, **params) for name, params in reads]
+
     @contextmanager
     def transaction(self) -> Iterator[SQLiteTx]:
         with self._lock:  # reentrant: a nested transaction() is on the thread that holds it
