@@ -45,6 +45,7 @@ ONLY_IN = {
         "read_page",
         "read_page_of_types",
         "notify_ended_runs",
+        "notify_ended_run",
     },
     # SQLite's append by statements (SQLiteDatabase.append_events); PostgreSQL's is a function.
     "sqlite": {

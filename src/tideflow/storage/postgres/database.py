@@ -258,7 +258,10 @@ class PgTx(TxCallbacks):
                 sent = self._send_pending(conn)
                 if self.notify:
                     conn.execute(f"NOTIFY {TASKS_CHANNEL}")
-                if self.run_ends:
+                if len(self.run_ends) == 1:
+                    (run_id,) = self.run_ends
+                    ended = conn.execute(QUERIES["notify_ended_run"], {"run_id": run_id})
+                elif self.run_ends:
                     ended = conn.execute(
                         QUERIES["notify_ended_runs"], {"run_ids": sorted(self.run_ends)}
                     )

@@ -423,6 +423,15 @@ FROM (SELECT json_agg(run_id)::text AS ended FROM tideflow.runs
       WHERE run_id = ANY(%(run_ids)s) AND status <> 'started') AS e
 WHERE e.ended IS NOT NULL
 
+-- name: notify_ended_run
+-- notify_ended_runs for a transaction that may have ended one run (a worker's completion
+-- batch of one task: an idle worker's usual case), by run_id equal to a parameter: PostgreSQL
+-- runs that ~0.1 ms sooner than = ANY of a one-element array - on the path between the run's
+-- finished_at and its waiter's wake-up.
+SELECT e.ended, pg_notify('tideflow_runs', e.ended)
+FROM (SELECT json_build_array(run_id)::text AS ended FROM tideflow.runs
+      WHERE run_id = %(run_id)s AND status <> 'started') AS e
+
 -- name: get_ended_runs
 -- Which of these runs have ended: how a process's waiters learn whose run ended when a
 -- notification could not say (run_watch.py).
