@@ -7,8 +7,7 @@ says which (``Tx.run_ends``, ``RUNS_CHANNEL``), and this table wakes the waiters
 only. Where a wake-up cannot say which runs ended - SQLite's watcher sees "another connection
 committed", a PostgreSQL LISTEN that reconnected may have missed notifications, a payload that
 was too long for a NOTIFY - the table asks the database which of its runs have ended, in one
-query for all of them, and wakes those (with one run watched, it wakes its waiters at once: their
-look costs what the query would). Waiters still poll slowly in case
+query for all of them, and wakes those. Waiters still poll slowly in case
 a wake-up is lost altogether (``runtime/waiting.py``).
 
 A waiter is a callback, called from whichever thread learns of the end (the committing
@@ -101,11 +100,6 @@ class RunWatch:
         outage in its own read and waits it out within its timeout."""
         with self._lock:
             run_ids = sorted(self._waiters)
-        if len(run_ids) == 1:
-            # One watched run: its wait's own look costs what the check would, and the check
-            # would stand between the commit and that look (SQLite's watcher: ~0.1-0.2 ms).
-            self._wake(run_ids)
-            return
         ended: list[str] = []
         try:
             for i in range(0, len(run_ids), CHECK_BATCH):
