@@ -317,6 +317,34 @@ async def test_a_batch_too_long_for_one_notification_wakes_every_waiter(
     assert {r.status for r in await asyncio.gather(*waits)} == {"completed"}
 
 
+async def test_woken_waits_read_their_runs_together(
+    flows_app: App, no_fallback: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """300 waits whose runs end in one transaction read them in a few batched reads (each run
+    whole, with its steps), not in 300 - and so did their first looks."""
+    store = _flow_store(flows_app)
+    batches: list[int] = []
+    read = store.look_runs_async
+
+    async def counting(run_ids: Sequence[str]) -> dict[str, RunRecord]:
+        batches.append(len(run_ids))
+        return await read(run_ids)
+
+    monkeypatch.setattr(store, "look_runs_async", counting)
+    run_ids = flows_app.start_flows(Single, list(range(300)))
+    waits = [asyncio.create_task(flows_app.aio.wait_for_run(r, timeout=30)) for r in run_ids]
+    await _until(lambda: store._run_watch.watching() == 300 and sum(batches) == 300)
+    first_looks = len(batches)
+    tasks = store.claim_tasks(W, ["single"], 500, 30)
+    completions = [TaskCompletion(t.key, t.attempt, "1") for t in tasks]
+    await asyncio.to_thread(store.complete_tasks, W, completions)
+    runs = await asyncio.gather(*waits)
+    assert [r.status for r in runs] == ["completed"] * 300
+    assert all(len(r.steps) == 1 and r.steps[0].output == 1 for r in runs)
+    assert first_looks <= 6, batches
+    assert sum(batches[first_looks:]) == 300 and len(batches) - first_looks <= 8, batches
+
+
 @pytest.mark.parametrize("end", ["cancel", "fail"])
 def test_a_wait_wakes_when_its_run_is_cancelled_or_fails(
     flows_app: App, no_fallback: None, end: str

@@ -121,9 +121,10 @@ class _Wakes:
             if loop is None:
                 raise RuntimeError("the loop is gone")
             loop.call_soon_threadsafe(self._run)
-        except RuntimeError:  # the loop has closed meanwhile
+        except RuntimeError:  # the loop has closed meanwhile: its waits are gone with it
             with self._lock:
                 self._scheduled = False
+                self._due.clear()
 
     def _run(self) -> None:
         with self._lock:
