@@ -425,9 +425,9 @@ WHERE e.ended IS NOT NULL
 
 -- name: notify_ended_run
 -- notify_ended_runs for a transaction that may have ended one run (a worker's completion
--- batch of one task: an idle worker's usual case), by run_id equal to a parameter: PostgreSQL
--- runs that ~0.1 ms sooner than = ANY of a one-element array - on the path between the run's
--- finished_at and its waiter's wake-up.
+-- batch of one task: an idle worker's usual case), by run_id equal to a parameter - on the path
+-- between the run's finished_at and its waiter's wake-up. Not timed on its own: the reads of a
+-- run (look_reads) took ~0.15 ms more per statement by = ANY of a one-element array.
 SELECT e.ended, pg_notify('tideflow_runs', e.ended)
 FROM (SELECT json_build_array(run_id)::text AS ended FROM tideflow.runs
       WHERE run_id = %(run_id)s AND status <> 'started') AS e
