@@ -75,8 +75,14 @@ def test_worker_serves_metrics_on_its_port(db_url: str) -> None:
                     text: str = answer.read().decode()
             except OSError:
                 return None
-            done = sample(text, "tideflow_runs_finished_total", flow="obs_broken", status="failed")
-            return text if done == 1 else None
+            # Both flows' ends, not only the one expected last: the two retry at their own pace.
+            failed = sample(
+                text, "tideflow_runs_finished_total", flow="obs_broken", status="failed"
+            )
+            fixed = sample(
+                text, "tideflow_runs_finished_total", flow="obs_fixable", status="completed"
+            )
+            return text if failed == 1 and fixed == 3 else None
 
         text = wait_until(scrape, timeout=30, what="the worker's metrics")
     finally:
