@@ -307,9 +307,7 @@ def test_a_limited_flow_with_nothing_queued_does_not_walk_another_flows_backlog(
 @pytest.mark.parametrize(
     "name", ["notify_ended_runs", "get_ended_runs", "get_finished_runs", "finished_reports"]
 )
-def test_which_runs_ended_probes_the_primary_key(
-    hot: psycopg.Connection[Any], name: str
-) -> None:
+def test_which_runs_ended_probes_the_primary_key(hot: psycopg.Connection[Any], name: str) -> None:
     """Every transaction that may end runs asks which did (notify_ended_runs), and waiters ask
     the same. `status <> 'started'` beside the ids is runs_finished_by_status's predicate: the
     generic plan a worker's prepared statement gets on a young database, planned while few runs
