@@ -40,11 +40,12 @@
 --
 -- Upgrading a big database: CREATE INDEX (not CONCURRENTLY: the migration runs in one
 -- transaction) reads the whole tasks table and blocks writes to it - starts, claims,
--- completions - while it builds; it reads the heap once and sorts only the queued rows, about a
--- second per million tasks of history on the benchmark machine. Deleting old tasks first
--- (retention, `tideflow purge`) shortens it. To upgrade without the pause, build it by hand first
--- with the same name and definition, `CREATE INDEX CONCURRENTLY tasks_queued_by_flow ...`: the
--- migration then finds it (IF NOT EXISTS) and only records the version.
+-- completions - while it builds. It reads the heap once and sorts only the queued rows: 0.11 s
+-- for 1M tasks of history on the benchmark machine with the table in memory, as long as reading
+-- the table takes when it is not. Deleting old tasks first (retention, `tideflow purge`)
+-- shortens it. To upgrade without the pause, build it by hand first with the same name and
+-- definition, `CREATE INDEX CONCURRENTLY tasks_queued_by_flow ...`: the migration then finds it
+-- (IF NOT EXISTS) and only replaces the function.
 
 CREATE INDEX IF NOT EXISTS tasks_queued_by_flow ON tideflow.tasks (flow_slug, visible_at)
     WHERE status = 'queued';
