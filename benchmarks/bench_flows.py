@@ -165,15 +165,23 @@ def _completions(prefix: str, n: int) -> dict[str, str]:
     return {"rows": json.dumps(rows)}
 
 
-def _drain(url: str, n: int, concurrency: int, prefix: str) -> float:
+def _drain(url: str, n: int, concurrency: int | None, prefix: str) -> float:
     start_backlog(url, NoOp.definition, n, prefix=prefix)
     return n / drain_in_worker_process(url, concurrency)
 
 
-def run_large(history: int, backlog: int, small: int) -> None:
+def _label(concurrency: int | None) -> str:
+    return "default" if concurrency is None else str(concurrency)
+
+
+def run_large(
+    history: int, backlog: int, small: int, levels: tuple[int | None, ...], drains_only: bool
+) -> None:
+    """``levels``: the worker concurrencies drained at (None: the worker's default).
+    ``drains_only``: skip the claim, completion and listing figures (for interleaved rounds)."""
     figures: list[tuple[str, str, str]] = []  # (what, small database, large database)
     claims = {}
-    for queued in (1_000, 300_000):
+    for queued in () if drains_only else (1_000, 300_000):
         url, drop = pg_database()
         try:
             with App(url) as app:
@@ -189,20 +197,20 @@ def run_large(history: int, backlog: int, small: int) -> None:
         with App(url, flows=FLOWS) as app:
             app.migrate()
             app.store.ensure_flow(NoOp.definition)
-        empty = {c: _drain(url, small, c, f"e{c}-") for c in (10, 256)}
+        empty = {c: _drain(url, small, c, f"e{_label(c)}-") for c in levels}
         print(f"history: {insert_runs(url, history):.0f} s to insert {history:,} runs", flush=True)
         analyze(url)
-        large = {c: _drain(url, backlog, c, f"l{c}-") for c in (10, 256)}
-        for c in (10, 256):
+        large = {c: _drain(url, backlog, c, f"l{_label(c)}-") for c in levels}
+        for c in levels:
             figures.append(
                 (
-                    f"drain runs/s, concurrency {c}",
+                    f"drain runs/s, concurrency {_label(c)}",
                     f"{empty[c]:,.0f} (empty, {small:,} runs)",
                     f"{large[c]:,.0f} ({history:,} history, {backlog:,} backlog): "
                     f"{large[c] / empty[c]:.0%}",
                 )
             )
-        for status in ("completed", "failed"):
+        for status in () if drains_only else ("completed", "failed"):
             figures.append(
                 (
                     f"list_runs status={status} ms",
@@ -210,6 +218,9 @@ def run_large(history: int, backlog: int, small: int) -> None:
                     f"{timed(url, LIST_RUNS, {'status': status}):.2f} ({history:,} runs)",
                 )
             )
+        if drains_only:
+            _print(figures)
+            return
         insert_runs(url, 256, status="started", prefix="c")
         batch = _completions("c", 256)
         few = [timed(url, sql, batch) for sql in (COMPLETE, COMPLETE_V1)]
@@ -235,9 +246,13 @@ def run_large(history: int, backlog: int, small: int) -> None:
                 f"{claims[300_000][i]:.2f} / {claims[300_000][i + 2]:.2f} (300,000 queued)",
             )
         )
+    _print(figures)
+
+
+def _print(figures: list[tuple[str, str, str]]) -> None:
     width = max(len(f[0]) for f in figures)
     for what, small_db, large_db in figures:
-        print(f"{what.ljust(width)} | {small_db} | {large_db}")
+        print(f"{what.ljust(width)} | {small_db} | {large_db}", flush=True)
 
 
 def drain_span(url: str, after: float) -> tuple[float, float]:
@@ -374,6 +389,17 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=1_000_000)
     parser.add_argument("--backlog", type=int, default=50_000)
     parser.add_argument(
+        "--levels",
+        default="default,256",
+        help="with --large: the worker concurrencies drained at, comma-separated "
+        "('default': the worker's own, e.g. default,256,10)",
+    )
+    parser.add_argument(
+        "--drains-only",
+        action="store_true",
+        help="with --large: only the drains (empty vs large database), for interleaved rounds",
+    )
+    parser.add_argument(
         "--defaults",
         action="store_true",
         help="default vs tuned (concurrency 256, 1024), async vs def steps, 1k vs 10k queued",
@@ -397,7 +423,10 @@ def main() -> None:
         run_defaults(chosen, args.rounds, sizes, args.baseline)
         return
     if args.large:
-        run_large(args.history, args.backlog, args.runs)
+        levels = tuple(
+            None if x == "default" else int(x) for x in args.levels.split(",") if x.strip()
+        )
+        run_large(args.history, args.backlog, args.runs, levels, args.drains_only)
         return
     backends = ["sqlite", "postgres"] if args.backend == "all" else [args.backend]
     rows = [run_backend(b, args.runs) for b in backends]

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+import psycopg.sql
 import pytest
 
 from tests.pgdb import empty_database
@@ -263,10 +264,72 @@ def test_a_limited_claim_counts_through_its_index(
     finally:
         hot.execute("DELETE FROM tideflow.flow_limits")
     (plan,) = [p for p in plans if "UPDATE tideflow.tasks" in p]
-    assert "Index Scan using tasks_queued on tasks q" in plan, plan
+    # The flow's own queue (0021): a range of tasks_queued_by_flow, not the queue of every flow.
+    assert "Index Scan using tasks_queued_by_flow on tasks q" in plan, plan
     assert "tasks_limited" in plan and "Tid Scan on tasks t" in plan, plan
     for each in plans:
         assert "Seq Scan on tasks" not in each and "Seq Scan on runs" not in each, each
+
+
+def test_a_limited_flow_with_nothing_queued_does_not_walk_another_flows_backlog(
+    hot: psycopg.Connection[Any],
+) -> None:
+    """0021: a worker serving a limited flow beside another flow's backlog. Every claim asks
+    the limited flow first; through tasks_queued it read the whole backlog to find none of its
+    tasks (32-147 ms a claim at 300,000 queued). It must look at an index range of its own
+    flow only, whatever the statistics, and the plain claim of the rest still read the queue
+    index in order."""
+    hot.execute(
+        "INSERT INTO tideflow.flow_limits VALUES ('quiet', %(limits)s, '[]', %(now)s)",
+        {"limits": json.dumps({"concurrency": 5}), "now": NOW},
+    )
+    hot.execute("LOAD 'auto_explain'")
+    hot.execute("SET auto_explain.log_analyze = on")
+    try:
+        plans = _nested_plans(
+            hot,
+            "SELECT * FROM tideflow.claim_tasks_v1('w2', ARRAY['hist', 'quiet'], 256, %(now)s, 30)",
+            {"now": NOW},
+        )
+    finally:
+        hot.execute("RESET auto_explain.log_analyze")
+        hot.execute("DELETE FROM tideflow.flow_limits")
+    # Nothing of 'quiet' queued: the probe (one range of its index, nothing read and dropped)
+    # ends its limited claim before the ranking statement runs.
+    (probe,) = [p for p in plans if "SELECT FROM tideflow.tasks q" in p]
+    assert "tasks_queued_by_flow" in probe and "Rows Removed by Filter" not in probe, probe
+    assert not [p for p in plans if "limit_key = p.k" in p], plans
+    (plain,) = [p for p in plans if "UPDATE tideflow.tasks" in p]
+    assert "Index Scan using tasks_queued on tasks q" in plain, plain
+    assert "Sort" not in plain and "Seq Scan" not in plain, plain
+
+
+@pytest.mark.parametrize(
+    "name", ["notify_ended_runs", "get_ended_runs", "get_finished_runs", "finished_reports"]
+)
+def test_which_runs_ended_probes_the_primary_key(hot: psycopg.Connection[Any], name: str) -> None:
+    """Every transaction that may end runs asks which did (notify_ended_runs), and waiters ask
+    the same. `status <> 'started'` beside the ids is runs_finished_by_status's predicate: the
+    generic plan a worker's prepared statement gets on a young database, planned while few runs
+    had finished and kept while they grow, read that whole index (20-70 ms a completion batch
+    in a 20,000-run drain at concurrency 10). Held to the primary key in the generic plan as in
+    the custom one."""
+    sql = QUERIES[name].replace("%(run_ids)s", "$1")
+    ids = [f"h{i}" for i in range(1, 11)] + [f"f{i}" for i in range(1, 11)]
+    hot.execute(f"PREPARE ended_probe(text[]) AS {sql}")
+    try:
+        for mode in ("force_generic_plan", "force_custom_plan"):
+            hot.execute(f"SET plan_cache_mode = {mode}")
+            explain = psycopg.sql.SQL("EXPLAIN EXECUTE ended_probe({})").format(
+                psycopg.sql.Literal(ids)
+            )
+            rows = hot.execute(explain).fetchall()
+            plan = "\n".join(r[0] for r in rows)
+            assert "runs_pkey" in plan, plan
+            assert "runs_finished_by_status" not in plan and "Seq Scan" not in plan, plan
+    finally:
+        hot.execute("RESET plan_cache_mode")
+        hot.execute("DEALLOCATE ended_probe")
 
 
 def test_stalled_tasks_are_found_through_the_lease_index(

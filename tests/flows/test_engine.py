@@ -18,6 +18,7 @@ from tests.conftest import FLOW_BACKENDS
 from tests.flows.flows_for_tests import Chain, Diamond, MapFlow, RootMap
 from tideflow import Flow, MapInputError, RunAlreadyExistsError, RunNotFoundError, step
 from tideflow.clock import ManualClock
+from tideflow.storage import open_store
 from tideflow.storage.flow_contract import FlowStore, TaskCompletion, TaskFailure
 
 W = "worker-a"
@@ -262,6 +263,29 @@ def test_claim_only_takes_the_given_flows(store: FlowStore) -> None:
     start(store, Chain, {"n": 1}, "a")
     start(store, Diamond, "x", "b")
     assert [t.flow_slug for t in claim(store, ["diamond"])] == ["diamond"]
+
+
+def test_a_task_committed_late_with_an_earlier_visibility_is_still_claimed(
+    store: FlowStore, db_url: str, backend: str, clock: ManualClock
+) -> None:
+    """A start whose clock read came before tasks that were claimed already, committed after
+    them (as a start transaction that began first and committed last does): its task is
+    earlier in the queue than everything the last claims took, and the next claim must still
+    find it - whatever a claim remembers of where the previous one ended (issue 13)."""
+    for i in range(5):
+        start(store, Chain, {"n": i}, f"early-{i}")
+    assert len(claim(store, ["chain"])) == 5
+    late = open_store(
+        db_url,
+        clock=ManualClock(clock.now() - timedelta(seconds=60)),
+        fast_paths=backend != "postgres-plain",
+    )
+    try:
+        start(late, Chain, {"n": 9}, "late")
+    finally:
+        late.close()
+    start(store, Chain, {"n": 10}, "after")
+    assert sorted(t.key.run_id for t in claim(store, ["chain"])) == ["after", "late"]
 
 
 def test_start_delay_keeps_the_task_invisible(store: FlowStore, clock: ManualClock) -> None:

@@ -187,6 +187,23 @@ def test_limits_of_one_flow_leave_the_others_alone(limited: FlowStore) -> None:
     assert sorted(t.flow_slug for t in claimed) == sorted([Two.slug] * 2 + [Free.slug] * 4)
 
 
+def test_a_limited_flow_behind_another_flows_backlog_is_claimed_in_order(
+    limited: FlowStore, clock: ManualClock
+) -> None:
+    """0021: the limited claim reads its own flow's queue (an index range by flow on
+    PostgreSQL), not every flow's: tasks queued behind another flow's backlog are found, in
+    visibility order, and a flow with nothing visible yet is passed over until it is."""
+    start(limited, Free, 40)
+    ids = start(limited, Two, 3)
+    first = claim(limited, Two)
+    assert [t.key.run_id for t in first] == ids[:2]  # behind 40 of Free's, oldest first
+    both = limited.claim_tasks(W, [Free.slug, Two.slug], 100, MARGIN)
+    assert sorted(t.flow_slug for t in both) == [Free.slug] * 40  # Two is at its limit
+    complete(limited, first)
+    assert [t.key.run_id for t in claim(limited, Two)] == ids[2:]
+    assert claim(limited, Two) == [] and claim(limited, Free) == []  # nothing left, none lost
+
+
 def test_a_dead_workers_slot_comes_back_through_stall_recovery(
     limited: FlowStore, clock: ManualClock
 ) -> None:

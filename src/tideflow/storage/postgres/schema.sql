@@ -1,4 +1,4 @@
--- tideflow schema for PostgreSQL: the result of migrations 0001-0020, written
+-- tideflow schema for PostgreSQL: the result of migrations 0001-0021, written
 -- out for readers.
 --
 -- What this file is. The tables, indexes and functions that `tideflow migrate` (store.migrate())
@@ -14,8 +14,8 @@
 -- stalls (0007), process timers (0008), undo and retention of instances (0009), deleting
 -- streams (0010), runs that report back (0011), flat cost as data grows (0012), skipped steps and
 -- conditional runs (0016), bulk starts (0017), fewer writes per claim and completion (0018), queue
--- limits (0019), cron schedules (0020). A schema change is a new migration AND the matching edit
--- here.
+-- limits (0019), cron schedules (0020), a limited flow's queue by flow (0021). A schema change
+-- is a new migration AND the matching edit here.
 --
 -- How it stays honest. tests/test_schema.py applies the migrations to one empty database and
 -- this file to another, and compares their catalogs: tables, columns (name, type, nullability,
@@ -25,7 +25,7 @@
 -- tables and columns, in mapped types.
 --
 -- Using it. Run on an empty database (psql -v ON_ERROR_STOP=1 -f schema.sql), it gives a database
--- that tideflow treats as fully migrated: it records versions 1-20 in
+-- that tideflow treats as fully migrated: it records versions 1-21 in
 -- schema_migrations as applied, so a later `tideflow migrate` applies only the migrations this
 -- file lacks. Prefer `tideflow migrate`.
 --
@@ -154,6 +154,9 @@ CREATE TABLE tideflow.tasks (
         autovacuum_analyze_scale_factor = 0.02, autovacuum_analyze_threshold = 1000);  -- 0012
 -- The claim (claim_tasks_v1) reads only this partial index: queued tasks by visibility.
 CREATE INDEX tasks_queued ON tideflow.tasks (visible_at) WHERE status = 'queued';
+-- The limited claim (_claim_limited_v1) reads one flow's queued tasks: a range of this one, not
+-- a walk of every flow's queue (0021).
+CREATE INDEX tasks_queued_by_flow ON tideflow.tasks (flow_slug, visible_at) WHERE status = 'queued';
 -- Stalled-task recovery reads only this one: keyed on leases, not on the 'started' status, so
 -- that completions and heartbeats (by key and status) are never planned through it (0012).
 CREATE INDEX tasks_leased ON tideflow.tasks (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
@@ -957,10 +960,11 @@ RETURNS TABLE (run_id text, step_slug text, task_index integer, flow_slug text,
                lease_expires_at timestamptz, run_input jsonb, flow_version text,
                reports boolean, correlation_id text)
 LANGUAGE plpgsql
--- enable_sort on: the ranking sorts the candidates, and claim_tasks_v1, the caller, turns sorts
--- off - a plan costed with disabled sorts looks expensive enough to be JIT-compiled, 600 ms a
--- call. jit off for the same reason.
-SET enable_seqscan = off SET enable_bitmapscan = off SET enable_sort = on SET jit = off
+-- enable_sort off (0021; on in 0019): the candidates' scan must not sort, so that only
+-- tasks_queued_by_flow can serve it; the ranking's sorts, which no plan avoids, stay in every
+-- plan alike. jit off: a plan costed with disabled sorts looks expensive enough to be
+-- JIT-compiled, 600 ms a call.
+SET enable_seqscan = off SET enable_bitmapscan = off SET enable_sort = off SET jit = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -972,6 +976,19 @@ DECLARE
     v_path text[];
     v_n integer;
 BEGIN
+    -- Nothing of the flow visible in the queue (0021): nothing to claim, and no need to lock its
+    -- limits row or to plan the ranking below - most of such a call's cost (~0.5 ms). A task
+    -- committed after this probe is one that arrived after the claim: the next claim takes it.
+    -- (The first in order, not EXISTS: the order is what only tasks_queued_by_flow gives.)
+    PERFORM FROM tideflow.tasks q
+    WHERE q.status = 'queued'
+      AND (q.flow_slug, q.visible_at) >= (p_flow, '-infinity'::timestamptz)
+      AND (q.flow_slug, q.visible_at) <= (p_flow, p_now)
+    ORDER BY q.flow_slug, q.visible_at
+    LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
     SELECT l.limits, l.recent_claims INTO v_limits, v_recent
     FROM tideflow.flow_limits l WHERE l.flow_slug = p_flow
     FOR UPDATE;
@@ -1008,9 +1025,15 @@ BEGIN
                CASE WHEN cardinality(v_path) = 0 THEN ''
                     ELSE coalesce((SELECT (r.input #> v_path)::text FROM tideflow.runs r
                                    WHERE r.run_id = q.run_id), 'null') END AS k
+        -- The flow's range of tasks_queued_by_flow (0021), written as row comparisons, not
+        -- `flow_slug = p_flow`: the order asked, (flow_slug, visible_at), is then one that only
+        -- that index gives without a sort, so no statistics can plan the scan through
+        -- tasks_queued - every flow's queue, each row's flow tested.
         FROM tideflow.tasks q
-        WHERE q.status = 'queued' AND q.visible_at <= p_now AND q.flow_slug = p_flow
-        ORDER BY q.visible_at
+        WHERE q.status = 'queued'
+          AND (q.flow_slug, q.visible_at) >= (p_flow, '-infinity'::timestamptz)
+          AND (q.flow_slug, q.visible_at) <= (p_flow, p_now)
+        ORDER BY q.flow_slug, q.visible_at
         LIMIT CASE WHEN cardinality(v_path) = 0 AND NOT v_limits ? 'steps' THEN v_allow
                    ELSE 1000 END
     ), ranked AS (
@@ -1389,7 +1412,7 @@ CREATE TABLE tideflow.schedule_ticks (
     PRIMARY KEY (schedule, tick_at)
 );
 
--- A database created from this file has every migration up to 0020: record them, so that
+-- A database created from this file has every migration up to 0021: record them, so that
 -- `tideflow migrate` applies only later ones. applied_at is when this file ran.
 INSERT INTO tideflow.schema_migrations (version, name, applied_at) VALUES
     (1, 'initial', now()),
@@ -1411,6 +1434,7 @@ INSERT INTO tideflow.schema_migrations (version, name, applied_at) VALUES
     (17, 'bulk_start', now()),
     (18, 'fewer_writes', now()),
     (19, 'queue_limits', now()),
-    (20, 'schedules', now());
+    (20, 'schedules', now()),
+    (21, 'queued_by_flow', now());
 
 COMMIT;

@@ -1,4 +1,4 @@
--- tideflow schema for SQLite: the result of migrations 0001-0020, written out
+-- tideflow schema for SQLite: the result of migrations 0001-0021, written out
 -- for readers.
 --
 -- What this file is. The tables and indexes that `tideflow migrate` (store.migrate()) leaves in the
@@ -26,7 +26,7 @@
 -- SQLite has one writer at a time and so hands out event positions in commit order.
 --
 -- Using it. Run on an empty file (sqlite3 tideflow.db < schema.sql), it gives a database that
--- tideflow treats as fully migrated: it records versions 1-20 in schema_migrations as
+-- tideflow treats as fully migrated: it records versions 1-21 in schema_migrations as
 -- applied, so a later `tideflow migrate` applies only the migrations this file lacks. A writer (a
 -- worker, `tideflow migrate`) switches the file to WAL mode when it opens it. Prefer `tideflow
 -- migrate`.
@@ -135,6 +135,8 @@ CREATE TABLE tasks (
 );
 -- The claim query reads only this index: queued tasks by visibility.
 CREATE INDEX tasks_queued ON tasks (visible_at) WHERE status = 'queued';
+-- The limited claim reads one flow's queued tasks: a range of this one (0021).
+CREATE INDEX tasks_queued_by_flow ON tasks (flow_slug, visible_at) WHERE status = 'queued';
 -- Stalled-task recovery reads only this one: keyed on leases, not on the 'started' status, so
 -- that completions and heartbeats (by key and status) are never planned through it (0012).
 CREATE INDEX tasks_leased ON tasks (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
@@ -351,7 +353,7 @@ CREATE TABLE schedule_ticks (
 ) WITHOUT ROWID;
 
 
--- A database created from this file has every migration up to 0020: record them, so that
+-- A database created from this file has every migration up to 0021: record them, so that
 -- `tideflow migrate` applies only later ones. applied_at is when this script ran (Unix seconds).
 INSERT INTO schema_migrations (version, name, applied_at) VALUES
     (1, 'initial', (julianday('now') - 2440587.5) * 86400.0),
@@ -373,6 +375,7 @@ INSERT INTO schema_migrations (version, name, applied_at) VALUES
     (17, 'bulk_start', (julianday('now') - 2440587.5) * 86400.0),
     (18, 'fewer_writes', (julianday('now') - 2440587.5) * 86400.0),
     (19, 'queue_limits', (julianday('now') - 2440587.5) * 86400.0),
-    (20, 'schedules', (julianday('now') - 2440587.5) * 86400.0);
+    (20, 'schedules', (julianday('now') - 2440587.5) * 86400.0),
+    (21, 'queued_by_flow', (julianday('now') - 2440587.5) * 86400.0);
 
 COMMIT;
