@@ -21,6 +21,7 @@ import pytest
 
 from tests.pgdb import empty_database
 from tideflow.storage import open_store
+from tideflow.storage.postgres.database import KEYED_READS
 from tideflow.storage.sqlfile import load_dialect
 
 QUERIES = load_dialect("tideflow.storage.postgres")
@@ -305,7 +306,17 @@ def test_a_limited_flow_with_nothing_queued_does_not_walk_another_flows_backlog(
 
 
 @pytest.mark.parametrize(
-    "name", ["notify_ended_runs", "get_ended_runs", "get_finished_runs", "finished_reports"]
+    "name",
+    [
+        "notify_ended_runs",
+        "get_ended_runs",
+        "get_finished_runs",
+        "finished_reports",
+        "look_runs",
+        "look_run_steps",
+        "look_run_tasks",
+        "look_run_failures",
+    ],
 )
 def test_which_runs_ended_probes_the_primary_key(hot: psycopg.Connection[Any], name: str) -> None:
     """Every transaction that may end runs asks which did (notify_ended_runs), and waiters ask
@@ -316,20 +327,21 @@ def test_which_runs_ended_probes_the_primary_key(hot: psycopg.Connection[Any], n
     the custom one."""
     sql = QUERIES[name].replace("%(run_ids)s", "$1")
     ids = [f"h{i}" for i in range(1, 11)] + [f"f{i}" for i in range(1, 11)]
-    hot.execute(f"PREPARE ended_probe(text[]) AS {sql}")
-    try:
+    # A connection of its own, which prepares nothing by itself: psycopg deallocates its
+    # prepared statements on a ROLLBACK, and with them this test's.
+    with psycopg.connect(hot.info.dsn, autocommit=True, prepare_threshold=None) as conn:
+        conn.execute(f"PREPARE ended_probe(text[]) AS {sql}")
+        if name.startswith("look_"):  # read in Database.read_together's transaction
+            conn.execute("BEGIN")
+            conn.execute(KEYED_READS)
         for mode in ("force_generic_plan", "force_custom_plan"):
-            hot.execute(f"SET plan_cache_mode = {mode}")
+            conn.execute(f"SET plan_cache_mode = {mode}")
             explain = psycopg.sql.SQL("EXPLAIN EXECUTE ended_probe({})").format(
                 psycopg.sql.Literal(ids)
             )
-            rows = hot.execute(explain).fetchall()
-            plan = "\n".join(r[0] for r in rows)
+            plan = "\n".join(r[0] for r in conn.execute(explain).fetchall())
             assert "runs_pkey" in plan, plan
             assert "runs_finished_by_status" not in plan and "Seq Scan" not in plan, plan
-    finally:
-        hot.execute("RESET plan_cache_mode")
-        hot.execute("DEALLOCATE ended_probe")
 
 
 def test_stalled_tasks_are_found_through_the_lease_index(

@@ -31,6 +31,7 @@ from psycopg.types.string import TextLoader
 
 from tideflow.storage.database import Row
 from tideflow.storage.postgres.connecting import connect_kwargs
+from tideflow.storage.postgres.database import KEYED_READS
 from tideflow.storage.postgres.errors import translate
 from tideflow.storage.sqlfile import load_dialect
 
@@ -119,6 +120,7 @@ class PgAsyncStatements:
             async with self._connections().connection() as conn:
                 async with conn.pipeline():
                     await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    await conn.execute(KEYED_READS)
                     cursors = []
                     for name, params in reads:
                         cur = conn.cursor(row_factory=dict_row)

@@ -322,6 +322,16 @@ class PgTx(TxCallbacks):
             yield
 
 
+#: The planner settings of ``read_together``'s transaction: its reads are a few runs' rows by key
+#: (``= ANY`` of their ids) and each allowed plan is index lookups. A generic plan (a prepared
+#: statement's, after five runs) estimates ``= ANY`` of an unknown array as thousands of rows and
+#: hashed the ids' runs against a whole ``run_steps`` or ``tasks`` read (tests/test_plans.py).
+KEYED_READS = (
+    b"SELECT set_config('enable_seqscan', 'off', true), "
+    b"set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)"
+)
+
+
 class PostgresDatabase:
     """``Database`` on PostgreSQL. ``fast_paths`` (default True) runs the PL/pgSQL transitions
     and the pipelined append (storage/postgres/fast_paths.py); False their plain
@@ -424,6 +434,7 @@ class PostgresDatabase:
             with translated(what):
                 with conn.pipeline():
                     conn.execute(b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    conn.execute(KEYED_READS)
                     cursors = [
                         conn.cursor(row_factory=dict_row).execute(QUERIES[name], params)
                         for name, params in reads

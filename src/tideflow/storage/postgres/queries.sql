@@ -454,7 +454,12 @@ WHERE status <> 'started'
 -- A batch of waits' looks at their runs (runtime/waiting.py): each run's row; the three reads
 -- below add the steps, tasks and failures of those that have ended - what their waits return -
 -- in the same pipeline and snapshot. One round trip for a hundred woken waits instead of a
--- hundred. The ids are fenced (OFFSET 0) as in get_ended_runs, for the same reason.
+-- hundred. Each table is read by the ids themselves (its index on run_id) and its run's status
+-- tested per row, the run found by its key behind OFFSET 0 (as in get_ended_runs: `status <>
+-- 'started'` beside it would let the planner probe runs_finished_by_status by its third column).
+-- With a join from runs, a prepared statement's generic plan hashed the ids' runs against a
+-- whole run_steps or tasks; read_together's settings (KEYED_READS) keep every plan to index
+-- lookups (tests/test_plans.py).
 SELECT run_id, flow_slug, flow_version, status, input, output, error, started_at, finished_at
 FROM tideflow.runs WHERE run_id = ANY(%(run_ids)s)
 
@@ -462,23 +467,26 @@ FROM tideflow.runs WHERE run_id = ANY(%(run_ids)s)
 SELECT s.run_id, s.step_slug, s.step_index, s.kind, s.depends_on, s.status, s.output, s.error,
        s.initial_tasks, s.remaining_tasks, s.created_at, s.started_at, s.finished_at,
        s.skip_reason
-FROM (SELECT run_id, status FROM tideflow.runs WHERE run_id = ANY(%(run_ids)s) OFFSET 0) AS r
-JOIN tideflow.run_steps s ON s.run_id = r.run_id
-WHERE r.status <> 'started'
+FROM tideflow.run_steps s
+WHERE s.run_id = ANY(%(run_ids)s)
+  AND EXISTS (SELECT FROM (SELECT status FROM tideflow.runs WHERE run_id = s.run_id OFFSET 0) r
+              WHERE r.status <> 'started')
 ORDER BY s.run_id, s.step_index
 
 -- name: look_run_tasks
 SELECT t.run_id, t.step_slug, t.task_index, t.status, t.attempts, t.stalls, t.error, t.output,
        t.queued_at, t.started_at, t.finished_at, t.visible_at
-FROM (SELECT run_id, status FROM tideflow.runs WHERE run_id = ANY(%(run_ids)s) OFFSET 0) AS r
-JOIN tideflow.tasks t ON t.run_id = r.run_id
-WHERE r.status <> 'started'
+FROM tideflow.tasks t
+WHERE t.run_id = ANY(%(run_ids)s)
+  AND EXISTS (SELECT FROM (SELECT status FROM tideflow.runs WHERE run_id = t.run_id OFFSET 0) r
+              WHERE r.status <> 'started')
 ORDER BY t.run_id, t.step_slug, t.task_index
 
 -- name: look_run_failures
 SELECT f.run_id, f.step_slug, f.task_index, f.attempt, f.worker_id, f.error_type, f.error,
        f.traceback, f.retried, f.started_at, f.failed_at
-FROM (SELECT run_id, status FROM tideflow.runs WHERE run_id = ANY(%(run_ids)s) OFFSET 0) AS r
-JOIN tideflow.task_failures f ON f.run_id = r.run_id
-WHERE r.status <> 'started'
+FROM tideflow.task_failures f
+WHERE f.run_id = ANY(%(run_ids)s)
+  AND EXISTS (SELECT FROM (SELECT status FROM tideflow.runs WHERE run_id = f.run_id OFFSET 0) r
+              WHERE r.status <> 'started')
 ORDER BY f.run_id, f.id
