@@ -74,6 +74,25 @@ def test_a_cancelled_call_is_dropped_and_close_ends_idle_threads() -> None:
     )
 
 
+def test_start_starts_every_thread_up_front_and_they_serve_calls() -> None:
+    async def main() -> None:
+        threads = StepThreads(asyncio.get_running_loop(), 3, "test-start")
+        await asyncio.to_thread(threads.start)
+        assert threads.threads == 3
+        names = await asyncio.gather(
+            *(threads.submit(lambda: threading.current_thread().name) for _ in range(50))
+        )
+        assert set(names) <= {"test-start-0", "test-start-1", "test-start-2"}
+        assert threads.threads == 3  # none started on demand beyond them
+        threads.close()
+
+    asyncio.run(main())
+    wait_until(
+        lambda: not [t for t in threading.enumerate() if t.name.startswith("test-start")],
+        what="the started threads to end",
+    )
+
+
 def test_the_pace_is_the_calls_average_and_rises_while_every_thread_is_held() -> None:
     """``pace`` is None before any call ends, then the calls' moving average; while every
     thread is busy it is at least as long as the youngest running call has run, before that

@@ -87,6 +87,31 @@ class StepThreads:
             return average
         return max(average, time.perf_counter() - max(busy))
 
+    def start(self) -> None:
+        """Start every thread now rather than on demand. ``Thread.start`` waits until the new
+        thread runs, so a thread started in ``submit`` stalls the loop (and with it every task)
+        while the OS creates it and it gets the GIL: 32 of them in the first burst of a worker's
+        ``def`` steps cost that burst several milliseconds."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("StepThreads is closed")
+            new = []
+            while len(self._threads) < self._size:
+                index = len(self._threads)
+                new.append(self._new_thread(index))
+                self._idle += 1  # it goes straight to the queue
+        for thread in new:
+            thread.start()
+
+    def _new_thread(self, index: int) -> threading.Thread:
+        """A thread to serve the queue, registered (under the lock), not yet started."""
+        thread = threading.Thread(
+            target=self._serve, args=(index,), name=f"{self._name}-{index}", daemon=False
+        )
+        self._threads.append(thread)
+        self._busy_since.append(0.0)
+        return thread
+
     def submit(self, call: Callable[[], T]) -> asyncio.Future[T]:
         """Run ``call()`` in a thread; on the loop, the future of its result. Cancelling the
         future drops the call if it has not started (a started call cannot be stopped: its
@@ -97,12 +122,7 @@ class StepThreads:
                 raise RuntimeError("StepThreads is closed")
             start = self._idle <= 0 and len(self._threads) < self._size
             if start:
-                index = len(self._threads)
-                thread = threading.Thread(
-                    target=self._serve, args=(index,), name=f"{self._name}-{index}", daemon=False
-                )
-                self._threads.append(thread)
-                self._busy_since.append(0.0)
+                thread = self._new_thread(len(self._threads))
             else:
                 self._idle -= 1  # this item is spoken for: the next submit may need a thread
         self._queue.put((future, call))
