@@ -13,6 +13,7 @@ import pytest
 
 from tests.polling import wait_until
 from tideflow import App, Flow, step
+from tideflow.storage.flow_contract import ClaimedTask, ClaimRequest, TaskCompletion
 from tideflow.worker.threads import StepThreads
 from tideflow.worker.worker import DEF_TASKS_PER_THREAD
 
@@ -71,6 +72,53 @@ def test_a_cancelled_call_is_dropped_and_close_ends_idle_threads() -> None:
         lambda: not [t for t in threading.enumerate() if t.name.startswith("test-step")],
         what="the idle threads to end",
     )
+
+
+def test_start_starts_every_thread_up_front_and_they_serve_calls() -> None:
+    async def main() -> None:
+        threads = StepThreads(asyncio.get_running_loop(), 3, "test-start")
+        await asyncio.to_thread(threads.start)
+        assert threads.threads == 3
+        names = await asyncio.gather(
+            *(threads.submit(lambda: threading.current_thread().name) for _ in range(50))
+        )
+        assert set(names) <= {"test-start-0", "test-start-1", "test-start-2"}
+        assert threads.threads == 3  # none started on demand beyond them
+        threads.close()
+
+    asyncio.run(main())
+    wait_until(
+        lambda: not [t for t in threading.enumerate() if t.name.startswith("test-start")],
+        what="the started threads to end",
+    )
+
+
+def test_the_pace_is_the_calls_average_and_rises_while_every_thread_is_held() -> None:
+    """``pace`` is None before any call ends, then the calls' moving average; while every
+    thread is busy it is at least as long as the youngest running call has run, before that
+    call returns - a quick step that starts to block stops looking quick at once."""
+    gate = threading.Event()
+
+    async def main() -> None:
+        threads = StepThreads(asyncio.get_running_loop(), 2, "test-step")
+        try:
+            assert threads.pace() is None
+            await asyncio.gather(*(threads.submit(lambda: None) for _ in range(200)))
+            quick = threads.pace()
+            assert quick is not None and quick < 0.01, quick
+            held = [threads.submit(lambda: gate.wait(10)) for _ in range(2)]
+            await asyncio.sleep(0.2)
+            pace = threads.pace()
+            assert pace is not None and pace >= 0.15, pace  # both threads held for 0.2 s
+            gate.set()
+            await asyncio.gather(*held)
+            after = threads.pace()  # the average again, the two long calls in it
+            assert after is not None and quick < after < pace, (quick, after, pace)
+        finally:
+            gate.set()
+            threads.close()
+
+    asyncio.run(main())
 
 
 # --- the worker's limit for def steps ---------------------------------------------------------
@@ -146,3 +194,43 @@ def test_def_steps_run_on_step_threads_and_the_worker_holds_at_most_twice_as_man
     assert app.get_run(blocking).output == {"hold": list(range(40))}
     assert PEAK["max"] <= 2
     assert max(waiting) <= DEF_TASKS_PER_THREAD * 2, max(waiting)
+
+
+class QuickDef(Flow, slug="quick_def", max_attempts=1):
+    @step(map=True)
+    def echo(self, item: Any) -> int:
+        return int(item)
+
+
+def test_quick_def_steps_are_claimed_in_large_batches_once_their_pace_is_known(app: App) -> None:
+    """With one step thread the floor is DEF_TASKS_PER_THREAD tasks: the first claim (the
+    steps' pace unknown) takes no more; once the steps have shown they are quick, the worker
+    holds as many as its concurrency, as it would ``async def`` ones."""
+    app.register(QuickDef)
+    run_id = app.start_flow(QuickDef, list(range(600)))
+    worker = app.worker(concurrency=200, step_threads=1, poll_interval=0.02)
+    limits: list[int] = []
+    store: Any = worker.store
+    claim_tasks, complete_tasks = store.claim_tasks, store.complete_tasks
+
+    def claim(worker_id: str, flows: list[str], limit: int, lease: float) -> list[ClaimedTask]:
+        limits.append(limit)
+        claimed: list[ClaimedTask] = claim_tasks(worker_id, flows, limit, lease)
+        return claimed
+
+    def complete(
+        worker_id: str, completions: list[TaskCompletion], claim: ClaimRequest | None
+    ) -> list[ClaimedTask]:
+        if claim is not None:
+            limits.append(claim.limit)
+        claimed: list[ClaimedTask] = complete_tasks(worker_id, completions, claim)
+        return claimed
+
+    store.claim_tasks, store.complete_tasks = claim, complete
+    try:
+        asyncio.run(worker.run(until_idle=True))
+    finally:
+        del store.claim_tasks, store.complete_tasks
+    assert app.get_run(run_id).output == {"echo": list(range(600))}
+    assert limits[0] <= DEF_TASKS_PER_THREAD, limits
+    assert max(limits) >= 100, limits

@@ -10,6 +10,10 @@ loop, which then settles every result waiting - one wake-up for many steps while
 busy, which is exactly when the wake-ups cost. It halves the hand-off (measured 19k against
 40-55k hand-offs/s, 256 in flight).
 
+The threads also say how long a call holds one (``pace``): the worker sizes how many ``def``
+tasks it holds by it, so that quick steps are claimed in large batches and slow ones are not
+hoarded (``Worker._def_limit``).
+
 Threads start on demand, up to ``size``, and stay (an idle one waits on the queue); ``close``
 lets idle ones end. They are not daemons: like ``ThreadPoolExecutor``'s, a step still running
 when the worker stops keeps the interpreter until it returns (``tideflow worker`` ends the
@@ -23,12 +27,18 @@ import collections
 import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 _Item = tuple["asyncio.Future[Any]", Callable[[], Any]]
+
+PACE_WEIGHT = 0.05
+"""Weight of each finished call in ``StepThreads.pace``'s moving average: about the last 20
+calls count, so a step that turns slow shows within a few dozen calls (and a running call that
+is slower than the average counts at once, see ``pace``)."""
 
 
 class StepThreads:
@@ -41,19 +51,66 @@ class StepThreads:
         self._size = size
         self._name = name
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._done: collections.deque[tuple[asyncio.Future[Any], Any, BaseException | None]] = (
-            collections.deque()
-        )
+        self._done: collections.deque[
+            tuple[asyncio.Future[Any], Any, BaseException | None, float]
+        ] = collections.deque()
         self._lock = threading.Lock()
         self._idle = 0  # threads waiting on the queue, or about to
         self._threads: list[threading.Thread] = []
         self._wake_pending = False  # a settle() is scheduled on the loop and has not run yet
         self._closed = False
+        #: Per thread (by index), the perf_counter() reading when its current call began, 0.0
+        #: while it has none. Written by the thread, read on the loop: a float store is atomic.
+        self._busy_since: list[float] = []
+        self._average: float | None = None  # moving average of calls' seconds, on the loop
 
     @property
     def threads(self) -> int:
         """Threads started so far."""
         return len(self._threads)
+
+    @property
+    def size(self) -> int:
+        """Most threads that run at once."""
+        return self._size
+
+    def pace(self) -> float | None:
+        """Seconds a call is expected to hold its thread (None before any call finished): the
+        moving average of finished calls' durations, but at least as long as the youngest
+        running call has run when every thread is busy - a step that starts to block (a slow
+        service) raises the pace at once, before its first slow call returns."""
+        average = self._average
+        if average is None:
+            return None
+        busy = self._busy_since
+        if len(busy) < self._size or 0.0 in busy:  # a thread is free, or can start
+            return average
+        return max(average, time.perf_counter() - max(busy))
+
+    def start(self) -> None:
+        """Start every thread now rather than on demand. ``Thread.start`` waits until the new
+        thread runs, so a thread started in ``submit`` stalls the loop (and with it every task)
+        while the OS creates it and it gets the GIL: 32 of them in the first burst of a worker's
+        ``def`` steps cost that burst several milliseconds."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("StepThreads is closed")
+            new = []
+            while len(self._threads) < self._size:
+                index = len(self._threads)
+                new.append(self._new_thread(index))
+                self._idle += 1  # it goes straight to the queue
+        for thread in new:
+            thread.start()
+
+    def _new_thread(self, index: int) -> threading.Thread:
+        """A thread to serve the queue, registered (under the lock), not yet started."""
+        thread = threading.Thread(
+            target=self._serve, args=(index,), name=f"{self._name}-{index}", daemon=False
+        )
+        self._threads.append(thread)
+        self._busy_since.append(0.0)
+        return thread
 
     def submit(self, call: Callable[[], T]) -> asyncio.Future[T]:
         """Run ``call()`` in a thread; on the loop, the future of its result. Cancelling the
@@ -65,10 +122,7 @@ class StepThreads:
                 raise RuntimeError("StepThreads is closed")
             start = self._idle <= 0 and len(self._threads) < self._size
             if start:
-                thread = threading.Thread(
-                    target=self._serve, name=f"{self._name}-{len(self._threads)}", daemon=False
-                )
-                self._threads.append(thread)
+                thread = self._new_thread(len(self._threads))
             else:
                 self._idle -= 1  # this item is spoken for: the next submit may need a thread
         self._queue.put((future, call))
@@ -85,28 +139,31 @@ class StepThreads:
             self._queue.put(None)
 
     # --- in the threads ---------------------------------------------------------------------
-    def _serve(self) -> None:
+    def _serve(self, index: int) -> None:
         while True:
             item = self._queue.get()
             if item is None:
                 return
-            self._run(*item)
+            self._run(index, *item)
             del item  # hold nothing of a finished step while idle
             with self._lock:
                 self._idle += 1
 
-    def _run(self, future: asyncio.Future[Any], call: Callable[[], Any]) -> None:
+    def _run(self, index: int, future: asyncio.Future[Any], call: Callable[[], Any]) -> None:
         if future.done():  # cancelled while queued (a benign read across threads): skip it
             return
         result: Any = None
         error: BaseException | None = None
+        busy = self._busy_since
+        began = busy[index] = time.perf_counter()
         try:
             result = call()
         except StopIteration as exc:  # a future cannot hold it (asyncio's own rule)
             error = RuntimeError(f"a step raised StopIteration: {exc!r}")
         except BaseException as exc:
             error = exc
-        self._done.append((future, result, error))
+        busy[index] = 0.0
+        self._done.append((future, result, error, time.perf_counter() - began))
         self._wake()
 
     def _wake(self) -> None:
@@ -122,11 +179,15 @@ class StepThreads:
         with self._lock:
             self._wake_pending = False
         done = self._done
+        average = self._average
         while done:
-            future, result, error = done.popleft()
+            future, result, error, seconds = done.popleft()
+            # Every call counts, a dropped one too: it held its thread as long.
+            average = seconds if average is None else average + PACE_WEIGHT * (seconds - average)
             if future.done():  # cancelled (a timeout, a forced stop): the result is dropped
                 continue
             if error is None:
                 future.set_result(result)
             else:
                 future.set_exception(error)
+        self._average = average

@@ -72,11 +72,21 @@ T = TypeVar("T")
 
 
 DEF_TASKS_PER_THREAD = 4
-"""``def`` tasks a worker holds per step thread: the running one and three waiting. Waiting ones
-keep the threads fed while a claim or a commit makes its round trip, and a claim from flows with
-``def`` steps is at most this room. At 2 the claims were half as large and a drain of ``def``
-no-op steps ran 30% slower (bench_flows --defaults); every one more costs another worker that
-much of a backlog it could have run."""
+"""``def`` tasks a worker holds per step thread at least: the running one and three waiting.
+Waiting ones keep the threads fed while a claim or a commit makes its round trip, and a claim
+from flows with ``def`` steps is at most this room. At 2 the claims were half as large and a
+drain of ``def`` no-op steps ran 30% slower (bench_flows --defaults). Quick steps are held in
+larger numbers (``DEF_HELD_SECONDS``); slow ones stay at this floor, since every one more
+costs another worker that much of a backlog it could have run."""
+
+DEF_HELD_SECONDS = 0.05
+"""How long, by the threads' pace (``StepThreads.pace``), the ``def`` tasks a worker holds may
+take its threads: beyond the floor of ``DEF_TASKS_PER_THREAD`` per thread, a worker holds as
+many as its threads run in this time, up to ``concurrency``. At 4 per thread a claim of quick
+``def`` steps was capped at 128 tasks where ``async def`` ones got 500, and the round trips per
+task made ``def`` no-op drains 25-45% slower (issue 12, bench_flows --defaults); 50 ms of work
+is more than a claim and a commit take, and little for another worker to miss. A step that
+takes 10 ms gets 160 held on 32 threads; one of 50 ms or more, the floor."""
 
 
 @dataclass(frozen=True)
@@ -98,10 +108,12 @@ class WorkerOptions:
     slow ``async`` steps (a worker takes up to this many before another gets any)."""
     step_threads: int = 32
     """Threads that run plain ``def`` steps, and so how many run at once (at most
-    ``concurrency``). A worker holds at most ``DEF_TASKS_PER_THREAD`` (4) times this many
-    ``def`` tasks, and claims no more from flows with ``def`` steps while it does: a ``def``
-    task held beyond what its threads can soon run would only wait, leased, while other workers
-    have free threads. 32 as Python's own thread pools (at most 32):
+    ``concurrency``). A worker holds as many ``def`` tasks as these threads run in
+    ``DEF_HELD_SECONDS`` (50 ms) at the pace its ``def`` steps have shown, at least
+    ``DEF_TASKS_PER_THREAD`` (4) per thread, at most ``concurrency``, and claims no more from
+    flows with ``def`` steps while it does: a ``def`` task held beyond what its threads can
+    soon run would only wait, leased, while other workers have free threads. 32 as Python's
+    own thread pools (at most 32):
     plenty for steps that wait on I/O; for CPU-bound ``def`` steps more threads only contend
     for the GIL (use processes: more workers)."""
     poll_interval: float = 1.0
@@ -218,6 +230,11 @@ class Worker:
         self._async_flows = [
             f for f in self._all_flows if not any(s[0] == f for s in self._sync_steps)
         ]
+        if self._sync_steps:
+            # Now, off the loop, rather than one by one in the first burst of def steps, where
+            # each Thread.start stalled the loop until the new thread ran: 10-40 ms of a
+            # 1,000-run drain on a loaded 2-core machine.
+            await asyncio.to_thread(threads.start)
         unsubscribe = self.store.subscribe(self._wake_threadsafe)
         self.observer.refresh()
         background = [
@@ -380,10 +397,23 @@ class Worker:
         free = min(opts.concurrency - busy, opts.max_batch)
         if not self._sync_steps:
             return self._all_flows, free
-        room = DEF_TASKS_PER_THREAD * min(opts.step_threads, opts.concurrency) - self._in_threads
+        room = self._def_limit() - self._in_threads
         if room > 0:
             return self._all_flows, min(free, room)
         return self._async_flows, free if self._async_flows else 0
+
+    def _def_limit(self) -> int:
+        """How many ``def`` tasks this worker may hold now: ``DEF_TASKS_PER_THREAD`` per
+        thread, or as many as its threads run in ``DEF_HELD_SECONDS`` at their pace if more,
+        at most ``concurrency``."""
+        threads = self._threads
+        assert threads is not None
+        floor = DEF_TASKS_PER_THREAD * threads.size
+        pace = threads.pace()
+        if pace is None:  # nothing ran yet: the floor until the steps show their speed
+            return floor
+        quick = int(threads.size * DEF_HELD_SECONDS / max(pace, 1e-7))
+        return max(floor, min(self.options.concurrency, quick))
 
     def _start(self, claimed: list[ClaimedTask]) -> None:
         assert self._threads is not None
