@@ -21,7 +21,7 @@ import pytest
 
 from tests.pgdb import empty_database
 from tideflow.storage import open_store
-from tideflow.storage.postgres.database import KEYED_READS
+from tideflow.storage.postgres.plans import KEYED_READS
 from tideflow.storage.sqlfile import load_dialect
 
 QUERIES = load_dialect("tideflow.storage.postgres")

@@ -31,8 +31,8 @@ from psycopg.types.string import TextLoader
 
 from tideflow.storage.database import Row
 from tideflow.storage.postgres.connecting import connect_kwargs
-from tideflow.storage.postgres.database import KEYED_READS
 from tideflow.storage.postgres.errors import translate
+from tideflow.storage.postgres.plans import KEYED_READS
 from tideflow.storage.sqlfile import load_dialect
 
 AsyncConn = psycopg.AsyncConnection[Any]

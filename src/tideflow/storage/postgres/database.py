@@ -44,6 +44,7 @@ from tideflow.storage.postgres.connecting import (
 )
 from tideflow.storage.postgres.errors import is_transient, translate, translated
 from tideflow.storage.postgres.notifier import CoalescingNotifier
+from tideflow.storage.postgres.plans import KEYED_READS
 from tideflow.storage.sqlfile import load_dialect, load_migrations, pending
 from tideflow.storage.unavailable import is_unavailable
 from tideflow.storage.urls import redact_url, require_current
@@ -320,16 +321,6 @@ class PgTx(TxCallbacks):
     def savepoint(self) -> Iterator[None]:
         with self._savepoint_callbacks(), translated("savepoint"), self.connection.transaction():
             yield
-
-
-#: The planner settings of ``read_together``'s transaction: its reads are a few runs' rows by key
-#: (``= ANY`` of their ids) and each allowed plan is index lookups. A generic plan (a prepared
-#: statement's, after five runs) estimates ``= ANY`` of an unknown array as thousands of rows and
-#: hashed the ids' runs against a whole ``run_steps`` or ``tasks`` read (tests/test_plans.py).
-KEYED_READS = (
-    b"SELECT set_config('enable_seqscan', 'off', true), "
-    b"set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)"
-)
 
 
 class PostgresDatabase:
