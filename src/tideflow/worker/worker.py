@@ -389,10 +389,9 @@ class Worker:
     def _claim_plan(self, busy: int) -> tuple[list[str], int]:
         """Which flows to claim tasks of, and how many, ``busy`` being the tasks held: the free
         slots of ``concurrency``, at most ``max_batch``. Flows with ``def`` steps are claimed
-        only while their limit (``DEF_TASKS_PER_THREAD`` x ``step_threads``) has room, and then
-        at most that room
-        (a claim may bring nothing but ``def`` tasks); while it is full, only flows without
-        any are claimed, so that ``async`` flows do not wait behind busy threads."""
+        only while their limit (``_def_limit``) has room, and then at most that room (a claim
+        may bring nothing but ``def`` tasks); while it is full, only flows without any are
+        claimed, so that ``async`` flows do not wait behind busy threads."""
         opts = self.options
         free = min(opts.concurrency - busy, opts.max_batch)
         if not self._sync_steps:
